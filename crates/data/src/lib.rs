@@ -1,0 +1,1 @@
+//! Semantic segmentation datasets, a synthetic Synthia-format generator and a parallel loader.

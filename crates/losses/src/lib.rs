@@ -1,0 +1,1 @@
+//! Recall loss and the segmentation loss baselines, differentiable in candle.

@@ -1,0 +1,1 @@
+//! Confusion matrices and segmentation scores for semantic segmentation.

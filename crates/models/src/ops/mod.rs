@@ -1,0 +1,3 @@
+//! Tensor operations the models need beyond what candle offers (or faster than candle's).
+
+pub mod conv2d;

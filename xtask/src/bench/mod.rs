@@ -1,0 +1,154 @@
+//! `cargo xtask bench NAME [--json]`: one module per benchmark, each returning its figures.
+//!
+//! Progress goes to stderr; stdout holds either a human table or, with `--json`, exactly one JSON
+//! object whose keys carry their unit (`"recall_ce_fwd_bwd_ms"`), so scripts can compare runs.
+
+mod conv;
+mod data;
+mod losses;
+mod metrics;
+mod models;
+
+use clap::{Args, ValueEnum};
+use std::time::{Duration, Instant};
+
+/// Which benchmark to run.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchName {
+    /// Confusion-matrix throughput (Gpix/s).
+    Metrics,
+    /// Forward+backward time of every loss.
+    Losses,
+    /// DeepLabV3+ training step and inference time.
+    Models,
+    /// Data loading throughput (images/s).
+    Data,
+    /// conv3x3 forward/backward micro-benchmark.
+    Conv,
+}
+
+/// Arguments of `cargo xtask bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The benchmark to run.
+    pub name: BenchName,
+    /// Print one JSON object of figures on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Timed repetitions per figure (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+}
+
+/// One measured figure.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// JSON key, with its unit as suffix (`"ce_fwd_bwd_ms"`).
+    pub key: String,
+    /// Human label for the table.
+    pub label: String,
+    /// Measured value.
+    pub value: f64,
+    /// Unit shown in the table.
+    pub unit: &'static str,
+    /// The PyTorch peer's figure on the 2-core machine (../shared/peer), same unit, if any.
+    pub peer: Option<f64>,
+}
+
+impl Figure {
+    /// A figure without a peer value.
+    pub fn new(
+        key: impl Into<String>,
+        label: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            label: label.into(),
+            value,
+            unit,
+            peer: None,
+        }
+    }
+
+    /// Attaches the PyTorch peer's figure.
+    pub fn with_peer(mut self, peer: f64) -> Self {
+        self.peer = Some(peer);
+        self
+    }
+}
+
+/// Runs `f` once to warm up, then `reps` times, and returns the median duration.
+pub fn median_time<F: FnMut() -> anyhow::Result<()>>(
+    reps: usize,
+    mut f: F,
+) -> anyhow::Result<Duration> {
+    f()?;
+    let mut times = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+/// Milliseconds of a duration, as f64.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Entry point of `cargo xtask bench`.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let figures = match args.name {
+        BenchName::Metrics => metrics::run(args)?,
+        BenchName::Losses => losses::run(args)?,
+        BenchName::Models => models::run(args)?,
+        BenchName::Data => data::run(args)?,
+        BenchName::Conv => conv::run(args)?,
+    };
+    if args.json {
+        let obj: serde_json::Map<String, serde_json::Value> = figures
+            .iter()
+            .map(|f| (f.key.clone(), serde_json::json!(f.value)))
+            .collect();
+        println!("{}", serde_json::Value::Object(obj));
+    } else {
+        print_table(&figures);
+    }
+    Ok(())
+}
+
+fn print_table(figures: &[Figure]) {
+    let w = figures
+        .iter()
+        .map(|f| f.label.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let any_peer = figures.iter().any(|f| f.peer.is_some());
+    if any_peer {
+        println!(
+            "{:<w$}  {:>14}  {:>14}  {:>8}",
+            "figure", "recallseg", "PyTorch", "ratio"
+        );
+    } else {
+        println!("{:<w$}  {:>14}", "figure", "recallseg");
+    }
+    for f in figures {
+        let v = format!("{:.3} {}", f.value, f.unit);
+        match f.peer {
+            Some(p) => println!(
+                "{:<w$}  {:>14}  {:>14}  {:>8.2}",
+                f.label,
+                v,
+                format!("{p:.3} {}", f.unit),
+                f.value / p
+            ),
+            None if any_peer => println!("{:<w$}  {:>14}  {:>14}  {:>8}", f.label, v, "-", "-"),
+            None => println!("{:<w$}  {:>14}", f.label, v),
+        }
+    }
+}

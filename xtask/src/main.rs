@@ -1,0 +1,31 @@
+//! Project automation, run as `cargo xtask …` (see `.cargo/config.toml`).
+//!
+//! xtask only orchestrates: every piece of logic a library user would need lives in the crates.
+
+mod bench;
+mod reproduce;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "recallseg project automation", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a benchmark and print its figures (a table, or one JSON object with --json).
+    Bench(bench::BenchArgs),
+    /// Reproduce the paper's loss comparison on a dataset and write a report.
+    Reproduce(reproduce::ReproduceArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Bench(args) => bench::run(&args),
+        Command::Reproduce(args) => reproduce::run(&args),
+    }
+}
