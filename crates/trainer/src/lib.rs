@@ -1,1 +1,12 @@
 //! Training, evaluation and prediction for semantic segmentation with Recall loss.
+//!
+//! The `recallseg` command line is a thin shell over this library: [`config`] reads and validates
+//! a TOML configuration, [`optim`] holds checkpointable Adam / AdamW / SGD, [`checkpoint`] writes
+//! safetensors checkpoints atomically, [`log`] writes progress and a JSON-lines log, and
+//! [`report`] turns finished runs into the paper-style report.
+
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod config;
+pub mod optim;

@@ -1,0 +1,487 @@
+//! Checkpoints: one safetensors file holding the model, the optimiser state, extra state (the
+//! loss's moving averages, if any) and, as JSON metadata, the step, the RNG state and the config.
+//!
+//! Tensor names carry a prefix: `model.<VarMap name>`, `optim.<state name>`, `extra.<name>`.
+//! The safetensors metadata holds one key, `recallseg`, whose value is [`CheckpointMeta`] as JSON.
+//!
+//! Files are written atomically ([`write_atomic`]): the bytes go to a temporary file in the same
+//! folder, which is flushed to disk and then renamed over the target, so a reader (or a crash)
+//! sees either the old checkpoint or the new one, never a partial file.
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Version of the checkpoint layout, checked on load.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Errors of checkpoint reading and writing.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// A file-system error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not a recallseg checkpoint or is damaged.
+    #[error("{path}: not a valid recallseg checkpoint: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The checkpoint does not fit the model it is loaded into.
+    #[error("{path}: {message}")]
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// Which tensor does not fit.
+        message: String,
+    },
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// State of the trainer's random number generator (`rand_chacha::ChaCha8Rng`), as stored in
+/// checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    /// The 32-byte seed, hex encoded.
+    pub seed_hex: String,
+    /// Stream number.
+    pub stream: u64,
+    /// Position in the stream, in 32-bit words (decimal string: it is a u128).
+    pub word_pos: String,
+}
+
+impl RngState {
+    /// Captures the state of a generator.
+    pub fn capture(rng: &rand_chacha::ChaCha8Rng) -> Self {
+        Self {
+            seed_hex: rng.get_seed().iter().map(|b| format!("{b:02x}")).collect(),
+            stream: rng.get_stream(),
+            word_pos: rng.get_word_pos().to_string(),
+        }
+    }
+
+    /// Rebuilds the generator.
+    pub fn restore(&self) -> Result<rand_chacha::ChaCha8Rng, String> {
+        use rand::SeedableRng;
+        if self.seed_hex.len() != 64 {
+            return Err(format!("rng seed `{}` is not 64 hex digits", self.seed_hex));
+        }
+        let mut seed = [0u8; 32];
+        for (i, b) in seed.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&self.seed_hex[2 * i..2 * i + 2], 16)
+                .map_err(|_| format!("rng seed `{}` is not hex", self.seed_hex))?;
+        }
+        let pos: u128 = self
+            .word_pos
+            .parse()
+            .map_err(|_| format!("rng word_pos `{}` is not a number", self.word_pos))?;
+        let mut rng = rand_chacha::ChaCha8Rng::from_seed(seed);
+        rng.set_stream(self.stream);
+        rng.set_word_pos(pos);
+        Ok(rng)
+    }
+}
+
+/// Everything in a checkpoint besides the tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// [`FORMAT_VERSION`] of the writer.
+    pub format_version: u32,
+    /// Optimiser steps completed.
+    pub step: u64,
+    /// Steps the optimiser itself counted (its bias corrections use it).
+    pub optim_steps: u64,
+    /// The trainer's RNG after `step` steps.
+    pub rng: RngState,
+    /// The run's configuration as TOML text.
+    pub config_toml: String,
+    /// Best validation mean IoU so far, and the step it was reached at.
+    pub best: Option<(f64, u64)>,
+    /// Class names of the dataset the model was trained on.
+    pub class_names: Vec<String>,
+    /// Palette (RGB per class) of that dataset.
+    pub palette: Vec<[u8; 3]>,
+    /// Ignore index of that dataset.
+    pub ignore_index: u8,
+}
+
+/// A checkpoint in memory.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// Model tensors by `VarMap` name (parameters and BatchNorm statistics).
+    pub model: HashMap<String, Tensor>,
+    /// Optimiser state tensors by their optimiser name (`m.<var>`, `v.<var>`, `buf.<var>`).
+    pub optim: HashMap<String, Tensor>,
+    /// Further state (`loss.<name>` for stateful losses).
+    pub extra: HashMap<String, Tensor>,
+    /// Step, RNG, config and dataset description.
+    pub meta: CheckpointMeta,
+}
+
+impl Checkpoint {
+    /// Collects a `VarMap`'s tensors (copies, so later updates do not change the checkpoint).
+    pub fn model_from_varmap(varmap: &VarMap) -> candle_core::Result<HashMap<String, Tensor>> {
+        let data = varmap.data().lock().expect("VarMap mutex poisoned");
+        data.iter()
+            .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+            .collect()
+    }
+
+    /// Serialises to safetensors bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, CheckpointError> {
+        let mut all: Vec<(String, &Tensor)> = Vec::new();
+        for (prefix, map) in [
+            ("model.", &self.model),
+            ("optim.", &self.optim),
+            ("extra.", &self.extra),
+        ] {
+            for (k, t) in map {
+                all.push((format!("{prefix}{k}"), t));
+            }
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let meta = serde_json::to_string(&self.meta).expect("metadata serialises");
+        let info = HashMap::from([("recallseg".to_string(), meta)]);
+        safetensors::serialize(all, Some(info)).map_err(|e| CheckpointError::Format {
+            path: PathBuf::from("<memory>"),
+            message: e.to_string(),
+        })
+    }
+
+    /// Writes the checkpoint atomically to `path`.
+    pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
+        let bytes = self.to_bytes()?;
+        write_atomic(path, |f| f.write_all(&bytes))
+    }
+
+    /// Reads a checkpoint, putting its tensors on `device`.
+    pub fn load(path: &Path, device: &Device) -> Result<Self, CheckpointError> {
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let format = |message: String| CheckpointError::Format {
+            path: path.to_path_buf(),
+            message,
+        };
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format(e.to_string()))?;
+        let meta_json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("recallseg"))
+            .ok_or_else(|| {
+                format("no `recallseg` metadata (is it a plain weights file?)".into())
+            })?;
+        let meta: CheckpointMeta =
+            serde_json::from_str(meta_json).map_err(|e| format(format!("metadata: {e}")))?;
+        if meta.format_version != FORMAT_VERSION {
+            return Err(format(format!(
+                "format version {} (this build reads {FORMAT_VERSION})",
+                meta.format_version
+            )));
+        }
+        drop(st);
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+        let mut ck = Checkpoint {
+            model: HashMap::new(),
+            optim: HashMap::new(),
+            extra: HashMap::new(),
+            meta,
+        };
+        for (name, t) in tensors {
+            if let Some(k) = name.strip_prefix("model.") {
+                ck.model.insert(k.to_string(), t);
+            } else if let Some(k) = name.strip_prefix("optim.") {
+                ck.optim.insert(k.to_string(), t);
+            } else if let Some(k) = name.strip_prefix("extra.") {
+                ck.extra.insert(k.to_string(), t);
+            } else {
+                return Err(format(format!("unexpected tensor `{name}`")));
+            }
+        }
+        Ok(ck)
+    }
+
+    /// Copies the model tensors into a `VarMap` built for the same model. Every variable of the
+    /// map must be present with the same shape; the error names the first one that is not.
+    pub fn restore_varmap(&self, varmap: &VarMap, path: &Path) -> Result<(), CheckpointError> {
+        let data = varmap.data().lock().expect("VarMap mutex poisoned");
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        for name in names {
+            let var = &data[name];
+            let t = self
+                .model
+                .get(name)
+                .ok_or_else(|| CheckpointError::Mismatch {
+                    path: path.to_path_buf(),
+                    message: format!("model tensor `{name}` is missing (different model config?)"),
+                })?;
+            if t.dims() != var.dims() {
+                return Err(CheckpointError::Mismatch {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "model tensor `{name}` has shape {:?}, the model expects {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
+                });
+            }
+            var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
+    }
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes a file atomically: `write` fills a temporary file in the target's folder, which is
+/// flushed (`fsync`) and renamed over `path`; the folder is then synced (Unix). If `write` or any
+/// step fails, the temporary file is removed and `path` is left as it was.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<(), CheckpointError> {
+    let io = |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io(std::io::Error::other("the path has no file name")))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = dir.join(format!(
+        ".{file_name}.tmp-{}-{}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        write(&mut f)?;
+        f.flush()?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        #[cfg(unix)]
+        if let Ok(d) = std::fs::File::open(&dir) {
+            // Persist the rename itself; failure to sync a folder is not fatal.
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+    use rand::{RngCore, SeedableRng};
+
+    fn sample() -> Checkpoint {
+        let dev = Device::Cpu;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
+        for _ in 0..13 {
+            rng.next_u32();
+        }
+        Checkpoint {
+            model: HashMap::from([
+                (
+                    "conv.weight".to_string(),
+                    Tensor::arange(0f32, 24.0, &dev)
+                        .unwrap()
+                        .reshape((2, 3, 2, 2))
+                        .unwrap(),
+                ),
+                (
+                    "bn.running_mean".to_string(),
+                    Tensor::new(&[0.5f32, -1.5], &dev).unwrap(),
+                ),
+            ]),
+            optim: HashMap::from([(
+                "m.conv.weight".to_string(),
+                Tensor::ones((2, 3, 2, 2), DType::F32, &dev).unwrap(),
+            )]),
+            extra: HashMap::from([(
+                "loss.recall_ema".to_string(),
+                Tensor::new(&[0.25f32, 0.75], &dev).unwrap(),
+            )]),
+            meta: CheckpointMeta {
+                format_version: FORMAT_VERSION,
+                step: 17,
+                optim_steps: 17,
+                rng: RngState::capture(&rng),
+                config_toml: "[train]\niters = 3\n".into(),
+                best: Some((0.42, 10)),
+                class_names: vec!["a".into(), "b".into()],
+                palette: vec![[1, 2, 3], [4, 5, 6]],
+                ignore_index: 255,
+            },
+        }
+    }
+
+    fn vec_of(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("last.safetensors");
+        let ck = sample();
+        ck.save(&path).unwrap();
+        let back = Checkpoint::load(&path, &Device::Cpu).unwrap();
+        assert_eq!(back.meta, ck.meta);
+        for (a, b) in [
+            (&ck.model, &back.model),
+            (&ck.optim, &back.optim),
+            (&ck.extra, &back.extra),
+        ] {
+            assert_eq!(a.len(), b.len());
+            for (k, t) in a {
+                assert_eq!(vec_of(t), vec_of(&b[k]), "{k}");
+                assert_eq!(t.dims(), b[k].dims());
+            }
+        }
+        // The RNG continues where it stopped.
+        let mut r1 = rand_chacha::ChaCha8Rng::seed_from_u64(42);
+        for _ in 0..13 {
+            r1.next_u32();
+        }
+        let mut r2 = back.meta.rng.restore().unwrap();
+        assert_eq!(r1.next_u64(), r2.next_u64());
+    }
+
+    #[test]
+    fn varmap_restore_checks_names_and_shapes() {
+        let dev = Device::Cpu;
+        let ck = sample();
+        let vm = VarMap::new();
+        vm.get(
+            (2, 3, 2, 2),
+            "conv.weight",
+            candle_nn::Init::Const(0.0),
+            DType::F32,
+            &dev,
+        )
+        .unwrap();
+        ck.restore_varmap(&vm, Path::new("x")).unwrap();
+        let w = vm.data().lock().unwrap()["conv.weight"].as_tensor().clone();
+        assert_eq!(vec_of(&w), (0..24).map(|i| i as f32).collect::<Vec<_>>());
+        // A variable the checkpoint lacks.
+        vm.get(
+            3,
+            "head.bias",
+            candle_nn::Init::Const(0.0),
+            DType::F32,
+            &dev,
+        )
+        .unwrap();
+        let e = ck
+            .restore_varmap(&vm, Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`head.bias` is missing"), "{e}");
+        // A shape mismatch.
+        let vm2 = VarMap::new();
+        vm2.get(
+            5,
+            "bn.running_mean",
+            candle_nn::Init::Const(0.0),
+            DType::F32,
+            &dev,
+        )
+        .unwrap();
+        let e = ck
+            .restore_varmap(&vm2, Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`bn.running_mean` has shape [2]"), "{e}");
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ck.safetensors");
+        std::fs::write(&path, b"old and complete").unwrap();
+        // A writer that fails half way: the old file stays, the temporary file is gone.
+        let err = write_atomic(&path, |f| {
+            f.write_all(b"new but parti")?;
+            Err(std::io::Error::other("disk full"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("disk full"));
+        assert_eq!(std::fs::read(&path).unwrap(), b"old and complete");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["ck.safetensors".to_string()]);
+        // While the writer runs, the target still holds the old bytes (the new ones go elsewhere).
+        write_atomic(&path, |f| {
+            f.write_all(b"new")?;
+            assert_eq!(std::fs::read(&path).unwrap(), b"old and complete");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn damaged_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.safetensors");
+        std::fs::write(&path, b"garbage").unwrap();
+        let e = Checkpoint::load(&path, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bad.safetensors") && e.contains("not a valid"),
+            "{e}"
+        );
+        // A truncated checkpoint.
+        let good = sample().to_bytes().unwrap();
+        std::fs::write(&path, &good[..good.len() - 10]).unwrap();
+        let e = Checkpoint::load(&path, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a valid"), "{e}");
+        // Plain weights without metadata.
+        let t = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
+        t.save_safetensors("w", &path).unwrap();
+        let e = Checkpoint::load(&path, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no `recallseg` metadata"), "{e}");
+        let e = Checkpoint::load(&dir.path().join("absent"), &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("absent"), "{e}");
+    }
+}

@@ -1,0 +1,840 @@
+//! Training configuration: a TOML file, validated up front, with command-line overrides.
+//!
+//! A configuration has six sections — `[data]`, `[model]`, `[loss]`, `[optim]`, `[schedule]`,
+//! `[train]` — each documented field by field below and in the commented preset files under
+//! `crates/trainer/configs/`. Unknown keys are errors, and [`TrainConfig::validate`] rejects bad
+//! values with a message that names the field (`model.output_stride: 12 is not one of 8, 16`).
+//!
+//! Overrides (`--set train.iters=200`) are applied to the parsed TOML table before it is turned
+//! into a [`TrainConfig`], so an override is type-checked exactly like the file.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Errors raised while reading, overriding or validating a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML or does not match the schema (unknown key, wrong type).
+    #[error("{origin}: {message}")]
+    Parse {
+        /// Where the text came from (file path or preset name).
+        origin: String,
+        /// The parser's message (it names the key and the line).
+        message: String,
+    },
+    /// A `--set key=value` override is malformed or names no field.
+    #[error("override `{spec}`: {message}")]
+    Override {
+        /// The override as given.
+        spec: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A field holds a value outside its allowed range.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Dotted path of the field (`model.output_stride`).
+        field: String,
+        /// What is wrong with its value.
+        message: String,
+    },
+    /// No preset of that name.
+    #[error("unknown preset `{0}`; known presets: synthia, synthia-quick, cityscapes")]
+    UnknownPreset(String),
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Which dataset format to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetKind {
+    /// SYNTHIA-sequence layout (`RGB/`, `GT/LABELS/`), also what the synthetic generator writes.
+    Synthia,
+    /// Cityscapes layout (`leftImg8bit/`, `gtFine/`).
+    Cityscapes,
+    /// A folder of `images/` and `labels/` PNGs with a `classes.toml`.
+    Folder,
+}
+
+/// `[data]`: where the images come from and how they are shaped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Dataset format.
+    pub kind: DatasetKind,
+    /// Dataset root folder.
+    pub root: PathBuf,
+    /// Generate the synthetic Synthia-format dataset at `root` if it is absent (`kind = "synthia"`
+    /// only). Used by the quick presets so that a fresh clone trains without a download.
+    #[serde(default)]
+    pub generate_synthetic: bool,
+    /// Split trained on.
+    #[serde(default = "default_train_split")]
+    pub train_split: String,
+    /// Split validated on during training (best checkpoint by mean IoU).
+    #[serde(default = "default_val_split")]
+    pub val_split: String,
+    /// Split evaluated on after training.
+    #[serde(default = "default_test_split")]
+    pub test_split: String,
+    /// Network input height in pixels: images are resized to `height × width` (Synthia), or
+    /// random crops of this size are taken (`crop = true`, Cityscapes).
+    pub height: usize,
+    /// Network input width in pixels.
+    pub width: usize,
+    /// Take random `height × width` crops for training instead of resizing whole images;
+    /// evaluation then resizes to `eval_height × eval_width`.
+    #[serde(default)]
+    pub crop: bool,
+    /// Evaluation height (defaults to `height`).
+    #[serde(default)]
+    pub eval_height: Option<usize>,
+    /// Evaluation width (defaults to `width`).
+    #[serde(default)]
+    pub eval_width: Option<usize>,
+    /// Random horizontal flips during training.
+    #[serde(default)]
+    pub hflip: bool,
+    /// Loader worker threads (0 = load on the training thread).
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Use at most this many training images (0 = all). Handy for smoke tests.
+    #[serde(default)]
+    pub max_train_images: usize,
+    /// Use at most this many validation / test images (0 = all).
+    #[serde(default)]
+    pub max_eval_images: usize,
+}
+
+fn default_train_split() -> String {
+    "train".into()
+}
+fn default_val_split() -> String {
+    "val".into()
+}
+fn default_test_split() -> String {
+    "test".into()
+}
+fn default_workers() -> usize {
+    2
+}
+
+impl DataConfig {
+    /// Evaluation size `(height, width)`.
+    pub fn eval_size(&self) -> (usize, usize) {
+        (
+            self.eval_height.unwrap_or(self.height),
+            self.eval_width.unwrap_or(self.width),
+        )
+    }
+}
+
+/// `[model]`: the segmentation network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Backbone: `resnet18`, `resnet34`, `resnet50` or `resnet101`.
+    pub backbone: String,
+    /// Head: `deeplabv3` or `deeplabv3plus`.
+    pub head: String,
+    /// Output stride of the backbone: 8 or 16.
+    pub output_stride: usize,
+    /// Pretrained backbone weights: `"none"`, `"imagenet"` (downloaded through the Hugging Face
+    /// hub) or a path to a safetensors file.
+    #[serde(default = "default_pretrained")]
+    pub pretrained: String,
+    /// Freeze BatchNorm statistics and affine parameters of the backbone.
+    #[serde(default)]
+    pub freeze_bn: bool,
+    /// Width of the first ResNet stage (64 = the standard network; 8 or 16 give thin networks
+    /// for quick CPU runs; pretrained weights need 64).
+    #[serde(default = "default_backbone_width")]
+    pub backbone_width: usize,
+}
+
+fn default_pretrained() -> String {
+    "none".into()
+}
+fn default_backbone_width() -> usize {
+    64
+}
+
+/// Optimiser kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimKind {
+    /// Adam (Kingma & Ba) with L2 weight decay added to the gradient, as `torch.optim.Adam`.
+    Adam,
+    /// AdamW: Adam with decoupled weight decay, as `torch.optim.AdamW`.
+    Adamw,
+    /// SGD with (optionally Nesterov) momentum, as `torch.optim.SGD`.
+    Sgd,
+}
+
+/// `[optim]`: the optimiser.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    /// `adam`, `adamw` or `sgd`.
+    pub kind: OptimKind,
+    /// Base learning rate.
+    pub lr: f64,
+    /// Adam β₁.
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    /// Adam β₂.
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    /// Adam ε.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Weight decay (L2 for Adam and SGD, decoupled for AdamW).
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// SGD momentum.
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    /// SGD Nesterov momentum.
+    #[serde(default)]
+    pub nesterov: bool,
+}
+
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_momentum() -> f64 {
+    0.9
+}
+
+/// Learning-rate schedule kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// The base rate throughout (the paper: "without annealing").
+    Constant,
+    /// `lr · (1 − step/iters)^power` (DeepLab's poly decay).
+    Poly,
+}
+
+/// `[schedule]`: how the learning rate changes over training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// `constant` or `poly`.
+    pub kind: ScheduleKind,
+    /// Exponent of the poly schedule.
+    #[serde(default = "default_power")]
+    pub power: f64,
+    /// Linear warm-up from 0 over this many steps (0 = none).
+    #[serde(default)]
+    pub warmup_iters: usize,
+}
+
+fn default_power() -> f64 {
+    0.9
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            kind: ScheduleKind::Constant,
+            power: default_power(),
+            warmup_iters: 0,
+        }
+    }
+}
+
+/// `[train]`: the loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Number of optimiser steps.
+    pub iters: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Validate every this many steps (0 = only at the end).
+    #[serde(default)]
+    pub val_every: usize,
+    /// Log the loss every this many steps.
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// Write `last.safetensors` every this many steps (0 = only at the end and on Ctrl-C).
+    #[serde(default)]
+    pub checkpoint_every: usize,
+    /// Seed of every random choice (model init, data order, augmentation, dropout).
+    #[serde(default)]
+    pub seed: u64,
+    /// Device: `cpu`, `cuda`, `cuda:N` or `metal`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Output folder of the run (checkpoints, `log.jsonl`, `config.toml`).
+    pub out_dir: PathBuf,
+    /// Dropout probability in the head (0 disables it).
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+fn default_log_every() -> usize {
+    10
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// A whole training configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// `[data]`.
+    pub data: DataConfig,
+    /// `[model]`.
+    pub model: ModelSection,
+    /// `[loss]`: a table with `name` (`cross_entropy`, `weighted_ce`, `balanced_ce`, `focal`,
+    /// `ohem`, `soft_iou`, `lovasz`, `dice`, `tversky`, `recall_ce`, `precision_ce`) and that loss's
+    /// parameters, passed to `recallseg_losses::LossConfig`.
+    pub loss: toml::Table,
+    /// `[optim]`.
+    pub optim: OptimConfig,
+    /// `[schedule]`.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// `[train]`.
+    pub train: TrainSection,
+}
+
+/// The loss names the trainer knows.
+pub const LOSS_NAMES: &[&str] = &[
+    "cross_entropy",
+    "weighted_ce",
+    "balanced_ce",
+    "focal",
+    "ohem",
+    "soft_iou",
+    "lovasz",
+    "dice",
+    "tversky",
+    "recall_ce",
+    "precision_ce",
+];
+
+/// Built-in presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// The paper's Synthia protocol.
+    Synthia,
+    /// The scaled-down CPU protocol on synthetic Synthia-format data.
+    SynthiaQuick,
+    /// The paper's Cityscapes protocol.
+    Cityscapes,
+}
+
+impl Preset {
+    /// All presets.
+    pub const ALL: [Preset; 3] = [Preset::Synthia, Preset::SynthiaQuick, Preset::Cityscapes];
+
+    /// Preset by name (`synthia`, `synthia-quick`, `cityscapes`).
+    pub fn from_name(name: &str) -> Result<Self, ConfigError> {
+        match name {
+            "synthia" => Ok(Preset::Synthia),
+            "synthia-quick" | "synthia_quick" | "quick" => Ok(Preset::SynthiaQuick),
+            "cityscapes" => Ok(Preset::Cityscapes),
+            other => Err(ConfigError::UnknownPreset(other.to_string())),
+        }
+    }
+
+    /// The preset's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Synthia => "synthia",
+            Preset::SynthiaQuick => "synthia-quick",
+            Preset::Cityscapes => "cityscapes",
+        }
+    }
+
+    /// The preset's commented TOML text.
+    pub fn toml(self) -> &'static str {
+        match self {
+            Preset::Synthia => include_str!("../configs/synthia.toml"),
+            Preset::SynthiaQuick => include_str!("../configs/synthia-quick.toml"),
+            Preset::Cityscapes => include_str!("../configs/cityscapes.toml"),
+        }
+    }
+
+    /// The preset, parsed and validated, with overrides applied.
+    pub fn config(self, overrides: &[String]) -> Result<TrainConfig, ConfigError> {
+        TrainConfig::from_toml_str(self.toml(), &format!("preset {}", self.name()), overrides)
+    }
+}
+
+impl TrainConfig {
+    /// Reads, overrides and validates a TOML file.
+    pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parses TOML text, applies `key=value` overrides (dotted keys, TOML values; a bare word
+    /// is taken as a string) and validates the result. `origin` names the text in errors.
+    pub fn from_toml_str(
+        text: &str,
+        origin: &str,
+        overrides: &[String],
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        for spec in overrides {
+            apply_override(&mut table, spec)?;
+        }
+        let cfg: TrainConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: origin.to_string(),
+                    message: e.to_string().trim().to_string(),
+                })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The configuration as TOML text (what a run writes to `out_dir/config.toml`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a TrainConfig always serialises to TOML")
+    }
+
+    /// The loss name (`loss.name`).
+    pub fn loss_name(&self) -> &str {
+        self.loss.get("name").and_then(|v| v.as_str()).unwrap_or("")
+    }
+
+    /// Checks every value; the error names the first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.data;
+        if d.root.as_os_str().is_empty() {
+            return Err(invalid("data.root", "must not be empty"));
+        }
+        if d.generate_synthetic && d.kind != DatasetKind::Synthia {
+            return Err(invalid(
+                "data.generate_synthetic",
+                "the synthetic generator writes the Synthia layout; set data.kind = \"synthia\"",
+            ));
+        }
+        for (field, v) in [("data.height", d.height), ("data.width", d.width)] {
+            check_size(field, v)?;
+        }
+        if let Some(h) = d.eval_height {
+            check_size("data.eval_height", h)?;
+        }
+        if let Some(w) = d.eval_width {
+            check_size("data.eval_width", w)?;
+        }
+        for (field, v) in [
+            ("data.train_split", &d.train_split),
+            ("data.val_split", &d.val_split),
+            ("data.test_split", &d.test_split),
+        ] {
+            if v.is_empty() {
+                return Err(invalid(field, "must not be empty"));
+            }
+        }
+        if d.workers > 64 {
+            return Err(invalid(
+                "data.workers",
+                format!("{} is more than 64", d.workers),
+            ));
+        }
+
+        let m = &self.model;
+        const BACKBONES: &[&str] = &["resnet18", "resnet34", "resnet50", "resnet101"];
+        if !BACKBONES.contains(&m.backbone.as_str()) {
+            return Err(invalid(
+                "model.backbone",
+                format!("`{}` is not one of {}", m.backbone, BACKBONES.join(", ")),
+            ));
+        }
+        const HEADS: &[&str] = &["deeplabv3", "deeplabv3plus"];
+        if !HEADS.contains(&m.head.as_str()) {
+            return Err(invalid(
+                "model.head",
+                format!("`{}` is not one of {}", m.head, HEADS.join(", ")),
+            ));
+        }
+        if m.output_stride != 8 && m.output_stride != 16 {
+            return Err(invalid(
+                "model.output_stride",
+                format!("{} is not one of 8, 16", m.output_stride),
+            ));
+        }
+        if m.backbone_width == 0 || m.backbone_width % 4 != 0 || m.backbone_width > 64 {
+            return Err(invalid(
+                "model.backbone_width",
+                format!(
+                    "{} is not a multiple of 4 between 4 and 64",
+                    m.backbone_width
+                ),
+            ));
+        }
+        if m.pretrained.is_empty() {
+            return Err(invalid(
+                "model.pretrained",
+                "must be \"none\", \"imagenet\" or a path",
+            ));
+        }
+        if m.pretrained != "none" && m.backbone_width != 64 {
+            return Err(invalid(
+                "model.pretrained",
+                format!(
+                    "pretrained weights need model.backbone_width = 64 (it is {})",
+                    m.backbone_width
+                ),
+            ));
+        }
+
+        match self.loss.get("name") {
+            None => return Err(invalid("loss.name", "missing")),
+            Some(toml::Value::String(s)) if LOSS_NAMES.contains(&s.as_str()) => {}
+            Some(other) => {
+                return Err(invalid(
+                    "loss.name",
+                    format!("{other} is not one of {}", LOSS_NAMES.join(", ")),
+                ))
+            }
+        }
+
+        let o = &self.optim;
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return Err(invalid(
+                "optim.lr",
+                format!("{} is not a positive number", o.lr),
+            ));
+        }
+        for (field, v) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(invalid(field, format!("{v} is not in [0, 1)")));
+            }
+        }
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            return Err(invalid(
+                "optim.eps",
+                format!("{} is not a positive number", o.eps),
+            ));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return Err(invalid(
+                "optim.weight_decay",
+                format!("{} is negative or not finite", o.weight_decay),
+            ));
+        }
+        if !(0.0..1.0).contains(&o.momentum) {
+            return Err(invalid(
+                "optim.momentum",
+                format!("{} is not in [0, 1)", o.momentum),
+            ));
+        }
+        if o.nesterov && (o.kind != OptimKind::Sgd || o.momentum == 0.0) {
+            return Err(invalid(
+                "optim.nesterov",
+                "needs optim.kind = \"sgd\" and a non-zero optim.momentum",
+            ));
+        }
+
+        let s = &self.schedule;
+        if !(s.power.is_finite() && s.power > 0.0) {
+            return Err(invalid(
+                "schedule.power",
+                format!("{} is not a positive number", s.power),
+            ));
+        }
+
+        let t = &self.train;
+        if t.iters == 0 {
+            return Err(invalid("train.iters", "must be at least 1"));
+        }
+        if s.warmup_iters >= t.iters {
+            return Err(invalid(
+                "schedule.warmup_iters",
+                format!("{} is not below train.iters ({})", s.warmup_iters, t.iters),
+            ));
+        }
+        if t.batch_size == 0 {
+            return Err(invalid("train.batch_size", "must be at least 1"));
+        }
+        if t.log_every == 0 {
+            return Err(invalid("train.log_every", "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&t.dropout) {
+            return Err(invalid(
+                "train.dropout",
+                format!("{} is not in [0, 1)", t.dropout),
+            ));
+        }
+        DeviceSpec::parse(&t.device).map_err(|m| invalid("train.device", m))?;
+        if t.out_dir.as_os_str().is_empty() {
+            return Err(invalid("train.out_dir", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+fn check_size(field: &str, v: usize) -> Result<(), ConfigError> {
+    if !(16..=8192).contains(&v) {
+        return Err(invalid(field, format!("{v} is not between 16 and 8192")));
+    }
+    if v % 8 != 0 && v % 8 != 1 {
+        // DeepLab sizes are multiples of 8 or of 8 plus one (769).
+        return Err(invalid(
+            field,
+            format!("{v} is neither a multiple of 8 nor a multiple of 8 plus 1"),
+        ));
+    }
+    Ok(())
+}
+
+/// Applies one `key=value` override to a TOML table.
+///
+/// The key is a dotted path (`train.iters`, `loss.gamma`); the value is parsed as a TOML value
+/// (`200`, `1e-4`, `true`, `"text"`, `[1, 2]`) and, if that fails, taken as a bare string
+/// (`cuda:0`). The section must exist; the leaf may be new (serde then rejects unknown keys).
+pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<(), ConfigError> {
+    let err = |message: &str| ConfigError::Override {
+        spec: spec.to_string(),
+        message: message.to_string(),
+    };
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| err("expected KEY=VALUE, e.g. train.iters=200"))?;
+    let key = key.trim();
+    let raw = raw.trim();
+    if key.is_empty() {
+        return Err(err("empty key"));
+    }
+    let value = parse_value(raw);
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(err("empty component in the key"));
+    }
+    let mut cur = table;
+    for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
+        let section = parts[..=i].join(".");
+        cur = match cur.get_mut(*part) {
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => return Err(err(&format!("`{section}` is not a section"))),
+            None => return Err(err(&format!("no section `{section}` in the config"))),
+        };
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&doc) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+/// A parsed `--device` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The CPU.
+    Cpu,
+    /// CUDA device with this ordinal.
+    Cuda(usize),
+    /// Apple Metal device 0.
+    Metal,
+}
+
+impl DeviceSpec {
+    /// Parses `cpu`, `cuda`, `cuda:N` or `metal`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            "metal" => Ok(DeviceSpec::Metal),
+            _ => {
+                if let Some(n) = s.strip_prefix("cuda:") {
+                    n.parse::<usize>()
+                        .map(DeviceSpec::Cuda)
+                        .map_err(|_| format!("`{s}`: the CUDA ordinal `{n}` is not a number"))
+                } else {
+                    Err(format!("`{s}` is not one of cpu, cuda, cuda:N, metal"))
+                }
+            }
+        }
+    }
+
+    /// Opens the device. CUDA and Metal need the crate's `cuda` / `metal` feature.
+    pub fn open(self) -> candle_core::Result<candle_core::Device> {
+        match self {
+            DeviceSpec::Cpu => Ok(candle_core::Device::Cpu),
+            DeviceSpec::Cuda(n) => {
+                if cfg!(feature = "cuda") {
+                    candle_core::Device::new_cuda(n)
+                } else {
+                    Err(candle_core::Error::Msg(format!(
+                        "device cuda:{n} needs recallseg built with the `cuda` feature \
+                         (cargo build --release --features cuda)"
+                    )))
+                }
+            }
+            DeviceSpec::Metal => {
+                if cfg!(feature = "metal") {
+                    candle_core::Device::new_metal(0)
+                } else {
+                    Err(candle_core::Error::Msg(
+                        "device metal needs recallseg built with the `metal` feature \
+                         (cargo build --release --features metal)"
+                            .into(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quick(overrides: &[&str]) -> Result<TrainConfig, ConfigError> {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Preset::SynthiaQuick.config(&o)
+    }
+
+    fn err_text(overrides: &[&str]) -> String {
+        quick(overrides).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn presets_parse_and_validate() {
+        for p in Preset::ALL {
+            let cfg = p.config(&[]).unwrap();
+            // Round trip through the serialised form.
+            let back = TrainConfig::from_toml_str(&cfg.to_toml(), "round trip", &[]).unwrap();
+            assert_eq!(cfg, back, "preset {}", p.name());
+        }
+    }
+
+    #[test]
+    fn paper_protocols_are_the_presets() {
+        let s = Preset::Synthia.config(&[]).unwrap();
+        assert_eq!((s.data.width, s.data.height), (768, 384));
+        assert_eq!(s.model.backbone, "resnet18");
+        assert_eq!(s.model.head, "deeplabv3plus");
+        assert_eq!(s.model.output_stride, 16);
+        assert_eq!(s.model.pretrained, "imagenet");
+        assert_eq!(s.train.batch_size, 6);
+        assert_eq!(s.optim.kind, OptimKind::Adam);
+        assert_eq!(s.optim.lr, 1e-3);
+        assert_eq!(s.schedule.kind, ScheduleKind::Constant);
+        assert_eq!(s.train.iters, 100_000);
+        let c = Preset::Cityscapes.config(&[]).unwrap();
+        assert_eq!((c.data.width, c.data.height, c.data.crop), (769, 769, true));
+        assert_eq!(c.optim.lr, 1e-4);
+        assert_eq!(c.train.iters, 90_000);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        assert_eq!(
+            err_text(&["model.output_stride=12"]),
+            "model.output_stride: 12 is not one of 8, 16"
+        );
+        assert!(err_text(&["optim.lr=-1"]).starts_with("optim.lr:"));
+        assert!(err_text(&["train.iters=0"]).starts_with("train.iters:"));
+        assert!(err_text(&["train.batch_size=0"]).starts_with("train.batch_size:"));
+        assert!(err_text(&["data.width=50"]).starts_with("data.width:"));
+        assert!(err_text(&["train.device=gpu"]).starts_with("train.device:"));
+        assert!(err_text(&["train.device=cuda:x"]).contains("ordinal"));
+        assert!(err_text(&["loss.name=\"nope\""]).starts_with("loss.name:"));
+        assert!(err_text(&["model.backbone=vgg"]).starts_with("model.backbone:"));
+        assert!(err_text(&["optim.beta2=1.0"]).starts_with("optim.beta2:"));
+        assert!(err_text(&["optim.nesterov=true"]).starts_with("optim.nesterov:"));
+        assert!(err_text(&["model.pretrained=imagenet"]).starts_with("model.pretrained:"));
+        assert!(err_text(&["schedule.warmup_iters=100000"]).starts_with("schedule.warmup_iters:"));
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_errors() {
+        let e = err_text(&["train.itters=5"]);
+        assert!(e.contains("itters"), "{e}");
+        let e = err_text(&["train.iters=\"many\""]);
+        assert!(e.contains("iters") || e.contains("invalid type"), "{e}");
+        let e = TrainConfig::from_toml_str("[data]\nkind = 3", "x.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("x.toml:"), "{e}");
+    }
+
+    #[test]
+    fn overrides_apply_with_types() {
+        let c = quick(&[
+            "train.iters=7",
+            "optim.lr=2.5e-4",
+            "optim.kind=sgd",
+            "schedule.kind=poly",
+            "train.device=cuda:1",
+            "loss.name=focal",
+            "loss.gamma=1.0",
+        ])
+        .unwrap();
+        assert_eq!(c.train.iters, 7);
+        assert_eq!(c.optim.lr, 2.5e-4);
+        assert_eq!(c.optim.kind, OptimKind::Sgd);
+        assert_eq!(c.schedule.kind, ScheduleKind::Poly);
+        assert_eq!(c.train.device, "cuda:1");
+        assert_eq!(c.loss_name(), "focal");
+        assert_eq!(c.loss.get("gamma").and_then(|v| v.as_float()), Some(1.0));
+    }
+
+    #[test]
+    fn malformed_overrides_are_errors() {
+        assert!(err_text(&["train.iters"]).contains("KEY=VALUE"));
+        assert!(err_text(&["nosection.x=1"]).contains("no section `nosection`"));
+        assert!(err_text(&["train.iters.x=1"]).contains("not a section"));
+        assert!(err_text(&["=1"]).contains("empty key"));
+    }
+
+    #[test]
+    fn device_specs() {
+        assert_eq!(DeviceSpec::parse("cpu"), Ok(DeviceSpec::Cpu));
+        assert_eq!(DeviceSpec::parse("cuda"), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!(DeviceSpec::parse("cuda:3"), Ok(DeviceSpec::Cuda(3)));
+        assert_eq!(DeviceSpec::parse("metal"), Ok(DeviceSpec::Metal));
+        assert!(DeviceSpec::parse("tpu").is_err());
+        assert!(DeviceSpec::Cpu.open().is_ok());
+        #[cfg(not(feature = "cuda"))]
+        assert!(DeviceSpec::Cuda(0)
+            .open()
+            .unwrap_err()
+            .to_string()
+            .contains("cuda` feature"));
+    }
+}
