@@ -1,1 +1,188 @@
 //! Recall loss and the segmentation loss baselines, differentiable in candle.
+//!
+//! Every loss maps logits `(N, C, H, W)` and an integer target `(N, H, W)` to a scalar
+//! [`Tensor`] that backpropagates with candle's autograd on any device. Pixels whose label is
+//! the ignore index (default 255) contribute no loss, no gradient and no statistics.
+//!
+//! * Cross-entropy family (per-pixel losses): [`CrossEntropy`], [`WeightedCe`], [`BalancedCe`],
+//!   [`RecallCe`] (the paper's Eq. 5), [`PrecisionCe`] (Eq. 9, a documented counterexample),
+//!   [`Focal`], [`Ohem`].
+//! * Region losses: [`SoftIou`], [`Lovasz`], [`Dice`], [`Tversky`].
+//!
+//! Each loss has two implementations: a *portable* one built from candle ops (CPU, CUDA,
+//! Metal; autograd does the backward pass) and a *fused* CPU kernel (a candle custom op with
+//! its own backward pass, parallel over pixels with rayon). The fused kernel is chosen
+//! automatically when the logits live on the CPU and are contiguous; [`Kernel::Portable`]
+//! forces the portable path. Tests check that both agree in value and gradient.
+//!
+//! Losses are built by name with [`LossConfig`] (serde, tagged by `name`) and a
+//! [`LossContext`] (number of classes, ignore index, dataset statistics). The formulas, their
+//! normalisation and gradients are in `docs/losses.md`.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use recallseg_losses::{LossConfig, LossContext};
+//!
+//! let dev = Device::Cpu;
+//! let logits = Tensor::zeros((1, 3, 2, 2), candle_core::DType::F32, &dev)?;
+//! let target = Tensor::new(&[[[0u8, 1], [2, 255]]], &dev)?;
+//! let mut loss = LossConfig::from_name("recall")?.build(&LossContext::new(3))?;
+//! let value = loss.forward(&logits, &target)?.to_scalar::<f32>()?;
+//! // Uniform logits: every pixel has CE = ln 3; the argmax (class 0) is right for one pixel.
+//! assert!(value > 0.0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod class_weights;
+mod config;
+mod error;
+mod fast_math;
+mod fused_ce;
+mod input;
+
+mod balanced_ce;
+mod ce_family;
+mod cross_entropy;
+mod focal;
+mod ohem;
+mod precision_ce;
+mod recall_ce;
+mod weighted_ce;
+
+pub use balanced_ce::BalancedCe;
+pub use config::{LossConfig, WeightMode};
+pub use cross_entropy::CrossEntropy;
+pub use error::LossError;
+pub use focal::Focal;
+pub use ohem::{Ohem, OhemSelection};
+pub use precision_ce::PrecisionCe;
+pub use recall_ce::RecallCe;
+pub use weighted_ce::WeightedCe;
+
+pub use candle_core::Tensor;
+
+/// The default ignore index (void pixels), as in Cityscapes and Synthia train ids.
+pub const DEFAULT_IGNORE_INDEX: u32 = 255;
+
+/// A segmentation loss: logits and labels in, scalar out, state kept across steps.
+pub trait SegLoss: Send {
+    /// Computes the loss of one batch.
+    ///
+    /// * `logits`: `(N, C, H, W)`, `f32` (also `f64`; `f16`/`bf16` are computed in `f32`).
+    /// * `target`: `(N, H, W)`, `u8`, `u32` or `i64` class indices, or the ignore index.
+    ///
+    /// Returns a scalar tensor (dtype `f32`, or `f64` for `f64` logits) that backpropagates to
+    /// `logits`. Labels outside `0..C` that are not the ignore index are an error.
+    fn forward(&mut self, logits: &Tensor, target: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// The loss's name, as in [`LossConfig`] (`"recall_ce"`).
+    fn name(&self) -> &str;
+
+    /// The per-class weights applied on the last call of [`SegLoss::forward`] (for the paper's
+    /// Fig. 4 analysis), one per class, or `None` where the notion is meaningless (region losses,
+    /// unweighted cross entropy) or before the first step.
+    ///
+    /// Classes absent from the last batch are reported as `NaN` by the losses whose weights are
+    /// batch statistics ([`RecallCe`], [`PrecisionCe`], [`Focal`]); static weights
+    /// ([`WeightedCe`], [`BalancedCe`], or any loss built with static `class_weights`) are
+    /// reported for every class.
+    fn last_class_weights(&self) -> Option<Vec<f32>>;
+}
+
+/// Which implementation a loss runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernel {
+    /// The fused CPU kernel when the logits are on the CPU and contiguous (`f32`, or `f16`/`bf16`
+    /// converted to `f32`), the portable candle-ops path otherwise.
+    #[default]
+    Auto,
+    /// Always the composed candle-ops path (every device, candle autograd).
+    Portable,
+    /// Always the fused CPU kernel; a forward call whose logits are not on the CPU, not
+    /// contiguous or not `f32`/`f16`/`bf16` is an error (for tests and benchmarks).
+    Fused,
+}
+
+/// What a loss needs to know about the task when it is built.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossContext {
+    /// Number of classes `C` (the logits' channel count).
+    pub n_classes: usize,
+    /// Label of void pixels, which contribute nothing (default 255).
+    pub ignore_index: u32,
+    /// Pixel count of each class over the training split (needed by [`WeightedCe`] and
+    /// [`BalancedCe`]).
+    pub class_pixel_counts: Option<Vec<u64>>,
+    /// Optional static per-class weights, applied by every loss on top of its own weighting.
+    pub class_weights: Option<Vec<f32>>,
+}
+
+impl LossContext {
+    /// A context for `n_classes` classes, ignore index 255, no statistics, no weights.
+    pub fn new(n_classes: usize) -> Self {
+        Self {
+            n_classes,
+            ignore_index: DEFAULT_IGNORE_INDEX,
+            class_pixel_counts: None,
+            class_weights: None,
+        }
+    }
+
+    /// Sets the ignore index.
+    pub fn with_ignore_index(mut self, ignore_index: u32) -> Self {
+        self.ignore_index = ignore_index;
+        self
+    }
+
+    /// Sets the per-class pixel counts of the training split.
+    pub fn with_class_pixel_counts(mut self, counts: Vec<u64>) -> Self {
+        self.class_pixel_counts = Some(counts);
+        self
+    }
+
+    /// Sets static per-class weights.
+    pub fn with_class_weights(mut self, weights: Vec<f32>) -> Self {
+        self.class_weights = Some(weights);
+        self
+    }
+
+    /// Checks the context: at least one class, per-class vectors of length `n_classes`, weights
+    /// finite and non-negative.
+    pub fn validate(&self) -> Result<(), LossError> {
+        if self.n_classes == 0 {
+            return Err(LossError::NoClasses);
+        }
+        if let Some(c) = &self.class_pixel_counts {
+            if c.len() != self.n_classes {
+                return Err(LossError::ClassCountMismatch {
+                    what: "class_pixel_counts",
+                    expected: self.n_classes,
+                    got: c.len(),
+                });
+            }
+        }
+        if let Some(w) = &self.class_weights {
+            check_weights(w, self.n_classes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a static weight vector: length `n_classes`, finite, non-negative.
+pub(crate) fn check_weights(w: &[f32], n_classes: usize) -> Result<(), LossError> {
+    if w.len() != n_classes {
+        return Err(LossError::ClassCountMismatch {
+            what: "class_weights",
+            expected: n_classes,
+            got: w.len(),
+        });
+    }
+    for (index, &value) in w.iter().enumerate() {
+        if !value.is_finite() || value < 0.0 {
+            return Err(LossError::InvalidClassWeight { index, value });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! The engine shared by the cross-entropy family: one normalisation, one ignore rule, one
+//! definition of every per-class weight, two implementations (portable candle ops and the fused
+//! CPU kernel of [`crate::fused_ce`]).
+//!
+//! Every member computes
+//!
+//! ```text
+//! L = (1/Z) Σ_{n valid} s_{y_n} · d_n · CE_n,      CE_n = -log softmax(z_n)_{y_n},
+//! Z = Σ_{n valid} s_{y_n}                          (= number of valid pixels without static weights)
+//! ```
+//!
+//! where `s` are static class weights (all 1 unless given) and `d_n` the member's dynamic
+//! weight: 1 (CE), `1 - recall_{y_n}` (RecallCE), `FP/(TP+FP)` of `y_n` (PrecisionCE),
+//! `(1 - p_n)^γ` (Focal, differentiated), the keep indicator (OHEM, which normalises by the kept
+//! pixels' `Σ s_{y_n}` instead). Class-level dynamic weights carry no gradient. When `Z = 0`
+//! (no valid pixel, or all weights zero) the loss is 0 with a zero gradient.
+
+use crate::fused_ce::FusedCe;
+use crate::input::{
+    checked_labels_u32, class_column, class_vector, one_hot, per_class_host, prepare,
+};
+use crate::ohem::{ohem_keep, OhemSelection};
+use crate::Kernel;
+use candle_core::{DType, Result, Tensor};
+use std::sync::{Arc, Mutex};
+
+/// Which member of the family.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum CeMode {
+    /// Plain (statically weighted) cross entropy.
+    Plain,
+    /// Weights `1 - recall_c` of the batch's argmax predictions, optionally smoothed by an EMA
+    /// with this momentum.
+    Recall { momentum: Option<f32> },
+    /// Weights `FP_c / (TP_c + FP_c)` (paper Eq. 9).
+    Precision,
+    /// Per-pixel modulation `(1 - p)^γ`.
+    Focal { gamma: f32 },
+    /// Online hard example mining.
+    Ohem(OhemSelection),
+}
+
+/// Argmax statistics of one batch over its valid pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ClassStats {
+    /// Ground-truth pixels per class (`TP + FN`).
+    pub count: Vec<f64>,
+    /// Pixels of the class predicted as the class.
+    pub tp: Vec<f64>,
+    /// Pixels predicted as the class (`TP + FP`).
+    pub pred: Vec<f64>,
+}
+
+/// Dynamic class weights of one step.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DynWeights {
+    /// Multiplier per class used in the loss (0 for classes without pixels).
+    pub w: Vec<f64>,
+    /// Reported weights (`NaN` for classes absent from the batch).
+    pub report: Vec<f32>,
+    /// The updated recall moving average, if one is kept.
+    pub ema: Option<Vec<f32>>,
+}
+
+/// Computes the class weights of RecallCE / PrecisionCE from the batch statistics (shared by
+/// both implementations so they cannot drift apart).
+pub(crate) fn dyn_weights(mode: &CeMode, st: &ClassStats, ema_prev: Option<&[f32]>) -> DynWeights {
+    let c = st.count.len();
+    let mut w = vec![0.0f64; c];
+    let mut report = vec![f32::NAN; c];
+    let mut ema = None;
+    match mode {
+        CeMode::Recall { momentum } => {
+            let mut smoothed: Vec<f32> = match ema_prev {
+                Some(p) => p.to_vec(),
+                None => vec![f32::NAN; c],
+            };
+            for k in 0..c {
+                if st.count[k] > 0.0 {
+                    let r = st.tp[k] / st.count[k];
+                    let rk = match momentum {
+                        Some(m) if !smoothed[k].is_nan() => {
+                            let m = *m as f64;
+                            m * smoothed[k] as f64 + (1.0 - m) * r
+                        }
+                        _ => r,
+                    };
+                    smoothed[k] = rk as f32;
+                    w[k] = 1.0 - rk;
+                    report[k] = (1.0 - rk) as f32;
+                }
+            }
+            if momentum.is_some() {
+                ema = Some(smoothed);
+            }
+        }
+        CeMode::Precision => {
+            for k in 0..c {
+                if st.count[k] > 0.0 {
+                    // A class that is never predicted has no precision yet: full weight 1.
+                    let v = if st.pred[k] > 0.0 {
+                        (st.pred[k] - st.tp[k]) / st.pred[k]
+                    } else {
+                        1.0
+                    };
+                    w[k] = v;
+                    report[k] = v as f32;
+                }
+            }
+        }
+        _ => {
+            for k in 0..c {
+                w[k] = 1.0;
+                report[k] = 1.0;
+            }
+        }
+    }
+    DynWeights { w, report, ema }
+}
+
+/// Shared state and behaviour of the cross-entropy family.
+#[derive(Debug, Clone)]
+pub(crate) struct CeEngine {
+    pub name: &'static str,
+    pub n_classes: usize,
+    pub ignore_index: u32,
+    /// Static class weights `s` (`None` = all ones).
+    pub static_weights: Option<Vec<f32>>,
+    pub mode: CeMode,
+    pub kernel: Kernel,
+    /// Recall moving average (RecallCE with `ema`).
+    pub ema: Option<Vec<f32>>,
+    /// Weights reported by `last_class_weights`.
+    pub last: Option<Vec<f32>>,
+}
+
+/// What one forward pass reports back to the engine.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StepReport {
+    pub report: Option<Vec<f32>>,
+    pub ema: Option<Vec<f32>>,
+}
+
+impl CeEngine {
+    pub(crate) fn new(
+        name: &'static str,
+        n_classes: usize,
+        ignore_index: u32,
+        static_weights: Option<Vec<f32>>,
+        mode: CeMode,
+    ) -> Self {
+        Self {
+            name,
+            n_classes,
+            ignore_index,
+            static_weights,
+            mode,
+            kernel: Kernel::Auto,
+            ema: None,
+            last: None,
+        }
+    }
+
+    /// Static weights as `f64`, ones when none were given.
+    pub(crate) fn static_f64(&self) -> Vec<f64> {
+        match &self.static_weights {
+            Some(w) => w.iter().map(|&v| v as f64).collect(),
+            None => vec![1.0; self.n_classes],
+        }
+    }
+
+    pub(crate) fn forward(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+        let p = prepare(logits, target, self.n_classes, self.kernel)?;
+        let (loss, rep) = if p.fused {
+            let out = Arc::new(Mutex::new(None));
+            let op = FusedCe {
+                n_classes: self.n_classes,
+                ignore_index: self.ignore_index,
+                static_w: self.static_f64(),
+                mode: self.mode.clone(),
+                ema_prev: self.ema.clone(),
+                out: out.clone(),
+            };
+            let loss = p.logits.apply_op2_arc(&p.target, Arc::new(Box::new(op)))?;
+            let rep = out
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?
+                .as_ref()
+                .map(|o: &crate::fused_ce::FusedOut| o.step.clone())
+                .unwrap_or_default();
+            (loss, rep)
+        } else {
+            self.forward_portable(&p.logits, &p.target)?
+        };
+        if rep.ema.is_some() {
+            self.ema = rep.ema;
+        }
+        self.last = rep.report;
+        Ok(loss)
+    }
+
+    /// The composed candle-ops implementation (any device; candle autograd).
+    fn forward_portable(&self, logits: &Tensor, target: &Tensor) -> Result<(Tensor, StepReport)> {
+        let c = self.n_classes;
+        let dtype = logits.dtype();
+        let dev = logits.device();
+        let labels = checked_labels_u32(target, c, self.ignore_index)?;
+        let oh = one_hot(&labels, c, self.ignore_index, dtype)?;
+        let logp = candle_nn::ops::log_softmax(logits, 1)?;
+        let count = per_class_host(&oh)?;
+        let s = self.static_f64();
+        let z: f64 = s.iter().zip(&count).map(|(a, b)| a * b).sum();
+        let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
+        let static_report = self.static_weights.clone();
+        match &self.mode {
+            CeMode::Plain | CeMode::Recall { .. } | CeMode::Precision => {
+                let (w, rep) = if self.mode == CeMode::Plain {
+                    (
+                        s.clone(),
+                        StepReport {
+                            report: static_report,
+                            ema: None,
+                        },
+                    )
+                } else {
+                    let am = logits.argmax_keepdim(1)?;
+                    let pred_oh = am.broadcast_eq(&class_column(c, dev)?)?.to_dtype(dtype)?;
+                    let valid = oh.sum_keepdim(1)?;
+                    let tp = per_class_host(&(&pred_oh * &oh)?)?;
+                    let pred = per_class_host(&pred_oh.broadcast_mul(&valid)?)?;
+                    let st = ClassStats {
+                        count: count.clone(),
+                        tp,
+                        pred,
+                    };
+                    let d = dyn_weights(&self.mode, &st, self.ema.as_deref());
+                    let w: Vec<f64> = s.iter().zip(&d.w).map(|(a, b)| a * b).collect();
+                    (
+                        w,
+                        StepReport {
+                            report: Some(d.report),
+                            ema: d.ema,
+                        },
+                    )
+                };
+                let scaled: Vec<f64> = w.iter().map(|v| v * inv_z).collect();
+                let per_class_ce = (&oh * &logp)?.sum((0, 2, 3))?.neg()?;
+                let loss = (per_class_ce * class_vector(&scaled, dtype, dev)?)?.sum_all()?;
+                Ok((loss, rep))
+            }
+            CeMode::Focal { gamma } => {
+                let gamma = *gamma;
+                let logpt = (&oh * &logp)?.sum(1)?;
+                let s_col = class_vector(&s, dtype, dev)?.reshape((1, c, 1, 1))?;
+                let s_map = oh.broadcast_mul(&s_col)?.sum(1)?;
+                let one_minus = logpt.exp()?.affine(-1.0, 1.0)?;
+                let modf = if gamma == 0.0 {
+                    one_minus.ones_like()?
+                } else if gamma == 1.0 {
+                    one_minus
+                } else {
+                    one_minus.maximum(1e-12)?.powf(gamma as f64)?
+                };
+                let loss = (modf.neg()? * &logpt)?
+                    .mul(&s_map)?
+                    .sum_all()?
+                    .affine(inv_z, 0.0)?;
+                let fsum = per_class_host(&oh.broadcast_mul(&modf.detach().unsqueeze(1)?)?)?;
+                let report = fsum
+                    .iter()
+                    .zip(&count)
+                    .map(|(f, n)| if *n > 0.0 { (f / n) as f32 } else { f32::NAN })
+                    .collect();
+                Ok((
+                    loss,
+                    StepReport {
+                        report: Some(report),
+                        ema: None,
+                    },
+                ))
+            }
+            CeMode::Ohem(sel) => {
+                let ce_map = (&oh * &logp)?.sum(1)?.neg()?;
+                let lab = labels.flatten_all()?.to_vec1::<u32>()?;
+                let ce_host = ce_map
+                    .detach()
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let ce_marked: Vec<f32> = ce_host
+                    .iter()
+                    .zip(&lab)
+                    .map(|(&v, &l)| {
+                        if l == self.ignore_index || l as usize >= c {
+                            f32::NEG_INFINITY
+                        } else {
+                            v
+                        }
+                    })
+                    .collect();
+                let keep = ohem_keep(&ce_marked, *sel);
+                let mut kept = vec![0.0f64; c];
+                let mut factor = vec![0.0f64; lab.len()];
+                let mut zk = 0.0;
+                for (i, &k) in keep.iter().enumerate() {
+                    if k {
+                        let y = lab[i] as usize;
+                        kept[y] += 1.0;
+                        factor[i] = s[y];
+                        zk += s[y];
+                    }
+                }
+                let inv = if zk > 0.0 { 1.0 / zk } else { 0.0 };
+                factor.iter_mut().for_each(|f| *f *= inv);
+                let f = Tensor::from_vec(factor, ce_map.shape(), &candle_core::Device::Cpu)?
+                    .to_dtype(dtype)?
+                    .to_device(dev)?;
+                let loss = (ce_map * f)?.sum_all()?;
+                let report = kept
+                    .iter()
+                    .zip(&count)
+                    .map(|(k, n)| if *n > 0.0 { (k / n) as f32 } else { f32::NAN })
+                    .collect();
+                Ok((
+                    loss,
+                    StepReport {
+                        report: Some(report),
+                        ema: None,
+                    },
+                ))
+            }
+        }
+    }
+}
+
+impl CeEngine {
+    /// Weights reported by `SegLoss::last_class_weights`.
+    pub(crate) fn last_class_weights(&self) -> Option<Vec<f32>> {
+        match self.mode {
+            CeMode::Plain => self.static_weights.clone(),
+            _ => self.last.clone(),
+        }
+    }
+}
+
+/// Builder methods and the `SegLoss` implementation shared by the cross-entropy family.
+macro_rules! ce_loss_common {
+    ($t:ty) => {
+        impl $t {
+            /// Sets the ignore index (default 255): pixels with this label contribute nothing.
+            pub fn with_ignore_index(mut self, ignore_index: u32) -> Self {
+                self.engine.ignore_index = ignore_index;
+                self
+            }
+
+            /// Applies static per-class weights `s_c` (one per class, finite, `>= 0`),
+            /// multiplied onto any static weights the loss already has; the loss becomes a
+            /// weighted mean normalised by `Σ_{valid n} s_{y_n}`.
+            pub fn with_class_weights(
+                mut self,
+                weights: Vec<f32>,
+            ) -> Result<Self, $crate::LossError> {
+                $crate::check_weights(&weights, self.engine.n_classes)?;
+                self.engine.static_weights = Some(match self.engine.static_weights.take() {
+                    Some(e) => e.iter().zip(&weights).map(|(a, b)| a * b).collect(),
+                    None => weights,
+                });
+                Ok(self)
+            }
+
+            /// Chooses the implementation (default [`Kernel::Auto`](crate::Kernel::Auto)).
+            pub fn with_kernel(mut self, kernel: $crate::Kernel) -> Self {
+                self.engine.kernel = kernel;
+                self
+            }
+
+            /// The number of classes the loss was built for.
+            pub fn n_classes(&self) -> usize {
+                self.engine.n_classes
+            }
+
+            /// The static per-class weights, if any.
+            pub fn class_weights(&self) -> Option<&[f32]> {
+                self.engine.static_weights.as_deref()
+            }
+        }
+
+        impl $crate::SegLoss for $t {
+            fn forward(
+                &mut self,
+                logits: &candle_core::Tensor,
+                target: &candle_core::Tensor,
+            ) -> candle_core::Result<candle_core::Tensor> {
+                self.engine.forward(logits, target)
+            }
+
+            fn name(&self) -> &str {
+                self.engine.name
+            }
+
+            fn last_class_weights(&self) -> Option<Vec<f32>> {
+                self.engine.last_class_weights()
+            }
+        }
+    };
+}
+pub(crate) use ce_loss_common;

@@ -1,0 +1,304 @@
+//! Building losses by name: [`LossConfig`].
+
+use crate::{
+    BalancedCe, CrossEntropy, Focal, LossContext, LossError, Ohem, OhemSelection, PrecisionCe,
+    RecallCe, SegLoss, WeightedCe,
+};
+use serde::{Deserialize, Serialize};
+
+/// How [`WeightedCe`] turns pixel counts into weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightMode {
+    /// `w_c = N / (C · N_c)`.
+    InverseFrequency,
+    /// `w_c = median(N_k) / N_c` (the paper's code).
+    #[default]
+    MedianFrequency,
+}
+
+/// Any loss of the crate with its parameters; serde-tagged by `name`.
+///
+/// In TOML: `name = "recall_ce"`, `name = "focal"` with `gamma = 2.0`,
+/// `name = "weighted_ce"` with `mode = "inverse_frequency"`, … Unknown names and unknown fields
+/// are errors. Defaults follow the paper: focal `gamma = 1`, OHEM `keep_ratio = 0.7`, Lovász over
+/// present classes only, recall without moving average, Tversky `alpha = 0.3, beta = 0.7`
+/// (Salehi et al. 2017), class-balanced `beta = (N-1)/N`, weighted CE median frequency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LossConfig {
+    /// [`CrossEntropy`].
+    CrossEntropy {},
+    /// [`WeightedCe`] (needs pixel counts).
+    WeightedCe {
+        /// Inverse or median frequency.
+        #[serde(default)]
+        mode: WeightMode,
+    },
+    /// [`BalancedCe`] (needs pixel counts).
+    BalancedCe {
+        /// β of the effective number; `None` = `(N-1)/N`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        beta: Option<f64>,
+    },
+    /// [`Focal`].
+    Focal {
+        /// Focusing parameter γ ≥ 0.
+        #[serde(default = "default_gamma")]
+        gamma: f64,
+    },
+    /// [`Ohem`]: give `keep_ratio` or `threshold`, not both (default `keep_ratio = 0.7`).
+    Ohem {
+        /// Fraction of valid pixels kept, in `(0, 1]`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep_ratio: Option<f64>,
+        /// Keep pixels whose ground-truth probability is below this, in `(0, 1]`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        threshold: Option<f64>,
+    },
+    /// [`SoftIou`].
+    SoftIou {},
+    /// [`Lovasz`] (Lovász-Softmax).
+    Lovasz {
+        /// Average over classes present in the batch only (default) or over all classes.
+        #[serde(default = "default_true")]
+        present_only: bool,
+    },
+    /// [`Dice`].
+    Dice {},
+    /// [`Tversky`].
+    Tversky {
+        /// Weight of false positives.
+        #[serde(default = "default_tversky_alpha")]
+        alpha: f64,
+        /// Weight of false negatives.
+        #[serde(default = "default_tversky_beta")]
+        beta: f64,
+    },
+    /// [`RecallCe`], the paper's loss.
+    RecallCe {
+        /// Momentum of a moving average of recall across steps; `None` = the paper's
+        /// instantaneous recall.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ema: Option<f64>,
+    },
+    /// [`PrecisionCe`], the paper's Eq. 9 counterexample.
+    PrecisionCe {},
+}
+
+fn default_gamma() -> f64 {
+    1.0
+}
+fn default_true() -> bool {
+    true
+}
+fn default_tversky_alpha() -> f64 {
+    0.3
+}
+fn default_tversky_beta() -> f64 {
+    0.7
+}
+
+/// Accepted names and aliases, for `from_name` and its error message.
+const NAMES: &[(&str, &str)] = &[
+    ("cross_entropy", "cross_entropy"),
+    ("ce", "cross_entropy"),
+    ("crossentropy", "cross_entropy"),
+    ("weighted_ce", "weighted_ce"),
+    ("wce", "weighted_ce"),
+    ("weighted", "weighted_ce"),
+    ("balanced_ce", "balanced_ce"),
+    ("balanced", "balanced_ce"),
+    ("cb", "balanced_ce"),
+    ("focal", "focal"),
+    ("ohem", "ohem"),
+    ("soft_iou", "soft_iou"),
+    ("softiou", "soft_iou"),
+    ("iou", "soft_iou"),
+    ("lovasz", "lovasz"),
+    ("lovasz_softmax", "lovasz"),
+    ("dice", "dice"),
+    ("tversky", "tversky"),
+    ("recall_ce", "recall_ce"),
+    ("recall", "recall_ce"),
+    ("recallce", "recall_ce"),
+    ("precision_ce", "precision_ce"),
+    ("precision", "precision_ce"),
+];
+
+impl LossConfig {
+    /// The loss of that name with default parameters. Case-insensitive; `-` and `_` are
+    /// interchangeable; aliases: `ce`, `wce`, `weighted`, `balanced`, `cb`, `iou`, `softiou`,
+    /// `lovasz_softmax`, `recall`, `recallce`, `precision`.
+    pub fn from_name(name: &str) -> Result<Self, LossError> {
+        let key = name.trim().to_ascii_lowercase().replace('-', "_");
+        let canonical = NAMES
+            .iter()
+            .find(|(alias, _)| *alias == key)
+            .map(|(_, c)| *c)
+            .ok_or_else(|| LossError::UnknownLoss {
+                name: name.to_string(),
+                known: NAMES.iter().map(|(a, _)| *a).collect::<Vec<_>>().join(", "),
+            })?;
+        Ok(match canonical {
+            "cross_entropy" => LossConfig::CrossEntropy {},
+            "weighted_ce" => LossConfig::WeightedCe {
+                mode: WeightMode::default(),
+            },
+            "balanced_ce" => LossConfig::BalancedCe { beta: None },
+            "focal" => LossConfig::Focal {
+                gamma: default_gamma(),
+            },
+            "ohem" => LossConfig::Ohem {
+                keep_ratio: None,
+                threshold: None,
+            },
+            "soft_iou" => LossConfig::SoftIou {},
+            "lovasz" => LossConfig::Lovasz { present_only: true },
+            "dice" => LossConfig::Dice {},
+            "tversky" => LossConfig::Tversky {
+                alpha: default_tversky_alpha(),
+                beta: default_tversky_beta(),
+            },
+            "recall_ce" => LossConfig::RecallCe { ema: None },
+            _ => LossConfig::PrecisionCe {},
+        })
+    }
+
+    /// The canonical name (`"recall_ce"`), as in the serde tag.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LossConfig::CrossEntropy {} => "cross_entropy",
+            LossConfig::WeightedCe { .. } => "weighted_ce",
+            LossConfig::BalancedCe { .. } => "balanced_ce",
+            LossConfig::Focal { .. } => "focal",
+            LossConfig::Ohem { .. } => "ohem",
+            LossConfig::SoftIou {} => "soft_iou",
+            LossConfig::Lovasz { .. } => "lovasz",
+            LossConfig::Dice {} => "dice",
+            LossConfig::Tversky { .. } => "tversky",
+            LossConfig::RecallCe { .. } => "recall_ce",
+            LossConfig::PrecisionCe {} => "precision_ce",
+        }
+    }
+
+    /// Whether building needs `LossContext::class_pixel_counts`.
+    pub fn needs_pixel_counts(&self) -> bool {
+        matches!(
+            self,
+            LossConfig::WeightedCe { .. } | LossConfig::BalancedCe { .. }
+        )
+    }
+
+    fn ohem_selection(&self) -> Result<Option<OhemSelection>, LossError> {
+        if let LossConfig::Ohem {
+            keep_ratio,
+            threshold,
+        } = *self
+        {
+            let sel = match (keep_ratio, threshold) {
+                (Some(_), Some(t)) => {
+                    return Err(LossError::InvalidParameter {
+                        loss: "ohem",
+                        field: "threshold",
+                        value: t.to_string(),
+                        reason: "give either keep_ratio or threshold, not both".into(),
+                    })
+                }
+                (Some(r), None) => OhemSelection::KeepRatio(r),
+                (None, Some(t)) => OhemSelection::Threshold(t),
+                (None, None) => OhemSelection::KeepRatio(0.7),
+            };
+            sel.validate()?;
+            return Ok(Some(sel));
+        }
+        Ok(None)
+    }
+
+    /// Checks the parameters (ranges, exclusive options) without building.
+    pub fn validate(&self) -> Result<(), LossError> {
+        let bad = |loss, field, value: f64, reason: &str| {
+            Err(LossError::InvalidParameter {
+                loss,
+                field,
+                value: value.to_string(),
+                reason: reason.into(),
+            })
+        };
+        match *self {
+            LossConfig::BalancedCe { beta: Some(b) } if !(0.0..1.0).contains(&b) => {
+                bad("balanced_ce", "beta", b, "must be in [0, 1)")
+            }
+            LossConfig::Focal { gamma } if !(gamma.is_finite() && gamma >= 0.0) => {
+                bad("focal", "gamma", gamma, "must be finite and >= 0")
+            }
+            LossConfig::Ohem { .. } => self.ohem_selection().map(|_| ()),
+            LossConfig::Tversky { alpha, .. } if !(alpha.is_finite() && alpha >= 0.0) => {
+                bad("tversky", "alpha", alpha, "must be finite and >= 0")
+            }
+            LossConfig::Tversky { beta, .. } if !(beta.is_finite() && beta >= 0.0) => {
+                bad("tversky", "beta", beta, "must be finite and >= 0")
+            }
+            LossConfig::Tversky { alpha, beta } if alpha + beta <= 0.0 => {
+                bad("tversky", "alpha", alpha, "alpha + beta must be > 0")
+            }
+            LossConfig::RecallCe { ema: Some(m) } if !(0.0..1.0).contains(&m) => bad(
+                "recall_ce",
+                "ema",
+                m,
+                "the moving-average momentum must be in [0, 1)",
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Builds the loss for a task. Validates the parameters and the context; [`WeightedCe`] and
+    /// [`BalancedCe`] need `ctx.class_pixel_counts`. Static `ctx.class_weights` apply to every
+    /// loss (multiplied onto the frequency weights of WeightedCE / BalancedCE).
+    pub fn build(&self, ctx: &LossContext) -> Result<Box<dyn SegLoss>, LossError> {
+        self.validate()?;
+        ctx.validate()?;
+        let c = ctx.n_classes;
+        let ig = ctx.ignore_index;
+        let counts = || {
+            ctx.class_pixel_counts
+                .as_deref()
+                .ok_or(LossError::MissingPixelCounts { loss: self.name() })
+        };
+        macro_rules! finish {
+            ($loss:expr) => {{
+                let mut l = $loss.with_ignore_index(ig);
+                if let Some(w) = &ctx.class_weights {
+                    l = l.with_class_weights(w.clone())?;
+                }
+                Ok(Box::new(l) as Box<dyn SegLoss>)
+            }};
+        }
+        match *self {
+            LossConfig::CrossEntropy {} => finish!(CrossEntropy::new(c)),
+            LossConfig::WeightedCe { mode } => finish!(WeightedCe::from_counts(counts()?, mode)?),
+            LossConfig::BalancedCe { beta } => finish!(BalancedCe::from_counts(counts()?, beta)?),
+            LossConfig::Focal { gamma } => finish!(Focal::new(c, gamma)?),
+            LossConfig::Ohem { .. } => {
+                let sel = self
+                    .ohem_selection()?
+                    .unwrap_or(OhemSelection::KeepRatio(0.7));
+                finish!(Ohem::new(c, sel)?)
+            }
+            LossConfig::SoftIou {}
+            | LossConfig::Lovasz { .. }
+            | LossConfig::Dice {}
+            | LossConfig::Tversky { .. } => Err(LossError::InvalidParameter {
+                loss: self.name(),
+                field: "name",
+                value: self.name().into(),
+                reason: "region losses are not implemented yet (work in progress)".into(),
+            }),
+            LossConfig::RecallCe { ema } => match ema {
+                Some(m) => finish!(RecallCe::new(c).with_ema(m)?),
+                None => finish!(RecallCe::new(c)),
+            },
+            LossConfig::PrecisionCe {} => finish!(PrecisionCe::new(c)),
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Plain cross entropy.
+
+use crate::ce_family::{CeEngine, CeMode};
+
+/// Softmax cross entropy, averaged over valid pixels.
+///
+/// ```text
+/// L = (1/Z) Σ_{n valid} s_{y_n} · (-log softmax(z_n)_{y_n}),   Z = Σ_{n valid} s_{y_n}
+/// ```
+///
+/// Without static weights `s ≡ 1` and `Z` is the number of valid pixels (PyTorch's
+/// `F.cross_entropy(..., ignore_index=255)`); with them it is PyTorch's weighted mean
+/// (`weight=`). Gradient: `∂L/∂z_{n,j} = s_{y_n} (p_{n,j} - [j = y_n]) / Z`. A batch without
+/// valid pixels gives 0 with a zero gradient. `last_class_weights` reports the static weights,
+/// or `None` without them.
+#[derive(Debug, Clone)]
+pub struct CrossEntropy {
+    pub(crate) engine: CeEngine,
+}
+
+impl CrossEntropy {
+    /// Cross entropy over `n_classes` classes (ignore index 255, no weights).
+    pub fn new(n_classes: usize) -> Self {
+        Self {
+            engine: CeEngine::new(
+                "cross_entropy",
+                n_classes,
+                crate::DEFAULT_IGNORE_INDEX,
+                None,
+                CeMode::Plain,
+            ),
+        }
+    }
+}
+
+crate::ce_family::ce_loss_common!(CrossEntropy);

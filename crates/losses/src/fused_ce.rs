@@ -1,0 +1,534 @@
+//! The fused CPU kernel of the cross-entropy family: a candle [`CustomOp2`] over
+//! `(logits f32 (N, C, H, W) contiguous, target (N, H, W) u8/u32/i64)`.
+//!
+//! * Forward (one parallel pass over pixel blocks): per-pixel max, argmax, log-sum-exp and
+//!   cross entropy, accumulated into per-class sums (pixel count, true positives, predictions,
+//!   CE, focal terms); OHEM keeps the per-pixel CE for its selection. The class weights of the
+//!   step (recall, precision) follow from these sums, and the loss is `Σ_c W_c · CE_sum_c / Z`,
+//!   so the logits are read once.
+//! * Backward (one parallel pass): recomputes the softmax of each block and writes
+//!   `∂L/∂z_{n,j} = g · f_n · (p_{n,j} - [j = y_n])` where `f_n` is the pixel's factor (class
+//!   weight over `Z`, times the focal derivative term for Focal, the keep mask for OHEM) and `g`
+//!   the incoming gradient. Nothing is stored between the passes but `C` (or, for OHEM, `N·H·W`)
+//!   factors, and no gradient is computed when nobody asks for it.
+//!
+//! Work is split into blocks of [`BLOCK`] consecutive pixels of one image; within a block the
+//! loops run over pixels for one class at a time, so they read contiguous memory and
+//! auto-vectorise.
+
+use crate::ce_family::{dyn_weights, CeMode, ClassStats, StepReport};
+use crate::fast_math::fast_exp;
+use crate::ohem::ohem_keep;
+use crate::LossError;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// Pixels per work item.
+pub(crate) const BLOCK: usize = 256;
+
+/// A raw pointer that work items write through at disjoint offsets.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(pub *mut f32);
+// SAFETY: every user writes a disjoint set of indices (one pixel block each) and the owning
+// buffer outlives the parallel loop.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    #[inline(always)]
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// State the forward pass leaves for the backward pass and for the loss object.
+#[derive(Debug, Clone)]
+pub(crate) struct FusedOut {
+    /// Weights to report and the updated recall average.
+    pub step: StepReport,
+    /// `W_c / Z` (weighted members) or `s_c / Z` (Focal), per class.
+    class_factor: Vec<f32>,
+    /// OHEM: the factor of every pixel (`s_y / Z_kept` if kept, else 0).
+    pixel_factor: Option<Vec<f32>>,
+    /// Focal: γ.
+    gamma: Option<f32>,
+}
+
+/// The fused cross-entropy-family op (see the module documentation).
+pub(crate) struct FusedCe {
+    pub n_classes: usize,
+    pub ignore_index: u32,
+    /// Static class weights (ones when none).
+    pub static_w: Vec<f64>,
+    pub mode: CeMode,
+    /// The recall moving average before this step.
+    pub ema_prev: Option<Vec<f32>>,
+    /// Filled by the forward pass.
+    pub out: Arc<Mutex<Option<FusedOut>>>,
+}
+
+/// Per-class accumulators of the forward pass.
+#[derive(Clone)]
+struct Acc {
+    count: Vec<u64>,
+    tp: Vec<u64>,
+    pred: Vec<u64>,
+    ce: Vec<f64>,
+    focal_w: Vec<f64>,
+    focal_l: Vec<f64>,
+    bad: Option<i64>,
+}
+
+impl Acc {
+    fn new(c: usize) -> Self {
+        Self {
+            count: vec![0; c],
+            tp: vec![0; c],
+            pred: vec![0; c],
+            ce: vec![0.0; c],
+            focal_w: vec![0.0; c],
+            focal_l: vec![0.0; c],
+            bad: None,
+        }
+    }
+    fn merge(mut self, o: Acc) -> Acc {
+        for k in 0..self.count.len() {
+            self.count[k] += o.count[k];
+            self.tp[k] += o.tp[k];
+            self.pred[k] += o.pred[k];
+            self.ce[k] += o.ce[k];
+            self.focal_w[k] += o.focal_w[k];
+            self.focal_l[k] += o.focal_l[k];
+        }
+        self.bad = self.bad.or(o.bad);
+        self
+    }
+}
+
+/// `((1 - p)^γ, F)` for a pixel with cross entropy `ce` (`p = e^{-ce}`), where
+/// `F = (1-p)^γ - γ (1-p)^{γ-1} p ln p` is the factor that turns the CE gradient into the focal
+/// gradient.
+#[inline]
+pub(crate) fn focal_terms(ce: f32, gamma: f32) -> (f32, f32) {
+    if gamma == 0.0 {
+        return (1.0, 1.0);
+    }
+    let p = (-ce).exp();
+    let q = -(-ce).exp_m1();
+    if q <= 0.0 {
+        return (0.0, 0.0);
+    }
+    let (m, m1) = if gamma == 1.0 {
+        (q, 1.0)
+    } else if gamma == 2.0 {
+        (q * q, q)
+    } else {
+        let m = q.powf(gamma);
+        (m, m / q)
+    };
+    (m, m + gamma * m1 * p * ce)
+}
+
+/// Borrowed labels of any supported integer type.
+enum Labels<'a> {
+    U8(&'a [u8]),
+    U32(&'a [u32]),
+    I64(&'a [i64]),
+}
+
+fn labels_of<'a>(s: &'a CpuStorage, l: &Layout, len: usize) -> Result<Labels<'a>> {
+    if !l.is_contiguous() {
+        candle_core::bail!("fused loss: target must be contiguous");
+    }
+    let o = l.start_offset();
+    Ok(match s {
+        CpuStorage::U8(v) => Labels::U8(&v[o..o + len]),
+        CpuStorage::U32(v) => Labels::U32(&v[o..o + len]),
+        CpuStorage::I64(v) => Labels::I64(&v[o..o + len]),
+        _ => {
+            return Err(LossError::DType("target must be u8, u32 or i64".into()).into_candle());
+        }
+    })
+}
+
+fn logits_of<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], [usize; 4])> {
+    let d = match l.dims() {
+        &[n, c, h, w] => [n, c, h, w],
+        d => candle_core::bail!("fused loss: logits must be rank 4, got {d:?}"),
+    };
+    if !l.is_contiguous() {
+        candle_core::bail!("fused loss: logits must be contiguous");
+    }
+    let o = l.start_offset();
+    match s {
+        CpuStorage::F32(v) => Ok((&v[o..o + d.iter().product::<usize>()], d)),
+        _ => Err(LossError::DType("fused loss: logits must be f32".into()).into_candle()),
+    }
+}
+
+/// Per-pixel maximum and argmax over classes of one block.
+#[inline(always)]
+fn block_max(img: &[f32], hw: usize, c: usize, a: usize, mx: &mut [f32], am: &mut [u32]) {
+    let l = mx.len();
+    mx.copy_from_slice(&img[a..a + l]);
+    am.iter_mut().for_each(|v| *v = 0);
+    for k in 1..c {
+        let row = &img[k * hw + a..k * hw + a + l];
+        for p in 0..l {
+            let v = row[p];
+            let better = v > mx[p];
+            mx[p] = if better { v } else { mx[p] };
+            am[p] = if better { k as u32 } else { am[p] };
+        }
+    }
+}
+
+/// Per-pixel `Σ_k exp(z_k - max)` of one block.
+#[inline(always)]
+fn block_sumexp(img: &[f32], hw: usize, c: usize, a: usize, mx: &[f32], sm: &mut [f32]) {
+    let l = mx.len();
+    sm.iter_mut().for_each(|v| *v = 0.0);
+    for k in 0..c {
+        let row = &img[k * hw + a..k * hw + a + l];
+        for p in 0..l {
+            sm[p] += fast_exp(row[p] - mx[p]);
+        }
+    }
+}
+
+/// Label of pixel `i` as `Some(class)`, `None` when ignored, or `Err(label)` when out of range.
+#[inline(always)]
+fn class_of(label: i64, ignore: i64, c: usize) -> std::result::Result<Option<usize>, i64> {
+    if label == ignore {
+        Ok(None)
+    } else if label < 0 || label >= c as i64 {
+        Err(label)
+    } else {
+        Ok(Some(label as usize))
+    }
+}
+
+impl FusedCe {
+    fn forward_impl<L: Copy + Into<i64> + Sync>(
+        &self,
+        x: &[f32],
+        dims: [usize; 4],
+        labels: &[L],
+    ) -> Result<f64> {
+        let [n, c, h, w] = dims;
+        let hw = h * w;
+        let nblk = hw.div_ceil(BLOCK);
+        let ignore = self.ignore_index as i64;
+        let gamma = match self.mode {
+            CeMode::Focal { gamma } => Some(gamma),
+            _ => None,
+        };
+        let ohem = matches!(self.mode, CeMode::Ohem(_));
+        let mut ce_pix = if ohem { vec![0f32; n * hw] } else { Vec::new() };
+        let ce_ptr = SyncPtr(ce_pix.as_mut_ptr());
+        let acc = (0..n * nblk)
+            .into_par_iter()
+            .fold(
+                || Acc::new(c),
+                |mut acc, t| {
+                    let (img_i, b) = (t / nblk, t % nblk);
+                    let a = b * BLOCK;
+                    let l = BLOCK.min(hw - a);
+                    let img = &x[img_i * c * hw..(img_i + 1) * c * hw];
+                    let lab = &labels[img_i * hw + a..img_i * hw + a + l];
+                    let mut mx = [0f32; BLOCK];
+                    let mut am = [0u32; BLOCK];
+                    let mut sm = [0f32; BLOCK];
+                    block_max(img, hw, c, a, &mut mx[..l], &mut am[..l]);
+                    block_sumexp(img, hw, c, a, &mx[..l], &mut sm[..l]);
+                    for p in 0..l {
+                        let y = match class_of(lab[p].into(), ignore, c) {
+                            Ok(Some(y)) => y,
+                            Ok(None) => {
+                                if ohem {
+                                    // SAFETY: pixel img_i*hw+a+p belongs to this block only.
+                                    unsafe {
+                                        *ce_ptr.get().add(img_i * hw + a + p) = f32::NEG_INFINITY
+                                    };
+                                }
+                                continue;
+                            }
+                            Err(bad) => {
+                                acc.bad = acc.bad.or(Some(bad));
+                                continue;
+                            }
+                        };
+                        let ce = mx[p] + sm[p].ln() - img[y * hw + a + p];
+                        let ce = ce.max(0.0);
+                        acc.count[y] += 1;
+                        acc.ce[y] += ce as f64;
+                        let pk = am[p] as usize;
+                        acc.pred[pk] += 1;
+                        if pk == y {
+                            acc.tp[y] += 1;
+                        }
+                        if let Some(g) = gamma {
+                            let (m, _) = focal_terms(ce, g);
+                            acc.focal_w[y] += m as f64;
+                            acc.focal_l[y] += (m * ce) as f64;
+                        }
+                        if ohem {
+                            // SAFETY: as above.
+                            unsafe { *ce_ptr.get().add(img_i * hw + a + p) = ce };
+                        }
+                    }
+                    acc
+                },
+            )
+            .reduce(|| Acc::new(c), Acc::merge);
+        if let Some(label) = acc.bad {
+            return Err(LossError::LabelOutOfRange {
+                label,
+                n_classes: c,
+                ignore_index: self.ignore_index,
+            }
+            .into_candle());
+        }
+        let s = &self.static_w;
+        let count: Vec<f64> = acc.count.iter().map(|&v| v as f64).collect();
+        let z: f64 = s.iter().zip(&count).map(|(a, b)| a * b).sum();
+        let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
+        let (loss, out) = match &self.mode {
+            CeMode::Plain | CeMode::Recall { .. } | CeMode::Precision => {
+                let (wts, step) = if self.mode == CeMode::Plain {
+                    (s.clone(), StepReport::default())
+                } else {
+                    let st = ClassStats {
+                        count: count.clone(),
+                        tp: acc.tp.iter().map(|&v| v as f64).collect(),
+                        pred: acc.pred.iter().map(|&v| v as f64).collect(),
+                    };
+                    let d = dyn_weights(&self.mode, &st, self.ema_prev.as_deref());
+                    let w = s.iter().zip(&d.w).map(|(a, b)| a * b).collect();
+                    (
+                        w,
+                        StepReport {
+                            report: Some(d.report),
+                            ema: d.ema,
+                        },
+                    )
+                };
+                let loss: f64 = wts.iter().zip(&acc.ce).map(|(a, b)| a * b).sum::<f64>() * inv_z;
+                let out = FusedOut {
+                    step,
+                    class_factor: wts.iter().map(|v| (v * inv_z) as f32).collect(),
+                    pixel_factor: None,
+                    gamma: None,
+                };
+                (loss, out)
+            }
+            CeMode::Focal { gamma } => {
+                let loss: f64 = s.iter().zip(&acc.focal_l).map(|(a, b)| a * b).sum::<f64>() * inv_z;
+                let report = acc
+                    .focal_w
+                    .iter()
+                    .zip(&count)
+                    .map(|(f, n)| if *n > 0.0 { (f / n) as f32 } else { f32::NAN })
+                    .collect();
+                let out = FusedOut {
+                    step: StepReport {
+                        report: Some(report),
+                        ema: None,
+                    },
+                    class_factor: s.iter().map(|v| (v * inv_z) as f32).collect(),
+                    pixel_factor: None,
+                    gamma: Some(*gamma),
+                };
+                (loss, out)
+            }
+            CeMode::Ohem(sel) => {
+                let keep = ohem_keep(&ce_pix, *sel);
+                let mut kept = vec![0.0f64; c];
+                let mut zk = 0.0f64;
+                let mut lsum = 0.0f64;
+                let mut factor = vec![0f32; n * hw];
+                for (i, &k) in keep.iter().enumerate() {
+                    if k {
+                        let y = labels[i].into() as usize;
+                        kept[y] += 1.0;
+                        zk += s[y];
+                        lsum += s[y] * ce_pix[i] as f64;
+                        factor[i] = s[y] as f32;
+                    }
+                }
+                let inv = if zk > 0.0 { 1.0 / zk } else { 0.0 };
+                factor
+                    .iter_mut()
+                    .for_each(|f| *f = (*f as f64 * inv) as f32);
+                let report = kept
+                    .iter()
+                    .zip(&count)
+                    .map(|(k, n)| if *n > 0.0 { (k / n) as f32 } else { f32::NAN })
+                    .collect();
+                let out = FusedOut {
+                    step: StepReport {
+                        report: Some(report),
+                        ema: None,
+                    },
+                    class_factor: vec![0.0; c],
+                    pixel_factor: Some(factor),
+                    gamma: None,
+                };
+                (lsum * inv, out)
+            }
+        };
+        let mut guard = self
+            .out
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?;
+        *guard = Some(out);
+        Ok(loss)
+    }
+
+    fn backward_impl<L: Copy + Into<i64> + Sync>(
+        &self,
+        x: &[f32],
+        dims: [usize; 4],
+        labels: &[L],
+        g0: f32,
+        out: &FusedOut,
+    ) -> Vec<f32> {
+        let [n, c, h, w] = dims;
+        let hw = h * w;
+        let nblk = hw.div_ceil(BLOCK);
+        let ignore = self.ignore_index as i64;
+        let mut grad = vec![0f32; n * c * hw];
+        let gp = SyncPtr(grad.as_mut_ptr());
+        (0..n * nblk).into_par_iter().for_each(|t| {
+            let (img_i, b) = (t / nblk, t % nblk);
+            let a = b * BLOCK;
+            let l = BLOCK.min(hw - a);
+            let img = &x[img_i * c * hw..(img_i + 1) * c * hw];
+            let lab = &labels[img_i * hw + a..img_i * hw + a + l];
+            let gbase = img_i * c * hw;
+            let mut mx = [0f32; BLOCK];
+            let mut am = [0u32; BLOCK];
+            let mut sm = [0f32; BLOCK];
+            let mut scale = [0f32; BLOCK];
+            let mut fct = [0f32; BLOCK];
+            let mut ys = [0usize; BLOCK];
+            block_max(img, hw, c, a, &mut mx[..l], &mut am[..l]);
+            sm[..l].iter_mut().for_each(|v| *v = 0.0);
+            for k in 0..c {
+                let row = &img[k * hw + a..k * hw + a + l];
+                // SAFETY: this block owns grad[gbase + k*hw + a .. + l] for every k.
+                let grow =
+                    unsafe { std::slice::from_raw_parts_mut(gp.get().add(gbase + k * hw + a), l) };
+                for p in 0..l {
+                    let e = fast_exp(row[p] - mx[p]);
+                    grow[p] = e;
+                    sm[p] += e;
+                }
+            }
+            for p in 0..l {
+                let f = match class_of(lab[p].into(), ignore, c) {
+                    Ok(Some(y)) => {
+                        ys[p] = y;
+                        let base = match &out.pixel_factor {
+                            Some(pf) => pf[img_i * hw + a + p],
+                            None => out.class_factor[y],
+                        };
+                        match out.gamma {
+                            Some(gm) if base != 0.0 => {
+                                let ce = (mx[p] + sm[p].ln() - img[y * hw + a + p]).max(0.0);
+                                base * focal_terms(ce, gm).1
+                            }
+                            _ => base,
+                        }
+                    }
+                    _ => 0.0,
+                };
+                let f = f * g0;
+                fct[p] = f;
+                scale[p] = f / sm[p];
+            }
+            for k in 0..c {
+                // SAFETY: as above.
+                let grow =
+                    unsafe { std::slice::from_raw_parts_mut(gp.get().add(gbase + k * hw + a), l) };
+                for p in 0..l {
+                    grow[p] *= scale[p];
+                }
+            }
+            for p in 0..l {
+                if fct[p] != 0.0 {
+                    // SAFETY: as above.
+                    unsafe { *gp.get().add(gbase + ys[p] * hw + a + p) -= fct[p] };
+                }
+            }
+        });
+        grad
+    }
+}
+
+impl CustomOp2 for FusedCe {
+    fn name(&self) -> &'static str {
+        "recallseg-fused-ce"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dims) = logits_of(s1, l1)?;
+        if dims[1] != self.n_classes {
+            return Err(LossError::Shape(format!(
+                "logits have {} channels, the loss has {} classes",
+                dims[1], self.n_classes
+            ))
+            .into_candle());
+        }
+        let npix = dims[0] * dims[2] * dims[3];
+        let loss = match labels_of(s2, l2, npix)? {
+            Labels::U8(t) => self.forward_impl(x, dims, t)?,
+            Labels::U32(t) => self.forward_impl(x, dims, t)?,
+            Labels::I64(t) => self.forward_impl(x, dims, t)?,
+        };
+        Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        arg2: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g0 = grad_res
+            .to_dtype(candle_core::DType::F32)?
+            .to_device(&candle_core::Device::Cpu)?
+            .to_scalar::<f32>()?;
+        let guard = self
+            .out
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?;
+        let out = guard
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("fused loss: backward before forward".into()))?;
+        let (s1, l1) = arg1.storage_and_layout();
+        let (s2, l2) = arg2.storage_and_layout();
+        let (s1, s2) = match (&*s1, &*s2) {
+            (candle_core::Storage::Cpu(a), candle_core::Storage::Cpu(b)) => (a, b),
+            _ => candle_core::bail!("fused loss: backward needs CPU tensors"),
+        };
+        let (x, dims) = logits_of(s1, l1)?;
+        let npix = dims[0] * dims[2] * dims[3];
+        let grad = match labels_of(s2, l2, npix)? {
+            Labels::U8(t) => self.backward_impl(x, dims, t, g0, out),
+            Labels::U32(t) => self.backward_impl(x, dims, t, g0, out),
+            Labels::I64(t) => self.backward_impl(x, dims, t, g0, out),
+        };
+        let g = Tensor::from_vec(grad, arg1.shape(), arg1.device())?;
+        Ok((Some(g), None))
+    }
+}

@@ -1,0 +1,172 @@
+//! Checking and preparing `(logits, target)` pairs; label helpers shared by the portable paths.
+
+use crate::{Kernel, LossError};
+use candle_core::{DType, Device, Result, Tensor};
+
+/// Validated inputs of one forward call.
+pub(crate) struct Prepared {
+    /// Logits in the compute dtype (`f32`, or `f64` for `f64` input), still on the graph.
+    pub logits: Tensor,
+    /// The target as given (contiguous when `fused`).
+    pub target: Tensor,
+    /// Whether the fused CPU kernel applies.
+    pub fused: bool,
+}
+
+/// Checks ranks, sizes and dtypes, converts half-precision logits to `f32`, and decides which
+/// implementation runs.
+pub(crate) fn prepare(
+    logits: &Tensor,
+    target: &Tensor,
+    n_classes: usize,
+    kernel: Kernel,
+) -> Result<Prepared> {
+    let (n, c, h, w) = match logits.dims() {
+        &[n, c, h, w] => (n, c, h, w),
+        d => {
+            return Err(
+                LossError::Shape(format!("logits must be (N, C, H, W), got {d:?}")).into_candle(),
+            )
+        }
+    };
+    if c != n_classes {
+        return Err(LossError::Shape(format!(
+            "logits have {c} channels but the loss was built for {n_classes} classes"
+        ))
+        .into_candle());
+    }
+    if target.dims() != [n, h, w] {
+        return Err(LossError::Shape(format!(
+            "target must be (N, H, W) = ({n}, {h}, {w}) to match logits {:?}, got {:?}",
+            logits.dims(),
+            target.dims()
+        ))
+        .into_candle());
+    }
+    match target.dtype() {
+        DType::U8 | DType::U32 | DType::I64 => {}
+        d => {
+            return Err(LossError::DType(format!(
+                "target must be u8, u32 or i64 class indices, got {d:?}"
+            ))
+            .into_candle())
+        }
+    }
+    let logits = match logits.dtype() {
+        DType::F32 | DType::F64 => logits.clone(),
+        DType::F16 | DType::BF16 => logits.to_dtype(DType::F32)?,
+        d => {
+            return Err(LossError::DType(format!(
+                "logits must be f32, f64, f16 or bf16, got {d:?}"
+            ))
+            .into_candle())
+        }
+    };
+    let applicable =
+        logits.device().is_cpu() && logits.dtype() == DType::F32 && logits.is_contiguous();
+    let fused = match kernel {
+        Kernel::Auto => applicable,
+        Kernel::Portable => false,
+        Kernel::Fused if applicable => true,
+        Kernel::Fused => {
+            return Err(LossError::DType(format!(
+                "Kernel::Fused needs contiguous f32/f16/bf16 logits on the CPU, got {:?} on {:?} \
+                 (contiguous: {})",
+                logits.dtype(),
+                logits.device().location(),
+                logits.is_contiguous()
+            ))
+            .into_candle())
+        }
+    };
+    let target = if fused {
+        target.contiguous()?
+    } else {
+        target.clone()
+    };
+    Ok(Prepared {
+        logits,
+        target,
+        fused,
+    })
+}
+
+/// Labels for the portable path: the target as `u32` `(N, H, W)`, after checking that every
+/// label is a class index or the ignore index.
+pub(crate) fn checked_labels_u32(
+    target: &Tensor,
+    n_classes: usize,
+    ignore_index: u32,
+) -> Result<Tensor> {
+    if target.dtype() == DType::I64 {
+        let negative = target.lt(0i64)?.to_dtype(DType::U32)?.sum_all()?;
+        if negative.to_scalar::<u32>()? > 0 {
+            return Err(first_bad_label(target, n_classes, ignore_index)?);
+        }
+    }
+    let t = target.to_dtype(DType::U32)?;
+    let too_big = t.ge(n_classes as u32)?;
+    let not_ignored = t.ne(ignore_index)?;
+    let bad = (too_big * not_ignored)?.to_dtype(DType::U32)?.sum_all()?;
+    if bad.to_scalar::<u32>()? > 0 {
+        return Err(first_bad_label(target, n_classes, ignore_index)?);
+    }
+    Ok(t)
+}
+
+/// The error naming the first offending label (error path only: copies the target to the host).
+fn first_bad_label(
+    target: &Tensor,
+    n_classes: usize,
+    ignore_index: u32,
+) -> Result<candle_core::Error> {
+    let all = target
+        .to_dtype(DType::I64)?
+        .flatten_all()?
+        .to_vec1::<i64>()?;
+    let label = all
+        .into_iter()
+        .find(|&l| l != ignore_index as i64 && (l < 0 || l >= n_classes as i64))
+        .unwrap_or(-1);
+    Ok(LossError::LabelOutOfRange {
+        label,
+        n_classes,
+        ignore_index,
+    }
+    .into_candle())
+}
+
+/// One-hot encoding `(N, C, H, W)` in `dtype` of checked `u32` labels; ignored pixels are all
+/// zero (also when the ignore index is itself below `C`).
+pub(crate) fn one_hot(
+    labels: &Tensor,
+    n_classes: usize,
+    ignore_index: u32,
+    dtype: DType,
+) -> Result<Tensor> {
+    let classes = class_column(n_classes, labels.device())?;
+    let l = labels.unsqueeze(1)?;
+    let mut oh = l.broadcast_eq(&classes)?.to_dtype(dtype)?;
+    if (ignore_index as usize) < n_classes {
+        let keep = l.ne(ignore_index)?.to_dtype(dtype)?;
+        oh = oh.broadcast_mul(&keep)?;
+    }
+    Ok(oh)
+}
+
+/// `[0, 1, …, C-1]` as a `(1, C, 1, 1)` `u32` tensor.
+pub(crate) fn class_column(n_classes: usize, device: &Device) -> Result<Tensor> {
+    Tensor::arange(0u32, n_classes as u32, device)?.reshape((1, n_classes, 1, 1))
+}
+
+/// Per-class sums over batch and pixels of an `(N, C, H, W)` tensor, on the host, as `f64`.
+pub(crate) fn per_class_host(x: &Tensor) -> Result<Vec<f64>> {
+    x.sum((0, 2, 3))?.to_dtype(DType::F64)?.to_vec1::<f64>()
+}
+
+/// A `(C,)` host vector as a tensor of `dtype` on `device` (no gradient).
+pub(crate) fn class_vector(v: &[f64], dtype: DType, device: &Device) -> Result<Tensor> {
+    Tensor::from_vec(v.to_vec(), v.len(), &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(device)
+}

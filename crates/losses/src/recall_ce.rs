@@ -1,0 +1,79 @@
+//! Recall loss (Tian et al., ICRA 2022, Eq. 5).
+
+use crate::ce_family::{CeEngine, CeMode};
+use crate::LossError;
+
+/// Recall loss: cross entropy weighted by each class's false negative rate in the batch.
+///
+/// ```text
+/// R_c = TP_c / (TP_c + FN_c)                  (argmax predictions, valid pixels of the batch)
+/// L   = (1/Z) Σ_{n valid} s_{y_n} (1 - R_{y_n}) CE_n,     Z = Σ_{n valid} s_{y_n}
+/// ```
+///
+/// This is the paper's Eq. 5, `-Σ_c Σ_{n: y_n = c} (1 - R_c) log p_n`, divided by the number of
+/// valid pixels (`s ≡ 1` unless static class weights are given): the paper's code
+/// (`RecallCrossEntropy` in `ptsemseg/loss/recall_loss.py`) takes `(weight[target] * CE).mean()`.
+/// Differences from that code, all documented in `docs/losses.md`: its mean runs over all pixels
+/// (ignored ones included, with loss 0) where this one runs over valid pixels; its false-negative
+/// counter starts at 1, so a class without false negatives gets weight `1/N_c` instead of
+/// `1 - R_c = 0`; this loss follows the equation (`0`).
+///
+/// The weights are statistics of the argmax and carry no gradient, so
+/// `∂L/∂z_{n,j} = s_{y_n} (1 - R_{y_n}) (p_{n,j} - [j = y_n]) / Z`. With every prediction wrong
+/// the weights are 1 and the loss is plain cross entropy; a class predicted perfectly stops
+/// contributing.
+///
+/// Optionally ([`RecallCe::with_ema`]) the recall is smoothed across steps,
+/// `R̄_c ← m R̄_c + (1 - m) R_c` for classes present in the batch (the first observation
+/// initialises it), and the weights become `1 - R̄_c`. `last_class_weights` reports `1 - R_c`
+/// (or `1 - R̄_c`) per class, `NaN` for classes absent from the last batch; static class
+/// weights, if any, multiply on top and are not included.
+#[derive(Debug, Clone)]
+pub struct RecallCe {
+    pub(crate) engine: CeEngine,
+}
+
+impl RecallCe {
+    /// The paper's instantaneous recall loss over `n_classes` classes.
+    pub fn new(n_classes: usize) -> Self {
+        Self {
+            engine: CeEngine::new(
+                "recall_ce",
+                n_classes,
+                crate::DEFAULT_IGNORE_INDEX,
+                None,
+                CeMode::Recall { momentum: None },
+            ),
+        }
+    }
+
+    /// Smooths recall with an exponential moving average of momentum `m ∈ [0, 1)` across steps
+    /// (`m = 0` is the instantaneous loss).
+    pub fn with_ema(mut self, momentum: f64) -> Result<Self, LossError> {
+        if !(0.0..1.0).contains(&momentum) {
+            return Err(LossError::InvalidParameter {
+                loss: "recall_ce",
+                field: "ema",
+                value: momentum.to_string(),
+                reason: "the moving-average momentum must be in [0, 1)".into(),
+            });
+        }
+        self.engine.mode = CeMode::Recall {
+            momentum: Some(momentum as f32),
+        };
+        Ok(self)
+    }
+
+    /// The smoothed per-class recall (EMA option), `NaN` for classes not seen yet.
+    pub fn recall_average(&self) -> Option<&[f32]> {
+        self.engine.ema.as_deref()
+    }
+
+    /// Forgets the moving average (e.g. when training restarts).
+    pub fn reset(&mut self) {
+        self.engine.ema = None;
+        self.engine.last = None;
+    }
+}
+
+crate::ce_family::ce_loss_common!(RecallCe);

@@ -1,0 +1,48 @@
+//! Frequency-weighted cross entropy.
+
+use crate::ce_family::{CeEngine, CeMode};
+use crate::class_weights::{inverse_frequency, median_frequency};
+use crate::{LossError, WeightMode};
+
+/// Cross entropy weighted by class frequency over the training set (paper Eq. 2).
+///
+/// ```text
+/// L = Σ_{n valid} w_{y_n} CE_n / Σ_{n valid} w_{y_n}
+/// inverse frequency:  w_c = N / (C · N_c)
+/// median frequency:   w_c = median_k(N_k) / N_c          (Eigen & Fergus 2015)
+/// ```
+///
+/// with `N_c` the pixel count of class `c` over the training split and `w_c = 0` for classes
+/// that never occur. The normalisation is PyTorch's weighted mean, as in the paper's code
+/// (`nn.CrossEntropyLoss(weight=…)`, median frequency), so the weights' overall scale does not
+/// matter. Gradient: `w_{y_n} (p_{n,j} - [j = y_n]) / Σ w`. `last_class_weights` reports `w`.
+#[derive(Debug, Clone)]
+pub struct WeightedCe {
+    pub(crate) engine: CeEngine,
+}
+
+impl WeightedCe {
+    /// Weighted CE from the per-class pixel counts of the training split.
+    pub fn from_counts(counts: &[u64], mode: WeightMode) -> Result<Self, LossError> {
+        let w = match mode {
+            WeightMode::InverseFrequency => inverse_frequency(counts)?,
+            WeightMode::MedianFrequency => median_frequency(counts)?,
+        };
+        Self::from_weights(w, "weighted_ce")
+    }
+
+    fn from_weights(w: Vec<f32>, name: &'static str) -> Result<Self, LossError> {
+        crate::check_weights(&w, w.len())?;
+        Ok(Self {
+            engine: CeEngine::new(
+                name,
+                w.len(),
+                crate::DEFAULT_IGNORE_INDEX,
+                Some(w),
+                CeMode::Plain,
+            ),
+        })
+    }
+}
+
+crate::ce_family::ce_loss_common!(WeightedCe);

@@ -1,0 +1,246 @@
+//! `LossConfig`: names, aliases, serde (TOML and JSON), validation, building.
+
+use candle_core::{DType, Device, Tensor};
+use recallseg_losses::{LossConfig, LossContext, LossError, WeightMode};
+
+#[test]
+fn names_and_aliases() {
+    let cases = [
+        ("ce", "cross_entropy"),
+        ("Cross-Entropy", "cross_entropy"),
+        ("wce", "weighted_ce"),
+        ("balanced", "balanced_ce"),
+        ("focal", "focal"),
+        ("ohem", "ohem"),
+        ("iou", "soft_iou"),
+        ("lovasz_softmax", "lovasz"),
+        ("dice", "dice"),
+        ("tversky", "tversky"),
+        ("recall", "recall_ce"),
+        ("RECALL_CE", "recall_ce"),
+        ("precision", "precision_ce"),
+    ];
+    for (alias, canonical) in cases {
+        assert_eq!(
+            LossConfig::from_name(alias).unwrap().name(),
+            canonical,
+            "{alias}"
+        );
+    }
+    let e = LossConfig::from_name("recal").unwrap_err();
+    assert!(matches!(e, LossError::UnknownLoss { .. }));
+    assert!(
+        e.to_string().contains("recall_ce"),
+        "error lists the known names: {e}"
+    );
+}
+
+#[test]
+fn defaults_follow_the_paper() {
+    assert_eq!(
+        LossConfig::from_name("focal").unwrap(),
+        LossConfig::Focal { gamma: 1.0 }
+    );
+    assert_eq!(
+        LossConfig::from_name("recall").unwrap(),
+        LossConfig::RecallCe { ema: None }
+    );
+    assert_eq!(
+        LossConfig::from_name("wce").unwrap(),
+        LossConfig::WeightedCe {
+            mode: WeightMode::MedianFrequency
+        }
+    );
+    let c: LossConfig = toml::from_str("name = \"ohem\"").unwrap();
+    assert_eq!(
+        c,
+        LossConfig::Ohem {
+            keep_ratio: None,
+            threshold: None
+        }
+    );
+    let c: LossConfig = toml::from_str("name = \"lovasz\"").unwrap();
+    assert_eq!(c, LossConfig::Lovasz { present_only: true });
+    let c: LossConfig = toml::from_str("name = \"focal\"").unwrap();
+    assert_eq!(c, LossConfig::Focal { gamma: 1.0 });
+}
+
+#[test]
+fn serde_round_trip_and_errors() {
+    let c: LossConfig =
+        toml::from_str("name = \"weighted_ce\"\nmode = \"inverse_frequency\"").unwrap();
+    assert_eq!(
+        c,
+        LossConfig::WeightedCe {
+            mode: WeightMode::InverseFrequency
+        }
+    );
+    let c: LossConfig = toml::from_str("name = \"recall_ce\"\nema = 0.9").unwrap();
+    assert_eq!(c, LossConfig::RecallCe { ema: Some(0.9) });
+    for cfg in [
+        LossConfig::CrossEntropy {},
+        LossConfig::Tversky {
+            alpha: 0.2,
+            beta: 0.8,
+        },
+        LossConfig::Ohem {
+            keep_ratio: None,
+            threshold: Some(0.7),
+        },
+        LossConfig::BalancedCe { beta: Some(0.99) },
+    ] {
+        let s = toml::to_string(&cfg).unwrap();
+        assert_eq!(toml::from_str::<LossConfig>(&s).unwrap(), cfg, "{s}");
+        let j = serde_json::to_string(&cfg).unwrap();
+        assert_eq!(serde_json::from_str::<LossConfig>(&j).unwrap(), cfg, "{j}");
+    }
+    // Unknown field, unknown name, wrong type.
+    let e = toml::from_str::<LossConfig>("name = \"focal\"\ngama = 2.0")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gama"), "{e}");
+    let e = toml::from_str::<LossConfig>("name = \"cross_entropy\"\ngamma = 2.0")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gamma"), "{e}");
+    let e = toml::from_str::<LossConfig>("name = \"recal_ce\"")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("recal_ce"), "{e}");
+    assert!(toml::from_str::<LossConfig>("name = \"focal\"\ngamma = \"two\"").is_err());
+}
+
+#[test]
+fn validation() {
+    let bad = [
+        LossConfig::Focal { gamma: -1.0 },
+        LossConfig::Focal { gamma: f64::NAN },
+        LossConfig::Ohem {
+            keep_ratio: Some(0.0),
+            threshold: None,
+        },
+        LossConfig::Ohem {
+            keep_ratio: Some(0.5),
+            threshold: Some(0.5),
+        },
+        LossConfig::Ohem {
+            keep_ratio: None,
+            threshold: Some(2.0),
+        },
+        LossConfig::Tversky {
+            alpha: -0.1,
+            beta: 0.5,
+        },
+        LossConfig::Tversky {
+            alpha: 0.0,
+            beta: 0.0,
+        },
+        LossConfig::RecallCe { ema: Some(1.0) },
+        LossConfig::BalancedCe { beta: Some(1.0) },
+    ];
+    for c in bad {
+        let e = c.validate().unwrap_err();
+        assert!(
+            matches!(e, LossError::InvalidParameter { .. }),
+            "{c:?}: {e}"
+        );
+        assert!(c
+            .build(&LossContext::new(3).with_class_pixel_counts(vec![1, 2, 3]))
+            .is_err());
+    }
+    assert!(LossConfig::from_name("ce").unwrap().validate().is_ok());
+}
+
+#[test]
+fn building_needs_the_right_context() {
+    let ctx = LossContext::new(3);
+    let e = LossConfig::from_name("wce")
+        .unwrap()
+        .build(&ctx)
+        .err()
+        .unwrap();
+    assert_eq!(
+        e,
+        LossError::MissingPixelCounts {
+            loss: "weighted_ce"
+        }
+    );
+    assert!(e.to_string().contains("class_pixel_counts"));
+    let e = LossConfig::from_name("balanced")
+        .unwrap()
+        .build(&ctx)
+        .err()
+        .unwrap();
+    assert_eq!(
+        e,
+        LossError::MissingPixelCounts {
+            loss: "balanced_ce"
+        }
+    );
+    let e = LossConfig::from_name("wce")
+        .unwrap()
+        .build(&ctx.clone().with_class_pixel_counts(vec![1, 2]))
+        .err()
+        .unwrap();
+    assert!(matches!(
+        e,
+        LossError::ClassCountMismatch {
+            expected: 3,
+            got: 2,
+            ..
+        }
+    ));
+    let e = LossConfig::from_name("ce")
+        .unwrap()
+        .build(&LossContext::new(0))
+        .err()
+        .unwrap();
+    assert_eq!(e, LossError::NoClasses);
+    let e = LossConfig::from_name("ce")
+        .unwrap()
+        .build(&ctx.clone().with_class_weights(vec![1.0, f32::NAN, 1.0]))
+        .err()
+        .unwrap();
+    assert!(matches!(e, LossError::InvalidClassWeight { index: 1, .. }));
+}
+
+/// Every configured loss builds and runs; names and static weights carry through.
+#[test]
+fn every_loss_builds_and_runs() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 4, 4), &dev).unwrap();
+    let t = Tensor::new(&[[[0u8, 1, 2, 255]; 4]; 2], &dev).unwrap();
+    let ctx = LossContext::new(3)
+        .with_ignore_index(255)
+        .with_class_pixel_counts(vec![100, 10, 1]);
+    for name in [
+        "ce",
+        "wce",
+        "balanced",
+        "focal",
+        "ohem",
+        "recall",
+        "precision",
+    ] {
+        let cfg = LossConfig::from_name(name).unwrap();
+        let mut loss = cfg.build(&ctx).unwrap();
+        assert_eq!(loss.name(), cfg.name());
+        let v = loss.forward(&x, &t).unwrap();
+        assert_eq!(v.dtype(), DType::F32);
+        assert!(v.to_scalar::<f32>().unwrap().is_finite());
+    }
+    // Static weights from the context multiply the frequency weights.
+    let mut wce = LossConfig::WeightedCe {
+        mode: WeightMode::InverseFrequency,
+    }
+    .build(&ctx.clone().with_class_weights(vec![2.0, 1.0, 0.0]))
+    .unwrap();
+    wce.forward(&x, &t).unwrap();
+    let w = wce.last_class_weights().unwrap();
+    let inv = recallseg_losses::class_weights::inverse_frequency(&[100, 10, 1]).unwrap();
+    assert_eq!(w, vec![2.0 * inv[0], inv[1], 0.0]);
+    // Unweighted CE reports nothing.
+    let mut ce = LossConfig::from_name("ce").unwrap().build(&ctx).unwrap();
+    ce.forward(&x, &t).unwrap();
+    assert_eq!(ce.last_class_weights(), None);
+}
