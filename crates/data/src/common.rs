@@ -1,0 +1,158 @@
+//! Pieces the dataset readers share: item lists, label value mapping, pair decoding.
+
+use crate::dataset::{Fnv64, LabelMap, Sample};
+use crate::error::DataError;
+use crate::png_io::{decode_label, decode_rgb8, RawLabel};
+use std::path::{Path, PathBuf};
+
+/// One (image, label) file pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Item {
+    pub image: PathBuf,
+    pub label: PathBuf,
+    pub id: String,
+}
+
+/// Maps raw label values (u16) to train ids, rejecting values outside the class set.
+#[derive(Debug, Clone)]
+pub(crate) struct LabelLut {
+    /// `table[raw]` is the train id, or [`LabelLut::BAD`].
+    table: Vec<u16>,
+    /// Human description of the allowed raw values (for errors).
+    allowed: String,
+}
+
+impl LabelLut {
+    const BAD: u16 = u16::MAX;
+
+    /// A table where every raw value is invalid.
+    pub fn new(allowed: impl Into<String>) -> Self {
+        LabelLut {
+            table: vec![Self::BAD; 1 << 16],
+            allowed: allowed.into(),
+        }
+    }
+
+    /// Maps `raw` to `train_id`.
+    pub fn set(&mut self, raw: u16, train_id: u8) {
+        self.table[raw as usize] = train_id as u16;
+    }
+
+    /// Converts a raw label map, or names the first pixel with a value outside the set.
+    pub fn map(&self, raw: &RawLabel, path: &Path) -> Result<Vec<u8>, DataError> {
+        let mut out = Vec::with_capacity(raw.data.len());
+        let mut bad = false;
+        for &v in &raw.data {
+            let t = self.table[v as usize];
+            bad |= t == Self::BAD;
+            out.push(t as u8);
+        }
+        if bad {
+            let i = raw
+                .data
+                .iter()
+                .position(|&v| self.table[v as usize] == Self::BAD)
+                .expect("a bad value was seen");
+            return Err(DataError::BadLabel {
+                path: path.to_path_buf(),
+                value: raw.data[i] as u32,
+                x: (i % raw.width) as u32,
+                y: (i / raw.width) as u32,
+                allowed: self.allowed.clone(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Decodes an item's image and label (in parallel), checks their sizes agree, maps the label.
+pub(crate) fn load_pair(item: &Item, lut: &LabelLut) -> Result<Sample, DataError> {
+    let (img, lbl) = rayon::join(|| decode_rgb8(&item.image), || decode_label(&item.label));
+    let img = img?;
+    let lbl = lbl?;
+    if img.width != lbl.width || img.height != lbl.height {
+        return Err(DataError::SizeMismatch {
+            image: item.image.clone(),
+            image_w: img.width as u32,
+            image_h: img.height as u32,
+            label: item.label.clone(),
+            label_w: lbl.width as u32,
+            label_h: lbl.height as u32,
+        });
+    }
+    let label = lut.map(&lbl, &item.label)?;
+    Ok(Sample {
+        image: img.data,
+        label,
+        width: img.width,
+        height: img.height,
+        id: item.id.clone(),
+    })
+}
+
+/// Decodes and maps an item's label only.
+pub(crate) fn load_label(item: &Item, lut: &LabelLut) -> Result<LabelMap, DataError> {
+    let lbl = decode_label(&item.label)?;
+    let label = lut.map(&lbl, &item.label)?;
+    Ok(LabelMap {
+        label,
+        width: lbl.width,
+        height: lbl.height,
+    })
+}
+
+/// Sorted names of the `*.png` files in `dir` (case-insensitive extension).
+pub(crate) fn list_pngs(dir: &Path) -> Result<Vec<String>, DataError> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+        let entry = entry.map_err(|e| DataError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.to_ascii_lowercase().ends_with(".png") && entry.path().is_file() {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Errors unless `path` is an existing directory.
+pub(crate) fn require_dir(path: &Path, what: &str) -> Result<(), DataError> {
+    if path.is_dir() {
+        Ok(())
+    } else {
+        Err(DataError::MissingPath {
+            what: what.to_string(),
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Fingerprint of an item list: ids, file sizes and modification times, plus `extra` options.
+pub(crate) fn fingerprint_items(items: &[Item], extra: &str) -> u64 {
+    let mut h = Fnv64::default();
+    h.write_str(extra);
+    for it in items {
+        h.write_str(&it.id);
+        for p in [&it.image, &it.label] {
+            h.write_str(&p.to_string_lossy());
+            if let Ok(m) = std::fs::metadata(p) {
+                h.write_u64(m.len());
+                if let Ok(t) = m.modified() {
+                    if let Ok(d) = t.duration_since(std::time::UNIX_EPOCH) {
+                        h.write_u64(d.as_nanos() as u64);
+                    }
+                }
+            }
+        }
+    }
+    h.finish()
+}
+
+/// The file stem of a path, as text.
+pub(crate) fn stem(name: &str) -> &str {
+    match name.rfind('.') {
+        Some(i) => &name[..i],
+        None => name,
+    }
+}

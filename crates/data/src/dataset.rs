@@ -1,0 +1,318 @@
+//! The types every dataset shares: classes, samples, splits and the [`SegDataset`] trait.
+
+use crate::error::DataError;
+use std::path::PathBuf;
+
+/// The default ignore index: label value for pixels that no loss or metric counts.
+pub const DEFAULT_IGNORE_INDEX: u8 = 255;
+
+/// Class names, display colours and the ignore index of a dataset.
+///
+/// Train ids are `0..n_classes()`; the ignore index is outside that range.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClassInfo {
+    /// One name per train id.
+    pub names: Vec<String>,
+    /// One RGB colour per train id (for visualisations).
+    pub palette: Vec<[u8; 3]>,
+    /// Label value of pixels that are not counted (void).
+    pub ignore_index: u8,
+}
+
+impl ClassInfo {
+    /// Builds and validates a class table.
+    ///
+    /// Errors when there are no classes, more than 255 classes, a palette of another length than
+    /// the names, duplicated or empty names, or an ignore index that is also a train id.
+    pub fn new(
+        names: Vec<String>,
+        palette: Vec<[u8; 3]>,
+        ignore_index: u8,
+    ) -> Result<Self, DataError> {
+        let info = ClassInfo {
+            names,
+            palette,
+            ignore_index,
+        };
+        info.validate(None)?;
+        Ok(info)
+    }
+
+    /// Checks the invariants listed in [`ClassInfo::new`]; `source` names the file for errors.
+    pub fn validate(&self, source: Option<&std::path::Path>) -> Result<(), DataError> {
+        let err = |reason: String| DataError::Classes {
+            source_file: source.map(|p| p.to_path_buf()),
+            reason,
+        };
+        let n = self.names.len();
+        if n == 0 {
+            return Err(err("no classes".into()));
+        }
+        if n > 255 {
+            return Err(err(format!(
+                "{n} classes; at most 255 are supported (labels are u8 train ids)"
+            )));
+        }
+        if self.palette.len() != n {
+            return Err(err(format!(
+                "{} palette colours for {n} class names",
+                self.palette.len()
+            )));
+        }
+        if (self.ignore_index as usize) < n {
+            return Err(err(format!(
+                "ignore index {} is also a class id (classes are 0..{})",
+                self.ignore_index,
+                n - 1
+            )));
+        }
+        for (i, name) in self.names.iter().enumerate() {
+            if name.trim().is_empty() {
+                return Err(err(format!("class {i} has an empty name")));
+            }
+            if self.names[..i].contains(name) {
+                return Err(err(format!("class name `{name}` appears twice")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of classes (train ids `0..n_classes()`).
+    pub fn n_classes(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Train id of the class called `name`, if any.
+    pub fn id_of(&self, name: &str) -> Option<u8> {
+        self.names.iter().position(|n| n == name).map(|i| i as u8)
+    }
+
+    /// Colours a label map for display: train ids get their palette colour, every other value
+    /// (the ignore index) black. Returns H×W×3 RGB bytes.
+    pub fn colorize(&self, label: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(label.len() * 3);
+        for &l in label {
+            let c = self.palette.get(l as usize).copied().unwrap_or([0, 0, 0]);
+            out.extend_from_slice(&c);
+        }
+        out
+    }
+}
+
+/// One decoded item of a dataset at its stored resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// H×W×3 RGB bytes, row-major.
+    pub image: Vec<u8>,
+    /// H×W train ids (or the ignore index), row-major.
+    pub label: Vec<u8>,
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// A stable identifier (relative path of the image, without extension).
+    pub id: String,
+}
+
+/// A label map alone (what per-class pixel counting needs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelMap {
+    /// H×W train ids (or the ignore index), row-major.
+    pub label: Vec<u8>,
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+}
+
+/// A dataset split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Training split.
+    Train,
+    /// Validation split.
+    Val,
+    /// Test split.
+    Test,
+}
+
+impl Split {
+    /// `"train"`, `"val"` or `"test"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        }
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Split {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "train" => Ok(Split::Train),
+            "val" => Ok(Split::Val),
+            "test" => Ok(Split::Test),
+            other => Err(DataError::config(
+                "split",
+                other,
+                "expected `train`, `val` or `test`",
+            )),
+        }
+    }
+}
+
+/// Per-channel colour normalisation on the 0–255 scale: `(x - mean) / std`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Normalize {
+    /// Channel means (R, G, B), 0–255 scale.
+    pub mean: [f32; 3],
+    /// Channel standard deviations (R, G, B), 0–255 scale.
+    pub std: [f32; 3],
+}
+
+impl Normalize {
+    /// ImageNet statistics (torchvision's), scaled to 0–255.
+    pub const IMAGENET: Normalize = Normalize {
+        mean: [123.675, 116.28, 103.53],
+        std: [58.395, 57.12, 57.375],
+    };
+
+    /// No normalisation: values stay on the 0–255 scale.
+    pub const NONE: Normalize = Normalize {
+        mean: [0.0; 3],
+        std: [1.0; 3],
+    };
+
+    /// Checks that every standard deviation is finite and positive.
+    pub fn validate(&self) -> Result<(), DataError> {
+        for (c, s) in self.std.iter().enumerate() {
+            if !(s.is_finite() && *s > 0.0) {
+                return Err(DataError::config(
+                    format!("normalize.std[{c}]"),
+                    s,
+                    "must be finite and > 0",
+                ));
+            }
+        }
+        for (c, m) in self.mean.iter().enumerate() {
+            if !m.is_finite() {
+                return Err(DataError::config(
+                    format!("normalize.mean[{c}]"),
+                    m,
+                    "must be finite",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A semantic segmentation dataset: an indexable list of (image, label) pairs with class info.
+///
+/// Implementations are cheap to index (`get` decodes one item from disk) and thread-safe, so the
+/// [`Loader`](crate::Loader) can decode items in parallel.
+pub trait SegDataset: Send + Sync {
+    /// A short name for messages and cache files (`"synthia-train"`).
+    fn name(&self) -> &str;
+
+    /// Number of items.
+    fn len(&self) -> usize;
+
+    /// Whether the dataset has no item.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Class names, palette and ignore index.
+    fn class_info(&self) -> &ClassInfo;
+
+    /// Decodes item `index` (image and train-id label map at stored resolution).
+    fn get(&self, index: usize) -> Result<Sample, DataError>;
+
+    /// Decodes only the label map of item `index` (defaults to [`SegDataset::get`]).
+    fn get_label(&self, index: usize) -> Result<LabelMap, DataError> {
+        let s = self.get(index)?;
+        Ok(LabelMap {
+            label: s.label,
+            width: s.width,
+            height: s.height,
+        })
+    }
+
+    /// The image file of item `index`, for messages (None when out of range).
+    fn source(&self, index: usize) -> Option<PathBuf>;
+
+    /// The colour normalisation this dataset is usually trained with.
+    fn normalization(&self) -> Normalize {
+        Normalize::IMAGENET
+    }
+
+    /// A value that changes whenever the item list or the options that affect labels change
+    /// (it keys the per-class pixel count cache).
+    fn fingerprint(&self) -> u64;
+
+    /// Folder where caches (per-class pixel counts) are kept, next to the data.
+    /// `None` disables caching.
+    fn cache_dir(&self) -> Option<PathBuf>;
+
+    /// Per-class pixel counts over this dataset (ignored pixels excluded), computed in parallel
+    /// and cached as JSON in [`SegDataset::cache_dir`]. See [`crate::stats`].
+    fn class_pixel_counts(&self) -> Result<Vec<u64>, DataError> {
+        crate::stats::class_pixel_counts(self)
+    }
+}
+
+/// Checks `index < len`, naming the dataset otherwise.
+pub(crate) fn check_index(name: &str, index: usize, len: usize) -> Result<(), DataError> {
+    if index >= len {
+        Err(DataError::OutOfRange {
+            dataset: name.to_string(),
+            index,
+            len,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// 64-bit FNV-1a, a stable hash for fingerprints (independent of the Rust version).
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv64 {
+    /// Feeds bytes.
+    pub fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    /// Feeds a string and a separator (so `["ab","c"]` and `["a","bc"]` differ).
+    pub fn write_str(&mut self, s: &str) {
+        self.write(s.as_bytes());
+        self.write(&[0xff]);
+    }
+    /// Feeds a u64.
+    pub fn write_u64(&mut self, v: u64) {
+        self.write(&v.to_le_bytes());
+    }
+    /// The hash value.
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}

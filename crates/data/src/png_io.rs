@@ -1,0 +1,295 @@
+//! Fast PNG reading and writing on top of the `png` crate.
+//!
+//! Images are decoded to 8-bit RGB whatever their stored format (grey, grey+alpha, RGB, RGBA,
+//! palette, 1–16 bits). Label maps are decoded *without* colour conversion: the value of the
+//! first channel (or the palette index) is returned as `u16`, which is how Synthia (16-bit,
+//! class id in the first channel), Cityscapes (8-bit grey) and palette masks store class ids.
+
+use crate::error::DataError;
+use png::{BitDepth, ColorType, Transformations};
+use std::io::Cursor;
+use std::path::Path;
+
+/// An 8-bit RGB image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    /// H×W×3 bytes.
+    pub data: Vec<u8>,
+    /// Width.
+    pub width: usize,
+    /// Height.
+    pub height: usize,
+}
+
+/// A raw label map: the first channel (or palette index) of every pixel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawLabel {
+    /// H×W values.
+    pub data: Vec<u16>,
+    /// Width.
+    pub width: usize,
+    /// Height.
+    pub height: usize,
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
+    std::fs::read(path).map_err(|e| DataError::io(path, e))
+}
+
+fn decode_err(path: &Path, e: impl std::fmt::Display) -> DataError {
+    DataError::Decode {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// Reads the width and height from a PNG header without decoding the pixels.
+pub fn read_png_size(path: &Path) -> Result<(usize, usize), DataError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut head = [0u8; 24];
+    f.read_exact(&mut head)
+        .map_err(|_| decode_err(path, "file too short for a PNG header"))?;
+    if &head[..8] != b"\x89PNG\r\n\x1a\n" || &head[12..16] != b"IHDR" {
+        return Err(decode_err(path, "not a PNG file (bad signature)"));
+    }
+    let w = u32::from_be_bytes(head[16..20].try_into().unwrap()) as usize;
+    let h = u32::from_be_bytes(head[20..24].try_into().unwrap()) as usize;
+    Ok((w, h))
+}
+
+/// Decodes a PNG file to 8-bit RGB.
+pub fn decode_rgb8(path: &Path) -> Result<RgbImage, DataError> {
+    let bytes = read_bytes(path)?;
+    decode_rgb8_bytes(&bytes).map_err(|e| decode_err(path, e))
+}
+
+/// Decodes PNG bytes to 8-bit RGB (the error is a message without the path).
+pub fn decode_rgb8_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
+    let mut dec = png::Decoder::new(Cursor::new(bytes));
+    dec.set_transformations(Transformations::normalize_to_color8());
+    dec.set_ignore_text_chunk(true);
+    dec.set_ignore_iccp_chunk(true);
+    let mut reader = dec.read_info().map_err(|e| e.to_string())?;
+    let (color, depth) = reader.output_color_type();
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| "image too large".to_string())?;
+    let mut buf = vec![0u8; size];
+    let info = reader.next_frame(&mut buf).map_err(|e| e.to_string())?;
+    if depth != BitDepth::Eight {
+        return Err(format!("unexpected output bit depth {depth:?}"));
+    }
+    let (w, h) = (info.width as usize, info.height as usize);
+    let stride = info.line_size;
+    let channels = match color {
+        ColorType::Grayscale => 1,
+        ColorType::GrayscaleAlpha => 2,
+        ColorType::Rgb => 3,
+        ColorType::Rgba => 4,
+        ColorType::Indexed => return Err("palette was not expanded".into()),
+    };
+    if channels == 3 && stride == w * 3 {
+        buf.truncate(w * h * 3);
+        return Ok(RgbImage {
+            data: buf,
+            width: w,
+            height: h,
+        });
+    }
+    let mut out = vec![0u8; w * h * 3];
+    for y in 0..h {
+        let row = &buf[y * stride..y * stride + w * channels];
+        let dst = &mut out[y * w * 3..(y + 1) * w * 3];
+        match channels {
+            1 | 2 => {
+                for (x, d) in dst.chunks_exact_mut(3).enumerate() {
+                    let g = row[x * channels];
+                    d.copy_from_slice(&[g, g, g]);
+                }
+            }
+            _ => {
+                for (x, d) in dst.chunks_exact_mut(3).enumerate() {
+                    d.copy_from_slice(&row[x * channels..x * channels + 3]);
+                }
+            }
+        }
+    }
+    Ok(RgbImage {
+        data: out,
+        width: w,
+        height: h,
+    })
+}
+
+/// Decodes a label PNG: the first channel (or the palette index) of every pixel.
+pub fn decode_label(path: &Path) -> Result<RawLabel, DataError> {
+    let bytes = read_bytes(path)?;
+    decode_label_bytes(&bytes).map_err(|e| decode_err(path, e))
+}
+
+/// Decodes label PNG bytes (the error is a message without the path).
+pub fn decode_label_bytes(bytes: &[u8]) -> Result<RawLabel, String> {
+    let mut dec = png::Decoder::new(Cursor::new(bytes));
+    dec.set_transformations(Transformations::IDENTITY);
+    dec.set_ignore_text_chunk(true);
+    dec.set_ignore_iccp_chunk(true);
+    let mut reader = dec.read_info().map_err(|e| e.to_string())?;
+    let (color, depth) = reader.output_color_type();
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| "image too large".to_string())?;
+    let mut buf = vec![0u8; size];
+    let info = reader.next_frame(&mut buf).map_err(|e| e.to_string())?;
+    let (w, h) = (info.width as usize, info.height as usize);
+    let stride = info.line_size;
+    let channels = match color {
+        ColorType::Grayscale | ColorType::Indexed => 1,
+        ColorType::GrayscaleAlpha => 2,
+        ColorType::Rgb => 3,
+        ColorType::Rgba => 4,
+    };
+    let mut out = vec![0u16; w * h];
+    for y in 0..h {
+        let row = &buf[y * stride..(y + 1) * stride];
+        let dst = &mut out[y * w..(y + 1) * w];
+        match depth {
+            BitDepth::Sixteen => {
+                let step = 2 * channels;
+                for (x, d) in dst.iter_mut().enumerate() {
+                    *d = u16::from_be_bytes([row[x * step], row[x * step + 1]]);
+                }
+            }
+            BitDepth::Eight => {
+                for (x, d) in dst.iter_mut().enumerate() {
+                    *d = row[x * channels] as u16;
+                }
+            }
+            low => {
+                // 1, 2 or 4 bits: only grey and palette images, one sample per pixel, MSB first.
+                let bits = low as usize;
+                let mask = (1u16 << bits) - 1;
+                for (x, d) in dst.iter_mut().enumerate() {
+                    let bit = x * bits;
+                    let byte = row[bit / 8] as u16;
+                    *d = (byte >> (8 - bits - bit % 8)) & mask;
+                }
+            }
+        }
+    }
+    Ok(RawLabel {
+        data: out,
+        width: w,
+        height: h,
+    })
+}
+
+/// How a PNG is compressed when written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PngSpeed {
+    /// Fast deflate (`fdeflate`), adaptive row filters: small files, written fast.
+    #[default]
+    Fast,
+    /// Default zlib-like compression (slower to write, same decode speed).
+    Balanced,
+}
+
+fn write_png(
+    path: &Path,
+    w: usize,
+    h: usize,
+    color: ColorType,
+    depth: BitDepth,
+    data: &[u8],
+    speed: PngSpeed,
+) -> Result<(), DataError> {
+    let enc_err = |e: png::EncodingError| DataError::Encode {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut out = Vec::with_capacity(data.len() / 2);
+    {
+        let mut enc = png::Encoder::new(&mut out, w as u32, h as u32);
+        enc.set_color(color);
+        enc.set_depth(depth);
+        enc.set_compression(match speed {
+            PngSpeed::Fast => png::Compression::Fast,
+            PngSpeed::Balanced => png::Compression::Balanced,
+        });
+        let mut writer = enc.write_header().map_err(enc_err)?;
+        writer.write_image_data(data).map_err(enc_err)?;
+        writer.finish().map_err(enc_err)?;
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        }
+    }
+    std::fs::write(path, &out).map_err(|e| DataError::io(path, e))
+}
+
+fn check_len(path: &Path, got: usize, want: usize) -> Result<(), DataError> {
+    if got != want {
+        return Err(DataError::Encode {
+            path: path.to_path_buf(),
+            reason: format!("buffer holds {got} values, the image needs {want}"),
+        });
+    }
+    Ok(())
+}
+
+/// Writes an 8-bit RGB PNG (`data` is H×W×3).
+pub fn write_rgb8(
+    path: &Path,
+    w: usize,
+    h: usize,
+    data: &[u8],
+    speed: PngSpeed,
+) -> Result<(), DataError> {
+    check_len(path, data.len(), w * h * 3)?;
+    write_png(path, w, h, ColorType::Rgb, BitDepth::Eight, data, speed)
+}
+
+/// Writes an 8-bit greyscale PNG (`data` is H×W), e.g. a Cityscapes `labelIds` map or a mask.
+pub fn write_gray8(
+    path: &Path,
+    w: usize,
+    h: usize,
+    data: &[u8],
+    speed: PngSpeed,
+) -> Result<(), DataError> {
+    check_len(path, data.len(), w * h)?;
+    write_png(
+        path,
+        w,
+        h,
+        ColorType::Grayscale,
+        BitDepth::Eight,
+        data,
+        speed,
+    )
+}
+
+/// Writes a Synthia-style label PNG: 16-bit RGB with the class id in the first channel, the
+/// instance id in the second and 0 in the third.
+pub fn write_label_rgb16(
+    path: &Path,
+    w: usize,
+    h: usize,
+    class_ids: &[u16],
+    instance_ids: Option<&[u16]>,
+    speed: PngSpeed,
+) -> Result<(), DataError> {
+    check_len(path, class_ids.len(), w * h)?;
+    if let Some(inst) = instance_ids {
+        check_len(path, inst.len(), w * h)?;
+    }
+    let mut buf = vec![0u8; w * h * 6];
+    for (i, px) in buf.chunks_exact_mut(6).enumerate() {
+        px[0..2].copy_from_slice(&class_ids[i].to_be_bytes());
+        if let Some(inst) = instance_ids {
+            px[2..4].copy_from_slice(&inst[i].to_be_bytes());
+        }
+    }
+    write_png(path, w, h, ColorType::Rgb, BitDepth::Sixteen, &buf, speed)
+}
