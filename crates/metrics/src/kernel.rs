@@ -153,8 +153,14 @@ pub fn count_simple<L: Label>(
     part
 }
 
-/// Entries of one 256×256 sub-histogram.
-const TABLE: usize = 1 << 16;
+/// Cells between two rows of a sub-histogram. Not a power of two: with 256-cell rows, rows 4
+/// apart (and the same cell of different sub-histograms) share their address modulo 4 KiB, and
+/// the CPU's store-to-load dependence check then stalls on false matches ("4K aliasing").
+const ROW: usize = 257;
+/// Cells of one 256-row sub-histogram.
+const TABLE: usize = 256 * ROW;
+/// Cells between the starts of two sub-histograms (one cache line of padding).
+const STRIDE: usize = TABLE + 16;
 /// Interleaved sub-histograms of the `u8` kernel.
 const SUBS: usize = 4;
 /// Pixels counted into the `u32` sub-histograms between flushes: no cell can overflow.
@@ -169,13 +175,13 @@ thread_local! {
 pub fn count_direct_u8(gt: &[u8], pred: &[u8], offset: usize, spec: &Spec, k: usize) -> Partial {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
-            if buf.len() != SUBS * TABLE {
-                *buf = vec![0; SUBS * TABLE];
+            if buf.len() != SUBS * STRIDE {
+                *buf = vec![0; SUBS * STRIDE];
             }
             direct_u8_with(&mut buf, gt, pred, offset, spec, k)
         }
         // Re-entered on this thread (not expected): use a fresh table.
-        Err(_) => direct_u8_with(&mut vec![0; SUBS * TABLE], gt, pred, offset, spec, k),
+        Err(_) => direct_u8_with(&mut vec![0; SUBS * STRIDE], gt, pred, offset, spec, k),
     })
 }
 
@@ -201,10 +207,11 @@ fn direct_u8_with(
 
 /// The hot loop: `SUBS` interleaved sub-histograms, no branches, no bounds checks.
 fn histogram_u8(buf: &mut [u32], gt: &[u8], pred: &[u8]) {
-    let (t0, rest) = buf.split_at_mut(TABLE);
-    let (t1, rest) = rest.split_at_mut(TABLE);
-    let (t2, t3) = rest.split_at_mut(TABLE);
-    // Constant-length slices: with `idx < 2^16` the compiler drops every bounds check.
+    let (t0, rest) = buf.split_at_mut(STRIDE);
+    let (t1, rest) = rest.split_at_mut(STRIDE);
+    let (t2, t3) = rest.split_at_mut(STRIDE);
+    // Constant-length slices: with `idx <= 255 * ROW + 255 < TABLE` the compiler drops every
+    // bounds check.
     let (t0, t1, t2, t3) = (
         &mut t0[..TABLE],
         &mut t1[..TABLE],
@@ -213,7 +220,7 @@ fn histogram_u8(buf: &mut [u32], gt: &[u8], pred: &[u8]) {
     );
     #[inline(always)]
     fn idx(g: u8, p: u8) -> usize {
-        (usize::from(g) << 8) | usize::from(p)
+        usize::from(g) * ROW + usize::from(p)
     }
     let gc = gt.chunks_exact(8);
     let pc = pred.chunks_exact(8);
@@ -241,11 +248,11 @@ fn flush_u8(buf: &mut [u32], kinds: &[Kind; 256], part: &mut Partial) {
     let k = part.k;
     let mut row = [0u64; 256];
     for g in 0..256 {
-        let r = g << 8..(g + 1) << 8;
+        let r = g * ROW..g * ROW + 256;
         row.fill(0);
         let mut any = 0u64;
         for s in 0..SUBS {
-            let cells = &buf[s * TABLE..][r.clone()];
+            let cells = &buf[s * STRIDE..][r.clone()];
             for (acc, &c) in row.iter_mut().zip(cells) {
                 *acc += u64::from(c);
                 any |= u64::from(c);
@@ -255,7 +262,7 @@ fn flush_u8(buf: &mut [u32], kinds: &[Kind; 256], part: &mut Partial) {
             continue;
         }
         for s in 0..SUBS {
-            buf[s * TABLE..][r.clone()].fill(0);
+            buf[s * STRIDE..][r.clone()].fill(0);
         }
         for (p, &c) in row.iter().enumerate() {
             if c == 0 {
