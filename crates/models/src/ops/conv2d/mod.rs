@@ -1,0 +1,160 @@
+//! 2-D convolution used by every model layer.
+//!
+//! [`conv2d`] is the single entry point the model code calls. On the CPU with `f32` tensors and
+//! `groups == 1` it runs this crate's own kernels as a candle custom op with its own backward
+//! (im2col / col2im tiles and large `gemm` matrix products, parallel over images and tiles with
+//! rayon; see `docs/conv.md`); on other devices, dtypes or group counts it uses candle's
+//! convolution. Both paths are differentiable and agree within `f32` rounding
+//! (`tests/conv2d.rs`). [`conv2d_candle`] always takes candle's path.
+
+mod cpu;
+mod kernels;
+
+use candle_core::{bail, DType, Device, Result, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Geometry of a 2-D convolution (square kernels are given by the weight's shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    /// Zero padding on each side, in pixels.
+    pub padding: usize,
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Dilation in both directions.
+    pub dilation: usize,
+    /// Number of groups (1 for a dense convolution).
+    pub groups: usize,
+}
+
+impl Default for Conv2dGeometry {
+    fn default() -> Self {
+        Self {
+            padding: 0,
+            stride: 1,
+            dilation: 1,
+            groups: 1,
+        }
+    }
+}
+
+/// Whether [`conv2d`] may use the CPU kernels (on by default).
+static CPU_KERNEL: AtomicBool = AtomicBool::new(true);
+
+/// Enables or disables the CPU custom op process-wide (for A/B comparisons and debugging; when
+/// disabled, [`conv2d`] behaves like [`conv2d_candle`]).
+pub fn set_cpu_kernel_enabled(enabled: bool) {
+    CPU_KERNEL.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether the CPU custom op is enabled (see [`set_cpu_kernel_enabled`]).
+pub fn cpu_kernel_enabled() -> bool {
+    CPU_KERNEL.load(Ordering::Relaxed)
+}
+
+/// Checks shapes and geometry, returning a clear error for anything candle would reject or
+/// silently mis-handle. Returns the number of output channels.
+fn validate(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    g: Conv2dGeometry,
+) -> Result<usize> {
+    let (&[_, c_in, h, w], &[c_out, wc_in, kh, kw]) = (input.dims(), weight.dims()) else {
+        bail!(
+            "conv2d: input {:?} must be (N, C_in, H, W) and weight {:?} (C_out, C_in/groups, K_h, K_w)",
+            input.dims(),
+            weight.dims()
+        )
+    };
+    if g.stride == 0 || g.dilation == 0 || g.groups == 0 {
+        bail!("conv2d: stride, dilation and groups must be at least 1, got {g:?}")
+    }
+    if c_in % g.groups != 0 || c_out % g.groups != 0 || wc_in * g.groups != c_in {
+        bail!(
+            "conv2d: input has {c_in} channels and weight {:?}, which does not match groups = {}",
+            weight.dims(),
+            g.groups
+        )
+    }
+    if kh == 0 || kw == 0 {
+        bail!("conv2d: empty kernel {:?}", weight.dims())
+    }
+    let (reach_h, reach_w) = (g.dilation * (kh - 1) + 1, g.dilation * (kw - 1) + 1);
+    if reach_h > h + 2 * g.padding || reach_w > w + 2 * g.padding {
+        bail!(
+            "conv2d: the {kh}×{kw} kernel with dilation {} does not fit the {h}×{w} input padded by {}",
+            g.dilation,
+            g.padding
+        )
+    }
+    if let Some(b) = bias {
+        if b.dims() != [c_out] {
+            bail!("conv2d: bias has shape {:?}, expected ({c_out})", b.dims())
+        }
+    }
+    Ok(c_out)
+}
+
+/// Convolves `input` `(N, C_in, H, W)` with `weight` `(C_out, C_in / groups, K_h, K_w)`, adding
+/// `bias` `(C_out)` when given. Differentiable on every device.
+///
+/// On the CPU with `f32` operands and `groups == 1` this runs the custom op (forward, input and
+/// weight gradients as tiled matrix products; bias fused into the forward pass); everywhere else
+/// it is [`conv2d_candle`].
+///
+/// # Errors
+/// Shapes that do not describe a convolution (wrong ranks, channel counts that do not match the
+/// groups, a dilated kernel larger than the padded input, a bias of the wrong length, zero
+/// stride/dilation/groups), or an error from candle (mismatched devices or dtypes).
+pub fn conv2d(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    geometry: Conv2dGeometry,
+) -> Result<Tensor> {
+    validate(input, weight, bias, geometry)?;
+    let cpu_f32 = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
+    let use_kernel = cpu_kernel_enabled()
+        && geometry.groups == 1
+        && cpu_f32(input)
+        && cpu_f32(weight)
+        && bias.is_none_or(cpu_f32);
+    if !use_kernel {
+        return conv2d_candle(input, weight, bias, geometry);
+    }
+    let op = cpu::Conv2dCpu {
+        padding: geometry.padding,
+        stride: geometry.stride,
+        dilation: geometry.dilation,
+    };
+    let (x, w) = (input.contiguous()?, weight.contiguous()?);
+    match bias {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+        None => x.apply_op2(&w, op),
+    }
+}
+
+/// The portable path: candle's own convolution, then a broadcast bias add. Used on non-CPU
+/// devices and for groups > 1, and as the reference the CPU kernels are tested against.
+///
+/// # Errors
+/// As [`conv2d`].
+pub fn conv2d_candle(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    geometry: Conv2dGeometry,
+) -> Result<Tensor> {
+    let c_out = validate(input, weight, bias, geometry)?;
+    let out = input.conv2d(
+        weight,
+        geometry.padding,
+        geometry.stride,
+        geometry.dilation,
+        geometry.groups,
+    )?;
+    match bias {
+        Some(b) => out.broadcast_add(&b.reshape((1, c_out, 1, 1))?),
+        None => Ok(out),
+    }
+}

@@ -1,0 +1,344 @@
+//! The CPU convolution custom op against candle's reference convolution: values and gradients
+//! (input, weight, bias) over a grid of shapes, strides, paddings, dilations, odd sizes and batch
+//! 1; an exact finite-difference check; and error handling.
+
+use candle_core::{DType, Device, Tensor, Var};
+use recallseg_models::ops::conv2d::{conv2d, conv2d_candle, Conv2dGeometry};
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn tensor(dims: &[usize], seed: u64) -> Tensor {
+    let len = dims.iter().product();
+    Tensor::from_vec(values(len, seed), dims, &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn max_abs(a: &Tensor) -> f32 {
+    a.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn geom(padding: usize, stride: usize, dilation: usize) -> Conv2dGeometry {
+    Conv2dGeometry {
+        padding,
+        stride,
+        dilation,
+        groups: 1,
+    }
+}
+
+type ConvFn = fn(&Tensor, &Tensor, Option<&Tensor>, Conv2dGeometry) -> candle_core::Result<Tensor>;
+
+/// Result and gradients of `sum(conv(x, w, b) * r)` through `f`: `(y, dx, dw, db)`.
+type Outputs = (Tensor, Tensor, Tensor, Option<Tensor>);
+
+fn run(
+    f: ConvFn,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    r: &Tensor,
+    g: Conv2dGeometry,
+) -> candle_core::Result<Outputs> {
+    let x = Var::from_tensor(x)?;
+    let w = Var::from_tensor(w)?;
+    let b = b.map(Var::from_tensor).transpose()?;
+    let y = f(
+        x.as_tensor(),
+        w.as_tensor(),
+        b.as_ref().map(|b| b.as_tensor()),
+        g,
+    )?;
+    let grads = (&y * r)?.sum_all()?.backward()?;
+    let gx = grads.get(x.as_tensor()).expect("input gradient").clone();
+    let gw = grads.get(w.as_tensor()).expect("weight gradient").clone();
+    let gb = b.map(|b| grads.get(b.as_tensor()).expect("bias gradient").clone());
+    Ok((y, gx, gw, gb))
+}
+
+/// Tolerance for sums of `k` products of values of magnitude ≤ 1 compared with `reference`.
+fn tol(reference: &Tensor, k: usize) -> f32 {
+    3e-7 * (1.0 + max_abs(reference)) * (k as f32).sqrt().max(4.0)
+}
+
+fn assert_close(what: &str, label: &str, got: &Tensor, want: &Tensor, k: usize) {
+    assert_eq!(got.dims(), want.dims(), "{what} shape, {label}");
+    let (d, t) = (max_abs_diff(got, want), tol(want, k));
+    assert!(d <= t, "{what}, {label}: max |difference| {d} > {t}");
+}
+
+fn golden() -> std::collections::HashMap<String, Tensor> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/conv2d_golden/conv2d_golden.safetensors"
+    );
+    candle_core::safetensors::load(path, &Device::Cpu).expect("golden file (make_golden.py)")
+}
+
+/// Every case of the PyTorch golden grid (`conv2d_golden/make_golden.py`: shapes, strides,
+/// paddings, dilations, odd sizes, batch 1 and 2, with and without bias). The custom op's value
+/// and gradients must match PyTorch's float64 results, and candle's where candle computes them.
+#[test]
+fn values_and_gradients_match_pytorch_and_candle_over_a_grid() {
+    let gold = golden();
+    let mut cases = 0;
+    let mut candle_backward_failures = Vec::new();
+    while let Some(x) = gold.get(&format!("case{cases:02}.x")) {
+        let t = |name: &str| gold[&format!("case{cases:02}.{name}")].clone();
+        let geo = t("geom").to_vec1::<i64>().unwrap();
+        let g = geom(geo[0] as usize, geo[1] as usize, geo[2] as usize);
+        let (w, r) = (t("w"), t("r"));
+        let b = (geo[3] == 1).then(|| t("b"));
+        let label = format!("case {cases}: x {:?} w {:?} {g:?}", x.dims(), w.dims());
+        let k = w.dims()[1..].iter().product::<usize>();
+        let k_w = x.dims()[0] * r.dims()[2] * r.dims()[3];
+        let k_x = w.dims()[0] * w.dims()[2] * w.dims()[3];
+
+        let (y, gx, gw, gb) = run(conv2d, x, &w, b.as_ref(), &r, g).unwrap();
+        assert_close("forward vs PyTorch", &label, &y, &t("y"), k);
+        assert_close("input grad vs PyTorch", &label, &gx, &t("gx"), k_x);
+        assert_close("weight grad vs PyTorch", &label, &gw, &t("gw"), k_w);
+        if let Some(gb) = &gb {
+            assert_close("bias grad vs PyTorch", &label, gb, &t("gb"), k_w);
+        }
+
+        let y_candle = conv2d_candle(x, &w, b.as_ref(), g).unwrap();
+        assert_close("forward vs candle", &label, &y, &y_candle, k);
+        // candle 0.11's backward returns an input gradient of the wrong width/height for some
+        // strided shapes; compare with it wherever it computes one.
+        match run(conv2d_candle, x, &w, b.as_ref(), &r, g) {
+            Ok((_, cx, cw, cb)) => {
+                assert_close("input grad vs candle", &label, &gx, &cx, k_x);
+                assert_close("weight grad vs candle", &label, &gw, &cw, k_w);
+                if let (Some(a), Some(c)) = (&gb, &cb) {
+                    assert_close("bias grad vs candle", &label, a, c, k_w);
+                }
+            }
+            Err(_) => candle_backward_failures.push(cases),
+        }
+        cases += 1;
+    }
+    assert_eq!(cases, 28, "golden grid size");
+    // Most of the grid must have been cross-checked against candle too.
+    assert!(
+        candle_backward_failures.len() <= 4,
+        "{candle_backward_failures:?}"
+    );
+}
+
+/// Inner product of two tensors, in f64.
+fn dot(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum()
+}
+
+/// Shapes large enough that the kernels split every image into several tiles and the weight
+/// gradient into several chunks. Forward against candle; gradients against directional central
+/// differences, exact up to rounding because `sum(conv(x, w, b) * r)` is linear in each argument.
+#[test]
+fn many_tiles_match_candle_and_directional_differences() {
+    for (g, seed) in [(geom(1, 1, 1), 1), (geom(1, 2, 1), 2), (geom(2, 1, 2), 3)] {
+        let (x, w, b) = (
+            tensor(&[2, 24, 40, 33], seed),
+            tensor(&[20, 24, 3, 3], seed + 1),
+            tensor(&[20], seed + 2),
+        );
+        let y = conv2d(&x, &w, Some(&b), g).unwrap();
+        let label = format!("{g:?}");
+        assert_close(
+            "forward vs candle",
+            &label,
+            &y,
+            &conv2d_candle(&x, &w, Some(&b), g).unwrap(),
+            216,
+        );
+        let r = tensor(y.dims(), seed + 3);
+        let (_, gx, gw, gb) = run(conv2d, &x, &w, Some(&b), &r, g).unwrap();
+        let loss = |x: &Tensor, w: &Tensor, b: &Tensor| dot(&conv2d(x, w, Some(b), g).unwrap(), &r);
+        let step = 1.0;
+        let (vx, vw, vb) = (
+            tensor(x.dims(), seed + 4),
+            tensor(w.dims(), seed + 5),
+            tensor(b.dims(), seed + 6),
+        );
+        let shift = |t: &Tensor, v: &Tensor, s: f64| (t + (v * s).unwrap()).unwrap();
+        let fd_x = (loss(&shift(&x, &vx, step), &w, &b) - loss(&shift(&x, &vx, -step), &w, &b))
+            / (2.0 * step);
+        let fd_w = (loss(&x, &shift(&w, &vw, step), &b) - loss(&x, &shift(&w, &vw, -step), &b))
+            / (2.0 * step);
+        let fd_b = (loss(&x, &w, &shift(&b, &vb, step)) - loss(&x, &w, &shift(&b, &vb, -step)))
+            / (2.0 * step);
+        for (what, fd, an) in [
+            ("input", fd_x, dot(&gx, &vx)),
+            ("weight", fd_w, dot(&gw, &vw)),
+            ("bias", fd_b, dot(gb.as_ref().unwrap(), &vb)),
+        ] {
+            assert!(
+                (fd - an).abs() < 2e-5 * (1.0 + fd.abs()),
+                "{what} gradient, {label}: directional difference {fd} vs backward {an}"
+            );
+        }
+    }
+}
+
+#[test]
+fn non_contiguous_operands_are_accepted() {
+    let x = tensor(&[2, 9, 3, 6], 1).transpose(1, 3).unwrap(); // (2, 6, 3, 9), strided
+    let w = tensor(&[4, 3, 6, 2], 2).transpose(1, 2).unwrap(); // (4, 6, 3, 2), strided
+    let g = geom(1, 1, 1);
+    let a = conv2d(&x, &w, None, g).unwrap();
+    let b = conv2d_candle(&x, &w, None, g).unwrap();
+    assert!(max_abs_diff(&a, &b) < 1e-4);
+}
+
+/// `L(x, w) = Σ conv(x, w)·r` is linear in `x` and in `w`, so a central difference with any step
+/// is exact up to rounding: it checks the backward pass without reference to candle.
+#[test]
+fn gradients_match_central_differences() {
+    let g = geom(1, 2, 1);
+    let xs = [1, 2, 5, 6];
+    let ws = [3, 2, 3, 3];
+    let x = Var::from_tensor(&tensor(&xs, 7)).unwrap();
+    let w = Var::from_tensor(&tensor(&ws, 8)).unwrap();
+    let b = Var::from_tensor(&tensor(&[3], 9)).unwrap();
+    let y = conv2d(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), g).unwrap();
+    let r = tensor(y.dims(), 10);
+    let loss = |x: &Tensor, w: &Tensor, b: &Tensor| -> f64 {
+        let y = conv2d(x, w, Some(b), g).unwrap();
+        (&y * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let step = 0.5f32;
+    for (var, dims) in [(&x, &xs[..]), (&w, &ws[..]), (&b, &[3][..])] {
+        let analytic = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap();
+        let analytic = analytic.to_vec1::<f32>().unwrap();
+        let base = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for i in 0..base.len() {
+            let shifted = |delta: f32| {
+                let mut v = base.clone();
+                v[i] += delta;
+                Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+            };
+            let (plus, minus) = (shifted(step), shifted(-step));
+            let (lp, lm) = if std::ptr::eq(var, &x) {
+                (
+                    loss(&plus, w.as_tensor(), b.as_tensor()),
+                    loss(&minus, w.as_tensor(), b.as_tensor()),
+                )
+            } else if std::ptr::eq(var, &w) {
+                (
+                    loss(x.as_tensor(), &plus, b.as_tensor()),
+                    loss(x.as_tensor(), &minus, b.as_tensor()),
+                )
+            } else {
+                (
+                    loss(x.as_tensor(), w.as_tensor(), &plus),
+                    loss(x.as_tensor(), w.as_tensor(), &minus),
+                )
+            };
+            let fd = (lp - lm) / (2.0 * step as f64);
+            assert!(
+                (fd - analytic[i] as f64).abs() < 2e-4 * (1.0 + fd.abs()),
+                "element {i} of {dims:?}: finite difference {fd} vs backward {}",
+                analytic[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn an_untracked_input_gets_no_gradient_but_the_weight_does() {
+    let x = tensor(&[1, 3, 6, 6], 1);
+    let w = Var::from_tensor(&tensor(&[2, 3, 3, 3], 2)).unwrap();
+    let y = conv2d(&x, w.as_tensor(), None, geom(1, 2, 1)).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&x).is_none());
+    assert_eq!(grads.get(w.as_tensor()).unwrap().dims(), &[2, 3, 3, 3]);
+}
+
+#[test]
+fn other_dtypes_and_groups_take_candles_path() {
+    let x = tensor(&[1, 4, 5, 5], 1);
+    let w = tensor(&[4, 2, 3, 3], 2);
+    let g = Conv2dGeometry {
+        groups: 2,
+        ..geom(1, 1, 1)
+    };
+    let a = conv2d(&x, &w, None, g).unwrap();
+    let b = conv2d_candle(&x, &w, None, g).unwrap();
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    let (x64, w64) = (
+        x.to_dtype(DType::F64).unwrap(),
+        tensor(&[3, 4, 3, 3], 3).to_dtype(DType::F64).unwrap(),
+    );
+    let y = conv2d(&x64, &w64, None, geom(0, 1, 1)).unwrap();
+    assert_eq!((y.dtype(), y.dims()), (DType::F64, &[1, 3, 3, 3][..]));
+}
+
+#[test]
+fn bad_shapes_are_clear_errors() {
+    let x = tensor(&[1, 4, 5, 5], 1);
+    let err =
+        |x: &Tensor, w: &Tensor, b: Option<&Tensor>, g| conv2d(x, w, b, g).unwrap_err().to_string();
+    let e = err(&x, &tensor(&[2, 3, 3, 3], 2), None, geom(1, 1, 1));
+    assert!(e.contains("4 channels"), "{e}");
+    let e = err(&x, &tensor(&[2, 4, 7, 7], 2), None, geom(0, 1, 1));
+    assert!(e.contains("does not fit"), "{e}");
+    let e = err(&x, &tensor(&[2, 4, 3, 3], 2), None, geom(1, 0, 1));
+    assert!(e.contains("at least 1"), "{e}");
+    let e = err(
+        &x,
+        &tensor(&[2, 4, 3, 3], 2),
+        Some(&tensor(&[3], 3)),
+        geom(1, 1, 1),
+    );
+    assert!(e.contains("bias"), "{e}");
+    let e = err(
+        &tensor(&[4, 5, 5], 1),
+        &tensor(&[2, 4, 3, 3], 2),
+        None,
+        geom(1, 1, 1),
+    );
+    assert!(e.contains("(N, C_in, H, W)"), "{e}");
+}
