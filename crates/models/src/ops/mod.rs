@@ -1,3 +1,5 @@
 //! Tensor operations the models need beyond what candle offers (or faster than candle's).
 
 pub mod conv2d;
+pub mod max_pool;
+pub mod resize;

@@ -1,0 +1,117 @@
+//! `BatchNorm2d` with PyTorch semantics, running statistics kept as variables in the `VarMap`.
+//!
+//! * Training: normalise with the batch mean and biased variance over `(N, H, W)`; update
+//!   `running_mean ← (1 − m)·running_mean + m·mean` and
+//!   `running_var ← (1 − m)·running_var + m·var·n/(n − 1)` (unbiased), `m = 0.1`.
+//! * Evaluation (or frozen): `y = x·s + (β − μ·s)`, `s = γ / √(σ² + ε)` with running statistics.
+//! * Frozen: running statistics in training too, `γ`, `β` detached (not trained).
+//!
+//! Parameter names are PyTorch's: `weight`, `bias`, `running_mean`, `running_var`.
+
+use crate::init::{ParamBuilder, ParamInit, ParamKind};
+use crate::ModelError;
+use candle_core::{Result, Tensor, Var};
+
+/// PyTorch's default BatchNorm epsilon.
+pub const BN_EPS: f64 = 1e-5;
+/// PyTorch's default BatchNorm momentum.
+pub const BN_MOMENTUM: f64 = 0.1;
+
+/// 2-D batch normalisation over `(N, C, H, W)`.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    weight: Var,
+    bias: Var,
+    running_mean: Var,
+    running_var: Var,
+    channels: usize,
+    frozen: bool,
+}
+
+impl BatchNorm2d {
+    /// Creates the four tensors under the builder's prefix (γ = 1, β = 0, μ = 0, σ² = 1).
+    pub(crate) fn new(
+        pb: &ParamBuilder,
+        channels: usize,
+        frozen: bool,
+    ) -> std::result::Result<Self, ModelError> {
+        let c = [channels];
+        Ok(Self {
+            weight: pb.param("weight", &c, ParamKind::BnAffine, ParamInit::Const(1.0))?,
+            bias: pb.param("bias", &c, ParamKind::BnAffine, ParamInit::Const(0.0))?,
+            running_mean: pb.param("running_mean", &c, ParamKind::BnStat, ParamInit::Const(0.0))?,
+            running_var: pb.param("running_var", &c, ParamKind::BnStat, ParamInit::Const(1.0))?,
+            channels,
+            frozen,
+        })
+    }
+
+    /// The running mean (a view of the variable).
+    pub fn running_mean(&self) -> &Tensor {
+        self.running_mean.as_tensor()
+    }
+
+    /// The running variance (a view of the variable).
+    pub fn running_var(&self) -> &Tensor {
+        self.running_var.as_tensor()
+    }
+
+    /// Normalises `x`; in training (and not frozen) with batch statistics, updating the running
+    /// statistics in place.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        if c != self.channels {
+            candle_core::bail!(
+                "batch norm expects {} channels, got input {:?}",
+                self.channels,
+                x.dims()
+            )
+        }
+        let shape = (1, c, 1, 1);
+        let (gamma, beta) = if self.frozen {
+            (
+                self.weight.as_tensor().detach(),
+                self.bias.as_tensor().detach(),
+            )
+        } else {
+            (
+                self.weight.as_tensor().clone(),
+                self.bias.as_tensor().clone(),
+            )
+        };
+        if train && !self.frozen {
+            let count = n * h * w;
+            if count < 2 {
+                candle_core::bail!(
+                    "batch norm in training mode needs more than one value per channel, got input {:?} \
+                     (use a batch of at least 2, or evaluation mode)",
+                    x.dims()
+                )
+            }
+            let mean = x.mean_keepdim((0, 2, 3))?;
+            let xc = x.broadcast_sub(&mean)?;
+            let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
+            let scale = (var.affine(1.0, BN_EPS)?.sqrt()?.recip()?)
+                .broadcast_mul(&gamma.reshape(shape)?)?;
+            let y = xc
+                .broadcast_mul(&scale)?
+                .broadcast_add(&beta.reshape(shape)?)?;
+            let m = BN_MOMENTUM;
+            let unbias = count as f64 / (count as f64 - 1.0);
+            let new_mean = ((self.running_mean.as_tensor().detach() * (1.0 - m))?
+                + (mean.detach().flatten_all()? * m)?)?;
+            let new_var = ((self.running_var.as_tensor().detach() * (1.0 - m))?
+                + (var.detach().flatten_all()? * (m * unbias))?)?;
+            self.running_mean.set(&new_mean)?;
+            self.running_var.set(&new_var)?;
+            Ok(y)
+        } else {
+            let rm = self.running_mean.as_tensor().detach();
+            let rv = self.running_var.as_tensor().detach();
+            let s = (rv.affine(1.0, BN_EPS)?.sqrt()?.recip()? * gamma)?;
+            let shift = (beta - (rm * &s)?)?;
+            x.broadcast_mul(&s.reshape(shape)?)?
+                .broadcast_add(&shift.reshape(shape)?)
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! `DeepLab`: a ResNet backbone with a DeepLabV3 or DeepLabV3+ head.
+
+use crate::config::{Head, ModelConfig, PretrainedSource};
+use crate::deeplabv3::DeepLabV3Head;
+use crate::deeplabv3plus::DeepLabV3PlusHead;
+use crate::init::{splitmix64, NamedVar, ParamBuilder, ParamKind};
+use crate::ops::resize::resize_bilinear;
+use crate::pretrained::{self, LoadReport};
+use crate::resnet::{ResNet, ResNetFeatures};
+use crate::ModelError;
+use candle_core::{Result, Tensor, Var};
+use candle_nn::VarBuilder;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Clone)]
+enum HeadImpl {
+    V3(Box<DeepLabV3Head>),
+    V3Plus(Box<DeepLabV3PlusHead>),
+}
+
+/// A DeepLabV3 / DeepLabV3+ segmentation model.
+///
+/// Built on a `VarMap`-backed `VarBuilder`: the `VarMap` holds every tensor to checkpoint
+/// (BatchNorm running statistics included), so `varmap.save` / `varmap.load` round-trip the model.
+/// [`DeepLab::trainable_vars`] lists what the optimiser updates.
+#[derive(Debug)]
+pub struct DeepLab {
+    config: ModelConfig,
+    backbone: ResNet,
+    head: HeadImpl,
+    vars: Vec<NamedVar>,
+    dropout_seed: AtomicU64,
+    dropout_calls: AtomicU64,
+}
+
+impl DeepLab {
+    /// Builds the model described by `config` (validated first), creating its parameters in the
+    /// `VarMap` behind `vb` with seeded Kaiming-normal initialisation (`config.init_seed`).
+    /// Pretrained weights are not loaded: see [`DeepLab::from_pretrained`].
+    pub fn new(config: &ModelConfig, vb: VarBuilder) -> std::result::Result<Self, ModelError> {
+        config.validate()?;
+        let pb = ParamBuilder::new(vb, config.init_seed);
+        let backbone = ResNet::new(&pb.pp("backbone"), config)?;
+        let [low, _, _, high] = backbone.channels();
+        let head = match config.head {
+            Head::DeepLabV3 => HeadImpl::V3(Box::new(DeepLabV3Head::new(&pb, config, high)?)),
+            Head::DeepLabV3Plus => {
+                HeadImpl::V3Plus(Box::new(DeepLabV3PlusHead::new(&pb, config, low, high)?))
+            }
+        };
+        let vars = pb.take_registry();
+        Ok(Self {
+            config: config.clone(),
+            backbone,
+            head,
+            vars,
+            dropout_seed: AtomicU64::new(config.init_seed),
+            dropout_calls: AtomicU64::new(0),
+        })
+    }
+
+    /// Builds the model and, when `config.pretrained` is set, loads those weights.
+    pub fn from_pretrained(
+        config: &ModelConfig,
+        vb: VarBuilder,
+    ) -> std::result::Result<(Self, Option<LoadReport>), ModelError> {
+        let model = Self::new(config, vb)?;
+        let report = match &config.pretrained {
+            Some(source) => Some(model.load_pretrained(source)?),
+            None => None,
+        };
+        Ok((model, report))
+    }
+
+    /// Resolves `source` (local path or hub) and loads it (see [`crate::pretrained`]).
+    pub fn load_pretrained(
+        &self,
+        source: &PretrainedSource,
+    ) -> std::result::Result<LoadReport, ModelError> {
+        let path = pretrained::resolve(source, self.config.backbone)?;
+        self.load_safetensors(&path)
+    }
+
+    /// Loads an ImageNet ResNet or a full DeepLab safetensors file (see [`crate::pretrained`]).
+    pub fn load_safetensors(&self, path: &Path) -> std::result::Result<LoadReport, ModelError> {
+        pretrained::load_into(
+            &self.vars,
+            &self.classifier_param_names(),
+            path,
+            self.config.init_seed,
+        )
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Every parameter with its name and role, in construction order.
+    pub fn named_vars(&self) -> &[NamedVar] {
+        &self.vars
+    }
+
+    /// Names of the class-count-dependent parameters (the final 1×1 classifier).
+    pub fn classifier_param_names(&self) -> [&'static str; 2] {
+        match self.head {
+            HeadImpl::V3(_) => DeepLabV3Head::CLASSIFIER_PARAMS,
+            HeadImpl::V3Plus(_) => DeepLabV3PlusHead::CLASSIFIER_PARAMS,
+        }
+    }
+
+    /// The variables the optimiser updates: conv weights and biases, and BatchNorm scale and
+    /// shift unless BN is frozen. Never the running statistics.
+    pub fn trainable_vars(&self) -> Vec<Var> {
+        self.vars
+            .iter()
+            .filter(|nv| match nv.kind {
+                ParamKind::Weight => true,
+                ParamKind::BnAffine => !self.config.freeze_bn,
+                ParamKind::BnStat => false,
+            })
+            .map(|nv| nv.var.clone())
+            .collect()
+    }
+
+    /// Sets the base seed of the dropout masks and restarts the per-call counter used by
+    /// [`DeepLab::forward_t`]. A trainer that wants resumable runs calls it with a hash of
+    /// `(run seed, step)` before each step, or uses [`DeepLab::forward_t_with`].
+    pub fn set_dropout_seed(&self, seed: u64) {
+        self.dropout_seed.store(seed, Ordering::SeqCst);
+        self.dropout_calls.store(0, Ordering::SeqCst);
+    }
+
+    /// Maps `(N, 3, H, W)` images to logits `(N, n_classes, H, W)`. In training, BatchNorm uses
+    /// (and updates) batch statistics and dropout is active with masks seeded by
+    /// `(dropout seed, number of training calls since it was set)`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let seed = if train {
+            let call = self.dropout_calls.fetch_add(1, Ordering::SeqCst);
+            splitmix64(self.dropout_seed.load(Ordering::SeqCst) ^ splitmix64(call))
+        } else {
+            0
+        };
+        self.forward_t_with(x, train, seed)
+    }
+
+    /// The backbone's layer1 and layer4 features of `(N, 3, H, W)` images.
+    pub fn backbone_features(&self, x: &Tensor, train: bool) -> Result<ResNetFeatures> {
+        self.backbone.forward_t(x, train)
+    }
+
+    /// Like [`DeepLab::forward_t`] with an explicit dropout seed: the masks are a pure function
+    /// of `dropout_seed` (the call counter is untouched).
+    pub fn forward_t_with(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
+        let (_, c, h, w) = x.dims4()?;
+        if c != 3 {
+            candle_core::bail!(
+                "DeepLab expects (N, 3, H, W) images, got shape {:?}",
+                x.dims()
+            )
+        }
+        let feats = self.backbone.forward_t(x, train)?;
+        let logits = match &self.head {
+            HeadImpl::V3(head) => head.forward_t(&feats.out, train, dropout_seed)?,
+            HeadImpl::V3Plus(head) => {
+                head.forward_t(&feats.low_level, &feats.out, train, dropout_seed)?
+            }
+        };
+        resize_bilinear(&logits, h, w, false)
+    }
+}
+
+impl candle_nn::ModuleT for DeepLab {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        DeepLab::forward_t(self, xs, train)
+    }
+}

@@ -1,0 +1,112 @@
+//! Differentiable 2-D max-pooling for any kernel, stride and padding.
+//!
+//! candle 0.11's `max_pool2d` only has a backward pass when kernel == stride, while ResNet's stem
+//! pools 3×3 with stride 2 and padding 1. This version is built from differentiable candle ops:
+//!
+//! 1. pad the input with `-∞` (never selected: every window holds at least one real pixel when
+//!    `padding < kernel`);
+//! 2. gather the `k·k` window candidates of every output pixel with `index_select` (strided rows,
+//!    then strided columns) and stack them on a trailing axis;
+//! 3. take the `argmax` over that axis (no gradient) and `gather` the winners.
+//!
+//! The gradient flows through `gather` (scatter-add) and `index_select` (index-add) to exactly one
+//! input pixel per output pixel: the first maximum in row-major window order, which is PyTorch's
+//! tie-breaking rule too. Works on every device and dtype candle supports.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+/// Output length of a pooling axis (floor mode, like PyTorch's default `ceil_mode=False`).
+pub fn pooled_len(len: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
+    let padded = len + 2 * padding;
+    if kernel == 0 || stride == 0 || padded < kernel {
+        return None;
+    }
+    Some((padded - kernel) / stride + 1)
+}
+
+fn pad_neg_inf(x: &Tensor, dim: usize, padding: usize) -> Result<Tensor> {
+    if padding == 0 {
+        return Ok(x.clone());
+    }
+    let mut dims = x.dims().to_vec();
+    dims[dim] = padding;
+    let pad = Tensor::full(f32::NEG_INFINITY, dims, x.device())?.to_dtype(x.dtype())?;
+    Tensor::cat(&[&pad, x, &pad], dim)
+}
+
+/// Max-pools `x` `(N, C, H, W)` with a square `kernel`, `stride` and zero-cost `-∞` `padding`.
+///
+/// Matches PyTorch's `F.max_pool2d(x, kernel, stride, padding)` (floor mode, dilation 1), forward
+/// and backward. Errors when `padding * 2 > kernel` (PyTorch's rule) or the window does not fit.
+pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let (_n, _c, h, w) = x.dims4()?;
+    if 2 * padding > kernel {
+        candle_core::bail!("max_pool2d: padding {padding} must be at most half of kernel {kernel}")
+    }
+    let (Some(ho), Some(wo)) = (
+        pooled_len(h, kernel, stride, padding),
+        pooled_len(w, kernel, stride, padding),
+    ) else {
+        candle_core::bail!(
+            "max_pool2d: kernel {kernel} (stride {stride}, padding {padding}) does not fit input {h}x{w}"
+        )
+    };
+    let xp = pad_neg_inf(&pad_neg_inf(x, 2, padding)?, 3, padding)?;
+    let index = |offset: usize, count: usize| -> Result<Tensor> {
+        let ids: Vec<u32> = (0..count).map(|i| (i * stride + offset) as u32).collect();
+        Tensor::from_vec(ids, count, &Device::Cpu)?.to_device(x.device())
+    };
+    let mut candidates = Vec::with_capacity(kernel * kernel);
+    for di in 0..kernel {
+        let rows = xp.index_select(&index(di, ho)?, 2)?;
+        for dj in 0..kernel {
+            candidates.push(rows.index_select(&index(dj, wo)?, 3)?);
+        }
+    }
+    let stacked = Tensor::stack(&candidates, 4)?; // (N, C, Ho, Wo, k·k)
+    let winner = stacked.detach().argmax_keepdim(4)?;
+    let winner = if winner.dtype() == DType::U32 {
+        winner
+    } else {
+        winner.to_dtype(DType::U32)?
+    };
+    stacked.gather(&winner, 4)?.squeeze(4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_length_matches_pytorch_formula() {
+        assert_eq!(pooled_len(112, 3, 2, 1), Some(56));
+        assert_eq!(pooled_len(7, 3, 2, 1), Some(4));
+        assert_eq!(pooled_len(1, 3, 2, 1), Some(1));
+        assert_eq!(pooled_len(1, 3, 2, 0), None);
+    }
+
+    #[test]
+    fn simple_window_max() -> Result<()> {
+        let x = Tensor::arange(0f32, 16., &Device::Cpu)?.reshape((1, 1, 4, 4))?;
+        let y = max_pool2d(&x, 3, 2, 1)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(y, vec![5., 7., 13., 15.]);
+        Ok(())
+    }
+
+    #[test]
+    fn ties_send_gradient_to_first_maximum_only() -> Result<()> {
+        let x =
+            candle_core::Var::from_tensor(&Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu)?)?;
+        let y = max_pool2d(&x, 2, 2, 0)?;
+        let g = y.sum_all()?.backward()?;
+        let gx = g.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(gx, vec![1., 0., 0., 0.]);
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_bad_geometry() {
+        let x = Tensor::zeros((1, 1, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        assert!(max_pool2d(&x, 3, 2, 2).is_err());
+    }
+}

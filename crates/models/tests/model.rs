@@ -1,0 +1,318 @@
+//! Model construction, shapes, determinism, trainable variables, BatchNorm modes, dropout and
+//! checkpoint round trips, on thin models (small shapes, fast).
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use common::{build, fill};
+use recallseg_models::init::ParamKind;
+use recallseg_models::{Backbone, DeepLab, Head, ModelConfig, ModelError};
+
+fn thin(backbone: Backbone, head: Head, output_stride: usize) -> ModelConfig {
+    ModelConfig {
+        backbone,
+        head,
+        output_stride,
+        n_classes: 3,
+        backbone_width: 4,
+        head_channels: 8,
+        low_level_channels: 4,
+        ..ModelConfig::default()
+    }
+}
+
+fn values(model: &DeepLab) -> Vec<(String, Vec<f32>)> {
+    model
+        .named_vars()
+        .iter()
+        .map(|v| {
+            (
+                v.name.clone(),
+                v.var.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_backbone_head_and_stride_maps_images_to_logits_at_input_size() {
+    let x = fill("input.shape", &[2, 3, 35, 50]);
+    for backbone in [
+        Backbone::Resnet18,
+        Backbone::Resnet34,
+        Backbone::Resnet50,
+        Backbone::Resnet101,
+    ] {
+        for head in [Head::DeepLabV3, Head::DeepLabV3Plus] {
+            for os in [8, 16] {
+                let cfg = thin(backbone, head, os);
+                let (model, _vm) = build(&cfg);
+                let f = model.backbone_features(&x, false).unwrap();
+                let (low, high) = recallseg_models::resnet::feature_channels(backbone, 4);
+                assert_eq!(f.low_level.dims(), &[2, low, 9, 13], "{cfg:?}");
+                assert_eq!(
+                    f.out.dims(),
+                    &[2, high, 35usize.div_ceil(os), 50usize.div_ceil(os)]
+                );
+                let y = model.forward_t(&x, false).unwrap();
+                assert_eq!(y.dims(), &[2, 3, 35, 50], "{backbone:?} {head:?} OS{os}");
+            }
+        }
+    }
+}
+
+#[test]
+fn parameter_names_follow_torchvision() {
+    let (model, varmap) = build(&thin(Backbone::Resnet50, Head::DeepLabV3Plus, 16));
+    let names: Vec<&str> = model.named_vars().iter().map(|v| v.name.as_str()).collect();
+    for n in [
+        "backbone.conv1.weight",
+        "backbone.bn1.running_mean",
+        "backbone.layer1.0.downsample.0.weight",
+        "backbone.layer2.0.downsample.1.running_var",
+        "backbone.layer4.2.bn3.bias",
+        "aspp.convs.0.0.weight",
+        "aspp.convs.3.1.weight",
+        "aspp.convs.4.1.weight",
+        "aspp.project.0.weight",
+        "decoder.project.0.weight",
+        "decoder.fuse.4.weight",
+        "decoder.fuse.5.running_var",
+        "classifier.weight",
+        "classifier.bias",
+    ] {
+        assert!(names.contains(&n), "missing {n}");
+    }
+    // The VarMap holds exactly the model's tensors, running statistics included.
+    assert_eq!(varmap.all_vars().len(), names.len());
+    // A torchvision ResNet-50 has 53 convs + 53 BNs (×4 tensors) = 265 tensors without `fc`.
+    let backbone = names.iter().filter(|n| n.starts_with("backbone.")).count();
+    assert_eq!(backbone, 53 + 53 * 4);
+}
+
+#[test]
+fn same_seed_same_parameters_different_seed_different_parameters() {
+    let cfg = thin(Backbone::Resnet18, Head::DeepLabV3Plus, 16);
+    let (a, _) = build(&cfg);
+    let (b, _) = build(&cfg);
+    let (c, _) = build(&ModelConfig {
+        init_seed: 1,
+        ..cfg.clone()
+    });
+    assert_eq!(values(&a), values(&b));
+    let (va, vc) = (values(&a), values(&c));
+    for ((name, x), (_, y)) in va.iter().zip(&vc) {
+        if name.ends_with("conv1.weight") {
+            assert_ne!(x, y, "{name} should depend on the seed");
+        }
+    }
+    // BatchNorm starts at γ = 1, β = 0, μ = 0, σ² = 1.
+    let bn: Vec<_> = va
+        .iter()
+        .filter(|(n, _)| n.starts_with("backbone.bn1."))
+        .collect();
+    assert_eq!(bn.len(), 4);
+    for (n, v) in bn {
+        let want = if n.ends_with("weight") || n.ends_with("running_var") {
+            1.0
+        } else {
+            0.0
+        };
+        assert!(v.iter().all(|&x| x == want), "{n}");
+    }
+    // Kaiming normal, fan-out: conv1 of width 4 has std sqrt(2 / (4·7·7)).
+    let w = &va
+        .iter()
+        .find(|(n, _)| n == "backbone.layer1.0.conv1.weight")
+        .unwrap()
+        .1;
+    let std = (w.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
+    assert!(
+        (std / (2.0f64 / 36.0).sqrt() - 1.0).abs() < 0.35,
+        "std {std}"
+    );
+}
+
+#[test]
+fn trainable_vars_exclude_running_stats_and_frozen_bn() {
+    let cfg = thin(Backbone::Resnet18, Head::DeepLabV3, 16);
+    let (model, _) = build(&cfg);
+    let count = |k: ParamKind| model.named_vars().iter().filter(|v| v.kind == k).count();
+    let (w, aff, stat) = (
+        count(ParamKind::Weight),
+        count(ParamKind::BnAffine),
+        count(ParamKind::BnStat),
+    );
+    assert_eq!(aff, stat);
+    assert_eq!(model.trainable_vars().len(), w + aff);
+    let (frozen, _) = build(&ModelConfig {
+        freeze_bn: true,
+        ..cfg
+    });
+    assert_eq!(frozen.trainable_vars().len(), w);
+}
+
+#[test]
+fn batch_norm_updates_running_stats_in_training_only() {
+    let (model, _) = build(&thin(Backbone::Resnet18, Head::DeepLabV3Plus, 16));
+    let rm = || {
+        model
+            .named_vars()
+            .iter()
+            .find(|v| v.name == "backbone.bn1.running_mean")
+            .unwrap()
+            .var
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let x = fill("input.bn", &[2, 3, 32, 32]);
+    let before = rm();
+    model.forward_t(&x, false).unwrap();
+    assert_eq!(rm(), before, "evaluation must not touch running statistics");
+    model.forward_t(&x, true).unwrap();
+    assert_ne!(rm(), before, "training must update running statistics");
+
+    // Frozen BN: training forward equals evaluation forward and leaves the statistics alone.
+    let cfg = ModelConfig {
+        freeze_bn: true,
+        dropout: 0.0,
+        decoder_dropout: [0.0, 0.0],
+        ..thin(Backbone::Resnet18, Head::DeepLabV3Plus, 16)
+    };
+    let (frozen, _) = build(&cfg);
+    let a = frozen.forward_t(&x, true).unwrap();
+    let b = frozen.forward_t(&x, false).unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(d, 0.0);
+}
+
+#[test]
+fn training_with_batch_of_one_pixel_per_channel_is_a_clear_error() {
+    let (model, _) = build(&thin(Backbone::Resnet18, Head::DeepLabV3, 16));
+    let x = fill("input.bn", &[1, 3, 32, 32]);
+    let e = model.forward_t(&x, true).unwrap_err().to_string();
+    assert!(e.contains("more than one value per channel"), "{e}");
+    let e = model
+        .forward_t(&fill("input.bn", &[1, 4, 32, 32]), false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("(N, 3, H, W)"), "{e}");
+}
+
+#[test]
+fn dropout_is_seeded_active_in_training_only() {
+    let cfg = ModelConfig {
+        freeze_bn: true,
+        ..thin(Backbone::Resnet18, Head::DeepLabV3Plus, 16)
+    };
+    let (model, _) = build(&cfg);
+    let x = fill("input.dropout", &[2, 3, 32, 32]);
+    let v = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let a = v(model.forward_t_with(&x, true, 5).unwrap());
+    let b = v(model.forward_t_with(&x, true, 5).unwrap());
+    let c = v(model.forward_t_with(&x, true, 6).unwrap());
+    let e1 = v(model.forward_t(&x, false).unwrap());
+    let e2 = v(model.forward_t(&x, false).unwrap());
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert_ne!(a, e1);
+    assert_eq!(e1, e2);
+    // forward_t draws a new mask per call, reproducibly after set_dropout_seed.
+    model.set_dropout_seed(9);
+    let s1 = v(model.forward_t(&x, true).unwrap());
+    let s2 = v(model.forward_t(&x, true).unwrap());
+    model.set_dropout_seed(9);
+    assert_eq!(v(model.forward_t(&x, true).unwrap()), s1);
+    assert_ne!(s1, s2);
+}
+
+#[test]
+fn gradients_reach_every_trainable_var() {
+    let (model, _) = build(&thin(Backbone::Resnet18, Head::DeepLabV3Plus, 16));
+    let x = fill("input.grad", &[2, 3, 32, 32]);
+    let y = model.forward_t_with(&x, true, 1).unwrap();
+    let grads = y.sqr().unwrap().mean_all().unwrap().backward().unwrap();
+    for v in model.trainable_vars() {
+        assert!(
+            grads.get(&v).is_some(),
+            "no gradient for a trainable var of shape {:?}",
+            v.dims()
+        );
+    }
+}
+
+#[test]
+fn varmap_save_and_load_round_trip_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let cfg = thin(Backbone::Resnet18, Head::DeepLabV3, 16);
+    let (a, vm_a) = build(&cfg);
+    let x = fill("input.rt", &[2, 3, 32, 32]);
+    a.forward_t(&x, true).unwrap(); // move the running statistics away from their init
+    vm_a.save(&path).unwrap();
+    let (b, mut vm_b) = build(&ModelConfig {
+        init_seed: 3,
+        ..cfg
+    });
+    vm_b.load(&path).unwrap();
+    assert_eq!(values(&a), values(&b));
+    let ya = a
+        .forward_t(&x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let yb = b
+        .forward_t(&x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(ya, yb);
+}
+
+#[test]
+fn invalid_config_and_non_varmap_builder_are_errors() {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let bad = ModelConfig {
+        output_stride: 12,
+        ..ModelConfig::default()
+    };
+    match DeepLab::new(&bad, vb) {
+        Err(ModelError::Config { field, .. }) => assert_eq!(field, "output_stride"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+    let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+    let e = DeepLab::new(&thin(Backbone::Resnet18, Head::DeepLabV3, 16), vb).unwrap_err();
+    assert!(matches!(e, ModelError::NotAVarMap { .. }), "{e}");
+}
+
+#[test]
+fn multi_grid_changes_layer4_only() {
+    let base = thin(Backbone::Resnet18, Head::DeepLabV3, 16);
+    let (a, _) = build(&base);
+    let (b, _) = build(&ModelConfig {
+        multi_grid: Some(vec![1, 2]),
+        ..base
+    });
+    let x = fill("input.mg", &[1, 3, 64, 64]);
+    let fa = a.backbone_features(&x, false).unwrap();
+    let fb = b.backbone_features(&x, false).unwrap();
+    let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(v(&fa.low_level), v(&fb.low_level));
+    assert_eq!(fa.out.dims(), fb.out.dims());
+    assert_ne!(v(&fa.out), v(&fb.out));
+}
