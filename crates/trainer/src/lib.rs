@@ -9,4 +9,6 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod log;
 pub mod optim;
+pub mod report;

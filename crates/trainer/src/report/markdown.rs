@@ -1,0 +1,378 @@
+//! `report.md`.
+
+use super::paper::{same_class, PaperTable};
+use super::{Comparison, ExampleSet, RunSummary};
+use crate::log::fmt_secs;
+use std::fmt::Write;
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v))
+}
+
+fn signed(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else {
+        format!("{v:+.2}")
+    }
+}
+
+/// Why a setting is not the paper's (empty when it is).
+fn mismatches(cmp: &Comparison) -> Vec<String> {
+    let s = &cmp.setting;
+    let mut out = Vec::new();
+    if s.synthetic {
+        out.push("synthetic generated data instead of the real dataset".to_string());
+    }
+    if s.backbone != "resnet18" {
+        out.push(format!(
+            "backbone {} (the tables use ResNet-18)",
+            s.backbone
+        ));
+    }
+    if s.backbone_width != 64 {
+        out.push(format!(
+            "a thin backbone (first-stage width {} instead of 64)",
+            s.backbone_width
+        ));
+    }
+    if s.pretrained == "none" {
+        out.push("no ImageNet pre-training (trained from scratch)".to_string());
+    }
+    let (want_size, want_iters) = match s.dataset.as_str() {
+        "cityscapes" => ((769, 769), 90_000),
+        _ => ((384, 768), 100_000),
+    };
+    if s.train_size != want_size {
+        out.push(format!(
+            "{}×{} training images instead of {}×{}",
+            s.train_size.1, s.train_size.0, want_size.1, want_size.0
+        ));
+    }
+    if s.iters < want_iters {
+        out.push(format!("{} iterations instead of {}", s.iters, want_iters));
+    }
+    out
+}
+
+/// Renders `report.md`. `figures` lists the figure stems that were drawn.
+pub fn render_markdown(
+    cmp: &Comparison,
+    figures: &[String],
+    examples: Option<&ExampleSet>,
+) -> String {
+    let mut md = String::new();
+    let s = &cmp.setting;
+    let _ = writeln!(md, "# {}\n", cmp.title);
+    if s.synthetic {
+        let _ = writeln!(
+            md,
+            "> **This comparison ran on synthetic data.** The images are the generated \
+             Synthia-format dataset in `{}`, not SYNTHIA, and the model and schedule are scaled \
+             down to run on a CPU in minutes. Its numbers cannot be compared with the paper's; \
+             only the qualitative pattern (which loss trades what) can.\n",
+            s.data_root.display()
+        );
+    }
+
+    let _ = writeln!(md, "## Setting\n");
+    let _ = writeln!(md, "| | |\n|---|---|");
+    let rows = [
+        (
+            "dataset",
+            format!("{} (`{}`)", s.dataset, s.data_root.display()),
+        ),
+        (
+            "model",
+            format!(
+                "{} on {} (first-stage width {}), output stride {}",
+                s.head, s.backbone, s.backbone_width, s.output_stride
+            ),
+        ),
+        ("pretrained backbone", s.pretrained.clone()),
+        (
+            "training input",
+            format!("{}×{} (width×height)", s.train_size.1, s.train_size.0),
+        ),
+        (
+            "evaluation input",
+            format!("{}×{}", s.eval_size.1, s.eval_size.0),
+        ),
+        ("batch size", s.batch_size.to_string()),
+        ("iterations per loss", s.iters.to_string()),
+        ("optimiser", s.optimizer.clone()),
+        ("device", s.device.clone()),
+        ("seed", s.seed.to_string()),
+        (
+            "evaluated on",
+            format!("`{}` split, {} images", s.test_split, s.test_images),
+        ),
+        ("wall time of the comparison", fmt_secs(cmp.wall_seconds)),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(md, "| {k} | {v} |");
+    }
+    md.push('\n');
+    for n in &cmp.notes {
+        let _ = writeln!(md, "- {n}");
+    }
+    if !cmp.notes.is_empty() {
+        md.push('\n');
+    }
+
+    // Means.
+    let base = cmp.baseline();
+    let _ = writeln!(
+        md,
+        "## Mean accuracy and mean IoU (test split, all classes)\n"
+    );
+    let _ = writeln!(
+        md,
+        "Mean accuracy is the mean per-class recall TP/(TP+FN); mean IoU is the mean of \
+         TP/(TP+FN+FP). Δ columns are differences to cross entropy in percentage points; the \
+         quadrant says where the loss lies relative to CE in the Fig. 1 plot.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| loss | mean acc. (%) | mean IoU (%) | Δ acc. | Δ IoU | quadrant vs CE | pixel acc. (%) | best val. mIoU (%) @ step | training time |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---|---:|---:|---:|");
+    for r in &cmp.runs {
+        let (da, di) = match base {
+            Some(b) => (
+                r.mean_acc_pct() - b.mean_acc_pct(),
+                r.mean_iou_pct() - b.mean_iou_pct(),
+            ),
+            None => (f64::NAN, f64::NAN),
+        };
+        let quadrant = match base {
+            Some(b) if b.loss_name == r.loss_name => "(reference)".to_string(),
+            Some(_) if da.is_nan() || di.is_nan() => "-".to_string(),
+            Some(_) => match (da >= 0.0, di >= 0.0) {
+                (true, true) => "acc. ↑ IoU ↑ (upper right)",
+                (true, false) => "acc. ↑ IoU ↓",
+                (false, true) => "acc. ↓ IoU ↑",
+                (false, false) => "acc. ↓ IoU ↓",
+            }
+            .to_string(),
+            None => "-".to_string(),
+        };
+        let best = r
+            .best_val
+            .map_or("-".to_string(), |(v, s)| format!("{:.2} @ {s}", 100.0 * v));
+        let _ = writeln!(
+            md,
+            "| {} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
+            r.label,
+            r.mean_acc_pct(),
+            r.mean_iou_pct(),
+            signed(da),
+            signed(di),
+            quadrant,
+            pct(r.test.pixel_accuracy),
+            best,
+            fmt_secs(r.train_seconds)
+        );
+    }
+    md.push('\n');
+
+    // Minority classes, Table II style.
+    let minority = cmp.minority_classes();
+    if !minority.is_empty() && !cmp.runs.is_empty() {
+        let names: Vec<&str> = minority
+            .iter()
+            .map(|&c| cmp.class_names[c].as_str())
+            .collect();
+        let _ = writeln!(md, "## Minority classes (Table II style)\n");
+        let _ = writeln!(
+            md,
+            "Classes whose test IoU with {} is below 80% (the paper's † rule): {}. \
+             \"ave.\" is their mean.\n",
+            if base.is_some() {
+                "cross entropy"
+            } else {
+                "the first loss"
+            },
+            names.join(", ")
+        );
+        minority_table(&mut md, cmp, &minority, "accuracy", |r, c| {
+            r.test.classes[c].recall
+        });
+        minority_table(&mut md, cmp, &minority, "IoU", |r, c| r.test.classes[c].iou);
+    }
+
+    // The paper's numbers.
+    if let Some(table) = s.matching_paper_table() {
+        let _ = writeln!(md, "## Side by side with the paper\n");
+        let _ = writeln!(
+            md,
+            "This run follows the paper's protocol, so its numbers are set beside the paper's \
+             ({}).\n",
+            table.caption
+        );
+        side_by_side(&mut md, cmp, table);
+    } else if let Some(table) = s.dataset_paper_table() {
+        let why = mismatches(cmp);
+        let _ = writeln!(md, "## The paper's numbers (not comparable here)\n");
+        let _ = writeln!(
+            md,
+            "This setting does **not** match the paper's: {}. The paper's table is shown for \
+             orientation only; compare the pattern, not the values. {}.\n",
+            if why.is_empty() {
+                "the schedule or image size differs".to_string()
+            } else {
+                why.join("; ")
+            },
+            table.caption
+        );
+        paper_table(&mut md, table);
+    }
+
+    // Figures.
+    if !figures.is_empty() || examples.is_some() {
+        let _ = writeln!(md, "## Figures\n");
+    }
+    if figures.iter().any(|f| f == "fig1_acc_vs_iou") {
+        let _ = writeln!(
+            md,
+            "Mean accuracy vs mean IoU per loss (like the paper's Fig. 1); the dashed lines are \
+             cross entropy's values, so the upper-right quadrant holds losses that improve both.\n\n\
+             ![mean accuracy vs mean IoU](fig1_acc_vs_iou.svg)\n"
+        );
+    }
+    if figures.iter().any(|f| f == "fig4_class_weights") {
+        let _ = writeln!(
+            md,
+            "Per-class loss weights over training, normalised to sum to one across classes (like \
+             the paper's Fig. 4): the focal weight is the class's mean (1 − p)^γ, the recall \
+             weight its 1 − recall on the batch.\n\n\
+             ![normalised class weights](fig4_class_weights.svg)\n"
+        );
+    }
+    if let Some(ex) = examples {
+        let _ = writeln!(
+            md,
+            "Example test predictions (like the paper's Fig. 3). Columns: image, ground truth, {}.\n\n\
+             ![example predictions](examples.png)\n",
+            ex.columns.join(", ")
+        );
+    }
+
+    // All classes.
+    if !cmp.runs.is_empty() {
+        let _ = writeln!(md, "## Per-class results (test split, all classes)\n");
+        for (what, get) in [("Accuracy (recall)", 0usize), ("IoU", 1usize)] {
+            let _ = writeln!(md, "{what}, %:\n");
+            let mut head = "| class |".to_string();
+            let mut rule = "|---|".to_string();
+            if cmp.class_frequency.is_some() {
+                head.push_str(" train pixels (%) |");
+                rule.push_str("---:|");
+            }
+            for r in &cmp.runs {
+                let _ = write!(head, " {} |", r.label);
+                rule.push_str("---:|");
+            }
+            let _ = writeln!(md, "{head}\n{rule}");
+            for (c, name) in cmp.class_names.iter().enumerate() {
+                let _ = write!(md, "| {name} |");
+                if let Some(f) = &cmp.class_frequency {
+                    let _ = write!(md, " {:.3} |", 100.0 * f.get(c).copied().unwrap_or(0.0));
+                }
+                for r in &cmp.runs {
+                    let sc = &r.test.classes[c];
+                    let _ = write!(md, " {} |", pct(if get == 0 { sc.recall } else { sc.iou }));
+                }
+                md.push('\n');
+            }
+            md.push('\n');
+        }
+    }
+    md
+}
+
+fn minority_table(
+    md: &mut String,
+    cmp: &Comparison,
+    minority: &[usize],
+    what: &str,
+    get: impl Fn(&RunSummary, usize) -> Option<f64>,
+) {
+    let _ = write!(md, "| {what} (%) |");
+    for &c in minority {
+        let _ = write!(md, " {} |", cmp.class_names[c]);
+    }
+    let _ = writeln!(md, " ave. |");
+    let _ = writeln!(md, "|---|{}---:|", "---:|".repeat(minority.len()));
+    for r in &cmp.runs {
+        let vals: Vec<Option<f64>> = minority.iter().map(|&c| get(r, c)).collect();
+        let def: Vec<f64> = vals.iter().flatten().copied().collect();
+        let ave = (!def.is_empty()).then(|| def.iter().sum::<f64>() / def.len() as f64);
+        let _ = write!(md, "| {} |", r.label);
+        for v in vals {
+            let _ = write!(md, " {} |", pct(v));
+        }
+        let _ = writeln!(md, " {} |", pct(ave));
+    }
+    md.push('\n');
+}
+
+fn paper_table(md: &mut String, t: &PaperTable) {
+    for (what, acc) in [("accuracy", true), ("IoU", false)] {
+        let _ = write!(md, "| paper {what} (%) |");
+        for (c, a) in t.classes.iter().zip(t.averaged) {
+            let _ = write!(md, " {c}{} |", if *a { "†" } else { "" });
+        }
+        let _ = writeln!(md, " ave.† |");
+        let _ = writeln!(md, "|---|{}---:|", "---:|".repeat(t.classes.len()));
+        for r in t.rows {
+            let _ = write!(md, "| {} |", r.loss);
+            for v in if acc { r.accuracy } else { r.iou } {
+                let _ = write!(md, " {v:.2} |");
+            }
+            md.push('\n');
+        }
+        md.push('\n');
+    }
+}
+
+fn side_by_side(md: &mut String, cmp: &Comparison, t: &PaperTable) {
+    // Map paper columns to our classes.
+    let cols: Vec<Option<usize>> = t
+        .classes
+        .iter()
+        .map(|p| cmp.class_names.iter().position(|o| same_class(p, o)))
+        .collect();
+    for (what, acc) in [("accuracy", true), ("IoU", false)] {
+        let _ = write!(md, "| {what} (%) |");
+        for c in t.classes {
+            let _ = write!(md, " {c} |");
+        }
+        let _ = writeln!(md);
+        let _ = writeln!(md, "|---|{}", "---:|".repeat(t.classes.len()));
+        for row in t.rows {
+            let _ = write!(md, "| {} (paper) |", row.loss);
+            let vals = if acc { row.accuracy } else { row.iou };
+            for v in &vals[..t.classes.len()] {
+                let _ = write!(md, " {v:.2} |");
+            }
+            md.push('\n');
+            if let Some(r) = cmp.runs.iter().find(|r| r.loss_name == row.loss_name) {
+                let _ = write!(md, "| {} (ours) |", row.loss);
+                for c in &cols {
+                    let v = c.and_then(|c| {
+                        let sc = &r.test.classes[c];
+                        if acc {
+                            sc.recall
+                        } else {
+                            sc.iou
+                        }
+                    });
+                    let _ = write!(md, " {} |", pct(v));
+                }
+                md.push('\n');
+            }
+        }
+        md.push('\n');
+    }
+}

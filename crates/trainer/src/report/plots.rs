@@ -1,0 +1,245 @@
+//! Fig. 1-like and Fig. 4-like plots (plotters, SVG or PNG by file extension).
+
+use super::Comparison;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::Path;
+
+type PlotResult = Result<(), String>;
+
+fn e<T: std::fmt::Display>(err: T) -> String {
+    err.to_string()
+}
+
+/// Colour of the `i`-th series (a fixed, distinguishable cycle).
+fn series_colour(i: usize) -> RGBColor {
+    const C: [RGBColor; 10] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ];
+    C[i % C.len()]
+}
+
+fn with_backend(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl Fn(DrawingArea<SVGBackend, Shift>) -> PlotResult,
+    draw_png: impl Fn(DrawingArea<BitMapBackend, Shift>) -> PlotResult,
+) -> PlotResult {
+    match path.extension().and_then(|x| x.to_str()) {
+        Some("svg") => draw(SVGBackend::new(path, size).into_drawing_area()),
+        Some("png") => draw_png(BitMapBackend::new(path, size).into_drawing_area()),
+        other => Err(format!("unsupported plot format {other:?} (svg or png)")),
+    }
+}
+
+/// Draws mean accuracy (y) against mean IoU (x) for every run, with dashed quadrant lines at
+/// cross entropy's values (Fig. 1 of the paper).
+pub fn draw_fig1(cmp: &Comparison, path: &Path) -> PlotResult {
+    with_backend(path, (800, 600), |a| fig1(cmp, a), |a| fig1(cmp, a))
+}
+
+fn padded_range(vals: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+    let v: Vec<f64> = vals.filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0..100.0;
+    }
+    let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let pad = ((hi - lo) * 0.15).max(1.0);
+    (lo - pad).max(0.0)..(hi + pad).min(100.0)
+}
+
+fn fig1<DB: DrawingBackend>(cmp: &Comparison, root: DrawingArea<DB, Shift>) -> PlotResult {
+    root.fill(&WHITE).map_err(e)?;
+    let pts: Vec<(f64, f64, &str)> = cmp
+        .runs
+        .iter()
+        .map(|r| (r.mean_iou_pct(), r.mean_acc_pct(), r.label.as_str()))
+        .filter(|(x, y, _)| x.is_finite() && y.is_finite())
+        .collect();
+    let xr = padded_range(pts.iter().map(|p| p.0));
+    let yr = padded_range(pts.iter().map(|p| p.1));
+    let caption = if cmp.setting.synthetic {
+        "Mean accuracy vs mean IoU (synthetic data)".to_string()
+    } else {
+        format!("Mean accuracy vs mean IoU ({})", cmp.setting.dataset)
+    };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(xr.clone(), yr.clone())
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc("mean IoU (%)")
+        .y_desc("mean accuracy (%)")
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(e)?;
+    if let Some(b) = cmp.baseline() {
+        let (bx, by) = (b.mean_iou_pct(), b.mean_acc_pct());
+        if bx.is_finite() && by.is_finite() {
+            let dash = ShapeStyle::from(&BLACK.mix(0.5)).stroke_width(1);
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(bx, yr.start), (bx, yr.end)],
+                    6,
+                    4,
+                    dash,
+                ))
+                .map_err(e)?;
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(xr.start, by), (xr.end, by)],
+                    6,
+                    4,
+                    dash,
+                ))
+                .map_err(e)?;
+        }
+    }
+    for (i, (x, y, label)) in pts.iter().enumerate() {
+        let c = series_colour(i);
+        chart
+            .draw_series(std::iter::once(
+                EmptyElement::at((*x, *y))
+                    + Circle::new((0, 0), 7, c.filled())
+                    + Text::new(label.to_string(), (10, -18), ("sans-serif", 17).into_font()),
+            ))
+            .map_err(e)?;
+    }
+    root.present().map_err(e)
+}
+
+/// Whether Fig. 4 has anything to show (a Recall or Focal run with logged class weights).
+pub fn has_fig4_data(cmp: &Comparison) -> bool {
+    fig4_runs(cmp).next().is_some()
+}
+
+fn fig4_runs(cmp: &Comparison) -> impl Iterator<Item = &super::RunSummary> {
+    cmp.runs.iter().filter(|r| {
+        (r.loss_name == "focal" || r.loss_name == "recall_ce") && !r.class_weights.is_empty()
+    })
+}
+
+/// Weights normalised to sum to one (all zeros stay zeros).
+pub(crate) fn normalise(w: &[f32]) -> Vec<f64> {
+    let s: f64 = w.iter().map(|&v| v as f64).sum();
+    w.iter()
+        .map(|&v| if s > 0.0 { v as f64 / s } else { 0.0 })
+        .collect()
+}
+
+/// Draws the normalised per-class weights of the Focal and Recall runs over training (panels
+/// (a) and (b) of the paper's Fig. 4) and, when both ran, their ratio recall/focal (panel (c)).
+pub fn draw_fig4(cmp: &Comparison, path: &Path) -> PlotResult {
+    let n = panels(cmp).len() as u32;
+    with_backend(
+        path,
+        (520 * n.max(1), 460),
+        |a| fig4(cmp, a),
+        |a| fig4(cmp, a),
+    )
+}
+
+type Series = Vec<Vec<(f64, f64)>>;
+
+fn panels(cmp: &Comparison) -> Vec<(String, Series)> {
+    let n = cmp.class_names.len();
+    let mut out: Vec<(String, Series)> = Vec::new();
+    let mut by_loss = std::collections::BTreeMap::new();
+    for r in fig4_runs(cmp) {
+        let mut s: Series = vec![Vec::new(); n];
+        for (step, w) in &r.class_weights {
+            for (c, v) in normalise(w).into_iter().enumerate().take(n) {
+                s[c].push((*step as f64, v));
+            }
+        }
+        by_loss.insert(r.loss_name.clone(), (r.label.clone(), s));
+    }
+    for key in ["focal", "recall_ce"] {
+        if let Some((label, s)) = by_loss.get(key) {
+            out.push((format!("normalised {label} weight"), s.clone()));
+        }
+    }
+    if let (Some((_, f)), Some((_, r))) = (by_loss.get("focal"), by_loss.get("recall_ce")) {
+        let ratio: Series = f
+            .iter()
+            .zip(r)
+            .map(|(fc, rc)| {
+                fc.iter()
+                    .zip(rc)
+                    .filter(|(a, b)| a.0 == b.0 && a.1 > 0.0)
+                    .map(|(a, b)| (a.0, b.1 / a.1))
+                    .collect()
+            })
+            .collect();
+        out.push(("recall / focal weight ratio".to_string(), ratio));
+    }
+    out
+}
+
+fn fig4<DB: DrawingBackend>(cmp: &Comparison, root: DrawingArea<DB, Shift>) -> PlotResult {
+    root.fill(&WHITE).map_err(e)?;
+    let panels = panels(cmp);
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    for ((title, series), area) in panels.iter().zip(areas) {
+        let xmax = series.iter().flatten().map(|p| p.0).fold(1.0f64, f64::max);
+        let ymax = series
+            .iter()
+            .flatten()
+            .map(|p| p.1)
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, f64::max)
+            .max(1e-3)
+            * 1.1;
+        let mut chart = ChartBuilder::on(&area)
+            .caption(title.as_str(), ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..xmax, 0.0..ymax)
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(e)?;
+        for (c, pts) in series.iter().enumerate() {
+            if pts.is_empty() {
+                continue;
+            }
+            let p = cmp.palette[c];
+            let colour = RGBColor(p[0], p[1], p[2]);
+            let name = cmp.class_names[c].clone();
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), colour.stroke_width(2)))
+                .map_err(e)?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(3))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", 11))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(e)?;
+    }
+    root.present().map_err(e)
+}

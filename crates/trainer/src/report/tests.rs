@@ -1,0 +1,230 @@
+//! Report writer on a small hand-made comparison.
+
+use super::*;
+use recallseg_metrics::ConfusionMatrix;
+
+const NAMES: [&str; 4] = ["road", "car", "pole", "bicycle"];
+
+/// A report where predictions equal the ground truth except `wrong[c]` pixels of class c
+/// predicted as road, and `fp` road pixels predicted as bicycle.
+fn report(wrong: [usize; 4], fp: usize) -> Report {
+    let mut gt = Vec::new();
+    let mut pred = Vec::new();
+    for (c, n) in [(0u8, 200usize), (1, 60), (2, 30), (3, 10)] {
+        for i in 0..n {
+            gt.push(c);
+            pred.push(if i < wrong[c as usize] { 0 } else { c });
+        }
+    }
+    for p in pred.iter_mut().take(fp) {
+        *p = 3;
+    }
+    let mut m = ConfusionMatrix::new(4);
+    m.update(&gt, &pred).unwrap();
+    m.report_with_names(&NAMES).unwrap()
+}
+
+fn run(name: &str, label: &str, rep: Report, weights: bool) -> RunSummary {
+    RunSummary {
+        loss_name: name.into(),
+        label: label.into(),
+        loss_config: serde_json::json!({ "name": name }),
+        test: rep,
+        best_val: Some((0.5, 20)),
+        iters: 30,
+        train_seconds: 12.0,
+        class_weights: if weights {
+            (1..=3)
+                .map(|s| (10 * s, vec![0.1, 0.2 * s as f32, 0.3, 0.4 / s as f32]))
+                .collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+pub(crate) fn comparison(synthetic: bool) -> Comparison {
+    Comparison {
+        title: "Loss comparison".into(),
+        setting: Setting {
+            dataset: "synthia".into(),
+            data_root: "data/synthia-synthetic".into(),
+            synthetic,
+            backbone: "resnet18".into(),
+            backbone_width: if synthetic { 8 } else { 64 },
+            head: "deeplabv3plus".into(),
+            output_stride: 16,
+            pretrained: if synthetic { "none" } else { "imagenet" }.into(),
+            train_size: if synthetic { (32, 64) } else { (384, 768) },
+            eval_size: (32, 64),
+            batch_size: 2,
+            iters: if synthetic { 30 } else { 100_000 },
+            optimizer: "adam, lr 0.001, constant".into(),
+            device: "cpu".into(),
+            seed: 0,
+            test_split: "test".into(),
+            test_images: 3,
+        },
+        class_names: NAMES.iter().map(|s| s.to_string()).collect(),
+        palette: vec![[128, 64, 128], [0, 0, 142], [153, 153, 153], [119, 11, 32]],
+        class_frequency: Some(vec![0.6, 0.2, 0.15, 0.05]),
+        runs: vec![
+            run("cross_entropy", "CE", report([0, 20, 3, 8], 0), false),
+            run("weighted_ce", "WeightedCE", report([0, 2, 0, 0], 40), false),
+            run("focal", "Focal", report([0, 18, 3, 7], 0), true),
+            run("recall_ce", "Recall", report([0, 8, 2, 2], 4), true),
+        ],
+        wall_seconds: 61.0,
+        notes: vec!["a note".into()],
+    }
+}
+
+fn examples() -> ExampleSet {
+    let (h, w) = (8, 16);
+    let gt: Vec<u8> = (0..h * w).map(|i| ((i % w) / 4) as u8).collect();
+    let mut pred = gt.clone();
+    pred[0] = 255;
+    ExampleSet {
+        height: h,
+        width: w,
+        columns: vec!["CE".into(), "Recall".into()],
+        rows: vec![ExampleRow {
+            id: "000001".into(),
+            image: (0..h * w * 3).map(|i| (i % 251) as u8).collect(),
+            ground_truth: gt.clone(),
+            predictions: vec![gt, pred],
+        }],
+    }
+}
+
+#[test]
+fn minority_classes_follow_the_ce_iou_rule() {
+    let cmp = comparison(true);
+    // CE: road IoU = 200/231 < 0.8? road gets 31 false positives: 200/(200+31) = 0.866 -> not.
+    // car 40/60, pole 27/30, bicycle 2/10 -> car, bicycle below 0.8; pole 0.9 not.
+    assert_eq!(cmp.minority_classes(), vec![1, 3]);
+}
+
+#[test]
+fn writes_every_file_of_a_synthetic_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let cmp = comparison(true);
+    let written = write_report(dir.path(), &cmp, Some(&examples())).unwrap();
+    assert!(written.warnings.is_empty(), "{:?}", written.warnings);
+    for f in [
+        "report.md",
+        "results.json",
+        "fig1_acc_vs_iou.svg",
+        "fig1_acc_vs_iou.png",
+        "fig4_class_weights.svg",
+        "fig4_class_weights.png",
+        "examples.png",
+    ] {
+        assert!(dir.path().join(f).is_file(), "{f} missing");
+    }
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("This comparison ran on synthetic data"));
+    assert!(md.contains("does **not** match the paper's"));
+    assert!(md.contains("synthetic generated data"));
+    assert!(md.contains("no ImageNet pre-training"));
+    assert!(md.contains("## Minority classes (Table II style)"));
+    assert!(md.contains("| accuracy (%) | car | bicycle | ave. |"));
+    // CE's minority accuracy: car 40/60, bicycle 2/10 -> 66.67, 20.00, ave 43.33.
+    assert!(md.contains("| CE | 66.67 | 20.00 | 43.33 |"), "{md}");
+    // The paper's Table II is shown for orientation.
+    assert!(md.contains("| Recall | 98.28 | 83.94 | 87.37 | 72.69 | 89.19 | 87.24 | 84.09 |"));
+    assert!(md.contains("(reference)"));
+    assert!(md.contains("acc. ↑"));
+    assert!(md.contains("![mean accuracy vs mean IoU](fig1_acc_vs_iou.svg)"));
+    assert!(md.contains("Columns: image, ground truth, CE, Recall."));
+    // results.json round-trips.
+    let back: Comparison =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap())
+            .unwrap();
+    assert_eq!(back, cmp);
+    // Figures carry the loss labels and class names.
+    let svg = std::fs::read_to_string(dir.path().join("fig1_acc_vs_iou.svg")).unwrap();
+    if std::env::var("PEEK").is_ok() {
+        std::fs::copy(dir.path().join("fig1_acc_vs_iou.svg"), "/tmp/peek_fig1.svg").unwrap();
+        for f in [
+            "fig1_acc_vs_iou.png",
+            "fig4_class_weights.png",
+            "examples.png",
+            "report.md",
+        ] {
+            std::fs::copy(dir.path().join(f), format!("/tmp/peek_{f}")).unwrap();
+        }
+    }
+    for l in ["CE", "WeightedCE", "Focal", "Recall"] {
+        assert!(svg.contains(&format!(">\n{l}\n<")), "{l} not in fig1");
+    }
+    let svg4 = std::fs::read_to_string(dir.path().join("fig4_class_weights.svg")).unwrap();
+    assert!(svg4.contains("recall / focal weight ratio"));
+    assert!(svg4.contains(">\nbicycle\n<"));
+    // The example picture: 2 + 2 columns of 16 px scaled by 4 (4, since 192/16 = 12 > 4).
+    let img = image::open(dir.path().join("examples.png"))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(img.width() as usize, 4 * 64 + 5 * 4);
+    assert_eq!(img.height() as usize, 28 + 32 + 4 + 4);
+    // Ground-truth tile, first pixel: class 0 -> road colour.
+    let gx = 4 + 64 + 4 + 1;
+    assert_eq!(img.get_pixel(gx as u32, 29).0, [128, 64, 128]);
+    // Recall's prediction has an ignore pixel at (0, 0): black.
+    let rx = 4 + 3 * (64 + 4);
+    assert_eq!(img.get_pixel(rx as u32, 28).0, [0, 0, 0]);
+}
+
+#[test]
+fn paper_setting_gets_side_by_side_numbers() {
+    let cmp = comparison(false);
+    assert!(cmp.setting.matching_paper_table().is_some());
+    let md = render_markdown(&cmp, &[], None);
+    assert!(md.contains("## Side by side with the paper"));
+    assert!(!md.contains("synthetic data"));
+    // Our Recall row maps `bicycle` to the paper's bike column: 8/10 = 80.00.
+    assert!(md.contains("| Recall (paper) | 98.28 |"));
+    let ours = md
+        .lines()
+        .find(|l| l.starts_with("| Recall (ours) |"))
+        .unwrap();
+    // pole, sign(-), pedestrian(-), bike, car, light(-)
+    assert_eq!(
+        ours,
+        "| Recall (ours) | 93.33 | - | - | 80.00 | 86.67 | - |"
+    );
+}
+
+#[test]
+fn inconsistent_inputs_are_rejected() {
+    let mut cmp = comparison(true);
+    cmp.palette.pop();
+    let dir = tempfile::tempdir().unwrap();
+    let e = write_report(dir.path(), &cmp, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("palette"), "{e}");
+    let bad = ExampleSet {
+        rows: vec![ExampleRow {
+            image: vec![0; 3],
+            ..examples().rows[0].clone()
+        }],
+        ..examples()
+    };
+    let cmp = comparison(true);
+    let e = render_examples(
+        &bad,
+        &cmp.class_names,
+        &cmp.palette,
+        &dir.path().join("x.png"),
+    )
+    .unwrap_err();
+    assert!(e.contains("000001"), "{e}");
+}
+
+#[test]
+fn normalised_weights_sum_to_one() {
+    let n = plots::normalise(&[1.0, 3.0]);
+    assert_eq!(n, vec![0.25, 0.75]);
+    assert_eq!(plots::normalise(&[0.0, 0.0]), vec![0.0, 0.0]);
+}
