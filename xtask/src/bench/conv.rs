@@ -5,6 +5,8 @@
 //! `s.backward()` (which includes the gradient of `y*y`), exactly as the PyTorch script does. Each
 //! shape is timed for candle 0.11's own convolution (`Tensor::conv2d`) and for
 //! `recallseg_models::ops::conv2d::conv2d` (the CPU custom op on CPU f32).
+//!
+//! For profiling one side only, set `RECALLSEG_CONV_BENCH=candle` or `RECALLSEG_CONV_BENCH=ours`.
 
 use super::{median_time, ms, BenchArgs, Figure};
 use candle_core::{Device, Tensor, Var};
@@ -79,6 +81,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
             (Impl::Candle, "candle_", "candle 0.11"),
             (Impl::Ours, "", "recallseg"),
         ] {
+            if let Ok(only) = std::env::var("RECALLSEG_CONV_BENCH") {
+                let keep = match which {
+                    Impl::Candle => only == "candle",
+                    Impl::Ours => only == "ours",
+                };
+                if !keep {
+                    continue;
+                }
+            }
             eprintln!(
                 "conv3x3 stride {stride}: timing {name} ({} reps)…",
                 args.reps
