@@ -37,8 +37,8 @@ pub enum DataError {
         /// What was looked for.
         hint: String,
     },
-    /// A PNG file could not be decoded (corrupt, truncated, unsupported format).
-    #[error("{path}: cannot decode PNG: {reason}")]
+    /// An image or label file could not be decoded (corrupt, truncated, unsupported format).
+    #[error("{path}: cannot decode image: {reason}")]
     Decode {
         /// The file.
         path: PathBuf,

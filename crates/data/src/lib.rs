@@ -15,11 +15,11 @@
 
 #![warn(missing_docs)]
 
-// pub mod cityscapes;
+pub mod cityscapes;
 mod common;
 mod dataset;
 mod error;
-// pub mod folder;
+pub mod folder;
 pub mod loader;
 pub mod png_io;
 pub mod split;
@@ -28,12 +28,12 @@ pub mod synthetic;
 pub mod synthia;
 pub mod transform;
 
-// pub use cityscapes::CityscapesDataset;
+pub use cityscapes::{CityscapesDataset, CityscapesOptions};
 pub use dataset::{
     ClassInfo, Fnv64, LabelMap, Normalize, Sample, SegDataset, Split, DEFAULT_IGNORE_INDEX,
 };
 pub use error::DataError;
-// pub use folder::FolderDataset;
+pub use folder::{FolderDataset, FolderSpec};
 pub use loader::{Batch, EpochIter, Loader, LoaderConfig};
 pub use synthetic::{generate_synthia, GenerateReport, SyntheticConfig};
 pub use synthia::{SynthiaDataset, SynthiaOptions};

@@ -1,4 +1,4 @@
-//! Fast PNG reading and writing on top of the `png` crate.
+//! Fast PNG reading and writing on top of the `png` crate (and JPEG reading for images).
 //!
 //! Images are decoded to 8-bit RGB whatever their stored format (grey, grey+alpha, RGB, RGBA,
 //! palette, 1–16 bits). Label maps are decoded *without* colour conversion: the value of the
@@ -58,10 +58,37 @@ pub fn read_png_size(path: &Path) -> Result<(usize, usize), DataError> {
     Ok((w, h))
 }
 
-/// Decodes a PNG file to 8-bit RGB.
+/// Decodes a PNG (or, recognised by its signature, a baseline/progressive JPEG) file to 8-bit
+/// RGB.
 pub fn decode_rgb8(path: &Path) -> Result<RgbImage, DataError> {
     let bytes = read_bytes(path)?;
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return decode_jpeg_bytes(&bytes).map_err(|e| decode_err(path, e));
+    }
     decode_rgb8_bytes(&bytes).map_err(|e| decode_err(path, e))
+}
+
+/// Decodes JPEG bytes to 8-bit RGB (greyscale is replicated; CMYK and 16-bit are refused).
+pub fn decode_jpeg_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
+    use jpeg_decoder::PixelFormat;
+    let mut dec = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    let pixels = dec.decode().map_err(|e| format!("JPEG: {e}"))?;
+    let info = dec.info().ok_or("JPEG: no image header")?;
+    let (w, h) = (info.width as usize, info.height as usize);
+    let data = match info.pixel_format {
+        PixelFormat::RGB24 => pixels,
+        PixelFormat::L8 => pixels.iter().flat_map(|&g| [g, g, g]).collect(),
+        PixelFormat::L16 => return Err("JPEG: 16-bit lossless images are not supported".into()),
+        PixelFormat::CMYK32 => return Err("JPEG: CMYK images are not supported".into()),
+    };
+    if data.len() != w * h * 3 {
+        return Err("JPEG: truncated pixel data".into());
+    }
+    Ok(RgbImage {
+        data,
+        width: w,
+        height: h,
+    })
 }
 
 /// Decodes PNG bytes to 8-bit RGB (the error is a message without the path).

@@ -232,15 +232,21 @@ pub struct Augment {
     pub crop: Option<(usize, usize)>,
     /// Mirror left–right with probability ½.
     pub hflip: bool,
+    /// Colour jitter strength `j`: brightness, contrast and saturation factors drawn uniformly
+    /// in `[max(0, 1 - j), 1 + j]` and applied in that order (see [`color_jitter`]); `None`
+    /// leaves colours alone. The paper's Cityscapes training uses 0.5.
+    #[serde(default)]
+    pub color_jitter: Option<f32>,
 }
 
 impl Default for Augment {
-    /// Scale 0.5–2.0, crop to the resized size, random flip.
+    /// Scale 0.5–2.0, crop to the resized size, random flip, no colour jitter.
     fn default() -> Self {
         Augment {
             scale: Some((0.5, 2.0)),
             crop: None,
             hflip: true,
+            color_jitter: None,
         }
     }
 }
@@ -254,6 +260,15 @@ impl Augment {
                     "augment.scale",
                     format!("({lo}, {hi})"),
                     "need 0 < min <= max <= 16",
+                ));
+            }
+        }
+        if let Some(j) = self.color_jitter {
+            if !(j.is_finite() && (0.0..=1.0).contains(&j)) {
+                return Err(DataError::config(
+                    "augment.color_jitter",
+                    j,
+                    "must be in [0, 1]",
                 ));
             }
         }
@@ -272,8 +287,8 @@ impl Augment {
     /// Applies the augmentation to an image (H×W×3) and its label (H×W) with the same geometry.
     ///
     /// `pad_rgb` fills image pixels outside the source, `ignore` label pixels. Draws from `rng`
-    /// in a fixed order (scale, crop x, crop y, flip), so a given RNG state always gives the same
-    /// result. Returns `(image, label, width, height)`.
+    /// in a fixed order (scale, crop x, crop y, flip, jitter factors), so a given RNG state
+    /// always gives the same result. Returns `(image, label, width, height)`.
     #[allow(clippy::too_many_arguments)]
     pub fn apply<R: Rng + ?Sized>(
         &self,
@@ -320,7 +335,49 @@ impl Augment {
             hflip(&mut img, sw, sh, 3);
             hflip(&mut lbl, sw, sh, 1);
         }
+        if let Some(j) = self.color_jitter {
+            let lo = (1.0 - j).max(0.0);
+            let mut draw = || -> f32 {
+                if j > 0.0 {
+                    rng.random_range(lo..=1.0 + j)
+                } else {
+                    1.0
+                }
+            };
+            let (b, c, s) = (draw(), draw(), draw());
+            color_jitter(&mut img, b, c, s);
+        }
         (img, lbl, sw, sh)
+    }
+}
+
+/// Luma of an RGB pixel (ITU-R 601, torchvision's `rgb_to_grayscale`).
+fn luma(p: &[f32]) -> f32 {
+    0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]
+}
+
+/// Adjusts brightness (`x · b`), contrast (`(x − m) · c + m`, `m` the mean luma of the image)
+/// and saturation (`(x − l) · s + l`, `l` the pixel's luma), in that order, clamping to
+/// 0–255 after each step as torchvision's `adjust_*` functions do, and rounding at the end.
+pub fn color_jitter(img: &mut [u8], brightness: f32, contrast: f32, saturation: f32) {
+    let mut f: Vec<f32> = img
+        .iter()
+        .map(|&v| (v as f32 * brightness).clamp(0.0, 255.0))
+        .collect();
+    let n = (f.len() / 3).max(1) as f64;
+    let mean = f.chunks_exact(3).map(|p| luma(p) as f64).sum::<f64>() / n;
+    let mean = mean as f32;
+    for v in f.iter_mut() {
+        *v = ((*v - mean) * contrast + mean).clamp(0.0, 255.0);
+    }
+    for p in f.chunks_exact_mut(3) {
+        let l = luma(p);
+        for v in p.iter_mut() {
+            *v = ((*v - l) * saturation + l).clamp(0.0, 255.0);
+        }
+    }
+    for (d, v) in img.iter_mut().zip(f) {
+        *d = (v + 0.5) as u8;
     }
 }
 

@@ -19,6 +19,7 @@ fn train_cfg(threads: usize) -> LoaderConfig {
             scale: Some((0.75, 1.5)),
             crop: Some((40, 20)),
             hflip: true,
+            color_jitter: Some(0.3),
         }),
         num_threads: threads,
         ..LoaderConfig::default()

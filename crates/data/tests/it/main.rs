@@ -1,5 +1,8 @@
 //! Integration tests of recallseg-data (one test binary, several modules).
 
+mod bad_input;
 mod loader;
+mod other_datasets;
 mod synthia;
+mod transforms;
 mod util;

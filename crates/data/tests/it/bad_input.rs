@@ -1,0 +1,187 @@
+//! Every kind of bad input gives a clear error naming the file (or a counted skip on request).
+
+use crate::util::tiny_synthia;
+use recallseg_data::png_io::{write_label_rgb16, write_rgb8, PngSpeed};
+use recallseg_data::{
+    ClassInfo, DataError, Loader, LoaderConfig, SegDataset, Split, SynthiaDataset, SynthiaOptions,
+};
+use std::path::Path;
+use std::sync::Arc;
+
+fn open_train(root: &Path) -> Result<SynthiaDataset, DataError> {
+    SynthiaDataset::open(root, Split::Train, SynthiaOptions::default())
+}
+
+/// A one-folder Synthia tree with `n` frames of 8x4 and all-sky labels.
+fn handmade(root: &Path, n: usize) {
+    let seq = root.join("SEQ");
+    for i in 0..n {
+        let name = format!("{i:06}.png");
+        let img = seq.join("RGB/Stereo_Left/Omni_F").join(&name);
+        let lbl = seq.join("GT/LABELS/Stereo_Left/Omni_F").join(&name);
+        write_rgb8(&img, 8, 4, &[100; 8 * 4 * 3], PngSpeed::Fast).unwrap();
+        write_label_rgb16(&lbl, 8, 4, &[1; 32], None, PngSpeed::Fast).unwrap();
+    }
+}
+
+fn msg(e: DataError) -> String {
+    e.to_string()
+}
+
+#[test]
+fn missing_root_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("nope");
+    let e = open_train(&root).unwrap_err();
+    assert!(matches!(e, DataError::MissingPath { .. }));
+    assert!(msg(e).contains("nope"));
+    let e = SynthiaDataset::open(
+        dir.path(),
+        Split::Train,
+        SynthiaOptions {
+            sequences: vec!["SYNTHIA-SEQS-05-SUMMER".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(msg(e).contains("SYNTHIA-SEQS-05-SUMMER"));
+}
+
+#[test]
+fn empty_split_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("SEQ/RGB/Stereo_Left/Omni_F")).unwrap();
+    std::fs::create_dir_all(dir.path().join("SEQ/GT/LABELS/Stereo_Left/Omni_F")).unwrap();
+    let e = open_train(dir.path()).unwrap_err();
+    assert!(matches!(e, DataError::EmptySplit { .. }), "{e}");
+    assert!(msg(e).contains("train"));
+    // One file: train gets floor(0.7) = 0 items.
+    handmade(dir.path(), 1);
+    assert!(matches!(
+        open_train(dir.path()),
+        Err(DataError::EmptySplit { .. })
+    ));
+    // A loader over an empty dataset is refused too (checked by Loader::new).
+}
+
+#[test]
+fn missing_label_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    handmade(dir.path(), 10);
+    let lbl = dir.path().join("SEQ/GT/LABELS/Stereo_Left/Omni_F");
+    for i in 0..10 {
+        std::fs::remove_file(lbl.join(format!("{i:06}.png"))).unwrap();
+    }
+    let e = open_train(dir.path()).unwrap_err();
+    assert!(matches!(e, DataError::Unpaired { .. }), "{e}");
+    assert!(msg(e).contains("GT/LABELS/Stereo_Left/Omni_F/0000"));
+}
+
+fn first_item_paths(ds: &SynthiaDataset) -> (std::path::PathBuf, std::path::PathBuf) {
+    (
+        ds.source(0).unwrap(),
+        ds.label_path(0).unwrap().to_path_buf(),
+    )
+}
+
+#[test]
+fn corrupt_and_truncated_pngs_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    handmade(dir.path(), 10);
+    let ds = open_train(dir.path()).unwrap();
+    let (img, lbl) = first_item_paths(&ds);
+    std::fs::write(&img, b"this is not a png at all").unwrap();
+    let e = ds.get(0).unwrap_err();
+    assert!(matches!(e, DataError::Decode { .. }), "{e}");
+    assert!(msg(e).contains(&img.display().to_string()));
+    // Truncated label: valid header, half the data.
+    let bytes = std::fs::read(&lbl).unwrap();
+    std::fs::write(&lbl, &bytes[..bytes.len() / 2]).unwrap();
+    let e = ds.get_label(0).unwrap_err();
+    assert!(matches!(e, DataError::Decode { .. }), "{e}");
+    assert!(msg(e).contains(&lbl.display().to_string()));
+}
+
+#[test]
+fn size_mismatch_names_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    handmade(dir.path(), 10);
+    let ds = open_train(dir.path()).unwrap();
+    let (img, lbl) = first_item_paths(&ds);
+    write_label_rgb16(&lbl, 8, 5, &[1; 40], None, PngSpeed::Fast).unwrap();
+    let e = ds.get(0).unwrap_err();
+    let m = msg(e);
+    assert!(m.contains("8x4") && m.contains("8x5"), "{m}");
+    assert!(m.contains(&img.display().to_string()) && m.contains(&lbl.display().to_string()));
+}
+
+#[test]
+fn label_value_outside_the_class_set_is_named_with_its_pixel() {
+    let dir = tempfile::tempdir().unwrap();
+    handmade(dir.path(), 10);
+    let ds = open_train(dir.path()).unwrap();
+    let (_, lbl) = first_item_paths(&ds);
+    let mut ids = vec![1u16; 32];
+    ids[8 + 3] = 20; // x = 3, y = 1
+    write_label_rgb16(&lbl, 8, 4, &ids, None, PngSpeed::Fast).unwrap();
+    match ds.get(0).unwrap_err() {
+        DataError::BadLabel {
+            path, value, x, y, ..
+        } => {
+            assert_eq!((value, x, y), (20, 3, 1));
+            assert_eq!(path, lbl);
+        }
+        e => panic!("wrong error {e}"),
+    }
+}
+
+#[test]
+fn loader_stops_on_bad_items_or_skips_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_synthia(dir.path(), &["Omni_F"], 10, 2);
+    let ds = Arc::new(open_train(dir.path()).unwrap());
+    let bad = ds.source(3).unwrap();
+    std::fs::write(&bad, b"garbage").unwrap();
+    let cfg = LoaderConfig::eval(7, None);
+    let strict = Loader::new(ds.clone(), cfg.clone()).unwrap();
+    let r: Vec<_> = strict.epoch(0).collect();
+    assert_eq!(r.len(), 1);
+    let e = r.into_iter().next().unwrap().unwrap_err();
+    assert!(e.to_string().contains(&bad.display().to_string()));
+
+    let lenient = Loader::new(
+        ds,
+        LoaderConfig {
+            skip_bad: true,
+            ..cfg
+        },
+    )
+    .unwrap();
+    let batches: Vec<_> = lenient.epoch(0).map(|b| b.unwrap()).collect();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].n, 6);
+    assert!(!batches[0].indices.contains(&3));
+    assert_eq!(lenient.skipped(), 1);
+}
+
+#[test]
+fn invalid_settings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_synthia(dir.path(), &["Omni_F"], 10, 2);
+    let ds: Arc<dyn SegDataset> = Arc::new(open_train(dir.path()).unwrap());
+    let bad = LoaderConfig {
+        batch_size: 0,
+        ..Default::default()
+    };
+    assert!(Loader::new(ds.clone(), bad)
+        .unwrap_err()
+        .to_string()
+        .contains("batch_size"));
+    let too_many: Vec<String> = (0..256).map(|i| format!("c{i}")).collect();
+    let e = ClassInfo::new(too_many, vec![[0; 3]; 256], 255).unwrap_err();
+    assert!(e.to_string().contains("at most 255"));
+    let e = ClassInfo::new(vec!["a".into(), "a".into()], vec![[0; 3]; 2], 255).unwrap_err();
+    assert!(e.to_string().contains("twice"));
+    let e = ClassInfo::new(vec!["a".into(), "b".into()], vec![[0; 3]; 2], 1).unwrap_err();
+    assert!(e.to_string().contains("ignore index"));
+}

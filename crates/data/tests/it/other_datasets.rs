@@ -1,0 +1,255 @@
+//! Cityscapes and folder datasets on small trees built in the test, and the pixel-count cache.
+
+use recallseg_data::cityscapes::{CityscapesLabels, CITYSCAPES_ID_TO_TRAIN_ID};
+use recallseg_data::png_io::{write_gray8, write_rgb8, PngSpeed};
+use recallseg_data::stats::{cache_path, PixelCountCache};
+use recallseg_data::{
+    CityscapesDataset, CityscapesOptions, DataError, FolderDataset, SegDataset, Split,
+};
+use std::path::Path;
+
+fn city_tree(root: &Path, split: &str, cities: &[&str], per_city: usize) {
+    for city in cities {
+        for i in 0..per_city {
+            let base = format!("{city}_000000_{i:06}");
+            let img = root.join(format!("leftImg8bit/{split}/{city}/{base}_leftImg8bit.png"));
+            let lbl = root.join(format!("gtFine/{split}/{city}/{base}_gtFine_labelIds.png"));
+            write_rgb8(&img, 6, 6, &[50; 6 * 6 * 3], PngSpeed::Fast).unwrap();
+            // Every label id 0..=33 plus two repeats, row-major.
+            let ids: Vec<u8> = (0..36).map(|k| (k % 34) as u8).collect();
+            write_gray8(&lbl, 6, 6, &ids, PngSpeed::Fast).unwrap();
+            // A file that is not an image of the set must be ignored.
+            let other = root.join(format!("gtFine/{split}/{city}/{base}_gtFine_polygons.json"));
+            std::fs::write(other, "{}").unwrap();
+        }
+    }
+}
+
+#[test]
+fn cityscapes_maps_label_ids_to_the_19_train_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    city_tree(dir.path(), "val", &["lindau", "frankfurt"], 2);
+    let ds = CityscapesDataset::open(dir.path(), Split::Val, CityscapesOptions::default()).unwrap();
+    assert_eq!(ds.len(), 4);
+    assert_eq!(ds.ids()[0], "frankfurt/frankfurt_000000_000000");
+    assert_eq!(ds.class_info().n_classes(), 19);
+    assert_eq!(ds.class_info().names[13], "car");
+    let s = ds.get(0).unwrap();
+    // Spot checks from cityscapesScripts' labels.py.
+    for (id, train) in [
+        (0, 255),
+        (4, 255),
+        (7, 0),
+        (8, 1),
+        (9, 255),
+        (11, 2),
+        (17, 5),
+        (23, 10),
+        (24, 11),
+        (26, 13),
+        (29, 255),
+        (31, 16),
+        (33, 18),
+    ] {
+        assert_eq!(s.label[id], train, "label id {id}");
+        assert_eq!(CITYSCAPES_ID_TO_TRAIN_ID[id], train);
+    }
+    // Train ids 0..18 each appear once per image (ids 34, 35 wrap to 0, 1: ignored).
+    let counts = ds.class_pixel_counts().unwrap();
+    assert_eq!(counts, vec![4u64; 19]);
+    // A label id outside 0..=33 is an error naming the file.
+    let lbl = dir
+        .path()
+        .join("gtFine/val/lindau/lindau_000000_000001_gtFine_labelIds.png");
+    write_gray8(&lbl, 6, 6, &[40; 36], PngSpeed::Fast).unwrap();
+    let e = ds.get(3).unwrap_err();
+    assert!(matches!(e, DataError::BadLabel { value: 40, .. }), "{e}");
+    assert!(e
+        .to_string()
+        .contains("lindau_000000_000001_gtFine_labelIds.png"));
+    // Missing split folder.
+    let e = CityscapesDataset::open(dir.path(), Split::Train, CityscapesOptions::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("leftImg8bit/train"), "{e}");
+    // labelTrainIds maps are required when asked for.
+    let e = CityscapesDataset::open(
+        dir.path(),
+        Split::Val,
+        CityscapesOptions {
+            labels: CityscapesLabels::TrainIds,
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("labelTrainIds"), "{e}");
+}
+
+fn folder_tree(root: &Path) {
+    for i in 0..10 {
+        let v = i as u8;
+        write_rgb8(
+            &root.join(format!("img/f{i}.png")),
+            4,
+            2,
+            &[v * 20; 24],
+            PngSpeed::Fast,
+        )
+        .unwrap();
+        write_gray8(
+            &root.join(format!("mask/f{i}.png")),
+            4,
+            2,
+            &[0, 1, 2, 255, 1, 1, 0, 0],
+            PngSpeed::Fast,
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn folder_dataset_from_toml_with_a_shuffled_split() {
+    let dir = tempfile::tempdir().unwrap();
+    folder_tree(dir.path());
+    let spec = dir.path().join("cracks.toml");
+    std::fs::write(
+        &spec,
+        r#"
+classes = [ { name = "background", color = [0, 0, 0] }, { name = "crack" }, { name = "stain" } ]
+images = "img"
+masks = "mask"
+normalize = { mean = [100.0, 100.0, 100.0], std = [50.0, 50.0, 50.0] }
+"#,
+    )
+    .unwrap();
+    let tr = FolderDataset::open(&spec, Split::Train).unwrap();
+    let va = FolderDataset::open(&spec, Split::Val).unwrap();
+    let te = FolderDataset::open(&spec, Split::Test).unwrap();
+    assert_eq!((tr.len(), va.len(), te.len()), (7, 1, 2));
+    assert_eq!(tr.name(), "cracks-train");
+    let ci = tr.class_info();
+    assert_eq!(ci.n_classes(), 3);
+    assert_eq!(ci.palette[1], [128, 0, 0], "VOC colour map for class 1");
+    assert_eq!(tr.normalization().mean, [100.0; 3]);
+    let s = tr.get(0).unwrap();
+    assert_eq!(s.label, [0, 1, 2, 255, 1, 1, 0, 0]);
+    let stem: usize = s.id.trim_start_matches('f').parse().unwrap();
+    assert_eq!(s.image[0], stem as u8 * 20);
+    assert_eq!(tr.class_pixel_counts().unwrap(), vec![21, 21, 7]);
+}
+
+#[test]
+fn folder_dataset_from_json_with_explicit_splits_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    folder_tree(dir.path());
+    let spec = dir.path().join("d.json");
+    std::fs::write(
+        &spec,
+        r#"{"classes": [{"name": "a"}, {"name": "b"}, {"name": "c"}],
+            "train": {"images": "img", "masks": "mask"}}"#,
+    )
+    .unwrap();
+    assert_eq!(FolderDataset::open(&spec, Split::Train).unwrap().len(), 10);
+    let e = FolderDataset::open(&spec, Split::Val).unwrap_err();
+    assert!(e.to_string().contains("[val]"), "{e}");
+    // A mask value that is neither a class nor the ignore index.
+    write_gray8(
+        &dir.path().join("mask/f0.png"),
+        4,
+        2,
+        &[0, 0, 0, 0, 0, 0, 0, 3],
+        PngSpeed::Fast,
+    )
+    .unwrap();
+    let ds = FolderDataset::open(&spec, Split::Train).unwrap();
+    let e = ds.get(0).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DataError::BadLabel {
+                value: 3,
+                x: 3,
+                y: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // An image without a mask.
+    std::fs::remove_file(dir.path().join("mask/f5.png")).unwrap();
+    let e = FolderDataset::open(&spec, Split::Train).unwrap_err();
+    assert!(e.to_string().contains("f5.png"), "{e}");
+    // A broken description names its file.
+    std::fs::write(&spec, r#"{"classes": [{"name": "a"}], "colour": 1}"#).unwrap();
+    let e = FolderDataset::open(&spec, Split::Train).unwrap_err();
+    assert!(e.to_string().contains("d.json"), "{e}");
+    std::fs::write(
+        &spec,
+        r#"{"classes": [], "train": {"images": "img", "masks": "mask"}}"#,
+    )
+    .unwrap();
+    let e = FolderDataset::open(&spec, Split::Train).unwrap_err();
+    assert!(
+        e.to_string().contains("no classes") && e.to_string().contains("d.json"),
+        "{e}"
+    );
+}
+
+#[test]
+fn pixel_counts_are_cached_and_invalidated() {
+    let dir = tempfile::tempdir().unwrap();
+    folder_tree(dir.path());
+    let spec = dir.path().join("d.toml");
+    let write_spec = |seed: u64| {
+        std::fs::write(
+            &spec,
+            format!("classes = [{{name = \"a\"}}, {{name = \"b\"}}, {{name = \"c\"}}]\nimages = \"img\"\nmasks = \"mask\"\nseed = {seed}\n"),
+        )
+        .unwrap()
+    };
+    write_spec(0);
+    let ds = FolderDataset::open(&spec, Split::Train).unwrap();
+    let truth = ds.class_pixel_counts().unwrap();
+    assert_eq!(truth, vec![21, 21, 7]);
+    let path = cache_path(&ds).unwrap();
+    assert!(path.starts_with(dir.path().join(".recallseg-cache")));
+    let mut cache: PixelCountCache =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(cache.counts, truth);
+    // The cache is what a second call reads: doctor it and see the doctored numbers.
+    cache.counts = vec![1, 2, 3];
+    std::fs::write(&path, serde_json::to_string(&cache).unwrap()).unwrap();
+    assert_eq!(ds.class_pixel_counts().unwrap(), vec![1, 2, 3]);
+    // Changed options (another split seed) invalidate it ...
+    write_spec(1);
+    let ds1 = FolderDataset::open(&spec, Split::Train).unwrap();
+    assert_eq!(ds1.class_pixel_counts().unwrap(), vec![21, 21, 7]);
+    // ... and so does a changed file list.
+    std::fs::write(
+        &path,
+        serde_json::to_string(&PixelCountCache {
+            counts: vec![1, 2, 3],
+            ..cache.clone()
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    write_spec(0);
+    write_rgb8(
+        &dir.path().join("img/g.png"),
+        4,
+        2,
+        &[0; 24],
+        PngSpeed::Fast,
+    )
+    .unwrap();
+    write_gray8(
+        &dir.path().join("mask/g.png"),
+        4,
+        2,
+        &[2; 8],
+        PngSpeed::Fast,
+    )
+    .unwrap();
+    let ds2 = FolderDataset::open(&spec, Split::Train).unwrap();
+    assert_ne!(ds2.fingerprint(), ds.fingerprint());
+    assert_ne!(ds2.class_pixel_counts().unwrap(), vec![1, 2, 3]);
+}

@@ -1,0 +1,183 @@
+//! Transforms against PyTorch goldens (tests/goldens/, made by make_goldens.py) and geometry
+//! consistency between image and label.
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use recallseg_data::png_io::decode_rgb8;
+use recallseg_data::transform::{
+    color_jitter, crop_pad, hflip, normalize_chw, resize_bilinear_rgb, resize_bilinear_rgb_f32,
+    resize_nearest,
+};
+use recallseg_data::{Augment, Normalize};
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn goldens() -> Value {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/transforms.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn u8s(v: &Value) -> Vec<u8> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u8)
+        .collect()
+}
+fn f32s(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+fn us(v: &Value) -> usize {
+    v.as_u64().unwrap() as usize
+}
+
+#[test]
+fn bilinear_and_nearest_match_pytorch() {
+    let g = goldens();
+    for case in g["resize"].as_array().unwrap() {
+        let (sw, sh, dw, dh) = (
+            us(&case["src_w"]),
+            us(&case["src_h"]),
+            us(&case["dst_w"]),
+            us(&case["dst_h"]),
+        );
+        let img = u8s(&case["image"]);
+        let want = f32s(&case["bilinear"]);
+        let got = resize_bilinear_rgb_f32(&img, sw, sh, dw, dh);
+        assert_eq!(got.len(), want.len());
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() < 2e-3,
+                "{sw}x{sh}->{dw}x{dh} value {i}: {a} vs torch {b}"
+            );
+        }
+        // The u8 path rounds the same values.
+        let got8 = resize_bilinear_rgb(&img, sw, sh, dw, dh);
+        for (a, b) in got8.iter().zip(&want) {
+            assert!((*a as f32 - b).abs() <= 0.5 + 1e-3, "{a} vs {b}");
+        }
+        let lbl = u8s(&case["label"]);
+        assert_eq!(
+            resize_nearest(&lbl, sw, sh, dw, dh, 1),
+            u8s(&case["nearest"])
+        );
+    }
+}
+
+#[test]
+fn color_jitter_matches_torchvision() {
+    let g = goldens();
+    for case in g["jitter"].as_array().unwrap() {
+        let mut img = u8s(&case["image"]);
+        let f = |k: &str| case[k].as_f64().unwrap() as f32;
+        color_jitter(&mut img, f("brightness"), f("contrast"), f("saturation"));
+        for (a, b) in img.iter().zip(f32s(&case["out"])) {
+            assert!(
+                (*a as f32 - b).abs() <= 0.5 + 0.02,
+                "{a} vs torchvision {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn jpeg_decodes_like_libjpeg() {
+    let g = goldens();
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/tiny.jpg");
+    let img = decode_rgb8(&p).unwrap();
+    assert_eq!(
+        (img.width, img.height),
+        (us(&g["jpeg"]["w"]), us(&g["jpeg"]["h"]))
+    );
+    let want = u8s(&g["jpeg"]["pixels"]);
+    let max = img
+        .data
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(max <= 3, "JPEG decoders differ by {max}");
+}
+
+#[test]
+fn small_ops_do_what_they_say() {
+    // 3x2 image, 1 channel.
+    let mut a = vec![1, 2, 3, 4, 5, 6];
+    hflip(&mut a, 3, 2, 1);
+    assert_eq!(a, [3, 2, 1, 6, 5, 4]);
+    let mut rgb = vec![1, 2, 3, 4, 5, 6];
+    hflip(&mut rgb, 2, 1, 3);
+    assert_eq!(rgb, [4, 5, 6, 1, 2, 3]);
+    let c = crop_pad(&[1, 2, 3, 4, 5, 6], 3, 2, 1, -1, 1, 3, 2, &[9]);
+    assert_eq!(c, [9, 4, 5, 9, 9, 9]);
+    let norm = Normalize {
+        mean: [10.0, 20.0, 30.0],
+        std: [2.0, 4.0, 5.0],
+    };
+    let mut out = vec![0f32; 6];
+    normalize_chw(&[12, 24, 40, 10, 20, 30], 2, 1, &norm, &mut out);
+    assert_eq!(out, [1.0, 0.0, 1.0, 0.0, 2.0, 0.0]);
+}
+
+/// Every labelled output pixel must show image content from the same source place: the label
+/// encodes a 4×5 source block, the image encodes the source coordinates.
+#[test]
+fn augmentation_moves_image_and_label_together() {
+    let (w, h) = (40usize, 30usize);
+    let mut img = vec![0u8; w * h * 3];
+    let mut lbl = vec![0u8; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            img[(y * w + x) * 3] = (6 * x + 3) as u8;
+            img[(y * w + x) * 3 + 1] = (8 * y + 3) as u8;
+            lbl[y * w + x] = (x / 4 + 10 * (y / 5)) as u8;
+        }
+    }
+    let aug = Augment {
+        scale: Some((0.6, 1.8)),
+        crop: Some((32, 24)),
+        hflip: true,
+        color_jitter: None,
+    };
+    let (mut flips, mut pads) = (0, 0);
+    for seed in 0..40 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (oi, ol, ow, oh) = aug.apply(&img, &lbl, w, h, [7, 7, 7], 255, &mut rng);
+        assert_eq!((ow, oh), (32, 24));
+        let mut flipped = None;
+        for y in 0..oh {
+            for x in 0..ow {
+                let l = ol[y * ow + x];
+                let p = &oi[(y * ow + x) * 3..(y * ow + x) * 3 + 3];
+                if l == 255 {
+                    assert_eq!(p, [7, 7, 7], "padding must match");
+                    pads += 1;
+                    continue;
+                }
+                let (bx, by) = ((l % 10) as f32, (l / 10) as f32);
+                let sx = (p[0] as f32 - 3.0) / 6.0;
+                let sy = (p[1] as f32 - 3.0) / 8.0;
+                let (cx, cy) = (bx * 4.0 + 1.5, by * 5.0 + 2.0);
+                assert!((sx - cx).abs() <= 3.5, "seed {seed}: x {sx} vs block {cx}");
+                assert!((sy - cy).abs() <= 4.0, "seed {seed}: y {sy} vs block {cy}");
+                if x + 1 < ow && ol[y * ow + x + 1] != 255 {
+                    let right = oi[(y * ow + x + 1) * 3] as i32;
+                    if right != p[0] as i32 {
+                        flipped.get_or_insert(right < p[0] as i32);
+                    }
+                }
+            }
+        }
+        flips += flipped.unwrap_or(false) as usize;
+    }
+    assert!(
+        flips > 5 && flips < 35,
+        "flip should happen about half the time ({flips}/40)"
+    );
+    assert!(pads > 0, "down-scales below the crop size should pad");
+}
