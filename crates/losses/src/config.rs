@@ -1,8 +1,8 @@
 //! Building losses by name: [`LossConfig`].
 
 use crate::{
-    BalancedCe, CrossEntropy, Focal, LossContext, LossError, Ohem, OhemSelection, PrecisionCe,
-    RecallCe, SegLoss, WeightedCe,
+    BalancedCe, CrossEntropy, Dice, Focal, LossContext, LossError, Lovasz, Ohem, OhemSelection,
+    PrecisionCe, RecallCe, SegLoss, SoftIou, Tversky, WeightedCe,
 };
 use serde::{Deserialize, Serialize};
 
@@ -285,15 +285,10 @@ impl LossConfig {
                     .unwrap_or(OhemSelection::KeepRatio(0.7));
                 finish!(Ohem::new(c, sel)?)
             }
-            LossConfig::SoftIou {}
-            | LossConfig::Lovasz { .. }
-            | LossConfig::Dice {}
-            | LossConfig::Tversky { .. } => Err(LossError::InvalidParameter {
-                loss: self.name(),
-                field: "name",
-                value: self.name().into(),
-                reason: "region losses are not implemented yet (work in progress)".into(),
-            }),
+            LossConfig::SoftIou {} => finish!(SoftIou::new(c)),
+            LossConfig::Lovasz { present_only } => finish!(Lovasz::new(c, present_only)),
+            LossConfig::Dice {} => finish!(Dice::new(c)),
+            LossConfig::Tversky { alpha, beta } => finish!(Tversky::new(c, alpha, beta)?),
             LossConfig::RecallCe { ema } => match ema {
                 Some(m) => finish!(RecallCe::new(c).with_ema(m)?),
                 None => finish!(RecallCe::new(c)),

@@ -16,6 +16,9 @@
 //! loops run over pixels for one class at a time, so they read contiguous memory and
 //! auto-vectorise.
 
+// Kernel loops index several equally long slices at once; that is the clearer form here.
+#![allow(clippy::needless_range_loop)]
+
 use crate::ce_family::{dyn_weights, CeMode, ClassStats, StepReport};
 use crate::fast_math::fast_exp;
 use crate::ohem::ohem_keep;
@@ -132,13 +135,13 @@ pub(crate) fn focal_terms(ce: f32, gamma: f32) -> (f32, f32) {
 }
 
 /// Borrowed labels of any supported integer type.
-enum Labels<'a> {
+pub(crate) enum Labels<'a> {
     U8(&'a [u8]),
     U32(&'a [u32]),
     I64(&'a [i64]),
 }
 
-fn labels_of<'a>(s: &'a CpuStorage, l: &Layout, len: usize) -> Result<Labels<'a>> {
+pub(crate) fn labels_of<'a>(s: &'a CpuStorage, l: &Layout, len: usize) -> Result<Labels<'a>> {
     if !l.is_contiguous() {
         candle_core::bail!("fused loss: target must be contiguous");
     }
@@ -153,7 +156,7 @@ fn labels_of<'a>(s: &'a CpuStorage, l: &Layout, len: usize) -> Result<Labels<'a>
     })
 }
 
-fn logits_of<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], [usize; 4])> {
+pub(crate) fn logits_of<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], [usize; 4])> {
     let d = match l.dims() {
         &[n, c, h, w] => [n, c, h, w],
         d => candle_core::bail!("fused loss: logits must be rank 4, got {d:?}"),
@@ -170,7 +173,14 @@ fn logits_of<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], [usize; 4]
 
 /// Per-pixel maximum and argmax over classes of one block.
 #[inline(always)]
-fn block_max(img: &[f32], hw: usize, c: usize, a: usize, mx: &mut [f32], am: &mut [u32]) {
+pub(crate) fn block_max(
+    img: &[f32],
+    hw: usize,
+    c: usize,
+    a: usize,
+    mx: &mut [f32],
+    am: &mut [u32],
+) {
     let l = mx.len();
     mx.copy_from_slice(&img[a..a + l]);
     am.iter_mut().for_each(|v| *v = 0);
@@ -200,7 +210,11 @@ fn block_sumexp(img: &[f32], hw: usize, c: usize, a: usize, mx: &[f32], sm: &mut
 
 /// Label of pixel `i` as `Some(class)`, `None` when ignored, or `Err(label)` when out of range.
 #[inline(always)]
-fn class_of(label: i64, ignore: i64, c: usize) -> std::result::Result<Option<usize>, i64> {
+pub(crate) fn class_of(
+    label: i64,
+    ignore: i64,
+    c: usize,
+) -> std::result::Result<Option<usize>, i64> {
     if label == ignore {
         Ok(None)
     } else if label < 0 || label >= c as i64 {

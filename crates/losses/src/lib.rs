@@ -40,25 +40,36 @@ mod config;
 mod error;
 mod fast_math;
 mod fused_ce;
+mod fused_lovasz;
+mod fused_region;
 mod input;
 
 mod balanced_ce;
 mod ce_family;
 mod cross_entropy;
+mod dice;
 mod focal;
+mod lovasz;
 mod ohem;
 mod precision_ce;
 mod recall_ce;
+mod region;
+mod soft_iou;
+mod tversky;
 mod weighted_ce;
 
 pub use balanced_ce::BalancedCe;
 pub use config::{LossConfig, WeightMode};
 pub use cross_entropy::CrossEntropy;
+pub use dice::Dice;
 pub use error::LossError;
 pub use focal::Focal;
+pub use lovasz::Lovasz;
 pub use ohem::{Ohem, OhemSelection};
 pub use precision_ce::PrecisionCe;
 pub use recall_ce::RecallCe;
+pub use soft_iou::SoftIou;
+pub use tversky::Tversky;
 pub use weighted_ce::WeightedCe;
 
 pub use candle_core::Tensor;

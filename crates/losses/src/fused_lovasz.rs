@@ -1,0 +1,324 @@
+//! The fused CPU kernel of Lovász-Softmax: a candle [`CustomOp2`] over
+//! `(logits f32 (N, C, H, W) contiguous, target (N, H, W))`.
+//!
+//! * Forward: a parallel softmax pass writes the class probabilities; then, classes in
+//!   parallel, each class's errors `|t - p|` over the valid pixels are sorted in decreasing order
+//!   with a stable LSD radix sort on their bit patterns (non-negative floats order like their
+//!   bits; three 11-bit passes, a pass skipped when all keys share its digit), and one scan over
+//!   the sorted errors yields the Lovász gradient `g`, the class loss `Σ e_(k) g_k` and
+//!   `∂L/∂p_{i,c}`, kept for the backward pass.
+//! * Backward (parallel over pixel blocks): recomputes the softmax and applies its Jacobian,
+//!   `∂L/∂z_{i,j} = g · p_j (D_j - Σ_k p_k D_k)` with `D_k = ∂L/∂p_{i,k}`.
+
+// Kernel loops index several equally long slices at once; that is the clearer form here.
+#![allow(clippy::needless_range_loop)]
+
+use crate::fast_math::fast_exp;
+use crate::fused_ce::{block_max, class_of, labels_of, logits_of, Labels, SyncPtr, BLOCK};
+use crate::LossError;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// The fused Lovász-Softmax op (see the module documentation).
+pub(crate) struct FusedLovasz {
+    pub n_classes: usize,
+    pub ignore_index: u32,
+    pub static_w: Vec<f64>,
+    pub present_only: bool,
+    /// `∂L/∂p`, class-major (`[c][n·H·W + pixel]`), left for the backward pass.
+    pub dldp: Mutex<Option<Vec<f32>>>,
+}
+
+/// Stable ascending sort of `v` by the upper 32 bits of each element.
+pub(crate) fn radix_sort_hi32(v: &mut Vec<u64>, tmp: &mut Vec<u64>) {
+    tmp.resize(v.len(), 0);
+    for shift in [32u32, 43, 54] {
+        let mut hist = [0usize; 2048];
+        for &k in v.iter() {
+            hist[((k >> shift) & 0x7ff) as usize] += 1;
+        }
+        if hist.contains(&v.len()) {
+            continue;
+        }
+        let mut sum = 0;
+        for h in hist.iter_mut() {
+            let t = *h;
+            *h = sum;
+            sum += t;
+        }
+        for &k in v.iter() {
+            let d = ((k >> shift) & 0x7ff) as usize;
+            tmp[hist[d]] = k;
+            hist[d] += 1;
+        }
+        std::mem::swap(v, tmp);
+    }
+}
+
+impl FusedLovasz {
+    fn forward_impl<L: Copy + Into<i64> + Sync>(
+        &self,
+        x: &[f32],
+        dims: [usize; 4],
+        labels: &[L],
+    ) -> Result<f64> {
+        let [n, c, h, w] = dims;
+        let hw = h * w;
+        let np = n * hw;
+        let nblk = hw.div_ceil(BLOCK);
+        let ignore = self.ignore_index as i64;
+        // Classes per pixel (u32::MAX = ignored), checked.
+        let ys: Vec<u32> = labels
+            .par_iter()
+            .map(|&l| match class_of(l.into(), ignore, c) {
+                Ok(Some(y)) => Ok(y as u32),
+                Ok(None) => Ok(u32::MAX),
+                Err(bad) => Err(bad),
+            })
+            .collect::<std::result::Result<_, i64>>()
+            .map_err(|label| {
+                LossError::LabelOutOfRange {
+                    label,
+                    n_classes: c,
+                    ignore_index: self.ignore_index,
+                }
+                .into_candle()
+            })?;
+        // Softmax probabilities, class-major.
+        let mut prob = vec![0f32; c * np];
+        let pp = SyncPtr(prob.as_mut_ptr());
+        (0..n * nblk).into_par_iter().for_each(|t| {
+            let (img_i, b) = (t / nblk, t % nblk);
+            let a = b * BLOCK;
+            let l = BLOCK.min(hw - a);
+            let img = &x[img_i * c * hw..(img_i + 1) * c * hw];
+            let mut mx = [0f32; BLOCK];
+            let mut am = [0u32; BLOCK];
+            let mut sm = [0f32; BLOCK];
+            block_max(img, hw, c, a, &mut mx[..l], &mut am[..l]);
+            for k in 0..c {
+                let row = &img[k * hw + a..k * hw + a + l];
+                // SAFETY: this block owns prob[k*np + img_i*hw + a .. + l] for every k.
+                let pr = unsafe {
+                    std::slice::from_raw_parts_mut(pp.get().add(k * np + img_i * hw + a), l)
+                };
+                for p in 0..l {
+                    let e = fast_exp(row[p] - mx[p]);
+                    pr[p] = e;
+                    sm[p] += e;
+                }
+            }
+            for v in sm[..l].iter_mut() {
+                *v = 1.0 / *v;
+            }
+            for k in 0..c {
+                // SAFETY: as above.
+                let pr = unsafe {
+                    std::slice::from_raw_parts_mut(pp.get().add(k * np + img_i * hw + a), l)
+                };
+                for p in 0..l {
+                    pr[p] *= sm[p];
+                }
+            }
+        });
+        let vidx: Vec<u32> = (0..np as u32)
+            .filter(|&i| ys[i as usize] != u32::MAX)
+            .collect();
+        let mut counts = vec![0.0f64; c];
+        for &i in &vidx {
+            counts[ys[i as usize] as usize] += 1.0;
+        }
+        let s = &self.static_w;
+        let k: Vec<bool> = counts
+            .iter()
+            .map(|&g| !self.present_only || g > 0.0)
+            .collect();
+        let norm: f64 = k.iter().zip(s).filter(|(k, _)| **k).map(|(_, s)| s).sum();
+        let mut dldp = vec![0f32; c * np];
+        let losses: Vec<f64> = dldp
+            .par_chunks_mut(np.max(1))
+            .enumerate()
+            .map(|(cls, drow)| {
+                if !k[cls] || norm <= 0.0 || vidx.is_empty() {
+                    return 0.0;
+                }
+                let f = s[cls] / norm;
+                let prow = &prob[cls * np..(cls + 1) * np];
+                let mut keys: Vec<u64> = vidx
+                    .iter()
+                    .map(|&i| {
+                        let p = prow[i as usize];
+                        let e = if ys[i as usize] as usize == cls {
+                            1.0 - p
+                        } else {
+                            p
+                        };
+                        let e = e.max(0.0);
+                        ((!e.to_bits()) as u64) << 32 | i as u64
+                    })
+                    .collect();
+                let mut tmp = Vec::new();
+                radix_sort_hi32(&mut keys, &mut tmp);
+                let gts = counts[cls];
+                let (mut cum_fg, mut cum_bg, mut prev) = (0.0f64, 0.0f64, 0.0f64);
+                let mut loss = 0.0f64;
+                for &key in &keys {
+                    let i = (key & 0xffff_ffff) as usize;
+                    let e = f32::from_bits(!((key >> 32) as u32)) as f64;
+                    let fg = ys[i] as usize == cls;
+                    if fg {
+                        cum_fg += 1.0;
+                    } else {
+                        cum_bg += 1.0;
+                    }
+                    let j = 1.0 - (gts - cum_fg) / (gts + cum_bg);
+                    let g = j - prev;
+                    prev = j;
+                    loss += e * g;
+                    drow[i] = (if fg { -f * g } else { f * g }) as f32;
+                }
+                f * loss
+            })
+            .collect();
+        let mut guard = self
+            .dldp
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?;
+        *guard = Some(dldp);
+        Ok(losses.iter().sum())
+    }
+
+    fn backward_impl(&self, x: &[f32], dims: [usize; 4], g0: f32, dldp: &[f32]) -> Vec<f32> {
+        let [n, c, h, w] = dims;
+        let hw = h * w;
+        let np = n * hw;
+        let nblk = hw.div_ceil(BLOCK);
+        let mut grad = vec![0f32; n * c * hw];
+        let gp = SyncPtr(grad.as_mut_ptr());
+        (0..n * nblk).into_par_iter().for_each(|t| {
+            let (img_i, b) = (t / nblk, t % nblk);
+            let a = b * BLOCK;
+            let l = BLOCK.min(hw - a);
+            let img = &x[img_i * c * hw..(img_i + 1) * c * hw];
+            let gbase = img_i * c * hw;
+            let mut mx = [0f32; BLOCK];
+            let mut am = [0u32; BLOCK];
+            let mut sm = [0f32; BLOCK];
+            let mut dot = [0f32; BLOCK];
+            block_max(img, hw, c, a, &mut mx[..l], &mut am[..l]);
+            for k in 0..c {
+                let row = &img[k * hw + a..k * hw + a + l];
+                let d = &dldp[k * np + img_i * hw + a..k * np + img_i * hw + a + l];
+                // SAFETY: this block owns grad[gbase + k*hw + a .. + l] for every k.
+                let grow =
+                    unsafe { std::slice::from_raw_parts_mut(gp.get().add(gbase + k * hw + a), l) };
+                for p in 0..l {
+                    let e = fast_exp(row[p] - mx[p]);
+                    grow[p] = e;
+                    sm[p] += e;
+                    dot[p] += e * d[p];
+                }
+            }
+            for p in 0..l {
+                sm[p] = 1.0 / sm[p];
+                dot[p] *= sm[p];
+                sm[p] *= g0;
+            }
+            for k in 0..c {
+                let d = &dldp[k * np + img_i * hw + a..k * np + img_i * hw + a + l];
+                // SAFETY: as above.
+                let grow =
+                    unsafe { std::slice::from_raw_parts_mut(gp.get().add(gbase + k * hw + a), l) };
+                for p in 0..l {
+                    grow[p] *= sm[p] * (d[p] - dot[p]);
+                }
+            }
+        });
+        grad
+    }
+}
+
+impl CustomOp2 for FusedLovasz {
+    fn name(&self) -> &'static str {
+        "recallseg-fused-lovasz"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dims) = logits_of(s1, l1)?;
+        if dims[1] != self.n_classes {
+            return Err(LossError::Shape(format!(
+                "logits have {} channels, the loss has {} classes",
+                dims[1], self.n_classes
+            ))
+            .into_candle());
+        }
+        let npix = dims[0] * dims[2] * dims[3];
+        let loss = match labels_of(s2, l2, npix)? {
+            Labels::U8(t) => self.forward_impl(x, dims, t)?,
+            Labels::U32(t) => self.forward_impl(x, dims, t)?,
+            Labels::I64(t) => self.forward_impl(x, dims, t)?,
+        };
+        Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        _arg2: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g0 = grad_res
+            .to_dtype(candle_core::DType::F32)?
+            .to_device(&candle_core::Device::Cpu)?
+            .to_scalar::<f32>()?;
+        let guard = self
+            .dldp
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?;
+        let dldp = guard
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("fused loss: backward before forward".into()))?;
+        let (s1, l1) = arg1.storage_and_layout();
+        let s1 = match &*s1 {
+            candle_core::Storage::Cpu(a) => a,
+            _ => candle_core::bail!("fused loss: backward needs CPU tensors"),
+        };
+        let (x, dims) = logits_of(s1, l1)?;
+        let grad = self.backward_impl(x, dims, g0, dldp);
+        let g = Tensor::from_vec(grad, arg1.shape(), arg1.device())?;
+        Ok((Some(g), None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::radix_sort_hi32;
+
+    #[test]
+    fn radix_sort_is_a_stable_sort_on_the_high_word() {
+        let mut state = 12345u64;
+        let mut v: Vec<u64> = (0..5000u64)
+            .map(|i| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                // Few distinct keys so that ties (and stability) matter; some keys share digits.
+                let key = (state >> 33) % 300 * 0x0010_0001;
+                key << 32 | i
+            })
+            .collect();
+        let mut want = v.clone();
+        want.sort_by_key(|k| k >> 32);
+        let mut tmp = Vec::new();
+        radix_sort_hi32(&mut v, &mut tmp);
+        assert_eq!(v, want);
+    }
+}

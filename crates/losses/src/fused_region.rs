@@ -1,0 +1,313 @@
+//! The fused CPU kernel of SoftIoU, Dice and Tversky: a candle [`CustomOp2`] over
+//! `(logits f32 (N, C, H, W) contiguous, target (N, H, W))`.
+//!
+//! * Forward (one parallel pass over pixel blocks): softmax of every pixel, accumulated into the
+//!   soft intersections `I`, prediction sums `P` and target counts `G` per group and class; the
+//!   loss and the coefficients `α, β` of `∂L/∂p_{n,c} = α_{g,c} + β_{g,c} t_{n,c}` follow on the
+//!   host ([`crate::region::region_loss`]).
+//! * Backward (one parallel pass): recomputes the softmax and applies its Jacobian,
+//!   `∂L/∂z_{n,j} = g · p_j (G_j - Σ_k p_k G_k)` with `G_k = α_{g,k} + β_{g,k} [k = y_n]`.
+
+// Kernel loops index several equally long slices at once; that is the clearer form here.
+#![allow(clippy::needless_range_loop)]
+
+use crate::fast_math::fast_exp;
+use crate::fused_ce::{block_max, class_of, labels_of, logits_of, Labels, SyncPtr, BLOCK};
+use crate::region::{region_loss, RegionKind};
+use crate::LossError;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// The fused overlap-loss op (see the module documentation).
+pub(crate) struct FusedRegion {
+    pub n_classes: usize,
+    pub ignore_index: u32,
+    pub static_w: Vec<f64>,
+    pub kind: RegionKind,
+    /// `(α, β)` per group × class, left by the forward pass for the backward pass.
+    pub coef: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+}
+
+struct Sums {
+    i: Vec<f64>,
+    p: Vec<f64>,
+    g: Vec<f64>,
+    bad: Option<i64>,
+}
+
+impl Sums {
+    fn new(len: usize) -> Self {
+        Self {
+            i: vec![0.0; len],
+            p: vec![0.0; len],
+            g: vec![0.0; len],
+            bad: None,
+        }
+    }
+    fn merge(mut self, o: Sums) -> Sums {
+        for k in 0..self.i.len() {
+            self.i[k] += o.i[k];
+            self.p[k] += o.p[k];
+            self.g[k] += o.g[k];
+        }
+        self.bad = self.bad.or(o.bad);
+        self
+    }
+}
+
+impl FusedRegion {
+    fn groups(&self, n: usize) -> usize {
+        if self.kind.per_image() {
+            n
+        } else {
+            1
+        }
+    }
+
+    fn forward_impl<L: Copy + Into<i64> + Sync>(
+        &self,
+        x: &[f32],
+        dims: [usize; 4],
+        labels: &[L],
+    ) -> Result<f64> {
+        let [n, c, h, w] = dims;
+        let hw = h * w;
+        let nblk = hw.div_ceil(BLOCK);
+        let ignore = self.ignore_index as i64;
+        let groups = self.groups(n);
+        let sums = (0..n * nblk)
+            .into_par_iter()
+            .fold(
+                || (Sums::new(groups * c), vec![0f32; c * BLOCK]),
+                |(mut acc, mut e), t| {
+                    let (img_i, b) = (t / nblk, t % nblk);
+                    let gi = if groups == 1 { 0 } else { img_i };
+                    let a = b * BLOCK;
+                    let l = BLOCK.min(hw - a);
+                    let img = &x[img_i * c * hw..(img_i + 1) * c * hw];
+                    let lab = &labels[img_i * hw + a..img_i * hw + a + l];
+                    let mut mx = [0f32; BLOCK];
+                    let mut am = [0u32; BLOCK];
+                    let mut sm = [0f32; BLOCK];
+                    let mut vm = [0f32; BLOCK];
+                    let mut ys = [0usize; BLOCK];
+                    block_max(img, hw, c, a, &mut mx[..l], &mut am[..l]);
+                    sm[..l].iter_mut().for_each(|v| *v = 0.0);
+                    for k in 0..c {
+                        let row = &img[k * hw + a..k * hw + a + l];
+                        let er = &mut e[k * BLOCK..k * BLOCK + l];
+                        for p in 0..l {
+                            let v = fast_exp(row[p] - mx[p]);
+                            er[p] = v;
+                            sm[p] += v;
+                        }
+                    }
+                    for p in 0..l {
+                        match class_of(lab[p].into(), ignore, c) {
+                            Ok(Some(y)) => {
+                                ys[p] = y;
+                                vm[p] = 1.0 / sm[p];
+                            }
+                            Ok(None) => vm[p] = 0.0,
+                            Err(bad) => {
+                                acc.bad = acc.bad.or(Some(bad));
+                                vm[p] = 0.0;
+                            }
+                        }
+                    }
+                    for k in 0..c {
+                        let er = &mut e[k * BLOCK..k * BLOCK + l];
+                        let mut s = 0f32;
+                        for p in 0..l {
+                            er[p] *= vm[p];
+                            s += er[p];
+                        }
+                        acc.p[gi * c + k] += s as f64;
+                    }
+                    for p in 0..l {
+                        if vm[p] != 0.0 {
+                            let y = ys[p];
+                            acc.i[gi * c + y] += e[y * BLOCK + p] as f64;
+                            acc.g[gi * c + y] += 1.0;
+                        }
+                    }
+                    (acc, e)
+                },
+            )
+            .map(|(acc, _)| acc)
+            .reduce(|| Sums::new(groups * c), Sums::merge);
+        if let Some(label) = sums.bad {
+            return Err(LossError::LabelOutOfRange {
+                label,
+                n_classes: c,
+                ignore_index: self.ignore_index,
+            }
+            .into_candle());
+        }
+        let (loss, alpha, beta) =
+            region_loss(self.kind, &sums.i, &sums.p, &sums.g, &self.static_w, groups);
+        let mut guard = self
+            .coef
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?;
+        *guard = Some((
+            alpha.iter().map(|&v| v as f32).collect(),
+            beta.iter().map(|&v| v as f32).collect(),
+        ));
+        Ok(loss)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backward_impl<L: Copy + Into<i64> + Sync>(
+        &self,
+        x: &[f32],
+        dims: [usize; 4],
+        labels: &[L],
+        g0: f32,
+        alpha: &[f32],
+        beta: &[f32],
+    ) -> Vec<f32> {
+        let [n, c, h, w] = dims;
+        let hw = h * w;
+        let nblk = hw.div_ceil(BLOCK);
+        let ignore = self.ignore_index as i64;
+        let groups = self.groups(n);
+        let mut grad = vec![0f32; n * c * hw];
+        let gp = SyncPtr(grad.as_mut_ptr());
+        (0..n * nblk).into_par_iter().for_each(|t| {
+            let (img_i, b) = (t / nblk, t % nblk);
+            let gi = if groups == 1 { 0 } else { img_i };
+            let al = &alpha[gi * c..(gi + 1) * c];
+            let be = &beta[gi * c..(gi + 1) * c];
+            let a = b * BLOCK;
+            let l = BLOCK.min(hw - a);
+            let img = &x[img_i * c * hw..(img_i + 1) * c * hw];
+            let lab = &labels[img_i * hw + a..img_i * hw + a + l];
+            let gbase = img_i * c * hw;
+            let mut mx = [0f32; BLOCK];
+            let mut am = [0u32; BLOCK];
+            let mut sm = [0f32; BLOCK];
+            let mut acc = [0f32; BLOCK];
+            let mut sc = [0f32; BLOCK];
+            let mut dot = [0f32; BLOCK];
+            let mut ys = [usize::MAX; BLOCK];
+            block_max(img, hw, c, a, &mut mx[..l], &mut am[..l]);
+            sm[..l].iter_mut().for_each(|v| *v = 0.0);
+            acc[..l].iter_mut().for_each(|v| *v = 0.0);
+            for k in 0..c {
+                let row = &img[k * hw + a..k * hw + a + l];
+                // SAFETY: this block owns grad[gbase + k*hw + a .. + l] for every k.
+                let grow =
+                    unsafe { std::slice::from_raw_parts_mut(gp.get().add(gbase + k * hw + a), l) };
+                let ak = al[k];
+                for p in 0..l {
+                    let e = fast_exp(row[p] - mx[p]);
+                    grow[p] = e;
+                    sm[p] += e;
+                    acc[p] += e * ak;
+                }
+            }
+            for p in 0..l {
+                if let Ok(Some(y)) = class_of(lab[p].into(), ignore, c) {
+                    ys[p] = y;
+                    let inv = 1.0 / sm[p];
+                    // SAFETY: as above.
+                    let py = unsafe { *gp.get().add(gbase + y * hw + a + p) } * inv;
+                    dot[p] = acc[p] * inv + py * be[y];
+                    sc[p] = g0 * inv;
+                } else {
+                    sc[p] = 0.0;
+                    dot[p] = 0.0;
+                }
+            }
+            for k in 0..c {
+                // SAFETY: as above.
+                let grow =
+                    unsafe { std::slice::from_raw_parts_mut(gp.get().add(gbase + k * hw + a), l) };
+                let ak = al[k];
+                for p in 0..l {
+                    grow[p] *= sc[p] * (ak - dot[p]);
+                }
+            }
+            for p in 0..l {
+                let y = ys[p];
+                if y != usize::MAX {
+                    let e_y = {
+                        // Recompute p_y: the row now holds the gradient.
+                        let v = fast_exp(img[y * hw + a + p] - mx[p]);
+                        v / sm[p]
+                    };
+                    // SAFETY: as above.
+                    unsafe { *gp.get().add(gbase + y * hw + a + p) += g0 * e_y * be[y] };
+                }
+            }
+        });
+        grad
+    }
+}
+
+impl CustomOp2 for FusedRegion {
+    fn name(&self) -> &'static str {
+        "recallseg-fused-region"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dims) = logits_of(s1, l1)?;
+        if dims[1] != self.n_classes {
+            return Err(LossError::Shape(format!(
+                "logits have {} channels, the loss has {} classes",
+                dims[1], self.n_classes
+            ))
+            .into_candle());
+        }
+        let npix = dims[0] * dims[2] * dims[3];
+        let loss = match labels_of(s2, l2, npix)? {
+            Labels::U8(t) => self.forward_impl(x, dims, t)?,
+            Labels::U32(t) => self.forward_impl(x, dims, t)?,
+            Labels::I64(t) => self.forward_impl(x, dims, t)?,
+        };
+        Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        arg2: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g0 = grad_res
+            .to_dtype(candle_core::DType::F32)?
+            .to_device(&candle_core::Device::Cpu)?
+            .to_scalar::<f32>()?;
+        let guard = self
+            .coef
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?;
+        let (alpha, beta) = guard
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("fused loss: backward before forward".into()))?;
+        let (s1, l1) = arg1.storage_and_layout();
+        let (s2, l2) = arg2.storage_and_layout();
+        let (s1, s2) = match (&*s1, &*s2) {
+            (candle_core::Storage::Cpu(a), candle_core::Storage::Cpu(b)) => (a, b),
+            _ => candle_core::bail!("fused loss: backward needs CPU tensors"),
+        };
+        let (x, dims) = logits_of(s1, l1)?;
+        let npix = dims[0] * dims[2] * dims[3];
+        let grad = match labels_of(s2, l2, npix)? {
+            Labels::U8(t) => self.backward_impl(x, dims, t, g0, alpha, beta),
+            Labels::U32(t) => self.backward_impl(x, dims, t, g0, alpha, beta),
+            Labels::I64(t) => self.backward_impl(x, dims, t, g0, alpha, beta),
+        };
+        let g = Tensor::from_vec(grad, arg1.shape(), arg1.device())?;
+        Ok((Some(g), None))
+    }
+}

@@ -1,0 +1,188 @@
+//! Lovász-Softmax loss (Berman, Rannen Triki & Blaschko, CVPR 2018).
+
+use crate::fused_lovasz::FusedLovasz;
+use crate::input::{checked_labels_u32, one_hot, prepare};
+use crate::Kernel;
+use candle_core::{DType, Device, Result, Tensor};
+use std::sync::Arc;
+
+/// The Lovász extension's gradient for the foreground flags of one class sorted by decreasing
+/// error: `g_k = J_k - J_{k-1}` with `J_k = 1 - (G - Σ_{m<=k} fg_m) / (G + Σ_{m<=k} (1 - fg_m))`
+/// (Berman et al., Alg. 1). Works on any iterator of flags; the result is written to `out`.
+pub(crate) fn lovasz_grad(fg_sorted: impl Iterator<Item = bool>, gts: f64, out: &mut Vec<f64>) {
+    out.clear();
+    let (mut cum_fg, mut cum_bg) = (0.0f64, 0.0f64);
+    let mut prev = 0.0;
+    for fg in fg_sorted {
+        if fg {
+            cum_fg += 1.0;
+        } else {
+            cum_bg += 1.0;
+        }
+        let j = 1.0 - (gts - cum_fg) / (gts + cum_bg);
+        out.push(j - prev);
+        prev = j;
+    }
+}
+
+/// Lovász-Softmax: a convex surrogate of `1 - IoU` per class, over the batch.
+///
+/// For each class `c` (classes present in the batch's valid target by default, all classes
+/// with `present_only = false`), the errors `e_i = |t_{i,c} - p_{i,c}|` of the valid pixels are
+/// sorted in decreasing order and
+///
+/// ```text
+/// loss_c = Σ_k e_(k) g_k,        g = lovasz_grad(t sorted by error)
+/// L      = Σ_{c ∈ K} s_c loss_c / Σ_{c ∈ K} s_c       (0 when K is empty)
+/// ```
+///
+/// `p` are softmax probabilities and `s` static class weights (1 by default, giving the mean over
+/// `K`). This is `segmentation_models_pytorch.losses.LovaszLoss("multiclass", ignore_index=255)`
+/// (`per_image = False`, `classes = "present"`), which follows the authors' code. The sort is a
+/// constant of the step, so `∂L/∂p_{i,c} = (s_c / Σ s) g_{rank(i)} sign(p_{i,c} - t_{i,c})`,
+/// propagated through the softmax.
+///
+/// The fused CPU kernel sorts each class with a parallel radix sort (classes in parallel); the
+/// portable path ranks the errors on the host (they are copied there once per step).
+#[derive(Debug, Clone)]
+pub struct Lovasz {
+    pub(crate) n_classes: usize,
+    pub(crate) ignore_index: u32,
+    pub(crate) present_only: bool,
+    pub(crate) static_weights: Option<Vec<f32>>,
+    pub(crate) kernel: Kernel,
+}
+
+impl Lovasz {
+    /// Lovász-Softmax over `n_classes` classes, averaging over present classes only or all.
+    pub fn new(n_classes: usize, present_only: bool) -> Self {
+        Self {
+            n_classes,
+            ignore_index: crate::DEFAULT_IGNORE_INDEX,
+            present_only,
+            static_weights: None,
+            kernel: Kernel::Auto,
+        }
+    }
+
+    /// Sets the ignore index (default 255).
+    pub fn with_ignore_index(mut self, ignore_index: u32) -> Self {
+        self.ignore_index = ignore_index;
+        self
+    }
+
+    /// Weights the per-class terms by static weights `s_c` (finite, `>= 0`).
+    pub fn with_class_weights(
+        mut self,
+        weights: Vec<f32>,
+    ) -> std::result::Result<Self, crate::LossError> {
+        crate::check_weights(&weights, self.n_classes)?;
+        self.static_weights = Some(weights);
+        Ok(self)
+    }
+
+    /// Chooses the implementation (default [`Kernel::Auto`]).
+    pub fn with_kernel(mut self, kernel: Kernel) -> Self {
+        self.kernel = kernel;
+        self
+    }
+
+    /// The number of classes the loss was built for.
+    pub fn n_classes(&self) -> usize {
+        self.n_classes
+    }
+
+    pub(crate) fn static_f64(&self) -> Vec<f64> {
+        match &self.static_weights {
+            Some(w) => w.iter().map(|&v| v as f64).collect(),
+            None => vec![1.0; self.n_classes],
+        }
+    }
+
+    /// Which classes enter the average, and the normaliser `Σ_{c∈K} s_c`.
+    pub(crate) fn considered(&self, counts: &[f64], s: &[f64]) -> (Vec<bool>, f64) {
+        let k: Vec<bool> = counts
+            .iter()
+            .map(|&g| !self.present_only || g > 0.0)
+            .collect();
+        let norm: f64 = k.iter().zip(s).filter(|(k, _)| **k).map(|(_, s)| s).sum();
+        (k, norm)
+    }
+
+    fn forward_portable(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+        let c = self.n_classes;
+        let dtype = logits.dtype();
+        let dev = logits.device();
+        let labels = checked_labels_u32(target, c, self.ignore_index)?;
+        let oh = one_hot(&labels, c, self.ignore_index, dtype)?;
+        let prob = candle_nn::ops::softmax(logits, 1)?;
+        let errors = (&oh - &prob)?.abs()?;
+        let (n, _, h, w) = logits.dims4()?;
+        let hw = h * w;
+        let lab = labels.flatten_all()?.to_vec1::<u32>()?;
+        let err = errors
+            .detach()
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let valid: Vec<usize> = (0..n * hw)
+            .filter(|&i| lab[i] != self.ignore_index && (lab[i] as usize) < c)
+            .collect();
+        let mut counts = vec![0.0; c];
+        for &i in &valid {
+            counts[lab[i] as usize] += 1.0;
+        }
+        let s = self.static_f64();
+        let (k, norm) = self.considered(&counts, &s);
+        let mut wmap = vec![0.0f64; n * c * hw];
+        let mut g = Vec::new();
+        for cls in 0..c {
+            if !k[cls] || norm <= 0.0 {
+                continue;
+            }
+            let at = |i: usize| (i / hw) * c * hw + cls * hw + i % hw;
+            let mut order = valid.clone();
+            order.sort_by(|&a, &b| err[at(b)].total_cmp(&err[at(a)]));
+            lovasz_grad(
+                order.iter().map(|&i| lab[i] as usize == cls),
+                counts[cls],
+                &mut g,
+            );
+            let f = s[cls] / norm;
+            for (r, &i) in order.iter().enumerate() {
+                wmap[at(i)] = f * g[r];
+            }
+        }
+        let wt = Tensor::from_vec(wmap, (n, c, h, w), &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(dev)?;
+        (errors * wt)?.sum_all()
+    }
+}
+
+impl crate::SegLoss for Lovasz {
+    fn forward(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+        let p = prepare(logits, target, self.n_classes, self.kernel)?;
+        if p.fused {
+            let op = FusedLovasz {
+                n_classes: self.n_classes,
+                ignore_index: self.ignore_index,
+                static_w: self.static_f64(),
+                present_only: self.present_only,
+                dldp: Default::default(),
+            };
+            p.logits.apply_op2_arc(&p.target, Arc::new(Box::new(op)))
+        } else {
+            self.forward_portable(&p.logits, &p.target)
+        }
+    }
+
+    fn name(&self) -> &str {
+        "lovasz"
+    }
+
+    /// The static class weights if any were given; Lovász has no dynamic per-class weights.
+    fn last_class_weights(&self) -> Option<Vec<f32>> {
+        self.static_weights.clone()
+    }
+}

@@ -1,0 +1,50 @@
+//! Tversky loss (Salehi et al. 2017).
+
+use crate::region::{RegionEngine, RegionKind};
+use crate::LossError;
+
+/// Soft Tversky loss over the batch, averaged over classes.
+///
+/// ```text
+/// T_c = I_c / max(I_c + α FP_c + β FN_c, 1e-7),   FP_c = P_c - I_c,   FN_c = G_c - I_c
+/// L   = (1 / Σ_c s_c) Σ_{c: G_c > 0} s_c (1 - T_c)
+/// ```
+///
+/// with the soft sums of [`crate::Dice`] (`α = β = 0.5` is Dice). `α` weighs false positives,
+/// `β` false negatives; [`crate::LossConfig`] defaults to Salehi et al.'s `α = 0.3, β = 0.7`.
+/// Equals `segmentation_models_pytorch.losses.TverskyLoss("multiclass", ignore_index=255,
+/// alpha=α, beta=β)` (smooth 0, eps 1e-7, γ = 1).
+#[derive(Debug, Clone)]
+pub struct Tversky {
+    pub(crate) engine: RegionEngine,
+}
+
+impl Tversky {
+    /// Tversky loss over `n_classes` classes with false-positive weight `alpha` and
+    /// false-negative weight `beta` (both `>= 0`, not both 0).
+    pub fn new(n_classes: usize, alpha: f64, beta: f64) -> Result<Self, LossError> {
+        for (field, v) in [("alpha", alpha), ("beta", beta)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(LossError::InvalidParameter {
+                    loss: "tversky",
+                    field,
+                    value: v.to_string(),
+                    reason: "must be finite and >= 0".into(),
+                });
+            }
+        }
+        if alpha + beta <= 0.0 {
+            return Err(LossError::InvalidParameter {
+                loss: "tversky",
+                field: "alpha",
+                value: alpha.to_string(),
+                reason: "alpha + beta must be > 0".into(),
+            });
+        }
+        Ok(Self {
+            engine: RegionEngine::new("tversky", n_classes, RegionKind::Tversky { alpha, beta }),
+        })
+    }
+}
+
+crate::region::region_loss_common!(Tversky);
