@@ -116,6 +116,10 @@ pub struct CheckpointMeta {
     pub palette: Vec<[u8; 3]>,
     /// Ignore index of that dataset.
     pub ignore_index: u8,
+    /// Sum and count of the losses since the last log line (so a resumed run logs the same
+    /// means as an uninterrupted one).
+    #[serde(default)]
+    pub loss_acc: (f64, u64),
 }
 
 /// A checkpoint in memory.
@@ -341,6 +345,7 @@ mod tests {
                 class_names: vec!["a".into(), "b".into()],
                 palette: vec![[1, 2, 3], [4, 5, 6]],
                 ignore_index: 255,
+                loss_acc: (1.5, 2),
             },
         }
     }

@@ -76,7 +76,7 @@ pub enum DatasetKind {
 pub struct DataConfig {
     /// Dataset format.
     pub kind: DatasetKind,
-    /// Dataset root folder.
+    /// Dataset root folder (`kind = "folder"`: the dataset description `.toml` file).
     pub root: PathBuf,
     /// Generate the synthetic Synthia-format dataset at `root` if it is absent (`kind = "synthia"`
     /// only). Used by the quick presets so that a fresh clone trains without a download.
@@ -164,6 +164,33 @@ pub struct ModelSection {
     /// for quick CPU runs; pretrained weights need 64).
     #[serde(default = "default_backbone_width")]
     pub backbone_width: usize,
+    /// Channels of the ASPP branches and decoder convolutions (256 in DeepLab; smaller for
+    /// quick CPU runs).
+    #[serde(default = "default_head_channels")]
+    pub head_channels: usize,
+    /// Channels of the DeepLabV3+ low-level projection (48 in DeepLab).
+    #[serde(default = "default_low_level_channels")]
+    pub low_level_channels: usize,
+    /// Dropout probability after the ASPP projection (0.5 in the paper's code; 0 disables it).
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+    /// Dropout probabilities after the two DeepLabV3+ decoder convolutions (`[0.5, 0.1]` in the
+    /// paper's code).
+    #[serde(default = "default_decoder_dropout")]
+    pub decoder_dropout: [f64; 2],
+}
+
+fn default_head_channels() -> usize {
+    256
+}
+fn default_low_level_channels() -> usize {
+    48
+}
+fn default_dropout() -> f64 {
+    0.5
+}
+fn default_decoder_dropout() -> [f64; 2] {
+    [0.5, 0.1]
 }
 
 fn default_pretrained() -> String {
@@ -289,9 +316,6 @@ pub struct TrainSection {
     pub device: String,
     /// Output folder of the run (checkpoints, `log.jsonl`, `config.toml`).
     pub out_dir: PathBuf,
-    /// Dropout probability in the head (0 disables it).
-    #[serde(default)]
-    pub dropout: f64,
 }
 
 fn default_log_every() -> usize {
@@ -431,6 +455,13 @@ impl TrainConfig {
         self.loss.get("name").and_then(|v| v.as_str()).unwrap_or("")
     }
 
+    /// The `[loss]` table as the losses crate's [`recallseg_losses::LossConfig`].
+    pub fn loss_config(&self) -> Result<recallseg_losses::LossConfig, ConfigError> {
+        toml::Value::Table(self.loss.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid("loss", e.to_string().trim().to_string()))
+    }
+
     /// Checks every value; the error names the first bad field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let d = &self.data;
@@ -514,6 +545,24 @@ impl TrainConfig {
             ));
         }
 
+        for (field, v) in [
+            ("model.dropout", m.dropout),
+            ("model.decoder_dropout[0]", m.decoder_dropout[0]),
+            ("model.decoder_dropout[1]", m.decoder_dropout[1]),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(invalid(field, format!("{v} is not in [0, 1)")));
+            }
+        }
+        for (field, v) in [
+            ("model.head_channels", m.head_channels),
+            ("model.low_level_channels", m.low_level_channels),
+        ] {
+            if v == 0 || v > 4096 {
+                return Err(invalid(field, format!("{v} is not between 1 and 4096")));
+            }
+        }
+
         match self.loss.get("name") {
             None => return Err(invalid("loss.name", "missing")),
             Some(toml::Value::String(s)) if LOSS_NAMES.contains(&s.as_str()) => {}
@@ -524,6 +573,10 @@ impl TrainConfig {
                 ))
             }
         }
+
+        let loss = self.loss_config()?;
+        loss.validate()
+            .map_err(|e| invalid("loss", e.to_string()))?;
 
         let o = &self.optim;
         if !(o.lr.is_finite() && o.lr > 0.0) {
@@ -585,12 +638,6 @@ impl TrainConfig {
         }
         if t.log_every == 0 {
             return Err(invalid("train.log_every", "must be at least 1"));
-        }
-        if !(0.0..1.0).contains(&t.dropout) {
-            return Err(invalid(
-                "train.dropout",
-                format!("{} is not in [0, 1)", t.dropout),
-            ));
         }
         DeviceSpec::parse(&t.device).map_err(|m| invalid("train.device", m))?;
         if t.out_dir.as_os_str().is_empty() {
@@ -779,6 +826,12 @@ mod tests {
         assert!(err_text(&["optim.nesterov=true"]).starts_with("optim.nesterov:"));
         assert!(err_text(&["model.pretrained=imagenet"]).starts_with("model.pretrained:"));
         assert!(err_text(&["schedule.warmup_iters=100000"]).starts_with("schedule.warmup_iters:"));
+        assert!(err_text(&["model.dropout=1.5"]).starts_with("model.dropout:"));
+        assert!(err_text(&["model.head_channels=0"]).starts_with("model.head_channels:"));
+        let e = err_text(&["loss.name=focal", "loss.gamma=-1.0"]);
+        assert!(e.starts_with("loss:") && e.contains("gamma"), "{e}");
+        let e = err_text(&["loss.name=focal", "loss.gama=1.0"]);
+        assert!(e.starts_with("loss:") && e.contains("gama"), "{e}");
     }
 
     #[test]

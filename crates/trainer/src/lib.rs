@@ -9,6 +9,9 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data;
+pub mod eval;
 pub mod log;
 pub mod optim;
 pub mod report;
+pub mod train;

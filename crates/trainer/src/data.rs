@@ -1,0 +1,241 @@
+//! Opening the configured dataset splits and loaders, and turning batches into tensors.
+
+use crate::config::{DataConfig, DatasetKind};
+use candle_core::{Device, Tensor};
+use recallseg_data::{
+    generate_synthia, Augment, Batch, CityscapesDataset, CityscapesOptions, FolderDataset, Loader,
+    LoaderConfig, SegDataset, Split, SyntheticConfig, SynthiaDataset, SynthiaOptions,
+};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Parses a split name (`train`, `val`, `test`), naming the config field on error.
+pub fn parse_split(field: &str, name: &str) -> anyhow::Result<Split> {
+    name.parse::<Split>()
+        .map_err(|_| anyhow::anyhow!("{field}: `{name}` is not one of train, val, test"))
+}
+
+/// A short explanation of where to get a dataset and how to lay it out.
+pub fn missing_dataset_help(kind: DatasetKind, root: &Path) -> String {
+    match kind {
+        DatasetKind::Synthia => format!(
+            "SYNTHIA was not found at {root}.\n\
+             Download SYNTHIA-SEQS-05-SUMMER (the paper's Synthia-Summer) from \
+             https://synthia-dataset.net/downloads/ and unpack it so that\n  \
+             {root}/SYNTHIA-SEQS-05-SUMMER/RGB/Stereo_Left/Omni_F/000000.png\n  \
+             {root}/SYNTHIA-SEQS-05-SUMMER/GT/LABELS/Stereo_Left/Omni_F/000000.png\n\
+             exist (docs/data.md has the details), or pass --data PATH.\n\
+             Without the dataset, `cargo xtask reproduce synthia --quick` runs the same pipeline \
+             on a generated synthetic Synthia-format dataset in minutes.",
+            root = root.display()
+        ),
+        DatasetKind::Cityscapes => format!(
+            "Cityscapes was not found at {root}.\n\
+             Register at https://www.cityscapes-dataset.com/ and download leftImg8bit_trainvaltest.zip \
+             and gtFine_trainvaltest.zip; unpack both into {root} so that\n  \
+             {root}/leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png\n  \
+             {root}/gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png\n\
+             exist (docs/data.md has the details), or pass --data PATH.\n\
+             Without a dataset, `cargo xtask reproduce synthia --quick` runs the pipeline on \
+             generated synthetic data.",
+            root = root.display()
+        ),
+        DatasetKind::Folder => format!(
+            "the folder dataset description {} does not exist (docs/data.md describes the format)",
+            root.display()
+        ),
+    }
+}
+
+/// Generates the synthetic Synthia-format dataset at `cfg.root` when `cfg.generate_synthetic`
+/// is set and the folder holds no dataset yet. Returns whether it generated one.
+pub fn ensure_synthetic(cfg: &DataConfig, synth: &SyntheticConfig) -> anyhow::Result<bool> {
+    if !cfg.generate_synthetic || cfg.kind != DatasetKind::Synthia {
+        return Ok(false);
+    }
+    let marker = cfg.root.join(&synth.sequence).join("RGB");
+    if marker.is_dir() {
+        return Ok(false);
+    }
+    eprintln!(
+        "generating the synthetic Synthia-format dataset in {} ({} images of {}x{}) ...",
+        cfg.root.display(),
+        synth.frames_per_folder * synth.cameras.len() * synth.sides.len(),
+        synth.width,
+        synth.height
+    );
+    generate_synthia(&cfg.root, synth)
+        .map_err(|e| anyhow::anyhow!("generating the synthetic dataset: {e}"))?;
+    Ok(true)
+}
+
+/// The synthetic dataset the quick presets generate: the generator's default (320 images of
+/// 384×192 in `SYNTHIA-SEQS-05-SUMMER`), seed 0.
+pub fn quick_synthetic_config() -> SyntheticConfig {
+    SyntheticConfig::default()
+}
+
+/// Opens one split of the configured dataset.
+pub fn open_split(cfg: &DataConfig, split: Split) -> anyhow::Result<Arc<dyn SegDataset>> {
+    let root = &cfg.root;
+    let missing = !root.exists();
+    if missing {
+        anyhow::bail!("{}", missing_dataset_help(cfg.kind, root));
+    }
+    let ds: Arc<dyn SegDataset> = match cfg.kind {
+        DatasetKind::Synthia => Arc::new(
+            SynthiaDataset::open(root, split, SynthiaOptions::default())
+                .map_err(|e| anyhow::anyhow!("{e}\n\n{}", missing_dataset_help(cfg.kind, root)))?,
+        ),
+        DatasetKind::Cityscapes => Arc::new(
+            CityscapesDataset::open(root, split, CityscapesOptions::default())
+                .map_err(|e| anyhow::anyhow!("{e}\n\n{}", missing_dataset_help(cfg.kind, root)))?,
+        ),
+        DatasetKind::Folder => Arc::new(FolderDataset::open(root, split)?),
+    };
+    Ok(ds)
+}
+
+/// The training loader: resize to `width × height` (or random crops with `crop`), optional
+/// flips, shuffled per epoch from `seed`, incomplete last batch dropped.
+pub fn train_loader(
+    cfg: &DataConfig,
+    ds: Arc<dyn SegDataset>,
+    batch_size: usize,
+    seed: u64,
+) -> anyhow::Result<Loader> {
+    let ds = limit(ds, cfg.max_train_images);
+    if ds.len() < batch_size {
+        anyhow::bail!(
+            "train.batch_size: {batch_size} is larger than the {} training images of {}",
+            ds.len(),
+            ds.name()
+        );
+    }
+    let augment = if cfg.crop {
+        Some(Augment {
+            scale: None,
+            crop: Some((cfg.width, cfg.height)),
+            hflip: cfg.hflip,
+            color_jitter: None,
+        })
+    } else if cfg.hflip {
+        Some(Augment {
+            scale: None,
+            crop: None,
+            hflip: true,
+            color_jitter: None,
+        })
+    } else {
+        None
+    };
+    let lc = LoaderConfig {
+        batch_size,
+        shuffle: true,
+        seed,
+        drop_last: true,
+        resize: if cfg.crop {
+            None
+        } else {
+            Some((cfg.width, cfg.height))
+        },
+        augment,
+        normalize: None,
+        num_threads: cfg.workers.max(1),
+        prefetch: 2,
+        cache_resized: !cfg.crop && (cfg.width * cfg.height <= 512 * 256),
+        skip_bad: false,
+    };
+    Ok(Loader::new(ds, lc)?)
+}
+
+/// An evaluation loader: dataset order, resized to the evaluation size, every item.
+pub fn eval_loader(
+    cfg: &DataConfig,
+    ds: Arc<dyn SegDataset>,
+    batch_size: usize,
+) -> anyhow::Result<Loader> {
+    let ds = limit(ds, cfg.max_eval_images);
+    let (h, w) = cfg.eval_size();
+    let mut lc = LoaderConfig::eval(batch_size, Some((w, h)));
+    lc.num_threads = cfg.workers.max(1);
+    lc.cache_resized = w * h <= 512 * 256;
+    Ok(Loader::new(ds, lc)?)
+}
+
+/// A dataset restricted to its first `max` items (`0` = all).
+pub fn limit(ds: Arc<dyn SegDataset>, max: usize) -> Arc<dyn SegDataset> {
+    if max == 0 || ds.len() <= max {
+        ds
+    } else {
+        Arc::new(Prefix {
+            inner: ds,
+            len: max,
+        })
+    }
+}
+
+struct Prefix {
+    inner: Arc<dyn SegDataset>,
+    len: usize,
+}
+
+impl SegDataset for Prefix {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn class_info(&self) -> &recallseg_data::ClassInfo {
+        self.inner.class_info()
+    }
+    fn get(&self, index: usize) -> Result<recallseg_data::Sample, recallseg_data::DataError> {
+        if index >= self.len {
+            return Err(recallseg_data::DataError::OutOfRange {
+                dataset: self.name().to_string(),
+                index,
+                len: self.len,
+            });
+        }
+        self.inner.get(index)
+    }
+    fn get_label(
+        &self,
+        index: usize,
+    ) -> Result<recallseg_data::LabelMap, recallseg_data::DataError> {
+        if index >= self.len {
+            return Err(recallseg_data::DataError::OutOfRange {
+                dataset: self.name().to_string(),
+                index,
+                len: self.len,
+            });
+        }
+        self.inner.get_label(index)
+    }
+    fn source(&self, index: usize) -> Option<std::path::PathBuf> {
+        (index < self.len)
+            .then(|| self.inner.source(index))
+            .flatten()
+    }
+    fn normalization(&self) -> recallseg_data::Normalize {
+        self.inner.normalization()
+    }
+    fn fingerprint(&self) -> u64 {
+        let mut h = recallseg_data::Fnv64::default();
+        h.write_u64(self.inner.fingerprint());
+        h.write_u64(self.len as u64);
+        h.finish()
+    }
+    fn cache_dir(&self) -> Option<std::path::PathBuf> {
+        self.inner.cache_dir()
+    }
+}
+
+/// A batch as tensors on `device`: images `(N, 3, H, W)` f32 and labels `(N, H, W)` u8.
+pub fn batch_tensors(batch: &Batch, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    let (n, h, w) = (batch.n, batch.height, batch.width);
+    let x = Tensor::from_slice(&batch.images, (n, 3, h, w), device)?;
+    let y = Tensor::from_slice(&batch.labels, (n, h, w), device)?;
+    Ok((x, y))
+}

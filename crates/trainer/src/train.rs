@@ -1,0 +1,601 @@
+//! The training loop.
+//!
+//! Each step: the next batch (deterministic from the seed, the epoch and the position in it) is
+//! put on the device, the model runs in training mode with a dropout seed drawn from the run's
+//! RNG, the loss and its gradients are computed, and the optimiser steps with the scheduled
+//! learning rate. The per-class weights the loss applied are logged (Fig. 4). Every
+//! `val_every` steps the model is evaluated on the validation split and `best.safetensors` keeps
+//! the best mean IoU; every `checkpoint_every` steps `last.safetensors` is written.
+//!
+//! Everything that influences the next step — model tensors (BatchNorm statistics included),
+//! optimiser moments, the step, the RNG — is in the checkpoint, so a resumed run continues bit
+//! for bit on the CPU. A NaN or infinite loss stops the run before the update, leaving the last
+//! checkpoint as it was. An interrupt (Ctrl-C, see [`interrupt_flag`]) writes `last.safetensors`
+//! and returns.
+
+use crate::checkpoint::{Checkpoint, CheckpointMeta, RngState, FORMAT_VERSION};
+use crate::config::{DeviceSpec, TrainConfig};
+use crate::data::{batch_tensors, eval_loader, open_split, parse_split, train_loader};
+use crate::eval::{evaluate, EvalOutput};
+use crate::log::{JsonlLog, LogRecord, Progress};
+use crate::optim::{self, LrSchedule, NamedVar, Optimizer};
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use recallseg_data::{ClassInfo, Loader, SegDataset};
+use recallseg_losses::{LossContext, SegLoss};
+use recallseg_models::{Backbone, DeepLab, Head, ModelConfig, PretrainedSource};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// Why a run ended without finishing.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The loss became NaN or infinite; nothing of that step was applied or saved.
+    #[error(
+        "the loss became {value} at step {step} (loss {loss}, or the model's output did): the \
+         run stopped before updating the model; the last good checkpoint, if any, is \
+         {checkpoint}. Try a lower optim.lr."
+    )]
+    NonFiniteLoss {
+        /// The step that produced it (1-based).
+        step: u64,
+        /// `NaN` or `inf`.
+        value: String,
+        /// The loss's name.
+        loss: String,
+        /// The last checkpoint written (or `none`).
+        checkpoint: String,
+    },
+}
+
+/// File names inside a run folder.
+pub mod files {
+    /// The latest state, written periodically, at the end and on interrupt.
+    pub const LAST: &str = "last.safetensors";
+    /// The state with the best validation mean IoU.
+    pub const BEST: &str = "best.safetensors";
+    /// The JSON-lines log.
+    pub const LOG: &str = "log.jsonl";
+    /// The configuration the run used.
+    pub const CONFIG: &str = "config.toml";
+}
+
+/// The process-wide interrupt flag, set by Ctrl-C once [`install_ctrlc`] ran.
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
+        .clone()
+}
+
+/// Installs a Ctrl-C handler that sets [`interrupt_flag`] (a second Ctrl-C exits at once).
+/// Installing twice is harmless.
+pub fn install_ctrlc() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let flag = interrupt_flag();
+        let _ = ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                eprintln!("\nsecond interrupt: exiting without a checkpoint");
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\ninterrupt: writing a checkpoint, then stopping (Ctrl-C again to quit now)"
+            );
+        });
+    });
+}
+
+/// Options of [`train`] that are not part of the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Continue from `out_dir/last.safetensors` if it exists (its config must match).
+    pub resume: bool,
+    /// Stop (after writing a checkpoint) when this flag becomes true.
+    pub interrupt: Option<Arc<AtomicBool>>,
+    /// Show a progress bar (otherwise plain log lines).
+    pub progress_bar: bool,
+    /// Print nothing but errors.
+    pub quiet: bool,
+    /// Label of the progress display (the loss name by default).
+    pub label: Option<String>,
+    /// Stop after this many steps of this invocation (tests of resuming); `None` = run to
+    /// `train.iters`.
+    pub stop_after: Option<u64>,
+}
+
+/// What a finished (or interrupted) run produced.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// Steps completed.
+    pub step: u64,
+    /// Whether `train.iters` was reached (false when interrupted or stopped early).
+    pub finished: bool,
+    /// Best validation mean IoU and its step.
+    pub best: Option<(f64, u64)>,
+    /// `out_dir/last.safetensors`.
+    pub last_checkpoint: PathBuf,
+    /// Seconds spent in training steps (without validation) in this invocation.
+    pub train_seconds: f64,
+    /// Mean loss of the last logged interval.
+    pub last_loss: Option<f64>,
+}
+
+/// The model configuration of a training configuration for a dataset of `n_classes` classes.
+pub fn model_config(cfg: &TrainConfig, n_classes: usize) -> ModelConfig {
+    let m = &cfg.model;
+    let backbone = match m.backbone.as_str() {
+        "resnet34" => Backbone::Resnet34,
+        "resnet50" => Backbone::Resnet50,
+        "resnet101" => Backbone::Resnet101,
+        _ => Backbone::Resnet18,
+    };
+    let head = if m.head == "deeplabv3" {
+        Head::DeepLabV3
+    } else {
+        Head::DeepLabV3Plus
+    };
+    let pretrained = match m.pretrained.as_str() {
+        "none" => None,
+        "imagenet" => Some(PretrainedSource::Imagenet),
+        path => Some(PretrainedSource::Path(PathBuf::from(path))),
+    };
+    ModelConfig {
+        backbone,
+        head,
+        output_stride: m.output_stride,
+        n_classes,
+        pretrained,
+        freeze_bn: m.freeze_bn,
+        multi_grid: None,
+        dropout: m.dropout,
+        decoder_dropout: m.decoder_dropout,
+        backbone_width: m.backbone_width,
+        head_channels: m.head_channels,
+        low_level_channels: m.low_level_channels,
+        init_seed: cfg.train.seed,
+    }
+}
+
+/// A model on a fresh `VarMap`, with the parameters the optimiser updates and their names.
+pub struct BuiltModel {
+    /// Every tensor to checkpoint.
+    pub varmap: VarMap,
+    /// The network.
+    pub model: DeepLab,
+    /// The trainable parameters with their `VarMap` names.
+    pub trainable: Vec<NamedVar>,
+}
+
+/// Builds the model of `cfg` on `device`; loads pretrained weights when `load_pretrained`.
+pub fn build_model(
+    cfg: &TrainConfig,
+    n_classes: usize,
+    device: &Device,
+    load_pretrained: bool,
+) -> anyhow::Result<BuiltModel> {
+    let mc = model_config(cfg, n_classes);
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let model = if load_pretrained {
+        let (model, report) = DeepLab::from_pretrained(&mc, vb)?;
+        if let Some(r) = report {
+            eprintln!("pretrained weights: {r:?}");
+        }
+        model
+    } else {
+        DeepLab::new(&mc, vb)?
+    };
+    let trainable_ids: std::collections::HashSet<_> = model
+        .trainable_vars()
+        .iter()
+        .map(|v| v.as_tensor().id())
+        .collect();
+    let trainable = model
+        .named_vars()
+        .iter()
+        .filter(|nv| trainable_ids.contains(&nv.var.as_tensor().id()))
+        .map(|nv| NamedVar {
+            name: nv.name.clone(),
+            var: nv.var.clone(),
+        })
+        .collect();
+    Ok(BuiltModel {
+        varmap,
+        model,
+        trainable,
+    })
+}
+
+/// The datasets of a run.
+pub struct RunData {
+    /// Class names, palette, ignore index.
+    pub classes: ClassInfo,
+    /// The training loader.
+    pub train: Loader,
+    /// The validation loader (`None` when `val_every = 0` and no final validation is wanted).
+    pub val: Option<Loader>,
+    /// Training pixel counts per class (for WeightedCE / BalancedCE).
+    pub class_pixel_counts: Vec<u64>,
+}
+
+/// Opens the training and validation data of `cfg`.
+pub fn open_run_data(cfg: &TrainConfig) -> anyhow::Result<RunData> {
+    let d = &cfg.data;
+    let train_ds = open_split(d, parse_split("data.train_split", &d.train_split)?)?;
+    let classes = train_ds.class_info().clone();
+    let train_ds = crate::data::limit(train_ds, d.max_train_images);
+    let class_pixel_counts = train_ds.class_pixel_counts()?;
+    let train = train_loader(d, train_ds, cfg.train.batch_size, cfg.train.seed)?;
+    let val_ds = open_split(d, parse_split("data.val_split", &d.val_split)?)?;
+    let val = Some(eval_loader(d, val_ds, cfg.train.batch_size.max(4))?);
+    Ok(RunData {
+        classes,
+        train,
+        val,
+        class_pixel_counts,
+    })
+}
+
+/// Builds the configured loss for the dataset.
+pub fn build_loss(
+    cfg: &TrainConfig,
+    classes: &ClassInfo,
+    pixel_counts: &[u64],
+) -> anyhow::Result<Box<dyn SegLoss>> {
+    let lc = cfg.loss_config()?;
+    let ctx = LossContext::new(classes.n_classes())
+        .with_ignore_index(classes.ignore_index as u32)
+        .with_class_pixel_counts(pixel_counts.to_vec());
+    Ok(lc.build(&ctx)?)
+}
+
+fn finite_or_none(w: Option<Vec<f32>>) -> Option<Vec<f32>> {
+    // Classes absent from the batch are NaN; log them as 0 so that JSON stays valid and the
+    // normalised plot treats them as "no weight this step".
+    w.map(|v| {
+        v.into_iter()
+            .map(|x| if x.is_finite() { x } else { 0.0 })
+            .collect()
+    })
+}
+
+/// Trains a model as `cfg` says, writing into `cfg.train.out_dir`.
+pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutcome> {
+    cfg.validate()?;
+    let device = DeviceSpec::parse(&cfg.train.device)
+        .map_err(|m| anyhow::anyhow!("train.device: {m}"))?
+        .open()?;
+    let out = &cfg.train.out_dir;
+    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("creating {}: {e}", out.display()))?;
+    if cfg.data.generate_synthetic {
+        crate::data::ensure_synthetic(&cfg.data, &crate::data::quick_synthetic_config())?;
+    }
+    let data = open_run_data(cfg)?;
+    let lossc = cfg.loss_config()?;
+    let n_classes = data.classes.n_classes();
+    let last_path = out.join(files::LAST);
+    let resuming = opts.resume && last_path.exists();
+    if resuming {
+        if let recallseg_losses::LossConfig::RecallCe { ema: Some(_) } = lossc {
+            anyhow::bail!(
+                "loss.ema: a recall moving average is kept inside the loss and is not in the \
+                 checkpoint, so this run cannot resume exactly; start it again without --resume"
+            );
+        }
+    }
+    let built = build_model(cfg, n_classes, &device, !resuming)?;
+    let mut loss = build_loss(cfg, &data.classes, &data.class_pixel_counts)?;
+    let mut optimizer = optim::build(&cfg.optim, built.trainable.clone())?;
+    let schedule = LrSchedule::new(cfg.optim.lr, cfg.train.iters, &cfg.schedule);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed ^ 0x7261_6e64_5f74_726e);
+    let mut step: u64 = 0;
+    let mut best: Option<(f64, u64)> = None;
+    let mut loss_acc = (0.0f64, 0u64);
+    let config_toml = cfg.to_toml();
+
+    if resuming {
+        let ck = Checkpoint::load(&last_path, &device)?;
+        let saved: TrainConfig = toml::from_str(&ck.meta.config_toml).map_err(|e| {
+            anyhow::anyhow!("{}: stored config unreadable: {e}", last_path.display())
+        })?;
+        if !same_run(&saved, cfg) {
+            anyhow::bail!(
+                "{} was written by a different configuration; remove it or use another \
+                 train.out_dir (only train.iters, the logging and checkpoint intervals, \
+                 data.workers and train.device may change on resume)",
+                last_path.display()
+            );
+        }
+        ck.restore_varmap(&built.varmap, &last_path)?;
+        optimizer.load_state(&ck.optim, ck.meta.optim_steps)?;
+        rng = ck
+            .meta
+            .rng
+            .restore()
+            .map_err(|m| anyhow::anyhow!("{}: {m}", last_path.display()))?;
+        step = ck.meta.step;
+        best = ck.meta.best;
+        loss_acc = ck.meta.loss_acc;
+    }
+    let log_path = out.join(files::LOG);
+    let mut log = if resuming {
+        JsonlLog::resume(&log_path, step)?
+    } else {
+        JsonlLog::create(&log_path)?
+    };
+    crate::checkpoint::write_atomic(&out.join(files::CONFIG), |f| {
+        use std::io::Write;
+        f.write_all(config_toml.as_bytes())
+    })?;
+
+    let iters = cfg.train.iters as u64;
+    let label = opts
+        .label
+        .clone()
+        .unwrap_or_else(|| lossc.name().to_string());
+    let progress = Progress::new(&label, step, iters, opts.progress_bar && !opts.quiet);
+    if resuming && !opts.quiet {
+        progress.println(&format!(
+            "resumed from {} at step {step}",
+            last_path.display()
+        ));
+    }
+    let save = |step: u64,
+                best: Option<(f64, u64)>,
+                loss_acc: (f64, u64),
+                optimizer: &dyn Optimizer,
+                rng: &ChaCha8Rng,
+                path: &Path|
+     -> anyhow::Result<()> {
+        let (optim_state, optim_steps) = optimizer.state();
+        let ck = Checkpoint {
+            model: Checkpoint::model_from_varmap(&built.varmap)?,
+            optim: optim_state,
+            extra: Default::default(),
+            meta: CheckpointMeta {
+                format_version: FORMAT_VERSION,
+                step,
+                optim_steps,
+                rng: RngState::capture(rng),
+                config_toml: config_toml.clone(),
+                best,
+                class_names: data.classes.names.clone(),
+                palette: data.classes.palette.clone(),
+                ignore_index: data.classes.ignore_index,
+                loss_acc,
+            },
+        };
+        ck.save(path)?;
+        Ok(())
+    };
+
+    let loader = &data.train;
+    let bpe = loader.batches_per_epoch().max(1) as u64;
+    let mut epoch = step / bpe;
+    let mut batches = loader.epoch_from(epoch, (step % bpe) as usize);
+    let mut train_seconds = 0.0;
+    let mut last_loss = None;
+    let mut last_saved: Option<PathBuf> = resuming.then(|| last_path.clone());
+    let start_step = step;
+    let mut finished = step >= iters;
+    let mut interval_start = Instant::now();
+    let mut interval_steps = 0u64;
+
+    while step < iters {
+        if opts.stop_after.is_some_and(|n| step - start_step >= n) {
+            break;
+        }
+        if opts
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+        {
+            save(step, best, loss_acc, optimizer.as_ref(), &rng, &last_path)?;
+            log.write(&LogRecord::Checkpoint {
+                step,
+                path: last_path.clone(),
+                reason: "interrupt".into(),
+            })?;
+            log.write(&LogRecord::Stopped {
+                step,
+                reason: "interrupted".into(),
+            })?;
+            progress.finish();
+            if !opts.quiet {
+                eprintln!(
+                    "[{label}] interrupted at step {step}; resume with --resume ({})",
+                    last_path.display()
+                );
+            }
+            return Ok(TrainOutcome {
+                step,
+                finished: false,
+                best,
+                last_checkpoint: last_path,
+                train_seconds,
+                last_loss,
+            });
+        }
+        let batch = match batches.next() {
+            Some(b) => b?,
+            None => {
+                epoch += 1;
+                batches = loader.epoch(epoch);
+                continue;
+            }
+        };
+        let t0 = Instant::now();
+        let (x, y) = batch_tensors(&batch, &device)?;
+        let dropout_seed = rng.next_u64();
+        let logits = built.model.forward_t_with(&x, true, dropout_seed)?;
+        let l = loss.forward(&logits, &y)?;
+        let lv = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        // The logits are checked too: a diverged model can produce NaN/inf logits on which a
+        // loss still returns a finite number (masked pixels).
+        let logit_sum = logits.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !lv.is_finite() || !logit_sum.is_finite() {
+            let lv = if lv.is_finite() { logit_sum } else { lv };
+            let reason = format!("non-finite loss or logits ({lv}) at step {}", step + 1);
+            log.write(&LogRecord::Stopped { step, reason })?;
+            progress.finish();
+            return Err(TrainError::NonFiniteLoss {
+                step: step + 1,
+                value: if lv.is_nan() {
+                    "NaN".into()
+                } else {
+                    "infinite".into()
+                },
+                loss: lossc.name().to_string(),
+                checkpoint: last_saved
+                    .as_ref()
+                    .map_or("none".to_string(), |p| p.display().to_string()),
+            }
+            .into());
+        }
+        let grads = l.backward()?;
+        let lr = schedule.lr(step as usize);
+        optimizer.step(&grads, lr)?;
+        step += 1;
+        train_seconds += t0.elapsed().as_secs_f64();
+        loss_acc.0 += lv;
+        loss_acc.1 += 1;
+        interval_steps += 1;
+
+        if step % cfg.train.log_every as u64 == 0 || step == iters {
+            let mean = loss_acc.0 / loss_acc.1.max(1) as f64;
+            let dt = interval_start.elapsed().as_secs_f64();
+            log.write(&LogRecord::Train {
+                step,
+                loss: mean,
+                lr,
+                steps_per_s: if dt > 0.0 {
+                    interval_steps as f64 / dt
+                } else {
+                    0.0
+                },
+                class_weights: finite_or_none(loss.last_class_weights()),
+            })?;
+            last_loss = Some(mean);
+            if !opts.quiet {
+                progress.update(step, mean, true);
+            }
+            loss_acc = (0.0, 0);
+            interval_start = Instant::now();
+            interval_steps = 0;
+        }
+        let val_now =
+            (cfg.train.val_every > 0 && step % cfg.train.val_every as u64 == 0) || step == iters;
+        if val_now {
+            if let Some(vl) = &data.val {
+                let EvalOutput { matrix, .. } = evaluate(&built.model, vl, &device, 0)?;
+                let rep = matrix.report_with_names(&data.classes.names)?;
+                let miou = rep.mean_iou.value.unwrap_or(0.0);
+                let is_best = best.is_none_or(|(b, _)| miou > b);
+                if is_best {
+                    best = Some((miou, step));
+                }
+                log.write(&LogRecord::Val {
+                    step,
+                    mean_accuracy: rep.mean_accuracy.value,
+                    mean_iou: rep.mean_iou.value,
+                    pixel_accuracy: rep.pixel_accuracy,
+                    recall: rep.classes.iter().map(|c| c.recall).collect(),
+                    iou: rep.classes.iter().map(|c| c.iou).collect(),
+                    best: is_best,
+                })?;
+                if is_best {
+                    let p = out.join(files::BEST);
+                    save(step, best, loss_acc, optimizer.as_ref(), &rng, &p)?;
+                }
+                if !opts.quiet {
+                    progress.println(&format!(
+                        "step {step}: val mean acc {:.2}% mean IoU {:.2}%{}",
+                        100.0 * rep.mean_accuracy.value.unwrap_or(f64::NAN),
+                        100.0 * miou,
+                        if is_best { " (best)" } else { "" }
+                    ));
+                }
+                interval_start = Instant::now();
+            }
+        }
+        let ck_now = (cfg.train.checkpoint_every > 0
+            && step % cfg.train.checkpoint_every as u64 == 0)
+            || step == iters;
+        if ck_now {
+            save(step, best, loss_acc, optimizer.as_ref(), &rng, &last_path)?;
+            log.write(&LogRecord::Checkpoint {
+                step,
+                path: last_path.clone(),
+                reason: if step == iters { "final" } else { "periodic" }.into(),
+            })?;
+            last_saved = Some(last_path.clone());
+        }
+        if step == iters {
+            finished = true;
+        }
+    }
+    if !finished {
+        // Stopped early (stop_after): leave a resumable checkpoint.
+        save(step, best, loss_acc, optimizer.as_ref(), &rng, &last_path)?;
+    }
+    progress.finish();
+    Ok(TrainOutcome {
+        step,
+        finished,
+        best,
+        last_checkpoint: last_path,
+        train_seconds,
+        last_loss,
+    })
+}
+
+/// Whether two configurations describe the same run up to what may change on resume.
+pub fn same_run(a: &TrainConfig, b: &TrainConfig) -> bool {
+    let norm = |c: &TrainConfig| {
+        let mut c = c.clone();
+        c.train.iters = 0;
+        c.train.log_every = 1;
+        c.train.val_every = 0;
+        c.train.checkpoint_every = 0;
+        c.train.device = String::new();
+        c.train.out_dir = PathBuf::new();
+        c.data.workers = 0;
+        c.schedule.kind = crate::config::ScheduleKind::Constant;
+        c
+    };
+    // A poly schedule depends on iters, so changing iters with poly is not the same run.
+    let poly_ok =
+        a.schedule.kind != crate::config::ScheduleKind::Poly || a.train.iters == b.train.iters;
+    norm(a) == norm(b) && a.schedule.kind == b.schedule.kind && poly_ok
+}
+
+/// Loads a checkpoint's model for evaluation or prediction: returns the model, its config and
+/// the dataset's class info stored in the checkpoint.
+pub fn load_for_inference(
+    path: &Path,
+    device: &Device,
+) -> anyhow::Result<(BuiltModel, TrainConfig, ClassInfo)> {
+    let ck = Checkpoint::load(path, device)?;
+    let cfg: TrainConfig = toml::from_str(&ck.meta.config_toml)
+        .map_err(|e| anyhow::anyhow!("{}: stored config unreadable: {e}", path.display()))?;
+    let classes = ClassInfo {
+        names: ck.meta.class_names.clone(),
+        palette: ck.meta.palette.clone(),
+        ignore_index: ck.meta.ignore_index,
+    };
+    let built = build_model(&cfg, classes.names.len(), device, false)?;
+    ck.restore_varmap(&built.varmap, path)?;
+    Ok((built, cfg, classes))
+}
+
+/// Opens the split `split` of the configured dataset for evaluation.
+pub fn open_eval(cfg: &TrainConfig, split: &str) -> anyhow::Result<(Arc<dyn SegDataset>, Loader)> {
+    let ds = open_split(&cfg.data, parse_split("split", split)?)?;
+    let ds = crate::data::limit(ds, cfg.data.max_eval_images);
+    let loader = eval_loader(&cfg.data, ds.clone(), cfg.train.batch_size.max(4))?;
+    Ok((ds, loader))
+}

@@ -1,0 +1,265 @@
+//! End-to-end training on a tiny generated Synthia-format dataset: pinned results, bit-for-bit
+//! resume, NaN stop, interrupt.
+
+use candle_core::Device;
+use recallseg_data::{generate_synthia, SyntheticConfig};
+use recallseg_trainer::checkpoint::Checkpoint;
+use recallseg_trainer::config::{Preset, TrainConfig};
+use recallseg_trainer::log::{read_log, LogRecord};
+use recallseg_trainer::train::{train, TrainOptions};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// 10 images of 64×32 in one camera folder: 7 train, 1 val, 2 test.
+fn tiny_dataset(root: &Path) {
+    let cfg = SyntheticConfig {
+        seed: 3,
+        width: 64,
+        height: 32,
+        cameras: vec!["Omni_F".into()],
+        sides: vec!["Stereo_Left".into()],
+        frames_per_folder: 10,
+        ..SyntheticConfig::default()
+    };
+    generate_synthia(root, &cfg).unwrap();
+}
+
+fn tiny_config(root: &Path, out: &Path, extra: &[&str]) -> TrainConfig {
+    let mut o: Vec<String> = vec![
+        format!("data.root={:?}", root.display().to_string()),
+        "data.generate_synthetic=false".into(),
+        "data.height=32".into(),
+        "data.width=64".into(),
+        "data.workers=1".into(),
+        "model.backbone_width=4".into(),
+        "model.head_channels=8".into(),
+        "model.low_level_channels=4".into(),
+        "train.batch_size=2".into(),
+        "train.iters=4".into(),
+        "train.val_every=2".into(),
+        "train.log_every=1".into(),
+        "train.checkpoint_every=2".into(),
+        "train.seed=7".into(),
+        format!("train.out_dir={:?}", out.display().to_string()),
+    ];
+    o.extend(extra.iter().map(|s| s.to_string()));
+    Preset::SynthiaQuick.config(&o).unwrap()
+}
+
+fn quiet() -> TrainOptions {
+    TrainOptions {
+        quiet: true,
+        ..TrainOptions::default()
+    }
+}
+
+fn train_losses(out: &Path) -> Vec<(u64, f64)> {
+    read_log(&out.join("log.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            LogRecord::Train { step, loss, .. } => Some((step, loss)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn model_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let ck = Checkpoint::load(path, &Device::Cpu).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = ck
+        .model
+        .iter()
+        .chain(ck.optim.iter())
+        .map(|(k, t)| {
+            let f: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            (k.clone(), f.iter().flat_map(|x| x.to_le_bytes()).collect())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn tiny_run_matches_pinned_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let out = dir.path().join("run");
+    let cfg = tiny_config(&root, &out, &["loss.name=recall_ce"]);
+    let o = train(&cfg, &quiet()).unwrap();
+    assert!(o.finished);
+    assert_eq!(o.step, 4);
+    for f in [
+        "last.safetensors",
+        "best.safetensors",
+        "log.jsonl",
+        "config.toml",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let losses = train_losses(&out);
+    let log = read_log(&out.join("log.jsonl")).unwrap();
+    let vals: Vec<(u64, f64, f64)> = log
+        .iter()
+        .filter_map(|r| match r {
+            LogRecord::Val {
+                step,
+                mean_accuracy,
+                mean_iou,
+                ..
+            } => Some((*step, mean_accuracy.unwrap(), mean_iou.unwrap())),
+            _ => None,
+        })
+        .collect();
+    let weights = log.iter().find_map(|r| match r {
+        LogRecord::Train { class_weights, .. } => class_weights.clone(),
+        _ => None,
+    });
+    eprintln!("losses {losses:?}\nvals {vals:?}");
+    // Recall loss reports one weight per class (1 - batch recall, 0 for absent classes).
+    let w = weights.expect("recall_ce logs class weights");
+    assert_eq!(w.len(), 16);
+    assert!(w.iter().all(|v| (0.0..=1.0).contains(v)));
+    // Pinned: produced by this test on the development machine (x86-64, CPU). A change in the
+    // model, loss, optimiser, data order or augmentation moves them.
+    let want_losses = PINNED_LOSSES;
+    assert_eq!(losses.len(), want_losses.len());
+    for ((s, l), (ws, wl)) in losses.iter().zip(want_losses) {
+        assert_eq!(s, ws);
+        assert!(
+            (l - wl).abs() <= 1e-4 * wl.abs().max(1.0),
+            "step {s}: loss {l} vs pinned {wl}"
+        );
+    }
+    assert_eq!(vals.len(), PINNED_VALS.len());
+    for ((s, a, i), (ws, wa, wi)) in vals.iter().zip(PINNED_VALS) {
+        assert_eq!(s, ws);
+        assert!(
+            (a - wa).abs() < 1e-6,
+            "step {s}: val mean acc {a} vs pinned {wa}"
+        );
+        assert!(
+            (i - wi).abs() < 1e-6,
+            "step {s}: val mean IoU {i} vs pinned {wi}"
+        );
+    }
+}
+
+const PINNED_LOSSES: &[(u64, f64)] = &[
+    (1, 3.062932014465332),
+    (2, 2.850334405899048),
+    (3, 2.868459463119507),
+    (4, 2.804232358932495),
+];
+const PINNED_VALS: &[(u64, f64, f64)] = &[
+    (2, 0.03999391727493917, 0.013559496803464632),
+    (4, 0.12139516408424623, 0.02903968274305905),
+];
+
+#[test]
+fn resume_is_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    // Straight: 4 steps. Dropout on, flips on, so the RNG and the data order both matter.
+    let a = dir.path().join("a");
+    let cfg_a = tiny_config(&root, &a, &["train.checkpoint_every=0", "loss.name=focal"]);
+    train(&cfg_a, &quiet()).unwrap();
+    // Interrupted after 3 steps (mid-epoch: 3 batches of 2 per epoch of 7 images), then resumed.
+    let b = dir.path().join("b");
+    let cfg_b = tiny_config(&root, &b, &["train.checkpoint_every=0", "loss.name=focal"]);
+    let first = train(
+        &cfg_b,
+        &TrainOptions {
+            stop_after: Some(3),
+            ..quiet()
+        },
+    )
+    .unwrap();
+    assert_eq!((first.step, first.finished), (3, false));
+    let second = train(
+        &cfg_b,
+        &TrainOptions {
+            resume: true,
+            ..quiet()
+        },
+    )
+    .unwrap();
+    assert_eq!((second.step, second.finished), (4, true));
+    assert_eq!(
+        model_bytes(&a.join("last.safetensors")),
+        model_bytes(&b.join("last.safetensors"))
+    );
+    assert_eq!(train_losses(&a), train_losses(&b));
+    let ca = Checkpoint::load(&a.join("last.safetensors"), &Device::Cpu).unwrap();
+    let cb = Checkpoint::load(&b.join("last.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(ca.meta.rng, cb.meta.rng);
+    assert_eq!(ca.meta.best, cb.meta.best);
+    // A different configuration refuses to resume from that checkpoint.
+    let cfg_c = tiny_config(&root, &b, &["loss.name=cross_entropy"]);
+    let e = train(
+        &cfg_c,
+        &TrainOptions {
+            resume: true,
+            ..quiet()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("different configuration"), "{e}");
+}
+
+#[test]
+fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let out = dir.path().join("run");
+    // An absurd learning rate (beyond f32's range): the first update turns the weights
+    // infinite, the second forward produces a NaN loss.
+    let cfg = tiny_config(
+        &root,
+        &out,
+        &[
+            "optim.lr=1e300",
+            "train.checkpoint_every=1",
+            "loss.name=cross_entropy",
+        ],
+    );
+    let e = train(&cfg, &quiet()).unwrap_err().to_string();
+    assert!(e.contains("the loss became"), "{e}");
+    assert!(e.contains("last.safetensors"), "{e}");
+    let ck = Checkpoint::load(&out.join("last.safetensors"), &Device::Cpu).unwrap();
+    assert!(ck.meta.step >= 1);
+    let log = read_log(&out.join("log.jsonl")).unwrap();
+    assert!(matches!(log.last(), Some(LogRecord::Stopped { .. })));
+    // No temporary file is left behind.
+    for e in std::fs::read_dir(&out).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.contains(".tmp-"), "{name}");
+    }
+}
+
+#[test]
+fn interrupt_writes_a_checkpoint_and_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let out = dir.path().join("run");
+    let cfg = tiny_config(&root, &out, &[]);
+    let flag = Arc::new(AtomicBool::new(true));
+    let o = train(
+        &cfg,
+        &TrainOptions {
+            interrupt: Some(flag),
+            ..quiet()
+        },
+    )
+    .unwrap();
+    assert!(!o.finished);
+    let ck = Checkpoint::load(&out.join("last.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(ck.meta.step, 0);
+    let log = read_log(&out.join("log.jsonl")).unwrap();
+    assert!(matches!(log.last(), Some(LogRecord::Stopped { .. })));
+}
