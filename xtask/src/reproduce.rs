@@ -1,22 +1,191 @@
-//! `cargo xtask reproduce synthia|cityscapes` (issue #6).
+//! `cargo xtask reproduce synthia|cityscapes` (issue #6): the paper's loss comparison.
+//!
+//! Only orchestration lives here: the presets, the comparison runner and the report are in
+//! `recallseg_trainer` (`config::Preset`, `compare::run_comparison`, `report`).
 
 use clap::Args;
+use recallseg_trainer::compare::{
+    loss_run, paper_losses, quick_losses, run_comparison, CompareOptions, CompareOutcome,
+    ComparisonPlan,
+};
+use recallseg_trainer::config::Preset;
+use recallseg_trainer::data::missing_dataset_help;
+use std::path::PathBuf;
 
 /// Arguments of `cargo xtask reproduce`.
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    cargo xtask reproduce synthia --quick                       # minutes on a CPU, synthetic data\n  \
+    cargo xtask reproduce synthia --data /data/SYNTHIA --device cuda\n  \
+    cargo xtask reproduce synthia --losses ce,recall --iters 20000 --backbone resnet101\n  \
+    cargo xtask reproduce cityscapes --data /data/cityscapes --device cuda")]
 pub struct ReproduceArgs {
     /// Dataset: `synthia` or `cityscapes`.
     pub dataset: String,
-    /// Run the scaled-down comparison on the generated synthetic Synthia-format dataset.
+    /// The scaled-down comparison on a generated synthetic Synthia-format dataset (CPU,
+    /// thin network, short schedule; minutes). Generates `data/synthia-synthetic/` if absent.
     #[arg(long)]
     pub quick: bool,
+    /// Dataset root (default `data/synthia`, `data/cityscapes`, or `data/synthia-synthetic`
+    /// with --quick).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Comma-separated losses (default: the paper's eight; with --quick CE, WeightedCE, Focal,
+    /// Recall). Names: ce, weighted_ce, balanced_ce, focal, ohem, soft_iou, lovasz, recall_ce,
+    /// dice, tversky, precision_ce.
+    #[arg(long, value_delimiter = ',')]
+    pub losses: Vec<String>,
+    /// Training steps per loss (default: the preset's).
+    #[arg(long)]
+    pub iters: Option<usize>,
+    /// Backbone: resnet18 (default) or resnet101.
+    #[arg(long)]
+    pub backbone: Option<String>,
+    /// Device: cpu, cuda, cuda:N, metal.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Output folder (default `results/<dataset>[-quick][-<backbone>]`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Further config overrides, e.g. `--set train.batch_size=4` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Example predictions to draw (Fig. 3).
+    #[arg(long, default_value_t = 4)]
+    pub examples: usize,
 }
 
 /// Entry point of `cargo xtask reproduce`.
 pub fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "`cargo xtask reproduce {}{}` needs the trainer crate, which is not built yet (issue #6)",
+    // Paths in presets (`data/…`, `results/…`) are relative to the workspace root.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::env::set_current_dir(&root)?;
+
+    let preset = match (args.dataset.as_str(), args.quick) {
+        ("synthia", true) => Preset::SynthiaQuick,
+        ("synthia", false) => Preset::Synthia,
+        ("cityscapes", false) => Preset::Cityscapes,
+        ("cityscapes", true) => anyhow::bail!(
+            "--quick exists for synthia only (`cargo xtask reproduce synthia --quick`): the \
+             synthetic generator writes the Synthia layout"
+        ),
+        (other, _) => anyhow::bail!("unknown dataset `{other}`: expected synthia or cityscapes"),
+    };
+    let mut overrides = args.set.clone();
+    if let Some(d) = &args.data {
+        overrides.push(format!("data.root={:?}", d.display().to_string()));
+        if args.quick {
+            // A given folder is used as is (it may be a real dataset).
+            overrides.push("data.generate_synthetic=false".into());
+        }
+    }
+    if let Some(n) = args.iters {
+        overrides.push(format!("train.iters={n}"));
+    }
+    if let Some(b) = &args.backbone {
+        overrides.push(format!("model.backbone={b:?}"));
+    }
+    if let Some(d) = &args.device {
+        overrides.push(format!("train.device={d:?}"));
+    }
+    let base = preset.config(&overrides)?;
+    if !base.data.generate_synthetic && !base.data.root.exists() {
+        eprintln!("{}", missing_dataset_help(base.data.kind, &base.data.root));
+        std::process::exit(2);
+    }
+    let losses = if args.losses.is_empty() {
+        if args.quick {
+            quick_losses()
+        } else {
+            paper_losses()
+        }
+    } else {
+        args.losses
+            .iter()
+            .map(|n| loss_run(n))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let mut name = args.dataset.clone();
+    if args.quick {
+        name.push_str("-quick");
+    }
+    if base.model.backbone != "resnet18" {
+        name = format!("{name}-{}", base.model.backbone);
+    }
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results").join(&name));
+    let synthetic = base.data.generate_synthetic;
+    let title = if synthetic {
+        "Loss comparison on synthetic Synthia-format data (quick, CPU)".to_string()
+    } else {
+        format!(
+            "Loss comparison on {} ({})",
+            args.dataset, base.model.backbone
+        )
+    };
+    let mut notes = vec![format!(
+        "Reproduce with `cargo xtask reproduce {}{}`; finished runs in `{}/runs/` are reused, \
+         an interrupted run resumes from its checkpoint.",
         args.dataset,
-        if args.quick { " --quick" } else { "" }
-    )
+        if args.quick { " --quick" } else { "" },
+        out_dir.display()
+    )];
+    notes.push(
+        "Every loss trains from the same seed, data order and initialisation; the test split is \
+         evaluated with the final weights (not the best validation checkpoint)."
+            .into(),
+    );
+    let plan = ComparisonPlan {
+        title,
+        base,
+        losses,
+        out_dir: out_dir.clone(),
+        examples: args.examples,
+        synthetic,
+        notes,
+    };
+    recallseg_trainer::train::install_ctrlc();
+    let opts = CompareOptions {
+        progress_bar: recallseg_trainer::log::Progress::stderr_is_terminal(),
+        interrupt: Some(recallseg_trainer::train::interrupt_flag()),
+        quiet: false,
+    };
+    let t0 = std::time::Instant::now();
+    match run_comparison(&plan, &opts)? {
+        CompareOutcome::Interrupted(label) => {
+            eprintln!(
+                "interrupted during {label}; run the same command again to resume ({})",
+                out_dir.display()
+            );
+            std::process::exit(130);
+        }
+        CompareOutcome::Done(cmp, written) => {
+            for w in &written.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "\n{:<12} {:>14} {:>12}",
+                "loss", "mean acc (%)", "mean IoU (%)"
+            );
+            for r in &cmp.runs {
+                println!(
+                    "{:<12} {:>14.2} {:>12.2}",
+                    r.label,
+                    r.mean_acc_pct(),
+                    r.mean_iou_pct()
+                );
+            }
+            println!(
+                "\nreport: {} ({:.0} s)",
+                out_dir.join("report.md").display(),
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(())
 }

@@ -120,6 +120,9 @@ pub struct CheckpointMeta {
     /// means as an uninterrupted one).
     #[serde(default)]
     pub loss_acc: (f64, u64),
+    /// Colour normalisation the model was trained with (what prediction must apply).
+    #[serde(default)]
+    pub normalize: Option<recallseg_data::Normalize>,
 }
 
 /// A checkpoint in memory.
@@ -346,6 +349,7 @@ mod tests {
                 palette: vec![[1, 2, 3], [4, 5, 6]],
                 ignore_index: 255,
                 loss_acc: (1.5, 2),
+                normalize: Some(recallseg_data::Normalize::IMAGENET),
             },
         }
     }

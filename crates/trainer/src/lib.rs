@@ -8,10 +8,13 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod eval;
 pub mod log;
 pub mod optim;
+pub mod predict;
 pub mod report;
 pub mod train;

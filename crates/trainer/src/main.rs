@@ -1,6 +1,11 @@
-//! The `recallseg` command line.
+//! `recallseg`: train, evaluate and run semantic segmentation models with Recall loss.
+//! The commands are defined in `recallseg_trainer::cli`.
 
 fn main() {
-    eprintln!("recallseg: the command line is being built (issue #6); nothing to run yet.");
-    std::process::exit(2);
+    use clap::Parser;
+    let cli = recallseg_trainer::cli::Cli::parse();
+    if let Err(e) = recallseg_trainer::cli::run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -367,6 +367,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
                 palette: data.classes.palette.clone(),
                 ignore_index: data.classes.ignore_index,
                 loss_acc,
+                normalize: Some(data.train.normalization()),
             },
         };
         ck.save(path)?;
@@ -578,7 +579,12 @@ pub fn same_run(a: &TrainConfig, b: &TrainConfig) -> bool {
 pub fn load_for_inference(
     path: &Path,
     device: &Device,
-) -> anyhow::Result<(BuiltModel, TrainConfig, ClassInfo)> {
+) -> anyhow::Result<(
+    BuiltModel,
+    TrainConfig,
+    ClassInfo,
+    recallseg_data::Normalize,
+)> {
     let ck = Checkpoint::load(path, device)?;
     let cfg: TrainConfig = toml::from_str(&ck.meta.config_toml)
         .map_err(|e| anyhow::anyhow!("{}: stored config unreadable: {e}", path.display()))?;
@@ -589,7 +595,11 @@ pub fn load_for_inference(
     };
     let built = build_model(&cfg, classes.names.len(), device, false)?;
     ck.restore_varmap(&built.varmap, path)?;
-    Ok((built, cfg, classes))
+    let norm = ck
+        .meta
+        .normalize
+        .unwrap_or(recallseg_data::Normalize::IMAGENET);
+    Ok((built, cfg, classes, norm))
 }
 
 /// Opens the split `split` of the configured dataset for evaluation.

@@ -1,0 +1,419 @@
+//! The paper's loss comparison: one training per loss with a common configuration, each
+//! evaluated on the test split, then the report ([`crate::report`]).
+//!
+//! Runs live in `<out>/runs/<loss name>/`. A run whose `summary.json` exists for the same
+//! configuration is reused as is; a run with a `last.safetensors` of the same configuration is
+//! resumed; so an interrupted comparison continues where it stopped when started again.
+
+use crate::config::TrainConfig;
+use crate::eval::evaluate;
+use crate::log::{read_log, LogRecord};
+use crate::report::{self, Comparison, ExampleRow, ExampleSet, RunSummary, Setting, WrittenReport};
+use crate::train::{self, load_for_inference, open_eval, TrainOptions};
+use recallseg_data::transform::resize_bilinear_rgb;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One loss of a comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossRun {
+    /// The label used in tables and plots (`Recall`, `CE`, …).
+    pub label: String,
+    /// The `[loss]` table (`name` and parameters).
+    pub loss: toml::Table,
+}
+
+/// The label the paper uses for a loss name.
+pub fn paper_label(name: &str) -> &'static str {
+    match name {
+        "cross_entropy" => "CE",
+        "weighted_ce" => "WeightedCE",
+        "balanced_ce" => "BalancedCE",
+        "focal" => "Focal",
+        "ohem" => "OHEM",
+        "soft_iou" => "SoftIoU",
+        "lovasz" => "Lovasz",
+        "dice" => "Dice",
+        "tversky" => "Tversky",
+        "recall_ce" => "Recall",
+        "precision_ce" => "PrecisionCE",
+        _ => "?",
+    }
+}
+
+/// A loss by name (aliases as in `recallseg_losses::LossConfig::from_name`) with the paper's
+/// parameters: Focal γ = 1, OHEM keeps 70%.
+pub fn loss_run(name: &str) -> anyhow::Result<LossRun> {
+    let cfg = recallseg_losses::LossConfig::from_name(name)?;
+    let mut t = toml::Table::new();
+    t.insert("name".into(), toml::Value::String(cfg.name().into()));
+    match cfg.name() {
+        "focal" => {
+            t.insert("gamma".into(), toml::Value::Float(1.0));
+        }
+        "ohem" => {
+            t.insert("keep_ratio".into(), toml::Value::Float(0.7));
+        }
+        _ => {}
+    }
+    Ok(LossRun {
+        label: paper_label(cfg.name()).into(),
+        loss: t,
+    })
+}
+
+/// The paper's comparison: CE, WeightedCE, BalancedCE, Focal (γ = 1), OHEM (70%), SoftIoU,
+/// Lovász-Softmax, RecallCE.
+pub fn paper_losses() -> Vec<LossRun> {
+    [
+        "cross_entropy",
+        "weighted_ce",
+        "balanced_ce",
+        "focal",
+        "ohem",
+        "soft_iou",
+        "lovasz",
+        "recall_ce",
+    ]
+    .iter()
+    .map(|n| loss_run(n).expect("known loss"))
+    .collect()
+}
+
+/// The quick comparison: CE, WeightedCE, Focal (γ = 1), RecallCE.
+pub fn quick_losses() -> Vec<LossRun> {
+    ["cross_entropy", "weighted_ce", "focal", "recall_ce"]
+        .iter()
+        .map(|n| loss_run(n).expect("known loss"))
+        .collect()
+}
+
+/// What to compare and where to write it.
+#[derive(Debug, Clone)]
+pub struct ComparisonPlan {
+    /// Report title.
+    pub title: String,
+    /// The configuration shared by every run (its `[loss]` and `train.out_dir` are replaced).
+    pub base: TrainConfig,
+    /// The losses, in report order.
+    pub losses: Vec<LossRun>,
+    /// Output folder (`results/<name>`).
+    pub out_dir: PathBuf,
+    /// Example predictions to draw (Fig. 3); 0 = none.
+    pub examples: usize,
+    /// Whether the data is the generated synthetic dataset (said in the report).
+    pub synthetic: bool,
+    /// Notes printed in the report.
+    pub notes: Vec<String>,
+}
+
+/// Options of [`run_comparison`].
+#[derive(Debug, Clone, Default)]
+pub struct CompareOptions {
+    /// Progress bars on a terminal.
+    pub progress_bar: bool,
+    /// Stop (after checkpointing the current run) when set.
+    pub interrupt: Option<Arc<AtomicBool>>,
+    /// Print nothing but errors.
+    pub quiet: bool,
+}
+
+/// What a finished run leaves in `summary.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The configuration of the run.
+    pub config_toml: String,
+    /// Its results.
+    pub summary: RunSummary,
+    /// Number of test images.
+    pub test_images: usize,
+    /// Example rows kept: `(dataset index, id)`, predictions in `examples/<k>.png`.
+    pub examples: Vec<(usize, String)>,
+}
+
+/// The configuration of one loss's run.
+pub fn run_config(plan: &ComparisonPlan, run: &LossRun) -> TrainConfig {
+    let mut cfg = plan.base.clone();
+    cfg.loss = run.loss.clone();
+    cfg.train.out_dir = run_dir(plan, run);
+    cfg
+}
+
+/// `<out>/runs/<loss name>`.
+pub fn run_dir(plan: &ComparisonPlan, run: &LossRun) -> PathBuf {
+    let name = run
+        .loss
+        .get("name")
+        .and_then(|v| v.as_str())
+        .unwrap_or("loss");
+    plan.out_dir.join("runs").join(name)
+}
+
+fn write_gray(path: &Path, data: &[u8], w: usize, h: usize) -> anyhow::Result<()> {
+    image::save_buffer(path, data, w as u32, h as u32, image::ExtendedColorType::L8)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn read_gray(path: &Path) -> anyhow::Result<Vec<u8>> {
+    Ok(image::open(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        .to_luma8()
+        .into_raw())
+}
+
+/// Trains (or reuses, or resumes) and evaluates one run. Returns `None` when interrupted.
+fn one_run(
+    plan: &ComparisonPlan,
+    run: &LossRun,
+    opts: &CompareOptions,
+) -> anyhow::Result<Option<RunRecord>> {
+    let cfg = run_config(plan, run);
+    cfg.validate()?;
+    let dir = &cfg.train.out_dir;
+    let summary_path = dir.join("summary.json");
+    let cfg_toml = cfg.to_toml();
+    if summary_path.is_file() {
+        let text = std::fs::read_to_string(&summary_path)?;
+        match serde_json::from_str::<RunRecord>(&text) {
+            Ok(r) if r.config_toml == cfg_toml => {
+                if !opts.quiet {
+                    eprintln!(
+                        "[{}] reusing the finished run in {}",
+                        run.label,
+                        dir.display()
+                    );
+                }
+                return Ok(Some(r));
+            }
+            _ => {
+                if !opts.quiet {
+                    eprintln!(
+                        "[{}] {} belongs to another configuration: training again",
+                        run.label,
+                        summary_path.display()
+                    );
+                }
+                std::fs::remove_file(&summary_path)?;
+            }
+        }
+    }
+    // A checkpoint of another configuration would refuse to resume: start over then.
+    let last = dir.join(train::files::LAST);
+    if last.is_file() {
+        let same = crate::checkpoint::Checkpoint::load(&last, &candle_core::Device::Cpu)
+            .ok()
+            .and_then(|ck| toml::from_str::<TrainConfig>(&ck.meta.config_toml).ok())
+            .is_some_and(|c| train::same_run(&c, &cfg));
+        if !same {
+            std::fs::remove_file(&last)?;
+        }
+    }
+    let outcome = train::train(
+        &cfg,
+        &TrainOptions {
+            resume: true,
+            interrupt: opts.interrupt.clone(),
+            progress_bar: opts.progress_bar,
+            quiet: opts.quiet,
+            label: Some(run.label.clone()),
+            stop_after: None,
+        },
+    )?;
+    if !outcome.finished {
+        return Ok(None);
+    }
+    // Evaluate the final weights on the test split.
+    let device = crate::config::DeviceSpec::parse(&cfg.train.device)
+        .map_err(|m| anyhow::anyhow!("train.device: {m}"))?
+        .open()?;
+    let (built, _, classes, _) = load_for_inference(&outcome.last_checkpoint, &device)?;
+    let (_, loader) = open_eval(&cfg, &cfg.data.test_split)?;
+    let ev = evaluate(&built.model, &loader, &device, plan.examples)?;
+    let test = ev.matrix.report_with_names(&classes.names)?;
+    let (eh, ew) = cfg.data.eval_size();
+    let ex_dir = dir.join("examples");
+    std::fs::create_dir_all(&ex_dir)?;
+    let mut examples = Vec::new();
+    for (k, (idx, id, _gt, pred)) in ev.kept.iter().enumerate() {
+        write_gray(&ex_dir.join(format!("{k}.png")), pred, ew, eh)?;
+        examples.push((*idx, id.clone()));
+    }
+    let class_weights = read_log(&dir.join(train::files::LOG))?
+        .into_iter()
+        .filter_map(|r| match r {
+            LogRecord::Train {
+                step,
+                class_weights: Some(w),
+                ..
+            } => Some((step, w)),
+            _ => None,
+        })
+        .collect();
+    let loss_config = serde_json::to_value(cfg.loss_config()?)?;
+    let record = RunRecord {
+        config_toml: cfg_toml,
+        summary: RunSummary {
+            loss_name: cfg.loss_name().to_string(),
+            label: run.label.clone(),
+            loss_config,
+            test,
+            best_val: outcome.best,
+            iters: outcome.step,
+            train_seconds: outcome.train_seconds,
+            class_weights,
+        },
+        test_images: ev.images,
+        examples,
+    };
+    let json = serde_json::to_string_pretty(&record)?;
+    crate::checkpoint::write_atomic(&summary_path, |f| {
+        use std::io::Write;
+        f.write_all(json.as_bytes())
+    })?;
+    Ok(Some(record))
+}
+
+/// The outcome of [`run_comparison`].
+#[derive(Debug)]
+pub enum CompareOutcome {
+    /// Every run finished; the report was written.
+    Done(Box<Comparison>, WrittenReport),
+    /// Interrupted during the run of this loss (its checkpoint is saved; run again to resume).
+    Interrupted(String),
+}
+
+/// Runs (or reuses) every loss of the plan and writes the report into `plan.out_dir`.
+pub fn run_comparison(
+    plan: &ComparisonPlan,
+    opts: &CompareOptions,
+) -> anyhow::Result<CompareOutcome> {
+    let t0 = Instant::now();
+    if plan.base.data.generate_synthetic {
+        crate::data::ensure_synthetic(&plan.base.data, &crate::data::quick_synthetic_config())?;
+    }
+    let mut records = Vec::new();
+    for run in &plan.losses {
+        match one_run(plan, run, opts)? {
+            Some(r) => records.push(r),
+            None => return Ok(CompareOutcome::Interrupted(run.label.clone())),
+        }
+    }
+    // Dataset facts for the report.
+    let d = &plan.base.data;
+    let train_ds = crate::data::open_split(
+        d,
+        crate::data::parse_split("data.train_split", &d.train_split)?,
+    )?;
+    let classes = train_ds.class_info().clone();
+    let train_ds = crate::data::limit(train_ds, d.max_train_images);
+    let counts = train_ds.class_pixel_counts()?;
+    let total: u64 = counts.iter().sum();
+    let class_frequency =
+        (total > 0).then(|| counts.iter().map(|&c| c as f64 / total as f64).collect());
+
+    let (eh, ew) = d.eval_size();
+    let examples = build_examples(plan, &records, eh, ew)?;
+    let b = &plan.base;
+    let cmp = Comparison {
+        title: plan.title.clone(),
+        setting: Setting {
+            dataset: match d.kind {
+                crate::config::DatasetKind::Synthia => "synthia",
+                crate::config::DatasetKind::Cityscapes => "cityscapes",
+                crate::config::DatasetKind::Folder => "folder",
+            }
+            .into(),
+            data_root: d.root.clone(),
+            synthetic: plan.synthetic,
+            backbone: b.model.backbone.clone(),
+            backbone_width: b.model.backbone_width,
+            head: b.model.head.clone(),
+            output_stride: b.model.output_stride,
+            pretrained: b.model.pretrained.clone(),
+            train_size: (d.height, d.width),
+            eval_size: (eh, ew),
+            batch_size: b.train.batch_size,
+            iters: b.train.iters,
+            optimizer: format!(
+                "{:?}, lr {}, {:?} schedule",
+                b.optim.kind, b.optim.lr, b.schedule.kind
+            )
+            .to_lowercase(),
+            device: b.train.device.clone(),
+            seed: b.train.seed,
+            test_split: d.test_split.clone(),
+            test_images: records.first().map_or(0, |r| r.test_images),
+        },
+        class_names: classes.names.clone(),
+        palette: classes.palette.clone(),
+        class_frequency,
+        runs: records.iter().map(|r| r.summary.clone()).collect(),
+        wall_seconds: t0.elapsed().as_secs_f64(),
+        notes: plan.notes.clone(),
+    };
+    let written = report::write_report(&plan.out_dir, &cmp, examples.as_ref())?;
+    Ok(CompareOutcome::Done(Box::new(cmp), written))
+}
+
+/// The Fig. 3 rows: the kept test images with ground truth and the predictions of CE,
+/// WeightedCE and Recall (those that ran; all runs if none of them did).
+fn build_examples(
+    plan: &ComparisonPlan,
+    records: &[RunRecord],
+    eh: usize,
+    ew: usize,
+) -> anyhow::Result<Option<ExampleSet>> {
+    if plan.examples == 0 || records.is_empty() {
+        return Ok(None);
+    }
+    let preferred = ["cross_entropy", "weighted_ce", "recall_ce"];
+    let mut cols: Vec<&RunRecord> = preferred
+        .iter()
+        .filter_map(|n| records.iter().find(|r| r.summary.loss_name == *n))
+        .collect();
+    if cols.is_empty() {
+        cols = records.iter().collect();
+    }
+    let (ds, _) = open_eval(&plan.base, &plan.base.data.test_split)?;
+    let mut rows = Vec::new();
+    let first = &cols[0];
+    // Ground truth at evaluation size, from the first batch of the test loader.
+    let gt_loader = crate::data::eval_loader(&plan.base.data, ds.clone(), plan.examples.max(1))?;
+    let gt_batch = gt_loader.load_batch(0, 0)?;
+    let hw = eh * ew;
+    for (k, (idx, id)) in first.examples.iter().enumerate() {
+        let s = ds.get(*idx)?;
+        let image = resize_bilinear_rgb(&s.image, s.width, s.height, ew, eh);
+        let pos = gt_batch.indices.iter().position(|i| i == idx);
+        let ground_truth = match pos {
+            Some(p) => gt_batch.labels[p * hw..(p + 1) * hw].to_vec(),
+            None => continue,
+        };
+        let mut predictions = Vec::new();
+        for c in &cols {
+            let dir = run_dir(
+                plan,
+                &LossRun {
+                    label: c.summary.label.clone(),
+                    loss: toml::from_str(&format!("name = {:?}", c.summary.loss_name))?,
+                },
+            );
+            predictions.push(read_gray(&dir.join("examples").join(format!("{k}.png")))?);
+        }
+        rows.push(ExampleRow {
+            id: id.clone(),
+            image,
+            ground_truth,
+            predictions,
+        });
+    }
+    Ok(Some(ExampleSet {
+        height: eh,
+        width: ew,
+        columns: cols.iter().map(|c| c.summary.label.clone()).collect(),
+        rows,
+    }))
+}

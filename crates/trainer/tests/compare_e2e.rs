@@ -1,0 +1,106 @@
+//! The comparison runner end to end on a tiny generated dataset: report files, reuse of
+//! finished runs.
+
+use recallseg_data::{generate_synthia, SyntheticConfig};
+use recallseg_trainer::compare::{
+    loss_run, run_comparison, CompareOptions, CompareOutcome, ComparisonPlan,
+};
+use recallseg_trainer::config::Preset;
+
+#[test]
+fn comparison_writes_a_report_and_reuses_finished_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    generate_synthia(
+        &root,
+        &SyntheticConfig {
+            seed: 5,
+            width: 64,
+            height: 32,
+            cameras: vec!["Omni_F".into()],
+            sides: vec!["Stereo_Left".into()],
+            frames_per_folder: 10,
+            ..SyntheticConfig::default()
+        },
+    )
+    .unwrap();
+    let o: Vec<String> = [
+        format!("data.root={:?}", root.display().to_string()),
+        "data.generate_synthetic=false".into(),
+        "data.height=32".into(),
+        "data.width=64".into(),
+        "data.workers=1".into(),
+        "model.backbone_width=4".into(),
+        "model.head_channels=8".into(),
+        "model.low_level_channels=4".into(),
+        "train.batch_size=2".into(),
+        "train.iters=2".into(),
+        "train.val_every=0".into(),
+        "train.log_every=1".into(),
+    ]
+    .into_iter()
+    .collect();
+    let base = Preset::SynthiaQuick.config(&o).unwrap();
+    let out = dir.path().join("results");
+    let plan = ComparisonPlan {
+        title: "tiny".into(),
+        base,
+        losses: vec![
+            loss_run("ce").unwrap(),
+            loss_run("weighted").unwrap(),
+            loss_run("recall").unwrap(),
+        ],
+        out_dir: out.clone(),
+        examples: 2,
+        synthetic: true,
+        notes: vec![],
+    };
+    let opts = CompareOptions {
+        quiet: true,
+        ..CompareOptions::default()
+    };
+    let CompareOutcome::Done(cmp, written) = run_comparison(&plan, &opts).unwrap() else {
+        panic!("interrupted")
+    };
+    assert!(written.warnings.is_empty(), "{:?}", written.warnings);
+    assert_eq!(cmp.runs.len(), 3);
+    assert_eq!(
+        cmp.runs
+            .iter()
+            .map(|r| r.label.as_str())
+            .collect::<Vec<_>>(),
+        ["CE", "WeightedCE", "Recall"]
+    );
+    assert_eq!(cmp.setting.test_images, 2);
+    assert!(
+        cmp.runs[2].class_weights.len() == 2,
+        "recall weights logged at both steps"
+    );
+    for f in [
+        "report.md",
+        "results.json",
+        "fig1_acc_vs_iou.svg",
+        "fig1_acc_vs_iou.png",
+        "fig4_class_weights.png",
+        "examples.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let img = image::open(out.join("examples.png")).unwrap();
+    // 2 rows of 32 px scaled ×3 (192 / 64), 5 columns.
+    assert_eq!(img.height(), 28 + 2 * (96 + 4) + 4);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("This comparison ran on synthetic data"));
+    assert!(md.contains("| WeightedCE |"));
+    // Run again: every run is reused, nothing retrained.
+    let summary = out.join("runs/recall_ce/summary.json");
+    let before = std::fs::metadata(&summary).unwrap().modified().unwrap();
+    let CompareOutcome::Done(cmp2, _) = run_comparison(&plan, &opts).unwrap() else {
+        panic!("interrupted")
+    };
+    assert_eq!(
+        std::fs::metadata(&summary).unwrap().modified().unwrap(),
+        before
+    );
+    assert_eq!(cmp2.runs, cmp.runs);
+}
