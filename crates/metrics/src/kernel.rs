@@ -249,20 +249,19 @@ fn flush_u8(buf: &mut [u32], kinds: &[Kind; 256], part: &mut Partial) {
     let mut row = [0u64; 256];
     for g in 0..256 {
         let r = g * ROW..g * ROW + 256;
-        row.fill(0);
-        let mut any = 0u64;
-        for s in 0..SUBS {
-            let cells = &buf[s * STRIDE..][r.clone()];
-            for (acc, &c) in row.iter_mut().zip(cells) {
-                *acc += u64::from(c);
-                any |= u64::from(c);
-            }
-        }
+        // Most rows are empty (only labels that occur have cells set): a vectorised OR finds them.
+        let any = (0..SUBS).fold(0u32, |acc, s| {
+            acc | buf[s * STRIDE..][r.clone()].iter().fold(0, |a, &c| a | c)
+        });
         if any == 0 {
             continue;
         }
+        row.fill(0);
         for s in 0..SUBS {
-            buf[s * STRIDE..][r.clone()].fill(0);
+            let cells = &mut buf[s * STRIDE..][r.clone()];
+            for (acc, c) in row.iter_mut().zip(cells.iter_mut()) {
+                *acc += u64::from(std::mem::take(c));
+            }
         }
         for (p, &c) in row.iter().enumerate() {
             if c == 0 {

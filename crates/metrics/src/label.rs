@@ -27,7 +27,7 @@ pub trait Label: sealed::Sealed + Copy + Send + Sync + std::fmt::Debug + 'static
 }
 
 /// Smallest input for which the `u8` kernel's table flush (≈ 2^18 cell reads) is worth it.
-const DIRECT_U8_MIN: usize = 1 << 17;
+const DIRECT_U8_MIN: usize = 1 << 16;
 
 impl sealed::Sealed for u8 {
     const VALUES: usize = 1 << 8;

@@ -445,3 +445,28 @@ fn parallel_kernels_find_the_first_invalid_value_and_count_them_leniently() {
         MetricsError::InvalidLabel { map: LabelSource::Prediction, value: 200, position, .. } if position == last
     ));
 }
+
+/// The branch-free `u8` kernel with unusual settings (ignore index inside the class range, no
+/// ignore index, more classes than `u8` values) against the naive count.
+#[test]
+fn u8_kernel_with_unusual_settings_equals_naive_count() {
+    let mut rng = Rng(5);
+    let len = 100_000; // one range, above the size where the table kernel is used
+    let gt: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+    let pred: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+    for (n, ignore) in [
+        (200usize, Some(3u32)),
+        (200, None),
+        (300, None),
+        (256, Some(255)),
+    ] {
+        let (want, ignored, invalid) = naive(n, ignore, &widen(&gt), &widen(&pred));
+        let mut cm = ConfusionMatrix::with_ignore_index(n, ignore).lenient(true);
+        cm.update(&gt, &pred).unwrap();
+        assert_eq!(cm.counts(), &want[..], "n {n}, ignore {ignore:?}");
+        assert_eq!(
+            (cm.ignored_pixels(), cm.invalid_pixels()),
+            (ignored, invalid)
+        );
+    }
+}
