@@ -8,6 +8,9 @@
 //! Figures:
 //! * `confusion_gpix_per_s`: all rayon threads (the peer: numpy `bincount`, 0.125 Gpix/s);
 //! * `confusion_1thread_gpix_per_s`: the same on a one-thread pool;
+//! * `confusion_1thread_cpu_gpix_per_s`: the same, per second of CPU time of the counting thread
+//!   (Linux, `/proc/thread-self/schedstat`): what one core does when it is not shared, a steadier
+//!   figure than wall time on a busy machine;
 //! * `confusion_runs_gpix_per_s`: label maps made of runs of equal labels (as real maps are),
 //!   prediction equal to the ground truth on 80% of the runs: the case where consecutive pixels
 //!   hit the same cell;
@@ -17,6 +20,7 @@ use super::{median_time, BenchArgs, Figure};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use recallseg_metrics::ConfusionMatrix;
+use std::time::Duration;
 
 const N_CLASSES: usize = 19;
 const PIXELS: usize = 8 * 512 * 1024;
@@ -81,6 +85,36 @@ fn throughput<L: recallseg_metrics::Label>(
     Ok((INNER * gt.len()) as f64 / t.as_secs_f64() / 1e9)
 }
 
+/// CPU time consumed so far by the calling thread (Linux only).
+fn thread_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns = stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+/// Median throughput of `update` per second of the counting thread's CPU time (call on a
+/// one-thread pool), or `None` where thread CPU time cannot be read.
+fn cpu_throughput(reps: usize, gt: &[u8], pred: &[u8]) -> anyhow::Result<Option<f64>> {
+    let mut cm = ConfusionMatrix::new(N_CLASSES);
+    cm.update(gt, pred)?;
+    let mut times = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        let Some(start) = thread_cpu_time() else {
+            return Ok(None);
+        };
+        for _ in 0..INNER {
+            cm.update(gt, pred)?;
+        }
+        let Some(end) = thread_cpu_time() else {
+            return Ok(None);
+        };
+        times.push(end.saturating_sub(start));
+    }
+    times.sort();
+    let t = times[times.len() / 2].as_secs_f64();
+    Ok((t > 0.0).then(|| (INNER * gt.len()) as f64 / t / 1e9))
+}
+
 /// Runs the metrics benchmark.
 pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let mut rng = StdRng::seed_from_u64(2022);
@@ -92,10 +126,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     eprintln!("metrics: u8, {threads} threads");
     let all = throughput(args.reps, &gt, &pred)?;
     eprintln!("metrics: u8, 1 thread");
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()?
-        .install(|| throughput(args.reps, &gt, &pred))?;
+    let single = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let one = single.install(|| throughput(args.reps, &gt, &pred))?;
+    let one_cpu = single.install(|| cpu_throughput(args.reps, &gt, &pred))?;
     eprintln!("metrics: u8 runs, {threads} threads");
     let runs = throughput(args.reps, &rgt, &rpred)?;
     eprintln!("metrics: u16, {threads} threads");
@@ -103,7 +136,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let p16: Vec<u16> = pred.iter().map(|&v| u16::from(v)).collect();
     let wide = throughput(args.reps, &g16, &p16)?;
 
-    Ok(vec![
+    let mut figures = vec![
         Figure::new(
             "confusion_gpix_per_s",
             format!("confusion u8 8x512x1024, {threads} threads"),
@@ -129,5 +162,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
             wide,
             "Gpix/s",
         ),
-    ])
+    ];
+    if let Some(v) = one_cpu {
+        figures.insert(
+            2,
+            Figure::new(
+                "confusion_1thread_cpu_gpix_per_s",
+                "confusion u8, 1 thread, per CPU second",
+                v,
+                "Gpix/s",
+            ),
+        );
+    }
+    Ok(figures)
 }
