@@ -163,53 +163,66 @@ fn dot(a: &Tensor, b: &Tensor) -> f64 {
     a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum()
 }
 
+/// Forward against candle; gradients against directional central differences, exact up to
+/// rounding because `sum(conv(x, w, b) * r)` is linear in each argument.
+fn check_forward_and_directional_differences(
+    xs: [usize; 4],
+    ws: [usize; 4],
+    g: Conv2dGeometry,
+    seed: u64,
+) {
+    let (x, w, b) = (
+        tensor(&xs, seed),
+        tensor(&ws, seed + 1),
+        tensor(&[ws[0]], seed + 2),
+    );
+    let y = conv2d(&x, &w, Some(&b), g).unwrap();
+    let label = format!("x {xs:?} w {ws:?} {g:?}");
+    let k = ws[1] * ws[2] * ws[3];
+    let y_candle = conv2d_candle(&x, &w, Some(&b), g).unwrap();
+    assert_close("forward vs candle", &label, &y, &y_candle, k);
+    let r = tensor(y.dims(), seed + 3);
+    let (_, gx, gw, gb) = run(conv2d, &x, &w, Some(&b), &r, g).unwrap();
+    let loss = |x: &Tensor, w: &Tensor, b: &Tensor| dot(&conv2d(x, w, Some(b), g).unwrap(), &r);
+    let step = 1.0;
+    let (vx, vw, vb) = (
+        tensor(x.dims(), seed + 4),
+        tensor(w.dims(), seed + 5),
+        tensor(b.dims(), seed + 6),
+    );
+    let shift = |t: &Tensor, v: &Tensor, s: f64| (t + (v * s).unwrap()).unwrap();
+    let fd_x =
+        (loss(&shift(&x, &vx, step), &w, &b) - loss(&shift(&x, &vx, -step), &w, &b)) / (2.0 * step);
+    let fd_w =
+        (loss(&x, &shift(&w, &vw, step), &b) - loss(&x, &shift(&w, &vw, -step), &b)) / (2.0 * step);
+    let fd_b =
+        (loss(&x, &w, &shift(&b, &vb, step)) - loss(&x, &w, &shift(&b, &vb, -step))) / (2.0 * step);
+    for (what, fd, an) in [
+        ("input", fd_x, dot(&gx, &vx)),
+        ("weight", fd_w, dot(&gw, &vw)),
+        ("bias", fd_b, dot(gb.as_ref().unwrap(), &vb)),
+    ] {
+        assert!(
+            (fd - an).abs() < 2e-5 * (1.0 + fd.abs()),
+            "{what} gradient, {label}: directional difference {fd} vs backward {an}"
+        );
+    }
+}
+
 /// Shapes large enough that the kernels split every image into several tiles and the weight
-/// gradient into several chunks. Forward against candle; gradients against directional central
-/// differences, exact up to rounding because `sum(conv(x, w, b) * r)` is linear in each argument.
+/// gradient into several chunks.
 #[test]
 fn many_tiles_match_candle_and_directional_differences() {
     for (g, seed) in [(geom(1, 1, 1), 1), (geom(1, 2, 1), 2), (geom(2, 1, 2), 3)] {
-        let (x, w, b) = (
-            tensor(&[2, 24, 40, 33], seed),
-            tensor(&[20, 24, 3, 3], seed + 1),
-            tensor(&[20], seed + 2),
-        );
-        let y = conv2d(&x, &w, Some(&b), g).unwrap();
-        let label = format!("{g:?}");
-        assert_close(
-            "forward vs candle",
-            &label,
-            &y,
-            &conv2d_candle(&x, &w, Some(&b), g).unwrap(),
-            216,
-        );
-        let r = tensor(y.dims(), seed + 3);
-        let (_, gx, gw, gb) = run(conv2d, &x, &w, Some(&b), &r, g).unwrap();
-        let loss = |x: &Tensor, w: &Tensor, b: &Tensor| dot(&conv2d(x, w, Some(b), g).unwrap(), &r);
-        let step = 1.0;
-        let (vx, vw, vb) = (
-            tensor(x.dims(), seed + 4),
-            tensor(w.dims(), seed + 5),
-            tensor(b.dims(), seed + 6),
-        );
-        let shift = |t: &Tensor, v: &Tensor, s: f64| (t + (v * s).unwrap()).unwrap();
-        let fd_x = (loss(&shift(&x, &vx, step), &w, &b) - loss(&shift(&x, &vx, -step), &w, &b))
-            / (2.0 * step);
-        let fd_w = (loss(&x, &shift(&w, &vw, step), &b) - loss(&x, &shift(&w, &vw, -step), &b))
-            / (2.0 * step);
-        let fd_b = (loss(&x, &w, &shift(&b, &vb, step)) - loss(&x, &w, &shift(&b, &vb, -step)))
-            / (2.0 * step);
-        for (what, fd, an) in [
-            ("input", fd_x, dot(&gx, &vx)),
-            ("weight", fd_w, dot(&gw, &vw)),
-            ("bias", fd_b, dot(gb.as_ref().unwrap(), &vb)),
-        ] {
-            assert!(
-                (fd - an).abs() < 2e-5 * (1.0 + fd.abs()),
-                "{what} gradient, {label}: directional difference {fd} vs backward {an}"
-            );
-        }
+        check_forward_and_directional_differences([2, 24, 40, 33], [20, 24, 3, 3], g, seed);
     }
+}
+
+/// Sizes at which the forward pass and the stride-1 input gradient take the Winograd F(2×2, 3×3)
+/// path (≥ 128 channels, ≥ 256 tiles per image), with an odd width (partial tiles).
+#[test]
+fn winograd_sized_convolutions_match_candle_and_directional_differences() {
+    check_forward_and_directional_differences([1, 128, 32, 33], [128, 128, 3, 3], geom(1, 1, 1), 4);
 }
 
 #[test]

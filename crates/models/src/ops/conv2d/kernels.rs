@@ -282,8 +282,23 @@ unsafe fn col2im_rows(s: &ConvShape, dcol: &[f32], r0: usize, r1: usize, dx: Syn
 }
 
 /// Forward pass: `x` (`N × C_in × H × W`), `weight` (`C_out × C_in × K_h × K_w`), optional `bias`
-/// (`C_out`), all contiguous; returns `y` (`N × C_out × OH × OW`).
+/// (`C_out`), all contiguous; returns `y` (`N × C_out × OH × OW`). Winograd F(2×2, 3×3) where it
+/// applies (3×3, stride 1, many channels, large images), im2col + gemm otherwise.
 pub(crate) fn conv_forward(
+    s: &ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    if super::winograd::applies(s) {
+        super::winograd::conv_forward_winograd(s, x, weight, bias)
+    } else {
+        conv_forward_im2col(s, x, weight, bias)
+    }
+}
+
+/// [`conv_forward`] by im2col tiles and gemm, for every shape.
+pub(crate) fn conv_forward_im2col(
     s: &ConvShape,
     x: &[f32],
     weight: &[f32],

@@ -9,6 +9,7 @@
 
 mod cpu;
 mod kernels;
+mod winograd;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
