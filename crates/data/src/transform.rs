@@ -12,21 +12,30 @@ use crate::dataset::Normalize;
 use crate::error::DataError;
 use rand::Rng;
 
-/// Precomputed source indices and weights of one axis of a bilinear resize.
+/// Precomputed source indices and weights of one axis of a bilinear resize, for the output
+/// positions `first..first + len` of a `dst`-long axis (positions outside `0..dst` are marked
+/// with `usize::MAX` and padded by the caller).
 struct Axis {
     i0: Vec<usize>,
     i1: Vec<usize>,
     w1: Vec<f32>,
 }
 
-fn bilinear_axis(src: usize, dst: usize) -> Axis {
+fn bilinear_axis(src: usize, dst: usize, first: isize, len: usize) -> Axis {
     let scale = src as f32 / dst as f32;
     let mut a = Axis {
-        i0: Vec::with_capacity(dst),
-        i1: Vec::with_capacity(dst),
-        w1: Vec::with_capacity(dst),
+        i0: Vec::with_capacity(len),
+        i1: Vec::with_capacity(len),
+        w1: Vec::with_capacity(len),
     };
-    for d in 0..dst {
+    for k in 0..len {
+        let d = first + k as isize;
+        if d < 0 || d >= dst as isize {
+            a.i0.push(usize::MAX);
+            a.i1.push(usize::MAX);
+            a.w1.push(0.0);
+            continue;
+        }
         let s = ((d as f32 + 0.5) * scale - 0.5).max(0.0);
         let i0 = (s.floor() as usize).min(src - 1);
         let i1 = if i0 + 1 < src { i0 + 1 } else { i0 };
@@ -37,52 +46,68 @@ fn bilinear_axis(src: usize, dst: usize) -> Axis {
     a
 }
 
-/// Bilinear resize of an interleaved image with `C` channels, calling `emit(y, row)` with each
-/// output row as unrounded `f32` values (`dw × C`).
-fn resize_bilinear_rows<const C: usize>(
+/// The `cw × ch` window at (`x0`, `y0`) of the bilinear resize of an H×W×3 image to `dw × dh`,
+/// calling `emit(y, row)` with each window row as unrounded `f32` values (`cw × 3`); window
+/// pixels outside the resized image get `pad`.
+///
+/// Source rows are blended vertically first (a contiguous, vectorisable pass over `sw × 3`
+/// values), then sampled horizontally.
+#[allow(clippy::too_many_arguments)]
+fn bilinear_window_rows(
     src: &[u8],
     sw: usize,
     sh: usize,
     dw: usize,
     dh: usize,
+    x0: isize,
+    y0: isize,
+    cw: usize,
+    ch: usize,
+    pad: [f32; 3],
     mut emit: impl FnMut(usize, &[f32]),
 ) {
-    let ax = bilinear_axis(sw, dw);
-    let ay = bilinear_axis(sh, dh);
-    // Horizontally resized source rows, computed once each and kept for the next output row.
-    let hrow = |y: usize, out: &mut [f32]| {
-        let row = &src[y * sw * C..(y + 1) * sw * C];
-        for x in 0..dw {
-            let (a, b, w1) = (ax.i0[x] * C, ax.i1[x] * C, ax.w1[x]);
-            let w0 = 1.0 - w1;
-            for c in 0..C {
-                out[x * C + c] = w0 * row[a + c] as f32 + w1 * row[b + c] as f32;
-            }
-        }
+    assert_eq!(
+        src.len(),
+        sw * sh * 3,
+        "image buffer does not match its size"
+    );
+    let ax = bilinear_axis(sw, dw, x0, cw);
+    let ay = bilinear_axis(sh, dh, y0, ch);
+    // Source columns the window needs (vertical blending is limited to them).
+    let valid: Vec<usize> = (0..cw).filter(|&k| ax.i0[k] != usize::MAX).collect();
+    let (c_lo, c_hi) = match (valid.first(), valid.last()) {
+        (Some(&a), Some(&b)) => (ax.i0[a], ax.i1[b] + 1),
+        _ => (0, 0),
     };
-    let mut r0 = vec![0f32; dw * C];
-    let mut r1 = vec![0f32; dw * C];
-    let mut out = vec![0f32; dw * C];
-    let (mut have0, mut have1) = (usize::MAX, usize::MAX);
-    for y in 0..dh {
-        let (y0, y1, w1) = (ay.i0[y], ay.i1[y], ay.w1[y]);
-        if have0 != y0 {
-            if have1 == y0 {
-                std::mem::swap(&mut r0, &mut r1);
-                have0 = y0;
-                have1 = usize::MAX;
-            } else {
-                hrow(y0, &mut r0);
-                have0 = y0;
+    let mut vrow = vec![0f32; sw * 3];
+    let mut out = vec![0f32; cw * 3];
+    for y in 0..ch {
+        let (r0, r1, w1) = (ay.i0[y], ay.i1[y], ay.w1[y]);
+        if r0 == usize::MAX {
+            for p in out.chunks_exact_mut(3) {
+                p.copy_from_slice(&pad);
             }
-        }
-        if have1 != y1 {
-            hrow(y1, &mut r1);
-            have1 = y1;
+            emit(y, &out);
+            continue;
         }
         let w0 = 1.0 - w1;
-        for ((o, a), b) in out.iter_mut().zip(&r0).zip(&r1) {
-            *o = w0 * a + w1 * b;
+        let a = &src[r0 * sw * 3 + c_lo * 3..r0 * sw * 3 + c_hi * 3];
+        let b = &src[r1 * sw * 3 + c_lo * 3..r1 * sw * 3 + c_hi * 3];
+        for ((v, &p), &q) in vrow[c_lo * 3..c_hi * 3].iter_mut().zip(a).zip(b) {
+            *v = w0 * p as f32 + w1 * q as f32;
+        }
+        for (k, o) in out.chunks_exact_mut(3).enumerate() {
+            let i0 = ax.i0[k];
+            if i0 == usize::MAX {
+                o.copy_from_slice(&pad);
+                continue;
+            }
+            let (i1, u1) = (ax.i1[k], ax.w1[k]);
+            let u0 = 1.0 - u1;
+            let (p, q) = (&vrow[i0 * 3..i0 * 3 + 3], &vrow[i1 * 3..i1 * 3 + 3]);
+            o[0] = u0 * p[0] + u1 * q[0];
+            o[1] = u0 * p[1] + u1 * q[1];
+            o[2] = u0 * p[2] + u1 * q[2];
         }
         emit(y, &out);
     }
@@ -90,17 +115,37 @@ fn resize_bilinear_rows<const C: usize>(
 
 /// Bilinear resize of an H×W×3 RGB image, rounded to `u8`.
 pub fn resize_bilinear_rgb(src: &[u8], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8> {
-    assert_eq!(
-        src.len(),
-        sw * sh * 3,
-        "image buffer does not match its size"
-    );
     if sw == dw && sh == dh {
+        assert_eq!(
+            src.len(),
+            sw * sh * 3,
+            "image buffer does not match its size"
+        );
         return src.to_vec();
     }
-    let mut dst = vec![0u8; dw * dh * 3];
-    resize_bilinear_rows::<3>(src, sw, sh, dw, dh, |y, row| {
-        for (d, v) in dst[y * dw * 3..(y + 1) * dw * 3].iter_mut().zip(row) {
+    resize_bilinear_rgb_window(src, sw, sh, dw, dh, 0, 0, dw, dh, [0; 3])
+}
+
+/// The `cw × ch` window at (`x0`, `y0`) of [`resize_bilinear_rgb`]`(src, …, dw, dh)`, with
+/// `pad` where the window leaves the resized image: equal to resizing and then
+/// [`crop_pad`]-ing, without computing the pixels outside the window.
+#[allow(clippy::too_many_arguments)]
+pub fn resize_bilinear_rgb_window(
+    src: &[u8],
+    sw: usize,
+    sh: usize,
+    dw: usize,
+    dh: usize,
+    x0: isize,
+    y0: isize,
+    cw: usize,
+    ch: usize,
+    pad: [u8; 3],
+) -> Vec<u8> {
+    let mut dst = vec![0u8; cw * ch * 3];
+    let padf = pad.map(|v| v as f32);
+    bilinear_window_rows(src, sw, sh, dw, dh, x0, y0, cw, ch, padf, |y, row| {
+        for (d, v) in dst[y * cw * 3..(y + 1) * cw * 3].iter_mut().zip(row) {
             *d = (v + 0.5).clamp(0.0, 255.0) as u8;
         }
     });
@@ -109,22 +154,24 @@ pub fn resize_bilinear_rgb(src: &[u8], sw: usize, sh: usize, dw: usize, dh: usiz
 
 /// Bilinear resize of an H×W×3 RGB image to unrounded `f32` (what the goldens compare).
 pub fn resize_bilinear_rgb_f32(src: &[u8], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<f32> {
-    assert_eq!(
-        src.len(),
-        sw * sh * 3,
-        "image buffer does not match its size"
-    );
     let mut dst = vec![0f32; dw * dh * 3];
-    resize_bilinear_rows::<3>(src, sw, sh, dw, dh, |y, row| {
+    bilinear_window_rows(src, sw, sh, dw, dh, 0, 0, dw, dh, [0.0; 3], |y, row| {
         dst[y * dw * 3..(y + 1) * dw * 3].copy_from_slice(row);
     });
     dst
 }
 
-fn nearest_axis(src: usize, dst: usize) -> Vec<usize> {
+fn nearest_axis(src: usize, dst: usize, first: isize, len: usize) -> Vec<usize> {
     let scale = src as f32 / dst as f32;
-    (0..dst)
-        .map(|d| ((d as f32 * scale).floor() as usize).min(src - 1))
+    (0..len)
+        .map(|k| {
+            let d = first + k as isize;
+            if d < 0 || d >= dst as isize {
+                usize::MAX
+            } else {
+                ((d as f32 * scale).floor() as usize).min(src - 1)
+            }
+        })
         .collect()
 }
 
@@ -145,13 +192,56 @@ pub fn resize_nearest<T: Copy>(
     if sw == dw && sh == dh {
         return src.to_vec();
     }
-    let xs = nearest_axis(sw, dw);
-    let ys = nearest_axis(sh, dh);
-    let mut dst = Vec::with_capacity(dw * dh * channels);
+    let pad = vec![src.first().copied().expect("non-empty"); channels];
+    resize_nearest_window(src, sw, sh, dw, dh, channels, 0, 0, dw, dh, &pad)
+}
+
+/// The `cw × ch` window at (`x0`, `y0`) of [`resize_nearest`]`(src, …, dw, dh, channels)`,
+/// with `pad` where the window leaves the resized image.
+#[allow(clippy::too_many_arguments)]
+pub fn resize_nearest_window<T: Copy>(
+    src: &[T],
+    sw: usize,
+    sh: usize,
+    dw: usize,
+    dh: usize,
+    channels: usize,
+    x0: isize,
+    y0: isize,
+    cw: usize,
+    ch: usize,
+    pad: &[T],
+) -> Vec<T> {
+    assert_eq!(
+        src.len(),
+        sw * sh * channels,
+        "buffer does not match its size"
+    );
+    assert_eq!(pad.len(), channels, "one padding value per channel");
+    let xs = nearest_axis(sw, dw, x0, cw);
+    let ys = nearest_axis(sh, dh, y0, ch);
+    let mut dst = Vec::with_capacity(cw * ch * channels);
     for &sy in &ys {
+        if sy == usize::MAX {
+            for _ in 0..cw {
+                dst.extend_from_slice(pad);
+            }
+            continue;
+        }
         let row = &src[sy * sw * channels..(sy + 1) * sw * channels];
-        for &sx in &xs {
-            dst.extend_from_slice(&row[sx * channels..(sx + 1) * channels]);
+        if channels == 1 {
+            dst.extend(
+                xs.iter()
+                    .map(|&sx| if sx == usize::MAX { pad[0] } else { row[sx] }),
+            );
+        } else {
+            for &sx in &xs {
+                if sx == usize::MAX {
+                    dst.extend_from_slice(pad);
+                } else {
+                    dst.extend_from_slice(&row[sx * channels..(sx + 1) * channels]);
+                }
+            }
         }
     }
     dst
@@ -301,36 +391,45 @@ impl Augment {
         rng: &mut R,
     ) -> (Vec<u8>, Vec<u8>, usize, usize) {
         let (cw, ch) = self.crop.unwrap_or((w, h));
-        let (mut img, mut lbl, mut sw, mut sh);
-        match self.scale {
+        // Scaled size; the crop window is then resampled straight from the input (the same
+        // values as scaling the whole image and cropping, without the pixels thrown away).
+        let (sw, sh) = match self.scale {
             Some((lo, hi)) => {
                 let s: f32 = if hi > lo {
                     rng.random_range(lo..=hi)
                 } else {
                     lo
                 };
-                sw = ((w as f32 * s).round() as usize).max(1);
-                sh = ((h as f32 * s).round() as usize).max(1);
-                img = resize_bilinear_rgb(image, w, h, sw, sh);
-                lbl = resize_nearest(label, w, h, sw, sh, 1);
+                (
+                    ((w as f32 * s).round() as usize).max(1),
+                    ((h as f32 * s).round() as usize).max(1),
+                )
             }
-            None => {
-                sw = w;
-                sh = h;
-                img = image.to_vec();
-                lbl = label.to_vec();
-            }
-        }
-        if (sw, sh) != (cw, ch) {
+            None => (w, h),
+        };
+        let (x0, y0) = if (sw, sh) != (cw, ch) {
             // Offsets: uniform over valid positions; when the image is smaller than the crop
             // it is placed at a random offset inside the padded window.
-            let x0 = random_offset(sw, cw, rng);
-            let y0 = random_offset(sh, ch, rng);
-            img = crop_pad(&img, sw, sh, 3, x0, y0, cw, ch, &pad_rgb);
-            lbl = crop_pad(&lbl, sw, sh, 1, x0, y0, cw, ch, &[ignore]);
-            sw = cw;
-            sh = ch;
-        }
+            (random_offset(sw, cw, rng), random_offset(sh, ch, rng))
+        } else {
+            (0, 0)
+        };
+        let (mut img, mut lbl) = if (sw, sh) == (w, h) {
+            if (x0, y0, cw, ch) == (0, 0, w, h) {
+                (image.to_vec(), label.to_vec())
+            } else {
+                (
+                    crop_pad(image, w, h, 3, x0, y0, cw, ch, &pad_rgb),
+                    crop_pad(label, w, h, 1, x0, y0, cw, ch, &[ignore]),
+                )
+            }
+        } else {
+            (
+                resize_bilinear_rgb_window(image, w, h, sw, sh, x0, y0, cw, ch, pad_rgb),
+                resize_nearest_window(label, w, h, sw, sh, 1, x0, y0, cw, ch, &[ignore]),
+            )
+        };
+        let (sw, sh) = (cw, ch);
         if self.hflip && rng.random_bool(0.5) {
             hflip(&mut img, sw, sh, 3);
             hflip(&mut lbl, sw, sh, 1);

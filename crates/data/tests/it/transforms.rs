@@ -6,7 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use recallseg_data::png_io::decode_rgb8;
 use recallseg_data::transform::{
     color_jitter, crop_pad, hflip, normalize_chw, resize_bilinear_rgb, resize_bilinear_rgb_f32,
-    resize_nearest,
+    resize_bilinear_rgb_window, resize_nearest, resize_nearest_window,
 };
 use recallseg_data::{Augment, Normalize};
 use serde_json::Value;
@@ -122,6 +122,36 @@ fn small_ops_do_what_they_say() {
     let mut out = vec![0f32; 6];
     normalize_chw(&[12, 24, 40, 10, 20, 30], 2, 1, &norm, &mut out);
     assert_eq!(out, [1.0, 0.0, 1.0, 0.0, 2.0, 0.0]);
+}
+
+#[test]
+fn windowed_resize_equals_resize_then_crop() {
+    let (sw, sh) = (23usize, 17usize);
+    let img: Vec<u8> = (0..sw * sh * 3).map(|i| (i * 37 % 251) as u8).collect();
+    let lbl: Vec<u8> = (0..sw * sh).map(|i| (i * 7 % 19) as u8).collect();
+    for &(dw, dh, x0, y0, cw, ch) in &[
+        (40, 30, 5, 3, 20, 10),
+        (40, 30, -4, -2, 50, 40),
+        (11, 9, -3, 2, 12, 6),
+        (23, 17, 0, 0, 23, 17),
+        (30, 12, 25, 8, 9, 9),
+    ] {
+        let full = resize_bilinear_rgb(&img, sw, sh, dw, dh);
+        let want = crop_pad(&full, dw, dh, 3, x0, y0, cw, ch, &[1, 2, 3]);
+        let got = resize_bilinear_rgb_window(&img, sw, sh, dw, dh, x0, y0, cw, ch, [1, 2, 3]);
+        assert_eq!(
+            got, want,
+            "bilinear window {dw}x{dh} at ({x0},{y0}) {cw}x{ch}"
+        );
+        let full = resize_nearest(&lbl, sw, sh, dw, dh, 1);
+        let want = crop_pad(&full, dw, dh, 1, x0, y0, cw, ch, &[255]);
+        let got = resize_nearest_window(&lbl, sw, sh, dw, dh, 1, x0, y0, cw, ch, &[255]);
+        assert_eq!(got, want, "nearest window");
+        let full = resize_nearest(&img, sw, sh, dw, dh, 3);
+        let want = crop_pad(&full, dw, dh, 3, x0, y0, cw, ch, &[9, 9, 9]);
+        let got = resize_nearest_window(&img, sw, sh, dw, dh, 3, x0, y0, cw, ch, &[9, 9, 9]);
+        assert_eq!(got, want, "nearest window, 3 channels");
+    }
 }
 
 /// Every labelled output pixel must show image content from the same source place: the label
