@@ -2,10 +2,11 @@
 //!
 //! Two kernels count one contiguous range of pixels into a [`Partial`]:
 //!
-//! * [`count_direct_u8`], the fast path for `u8` labels: four interleaved 256×256 `u32`
-//!   sub-histograms indexed by `gt << 8 | pred`. The index is always in bounds, so the hot loop has
-//!   no branch at all; ignore and out-of-range values land in their own cells and are sorted out
-//!   when the sub-histograms are flushed into `u64` counts. Four sub-histograms written in turn
+//! * [`count_direct_u8`], the fast path for `u8` labels: four interleaved 256-row `u32`
+//!   sub-histograms indexed by `gt * 257 + pred` (rows padded, see [`ROW`]). Every `u8` pair has
+//!   its own cell and the index is always in bounds, so the hot loop has no branch at all; ignore
+//!   and out-of-range values land in their own cells and are sorted out when the sub-histograms
+//!   are flushed into `u64` counts. Four sub-histograms written in turn
 //!   keep consecutive equal pixels (the common case in label maps) from waiting on each other's
 //!   store. The scratch tables live in a thread-local buffer that every flush leaves zeroed.
 //! * [`count_simple`], for `u16`/`u32` labels and small inputs: one pass with a single, well
@@ -167,7 +168,7 @@ const SUBS: usize = 4;
 const BLOCK: usize = 1 << 30;
 
 thread_local! {
-    /// `SUBS` zeroed 256×256 `u32` sub-histograms per thread, kept between calls.
+    /// `SUBS` zeroed 256-row `u32` sub-histograms per thread (≈ 1 MiB), kept between calls.
     static SCRATCH: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
