@@ -21,7 +21,7 @@ struct ConvBn {
 
 impl ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(x)?, train)?.relu()
+        self.bn.forward_relu_t(&self.conv.forward(x)?, train)
     }
 }
 

@@ -9,6 +9,7 @@
 //! Parameter names are PyTorch's: `weight`, `bias`, `running_mean`, `running_var`.
 
 use crate::init::{ParamBuilder, ParamInit, ParamKind};
+use crate::ops::batch_norm_cpu;
 use crate::ModelError;
 use candle_core::{Result, Tensor, Var};
 
@@ -59,14 +60,79 @@ impl BatchNorm2d {
     /// Normalises `x`; in training (and not frozen) with batch statistics, updating the running
     /// statistics in place.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        if c != self.channels {
+        self.forward_impl(x, train, false)
+    }
+
+    /// `relu(self.forward_t(x, train))`, fused into one op on the CPU in training mode.
+    pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_impl(x, train, true)
+    }
+
+    /// The portable (candle ops) path, whatever the device: used off the CPU and by the tests
+    /// that check the fused CPU op against it.
+    pub fn forward_portable_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        let y = self.forward_candle(x, train)?;
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
+    }
+
+    fn forward_impl(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        let (n, _, h, w) = x.dims4()?;
+        if train && !self.frozen && batch_norm_cpu::supported(x) {
+            self.check(x)?;
+            let (y, stats) = batch_norm_cpu::batch_norm_train(
+                x,
+                self.weight.as_tensor(),
+                self.bias.as_tensor(),
+                BN_EPS,
+                relu,
+            )?;
+            let count = (n * h * w) as f64;
+            let m = BN_MOMENTUM;
+            let rm = self.running_mean.as_tensor();
+            let rv = self.running_var.as_tensor();
+            let mean = Tensor::new(stats.mean.as_slice(), rm.device())?.to_dtype(rm.dtype())?;
+            let var = Tensor::new(stats.var.as_slice(), rv.device())?.to_dtype(rv.dtype())?;
+            let new_mean = ((rm.detach() * (1.0 - m))? + (mean * m)?)?;
+            let new_var = ((rv.detach() * (1.0 - m))? + (var * (m * count / (count - 1.0)))?)?;
+            self.running_mean.set(&new_mean)?;
+            self.running_var.set(&new_var)?;
+            return Ok(y);
+        }
+        self.forward_portable_t(x, train, relu)
+    }
+
+    fn check_channels(&self, x: &Tensor) -> Result<()> {
+        if x.dim(1)? != self.channels {
             candle_core::bail!(
                 "batch norm expects {} channels, got input {:?}",
                 self.channels,
                 x.dims()
             )
         }
+        Ok(())
+    }
+
+    /// Shape checks of training mode.
+    fn check(&self, x: &Tensor) -> Result<()> {
+        self.check_channels(x)?;
+        let (n, _, h, w) = x.dims4()?;
+        if n * h * w < 2 {
+            candle_core::bail!(
+                "batch norm in training mode needs more than one value per channel, got input {:?} \
+                 (use a batch of at least 2, or evaluation mode)",
+                x.dims()
+            )
+        }
+        Ok(())
+    }
+
+    fn forward_candle(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        self.check_channels(x)?;
         let shape = (1, c, 1, 1);
         let (gamma, beta) = if self.frozen {
             (
@@ -80,14 +146,8 @@ impl BatchNorm2d {
             )
         };
         if train && !self.frozen {
+            self.check(x)?;
             let count = n * h * w;
-            if count < 2 {
-                candle_core::bail!(
-                    "batch norm in training mode needs more than one value per channel, got input {:?} \
-                     (use a batch of at least 2, or evaluation mode)",
-                    x.dims()
-                )
-            }
             let mean = x.mean_keepdim((0, 2, 3))?;
             let xc = x.broadcast_sub(&mean)?;
             let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;

@@ -50,7 +50,7 @@ impl DeepLabV3Head {
     /// Logits at the backbone's resolution.
     pub fn forward_t(&self, features: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
         let y = self.aspp.forward_t(features, train, dropout_seed)?;
-        let y = self.bn.forward_t(&self.conv.forward(&y)?, train)?.relu()?;
+        let y = self.bn.forward_relu_t(&self.conv.forward(&y)?, train)?;
         self.classifier.forward(&y)
     }
 }

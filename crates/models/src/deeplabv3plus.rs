@@ -84,18 +84,15 @@ impl DeepLabV3PlusHead {
         let x = resize_bilinear(&x, h, w, false)?;
         let low = self
             .low_bn
-            .forward_t(&self.low_conv.forward(low_level)?, train)?
-            .relu()?;
+            .forward_relu_t(&self.low_conv.forward(low_level)?, train)?;
         let y = Tensor::cat(&[&x, &low], 1)?;
         let y = self
             .fuse1_bn
-            .forward_t(&self.fuse1.forward(&y)?, train)?
-            .relu()?;
+            .forward_relu_t(&self.fuse1.forward(&y)?, train)?;
         let y = self.fuse1_dropout.forward_t(&y, train, dropout_seed)?;
         let y = self
             .fuse2_bn
-            .forward_t(&self.fuse2.forward(&y)?, train)?
-            .relu()?;
+            .forward_relu_t(&self.fuse2.forward(&y)?, train)?;
         let y = self.fuse2_dropout.forward_t(&y, train, dropout_seed)?;
         self.classifier.forward(&y)
     }

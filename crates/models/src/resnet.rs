@@ -52,7 +52,7 @@ impl Block {
                 bn2,
                 downsample,
             } => {
-                let y = bn1.forward_t(&conv1.forward(x)?, train)?.relu()?;
+                let y = bn1.forward_relu_t(&conv1.forward(x)?, train)?;
                 let y = bn2.forward_t(&conv2.forward(&y)?, train)?;
                 let identity = match downsample {
                     Some(d) => d.bn.forward_t(&d.conv.forward(x)?, train)?,
@@ -69,8 +69,8 @@ impl Block {
                 bn3,
                 downsample,
             } => {
-                let y = bn1.forward_t(&conv1.forward(x)?, train)?.relu()?;
-                let y = bn2.forward_t(&conv2.forward(&y)?, train)?.relu()?;
+                let y = bn1.forward_relu_t(&conv1.forward(x)?, train)?;
+                let y = bn2.forward_relu_t(&conv2.forward(&y)?, train)?;
                 let y = bn3.forward_t(&conv3.forward(&y)?, train)?;
                 let identity = match downsample {
                     Some(d) => d.bn.forward_t(&d.conv.forward(x)?, train)?,
@@ -221,7 +221,7 @@ impl ResNet {
 
     /// Runs the stem and the four stages on `(N, 3, H, W)`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<ResNetFeatures> {
-        let x = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let x = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
         let mut x = max_pool2d(&x, 3, 2, 1)?;
         let mut low_level = None;
         for (i, layer) in self.layers.iter().enumerate() {

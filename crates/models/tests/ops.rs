@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use common::{assert_matches, fill64, golden};
-use recallseg_models::ops::max_pool::max_pool2d;
+use recallseg_models::ops::max_pool::{max_pool2d, max_pool2d_portable};
 use recallseg_models::ops::resize::resize_bilinear;
 
 fn maxpool_input() -> Tensor {
@@ -49,14 +49,17 @@ fn max_pool_matches_pytorch_forward_and_backward() -> Result<()> {
         let k = case["kernel"].as_u64().unwrap() as usize;
         let s = case["stride"].as_u64().unwrap() as usize;
         let p = case["padding"].as_u64().unwrap() as usize;
-        let x = Var::from_tensor(&maxpool_input())?;
-        let y = max_pool2d(&x, k, s, p)?;
-        let what = format!("max_pool k{k} s{s} p{p}");
-        assert_matches(&what, &y, &case["output"], 1e-12);
-        let gy = fill64("grad.maxpool", y.dims());
-        let grads = (y * gy)?.sum_all()?.backward()?;
-        let gx = grads.get(&x).expect("gradient reaches the input");
-        assert_matches(&format!("{what} grad"), gx, &case["grad_input"], 1e-12);
+        // f64 takes the portable path, f32 on the CPU the custom op.
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-6)] {
+            let x = Var::from_tensor(&maxpool_input().to_dtype(dtype)?)?;
+            let y = max_pool2d(&x, k, s, p)?;
+            let what = format!("max_pool k{k} s{s} p{p} {dtype:?}");
+            assert_matches(&what, &y, &case["output"], tol);
+            let gy = fill64("grad.maxpool", y.dims()).to_dtype(dtype)?;
+            let grads = (y * gy)?.sum_all()?.backward()?;
+            let gx = grads.get(&x).expect("gradient reaches the input");
+            assert_matches(&format!("{what} grad"), gx, &case["grad_input"], tol);
+        }
     }
     Ok(())
 }
@@ -113,5 +116,73 @@ fn ops_work_in_f32() -> Result<()> {
     let x = fill64("input.resize", &[2, 3, 5, 7]).to_dtype(DType::F32)?;
     assert_eq!(resize_bilinear(&x, 10, 14, false)?.dims(), &[2, 3, 10, 14]);
     assert_eq!(max_pool2d(&x, 3, 2, 1)?.dims(), &[2, 3, 3, 4]);
+    Ok(())
+}
+
+#[test]
+fn max_pool_cpu_op_agrees_with_portable_path() -> Result<()> {
+    let x = Var::from_tensor(&fill64("input.mp", &[2, 3, 11, 8]).to_dtype(DType::F32)?)?;
+    for (k, s, p) in [(3, 2, 1), (2, 2, 0), (3, 1, 1), (3, 3, 0)] {
+        let fast = max_pool2d(&x, k, s, p)?;
+        let slow = max_pool2d_portable(&x, k, s, p)?;
+        let d = (&fast - &slow)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(d, 0.0, "forward k{k} s{s} p{p}");
+        let g = fill64("grad.mp", fast.dims()).to_dtype(DType::F32)?;
+        let gf = (&fast * &g)?.sum_all()?.backward()?;
+        let gs = (&slow * &g)?.sum_all()?.backward()?;
+        let d = (gf.get(&x).unwrap() - gs.get(&x).unwrap())?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(d <= 1e-6, "backward k{k} s{s} p{p}: {d}");
+    }
+    Ok(())
+}
+
+#[test]
+fn fused_cpu_batch_norm_agrees_with_portable_path() -> Result<()> {
+    // The fused op (f32 CPU training) against the same maths written with candle ops.
+    let x = Var::from_tensor(
+        &fill64("input.bn", &[3, 5, 4, 6])
+            .affine(2.0, 0.3)?
+            .to_dtype(DType::F32)?,
+    )?;
+    let gamma = Var::from_tensor(
+        &fill64("input.gamma", &[5])
+            .affine(0.5, 1.0)?
+            .to_dtype(DType::F32)?,
+    )?;
+    let beta = Var::from_tensor(&fill64("input.beta", &[5]).to_dtype(DType::F32)?)?;
+    let g = fill64("grad.bn", &[3, 5, 4, 6]).to_dtype(DType::F32)?;
+    for relu in [false, true] {
+        let (fast, stats) =
+            recallseg_models::ops::batch_norm_cpu::batch_norm_train(&x, &gamma, &beta, 1e-5, relu)?;
+        // Portable reference written out with candle ops.
+        let mean = x.mean_keepdim((0, 2, 3))?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
+        let y = xc
+            .broadcast_div(&var.affine(1.0, 1e-5)?.sqrt()?)?
+            .broadcast_mul(&gamma.reshape((1, 5, 1, 1))?)?
+            .broadcast_add(&beta.reshape((1, 5, 1, 1))?)?;
+        let slow = if relu { y.relu()? } else { y };
+        let close = |a: &Tensor, b: &Tensor, what: &str| -> Result<()> {
+            let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d <= 1e-5, "{what} (relu={relu}): max difference {d}");
+            Ok(())
+        };
+        close(&fast, &slow, "output")?;
+        let m: Vec<f32> = mean.flatten_all()?.to_vec1()?;
+        let v: Vec<f32> = var.flatten_all()?.to_vec1()?;
+        for c in 0..5 {
+            assert!((stats.mean[c] - m[c] as f64).abs() < 1e-5);
+            assert!((stats.var[c] - v[c] as f64).abs() < 1e-5);
+        }
+        let gf = (&fast * &g)?.sum_all()?.backward()?;
+        let gs = (&slow * &g)?.sum_all()?.backward()?;
+        for (t, name) in [(&x, "dx"), (&gamma, "dgamma"), (&beta, "dbeta")] {
+            close(gf.get(t).unwrap(), gs.get(t).unwrap(), name)?;
+        }
+    }
     Ok(())
 }

@@ -12,8 +12,13 @@
 //! The gradient flows through `gather` (scatter-add) and `index_select` (index-add) to exactly one
 //! input pixel per output pixel: the first maximum in row-major window order, which is PyTorch's
 //! tie-breaking rule too. Works on every device and dtype candle supports.
+//!
+//! On the CPU in f32 a custom op does the same in one pass each way (scan each window, keep the
+//! first maximum; the backward re-finds it and adds the gradient there); the tests check it
+//! against the portable path and PyTorch.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 /// Output length of a pooling axis (floor mode, like PyTorch's default `ceil_mode=False`).
 pub fn pooled_len(len: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
@@ -39,18 +44,50 @@ fn pad_neg_inf(x: &Tensor, dim: usize, padding: usize) -> Result<Tensor> {
 /// Matches PyTorch's `F.max_pool2d(x, kernel, stride, padding)` (floor mode, dilation 1), forward
 /// and backward. Errors when `padding * 2 > kernel` (PyTorch's rule) or the window does not fit.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    let (_n, _c, h, w) = x.dims4()?;
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        let (_, _, h, w) = x.dims4()?;
+        let (ho, wo) = check(h, w, kernel, stride, padding)?;
+        let op = MaxPoolCpu {
+            kernel,
+            stride,
+            padding,
+            out: (ho, wo),
+        };
+        return x.contiguous()?.apply_op1(op);
+    }
+    max_pool2d_portable(x, kernel, stride, padding)
+}
+
+fn check(
+    h: usize,
+    w: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<(usize, usize)> {
     if 2 * padding > kernel {
         candle_core::bail!("max_pool2d: padding {padding} must be at most half of kernel {kernel}")
     }
-    let (Some(ho), Some(wo)) = (
+    match (
         pooled_len(h, kernel, stride, padding),
         pooled_len(w, kernel, stride, padding),
-    ) else {
-        candle_core::bail!(
+    ) {
+        (Some(ho), Some(wo)) => Ok((ho, wo)),
+        _ => candle_core::bail!(
             "max_pool2d: kernel {kernel} (stride {stride}, padding {padding}) does not fit input {h}x{w}"
-        )
-    };
+        ),
+    }
+}
+
+/// The portable path of [`max_pool2d`] (candle ops only), used off the CPU or for other dtypes.
+pub fn max_pool2d_portable(
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let (_n, _c, h, w) = x.dims4()?;
+    let (ho, wo) = check(h, w, kernel, stride, padding)?;
     let xp = pad_neg_inf(&pad_neg_inf(x, 2, padding)?, 3, padding)?;
     let index = |offset: usize, count: usize| -> Result<Tensor> {
         let ids: Vec<u32> = (0..count).map(|i| (i * stride + offset) as u32).collect();
@@ -71,6 +108,90 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
         winner.to_dtype(DType::U32)?
     };
     stacked.gather(&winner, 4)?.squeeze(4)
+}
+
+struct MaxPoolCpu {
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    out: (usize, usize),
+}
+
+impl MaxPoolCpu {
+    /// Index (within the plane) of the first maximum of output pixel `(i, j)`'s window.
+    #[inline]
+    fn argmax(&self, plane: &[f32], h: usize, w: usize, i: usize, j: usize) -> usize {
+        let (k, s, p) = (
+            self.kernel as isize,
+            self.stride as isize,
+            self.padding as isize,
+        );
+        let (r0, c0) = (i as isize * s - p, j as isize * s - p);
+        let mut best = usize::MAX;
+        let mut best_v = f32::NEG_INFINITY;
+        for r in r0.max(0)..(r0 + k).min(h as isize) {
+            for c in c0.max(0)..(c0 + k).min(w as isize) {
+                let idx = r as usize * w + c as usize;
+                let v = plane[idx];
+                if best == usize::MAX || v > best_v || v.is_nan() {
+                    best = idx;
+                    best_v = v;
+                    if v.is_nan() {
+                        return best;
+                    }
+                }
+            }
+        }
+        best
+    }
+}
+
+impl CustomOp1 for MaxPoolCpu {
+    fn name(&self) -> &'static str {
+        "max-pool2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(v) = storage else {
+            candle_core::bail!("max_pool2d CPU op needs f32")
+        };
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("max_pool2d CPU op needs a contiguous input")
+        };
+        let x = &v[a..b];
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let (ho, wo) = self.out;
+        let mut y = vec![0f32; n * c * ho * wo];
+        y.par_chunks_mut((ho * wo).max(1))
+            .zip(x.par_chunks((h * w).max(1)))
+            .for_each(|(yp, xp)| {
+                for i in 0..ho {
+                    for j in 0..wo {
+                        yp[i * wo + j] = xp[self.argmax(xp, h, w, i, j)];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), Shape::from((n, c, ho, wo))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let (n, c, h, w) = arg.dims4()?;
+        let (ho, wo) = self.out;
+        let x: Vec<f32> = arg.flatten_all()?.to_vec1()?;
+        let g: Vec<f32> = grad_res.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut((h * w).max(1))
+            .zip(x.par_chunks((h * w).max(1)))
+            .zip(g.par_chunks((ho * wo).max(1)))
+            .for_each(|((dp, xp), gp)| {
+                for i in 0..ho {
+                    for j in 0..wo {
+                        dp[self.argmax(xp, h, w, i, j)] += gp[i * wo + j];
+                    }
+                }
+            });
+        Ok(Some(Tensor::from_vec(dx, (n, c, h, w), arg.device())?))
+    }
 }
 
 #[cfg(test)]
