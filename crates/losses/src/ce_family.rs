@@ -180,6 +180,7 @@ impl CeEngine {
                 mode: self.mode.clone(),
                 ema_prev: self.ema.clone(),
                 out: out.clone(),
+                keep: p.logits.track_op(),
             };
             let loss = p.logits.apply_op2_arc(&p.target, Arc::new(Box::new(op)))?;
             let rep = out

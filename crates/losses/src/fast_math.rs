@@ -30,9 +30,46 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     p * scale
 }
 
+/// `ln x` for normal positive `x` (the kernels use it on softmax sums, `x >= 1`), absolute
+/// error below 1e-6 relative to `max(1, |ln x|)`.
+///
+/// `x = 2^e · m` with `m ∈ [√½, √2)`, `ln m = 2 atanh(t)`, `t = (m-1)/(m+1) ∈ [-0.172, 0.172]`,
+/// and `atanh` as its odd series up to `t^9` (truncation below `0.172^11/11 < 5e-10`).
+#[inline(always)]
+pub(crate) fn fast_ln(x: f32) -> f32 {
+    const LN2: f32 = std::f32::consts::LN_2;
+    let bits = x.to_bits();
+    // Exponent relative to √½: shift the mantissa range to [√½, √2).
+    let adj = bits.wrapping_sub(0x3f35_04f3);
+    let e = ((adj as i32) >> 23) as f32;
+    let m = f32::from_bits((adj & 0x007f_ffff).wrapping_add(0x3f35_04f3));
+    let t = (m - 1.0) / (m + 1.0);
+    let t2 = t * t;
+    let s = 1.0 / 9.0;
+    let s = s * t2 + 1.0 / 7.0;
+    let s = s * t2 + 1.0 / 5.0;
+    let s = s * t2 + 1.0 / 3.0;
+    let s = s * t2 + 1.0;
+    e * LN2 + 2.0 * t * s
+}
+
 #[cfg(test)]
 mod tests {
-    use super::fast_exp;
+    use super::{fast_exp, fast_ln};
+
+    #[test]
+    fn fast_ln_matches_std_ln() {
+        let mut worst = 0.0f64;
+        let mut x = 1e-3f32;
+        while x < 1e4 {
+            let want = (x as f64).ln();
+            let got = fast_ln(x) as f64;
+            worst = worst.max((got - want).abs() / want.abs().max(1.0));
+            x *= 1.000_37;
+        }
+        assert!(worst < 1e-6, "worst error {worst}");
+        assert_eq!(fast_ln(1.0), 0.0);
+    }
 
     #[test]
     fn matches_std_exp_over_the_kernel_range() {

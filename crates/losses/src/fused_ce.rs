@@ -20,7 +20,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::ce_family::{dyn_weights, CeMode, ClassStats, StepReport};
-use crate::fast_math::fast_exp;
+use crate::fast_math::{fast_exp, fast_ln};
 use crate::ohem::ohem_keep;
 use crate::LossError;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -57,6 +57,11 @@ pub(crate) struct FusedOut {
     pixel_factor: Option<Vec<f32>>,
     /// Focal: γ.
     gamma: Option<f32>,
+    /// Softmax probabilities (`N·C·H·W`), kept when a gradient will be asked for; the backward
+    /// pass turns them into the gradient in place.
+    probs: Option<Vec<f32>>,
+    /// Focal: the per-pixel factor `F_n` (kept with `probs`).
+    focal_f: Option<Vec<f32>>,
 }
 
 /// The fused cross-entropy-family op (see the module documentation).
@@ -70,6 +75,8 @@ pub(crate) struct FusedCe {
     pub ema_prev: Option<Vec<f32>>,
     /// Filled by the forward pass.
     pub out: Arc<Mutex<Option<FusedOut>>>,
+    /// Keep the softmax for the backward pass (the logits take part in a graph).
+    pub keep: bool,
 }
 
 /// Per-class accumulators of the forward pass.
@@ -171,7 +178,8 @@ pub(crate) fn logits_of<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32],
     }
 }
 
-/// Per-pixel maximum and argmax over classes of one block.
+/// Per-pixel maximum and argmax over classes of one block (first maximum on ties, as
+/// `argmax`). Branch-free so that it vectorises.
 #[inline(always)]
 pub(crate) fn block_max(
     img: &[f32],
@@ -186,11 +194,24 @@ pub(crate) fn block_max(
     am.iter_mut().for_each(|v| *v = 0);
     for k in 1..c {
         let row = &img[k * hw + a..k * hw + a + l];
-        for p in 0..l {
-            let v = row[p];
-            let better = v > mx[p];
-            mx[p] = if better { v } else { mx[p] };
-            am[p] = if better { k as u32 } else { am[p] };
+        let kk = k as u32;
+        for ((m, i), &v) in mx.iter_mut().zip(am.iter_mut()).zip(row) {
+            let better = (v > *m) as u32;
+            *i = (*i).wrapping_add(better.wrapping_mul(kk.wrapping_sub(*i)));
+            *m = if v > *m { v } else { *m };
+        }
+    }
+}
+
+/// Per-pixel maximum over classes of one block.
+#[inline(always)]
+pub(crate) fn block_max_only(img: &[f32], hw: usize, c: usize, a: usize, mx: &mut [f32]) {
+    let l = mx.len();
+    mx.copy_from_slice(&img[a..a + l]);
+    for k in 1..c {
+        let row = &img[k * hw + a..k * hw + a + l];
+        for (m, &v) in mx.iter_mut().zip(row) {
+            *m = if v > *m { v } else { *m };
         }
     }
 }
@@ -240,8 +261,22 @@ impl FusedCe {
             _ => None,
         };
         let ohem = matches!(self.mode, CeMode::Ohem(_));
+        let need_argmax = matches!(self.mode, CeMode::Recall { .. } | CeMode::Precision);
         let mut ce_pix = if ohem { vec![0f32; n * hw] } else { Vec::new() };
         let ce_ptr = SyncPtr(ce_pix.as_mut_ptr());
+        let keep = self.keep;
+        let mut probs = if keep {
+            vec![0f32; n * c * hw]
+        } else {
+            Vec::new()
+        };
+        let pp = SyncPtr(probs.as_mut_ptr());
+        let mut focal_f = if keep && gamma.is_some() {
+            vec![0f32; n * hw]
+        } else {
+            Vec::new()
+        };
+        let fp = SyncPtr(focal_f.as_mut_ptr());
         let acc = (0..n * nblk)
             .into_par_iter()
             .fold(
@@ -255,8 +290,46 @@ impl FusedCe {
                     let mut mx = [0f32; BLOCK];
                     let mut am = [0u32; BLOCK];
                     let mut sm = [0f32; BLOCK];
-                    block_max(img, hw, c, a, &mut mx[..l], &mut am[..l]);
-                    block_sumexp(img, hw, c, a, &mx[..l], &mut sm[..l]);
+                    if need_argmax {
+                        block_max(img, hw, c, a, &mut mx[..l], &mut am[..l]);
+                    } else {
+                        block_max_only(img, hw, c, a, &mut mx[..l]);
+                    }
+                    if keep {
+                        let base = img_i * c * hw;
+                        sm[..l].iter_mut().for_each(|v| *v = 0.0);
+                        for k in 0..c {
+                            let row = &img[k * hw + a..k * hw + a + l];
+                            // SAFETY: this block owns probs[base + k*hw + a .. + l] for every k.
+                            let pr = unsafe {
+                                std::slice::from_raw_parts_mut(pp.get().add(base + k * hw + a), l)
+                            };
+                            for p in 0..l {
+                                let e = fast_exp(row[p] - mx[p]);
+                                pr[p] = e;
+                                sm[p] += e;
+                            }
+                        }
+                        let mut inv = [0f32; BLOCK];
+                        for p in 0..l {
+                            inv[p] = 1.0 / sm[p];
+                        }
+                        for k in 0..c {
+                            // SAFETY: as above.
+                            let pr = unsafe {
+                                std::slice::from_raw_parts_mut(pp.get().add(base + k * hw + a), l)
+                            };
+                            for p in 0..l {
+                                pr[p] *= inv[p];
+                            }
+                        }
+                    } else {
+                        block_sumexp(img, hw, c, a, &mx[..l], &mut sm[..l]);
+                    }
+                    let mut lse = [0f32; BLOCK];
+                    for p in 0..l {
+                        lse[p] = fast_ln(sm[p]);
+                    }
                     for p in 0..l {
                         let y = match class_of(lab[p].into(), ignore, c) {
                             Ok(Some(y)) => y,
@@ -274,7 +347,7 @@ impl FusedCe {
                                 continue;
                             }
                         };
-                        let ce = mx[p] + sm[p].ln() - img[y * hw + a + p];
+                        let ce = mx[p] + lse[p] - img[y * hw + a + p];
                         let ce = ce.max(0.0);
                         acc.count[y] += 1;
                         acc.ce[y] += ce as f64;
@@ -284,9 +357,13 @@ impl FusedCe {
                             acc.tp[y] += 1;
                         }
                         if let Some(g) = gamma {
-                            let (m, _) = focal_terms(ce, g);
+                            let (m, f) = focal_terms(ce, g);
                             acc.focal_w[y] += m as f64;
                             acc.focal_l[y] += (m * ce) as f64;
+                            if keep {
+                                // SAFETY: pixel img_i*hw+a+p belongs to this block only.
+                                unsafe { *fp.get().add(img_i * hw + a + p) = f };
+                            }
                         }
                         if ohem {
                             // SAFETY: as above.
@@ -335,6 +412,8 @@ impl FusedCe {
                     class_factor: wts.iter().map(|v| (v * inv_z) as f32).collect(),
                     pixel_factor: None,
                     gamma: None,
+                    probs: None,
+                    focal_f: None,
                 };
                 (loss, out)
             }
@@ -354,6 +433,8 @@ impl FusedCe {
                     class_factor: s.iter().map(|v| (v * inv_z) as f32).collect(),
                     pixel_factor: None,
                     gamma: Some(*gamma),
+                    probs: None,
+                    focal_f: None,
                 };
                 (loss, out)
             }
@@ -389,16 +470,83 @@ impl FusedCe {
                     class_factor: vec![0.0; c],
                     pixel_factor: Some(factor),
                     gamma: None,
+                    probs: None,
+                    focal_f: None,
                 };
                 (lsum * inv, out)
             }
         };
+        let mut out = out;
+        if keep {
+            out.probs = Some(probs);
+            if gamma.is_some() {
+                out.focal_f = Some(focal_f);
+            }
+        }
         let mut guard = self
             .out
             .lock()
             .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?;
         *guard = Some(out);
         Ok(loss)
+    }
+
+    /// The backward pass over the softmax kept by the forward pass, in place:
+    /// `probs[n, j] <- f_n (probs[n, j] - [j = y_n])`.
+    fn backward_in_place<L: Copy + Into<i64> + Sync>(
+        &self,
+        mut probs: Vec<f32>,
+        dims: [usize; 4],
+        labels: &[L],
+        g0: f32,
+        out: &FusedOut,
+    ) -> Vec<f32> {
+        let [n, c, h, w] = dims;
+        let hw = h * w;
+        let nblk = hw.div_ceil(BLOCK);
+        let ignore = self.ignore_index as i64;
+        let gp = SyncPtr(probs.as_mut_ptr());
+        (0..n * nblk).into_par_iter().for_each(|t| {
+            let (img_i, b) = (t / nblk, t % nblk);
+            let a = b * BLOCK;
+            let l = BLOCK.min(hw - a);
+            let lab = &labels[img_i * hw + a..img_i * hw + a + l];
+            let gbase = img_i * c * hw;
+            let mut fct = [0f32; BLOCK];
+            let mut ys = [0usize; BLOCK];
+            for p in 0..l {
+                let i = img_i * hw + a + p;
+                fct[p] = match class_of(lab[p].into(), ignore, c) {
+                    Ok(Some(y)) => {
+                        ys[p] = y;
+                        let base = match &out.pixel_factor {
+                            Some(pf) => pf[i],
+                            None => out.class_factor[y],
+                        };
+                        match &out.focal_f {
+                            Some(ff) => base * ff[i] * g0,
+                            None => base * g0,
+                        }
+                    }
+                    _ => 0.0,
+                };
+            }
+            for k in 0..c {
+                // SAFETY: this block owns probs[gbase + k*hw + a .. + l] for every k.
+                let row =
+                    unsafe { std::slice::from_raw_parts_mut(gp.get().add(gbase + k * hw + a), l) };
+                for p in 0..l {
+                    row[p] *= fct[p];
+                }
+            }
+            for p in 0..l {
+                if fct[p] != 0.0 {
+                    // SAFETY: as above.
+                    unsafe { *gp.get().add(gbase + ys[p] * hw + a + p) -= fct[p] };
+                }
+            }
+        });
+        probs
     }
 
     fn backward_impl<L: Copy + Into<i64> + Sync>(
@@ -522,13 +670,16 @@ impl CustomOp2 for FusedCe {
             .to_dtype(candle_core::DType::F32)?
             .to_device(&candle_core::Device::Cpu)?
             .to_scalar::<f32>()?;
-        let guard = self
+        let mut guard = self
             .out
             .lock()
             .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?;
         let out = guard
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| candle_core::Error::Msg("fused loss: backward before forward".into()))?;
+        // The kept softmax is consumed by the first backward pass; a second one recomputes.
+        let kept = out.probs.take();
+        let out = &*out;
         let (s1, l1) = arg1.storage_and_layout();
         let (s2, l2) = arg2.storage_and_layout();
         let (s1, s2) = match (&*s1, &*s2) {
@@ -537,10 +688,13 @@ impl CustomOp2 for FusedCe {
         };
         let (x, dims) = logits_of(s1, l1)?;
         let npix = dims[0] * dims[2] * dims[3];
-        let grad = match labels_of(s2, l2, npix)? {
-            Labels::U8(t) => self.backward_impl(x, dims, t, g0, out),
-            Labels::U32(t) => self.backward_impl(x, dims, t, g0, out),
-            Labels::I64(t) => self.backward_impl(x, dims, t, g0, out),
+        let grad = match (labels_of(s2, l2, npix)?, kept) {
+            (Labels::U8(t), Some(p)) => self.backward_in_place(p, dims, t, g0, out),
+            (Labels::U32(t), Some(p)) => self.backward_in_place(p, dims, t, g0, out),
+            (Labels::I64(t), Some(p)) => self.backward_in_place(p, dims, t, g0, out),
+            (Labels::U8(t), None) => self.backward_impl(x, dims, t, g0, out),
+            (Labels::U32(t), None) => self.backward_impl(x, dims, t, g0, out),
+            (Labels::I64(t), None) => self.backward_impl(x, dims, t, g0, out),
         };
         let g = Tensor::from_vec(grad, arg1.shape(), arg1.device())?;
         Ok((Some(g), None))

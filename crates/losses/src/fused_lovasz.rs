@@ -26,8 +26,12 @@ pub(crate) struct FusedLovasz {
     pub ignore_index: u32,
     pub static_w: Vec<f64>,
     pub present_only: bool,
-    /// `∂L/∂p`, class-major (`[c][n·H·W + pixel]`), left for the backward pass.
+    /// `∂L/∂p` (`N·C·H·W`), left for the backward pass.
     pub dldp: Mutex<Option<Vec<f32>>>,
+    /// Keep the softmax for the backward pass (the logits take part in a graph).
+    pub keep: bool,
+    /// The kept softmax (`N·C·H·W`), consumed by the backward pass.
+    pub probs: Mutex<Option<Vec<f32>>>,
 }
 
 /// Stable ascending sort of `v` by the upper 32 bits of each element.
@@ -85,7 +89,7 @@ impl FusedLovasz {
                 }
                 .into_candle()
             })?;
-        // Softmax probabilities, class-major.
+        // Softmax probabilities, in the logits' layout.
         let mut prob = vec![0f32; c * np];
         let pp = SyncPtr(prob.as_mut_ptr());
         (0..n * nblk).into_par_iter().for_each(|t| {
@@ -99,9 +103,9 @@ impl FusedLovasz {
             block_max(img, hw, c, a, &mut mx[..l], &mut am[..l]);
             for k in 0..c {
                 let row = &img[k * hw + a..k * hw + a + l];
-                // SAFETY: this block owns prob[k*np + img_i*hw + a .. + l] for every k.
+                // SAFETY: this block owns prob[img_i*c*hw + k*hw + a .. + l] for every k.
                 let pr = unsafe {
-                    std::slice::from_raw_parts_mut(pp.get().add(k * np + img_i * hw + a), l)
+                    std::slice::from_raw_parts_mut(pp.get().add(img_i * c * hw + k * hw + a), l)
                 };
                 for p in 0..l {
                     let e = fast_exp(row[p] - mx[p]);
@@ -115,19 +119,24 @@ impl FusedLovasz {
             for k in 0..c {
                 // SAFETY: as above.
                 let pr = unsafe {
-                    std::slice::from_raw_parts_mut(pp.get().add(k * np + img_i * hw + a), l)
+                    std::slice::from_raw_parts_mut(pp.get().add(img_i * c * hw + k * hw + a), l)
                 };
                 for p in 0..l {
                     pr[p] *= sm[p];
                 }
             }
         });
-        let vidx: Vec<u32> = (0..np as u32)
-            .filter(|&i| ys[i as usize] != u32::MAX)
-            .collect();
+        // Valid pixels, compacted: their offset in the class-0 plane of the (N, C, H, W) layout
+        // and their class. Sort payloads index these arrays.
+        let mut vpos: Vec<u32> = Vec::new();
+        let mut vy: Vec<u32> = Vec::new();
         let mut counts = vec![0.0f64; c];
-        for &i in &vidx {
-            counts[ys[i as usize] as usize] += 1.0;
+        for (i, &y) in ys.iter().enumerate() {
+            if y != u32::MAX {
+                vpos.push(((i / hw) * c * hw + i % hw) as u32);
+                vy.push(y);
+                counts[y as usize] += 1.0;
+            }
         }
         let s = &self.static_w;
         let k: Vec<bool> = counts
@@ -136,63 +145,108 @@ impl FusedLovasz {
             .collect();
         let norm: f64 = k.iter().zip(s).filter(|(k, _)| **k).map(|(_, s)| s).sum();
         let mut dldp = vec![0f32; c * np];
-        let losses: Vec<f64> = dldp
-            .par_chunks_mut(np.max(1))
-            .enumerate()
-            .map(|(cls, drow)| {
-                if !k[cls] || norm <= 0.0 || vidx.is_empty() {
-                    return 0.0;
-                }
-                let f = s[cls] / norm;
-                let prow = &prob[cls * np..(cls + 1) * np];
-                let mut keys: Vec<u64> = vidx
-                    .iter()
-                    .map(|&i| {
-                        let p = prow[i as usize];
-                        let e = if ys[i as usize] as usize == cls {
-                            1.0 - p
-                        } else {
-                            p
-                        };
-                        let e = e.max(0.0);
-                        ((!e.to_bits()) as u64) << 32 | i as u64
-                    })
-                    .collect();
-                let mut tmp = Vec::new();
-                radix_sort_hi32(&mut keys, &mut tmp);
-                let gts = counts[cls];
-                let (mut cum_fg, mut cum_bg, mut prev) = (0.0f64, 0.0f64, 0.0f64);
-                let mut loss = 0.0f64;
-                for &key in &keys {
-                    let i = (key & 0xffff_ffff) as usize;
-                    let e = f32::from_bits(!((key >> 32) as u32)) as f64;
-                    let fg = ys[i] as usize == cls;
-                    if fg {
-                        cum_fg += 1.0;
-                    } else {
-                        cum_bg += 1.0;
+        let dp = SyncPtr(dldp.as_mut_ptr());
+        let prob_ref = &prob;
+        let losses: Vec<f64> = (0..c)
+            .into_par_iter()
+            .map_init(
+                || (Vec::<u64>::new(), Vec::<u64>::new()),
+                |(keys, tmp), cls| {
+                    if !k[cls] || norm <= 0.0 || vpos.is_empty() {
+                        return 0.0;
                     }
-                    let j = 1.0 - (gts - cum_fg) / (gts + cum_bg);
-                    let g = j - prev;
-                    prev = j;
-                    loss += e * g;
-                    drow[i] = (if fg { -f * g } else { f * g }) as f32;
-                }
-                f * loss
-            })
+                    let f = s[cls] / norm;
+                    let plane = cls * hw;
+                    keys.clear();
+                    keys.extend(vpos.iter().zip(&vy).enumerate().map(|(j, (&pos, &y))| {
+                        let p = prob_ref[pos as usize + plane];
+                        let e = if y as usize == cls { 1.0 - p } else { p };
+                        let e = e.max(0.0);
+                        ((!e.to_bits()) as u64) << 32 | j as u64
+                    }));
+                    radix_sort_hi32(keys, tmp);
+                    let gts = counts[cls];
+                    let (mut cum_fg, mut cum_bg, mut prev) = (0.0f64, 0.0f64, 0.0f64);
+                    let mut loss = 0.0f64;
+                    for &key in keys.iter() {
+                        let j = (key & 0xffff_ffff) as usize;
+                        let e = f32::from_bits(!((key >> 32) as u32)) as f64;
+                        let fg = vy[j] as usize == cls;
+                        if fg {
+                            cum_fg += 1.0;
+                        } else {
+                            cum_bg += 1.0;
+                        }
+                        let jac = 1.0 - (gts - cum_fg) / (gts + cum_bg);
+                        let g = jac - prev;
+                        prev = jac;
+                        loss += e * g;
+                        let d = if fg { -f * g } else { f * g };
+                        // SAFETY: class `cls` alone writes the entries of its plane.
+                        unsafe { *dp.get().add(vpos[j] as usize + plane) = d as f32 };
+                    }
+                    f * loss
+                },
+            )
             .collect();
         let mut guard = self
             .dldp
             .lock()
             .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?;
         *guard = Some(dldp);
+        if self.keep {
+            *self
+                .probs
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))? =
+                Some(prob);
+        }
         Ok(losses.iter().sum())
+    }
+
+    /// The backward pass over the kept softmax, in place: `p_j <- g p_j (D_j - Σ_k p_k D_k)`.
+    fn backward_in_place(
+        &self,
+        mut probs: Vec<f32>,
+        dims: [usize; 4],
+        g0: f32,
+        dldp: &[f32],
+    ) -> Vec<f32> {
+        let [n, c, h, w] = dims;
+        let hw = h * w;
+        let nblk = hw.div_ceil(BLOCK);
+        let gp = SyncPtr(probs.as_mut_ptr());
+        (0..n * nblk).into_par_iter().for_each(|t| {
+            let (img_i, b) = (t / nblk, t % nblk);
+            let a = b * BLOCK;
+            let l = BLOCK.min(hw - a);
+            let gbase = img_i * c * hw;
+            let mut dot = [0f32; BLOCK];
+            for k in 0..c {
+                let d = &dldp[gbase + k * hw + a..gbase + k * hw + a + l];
+                // SAFETY: this block owns probs[gbase + k*hw + a .. + l] for every k.
+                let row =
+                    unsafe { std::slice::from_raw_parts(gp.get().add(gbase + k * hw + a), l) };
+                for p in 0..l {
+                    dot[p] += row[p] * d[p];
+                }
+            }
+            for k in 0..c {
+                let d = &dldp[gbase + k * hw + a..gbase + k * hw + a + l];
+                // SAFETY: as above.
+                let row =
+                    unsafe { std::slice::from_raw_parts_mut(gp.get().add(gbase + k * hw + a), l) };
+                for p in 0..l {
+                    row[p] *= g0 * (d[p] - dot[p]);
+                }
+            }
+        });
+        probs
     }
 
     fn backward_impl(&self, x: &[f32], dims: [usize; 4], g0: f32, dldp: &[f32]) -> Vec<f32> {
         let [n, c, h, w] = dims;
         let hw = h * w;
-        let np = n * hw;
         let nblk = hw.div_ceil(BLOCK);
         let mut grad = vec![0f32; n * c * hw];
         let gp = SyncPtr(grad.as_mut_ptr());
@@ -209,7 +263,7 @@ impl FusedLovasz {
             block_max(img, hw, c, a, &mut mx[..l], &mut am[..l]);
             for k in 0..c {
                 let row = &img[k * hw + a..k * hw + a + l];
-                let d = &dldp[k * np + img_i * hw + a..k * np + img_i * hw + a + l];
+                let d = &dldp[gbase + k * hw + a..gbase + k * hw + a + l];
                 // SAFETY: this block owns grad[gbase + k*hw + a .. + l] for every k.
                 let grow =
                     unsafe { std::slice::from_raw_parts_mut(gp.get().add(gbase + k * hw + a), l) };
@@ -226,7 +280,7 @@ impl FusedLovasz {
                 sm[p] *= g0;
             }
             for k in 0..c {
-                let d = &dldp[k * np + img_i * hw + a..k * np + img_i * hw + a + l];
+                let d = &dldp[gbase + k * hw + a..gbase + k * hw + a + l];
                 // SAFETY: as above.
                 let grow =
                     unsafe { std::slice::from_raw_parts_mut(gp.get().add(gbase + k * hw + a), l) };
@@ -286,13 +340,21 @@ impl CustomOp2 for FusedLovasz {
         let dldp = guard
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("fused loss: backward before forward".into()))?;
+        let kept = self
+            .probs
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?
+            .take();
         let (s1, l1) = arg1.storage_and_layout();
         let s1 = match &*s1 {
             candle_core::Storage::Cpu(a) => a,
             _ => candle_core::bail!("fused loss: backward needs CPU tensors"),
         };
         let (x, dims) = logits_of(s1, l1)?;
-        let grad = self.backward_impl(x, dims, g0, dldp);
+        let grad = match kept {
+            Some(p) => self.backward_in_place(p, dims, g0, dldp),
+            None => self.backward_impl(x, dims, g0, dldp),
+        };
         let g = Tensor::from_vec(grad, arg1.shape(), arg1.device())?;
         Ok((Some(g), None))
     }

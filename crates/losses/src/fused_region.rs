@@ -27,6 +27,10 @@ pub(crate) struct FusedRegion {
     pub kind: RegionKind,
     /// `(α, β)` per group × class, left by the forward pass for the backward pass.
     pub coef: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+    /// Keep the softmax for the backward pass (the logits take part in a graph).
+    pub keep: bool,
+    /// The kept softmax (`N·C·H·W`, zero at ignored pixels), consumed by the backward pass.
+    pub probs: Mutex<Option<Vec<f32>>>,
 }
 
 struct Sums {
@@ -76,6 +80,13 @@ impl FusedRegion {
         let nblk = hw.div_ceil(BLOCK);
         let ignore = self.ignore_index as i64;
         let groups = self.groups(n);
+        let keep = self.keep;
+        let mut probs = if keep {
+            vec![0f32; n * c * hw]
+        } else {
+            Vec::new()
+        };
+        let pp = SyncPtr(probs.as_mut_ptr());
         let sums = (0..n * nblk)
             .into_par_iter()
             .fold(
@@ -124,6 +135,16 @@ impl FusedRegion {
                             s += er[p];
                         }
                         acc.p[gi * c + k] += s as f64;
+                        if keep {
+                            // SAFETY: this block owns probs[img_i*c*hw + k*hw + a .. + l].
+                            let pr = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    pp.get().add(img_i * c * hw + k * hw + a),
+                                    l,
+                                )
+                            };
+                            pr.copy_from_slice(er);
+                        }
                     }
                     for p in 0..l {
                         if vm[p] != 0.0 {
@@ -155,7 +176,80 @@ impl FusedRegion {
             alpha.iter().map(|&v| v as f32).collect(),
             beta.iter().map(|&v| v as f32).collect(),
         ));
+        if keep {
+            *self
+                .probs
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))? =
+                Some(probs);
+        }
         Ok(loss)
+    }
+
+    /// The backward pass over the kept softmax, in place.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_in_place<L: Copy + Into<i64> + Sync>(
+        &self,
+        mut probs: Vec<f32>,
+        dims: [usize; 4],
+        labels: &[L],
+        g0: f32,
+        alpha: &[f32],
+        beta: &[f32],
+    ) -> Vec<f32> {
+        let [n, c, h, w] = dims;
+        let hw = h * w;
+        let nblk = hw.div_ceil(BLOCK);
+        let ignore = self.ignore_index as i64;
+        let groups = self.groups(n);
+        let gp = SyncPtr(probs.as_mut_ptr());
+        (0..n * nblk).into_par_iter().for_each(|t| {
+            let (img_i, b) = (t / nblk, t % nblk);
+            let gi = if groups == 1 { 0 } else { img_i };
+            let al = &alpha[gi * c..(gi + 1) * c];
+            let be = &beta[gi * c..(gi + 1) * c];
+            let a = b * BLOCK;
+            let l = BLOCK.min(hw - a);
+            let lab = &labels[img_i * hw + a..img_i * hw + a + l];
+            let gbase = img_i * c * hw;
+            let mut dot = [0f32; BLOCK];
+            let mut ys = [usize::MAX; BLOCK];
+            let mut py = [0f32; BLOCK];
+            for k in 0..c {
+                // SAFETY: this block owns probs[gbase + k*hw + a .. + l] for every k.
+                let row =
+                    unsafe { std::slice::from_raw_parts(gp.get().add(gbase + k * hw + a), l) };
+                let ak = al[k];
+                for p in 0..l {
+                    dot[p] += row[p] * ak;
+                }
+            }
+            for p in 0..l {
+                if let Ok(Some(y)) = class_of(lab[p].into(), ignore, c) {
+                    ys[p] = y;
+                    // SAFETY: as above.
+                    py[p] = unsafe { *gp.get().add(gbase + y * hw + a + p) };
+                    dot[p] += py[p] * be[y];
+                }
+            }
+            for k in 0..c {
+                // SAFETY: as above.
+                let row =
+                    unsafe { std::slice::from_raw_parts_mut(gp.get().add(gbase + k * hw + a), l) };
+                let ak = al[k];
+                for p in 0..l {
+                    row[p] *= g0 * (ak - dot[p]);
+                }
+            }
+            for p in 0..l {
+                let y = ys[p];
+                if y != usize::MAX {
+                    // SAFETY: as above.
+                    unsafe { *gp.get().add(gbase + y * hw + a + p) += g0 * py[p] * be[y] };
+                }
+            }
+        });
+        probs
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -294,6 +388,11 @@ impl CustomOp2 for FusedRegion {
         let (alpha, beta) = guard
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("fused loss: backward before forward".into()))?;
+        let kept = self
+            .probs
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?
+            .take();
         let (s1, l1) = arg1.storage_and_layout();
         let (s2, l2) = arg2.storage_and_layout();
         let (s1, s2) = match (&*s1, &*s2) {
@@ -302,10 +401,13 @@ impl CustomOp2 for FusedRegion {
         };
         let (x, dims) = logits_of(s1, l1)?;
         let npix = dims[0] * dims[2] * dims[3];
-        let grad = match labels_of(s2, l2, npix)? {
-            Labels::U8(t) => self.backward_impl(x, dims, t, g0, alpha, beta),
-            Labels::U32(t) => self.backward_impl(x, dims, t, g0, alpha, beta),
-            Labels::I64(t) => self.backward_impl(x, dims, t, g0, alpha, beta),
+        let grad = match (labels_of(s2, l2, npix)?, kept) {
+            (Labels::U8(t), Some(p)) => self.backward_in_place(p, dims, t, g0, alpha, beta),
+            (Labels::U32(t), Some(p)) => self.backward_in_place(p, dims, t, g0, alpha, beta),
+            (Labels::I64(t), Some(p)) => self.backward_in_place(p, dims, t, g0, alpha, beta),
+            (Labels::U8(t), None) => self.backward_impl(x, dims, t, g0, alpha, beta),
+            (Labels::U32(t), None) => self.backward_impl(x, dims, t, g0, alpha, beta),
+            (Labels::I64(t), None) => self.backward_impl(x, dims, t, g0, alpha, beta),
         };
         let g = Tensor::from_vec(grad, arg1.shape(), arg1.device())?;
         Ok((Some(g), None))

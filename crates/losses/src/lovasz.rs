@@ -170,6 +170,8 @@ impl crate::SegLoss for Lovasz {
                 static_w: self.static_f64(),
                 present_only: self.present_only,
                 dldp: Default::default(),
+                keep: p.logits.track_op(),
+                probs: Default::default(),
             };
             p.logits.apply_op2_arc(&p.target, Arc::new(Box::new(op)))
         } else {

@@ -144,6 +144,8 @@ impl RegionEngine {
                 static_w: self.static_f64(),
                 kind: self.kind,
                 coef: Default::default(),
+                keep: p.logits.track_op(),
+                probs: Default::default(),
             };
             p.logits.apply_op2_arc(&p.target, Arc::new(Box::new(op)))
         } else {
