@@ -2,8 +2,8 @@
 //!
 //! For every batch the loader decodes its items in parallel on its own rayon pool, resizes them
 //! to a base size, augments them, normalises them, and packs them as plain buffers
-//! ([`Batch`]). A background thread stays up to [`LoaderConfig::prefetch`] batches ahead of the
-//! consumer.
+//! ([`Batch`]). A background thread keeps up to [`LoaderConfig::prefetch`] batches in work on
+//! the pool and hands them to the consumer in order.
 //!
 //! Determinism: the item order of epoch `e` is a function of `(seed, e)` only, and the
 //! augmentation RNG of the item at position `p` of epoch `e` is
@@ -18,6 +18,7 @@ use crate::transform::{normalize_chw, resize_bilinear_rgb, resize_nearest, Augme
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, OnceLock};
@@ -44,7 +45,8 @@ pub struct LoaderConfig {
     pub normalize: Option<Normalize>,
     /// Worker threads decoding items; 0 = one per core.
     pub num_threads: usize,
-    /// Batches prepared ahead of the consumer (at least 1).
+    /// Batches prepared ahead of the consumer (at least 1): up to this many are decoded at once
+    /// and up to this many finished ones wait for the consumer.
     pub prefetch: usize,
     /// Keep every resized item in memory after its first decode (needs about
     /// `4 · width · height` bytes per item).
@@ -275,12 +277,39 @@ impl Loader {
         let inner = self.inner.clone();
         let nb = self.batches_per_epoch();
         let (tx, rx) = sync_channel(inner.cfg.prefetch.max(1));
-        let order = self.order(epoch);
+        let order = Arc::new(self.order(epoch));
         let handle = std::thread::Builder::new()
             .name("recallseg-prefetch".into())
             .spawn(move || {
-                for b in start_batch..nb {
-                    let r = inner.load_batch(&order, epoch, b);
+                // Up to `prefetch` batches are computed at once on the pool (so one slow item
+                // does not leave the other workers idle at the end of every batch); finished
+                // batches are re-ordered and handed to the consumer in batch order.
+                let window = inner.cfg.prefetch.max(1);
+                let (done_tx, done_rx) = std::sync::mpsc::channel();
+                let mut ready: BTreeMap<usize, Result<Batch, DataError>> = BTreeMap::new();
+                let mut next_spawn = start_batch;
+                let mut next_emit = start_batch;
+                while next_emit < nb {
+                    while next_spawn < nb && next_spawn < next_emit + window {
+                        let (inner2, order2, done) =
+                            (inner.clone(), order.clone(), done_tx.clone());
+                        let b = next_spawn;
+                        inner.pool.spawn(move || {
+                            let r = inner2.load_batch(&order2, epoch, b);
+                            let _ = done.send((b, r));
+                        });
+                        next_spawn += 1;
+                    }
+                    while !ready.contains_key(&next_emit) {
+                        match done_rx.recv() {
+                            Ok((b, r)) => {
+                                ready.insert(b, r);
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                    let r = ready.remove(&next_emit).expect("just checked");
+                    next_emit += 1;
                     if matches!(&r, Ok(batch) if batch.n == 0) {
                         continue; // every item skipped (skip_bad)
                     }

@@ -310,8 +310,10 @@ pub fn normalize_chw(img: &[u8], w: usize, h: usize, norm: &Normalize, out: &mut
     }
 }
 
-/// Random training augmentation, applied after the base resize.
+/// Random training augmentation, applied after the base resize. Fields left out of a config
+/// file take their [`Augment::default`] values.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Augment {
     /// Random scale factor range `[min, max]` (uniform); `None` keeps the size.
     pub scale: Option<(f32, f32)>,
@@ -325,7 +327,6 @@ pub struct Augment {
     /// Colour jitter strength `j`: brightness, contrast and saturation factors drawn uniformly
     /// in `[max(0, 1 - j), 1 + j]` and applied in that order (see [`color_jitter`]); `None`
     /// leaves colours alone. The paper's Cityscapes training uses 0.5.
-    #[serde(default)]
     pub color_jitter: Option<f32>,
 }
 
