@@ -1,6 +1,7 @@
 //! Integration tests of recallseg-data (one test binary, several modules).
 
 mod bad_input;
+mod formats;
 mod loader;
 mod other_datasets;
 mod synthia;
