@@ -200,11 +200,13 @@ fn one_run(
             }
         }
     }
-    // A checkpoint of another configuration would refuse to resume: start over then.
+    // A checkpoint of another configuration (or beyond the schedule) would refuse to resume:
+    // start over then. One of the same run with fewer steps is continued (`--iters` raised).
     let last = dir.join(train::files::LAST);
     if last.is_file() {
         let same = crate::checkpoint::Checkpoint::load(&last, &candle_core::Device::Cpu)
             .ok()
+            .filter(|ck| ck.meta.step <= cfg.train.iters as u64)
             .and_then(|ck| toml::from_str::<TrainConfig>(&ck.meta.config_toml).ok())
             .is_some_and(|c| train::same_run(&c, &cfg));
         if !same {

@@ -310,6 +310,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
                 last_path.display()
             );
         }
+        if ck.meta.step > cfg.train.iters as u64 {
+            anyhow::bail!(
+                "{} is at step {}, beyond train.iters = {}; raise train.iters or start a new run",
+                last_path.display(),
+                ck.meta.step,
+                cfg.train.iters
+            );
+        }
         ck.restore_varmap(&built.varmap, &last_path)?;
         optimizer.load_state(&ck.optim, ck.meta.optim_steps)?;
         rng = ck
