@@ -20,7 +20,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::ce_family::{dyn_weights, CeMode, ClassStats, StepReport};
-use crate::fast_math::{fast_exp, fast_ln};
+use crate::fast_math::{fast_exp, fast_ln, kernel_buffer};
 use crate::ohem::ohem_keep;
 use crate::LossError;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -245,6 +245,132 @@ pub(crate) fn class_of(
     }
 }
 
+/// Everything one forward work item needs.
+struct FwdCtx<'a, L> {
+    x: &'a [f32],
+    labels: &'a [L],
+    c: usize,
+    hw: usize,
+    nblk: usize,
+    ignore: i64,
+    gamma: Option<f32>,
+    ohem: bool,
+    need_argmax: bool,
+    keep: bool,
+    pp: SyncPtr,
+    fp: SyncPtr,
+    ce_ptr: SyncPtr,
+}
+
+/// The forward pass over one pixel block, compiled for AVX2 + FMA (8-wide `exp`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fwd_block_avx2<L: Copy + Into<i64>>(ctx: &FwdCtx<'_, L>, acc: &mut Acc, t: usize) {
+    fwd_block(ctx, acc, t)
+}
+
+/// The forward pass over one pixel block (work item `t`), accumulated into `acc`.
+#[inline(always)]
+fn fwd_block<L: Copy + Into<i64>>(ctx: &FwdCtx<'_, L>, acc: &mut Acc, t: usize) {
+    let FwdCtx {
+        x,
+        labels,
+        c,
+        hw,
+        nblk,
+        ignore,
+        gamma,
+        ohem,
+        need_argmax,
+        keep,
+        pp,
+        fp,
+        ce_ptr,
+    } = *ctx;
+    let (img_i, b) = (t / nblk, t % nblk);
+    let a = b * BLOCK;
+    let l = BLOCK.min(hw - a);
+    let img = &x[img_i * c * hw..(img_i + 1) * c * hw];
+    let lab = &labels[img_i * hw + a..img_i * hw + a + l];
+    let mut mx = [0f32; BLOCK];
+    let mut am = [0u32; BLOCK];
+    let mut sm = [0f32; BLOCK];
+    if need_argmax {
+        block_max(img, hw, c, a, &mut mx[..l], &mut am[..l]);
+    } else {
+        block_max_only(img, hw, c, a, &mut mx[..l]);
+    }
+    if keep {
+        let base = img_i * c * hw;
+        sm[..l].iter_mut().for_each(|v| *v = 0.0);
+        for k in 0..c {
+            let row = &img[k * hw + a..k * hw + a + l];
+            // SAFETY: this block owns probs[base + k*hw + a .. + l] for every k.
+            let pr = unsafe { std::slice::from_raw_parts_mut(pp.get().add(base + k * hw + a), l) };
+            for p in 0..l {
+                let e = fast_exp(row[p] - mx[p]);
+                pr[p] = e;
+                sm[p] += e;
+            }
+        }
+        let mut inv = [0f32; BLOCK];
+        for p in 0..l {
+            inv[p] = 1.0 / sm[p];
+        }
+        for k in 0..c {
+            // SAFETY: as above.
+            let pr = unsafe { std::slice::from_raw_parts_mut(pp.get().add(base + k * hw + a), l) };
+            for p in 0..l {
+                pr[p] *= inv[p];
+            }
+        }
+    } else {
+        block_sumexp(img, hw, c, a, &mx[..l], &mut sm[..l]);
+    }
+    let mut lse = [0f32; BLOCK];
+    for p in 0..l {
+        lse[p] = fast_ln(sm[p]);
+    }
+    for p in 0..l {
+        let y = match class_of(lab[p].into(), ignore, c) {
+            Ok(Some(y)) => y,
+            Ok(None) => {
+                if ohem {
+                    // SAFETY: pixel img_i*hw+a+p belongs to this block only.
+                    unsafe { *ce_ptr.get().add(img_i * hw + a + p) = f32::NEG_INFINITY };
+                }
+                continue;
+            }
+            Err(bad) => {
+                acc.bad = acc.bad.or(Some(bad));
+                continue;
+            }
+        };
+        let ce = mx[p] + lse[p] - img[y * hw + a + p];
+        let ce = ce.max(0.0);
+        acc.count[y] += 1;
+        acc.ce[y] += ce as f64;
+        let pk = am[p] as usize;
+        acc.pred[pk] += 1;
+        if pk == y {
+            acc.tp[y] += 1;
+        }
+        if let Some(g) = gamma {
+            let (m, f) = focal_terms(ce, g);
+            acc.focal_w[y] += m as f64;
+            acc.focal_l[y] += (m * ce) as f64;
+            if keep {
+                // SAFETY: pixel img_i*hw+a+p belongs to this block only.
+                unsafe { *fp.get().add(img_i * hw + a + p) = f };
+            }
+        }
+        if ohem {
+            // SAFETY: as above.
+            unsafe { *ce_ptr.get().add(img_i * hw + a + p) = ce };
+        }
+    }
+}
+
 impl FusedCe {
     fn forward_impl<L: Copy + Into<i64> + Sync>(
         &self,
@@ -266,7 +392,7 @@ impl FusedCe {
         let ce_ptr = SyncPtr(ce_pix.as_mut_ptr());
         let keep = self.keep;
         let mut probs = if keep {
-            vec![0f32; n * c * hw]
+            kernel_buffer(n * c * hw)
         } else {
             Vec::new()
         };
@@ -277,99 +403,35 @@ impl FusedCe {
             Vec::new()
         };
         let fp = SyncPtr(focal_f.as_mut_ptr());
+        let ctx = FwdCtx {
+            x,
+            labels,
+            c,
+            hw,
+            nblk,
+            ignore,
+            gamma,
+            ohem,
+            need_argmax,
+            keep,
+            pp,
+            fp,
+            ce_ptr,
+        };
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
         let acc = (0..n * nblk)
             .into_par_iter()
             .fold(
                 || Acc::new(c),
                 |mut acc, t| {
-                    let (img_i, b) = (t / nblk, t % nblk);
-                    let a = b * BLOCK;
-                    let l = BLOCK.min(hw - a);
-                    let img = &x[img_i * c * hw..(img_i + 1) * c * hw];
-                    let lab = &labels[img_i * hw + a..img_i * hw + a + l];
-                    let mut mx = [0f32; BLOCK];
-                    let mut am = [0u32; BLOCK];
-                    let mut sm = [0f32; BLOCK];
-                    if need_argmax {
-                        block_max(img, hw, c, a, &mut mx[..l], &mut am[..l]);
-                    } else {
-                        block_max_only(img, hw, c, a, &mut mx[..l]);
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2 {
+                        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+                        unsafe { fwd_block_avx2(&ctx, &mut acc, t) };
+                        return acc;
                     }
-                    if keep {
-                        let base = img_i * c * hw;
-                        sm[..l].iter_mut().for_each(|v| *v = 0.0);
-                        for k in 0..c {
-                            let row = &img[k * hw + a..k * hw + a + l];
-                            // SAFETY: this block owns probs[base + k*hw + a .. + l] for every k.
-                            let pr = unsafe {
-                                std::slice::from_raw_parts_mut(pp.get().add(base + k * hw + a), l)
-                            };
-                            for p in 0..l {
-                                let e = fast_exp(row[p] - mx[p]);
-                                pr[p] = e;
-                                sm[p] += e;
-                            }
-                        }
-                        let mut inv = [0f32; BLOCK];
-                        for p in 0..l {
-                            inv[p] = 1.0 / sm[p];
-                        }
-                        for k in 0..c {
-                            // SAFETY: as above.
-                            let pr = unsafe {
-                                std::slice::from_raw_parts_mut(pp.get().add(base + k * hw + a), l)
-                            };
-                            for p in 0..l {
-                                pr[p] *= inv[p];
-                            }
-                        }
-                    } else {
-                        block_sumexp(img, hw, c, a, &mx[..l], &mut sm[..l]);
-                    }
-                    let mut lse = [0f32; BLOCK];
-                    for p in 0..l {
-                        lse[p] = fast_ln(sm[p]);
-                    }
-                    for p in 0..l {
-                        let y = match class_of(lab[p].into(), ignore, c) {
-                            Ok(Some(y)) => y,
-                            Ok(None) => {
-                                if ohem {
-                                    // SAFETY: pixel img_i*hw+a+p belongs to this block only.
-                                    unsafe {
-                                        *ce_ptr.get().add(img_i * hw + a + p) = f32::NEG_INFINITY
-                                    };
-                                }
-                                continue;
-                            }
-                            Err(bad) => {
-                                acc.bad = acc.bad.or(Some(bad));
-                                continue;
-                            }
-                        };
-                        let ce = mx[p] + lse[p] - img[y * hw + a + p];
-                        let ce = ce.max(0.0);
-                        acc.count[y] += 1;
-                        acc.ce[y] += ce as f64;
-                        let pk = am[p] as usize;
-                        acc.pred[pk] += 1;
-                        if pk == y {
-                            acc.tp[y] += 1;
-                        }
-                        if let Some(g) = gamma {
-                            let (m, f) = focal_terms(ce, g);
-                            acc.focal_w[y] += m as f64;
-                            acc.focal_l[y] += (m * ce) as f64;
-                            if keep {
-                                // SAFETY: pixel img_i*hw+a+p belongs to this block only.
-                                unsafe { *fp.get().add(img_i * hw + a + p) = f };
-                            }
-                        }
-                        if ohem {
-                            // SAFETY: as above.
-                            unsafe { *ce_ptr.get().add(img_i * hw + a + p) = ce };
-                        }
-                    }
+                    fwd_block(&ctx, &mut acc, t);
                     acc
                 },
             )
@@ -561,7 +623,7 @@ impl FusedCe {
         let hw = h * w;
         let nblk = hw.div_ceil(BLOCK);
         let ignore = self.ignore_index as i64;
-        let mut grad = vec![0f32; n * c * hw];
+        let mut grad = kernel_buffer(n * c * hw);
         let gp = SyncPtr(grad.as_mut_ptr());
         (0..n * nblk).into_par_iter().for_each(|t| {
             let (img_i, b) = (t / nblk, t % nblk);

@@ -13,7 +13,7 @@
 // Kernel loops index several equally long slices at once; that is the clearer form here.
 #![allow(clippy::needless_range_loop)]
 
-use crate::fast_math::fast_exp;
+use crate::fast_math::{fast_exp, kernel_buffer};
 use crate::fused_ce::{block_max, class_of, labels_of, logits_of, Labels, SyncPtr, BLOCK};
 use crate::LossError;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -90,7 +90,7 @@ impl FusedLovasz {
                 .into_candle()
             })?;
         // Softmax probabilities, in the logits' layout.
-        let mut prob = vec![0f32; c * np];
+        let mut prob = kernel_buffer(c * np);
         let pp = SyncPtr(prob.as_mut_ptr());
         (0..n * nblk).into_par_iter().for_each(|t| {
             let (img_i, b) = (t / nblk, t % nblk);
@@ -144,7 +144,7 @@ impl FusedLovasz {
             .map(|&g| !self.present_only || g > 0.0)
             .collect();
         let norm: f64 = k.iter().zip(s).filter(|(k, _)| **k).map(|(_, s)| s).sum();
-        let mut dldp = vec![0f32; c * np];
+        let mut dldp = kernel_buffer(c * np);
         let dp = SyncPtr(dldp.as_mut_ptr());
         let prob_ref = &prob;
         let losses: Vec<f64> = (0..c)
@@ -248,7 +248,7 @@ impl FusedLovasz {
         let [n, c, h, w] = dims;
         let hw = h * w;
         let nblk = hw.div_ceil(BLOCK);
-        let mut grad = vec![0f32; n * c * hw];
+        let mut grad = kernel_buffer(n * c * hw);
         let gp = SyncPtr(grad.as_mut_ptr());
         (0..n * nblk).into_par_iter().for_each(|t| {
             let (img_i, b) = (t / nblk, t % nblk);

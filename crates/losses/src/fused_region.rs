@@ -11,7 +11,7 @@
 // Kernel loops index several equally long slices at once; that is the clearer form here.
 #![allow(clippy::needless_range_loop)]
 
-use crate::fast_math::fast_exp;
+use crate::fast_math::{fast_exp, kernel_buffer};
 use crate::fused_ce::{block_max, class_of, labels_of, logits_of, Labels, SyncPtr, BLOCK};
 use crate::region::{region_loss, RegionKind};
 use crate::LossError;
@@ -82,7 +82,7 @@ impl FusedRegion {
         let groups = self.groups(n);
         let keep = self.keep;
         let mut probs = if keep {
-            vec![0f32; n * c * hw]
+            kernel_buffer(n * c * hw)
         } else {
             Vec::new()
         };
@@ -267,7 +267,7 @@ impl FusedRegion {
         let nblk = hw.div_ceil(BLOCK);
         let ignore = self.ignore_index as i64;
         let groups = self.groups(n);
-        let mut grad = vec![0f32; n * c * hw];
+        let mut grad = kernel_buffer(n * c * hw);
         let gp = SyncPtr(grad.as_mut_ptr());
         (0..n * nblk).into_par_iter().for_each(|t| {
             let (img_i, b) = (t / nblk, t % nblk);
