@@ -1,8 +1,141 @@
-//! `cargo xtask bench models` (issue #4).
+//! `cargo xtask bench models` (issue #4): DeepLab training step and inference time.
+//!
+//! Mirrors `../shared/peer/step_bench.py`: batch 2, 3×192×384 images, 16 classes, one Adam step
+//! (forward in training mode, pixel-wise cross-entropy as a log-softmax composition, backward,
+//! AdamW update with weight decay 0, lr 1e-3) of
+//!
+//! * DeepLabV3+ on ResNet-18, output stride 16 (the paper's model; peer 570 ms), and its
+//!   evaluation-mode forward pass (inference);
+//! * DeepLabV3 on ResNet-18, output stride 8 (peer 1.6 s).
+//!
+//! Inputs are random but fixed; every figure is the median of `--reps` runs after one warm-up.
 
-use super::{BenchArgs, Figure};
+use super::{median_time, ms, BenchArgs, Figure};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use recallseg_models::{Backbone, DeepLab, Head, ModelConfig};
+
+const BATCH: usize = 2;
+const HEIGHT: usize = 192;
+const WIDTH: usize = 384;
+const CLASSES: usize = 16;
+
+/// Mean pixel-wise cross-entropy of logits `(N, C, H, W)` against `u32` labels `(N, H, W)`.
+fn cross_entropy(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = logits.dims4()?;
+    let flat = logits
+        .permute((0, 2, 3, 1))?
+        .contiguous()?
+        .reshape((n * h * w, c))?;
+    let log_p = candle_nn::ops::log_softmax(&flat, D::Minus1)?;
+    let picked = log_p.gather(&labels.reshape((n * h * w, 1))?, 1)?;
+    picked.mean_all()?.neg()
+}
+
+struct Setup {
+    model: DeepLab,
+    opt: AdamW,
+    x: Tensor,
+    y: Tensor,
+}
+
+fn setup(head: Head, output_stride: usize) -> anyhow::Result<Setup> {
+    let device = Device::Cpu;
+    let cfg = ModelConfig {
+        backbone: Backbone::Resnet18,
+        head,
+        output_stride,
+        n_classes: CLASSES,
+        ..ModelConfig::default()
+    };
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let model = DeepLab::new(&cfg, vb)?;
+    let opt = AdamW::new(
+        model.trainable_vars(),
+        ParamsAdamW {
+            lr: 1e-3,
+            weight_decay: 0.0,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let x = Tensor::randn(0f32, 1f32, (BATCH, 3, HEIGHT, WIDTH), &device)?;
+    let y = Tensor::rand(0f32, CLASSES as f32, (BATCH, HEIGHT, WIDTH), &device)?
+        .floor()?
+        .clamp(0f32, (CLASSES - 1) as f32)?
+        .to_dtype(DType::U32)?;
+    Ok(Setup { model, opt, x, y })
+}
+
+fn train_step(s: &mut Setup) -> anyhow::Result<()> {
+    let logits = s.model.forward_t(&s.x, true)?;
+    let loss = cross_entropy(&logits, &s.y)?;
+    s.opt.backward_step(&loss)?;
+    let l = loss.to_scalar::<f32>()?;
+    anyhow::ensure!(l.is_finite(), "non-finite loss {l}");
+    Ok(())
+}
 
 /// Runs the models benchmark.
-pub fn run(_args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
-    anyhow::bail!("the models benchmark is not built yet (issue #4)")
+pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+
+    eprintln!(
+        "models: DeepLabV3+ ResNet-18 OS16, batch {BATCH}, 3x{HEIGHT}x{WIDTH}, {CLASSES} classes"
+    );
+    let mut s = setup(Head::DeepLabV3Plus, 16)?;
+    let t = median_time(args.reps, || train_step(&mut s))?;
+    figures.push(
+        Figure::new(
+            "deeplabv3plus_r18_os16_train_step_ms",
+            "DeepLabV3+ R18 OS16 train step",
+            ms(t),
+            "ms",
+        )
+        .with_peer(570.0),
+    );
+    let t = median_time(args.reps, || {
+        let logits = s.model.forward_t(&s.x, false)?;
+        anyhow::ensure!(logits.dims() == [BATCH, CLASSES, HEIGHT, WIDTH]);
+        Ok(())
+    })?;
+    figures.push(Figure::new(
+        "deeplabv3plus_r18_os16_infer_ms",
+        "DeepLabV3+ R18 OS16 inference (eval forward)",
+        ms(t),
+        "ms",
+    ));
+    drop(s);
+
+    eprintln!("models: DeepLabV3 ResNet-18 OS8");
+    let mut s = setup(Head::DeepLabV3, 8)?;
+    let t = median_time(args.reps, || train_step(&mut s))?;
+    figures.push(
+        Figure::new(
+            "deeplabv3_r18_os8_train_step_ms",
+            "DeepLabV3 R18 OS8 train step",
+            ms(t),
+            "ms",
+        )
+        .with_peer(1600.0),
+    );
+    Ok(figures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cross_entropy_matches_the_definition() -> candle_core::Result<()> {
+        // Two pixels, three classes: uniform logits give ln 3; a confident right answer ~0.
+        let logits = Tensor::new(&[[0f32, 0., 0.], [20., 0., 0.]], &Device::Cpu)?
+            .reshape((1, 2, 1, 3))?
+            .permute((0, 3, 1, 2))?; // (1, 3, 1, 2)
+        let labels = Tensor::new(&[[[1u32, 0]]], &Device::Cpu)?;
+        let l = cross_entropy(&logits, &labels)?.to_scalar::<f32>()?;
+        let want = (3f32.ln() + (1.0 + 2.0 * (-20f32).exp()).ln()) / 2.0;
+        assert!((l - want).abs() < 1e-5, "{l} vs {want}");
+        Ok(())
+    }
 }
