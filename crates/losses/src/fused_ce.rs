@@ -762,3 +762,113 @@ impl CustomOp2 for FusedCe {
         Ok((Some(g), None))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2 build of the forward block and the portable-SIMD build agree (the tests of the
+    /// crate otherwise exercise only the one the machine picks).
+    #[test]
+    fn avx2_and_baseline_forward_blocks_agree() {
+        let (n, c, hw) = (2usize, 5usize, 300usize);
+        let mut state = 99u64;
+        let mut rnd = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let x: Vec<f32> = (0..n * c * hw).map(|_| rnd() * 8.0 - 4.0).collect();
+        let labels: Vec<u8> = (0..n * hw)
+            .map(|_| {
+                let r = rnd();
+                if r < 0.1 {
+                    255
+                } else {
+                    (r * 4.0) as u8
+                }
+            })
+            .collect();
+        let nblk = hw.div_ceil(BLOCK);
+        for gamma in [None, Some(2.0f32)] {
+            let run = |use_avx2: bool| {
+                let mut probs = vec![0f32; n * c * hw];
+                let mut ff = vec![0f32; n * hw];
+                let mut ce = vec![0f32; n * hw];
+                let ctx = FwdCtx {
+                    x: &x,
+                    labels: &labels,
+                    c,
+                    hw,
+                    nblk,
+                    ignore: 255,
+                    gamma,
+                    ohem: true,
+                    need_argmax: true,
+                    keep: true,
+                    pp: SyncPtr(probs.as_mut_ptr()),
+                    fp: SyncPtr(ff.as_mut_ptr()),
+                    ce_ptr: SyncPtr(ce.as_mut_ptr()),
+                };
+                let mut acc = Acc::new(c);
+                for t in 0..n * nblk {
+                    #[cfg(target_arch = "x86_64")]
+                    if use_avx2 {
+                        // SAFETY: only called when the CPU has AVX2 and FMA.
+                        unsafe { fwd_block_avx2(&ctx, &mut acc, t) };
+                        continue;
+                    }
+                    let _ = use_avx2;
+                    fwd_block(&ctx, &mut acc, t);
+                }
+                (acc, probs, ff, ce)
+            };
+            let base = run(false);
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                let fast = run(true);
+                assert_eq!(base.0.count, fast.0.count);
+                assert_eq!(base.0.tp, fast.0.tp);
+                assert_eq!(base.0.pred, fast.0.pred);
+                for k in 0..c {
+                    assert!((base.0.ce[k] - fast.0.ce[k]).abs() < 1e-4 * base.0.ce[k].max(1.0));
+                    assert!(
+                        (base.0.focal_l[k] - fast.0.focal_l[k]).abs()
+                            < 1e-4 * base.0.focal_l[k].max(1.0)
+                    );
+                }
+                let d = |a: &[f32], b: &[f32]| {
+                    a.iter()
+                        .zip(b)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0f32, f32::max)
+                };
+                assert!(d(&base.1, &fast.1) < 1e-6);
+                assert!(d(&base.2, &fast.2) < 1e-5);
+                assert!(d(&base.3, &fast.3) < 1e-5);
+            }
+            // The baseline against a direct f64 computation of the per-class CE sums.
+            let mut want = vec![0f64; c];
+            for i in 0..n * hw {
+                let y = labels[i];
+                if y == 255 {
+                    continue;
+                }
+                let (img, p) = (i / hw, i % hw);
+                let z: Vec<f64> = (0..c)
+                    .map(|k| x[img * c * hw + k * hw + p] as f64)
+                    .collect();
+                let m = z.iter().cloned().fold(f64::MIN, f64::max);
+                let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+                want[y as usize] += lse - z[y as usize];
+            }
+            for k in 0..c {
+                assert!(
+                    (base.0.ce[k] - want[k]).abs() < 1e-4 * want[k].max(1.0),
+                    "{k}"
+                );
+            }
+        }
+    }
+}
