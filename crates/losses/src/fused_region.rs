@@ -60,6 +60,115 @@ impl Sums {
     }
 }
 
+/// Everything one forward work item needs.
+struct RegCtx<'a, L> {
+    x: &'a [f32],
+    labels: &'a [L],
+    c: usize,
+    hw: usize,
+    nblk: usize,
+    ignore: i64,
+    groups: usize,
+    keep: bool,
+    pp: SyncPtr,
+}
+
+/// The forward pass over one pixel block, compiled for AVX2 + FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn region_block_avx2<L: Copy + Into<i64>>(
+    ctx: &RegCtx<'_, L>,
+    acc: &mut Sums,
+    e: &mut [f32],
+    t: usize,
+) {
+    region_block(ctx, acc, e, t)
+}
+
+/// The forward pass over one pixel block (work item `t`): softmax, soft sums into `acc`, the
+/// probabilities kept when asked; `e` is scratch of `C · BLOCK` floats.
+#[inline(always)]
+fn region_block<L: Copy + Into<i64>>(ctx: &RegCtx<'_, L>, acc: &mut Sums, e: &mut [f32], t: usize) {
+    let RegCtx {
+        x,
+        labels,
+        c,
+        hw,
+        nblk,
+        ignore,
+        groups,
+        keep,
+        pp,
+    } = *ctx;
+    let (img_i, b) = (t / nblk, t % nblk);
+    let gi = if groups == 1 { 0 } else { img_i };
+    let a = b * BLOCK;
+    let l = BLOCK.min(hw - a);
+    let img = &x[img_i * c * hw..(img_i + 1) * c * hw];
+    let lab = &labels[img_i * hw + a..img_i * hw + a + l];
+    let mut mx = [0f32; BLOCK];
+    let mut am = [0u32; BLOCK];
+    let mut sm = [0f32; BLOCK];
+    let mut vm = [0f32; BLOCK];
+    let mut ys = [0usize; BLOCK];
+    block_max(img, hw, c, a, &mut mx[..l], &mut am[..l]);
+    sm[..l].iter_mut().for_each(|v| *v = 0.0);
+    for k in 0..c {
+        let row = &img[k * hw + a..k * hw + a + l];
+        let er = &mut e[k * BLOCK..k * BLOCK + l];
+        for p in 0..l {
+            let v = fast_exp(row[p] - mx[p]);
+            er[p] = v;
+            sm[p] += v;
+        }
+    }
+    for p in 0..l {
+        match class_of(lab[p].into(), ignore, c) {
+            Ok(Some(y)) => {
+                ys[p] = y;
+                vm[p] = 1.0 / sm[p];
+            }
+            Ok(None) => vm[p] = 0.0,
+            Err(bad) => {
+                acc.bad = acc.bad.or(Some(bad));
+                vm[p] = 0.0;
+            }
+        }
+    }
+    for k in 0..c {
+        let er = &mut e[k * BLOCK..k * BLOCK + l];
+        // Eight independent partial sums, so the reduction vectorises.
+        let mut part = [0f32; 8];
+        let mut chunks = er.chunks_exact_mut(8);
+        let mut vms = vm[..l].chunks_exact(8);
+        for (ch, vc) in (&mut chunks).zip(&mut vms) {
+            for j in 0..8 {
+                ch[j] *= vc[j];
+                part[j] += ch[j];
+            }
+        }
+        for (v, m) in chunks.into_remainder().iter_mut().zip(vms.remainder()) {
+            *v *= m;
+            part[0] += *v;
+        }
+        acc.p[gi * c + k] += part.iter().map(|&v| v as f64).sum::<f64>();
+        if keep {
+            // SAFETY: this block owns probs[img_i*c*hw + k*hw + a .. + l].
+            let pr = unsafe {
+                std::slice::from_raw_parts_mut(pp.get().add(img_i * c * hw + k * hw + a), l)
+            };
+            pr.copy_from_slice(er);
+        }
+    }
+    for p in 0..l {
+        if vm[p] != 0.0 {
+            let y = ys[p];
+            acc.i[gi * c + y] += e[y * BLOCK + p] as f64;
+            acc.g[gi * c + y] += 1.0;
+        }
+    }
+}
+
 impl FusedRegion {
     fn groups(&self, n: usize) -> usize {
         if self.kind.per_image() {
@@ -87,72 +196,31 @@ impl FusedRegion {
             Vec::new()
         };
         let pp = SyncPtr(probs.as_mut_ptr());
+        let ctx = RegCtx {
+            x,
+            labels,
+            c,
+            hw,
+            nblk,
+            ignore,
+            groups,
+            keep,
+            pp,
+        };
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
         let sums = (0..n * nblk)
             .into_par_iter()
             .fold(
                 || (Sums::new(groups * c), vec![0f32; c * BLOCK]),
                 |(mut acc, mut e), t| {
-                    let (img_i, b) = (t / nblk, t % nblk);
-                    let gi = if groups == 1 { 0 } else { img_i };
-                    let a = b * BLOCK;
-                    let l = BLOCK.min(hw - a);
-                    let img = &x[img_i * c * hw..(img_i + 1) * c * hw];
-                    let lab = &labels[img_i * hw + a..img_i * hw + a + l];
-                    let mut mx = [0f32; BLOCK];
-                    let mut am = [0u32; BLOCK];
-                    let mut sm = [0f32; BLOCK];
-                    let mut vm = [0f32; BLOCK];
-                    let mut ys = [0usize; BLOCK];
-                    block_max(img, hw, c, a, &mut mx[..l], &mut am[..l]);
-                    sm[..l].iter_mut().for_each(|v| *v = 0.0);
-                    for k in 0..c {
-                        let row = &img[k * hw + a..k * hw + a + l];
-                        let er = &mut e[k * BLOCK..k * BLOCK + l];
-                        for p in 0..l {
-                            let v = fast_exp(row[p] - mx[p]);
-                            er[p] = v;
-                            sm[p] += v;
-                        }
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2 {
+                        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+                        unsafe { region_block_avx2(&ctx, &mut acc, &mut e, t) };
+                        return (acc, e);
                     }
-                    for p in 0..l {
-                        match class_of(lab[p].into(), ignore, c) {
-                            Ok(Some(y)) => {
-                                ys[p] = y;
-                                vm[p] = 1.0 / sm[p];
-                            }
-                            Ok(None) => vm[p] = 0.0,
-                            Err(bad) => {
-                                acc.bad = acc.bad.or(Some(bad));
-                                vm[p] = 0.0;
-                            }
-                        }
-                    }
-                    for k in 0..c {
-                        let er = &mut e[k * BLOCK..k * BLOCK + l];
-                        let mut s = 0f32;
-                        for p in 0..l {
-                            er[p] *= vm[p];
-                            s += er[p];
-                        }
-                        acc.p[gi * c + k] += s as f64;
-                        if keep {
-                            // SAFETY: this block owns probs[img_i*c*hw + k*hw + a .. + l].
-                            let pr = unsafe {
-                                std::slice::from_raw_parts_mut(
-                                    pp.get().add(img_i * c * hw + k * hw + a),
-                                    l,
-                                )
-                            };
-                            pr.copy_from_slice(er);
-                        }
-                    }
-                    for p in 0..l {
-                        if vm[p] != 0.0 {
-                            let y = ys[p];
-                            acc.i[gi * c + y] += e[y * BLOCK + p] as f64;
-                            acc.g[gi * c + y] += 1.0;
-                        }
-                    }
+                    region_block(&ctx, &mut acc, &mut e, t);
                     (acc, e)
                 },
             )
