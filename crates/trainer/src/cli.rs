@@ -202,6 +202,22 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
 
 /// `recallseg eval`.
 pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
+    let (report, images) = eval_checkpoint(a)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} ({} split, {images} images):\n",
+            a.checkpoint.display(),
+            a.split
+        );
+        print!("{report}");
+    }
+    Ok(())
+}
+
+/// Evaluates a checkpoint as `recallseg eval` does; returns the report and the image count.
+pub fn eval_checkpoint(a: &EvalArgs) -> anyhow::Result<(recallseg_metrics::Report, usize)> {
     let device = DeviceSpec::parse(&a.device)
         .map_err(|m| anyhow::anyhow!("--device: {m}"))?
         .open()?;
@@ -221,19 +237,7 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     }
     let out = evaluate(&built.model, &loader, &device, 0)?;
     let report = out.matrix.report_with_names(&classes.names)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "{} on {} ({} split, {} images):\n",
-            a.checkpoint.display(),
-            cfg.data.root.display(),
-            a.split,
-            out.images
-        );
-        print!("{report}");
-    }
-    Ok(())
+    Ok((report, out.images))
 }
 
 /// `recallseg predict`.

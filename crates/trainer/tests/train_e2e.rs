@@ -293,3 +293,68 @@ fn interrupt_writes_a_checkpoint_and_returns() {
     let log = read_log(&out.join("log.jsonl")).unwrap();
     assert!(matches!(log.last(), Some(LogRecord::Stopped { .. })));
 }
+
+#[test]
+fn eval_and_predict_from_a_checkpoint() {
+    use recallseg_trainer::cli::{eval_checkpoint, predict, EvalArgs, PredictArgs};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let out = dir.path().join("run");
+    let cfg = tiny_config(&root, &out, &["train.iters=2", "train.val_every=0"]);
+    train(&cfg, &quiet()).unwrap();
+    let ck = out.join("last.safetensors");
+    let args = EvalArgs {
+        checkpoint: ck.clone(),
+        data: None,
+        split: "test".into(),
+        device: "cpu".into(),
+        max_images: 0,
+        json: true,
+    };
+    let (report, images) = eval_checkpoint(&args).unwrap();
+    assert_eq!(images, 2);
+    assert_eq!(report.n_classes, 16);
+    assert_eq!(report.pixels + report.ignored_pixels, 2 * 64 * 32);
+    // A dataset without the split is a clear error.
+    let e = eval_checkpoint(&EvalArgs {
+        data: Some(dir.path().join("nowhere")),
+        ..args.clone()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("nowhere"), "{e}");
+    // Predict on a stored image of another size: the output has the image's size and only
+    // palette colours.
+    let img_path = std::fs::read_dir(root.join("SYNTHIA-SEQS-05-SUMMER/RGB/Stereo_Left/Omni_F"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let big = dir.path().join("street.png");
+    image::open(&img_path)
+        .unwrap()
+        .resize_exact(96, 40, image::imageops::FilterType::Triangle)
+        .save(&big)
+        .unwrap();
+    let pred_dir = dir.path().join("pred");
+    predict(&PredictArgs {
+        checkpoint: ck,
+        images: vec![big],
+        out: pred_dir.clone(),
+        device: "cpu".into(),
+        labels: true,
+    })
+    .unwrap();
+    let colour = image::open(pred_dir.join("street.png")).unwrap().to_rgb8();
+    assert_eq!((colour.width(), colour.height()), (96, 40));
+    let labels = image::open(pred_dir.join("street_labels.png"))
+        .unwrap()
+        .to_luma8();
+    let palette = recallseg_data::synthia::SYNTHIA_PALETTE;
+    for (p, l) in colour.pixels().zip(labels.pixels()) {
+        assert!(l.0[0] < 16);
+        assert_eq!(p.0, palette[l.0[0] as usize]);
+    }
+}
