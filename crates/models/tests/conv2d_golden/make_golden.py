@@ -30,6 +30,9 @@ SPATIAL = [
     ((10, 12), (3, 3), 1, 3, 1),
     ((5, 6), (5, 5), 0, 1, 1),
     ((9, 14), (3, 3), 6, 1, 6),
+    # Dilated kernels whose outer rows only ever read padding (ASPP on a small map).
+    ((5, 14), (3, 3), 6, 1, 6),
+    ((3, 20), (3, 3), 12, 1, 12),
 ]
 for hw, k, p, s, d in SPATIAL:
     GRID.append((1, 3, 5, hw, k, p, s, d, False))

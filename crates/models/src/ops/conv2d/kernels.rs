@@ -284,15 +284,90 @@ unsafe fn col2im_rows(s: &ConvShape, dcol: &[f32], r0: usize, r1: usize, dx: Syn
     }
 }
 
+/// The kernel taps of a convolution that can ever touch the image: with a large dilation on a small
+/// map (ASPP rates 12–36), whole kernel rows or columns only ever read padding. Dropping them (and
+/// the padding they stood for) gives a smaller convolution with the same output and, for the
+/// kept taps, the same gradients; the dropped taps' weight gradients are exactly zero.
+struct LiveTaps {
+    /// The convolution restricted to the live taps.
+    shape: ConvShape,
+    /// First live kernel row and column.
+    i_lo: usize,
+    j_lo: usize,
+}
+
+impl LiveTaps {
+    /// `Some` when some kernel rows or columns are dead and dropping them keeps the output size
+    /// (symmetric cases, which are the ones that occur).
+    fn of(s: &ConvShape) -> Option<Self> {
+        // Tap i reads input rows i·d − p + r·s for r in 0..out: live if that range meets 0..len.
+        let live = |k: usize, pad: usize, out: usize, len: usize| {
+            let is_live = |i: usize| {
+                let first = (i * s.dil) as isize - pad as isize;
+                let last = first + ((out - 1) * s.stride) as isize;
+                last >= 0 && first < len as isize
+            };
+            let lo = (0..k).find(|&i| is_live(i))?;
+            let hi = (0..k).rev().find(|&i| is_live(i))?;
+            Some((lo, hi))
+        };
+        let (oh, ow) = (s.oh(), s.ow());
+        let (i_lo, i_hi) = live(s.kh, s.pad_h, oh, s.h)?;
+        let (j_lo, j_hi) = live(s.kw, s.pad_w, ow, s.w)?;
+        if (i_lo, i_hi, j_lo, j_hi) == (0, s.kh - 1, 0, s.kw - 1) {
+            return None;
+        }
+        let shape = ConvShape {
+            kh: i_hi - i_lo + 1,
+            kw: j_hi - j_lo + 1,
+            pad_h: s.pad_h.checked_sub(i_lo * s.dil)?,
+            pad_w: s.pad_w.checked_sub(j_lo * s.dil)?,
+            ..*s
+        };
+        (shape.oh() == oh && shape.ow() == ow).then_some(Self { shape, i_lo, j_lo })
+    }
+
+    /// The live part of a full weight tensor.
+    fn slice(&self, s: &ConvShape, weight: &[f32]) -> Vec<f32> {
+        let r = &self.shape;
+        let mut out = Vec::with_capacity(r.c_out * r.k());
+        for oc in 0..s.c_out * s.c_in {
+            for i in 0..r.kh {
+                let row = (oc * s.kh + self.i_lo + i) * s.kw + self.j_lo;
+                out.extend_from_slice(&weight[row..row + r.kw]);
+            }
+        }
+        out
+    }
+
+    /// A full weight gradient from the live taps' gradient (zeros elsewhere).
+    fn expand(&self, s: &ConvShape, dw: &[f32]) -> Vec<f32> {
+        let r = &self.shape;
+        let mut out = vec![0f32; s.c_out * s.k()];
+        for oc in 0..s.c_out * s.c_in {
+            for i in 0..r.kh {
+                let row = (oc * s.kh + self.i_lo + i) * s.kw + self.j_lo;
+                let src = (oc * r.kh + i) * r.kw;
+                out[row..row + r.kw].copy_from_slice(&dw[src..src + r.kw]);
+            }
+        }
+        out
+    }
+}
+
 /// Forward pass: `x` (`N × C_in × H × W`), `weight` (`C_out × C_in × K_h × K_w`), optional `bias`
-/// (`C_out`), all contiguous; returns `y` (`N × C_out × OH × OW`). Winograd F(2×2, 3×3) where it
-/// applies (3×3, stride 1, many channels, large images), im2col + gemm otherwise.
+/// (`C_out`), all contiguous; returns `y` (`N × C_out × OH × OW`). Kernel taps that only read
+/// padding are dropped first; then Winograd F(2×2, 3×3) where it applies (3×3, stride 1, many
+/// channels, large images), im2col + gemm otherwise.
 pub(crate) fn conv_forward(
     s: &ConvShape,
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
+    if let Some(live) = LiveTaps::of(s) {
+        return conv_forward(&live.shape, x, &live.slice(s, weight), bias);
+    }
     if super::winograd::applies(s) {
         super::winograd::conv_forward_winograd(s, x, weight, bias)
     } else {
@@ -362,6 +437,9 @@ pub(crate) fn conv_forward_im2col(
 /// Weight gradient: `x` (`N × C_in × H × W`) and the output gradient `dy` (`N × C_out × OH × OW`),
 /// both contiguous; returns `dW` (`C_out × C_in × K_h × K_w`).
 pub(crate) fn conv_weight_grad(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    if let Some(live) = LiveTaps::of(s) {
+        return live.expand(s, &conv_weight_grad(&live.shape, x, dy));
+    }
     let (oh, ow, k) = (s.oh(), s.ow(), s.k());
     let plane = oh * ow;
     let wlen = s.c_out * k;
@@ -465,6 +543,9 @@ fn input_grad_as_conv(s: &ConvShape) -> bool {
 /// Input gradient: the output gradient `dy` (`N × C_out × OH × OW`) and `weight`
 /// (`C_out × C_in × K_h × K_w`), both contiguous; returns `dx` (`N × C_in × H × W`).
 pub(crate) fn conv_input_grad(s: &ConvShape, dy: &[f32], weight: &[f32]) -> Vec<f32> {
+    if let Some(live) = LiveTaps::of(s) {
+        return conv_input_grad(&live.shape, dy, &live.slice(s, weight));
+    }
     if input_grad_as_conv(s) {
         input_grad_by_conv(s, dy, weight)
     } else {
@@ -604,6 +685,47 @@ mod tests {
     }
 
     #[test]
+    fn dead_taps_are_found_only_where_they_exist() {
+        let s = |h: usize, w: usize, pad: usize, dil: usize| ConvShape {
+            n: 1,
+            c_in: 2,
+            h,
+            w,
+            c_out: 3,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad_h: pad,
+            pad_w: pad,
+            dil,
+        };
+        // ASPP rate 12 on a 12×24 map: a 1×3 convolution without vertical padding.
+        let live = LiveTaps::of(&s(12, 24, 12, 12)).expect("dead rows");
+        assert_eq!(
+            (
+                live.shape.kh,
+                live.shape.kw,
+                live.shape.pad_h,
+                live.shape.pad_w
+            ),
+            (1, 3, 0, 12)
+        );
+        assert_eq!((live.i_lo, live.j_lo), (1, 0));
+        // Rate 6 on the same map: every tap touches the image somewhere.
+        assert!(LiveTaps::of(&s(12, 24, 6, 6)).is_none());
+        assert!(LiveTaps::of(&s(8, 8, 1, 1)).is_none());
+        // slice ∘ expand keeps exactly the live taps.
+        let full = s(3, 20, 12, 12);
+        let live = LiveTaps::of(&full).unwrap();
+        let w = data(full.c_out * full.k(), 5);
+        let back = live.expand(&full, &live.slice(&full, &w));
+        for (idx, (a, b)) in w.iter().zip(&back).enumerate() {
+            let i = (idx / 3) % 3;
+            assert_eq!(*b, if i == 1 { *a } else { 0.0 });
+        }
+    }
+
+    #[test]
     fn forward_matches_direct_loops_and_col2im_is_adjoint_of_im2col() {
         for &(kh, kw, stride, pad, dil, h, w) in &[
             (3, 3, 1, 1, 1, 7, 9),
@@ -611,6 +733,9 @@ mod tests {
             (1, 1, 1, 0, 1, 4, 6),
             (1, 1, 2, 0, 1, 5, 5),
             (3, 3, 2, 3, 2, 9, 6),
+            // Dead taps: only the middle kernel row (and all columns) ever touch the image.
+            (3, 3, 1, 6, 6, 5, 14),
+            (3, 3, 1, 12, 12, 3, 20),
         ] {
             let s = ConvShape {
                 n: 2,
