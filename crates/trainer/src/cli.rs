@@ -40,7 +40,7 @@ pub enum Command {
 #[command(after_help = "Examples:\n  \
     recallseg train --preset synthia-quick\n  \
     recallseg train --config my.toml --set train.iters=2000 --set loss.name=focal\n  \
-    recallseg train --config my.toml --resume        # continue after Ctrl-C")]
+    recallseg train --config my.toml --resume        # continue after Ctrl-C\n")]
 pub struct TrainArgs {
     /// The TOML configuration (see `recallseg preset synthia`).
     #[arg(long, conflicts_with = "preset")]
@@ -115,7 +115,7 @@ impl TrainArgs {
 /// `recallseg eval`.
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Example:\n  recallseg eval --checkpoint runs/synthia/best.safetensors --split test"
+    after_help = "Example:\n  recallseg eval --checkpoint runs/synthia/best.safetensors --split test\n"
 )]
 pub struct EvalArgs {
     /// A checkpoint written by `recallseg train` (`last.safetensors` or `best.safetensors`).
@@ -141,7 +141,7 @@ pub struct EvalArgs {
 /// `recallseg predict`.
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Example:\n  recallseg predict --checkpoint runs/synthia/best.safetensors street.png -o out/"
+    after_help = "Example:\n  recallseg predict --checkpoint runs/synthia/best.safetensors street.png -o out/\n"
 )]
 pub struct PredictArgs {
     /// A checkpoint written by `recallseg train`.

@@ -575,8 +575,15 @@ impl TrainConfig {
         }
 
         let loss = self.loss_config()?;
-        loss.validate()
-            .map_err(|e| invalid("loss", e.to_string()))?;
+        loss.validate().map_err(|e| match e {
+            recallseg_losses::LossError::InvalidParameter {
+                field,
+                value,
+                reason,
+                ..
+            } => invalid(&format!("loss.{field}"), format!("{value} {reason}")),
+            other => invalid("loss", other.to_string()),
+        })?;
 
         let o = &self.optim;
         if !(o.lr.is_finite() && o.lr > 0.0) {
@@ -828,8 +835,10 @@ mod tests {
         assert!(err_text(&["schedule.warmup_iters=100000"]).starts_with("schedule.warmup_iters:"));
         assert!(err_text(&["model.dropout=1.5"]).starts_with("model.dropout:"));
         assert!(err_text(&["model.head_channels=0"]).starts_with("model.head_channels:"));
-        let e = err_text(&["loss.name=focal", "loss.gamma=-1.0"]);
-        assert!(e.starts_with("loss:") && e.contains("gamma"), "{e}");
+        assert_eq!(
+            err_text(&["loss.name=focal", "loss.gamma=-1.0"]),
+            "loss.gamma: -1 must be finite and >= 0"
+        );
         let e = err_text(&["loss.name=focal", "loss.gama=1.0"]);
         assert!(e.starts_with("loss:") && e.contains("gama"), "{e}");
     }
