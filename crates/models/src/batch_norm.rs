@@ -81,7 +81,7 @@ impl BatchNorm2d {
 
     fn forward_impl(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let (n, _, h, w) = x.dims4()?;
-        if train && !self.frozen && batch_norm_cpu::supported(x) {
+        if train && !self.frozen && batch_norm_cpu::enabled() && batch_norm_cpu::supported(x) {
             self.check(x)?;
             let (y, stats) = batch_norm_cpu::batch_norm_train(
                 x,

@@ -316,3 +316,63 @@ fn multi_grid_changes_layer4_only() {
     assert_eq!(fa.out.dims(), fb.out.dims());
     assert_ne!(v(&fa.out), v(&fb.out));
 }
+
+#[test]
+fn f32_training_gradients_match_f64_in_the_backbone() {
+    // Self-consistency of the f32 training path (fused CPU BatchNorm, CPU max-pool) with the f64
+    // portable path, which the parity goldens tie to PyTorch. Uses candle's convolution for both
+    // (the CPU convolution op is checked by its own tests).
+    recallseg_models::ops::conv2d::set_cpu_kernel_enabled(false);
+    let cfg = ModelConfig {
+        n_classes: 3,
+        backbone_width: 16,
+        ..ModelConfig::default()
+    };
+    let run = |dtype: DType| {
+        let (m, _vm) = common::build_dtype(&cfg, dtype);
+        common::fill_model(&m);
+        let x = fill("input.deeplab", &[2, 3, 64, 80])
+            .to_dtype(dtype)
+            .unwrap();
+        let f = m.backbone_features(&x, true).unwrap();
+        let g = fill("grad.deeplab", f.out.dims()).to_dtype(dtype).unwrap();
+        let grads = (&f.out * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        m.named_vars()
+            .iter()
+            .filter_map(|v| {
+                grads.get(&v.var).map(|t| {
+                    let d: Vec<f64> = t
+                        .flatten_all()
+                        .unwrap()
+                        .to_dtype(DType::F64)
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    (v.name.clone(), d)
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (run(DType::F32), run(DType::F64));
+    recallseg_models::ops::conv2d::set_cpu_kernel_enabled(true);
+    assert_eq!(a.len(), b.len());
+    assert!(a.len() >= 60, "{} gradients", a.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        let scale = y.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+        let err = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f64::max)
+            / scale;
+        assert!(
+            err < 1e-4,
+            "{name}: f32 gradient is {err:.1e} (relative) away from f64"
+        );
+    }
+}

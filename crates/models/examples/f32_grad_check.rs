@@ -1,0 +1,77 @@
+//! Reproducer for the f32 training-gradient drift documented in docs/models.md ("Precision"):
+//! builds ResNet-18 (OS 16) in f32 and f64 with identical weights (the parity fill formula),
+//! runs one training-mode backward pass of `sum(layer4 · G)` and prints, per parameter, the
+//! largest f32-vs-f64 gradient difference relative to the gradient's scale.
+//!
+//! ```text
+//! cargo run --release -p recallseg-models --example f32_grad_check
+//! NO_CONV_KERNEL=1 …   # candle's convolution instead of the CPU op of issue #7
+//! NO_FUSED_BN=1 …      # the portable BatchNorm instead of the fused CPU op
+//! RAYON_NUM_THREADS=4 …
+//! ```
+//!
+//! Seen on the 2-core machine: with both CPU ops, `backbone.layer1.1.bn1.bias` is off by 6e-2
+//! (every thread count); with the portable BatchNorm, 3e-6 at 1–2 threads but 6e-2 at 4; with
+//! candle's convolution, 3e-6 at every thread count.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use candle_core::DType;
+use recallseg_models::ModelConfig;
+
+fn main() {
+    if std::env::var("NO_CONV_KERNEL").is_ok() {
+        recallseg_models::ops::conv2d::set_cpu_kernel_enabled(false);
+    }
+    if std::env::var("NO_FUSED_BN").is_ok() {
+        recallseg_models::ops::batch_norm_cpu::set_enabled(false);
+    }
+    let cfg = ModelConfig {
+        n_classes: 6,
+        ..Default::default()
+    };
+    let mut runs = vec![];
+    for dtype in [DType::F32, DType::F64] {
+        let (m, _vm) = common::build_dtype(&cfg, dtype);
+        common::fill_model(&m);
+        let x = common::fill("input.deeplab", &[2, 3, 64, 80])
+            .to_dtype(dtype)
+            .unwrap();
+        let f = m.backbone_features(&x, true).unwrap();
+        let g = common::fill("grad.deeplab", f.out.dims())
+            .to_dtype(dtype)
+            .unwrap();
+        let grads = (&f.out * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let flat = |t: &candle_core::Tensor| -> Vec<f64> {
+            t.flatten_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let mut out = vec![("layer4 output".to_string(), flat(&f.out))];
+        for nv in m.named_vars() {
+            if let Some(t) = grads.get(&nv.var) {
+                out.push((nv.name.clone(), flat(t)));
+            }
+        }
+        runs.push(out);
+    }
+    for ((name, a), (_, b)) in runs[0].iter().zip(&runs[1]) {
+        let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+        let err = a
+            .iter()
+            .zip(b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f64, f64::max)
+            / scale;
+        println!("{name}: {err:.1e}");
+    }
+}
