@@ -147,11 +147,15 @@ impl FusedLovasz {
         let mut dldp = kernel_buffer(c * np);
         let dp = SyncPtr(dldp.as_mut_ptr());
         let prob_ref = &prob;
-        let losses: Vec<f64> = (0..c)
+        // One work item per thread, each with its own sort buffers, over a strided share of
+        // the classes (classes cost about the same).
+        let workers = rayon::current_num_threads().clamp(1, c.max(1));
+        let losses: Vec<f64> = (0..workers)
             .into_par_iter()
-            .map_init(
-                || (Vec::<u64>::new(), Vec::<u64>::new()),
-                |(keys, tmp), cls| {
+            .map(|wid| {
+                let mut keys: Vec<u64> = Vec::with_capacity(vpos.len());
+                let mut tmp: Vec<u64> = Vec::with_capacity(vpos.len());
+                let class_loss = |cls: usize, keys: &mut Vec<u64>, tmp: &mut Vec<u64>| -> f64 {
                     if !k[cls] || norm <= 0.0 || vpos.is_empty() {
                         return 0.0;
                     }
@@ -186,8 +190,12 @@ impl FusedLovasz {
                         unsafe { *dp.get().add(vpos[j] as usize + plane) = d as f32 };
                     }
                     f * loss
-                },
-            )
+                };
+                (wid..c)
+                    .step_by(workers)
+                    .map(|cls| class_loss(cls, &mut keys, &mut tmp))
+                    .sum::<f64>()
+            })
             .collect();
         let mut guard = self
             .dldp
