@@ -96,9 +96,11 @@ pub trait SegLoss: Send {
     /// unweighted cross entropy) or before the first step.
     ///
     /// Classes absent from the last batch are reported as `NaN` by the losses whose weights are
-    /// batch statistics ([`RecallCe`], [`PrecisionCe`], [`Focal`]); static weights
-    /// ([`WeightedCe`], [`BalancedCe`], or any loss built with static `class_weights`) are
-    /// reported for every class.
+    /// batch statistics ([`RecallCe`]: `1 - recall`, [`PrecisionCe`]: `FP/(TP+FP)`, [`Focal`]:
+    /// mean `(1-p)^γ`, [`Ohem`]: fraction of the class's pixels kept); these report the dynamic
+    /// weight only (static class weights multiply on top). Static weights ([`WeightedCe`],
+    /// [`BalancedCe`], [`CrossEntropy`] and the region losses built with `class_weights`) are
+    /// reported for every class; unweighted [`CrossEntropy`] and region losses report `None`.
     fn last_class_weights(&self) -> Option<Vec<f32>>;
 }
 
