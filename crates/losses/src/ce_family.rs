@@ -335,6 +335,48 @@ impl CeEngine {
 }
 
 impl CeEngine {
+    /// Restores the recall moving average (RecallCE with `ema`); see `SegLoss::load_state`.
+    pub(crate) fn load_state(
+        &mut self,
+        state: &[f32],
+    ) -> std::result::Result<(), crate::LossError> {
+        let keeps = matches!(self.mode, CeMode::Recall { momentum: Some(_) });
+        if state.is_empty() {
+            if keeps {
+                self.ema = None;
+            }
+            return Ok(());
+        }
+        if !keeps {
+            return Err(crate::LossError::InvalidParameter {
+                loss: self.name,
+                field: "state",
+                value: format!("{} values", state.len()),
+                reason: "this loss keeps no state across steps".into(),
+            });
+        }
+        if state.len() != self.n_classes {
+            return Err(crate::LossError::ClassCountMismatch {
+                what: "loss state (recall moving average)",
+                expected: self.n_classes,
+                got: state.len(),
+            });
+        }
+        if let Some(v) = state
+            .iter()
+            .find(|v| !v.is_nan() && !(0.0..=1.0).contains(*v))
+        {
+            return Err(crate::LossError::InvalidParameter {
+                loss: self.name,
+                field: "state",
+                value: v.to_string(),
+                reason: "a recall average must be in [0, 1] (or NaN for unseen classes)".into(),
+            });
+        }
+        self.ema = Some(state.to_vec());
+        Ok(())
+    }
+
     /// Weights reported by `SegLoss::last_class_weights`.
     pub(crate) fn last_class_weights(&self) -> Option<Vec<f32>> {
         match self.mode {
@@ -401,6 +443,14 @@ macro_rules! ce_loss_common {
 
             fn last_class_weights(&self) -> Option<Vec<f32>> {
                 self.engine.last_class_weights()
+            }
+
+            fn state(&self) -> Option<Vec<f32>> {
+                self.engine.ema.clone()
+            }
+
+            fn load_state(&mut self, state: &[f32]) -> std::result::Result<(), $crate::LossError> {
+                self.engine.load_state(state)
             }
         }
     };

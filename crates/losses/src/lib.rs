@@ -102,6 +102,28 @@ pub trait SegLoss: Send {
     /// [`BalancedCe`], [`CrossEntropy`] and the region losses built with `class_weights`) are
     /// reported for every class; unweighted [`CrossEntropy`] and region losses report `None`.
     fn last_class_weights(&self) -> Option<Vec<f32>>;
+
+    /// The state the loss carries across steps, for checkpoints: [`RecallCe`] with a moving
+    /// average returns its per-class smoothed recall (`NaN` for classes not seen yet, once it has
+    /// seen a batch); every other loss returns `None`.
+    fn state(&self) -> Option<Vec<f32>> {
+        None
+    }
+
+    /// Restores what [`SegLoss::state`] returned, so that a resumed run continues exactly.
+    /// Stateless losses accept only an empty state; a state of the wrong length is an error.
+    fn load_state(&mut self, state: &[f32]) -> Result<(), LossError> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(LossError::InvalidParameter {
+                loss: "state",
+                field: "state",
+                value: format!("{} values", state.len()),
+                reason: "this loss keeps no state across steps".into(),
+            })
+        }
+    }
 }
 
 /// Which implementation a loss runs.
