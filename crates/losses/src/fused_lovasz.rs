@@ -72,6 +72,13 @@ impl FusedLovasz {
         let np = n * hw;
         let nblk = hw.div_ceil(BLOCK);
         let ignore = self.ignore_index as i64;
+        if c * np > u32::MAX as usize {
+            return Err(LossError::Shape(format!(
+                "the fused Lovász kernel indexes logits with 32 bits; {n}x{c}x{h}x{w} is too large \
+                 (use Kernel::Portable)"
+            ))
+            .into_candle());
+        }
         // Classes per pixel (u32::MAX = ignored), checked.
         let ys: Vec<u32> = labels
             .par_iter()
