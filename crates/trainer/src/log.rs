@@ -21,8 +21,9 @@ pub enum LogRecord {
         /// Throughput since the previous record.
         steps_per_s: f64,
         /// Per-class weights the loss used on the last step (`1 − recall` for Recall loss,
-        /// mean `(1 − p)^γ` for Focal loss; Fig. 4 of the paper), if the loss reports them.
-        class_weights: Option<Vec<f32>>,
+        /// mean `(1 − p)^γ` for Focal loss; Fig. 4 of the paper), if the loss reports them;
+        /// `null` for classes absent from the batch.
+        class_weights: Option<Vec<Option<f32>>>,
     },
     /// Validation figures.
     Val {
@@ -251,7 +252,7 @@ mod tests {
             loss: 1.0 / (step as f64 + 1.0),
             lr: 1e-3,
             steps_per_s: 2.0,
-            class_weights: Some(vec![0.5, 0.25]),
+            class_weights: Some(vec![Some(0.5), None]),
         }
     }
 

@@ -253,14 +253,10 @@ pub fn build_loss(
     Ok(lc.build(&ctx)?)
 }
 
-fn finite_or_none(w: Option<Vec<f32>>) -> Option<Vec<f32>> {
-    // Classes absent from the batch are NaN; log them as 0 so that JSON stays valid and the
-    // normalised plot treats them as "no weight this step".
-    w.map(|v| {
-        v.into_iter()
-            .map(|x| if x.is_finite() { x } else { 0.0 })
-            .collect()
-    })
+fn finite_or_none(w: Option<Vec<f32>>) -> Option<Vec<Option<f32>>> {
+    // Classes absent from the batch are NaN: logged as null (JSON has no NaN), left out of the
+    // normalisation and drawn as gaps in Fig. 4.
+    w.map(|v| v.into_iter().map(|x| x.is_finite().then_some(x)).collect())
 }
 
 /// Trains a model as `cfg` says, writing into `cfg.train.out_dir`.

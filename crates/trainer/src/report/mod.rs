@@ -132,8 +132,9 @@ pub struct RunSummary {
     pub iters: u64,
     /// Training wall time in seconds (excluding evaluation).
     pub train_seconds: f64,
-    /// Per-class loss weights logged during training: `(step, weights)`.
-    pub class_weights: Vec<(u64, Vec<f32>)>,
+    /// Per-class loss weights logged during training: `(step, weights)`, `None` for classes
+    /// absent from that step's batch.
+    pub class_weights: Vec<(u64, Vec<Option<f32>>)>,
 }
 
 impl RunSummary {

@@ -133,12 +133,30 @@ fn fig4_runs(cmp: &Comparison) -> impl Iterator<Item = &super::RunSummary> {
     })
 }
 
-/// Weights normalised to sum to one (all zeros stay zeros).
-pub(crate) fn normalise(w: &[f32]) -> Vec<f64> {
-    let s: f64 = w.iter().map(|&v| v as f64).sum();
+/// Weights normalised to sum to one over the classes present (`None` = absent from the batch,
+/// left out); all zeros stay zeros.
+pub(crate) fn normalise(w: &[Option<f32>]) -> Vec<Option<f64>> {
+    let s: f64 = w.iter().flatten().map(|&v| v as f64).sum();
     w.iter()
-        .map(|&v| if s > 0.0 { v as f64 / s } else { 0.0 })
+        .map(|v| v.map(|v| if s > 0.0 { v as f64 / s } else { 0.0 }))
         .collect()
+}
+
+/// Splits a series with gaps into contiguous segments.
+pub(crate) fn segments(points: &[Option<(f64, f64)>]) -> Vec<Vec<(f64, f64)>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    for p in points {
+        match p {
+            Some(p) => cur.push(*p),
+            None if !cur.is_empty() => out.push(std::mem::take(&mut cur)),
+            None => {}
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 /// Draws the normalised per-class weights of the Focal and Recall runs over training (panels
@@ -153,7 +171,8 @@ pub fn draw_fig4(cmp: &Comparison, path: &Path) -> PlotResult {
     )
 }
 
-type Series = Vec<Vec<(f64, f64)>>;
+/// Per class, the points over training (`None` where the class was absent).
+type Series = Vec<Vec<Option<(f64, f64)>>>;
 
 fn panels(cmp: &Comparison) -> Vec<(String, Series)> {
     let n = cmp.class_names.len();
@@ -163,7 +182,7 @@ fn panels(cmp: &Comparison) -> Vec<(String, Series)> {
         let mut s: Series = vec![Vec::new(); n];
         for (step, w) in &r.class_weights {
             for (c, v) in normalise(w).into_iter().enumerate().take(n) {
-                s[c].push((*step as f64, v));
+                s[c].push(v.map(|v| (*step as f64, v)));
             }
         }
         by_loss.insert(r.loss_name.clone(), (r.label.clone(), s));
@@ -178,10 +197,13 @@ fn panels(cmp: &Comparison) -> Vec<(String, Series)> {
             .iter()
             .zip(r)
             .map(|(fc, rc)| {
+                // The two runs log at the same steps; a ratio needs both weights.
                 fc.iter()
                     .zip(rc)
-                    .filter(|(a, b)| a.0 == b.0 && a.1 > 0.0)
-                    .map(|(a, b)| (a.0, b.1 / a.1))
+                    .map(|(a, b)| match (a, b) {
+                        (Some(a), Some(b)) if a.0 == b.0 && a.1 > 0.0 => Some((a.0, b.1 / a.1)),
+                        _ => None,
+                    })
                     .collect()
             })
             .collect();
@@ -195,9 +217,15 @@ fn fig4<DB: DrawingBackend>(cmp: &Comparison, root: DrawingArea<DB, Shift>) -> P
     let panels = panels(cmp);
     let areas = root.split_evenly((1, panels.len().max(1)));
     for ((title, series), area) in panels.iter().zip(areas) {
-        let xmax = series.iter().flatten().map(|p| p.0).fold(1.0f64, f64::max);
+        let xmax = series
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|p| p.0)
+            .fold(1.0f64, f64::max);
         let ymax = series
             .iter()
+            .flatten()
             .flatten()
             .map(|p| p.1)
             .filter(|v| v.is_finite())
@@ -218,19 +246,30 @@ fn fig4<DB: DrawingBackend>(cmp: &Comparison, root: DrawingArea<DB, Shift>) -> P
             .draw()
             .map_err(e)?;
         for (c, pts) in series.iter().enumerate() {
-            if pts.is_empty() {
-                continue;
+            let segs = segments(pts);
+            if segs.is_empty() {
+                continue; // a class never present (Synthia's reserved ids)
             }
             let p = cmp.palette[c];
             let colour = RGBColor(p[0], p[1], p[2]);
-            let name = cmp.class_names[c].clone();
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), colour.stroke_width(2)))
-                .map_err(e)?
-                .label(name)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(3))
-                });
+            for (k, seg) in segs.iter().enumerate() {
+                let drawn = if seg.len() == 1 {
+                    chart
+                        .draw_series(std::iter::once(Circle::new(seg[0], 2, colour.filled())))
+                        .map_err(e)?
+                } else {
+                    chart
+                        .draw_series(LineSeries::new(seg.iter().copied(), colour.stroke_width(2)))
+                        .map_err(e)?
+                };
+                if k == 0 {
+                    drawn
+                        .label(cmp.class_names[c].clone())
+                        .legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(3))
+                        });
+                }
+            }
         }
         chart
             .configure_series_labels()

@@ -35,7 +35,17 @@ fn run(name: &str, label: &str, rep: Report, weights: bool) -> RunSummary {
         train_seconds: 12.0,
         class_weights: if weights {
             (1..=3)
-                .map(|s| (10 * s, vec![0.1, 0.2 * s as f32, 0.3, 0.4 / s as f32]))
+                .map(|s| {
+                    (
+                        10 * s,
+                        vec![
+                            Some(0.1),
+                            Some(0.2 * s as f32),
+                            (s != 2).then_some(0.3),
+                            Some(0.4 / s as f32),
+                        ],
+                    )
+                })
                 .collect()
         } else {
             Vec::new()
@@ -224,7 +234,10 @@ fn inconsistent_inputs_are_rejected() {
 
 #[test]
 fn normalised_weights_sum_to_one() {
-    let n = plots::normalise(&[1.0, 3.0]);
-    assert_eq!(n, vec![0.25, 0.75]);
-    assert_eq!(plots::normalise(&[0.0, 0.0]), vec![0.0, 0.0]);
+    let n = plots::normalise(&[Some(1.0), None, Some(3.0)]);
+    assert_eq!(n, vec![Some(0.25), None, Some(0.75)]);
+    assert_eq!(plots::normalise(&[Some(0.0), None]), vec![Some(0.0), None]);
+    // Gaps split a line into segments.
+    let segs = plots::segments(&[Some((1.0, 0.5)), None, Some((3.0, 0.1)), Some((4.0, 0.2))]);
+    assert_eq!(segs, vec![vec![(1.0, 0.5)], vec![(3.0, 0.1), (4.0, 0.2)]]);
 }
