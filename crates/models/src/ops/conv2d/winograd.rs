@@ -146,8 +146,14 @@ pub(crate) fn conv_forward_winograd(
         let ph = phases[pi];
         let nt = t1 - t0;
         BUFFERS.with(|cell| {
-            let mut guard = cell.borrow_mut();
-            let (v, m) = &mut *guard;
+            // Re-entered on the same thread (not expected: nothing below yields to rayon): use
+            // private buffers rather than panic.
+            let mut private = (Vec::new(), Vec::new());
+            let mut guard = cell.try_borrow_mut();
+            let (v, m) = match guard.as_deref_mut() {
+                Ok(buffers) => buffers,
+                Err(_) => &mut private,
+            };
             if v.len() < 16 * nt * s.c_in {
                 v.resize(16 * nt * s.c_in, 0.0);
             }
