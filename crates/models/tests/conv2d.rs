@@ -3,7 +3,7 @@
 //! 1; an exact finite-difference check; and error handling.
 
 use candle_core::{DType, Device, Tensor, Var};
-use recallseg_models::ops::conv2d::{conv2d, conv2d_candle, Conv2dGeometry};
+use recallseg_models::ops::conv2d::{conv2d, conv2d_affine, conv2d_candle, Conv2dGeometry};
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -223,6 +223,79 @@ fn many_tiles_match_candle_and_directional_differences() {
 #[test]
 fn winograd_sized_convolutions_match_candle_and_directional_differences() {
     check_forward_and_directional_differences([1, 128, 32, 33], [128, 128, 3, 3], geom(1, 1, 1), 4);
+}
+
+/// `conv2d_affine` (scale folded into the weight, shift as bias, ReLU epilogue) against the
+/// composition of candle ops it replaces, values and the gradients of all four arguments.
+#[test]
+fn fused_affine_and_relu_match_the_composed_ops() {
+    for (relu, g, seed) in [
+        (true, geom(1, 1, 1), 50),
+        (false, geom(1, 2, 1), 60),
+        (true, geom(2, 1, 2), 70),
+    ] {
+        let label = format!("relu {relu} {g:?}");
+        let x = Var::from_tensor(&tensor(&[2, 6, 11, 9], seed)).unwrap();
+        let w = Var::from_tensor(&tensor(&[7, 6, 3, 3], seed + 1)).unwrap();
+        let scale = Var::from_tensor(&tensor(&[7], seed + 2)).unwrap();
+        let shift = Var::from_tensor(&tensor(&[7], seed + 3)).unwrap();
+        let reference = || -> candle_core::Result<Tensor> {
+            let y = conv2d_candle(x.as_tensor(), w.as_tensor(), None, g)?
+                .broadcast_mul(&scale.as_tensor().reshape((1, 7, 1, 1))?)?
+                .broadcast_add(&shift.as_tensor().reshape((1, 7, 1, 1))?)?;
+            if relu {
+                y.relu()
+            } else {
+                Ok(y)
+            }
+        };
+        let fused = || {
+            conv2d_affine(
+                x.as_tensor(),
+                w.as_tensor(),
+                scale.as_tensor(),
+                shift.as_tensor(),
+                g,
+                relu,
+            )
+        };
+        let (want, got) = (reference().unwrap(), fused().unwrap());
+        assert_close("fused forward", &label, &got, &want, 54);
+        if relu {
+            let negatives = got.lt(0f32).unwrap().to_dtype(DType::F32).unwrap();
+            assert_eq!(
+                negatives.sum_all().unwrap().to_scalar::<f32>().unwrap(),
+                0.0
+            );
+        }
+        let r = tensor(want.dims(), seed + 4);
+        let gw = (&want * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gg = (&got * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for (what, v) in [
+            ("input", &x),
+            ("weight", &w),
+            ("scale", &scale),
+            ("shift", &shift),
+        ] {
+            let (a, b) = (
+                gg.get(v.as_tensor()).unwrap(),
+                gw.get(v.as_tensor()).unwrap(),
+            );
+            assert_close(&format!("{what} grad"), &label, a, b, 2 * 11 * 9);
+        }
+    }
+    let x = tensor(&[1, 2, 4, 4], 1);
+    let e = conv2d_affine(
+        &x,
+        &tensor(&[3, 2, 3, 3], 2),
+        &tensor(&[2], 3),
+        &tensor(&[3], 4),
+        geom(1, 1, 1),
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("scale"), "{e}");
 }
 
 #[test]

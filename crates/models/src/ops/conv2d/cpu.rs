@@ -17,6 +17,8 @@ pub(super) struct Conv2dCpu {
     pub stride: usize,
     /// Dilation.
     pub dilation: usize,
+    /// Apply a ReLU to the output (epilogue of the forward pass; the backward masks `dy`).
+    pub relu: bool,
 }
 
 impl Conv2dCpu {
@@ -86,16 +88,27 @@ impl Conv2dCpu {
             }
             None => None,
         };
-        let y = kernels::conv_forward(&s, x, w, b);
+        let mut y = kernels::conv_forward(&s, x, w, b);
+        if self.relu {
+            kernels::relu_in_place(&mut y);
+        }
         Ok((
             CpuStorage::F32(y),
             Shape::from((s.n, s.c_out, s.oh(), s.ow())),
         ))
     }
 
-    /// Input and weight gradients from the output gradient.
+    /// The output gradient as seen before the ReLU epilogue (if any), contiguous.
+    fn pre_relu_grad(&self, res: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        if self.relu {
+            dy.mul(&res.gt(0f32)?.to_dtype(dy.dtype())?)?.contiguous()
+        } else {
+            dy.contiguous()
+        }
+    }
+
+    /// Input and weight gradients from the (pre-ReLU, contiguous) output gradient.
     fn grads(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
-        let dy = dy.contiguous()?;
         // The image fed to the first layer needs no gradient: skip its (large) computation.
         let dx = if x.track_op() {
             Some(dy.apply_op2_no_bwd(
@@ -109,7 +122,7 @@ impl Conv2dCpu {
             None
         };
         let dw = x.apply_op2_no_bwd(
-            &dy,
+            dy,
             &WeightGrad {
                 conv: *self,
                 w_dims: w.dims4()?,
@@ -138,10 +151,11 @@ impl CustomOp2 for Conv2dCpu {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = self.grads(x, w, dy)?;
+        let dy = self.pre_relu_grad(res, dy)?;
+        let (dx, dw) = self.grads(x, w, &dy)?;
         Ok((dx, Some(dw)))
     }
 }
@@ -168,11 +182,12 @@ impl CustomOp3 for Conv2dCpu {
         x: &Tensor,
         w: &Tensor,
         _b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = self.grads(x, w, dy)?;
-        let db = dy.contiguous()?.apply_op1_no_bwd(&BiasGrad)?;
+        let dy = self.pre_relu_grad(res, dy)?;
+        let (dx, dw) = self.grads(x, w, &dy)?;
+        let db = dy.apply_op1_no_bwd(&BiasGrad)?;
         Ok((dx, Some(dw), Some(db)))
     }
 }

@@ -516,6 +516,17 @@ pub(crate) fn conv_weight_grad(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32>
     dw
 }
 
+/// ReLU on every element, in parallel (NaN stays NaN, as in PyTorch and candle).
+pub(crate) fn relu_in_place(y: &mut [f32]) {
+    y.par_chunks_mut(1 << 16).for_each(|chunk| {
+        for v in chunk {
+            if *v < 0.0 {
+                *v = 0.0;
+            }
+        }
+    });
+}
+
 /// Bias gradient: the sum of `dy` (`N × C_out × OH × OW`, contiguous) over batch and pixels.
 pub(crate) fn conv_bias_grad(n: usize, c_out: usize, plane: usize, dy: &[f32]) -> Vec<f32> {
     (0..c_out)

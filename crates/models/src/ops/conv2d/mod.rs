@@ -5,7 +5,8 @@
 //! (im2col / col2im tiles and large `gemm` matrix products, parallel over images and tiles with
 //! rayon; see `docs/conv.md`); on other devices, dtypes or group counts it uses candle's
 //! convolution. Both paths are differentiable and agree within `f32` rounding
-//! (`tests/conv2d.rs`). [`conv2d_candle`] always takes candle's path.
+//! (`tests/conv2d.rs`). [`conv2d_candle`] always takes candle's path. [`conv2d_affine`] fuses a
+//! following per-channel affine map (evaluation-mode BatchNorm) and ReLU into the convolution.
 
 mod cpu;
 mod kernels;
@@ -114,24 +115,81 @@ pub fn conv2d(
     geometry: Conv2dGeometry,
 ) -> Result<Tensor> {
     validate(input, weight, bias, geometry)?;
-    let cpu_f32 = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
-    let use_kernel = cpu_kernel_enabled()
-        && geometry.groups == 1
-        && cpu_f32(input)
-        && cpu_f32(weight)
-        && bias.is_none_or(cpu_f32);
-    if !use_kernel {
+    if !use_cpu_kernel(input, weight, bias, geometry) {
         return conv2d_candle(input, weight, bias, geometry);
     }
+    apply_cpu(input, weight, bias, geometry, false)
+}
+
+/// Runs the CPU custom op (the caller has validated the operands).
+fn apply_cpu(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    geometry: Conv2dGeometry,
+    relu: bool,
+) -> Result<Tensor> {
     let op = cpu::Conv2dCpu {
         padding: geometry.padding,
         stride: geometry.stride,
         dilation: geometry.dilation,
+        relu,
     };
     let (x, w) = (input.contiguous()?, weight.contiguous()?);
     match bias {
         Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
         None => x.apply_op2(&w, op),
+    }
+}
+
+/// Whether the CPU custom op handles these operands.
+fn use_cpu_kernel(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    geometry: Conv2dGeometry,
+) -> bool {
+    let cpu_f32 = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
+    cpu_kernel_enabled()
+        && geometry.groups == 1
+        && cpu_f32(input)
+        && cpu_f32(weight)
+        && bias.is_none_or(cpu_f32)
+}
+
+/// `relu?(conv(input, weight)·scale + shift)` per output channel, as one convolution: `scale` is
+/// folded into the weight (`W'[co] = W[co]·scale[co]`) and `shift` becomes the bias; on the CPU
+/// custom op the ReLU is applied in place to the convolution's output. This is a convolution
+/// followed by an evaluation-mode BatchNorm (`scale = γ/√(σ² + ε)`, `shift = β − μ·scale`) and an
+/// optional ReLU, without the three full passes (and allocations) of the separate ops.
+/// Differentiable with respect to every argument.
+///
+/// # Errors
+/// As [`conv2d`], and `scale`/`shift` must both have shape `(C_out)`.
+pub fn conv2d_affine(
+    input: &Tensor,
+    weight: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    geometry: Conv2dGeometry,
+    relu: bool,
+) -> Result<Tensor> {
+    let c_out = validate(input, weight, Some(shift), geometry)?;
+    if scale.dims() != [c_out] {
+        bail!(
+            "conv2d_affine: scale has shape {:?}, expected ({c_out})",
+            scale.dims()
+        )
+    }
+    let folded = weight.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
+    if use_cpu_kernel(input, &folded, Some(shift), geometry) {
+        return apply_cpu(input, &folded, Some(shift), geometry, relu);
+    }
+    let y = conv2d_candle(input, &folded, Some(shift), geometry)?;
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
     }
 }
 
