@@ -11,7 +11,7 @@
 use crate::init::{ParamBuilder, ParamInit, ParamKind};
 use crate::ops::batch_norm_cpu;
 use crate::ModelError;
-use candle_core::{Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
 
 /// PyTorch's default BatchNorm epsilon.
 pub const BN_EPS: f64 = 1e-5;
@@ -101,6 +101,34 @@ impl BatchNorm2d {
             self.running_mean.set(&new_mean)?;
             self.running_var.set(&new_var)?;
             return Ok(y);
+        }
+        if batch_norm_cpu::enabled() && batch_norm_cpu::supported(x) {
+            // Evaluation (or frozen) on the CPU: one fused pass with the running statistics.
+            self.check_channels(x)?;
+            let stats = batch_norm_cpu::BatchStats {
+                mean: self
+                    .running_mean
+                    .as_tensor()
+                    .to_dtype(DType::F64)?
+                    .to_vec1()?,
+                var: self
+                    .running_var
+                    .as_tensor()
+                    .to_dtype(DType::F64)?
+                    .to_vec1()?,
+            };
+            let (gamma, beta) = if self.frozen {
+                (
+                    self.weight.as_tensor().detach(),
+                    self.bias.as_tensor().detach(),
+                )
+            } else {
+                (
+                    self.weight.as_tensor().clone(),
+                    self.bias.as_tensor().clone(),
+                )
+            };
+            return batch_norm_cpu::batch_norm_eval(x, &gamma, &beta, stats, BN_EPS, relu);
         }
         self.forward_portable_t(x, train, relu)
     }

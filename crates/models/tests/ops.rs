@@ -186,3 +186,60 @@ fn fused_cpu_batch_norm_agrees_with_portable_path() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn fused_cpu_eval_batch_norm_agrees_with_the_formula() -> Result<()> {
+    use recallseg_models::ops::batch_norm_cpu::{batch_norm_eval, BatchStats};
+    let x = Var::from_tensor(
+        &fill64("input.bne", &[2, 4, 3, 5])
+            .affine(2.0, 0.5)?
+            .to_dtype(DType::F32)?,
+    )?;
+    let gamma = Var::from_tensor(
+        &fill64("input.gamma", &[4])
+            .affine(0.5, 1.0)?
+            .to_dtype(DType::F32)?,
+    )?;
+    let beta = Var::from_tensor(&fill64("input.beta", &[4]).to_dtype(DType::F32)?)?;
+    let mean = vec![0.1, -0.2, 0.3, 0.0];
+    let var = vec![0.5, 1.0, 1.5, 2.0];
+    let g = fill64("grad.bne", &[2, 4, 3, 5]).to_dtype(DType::F32)?;
+    for relu in [false, true] {
+        let stats = BatchStats {
+            mean: mean.clone(),
+            var: var.clone(),
+        };
+        let fast = batch_norm_eval(&x, &gamma, &beta, stats, 1e-5, relu)?;
+        let m = Tensor::new(
+            mean.iter()
+                .map(|&v| v as f32)
+                .collect::<Vec<_>>()
+                .as_slice(),
+            &Device::Cpu,
+        )?
+        .reshape((1, 4, 1, 1))?;
+        let v = Tensor::new(
+            var.iter().map(|&v| v as f32).collect::<Vec<_>>().as_slice(),
+            &Device::Cpu,
+        )?
+        .reshape((1, 4, 1, 1))?;
+        let y = x
+            .broadcast_sub(&m)?
+            .broadcast_div(&v.affine(1.0, 1e-5)?.sqrt()?)?
+            .broadcast_mul(&gamma.reshape((1, 4, 1, 1))?)?
+            .broadcast_add(&beta.reshape((1, 4, 1, 1))?)?;
+        let slow = if relu { y.relu()? } else { y };
+        let d = (&fast - &slow)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d <= 1e-5, "output (relu={relu}): {d}");
+        let gf = (&fast * &g)?.sum_all()?.backward()?;
+        let gs = (&slow * &g)?.sum_all()?.backward()?;
+        for (t, name) in [(&x, "dx"), (&gamma, "dgamma"), (&beta, "dbeta")] {
+            let d = (gf.get(t).unwrap() - gs.get(t).unwrap())?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert!(d <= 1e-5, "{name} (relu={relu}): {d}");
+        }
+    }
+    Ok(())
+}

@@ -47,6 +47,8 @@ struct BnTrain {
     eps: f64,
     relu: bool,
     stats: Arc<Mutex<BatchStats>>,
+    /// Evaluation mode: normalise with these (running) statistics instead of the batch's.
+    fixed: Option<BatchStats>,
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -79,20 +81,29 @@ impl CustomOp3 for BnTrain {
         let (n, c, h, w) = l1.shape().dims4()?;
         let hw = h * w;
         let m = (n * hw) as f64;
-        let stats: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ci| {
-                let planes = || (0..n).map(|ni| &x[(ni * c + ci) * hw..(ni * c + ci + 1) * hw]);
-                let sum: f64 = planes()
-                    .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
-                    .sum();
-                let mean = sum / m;
-                let sq: f64 = planes()
-                    .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
-                    .sum();
-                (mean, sq / m)
-            })
-            .collect();
+        let stats: Vec<(f64, f64)> = match &self.fixed {
+            Some(f) => f.mean.iter().copied().zip(f.var.iter().copied()).collect(),
+            None => (0..c)
+                .into_par_iter()
+                .map(|ci| {
+                    let planes = || (0..n).map(|ni| &x[(ni * c + ci) * hw..(ni * c + ci + 1) * hw]);
+                    let sum: f64 = planes()
+                        .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+                        .sum();
+                    let mean = sum / m;
+                    let sq: f64 = planes()
+                        .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+                        .sum();
+                    (mean, sq / m)
+                })
+                .collect(),
+        };
+        if stats.len() != c {
+            candle_core::bail!(
+                "fused batch norm: {} statistics for {c} channels",
+                stats.len()
+            )
+        }
         // y = (x − μ)·s + β in f64 per element: the folded form x·s + (β − μ·s) cancels
         // catastrophically in f32 when |μ| ≫ σ (small batches, e.g. the ASPP pooling branch).
         let coef: Vec<(f64, f64, f64)> = stats
@@ -148,6 +159,7 @@ impl CustomOp3 for BnTrain {
             (st.mean.clone(), st.var.clone())
         };
         let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+        let eval = self.fixed.is_some();
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ci| {
@@ -171,6 +183,13 @@ impl CustomOp3 for BnTrain {
                 let k = gam[ci] as f64 * invstd[ci];
                 let (mu, is) = (mean[ci], invstd[ci]);
                 let base = plane * hw;
+                if eval {
+                    // Fixed statistics: y is affine in x.
+                    for (j, d) in dp.iter_mut().enumerate() {
+                        *d = (k * g[base + j] as f64) as f32;
+                    }
+                    return;
+                }
                 for (j, d) in dp.iter_mut().enumerate() {
                     let xh = (xs[base + j] as f64 - mu) * is;
                     *d = (k * (g[base + j] as f64 - sg / m - xh * sgx / m)) as f32;
@@ -204,10 +223,38 @@ pub fn batch_norm_train(
         eps,
         relu,
         stats: stats.clone(),
+        fixed: None,
     };
     let y = x
         .contiguous()?
         .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
     let s = stats.lock().expect("batch-norm stats lock").clone();
     Ok((y, s))
+}
+
+/// Evaluation-mode batch norm (then ReLU when `relu`) of CPU f32 `x` `(N, C, H, W)` with the given
+/// (running) statistics, in one pass; differentiable in `x`, `gamma` and `beta`
+/// (`∂x = g·γ/√(σ²+ε)`, `∂γ = Σ g·x̂`, `∂β = Σ g`).
+pub fn batch_norm_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    stats: BatchStats,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
+    if !supported(x) {
+        candle_core::bail!(
+            "fused batch norm needs a CPU f32 input, got {:?}",
+            x.dtype()
+        )
+    }
+    let op = BnTrain {
+        eps,
+        relu,
+        stats: Arc::new(Mutex::new(stats.clone())),
+        fixed: Some(stats),
+    };
+    x.contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)
 }
