@@ -15,6 +15,10 @@
 //!   into `dx`; even tiles and odd tiles run in two parallel phases so that no two running tasks
 //!   write the same `dx` row.
 //!
+//! Before any of these, kernel rows/columns that only ever read padding are dropped
+//! ([`LiveTaps`]), and the forward pass of large 3×3 stride-1 layers goes to
+//! [`super::winograd`].
+//!
 //! Every result is deterministic for a given number of rayon threads (no atomics, fixed summation
 //! order).
 

@@ -3,7 +3,8 @@
 //! [`conv2d`] is the single entry point the model code calls. On the CPU with `f32` tensors and
 //! `groups == 1` it runs this crate's own kernels as a candle custom op with its own backward
 //! (im2col / col2im tiles and large `gemm` matrix products, parallel over images and tiles with
-//! rayon; see `docs/conv.md`); on other devices, dtypes or group counts it uses candle's
+//! rayon; Winograd F(2×2, 3×3) for large 3×3 stride-1 layers; kernel taps that only read padding
+//! skipped; see `docs/conv.md`); on other devices, dtypes or group counts it uses candle's
 //! convolution. Both paths are differentiable and agree within `f32` rounding
 //! (`tests/conv2d.rs`). [`conv2d_candle`] always takes candle's path. [`conv2d_affine`] fuses a
 //! following per-channel affine map (evaluation-mode BatchNorm) and ReLU into the convolution.
