@@ -1,6 +1,8 @@
-//! The CPU convolution custom op against candle's reference convolution: values and gradients
-//! (input, weight, bias) over a grid of shapes, strides, paddings, dilations, odd sizes and batch
-//! 1; an exact finite-difference check; and error handling.
+//! The CPU convolution custom op against PyTorch goldens (float64) and candle's convolution:
+//! values and gradients (input, weight, bias) over a grid of shapes, strides, paddings, dilations,
+//! odd sizes and batch 1; finite-difference checks (exact, the loss being linear in each argument)
+//! on larger, many-tile and Winograd-sized shapes; the fused affine + ReLU entry point; and error
+//! handling.
 
 use candle_core::{DType, Device, Tensor, Var};
 use recallseg_models::ops::conv2d::{conv2d, conv2d_affine, conv2d_candle, Conv2dGeometry};
