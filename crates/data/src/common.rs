@@ -65,11 +65,12 @@ impl LabelLut {
     }
 }
 
-/// Decodes an item's image and label (in parallel), checks their sizes agree, maps the label.
+/// Decodes an item's image and label, checks their sizes agree, maps the label.
 pub(crate) fn load_pair(item: &Item, lut: &LabelLut) -> Result<Sample, DataError> {
-    let (img, lbl) = rayon::join(|| decode_rgb8(&item.image), || decode_label(&item.label));
-    let img = img?;
-    let lbl = lbl?;
+    // Sequential on purpose: the loader parallelises over items, and a fork-join per item costs
+    // more than it gains when the machine is busy.
+    let img = decode_rgb8(&item.image)?;
+    let lbl = decode_label(&item.label)?;
     if img.width != lbl.width || img.height != lbl.height {
         return Err(DataError::SizeMismatch {
             image: item.image.clone(),

@@ -421,17 +421,16 @@ impl Inner {
         let plane = w * h;
         let mut images = vec![0f32; n * 3 * plane];
         let mut labels = vec![0u8; n * plane];
-        let norm = self.norm;
-        self.pool.install(|| {
-            images
-                .par_chunks_mut(3 * plane.max(1))
-                .zip(labels.par_chunks_mut(plane.max(1)))
-                .zip(items.par_iter())
-                .for_each(|((img_out, lbl_out), (_, p))| {
-                    normalize_chw(&p.0, w, h, &norm, img_out);
-                    lbl_out.copy_from_slice(&p.1);
-                });
-        });
+        // Packing is cheap next to decoding; it runs on this task while other batches are in
+        // work on the pool.
+        for ((img_out, lbl_out), (_, p)) in images
+            .chunks_mut(3 * plane.max(1))
+            .zip(labels.chunks_mut(plane.max(1)))
+            .zip(&items)
+        {
+            normalize_chw(&p.0, w, h, &self.norm, img_out);
+            lbl_out.copy_from_slice(&p.1);
+        }
         Ok(Batch {
             images,
             labels,
