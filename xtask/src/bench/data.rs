@@ -24,10 +24,12 @@ use std::time::Instant;
 /// Frames written and loaded per epoch.
 const FRAMES: usize = 16;
 
-/// The PyTorch peer's images/s with 2 DataLoader workers on the 2-core machine
-/// (`crates/data/bench/peer_loader.py`, median of 5 epochs, measured in the same sitting as the
-/// figures in docs/benchmarks.md).
-const PEER_IMG_PER_S: Option<f64> = None;
+/// The PyTorch peer (`crates/data/bench/peer_loader.py`: OpenCV decode and resize, the same
+/// augmentation, `DataLoader` with 2 workers) on the 2-core machine, median of 5 epochs, measured
+/// in the same sitting as the figures in docs/benchmarks.md (load average about 7 from other
+/// work): images/s with 2 workers, and images per CPU-second in-process (workers = 0).
+const PEER_IMG_PER_S: Option<f64> = Some(13.76);
+const PEER_IMG_PER_CPU_S: Option<f64> = Some(17.74);
 
 /// Removes the temporary folder on drop.
 struct TempDir(std::path::PathBuf);
@@ -204,12 +206,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
             one,
             "img/s",
         ),
-        Figure::new(
-            "synthia_decode_resize_augment_1thread_img_per_cpu_s",
-            "same, images per CPU-second (1 thread)",
-            one_cpu.unwrap_or(f64::NAN),
-            "img/cpu-s",
-        ),
+        {
+            let f = Figure::new(
+                "synthia_decode_resize_augment_1thread_img_per_cpu_s",
+                "same, images per CPU-second (1 thread)",
+                one_cpu.unwrap_or(f64::NAN),
+                "img/cpu-s",
+            );
+            match PEER_IMG_PER_CPU_S {
+                Some(p) => f.with_peer(p),
+                None => f,
+            }
+        },
         Figure::new(
             "synthia_png_decode_1thread_img_per_s",
             "PNG decode (RGB + 16-bit label), 1 thread",
