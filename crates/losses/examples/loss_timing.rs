@@ -27,6 +27,21 @@ fn cpu_ms() -> f64 {
     (ticks(11) + ticks(12)) * 10.0
 }
 
+/// Minor page faults of the process so far.
+fn minflt() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    fields
+        .get(7)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
 /// System CPU time of the process so far, in ms.
 fn sys_ms() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -67,11 +82,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut loss = LossConfig::from_name(name)?.build(&ctx)?;
     let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
     let (mut cf, mut cb) = (0.0, 0.0);
-    let (mut cpu0, mut sys0) = (0.0, 0.0);
+    let (mut cpu0, mut sys0, mut flt0) = (0.0, 0.0, 0.0);
     for r in 0..reps + 1 {
         if r == 1 {
             cpu0 = cpu_ms();
             sys0 = sys_ms();
+            flt0 = minflt();
         }
         let c0 = cpu_ms();
         let t0 = Instant::now();
@@ -91,13 +107,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let cpu = (cpu_ms() - cpu0) / reps as f64;
     let sys = (sys_ms() - sys0) / reps as f64;
+    let flt = (minflt() - flt0) / reps as f64;
     fwd.remove(0);
     bwd.remove(0);
     fwd.sort_by(f64::total_cmp);
     bwd.sort_by(f64::total_cmp);
     println!(
         "{name}: forward {:.1} ms, backward {:.1} ms (medians of {reps}; threads {}); \
-         CPU time per step {cpu:.0} ms ({sys:.0} ms system; forward {cf:.0}, backward {cb:.0})",
+         CPU time per step {cpu:.0} ms ({sys:.0} ms system; forward {cf:.0}, backward {cb:.0}); {flt:.0} page faults per step",
         fwd[reps / 2],
         bwd[reps / 2],
         rayon::current_num_threads()
