@@ -1,10 +1,15 @@
-//! Deterministic dropout: masks come from a ChaCha8 stream seeded by `(dropout seed, site)`, not
-//! from candle's unseedable CPU generator, so a training step is reproducible bit for bit.
+//! Deterministic dropout: masks come from ChaCha8 streams seeded by `(dropout seed, site, chunk)`,
+//! not from candle's unseedable CPU generator, so a training step is reproducible bit for bit
+//! (whatever the number of threads).
 
 use crate::init::{fnv1a64, splitmix64, unit_f64};
 use candle_core::{Device, Result, Tensor};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// Elements per independently seeded chunk of a dropout mask.
+const MASK_CHUNK: usize = 1 << 16;
 
 /// Inverted dropout with probability `p` at a named site.
 #[derive(Debug, Clone)]
@@ -34,17 +39,23 @@ impl Dropout {
         if !train || self.p == 0.0 {
             return Ok(x.clone());
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(splitmix64(seed) ^ self.site);
-        let keep = (1.0 / (1.0 - self.p)) as f32;
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| {
-                if unit_f64(rng.next_u64()) < self.p {
-                    0.0
-                } else {
-                    keep
+        // Chunks of the mask come from independent streams seeded by (seed, site, chunk index),
+        // so they are drawn in parallel yet do not depend on the thread count.
+        let base = splitmix64(seed) ^ self.site;
+        let (p, keep) = (self.p, (1.0 / (1.0 - self.p)) as f32);
+        let mut mask = vec![0f32; x.elem_count()];
+        mask.par_chunks_mut(MASK_CHUNK)
+            .enumerate()
+            .for_each(|(chunk, out)| {
+                let mut rng = ChaCha8Rng::seed_from_u64(base ^ splitmix64(chunk as u64));
+                for m in out.iter_mut() {
+                    *m = if unit_f64(rng.next_u64()) < p {
+                        0.0
+                    } else {
+                        keep
+                    };
                 }
-            })
-            .collect();
+            });
         let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
             .to_dtype(x.dtype())?
             .to_device(x.device())?;
@@ -73,6 +84,27 @@ mod tests {
         assert!(a.iter().all(|&v| v == 0.0 || (v - 4.0 / 3.0).abs() < 1e-6));
         let e = d.forward_t(&x, false, 1)?.flatten_all()?.to_vec1::<f32>()?;
         assert!(e.iter().all(|&v| v == 1.0));
+        Ok(())
+    }
+
+    #[test]
+    fn large_masks_do_not_depend_on_the_thread_count() -> Result<()> {
+        let n = 3 * MASK_CHUNK + 17;
+        let x = Tensor::ones(n, DType::F32, &Device::Cpu)?;
+        let d = Dropout::new(0.5, "big");
+        let many = d.forward_t(&x, true, 11)?.to_vec1::<f32>()?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let one = pool
+            .install(|| d.forward_t(&x, true, 11))?
+            .to_vec1::<f32>()?;
+        assert_eq!(many, one);
+        // Chunks draw from different streams.
+        assert_ne!(many[..MASK_CHUNK], many[MASK_CHUNK..2 * MASK_CHUNK]);
+        let dropped = many.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
+        assert!((dropped - 0.5).abs() < 0.01, "dropped {dropped}");
         Ok(())
     }
 }
