@@ -321,7 +321,9 @@ fn multi_grid_changes_layer4_only() {
 fn f32_training_gradients_match_f64_in_the_backbone() {
     // Self-consistency of the f32 training path (fused CPU BatchNorm, CPU max-pool) with the f64
     // portable path, which the parity goldens tie to PyTorch. Uses candle's convolution for both
-    // (the CPU convolution op is checked by its own tests).
+    // (the CPU convolution op is checked by its own tests). On this input no pre-activation lies
+    // within f32 rounding of zero; if a change of rounding ever flips a ReLU mask here, the
+    // error jumps to ~1/sqrt(values per channel): see docs/models.md, "Precision".
     recallseg_models::ops::conv2d::set_cpu_kernel_enabled(false);
     let cfg = ModelConfig {
         n_classes: 3,

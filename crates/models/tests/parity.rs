@@ -94,8 +94,8 @@ fn deeplabv3plus_resnet18_matches_reference_in_eval_and_training() {
     eprintln!("v3+ train logits: worst relative error {w:.2e}");
     // The f32 step (production path: fused CPU BatchNorm, CPU convolution op) against the f64
     // reference: running statistics tightly; gradients tightly for the classifier, grossly
-    // elsewhere (see docs/models.md, "Precision": f32 gradients behind train-mode BatchNorm
-    // drift further from f64 than PyTorch's do; tracked as an open issue).
+    // elsewhere: a ReLU mask flipping at a pre-activation within f32 rounding of zero moves a
+    // BatchNorm channel's gradient by ~1/sqrt(values per channel) (docs/models.md, "Precision").
     let by_name = |n: &str| {
         model
             .named_vars()
