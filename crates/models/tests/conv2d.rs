@@ -136,24 +136,29 @@ fn values_and_gradients_match_pytorch_and_candle_over_a_grid() {
 
         let y_candle = conv2d_candle(x, &w, b.as_ref(), g).unwrap();
         assert_close("forward vs candle", &label, &y, &y_candle, k);
-        // candle 0.11's backward returns an input gradient of the wrong width/height for some
-        // strided shapes; compare with it wherever it computes one.
+        // The portable path (candle's convolution, trimmed so that candle 0.11's backward gets
+        // strided odd sizes right) must match PyTorch on the whole grid too.
         match run(conv2d_candle, x, &w, b.as_ref(), &r, g) {
             Ok((_, cx, cw, cb)) => {
-                assert_close("input grad vs candle", &label, &gx, &cx, k_x);
-                assert_close("weight grad vs candle", &label, &gw, &cw, k_w);
+                assert_close("portable input grad vs PyTorch", &label, &cx, &t("gx"), k_x);
+                assert_close(
+                    "portable weight grad vs PyTorch",
+                    &label,
+                    &cw,
+                    &t("gw"),
+                    k_w,
+                );
                 if let (Some(a), Some(c)) = (&gb, &cb) {
-                    assert_close("bias grad vs candle", &label, a, c, k_w);
+                    assert_close("portable bias grad vs candle", &label, a, c, k_w);
                 }
             }
-            Err(_) => candle_backward_failures.push(cases),
+            Err(e) => candle_backward_failures.push((cases, e.to_string())),
         }
         cases += 1;
     }
     assert_eq!(cases, 32, "golden grid size");
-    // Most of the grid must have been cross-checked against candle too.
     assert!(
-        candle_backward_failures.len() <= 4,
+        candle_backward_failures.is_empty(),
         "{candle_backward_failures:?}"
     );
 }

@@ -206,15 +206,39 @@ pub fn conv2d_candle(
     geometry: Conv2dGeometry,
 ) -> Result<Tensor> {
     let c_out = validate(input, weight, bias, geometry)?;
-    let out = input.conv2d(
-        weight,
-        geometry.padding,
-        geometry.stride,
-        geometry.dilation,
-        geometry.groups,
-    )?;
+    let (_, _, h, w) = input.dims4()?;
+    let (_, _, k_h, k_w) = weight.dims4()?;
+    let Conv2dGeometry {
+        padding: p,
+        stride: s,
+        dilation: d,
+        groups,
+    } = geometry;
+    let (used_h, used_w) = (read_extent(h, p, k_h, d, s), read_extent(w, p, k_w, d, s));
+    let out = if used_h == h + 2 * p && used_w == w + 2 * p {
+        input.conv2d(weight, p, s, d, groups)?
+    } else {
+        // The last rows/columns of the padded input are read by no window. candle 0.11's
+        // convolution backward then returns an input gradient of the wrong size ("shape
+        // mismatch in add"), so pad explicitly and drop what no window reads: the same result,
+        // and a backward that candle gets right on every device.
+        input
+            .pad_with_zeros(2, p, p)?
+            .pad_with_zeros(3, p, p)?
+            .narrow(2, 0, used_h)?
+            .narrow(3, 0, used_w)?
+            .conv2d(weight, 0, s, d, groups)?
+    };
     match bias {
         Some(b) => out.broadcast_add(&b.reshape((1, c_out, 1, 1))?),
         None => Ok(out),
     }
+}
+
+/// Length of the padded input actually read by the convolution windows along one axis: the
+/// padded length minus the remainder that no stride step reaches.
+fn read_extent(len: usize, padding: usize, kernel: usize, dilation: usize, stride: usize) -> usize {
+    let span = dilation * (kernel - 1) + 1;
+    let padded = len + 2 * padding;
+    (padded - span) / stride * stride + span
 }
