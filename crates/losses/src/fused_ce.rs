@@ -178,6 +178,61 @@ pub(crate) fn logits_of<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32],
     }
 }
 
+/// A fused loss whose forward pass reads f32 logits and integer labels on the CPU.
+pub(crate) trait FusedForward {
+    /// Number of classes the loss was built for.
+    fn n_classes(&self) -> usize;
+    /// The loss of one batch of contiguous logits `dims = [N, C, H, W]` and labels.
+    fn forward_pixels<L: Copy + Into<i64> + Sync>(
+        &self,
+        x: &[f32],
+        dims: [usize; 4],
+        t: &[L],
+    ) -> Result<f64>;
+}
+
+/// The `cpu_fwd` every fused loss shares: checks the class count, dispatches on the label
+/// type and returns the scalar loss.
+pub(crate) fn fused_cpu_fwd<K: FusedForward>(
+    kernel: &K,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (x, dims) = logits_of(s1, l1)?;
+    if dims[1] != kernel.n_classes() {
+        return Err(LossError::Shape(format!(
+            "logits have {} channels, the loss has {} classes",
+            dims[1],
+            kernel.n_classes()
+        ))
+        .into_candle());
+    }
+    let npix = dims[0] * dims[2] * dims[3];
+    let loss = match labels_of(s2, l2, npix)? {
+        Labels::U8(t) => kernel.forward_pixels(x, dims, t)?,
+        Labels::U32(t) => kernel.forward_pixels(x, dims, t)?,
+        Labels::I64(t) => kernel.forward_pixels(x, dims, t)?,
+    };
+    Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
+}
+
+/// The incoming scalar gradient of a fused loss's backward pass, as f32 on the CPU.
+pub(crate) fn incoming_grad(grad_res: &Tensor) -> Result<f32> {
+    grad_res
+        .to_dtype(candle_core::DType::F32)?
+        .to_device(&candle_core::Device::Cpu)?
+        .to_scalar::<f32>()
+}
+
+/// Locks a fused loss's state kept between forward and backward.
+pub(crate) fn lock_state<T>(state: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    state
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))
+}
+
 /// Per-pixel maximum and argmax over classes of one block (first maximum on ties, as
 /// `argmax`). Branch-free so that it vectorises.
 #[inline(always)]
@@ -545,10 +600,7 @@ impl FusedCe {
                 out.focal_f = Some(focal_f);
             }
         }
-        let mut guard = self
-            .out
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?;
+        let mut guard = lock_state(&self.out)?;
         *guard = Some(out);
         Ok(loss)
     }
@@ -692,6 +744,20 @@ impl FusedCe {
     }
 }
 
+impl FusedForward for FusedCe {
+    fn n_classes(&self) -> usize {
+        self.n_classes
+    }
+    fn forward_pixels<L: Copy + Into<i64> + Sync>(
+        &self,
+        x: &[f32],
+        dims: [usize; 4],
+        t: &[L],
+    ) -> Result<f64> {
+        self.forward_impl(x, dims, t)
+    }
+}
+
 impl CustomOp2 for FusedCe {
     fn name(&self) -> &'static str {
         "recallseg-fused-ce"
@@ -704,21 +770,7 @@ impl CustomOp2 for FusedCe {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, dims) = logits_of(s1, l1)?;
-        if dims[1] != self.n_classes {
-            return Err(LossError::Shape(format!(
-                "logits have {} channels, the loss has {} classes",
-                dims[1], self.n_classes
-            ))
-            .into_candle());
-        }
-        let npix = dims[0] * dims[2] * dims[3];
-        let loss = match labels_of(s2, l2, npix)? {
-            Labels::U8(t) => self.forward_impl(x, dims, t)?,
-            Labels::U32(t) => self.forward_impl(x, dims, t)?,
-            Labels::I64(t) => self.forward_impl(x, dims, t)?,
-        };
-        Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
+        fused_cpu_fwd(self, s1, l1, s2, l2)
     }
 
     fn bwd(
@@ -728,14 +780,8 @@ impl CustomOp2 for FusedCe {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g0 = grad_res
-            .to_dtype(candle_core::DType::F32)?
-            .to_device(&candle_core::Device::Cpu)?
-            .to_scalar::<f32>()?;
-        let mut guard = self
-            .out
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?;
+        let g0 = incoming_grad(grad_res)?;
+        let mut guard = lock_state(&self.out)?;
         let out = guard
             .as_mut()
             .ok_or_else(|| candle_core::Error::Msg("fused loss: backward before forward".into()))?;

@@ -14,7 +14,10 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::fast_math::{fast_exp, kernel_buffer};
-use crate::fused_ce::{block_max, class_of, labels_of, logits_of, Labels, SyncPtr, BLOCK};
+use crate::fused_ce::{
+    block_max, class_of, fused_cpu_fwd, incoming_grad, lock_state, logits_of, FusedForward,
+    SyncPtr, BLOCK,
+};
 use crate::LossError;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -204,10 +207,7 @@ impl FusedLovasz {
                     .sum::<f64>()
             })
             .collect();
-        let mut guard = self
-            .dldp
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?;
+        let mut guard = lock_state(&self.dldp)?;
         *guard = Some(dldp);
         if self.keep {
             *self
@@ -308,6 +308,20 @@ impl FusedLovasz {
     }
 }
 
+impl FusedForward for FusedLovasz {
+    fn n_classes(&self) -> usize {
+        self.n_classes
+    }
+    fn forward_pixels<L: Copy + Into<i64> + Sync>(
+        &self,
+        x: &[f32],
+        dims: [usize; 4],
+        t: &[L],
+    ) -> Result<f64> {
+        self.forward_impl(x, dims, t)
+    }
+}
+
 impl CustomOp2 for FusedLovasz {
     fn name(&self) -> &'static str {
         "recallseg-fused-lovasz"
@@ -320,21 +334,7 @@ impl CustomOp2 for FusedLovasz {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, dims) = logits_of(s1, l1)?;
-        if dims[1] != self.n_classes {
-            return Err(LossError::Shape(format!(
-                "logits have {} channels, the loss has {} classes",
-                dims[1], self.n_classes
-            ))
-            .into_candle());
-        }
-        let npix = dims[0] * dims[2] * dims[3];
-        let loss = match labels_of(s2, l2, npix)? {
-            Labels::U8(t) => self.forward_impl(x, dims, t)?,
-            Labels::U32(t) => self.forward_impl(x, dims, t)?,
-            Labels::I64(t) => self.forward_impl(x, dims, t)?,
-        };
-        Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
+        fused_cpu_fwd(self, s1, l1, s2, l2)
     }
 
     fn bwd(
@@ -344,22 +344,12 @@ impl CustomOp2 for FusedLovasz {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g0 = grad_res
-            .to_dtype(candle_core::DType::F32)?
-            .to_device(&candle_core::Device::Cpu)?
-            .to_scalar::<f32>()?;
-        let guard = self
-            .dldp
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?;
+        let g0 = incoming_grad(grad_res)?;
+        let guard = lock_state(&self.dldp)?;
         let dldp = guard
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("fused loss: backward before forward".into()))?;
-        let kept = self
-            .probs
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?
-            .take();
+        let kept = lock_state(&self.probs)?.take();
         let (s1, l1) = arg1.storage_and_layout();
         let s1 = match &*s1 {
             candle_core::Storage::Cpu(a) => a,
