@@ -93,7 +93,10 @@ pub fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
     }
     let base = preset.config(&overrides)?;
     if !base.data.generate_synthetic && !base.data.root.exists() {
-        eprintln!("{}", missing_dataset_help(base.data.kind, &base.data.root));
+        eprintln!(
+            "{}",
+            missing_dataset_help(base.data.kind, &root.join(&base.data.root))
+        );
         std::process::exit(2);
     }
     let losses = if args.losses.is_empty() {
