@@ -123,6 +123,9 @@ pub struct CheckpointMeta {
     /// Colour normalisation the model was trained with (what prediction must apply).
     #[serde(default)]
     pub normalize: Option<recallseg_data::Normalize>,
+    /// Seconds spent in training steps up to `step`, over every invocation of the run.
+    #[serde(default)]
+    pub train_seconds: f64,
 }
 
 /// A checkpoint in memory.
@@ -350,6 +353,7 @@ mod tests {
                 ignore_index: 255,
                 loss_acc: (1.5, 2),
                 normalize: Some(recallseg_data::Normalize::IMAGENET),
+                train_seconds: 12.5,
             },
         }
     }

@@ -118,7 +118,8 @@ pub struct TrainOutcome {
     pub best: Option<(f64, u64)>,
     /// `out_dir/last.safetensors`.
     pub last_checkpoint: PathBuf,
-    /// Seconds spent in training steps (without validation) in this invocation.
+    /// Seconds spent in training steps (without validation), over every invocation of the run
+    /// (a resumed run adds to the time stored in its checkpoint).
     pub train_seconds: f64,
     /// Mean loss of the last logged interval.
     pub last_loss: Option<f64>,
@@ -291,6 +292,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
     let mut step: u64 = 0;
     let mut best: Option<(f64, u64)> = None;
     let mut loss_acc = (0.0f64, 0u64);
+    let mut prior_seconds = 0.0f64;
     let config_toml = cfg.to_toml();
 
     if resuming {
@@ -324,6 +326,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
         step = ck.meta.step;
         best = ck.meta.best;
         loss_acc = ck.meta.loss_acc;
+        prior_seconds = ck.meta.train_seconds;
     }
     let log_path = out.join(files::LOG);
     let mut log = if resuming {
@@ -351,6 +354,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
     let save = |step: u64,
                 best: Option<(f64, u64)>,
                 loss_acc: (f64, u64),
+                train_seconds: f64,
                 optimizer: &dyn Optimizer,
                 rng: &ChaCha8Rng,
                 path: &Path|
@@ -372,6 +376,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
                 ignore_index: data.classes.ignore_index,
                 loss_acc,
                 normalize: Some(data.train.normalization()),
+                train_seconds,
             },
         };
         ck.save(path)?;
@@ -399,7 +404,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
             .as_ref()
             .is_some_and(|f| f.load(Ordering::SeqCst))
         {
-            save(step, best, loss_acc, optimizer.as_ref(), &rng, &last_path)?;
+            save(
+                step,
+                best,
+                loss_acc,
+                prior_seconds + train_seconds,
+                optimizer.as_ref(),
+                &rng,
+                &last_path,
+            )?;
             log.write(&LogRecord::Checkpoint {
                 step,
                 path: last_path.clone(),
@@ -421,7 +434,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
                 finished: false,
                 best,
                 last_checkpoint: last_path,
-                train_seconds,
+                train_seconds: prior_seconds + train_seconds,
                 last_loss,
             });
         }
@@ -514,7 +527,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
                 })?;
                 if is_best {
                     let p = out.join(files::BEST);
-                    save(step, best, loss_acc, optimizer.as_ref(), &rng, &p)?;
+                    save(
+                        step,
+                        best,
+                        loss_acc,
+                        prior_seconds + train_seconds,
+                        optimizer.as_ref(),
+                        &rng,
+                        &p,
+                    )?;
                 }
                 if !opts.quiet {
                     progress.println(&format!(
@@ -531,7 +552,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
             && step % cfg.train.checkpoint_every as u64 == 0)
             || step == iters;
         if ck_now {
-            save(step, best, loss_acc, optimizer.as_ref(), &rng, &last_path)?;
+            save(
+                step,
+                best,
+                loss_acc,
+                prior_seconds + train_seconds,
+                optimizer.as_ref(),
+                &rng,
+                &last_path,
+            )?;
             log.write(&LogRecord::Checkpoint {
                 step,
                 path: last_path.clone(),
@@ -545,7 +574,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
     }
     if !finished {
         // Stopped early (stop_after): leave a resumable checkpoint.
-        save(step, best, loss_acc, optimizer.as_ref(), &rng, &last_path)?;
+        save(
+            step,
+            best,
+            loss_acc,
+            prior_seconds + train_seconds,
+            optimizer.as_ref(),
+            &rng,
+            &last_path,
+        )?;
     }
     progress.finish();
     Ok(TrainOutcome {
@@ -553,7 +590,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
         finished,
         best,
         last_checkpoint: last_path,
-        train_seconds,
+        train_seconds: prior_seconds + train_seconds,
         last_loss,
     })
 }

@@ -215,6 +215,9 @@ fn resume_is_bit_for_bit() {
     let cb = Checkpoint::load(&b.join("last.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(ca.meta.rng, cb.meta.rng);
     assert_eq!(ca.meta.best, cb.meta.best);
+    // Training time accumulates over the two invocations.
+    assert!(second.train_seconds > first.train_seconds && first.train_seconds > 0.0);
+    assert_eq!(cb.meta.train_seconds, second.train_seconds);
     // A shorter schedule than the checkpoint's step is refused.
     let mut short = cfg_b.clone();
     short.train.iters = 2;
