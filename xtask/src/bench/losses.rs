@@ -48,10 +48,13 @@ fn counts() -> Vec<u64> {
     (0..C as u64).map(|c| 1_000_000 / (c + 1)).collect()
 }
 
+/// One benchmarked loss: JSON key stem, table label, the loss, and the PyTorch peer time (ms).
+type Case = (&'static str, &'static str, Box<dyn SegLoss>, Option<f64>);
+
 /// Runs the losses benchmark.
 pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let (x, t) = inputs()?;
-    let mut cases: Vec<(&str, &str, Box<dyn SegLoss>, Option<f64>)> = vec![
+    let mut cases: Vec<Case> = vec![
         (
             "ce",
             "cross entropy",
