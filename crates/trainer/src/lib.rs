@@ -17,4 +17,5 @@ pub mod log;
 pub mod optim;
 pub mod predict;
 pub mod report;
+pub mod runtime;
 pub mod train;

@@ -3,6 +3,7 @@
 
 fn main() {
     use clap::Parser;
+    recallseg_trainer::runtime::tune_cpu_runtime();
     let cli = recallseg_trainer::cli::Cli::parse();
     if let Err(e) = recallseg_trainer::cli::run(cli) {
         eprintln!("error: {e:#}");
