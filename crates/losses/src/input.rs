@@ -13,6 +13,21 @@ pub(crate) struct Prepared {
     pub fused: bool,
 }
 
+/// Whether every element of a contiguous f32 CPU tensor is finite (checked in parallel).
+fn cpu_f32_all_finite(t: &Tensor) -> bool {
+    use rayon::prelude::*;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => {
+            let o = layout.start_offset();
+            v[o..o + t.elem_count()]
+                .par_chunks(1 << 15)
+                .all(|c| c.iter().fold(true, |ok, x| ok & x.is_finite()))
+        }
+        _ => false,
+    }
+}
+
 /// Checks ranks, sizes and dtypes, converts half-precision logits to `f32`, and decides which
 /// implementation runs.
 pub(crate) fn prepare(
@@ -64,10 +79,19 @@ pub(crate) fn prepare(
     };
     let applicable =
         logits.device().is_cpu() && logits.dtype() == DType::F32 && logits.is_contiguous();
+    // The fused kernels assume finite logits (their fast exp clamps its argument), so a NaN or
+    // infinite logit would vanish from the loss. The portable path propagates it, as PyTorch does.
+    let finite = applicable && cpu_f32_all_finite(&logits);
     let fused = match kernel {
-        Kernel::Auto => applicable,
+        Kernel::Auto => applicable && finite,
         Kernel::Portable => false,
-        Kernel::Fused if applicable => true,
+        Kernel::Fused if finite => true,
+        Kernel::Fused if applicable => {
+            return Err(LossError::DType(
+                "Kernel::Fused needs finite logits; they contain NaN or infinite values".into(),
+            )
+            .into_candle())
+        }
         Kernel::Fused => {
             return Err(LossError::DType(format!(
                 "Kernel::Fused needs contiguous f32/f16/bf16 logits on the CPU, got {:?} on {:?} \

@@ -114,6 +114,28 @@ fn gradients_match_finite_differences() {
     }
 }
 
+/// A NaN or infinite logit must not vanish from the loss: the automatic choice falls back to the
+/// portable path (which propagates it, like PyTorch), and a forced fused kernel refuses.
+#[test]
+fn non_finite_logits_give_a_non_finite_loss() {
+    let (x, t) = inputs(5);
+    let x = x.to_dtype(DType::F32).unwrap();
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut v = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v[7] = bad;
+        let xb = Tensor::from_vec(v, x.shape(), x.device()).unwrap();
+        for (name, make) in all_losses() {
+            let loss = make(Kernel::Auto).forward(&xb, &t).unwrap();
+            let value = loss.to_scalar::<f32>().unwrap();
+            assert!(!value.is_finite(), "{name} with a {bad} logit gave {value}");
+            assert!(
+                make(Kernel::Fused).forward(&xb, &t).is_err(),
+                "{name}: forced fused kernel accepted a {bad} logit"
+            );
+        }
+    }
+}
+
 #[test]
 fn fused_kernel_matches_portable_path() {
     for seed in [3u64, 4] {
