@@ -19,13 +19,14 @@ use crate::data::{batch_tensors, eval_loader, open_split, parse_split, train_loa
 use crate::eval::{evaluate, EvalOutput};
 use crate::log::{JsonlLog, LogRecord, Progress};
 use crate::optim::{self, LrSchedule, NamedVar, Optimizer};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use recallseg_data::{ClassInfo, Loader, SegDataset};
 use recallseg_losses::{LossContext, SegLoss};
 use recallseg_models::{Backbone, DeepLab, Head, ModelConfig, PretrainedSource};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -241,6 +242,36 @@ pub fn open_run_data(cfg: &TrainConfig) -> anyhow::Result<RunData> {
     })
 }
 
+/// Checkpoint key of a stateful loss's state (RecallCE's moving-average recall).
+const LOSS_STATE_KEY: &str = "loss.state";
+
+/// The loss's cross-step state as checkpoint tensors (empty for stateless losses).
+fn loss_state_tensors(loss: &dyn SegLoss) -> candle_core::Result<HashMap<String, Tensor>> {
+    let mut extra = HashMap::new();
+    if let Some(state) = loss.state() {
+        let n = state.len();
+        extra.insert(
+            LOSS_STATE_KEY.to_string(),
+            Tensor::from_vec(state, n, &Device::Cpu)?,
+        );
+    }
+    Ok(extra)
+}
+
+/// Restores what [`loss_state_tensors`] stored, so a resumed stateful loss continues exactly.
+fn restore_loss_state(
+    loss: &mut dyn SegLoss,
+    extra: &HashMap<String, Tensor>,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let state = match extra.get(LOSS_STATE_KEY) {
+        Some(t) => t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?,
+        None => Vec::new(),
+    };
+    loss.load_state(&state)
+        .map_err(|e| anyhow::anyhow!("{}: {LOSS_STATE_KEY}: {e}", path.display()))
+}
+
 /// Builds the configured loss for the dataset.
 pub fn build_loss(
     cfg: &TrainConfig,
@@ -276,14 +307,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
     let n_classes = data.classes.n_classes();
     let last_path = out.join(files::LAST);
     let resuming = opts.resume && last_path.exists();
-    if resuming {
-        if let recallseg_losses::LossConfig::RecallCe { ema: Some(_) } = lossc {
-            anyhow::bail!(
-                "loss.ema: a recall moving average is kept inside the loss and is not in the \
-                 checkpoint, so this run cannot resume exactly; start it again without --resume"
-            );
-        }
-    }
     let built = build_model(cfg, n_classes, &device, !resuming)?;
     let mut loss = build_loss(cfg, &data.classes, &data.class_pixel_counts)?;
     let mut optimizer = optim::build(&cfg.optim, built.trainable.clone())?;
@@ -318,6 +341,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
         }
         ck.restore_varmap(&built.varmap, &last_path)?;
         optimizer.load_state(&ck.optim, ck.meta.optim_steps)?;
+        restore_loss_state(loss.as_mut(), &ck.extra, &last_path)?;
         rng = ck
             .meta
             .rng
@@ -356,6 +380,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
                 loss_acc: (f64, u64),
                 train_seconds: f64,
                 optimizer: &dyn Optimizer,
+                loss: &dyn SegLoss,
                 rng: &ChaCha8Rng,
                 path: &Path|
      -> anyhow::Result<()> {
@@ -363,7 +388,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
         let ck = Checkpoint {
             model: Checkpoint::model_from_varmap(&built.varmap)?,
             optim: optim_state,
-            extra: Default::default(),
+            extra: loss_state_tensors(loss)?,
             meta: CheckpointMeta {
                 format_version: FORMAT_VERSION,
                 step,
@@ -410,6 +435,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
                 loss_acc,
                 prior_seconds + train_seconds,
                 optimizer.as_ref(),
+                loss.as_ref(),
                 &rng,
                 &last_path,
             )?;
@@ -533,6 +559,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
                         loss_acc,
                         prior_seconds + train_seconds,
                         optimizer.as_ref(),
+                        loss.as_ref(),
                         &rng,
                         &p,
                     )?;
@@ -558,6 +585,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
                 loss_acc,
                 prior_seconds + train_seconds,
                 optimizer.as_ref(),
+                loss.as_ref(),
                 &rng,
                 &last_path,
             )?;
@@ -580,6 +608,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
             loss_acc,
             prior_seconds + train_seconds,
             optimizer.as_ref(),
+            loss.as_ref(),
             &rng,
             &last_path,
         )?;

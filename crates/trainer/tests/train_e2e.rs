@@ -245,6 +245,44 @@ fn resume_is_bit_for_bit() {
     assert!(e.contains("different configuration"), "{e}");
 }
 
+/// RecallCE with a moving-average recall keeps state across steps; the checkpoint carries it, so
+/// an interrupted run resumes exactly (the moving average changes the weights of later steps).
+#[test]
+fn resume_with_recall_moving_average_is_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let args = [
+        "train.checkpoint_every=0",
+        "loss.name=recall_ce",
+        "loss.ema=0.5",
+    ];
+    let a = dir.path().join("a");
+    train(&tiny_config(&root, &a, &args), &quiet()).unwrap();
+    let b = dir.path().join("b");
+    let cfg_b = tiny_config(&root, &b, &args);
+    let stop = TrainOptions {
+        stop_after: Some(2),
+        ..quiet()
+    };
+    assert_eq!(train(&cfg_b, &stop).unwrap().step, 2);
+    let ck = Checkpoint::load(&b.join("last.safetensors"), &Device::Cpu).unwrap();
+    assert!(
+        ck.extra.contains_key("loss.state"),
+        "moving average not saved"
+    );
+    let resumed = TrainOptions {
+        resume: true,
+        ..quiet()
+    };
+    assert!(train(&cfg_b, &resumed).unwrap().finished);
+    assert_eq!(
+        model_bytes(&a.join("last.safetensors")),
+        model_bytes(&b.join("last.safetensors"))
+    );
+    assert_eq!(train_losses(&a), train_losses(&b));
+}
+
 #[test]
 fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
