@@ -5,17 +5,22 @@
 //! 12/24/36 at 8); `convs.4` image pooling (global average → 1×1 conv → BN → ReLU → broadcast back
 //! to the feature size). Concatenated (5·C channels) and projected by `project.0` (1×1, no bias)
 //! + `project.1` (BN) + ReLU to `C` channels, then dropout.
+//!
+//! With `separable`, the three atrous branches are depthwise-separable
+//! ([`crate::separable_conv::SeparableConv2d`]: `convs.i.0.0.weight` depthwise,
+//! `convs.i.0.1.weight` pointwise), as in DeepLabV3+ (Chen et al. 2018) and
+//! segmentation_models_pytorch's ASPP.
 
 use crate::batch_norm::BatchNorm2d;
-use crate::conv::Conv2d;
 use crate::dropout::Dropout;
 use crate::init::ParamBuilder;
+use crate::separable_conv::HeadConv;
 use crate::ModelError;
 use candle_core::{Result, Tensor};
 
 #[derive(Debug, Clone)]
 struct ConvBn {
-    conv: Conv2d,
+    conv: HeadConv,
     bn: BatchNorm2d,
 }
 
@@ -35,12 +40,14 @@ pub struct Aspp {
 }
 
 impl Aspp {
-    /// Builds ASPP from `in_channels` to `channels` with the three atrous `rates`.
+    /// Builds ASPP from `in_channels` to `channels` with the three atrous `rates`
+    /// (depthwise-separable atrous branches when `separable`).
     pub(crate) fn new(
         pb: &ParamBuilder,
         in_channels: usize,
         channels: usize,
         rates: [usize; 3],
+        separable: bool,
         dropout: f64,
         frozen_bn: bool,
     ) -> std::result::Result<Self, ModelError> {
@@ -50,18 +57,18 @@ impl Aspp {
             let bp = convs.pp(i);
             let k = if i == 0 { 1 } else { 3 };
             branches.push(ConvBn {
-                conv: Conv2d::same(&bp.pp(0), in_channels, channels, k, 1, *rate, false)?,
+                conv: HeadConv::same(&bp.pp(0), in_channels, channels, k, *rate, separable)?,
                 bn: BatchNorm2d::new(&bp.pp(1), channels, frozen_bn)?,
             });
         }
         let pp = convs.pp(4);
         let pooling = ConvBn {
-            conv: Conv2d::same(&pp.pp(1), in_channels, channels, 1, 1, 1, false)?,
+            conv: HeadConv::same(&pp.pp(1), in_channels, channels, 1, 1, false)?,
             bn: BatchNorm2d::new(&pp.pp(2), channels, frozen_bn)?,
         };
         let proj = pb.pp("project");
         let project = ConvBn {
-            conv: Conv2d::same(&proj.pp(0), 5 * channels, channels, 1, 1, 1, false)?,
+            conv: HeadConv::same(&proj.pp(0), 5 * channels, channels, 1, 1, false)?,
             bn: BatchNorm2d::new(&proj.pp(1), channels, frozen_bn)?,
         };
         Ok(Self {

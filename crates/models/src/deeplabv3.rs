@@ -38,6 +38,7 @@ impl DeepLabV3Head {
                 in_channels,
                 c,
                 cfg.atrous_rates(),
+                cfg.separable,
                 cfg.dropout,
                 cfg.freeze_bn,
             )?,

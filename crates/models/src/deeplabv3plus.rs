@@ -4,7 +4,11 @@
 //! * `decoder.project.0|1`: layer1 features → 1×1 conv (no bias) to 48 channels → BN → ReLU;
 //! * the ASPP output is bilinearly upsampled to the low-level size and concatenated before them;
 //! * `decoder.fuse.0|1` and `decoder.fuse.4|5`: two 3×3 convs (no bias) to 256 channels, each
-//!   followed by BN, ReLU and dropout (0.5, then 0.1 by default, as in the paper's code);
+//!   followed by BN, ReLU and dropout (0.5, then 0.1 by default, as in the paper's code); with
+//!   `decoder_convs = 1` only the first (segmentation_models_pytorch's layout);
+//! * with `separable`, the ASPP's atrous branches and the decoder convs are depthwise-separable
+//!   (`decoder.fuse.0.0.weight` depthwise, `decoder.fuse.0.1.weight` pointwise; see
+//!   [`crate::separable_conv`]);
 //! * `classifier.weight|bias`: 1×1 conv to the classes.
 
 use crate::aspp::Aspp;
@@ -14,6 +18,7 @@ use crate::conv::Conv2d;
 use crate::dropout::Dropout;
 use crate::init::ParamBuilder;
 use crate::ops::resize::resize_bilinear;
+use crate::separable_conv::HeadConv;
 use crate::ModelError;
 use candle_core::{Result, Tensor};
 
@@ -23,13 +28,16 @@ pub struct DeepLabV3PlusHead {
     aspp: Aspp,
     low_conv: Conv2d,
     low_bn: BatchNorm2d,
-    fuse1: Conv2d,
-    fuse1_bn: BatchNorm2d,
-    fuse1_dropout: Dropout,
-    fuse2: Conv2d,
-    fuse2_bn: BatchNorm2d,
-    fuse2_dropout: Dropout,
+    fuse: Vec<FuseConv>,
     classifier: Conv2d,
+}
+
+/// One decoder convolution: 3×3 conv (no bias) → BN → ReLU → dropout.
+#[derive(Debug, Clone)]
+struct FuseConv {
+    conv: HeadConv,
+    bn: BatchNorm2d,
+    dropout: Dropout,
 }
 
 impl DeepLabV3PlusHead {
@@ -49,24 +57,32 @@ impl DeepLabV3PlusHead {
         let fb = cfg.freeze_bn;
         let dp = pb.pp("decoder");
         let proj = dp.pp("project");
-        let fuse = dp.pp("fuse");
+        let fp = dp.pp("fuse");
+        let mut fuse = Vec::with_capacity(cfg.decoder_convs);
+        for i in 0..cfg.decoder_convs {
+            let c_in = if i == 0 { c + l } else { c };
+            fuse.push(FuseConv {
+                conv: HeadConv::same(&fp.pp(4 * i), c_in, c, 3, 1, cfg.separable)?,
+                bn: BatchNorm2d::new(&fp.pp(4 * i + 1), c, fb)?,
+                dropout: Dropout::new(
+                    cfg.decoder_dropout[i],
+                    &fp.full_name(&(4 * i + 3).to_string()),
+                ),
+            });
+        }
         Ok(Self {
             aspp: Aspp::new(
                 &pb.pp("aspp"),
                 high_channels,
                 c,
                 cfg.atrous_rates(),
+                cfg.separable,
                 cfg.dropout,
                 fb,
             )?,
             low_conv: Conv2d::same(&proj.pp(0), low_channels, l, 1, 1, 1, false)?,
             low_bn: BatchNorm2d::new(&proj.pp(1), l, fb)?,
-            fuse1: Conv2d::same(&fuse.pp(0), c + l, c, 3, 1, 1, false)?,
-            fuse1_bn: BatchNorm2d::new(&fuse.pp(1), c, fb)?,
-            fuse1_dropout: Dropout::new(cfg.decoder_dropout[0], &fuse.full_name("3")),
-            fuse2: Conv2d::same(&fuse.pp(4), c, c, 3, 1, 1, false)?,
-            fuse2_bn: BatchNorm2d::new(&fuse.pp(5), c, fb)?,
-            fuse2_dropout: Dropout::new(cfg.decoder_dropout[1], &fuse.full_name("7")),
+            fuse,
             classifier: Conv2d::same(&pb.pp("classifier"), c, cfg.n_classes, 1, 1, 1, true)?,
         })
     }
@@ -85,15 +101,11 @@ impl DeepLabV3PlusHead {
         let low = self
             .low_bn
             .forward_relu_t(&self.low_conv.forward(low_level)?, train)?;
-        let y = Tensor::cat(&[&x, &low], 1)?;
-        let y = self
-            .fuse1_bn
-            .forward_relu_t(&self.fuse1.forward(&y)?, train)?;
-        let y = self.fuse1_dropout.forward_t(&y, train, dropout_seed)?;
-        let y = self
-            .fuse2_bn
-            .forward_relu_t(&self.fuse2.forward(&y)?, train)?;
-        let y = self.fuse2_dropout.forward_t(&y, train, dropout_seed)?;
+        let mut y = Tensor::cat(&[&x, &low], 1)?;
+        for f in &self.fuse {
+            y = f.bn.forward_relu_t(&f.conv.forward(&y)?, train)?;
+            y = f.dropout.forward_t(&y, train, dropout_seed)?;
+        }
         self.classifier.forward(&y)
     }
 }

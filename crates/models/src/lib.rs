@@ -37,6 +37,7 @@ pub mod init;
 pub mod ops;
 pub mod pretrained;
 pub mod resnet;
+pub mod separable_conv;
 
 pub use config::{Backbone, Head, HubFile, ModelConfig, PretrainedSource};
 pub use deeplab::DeepLab;

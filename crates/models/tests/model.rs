@@ -238,17 +238,72 @@ fn dropout_is_seeded_active_in_training_only() {
 
 #[test]
 fn gradients_reach_every_trainable_var() {
-    let (model, _) = build(&thin(Backbone::Resnet18, Head::DeepLabV3Plus, 16));
-    let x = fill("input.grad", &[2, 3, 32, 32]);
-    let y = model.forward_t_with(&x, true, 1).unwrap();
-    let grads = y.sqr().unwrap().mean_all().unwrap().backward().unwrap();
-    for v in model.trainable_vars() {
-        assert!(
-            grads.get(&v).is_some(),
-            "no gradient for a trainable var of shape {:?}",
-            v.dims()
-        );
+    let dense = thin(Backbone::Resnet18, Head::DeepLabV3Plus, 16);
+    let separable = ModelConfig {
+        separable: true,
+        decoder_convs: 1,
+        ..dense.clone()
+    };
+    for cfg in [dense, separable] {
+        let (model, _) = build(&cfg);
+        let x = fill("input.grad", &[2, 3, 32, 32]);
+        let y = model.forward_t_with(&x, true, 1).unwrap();
+        let grads = y.sqr().unwrap().mean_all().unwrap().backward().unwrap();
+        for v in model.trainable_vars() {
+            assert!(
+                grads.get(&v).is_some(),
+                "no gradient for a trainable var of shape {:?}",
+                v.dims()
+            );
+        }
     }
+}
+
+#[test]
+fn separable_layouts_have_the_expected_parameters() {
+    // segmentation_models_pytorch 0.6's DeepLabV3Plus("resnet18", classes=16) has 12 333 152
+    // parameters, 68 352 of them in the separable 3×3 conv + BN after its ASPP projection that
+    // `smp_layout` leaves out (count printed by `sum(p.numel() for p in m.parameters())`).
+    let cfg = ModelConfig {
+        n_classes: 16,
+        ..ModelConfig::default()
+    }
+    .smp_layout();
+    let (model, _) = build(&cfg);
+    let count: usize = model.trainable_vars().iter().map(|v| v.elem_count()).sum();
+    assert_eq!(count, 12_333_152 - 68_352);
+    let shape = |n: &str| {
+        model
+            .named_vars()
+            .iter()
+            .find(|v| v.name == n)
+            .unwrap_or_else(|| panic!("no parameter {n}"))
+            .var
+            .dims()
+            .to_vec()
+    };
+    assert_eq!(shape("aspp.convs.1.0.0.weight"), [512, 1, 3, 3]);
+    assert_eq!(shape("aspp.convs.1.0.1.weight"), [256, 512, 1, 1]);
+    assert_eq!(shape("decoder.fuse.0.0.weight"), [304, 1, 3, 3]);
+    assert_eq!(shape("decoder.fuse.0.1.weight"), [256, 304, 1, 1]);
+    assert_eq!(cfg.atrous_rates(), [12, 24, 36]);
+
+    // Separable DeepLabV3: only the ASPP changes; the head's 3×3 conv stays dense.
+    let v3 = ModelConfig {
+        separable: true,
+        ..thin(Backbone::Resnet18, Head::DeepLabV3, 16)
+    };
+    let (model, _) = build(&v3);
+    let names: Vec<&str> = model.named_vars().iter().map(|v| v.name.as_str()).collect();
+    assert!(
+        names.contains(&"classifier.0.convs.2.0.0.weight"),
+        "{names:?}"
+    );
+    assert!(names.contains(&"classifier.1.weight"), "{names:?}");
+    let y = model
+        .forward_t(&fill("input.shape", &[2, 3, 35, 50]), true)
+        .unwrap();
+    assert_eq!(y.dims(), [2, 3, 35, 50]);
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! Parity with PyTorch reference implementations on identical weights (filled by the formula of
 //! `tests/golden/make_goldens.py`): torchvision's ResNet-18, timm's dilated ResNet-18 (output
 //! stride 8 and 16), torchvision's DeepLabV3-ResNet-50 (output stride 8) and a plain-PyTorch
-//! DeepLabV3+ on timm's ResNet-18 (output stride 16), in evaluation and training mode (logits,
-//! gradients, BatchNorm running statistics).
+//! DeepLabV3+ on timm's ResNet-18 (output stride 16), dense and with segmentation_models_pytorch's
+//! depthwise-separable ASPP and decoder, in evaluation and training mode (logits, gradients,
+//! BatchNorm running statistics).
 
 mod common;
 
@@ -75,13 +76,41 @@ fn deeplabv3_resnet50_matches_torchvision() {
 
 #[test]
 fn deeplabv3plus_resnet18_matches_reference_in_eval_and_training() {
-    let g = golden("deeplabv3plus_r18_os16.json");
     let cfg = ModelConfig {
         n_classes: 6,
         dropout: 0.0,
         decoder_dropout: [0.0, 0.0],
         ..ModelConfig::default()
     };
+    check_deeplabv3plus("deeplabv3plus_r18_os16.json", &cfg);
+}
+
+#[test]
+fn separable_deeplabv3plus_matches_smp_layers_in_eval_and_training() {
+    let cfg = ModelConfig {
+        n_classes: 6,
+        dropout: 0.0,
+        decoder_dropout: [0.0, 0.0],
+        separable: true,
+        decoder_convs: 1,
+        aspp_rates: Some([1, 2, 3]),
+        ..ModelConfig::default()
+    };
+    let (model, _vm) = build(&cfg);
+    let names: Vec<&str> = model.named_vars().iter().map(|v| v.name.as_str()).collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("decoder.fuse.4")),
+        "{names:?}"
+    );
+    check_deeplabv3plus("deeplabv3plus_r18_os16_separable.json", &cfg);
+}
+
+/// Compares a DeepLabV3+ built from `cfg` with the reference of `file` (`make_goldens.py`):
+/// f32 logits in evaluation and training mode, the f32 step's gradients and running statistics,
+/// and a float64 training step tightly.
+fn check_deeplabv3plus(file: &str, cfg: &ModelConfig) {
+    let g = golden(file);
+    let cfg = cfg.clone();
     let (model, _vm) = build(&cfg);
     fill_model(&model);
     let x = fill("input.deeplab", &[2, 3, 64, 80]);

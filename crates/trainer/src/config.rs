@@ -178,6 +178,22 @@ pub struct ModelSection {
     /// paper's code).
     #[serde(default = "default_decoder_dropout")]
     pub decoder_dropout: [f64; 2],
+    /// Depthwise-separable 3×3 convolutions in the ASPP and the DeepLabV3+ decoder (DeepLabV3+
+    /// as published and segmentation_models_pytorch; about 2.2× fewer FLOPs). Default `false`:
+    /// dense, as the paper's code.
+    #[serde(default)]
+    pub separable: bool,
+    /// Number of 3×3 DeepLabV3+ decoder convolutions: 2 (default, the paper's code) or 1
+    /// (segmentation_models_pytorch).
+    #[serde(default = "default_decoder_convs")]
+    pub decoder_convs: usize,
+    /// ASPP atrous rates (default: 6, 12, 18 at output stride 16; 12, 24, 36 at 8).
+    #[serde(default)]
+    pub aspp_rates: Option<[usize; 3]>,
+}
+
+fn default_decoder_convs() -> usize {
+    2
 }
 
 fn default_head_channels() -> usize {
@@ -554,6 +570,20 @@ impl TrainConfig {
                 return Err(invalid(field, format!("{v} is not in [0, 1)")));
             }
         }
+        if !(1..=2).contains(&m.decoder_convs) {
+            return Err(invalid(
+                "model.decoder_convs",
+                format!("{} is not 1 or 2", m.decoder_convs),
+            ));
+        }
+        if let Some(rates) = m.aspp_rates {
+            if rates.contains(&0) {
+                return Err(invalid(
+                    "model.aspp_rates",
+                    format!("{rates:?} has a rate of 0"),
+                ));
+            }
+        }
         for (field, v) in [
             ("model.head_channels", m.head_channels),
             ("model.low_level_channels", m.low_level_channels),
@@ -836,6 +866,11 @@ mod tests {
         assert!(err_text(&["model.dropout=1.5"]).starts_with("model.dropout:"));
         assert!(err_text(&["model.head_channels=0"]).starts_with("model.head_channels:"));
         assert_eq!(
+            err_text(&["model.decoder_convs=3"]),
+            "model.decoder_convs: 3 is not 1 or 2"
+        );
+        assert!(err_text(&["model.aspp_rates=[6, 0, 18]"]).starts_with("model.aspp_rates:"));
+        assert_eq!(
             err_text(&["loss.name=focal", "loss.gamma=-1.0"]),
             "loss.gamma: -1 must be finite and >= 0"
         );
@@ -874,6 +909,16 @@ mod tests {
         assert_eq!(c.train.device, "cuda:1");
         assert_eq!(c.loss_name(), "focal");
         assert_eq!(c.loss.get("gamma").and_then(|v| v.as_float()), Some(1.0));
+        let c = quick(&[
+            "model.separable=true",
+            "model.decoder_convs=1",
+            "model.aspp_rates=[12, 24, 36]",
+        ])
+        .unwrap();
+        let m = crate::train::model_config(&c, 5);
+        assert!(m.separable);
+        assert_eq!(m.decoder_convs, 1);
+        assert_eq!(m.atrous_rates(), [12, 24, 36]);
     }
 
     #[test]

@@ -158,6 +158,9 @@ pub fn model_config(cfg: &TrainConfig, n_classes: usize) -> ModelConfig {
         backbone_width: m.backbone_width,
         head_channels: m.head_channels,
         low_level_channels: m.low_level_channels,
+        separable: m.separable,
+        decoder_convs: m.decoder_convs,
+        aspp_rates: m.aspp_rates,
         init_seed: cfg.train.seed,
     }
 }

@@ -4,8 +4,12 @@
 //! (forward in training mode, pixel-wise cross-entropy as a log-softmax composition, backward,
 //! AdamW update with weight decay 0, lr 1e-3) of
 //!
-//! * DeepLabV3+ on ResNet-18, output stride 16 (the paper's model; peer 570 ms), and its
-//!   evaluation-mode forward pass (inference);
+//! * DeepLabV3+ on ResNet-18, output stride 16 (the paper's model: dense ASPP and two dense
+//!   decoder convolutions; PyTorch on this architecture: `crates/models/benches/torch_step_bench.py`),
+//!   and its evaluation-mode forward pass (inference);
+//! * the same with segmentation_models_pytorch's layout (`ModelConfig::smp_layout`: separable
+//!   ASPP and decoder, one decoder convolution, rates 12/24/36): the equal-work counterpart of
+//!   the peer's smp `DeepLabV3Plus` (570 ms);
 //! * DeepLabV3 on ResNet-18, output stride 8 (peer 1.6 s).
 //!
 //! Inputs are random but fixed; every figure is the median of `--reps` runs after one warm-up.
@@ -39,18 +43,21 @@ struct Setup {
     y: Tensor,
 }
 
-fn setup(head: Head, output_stride: usize) -> anyhow::Result<Setup> {
-    let device = Device::Cpu;
-    let cfg = ModelConfig {
+fn config(head: Head, output_stride: usize) -> ModelConfig {
+    ModelConfig {
         backbone: Backbone::Resnet18,
         head,
         output_stride,
         n_classes: CLASSES,
         ..ModelConfig::default()
-    };
+    }
+}
+
+fn setup(cfg: &ModelConfig) -> anyhow::Result<Setup> {
+    let device = Device::Cpu;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let model = DeepLab::new(&cfg, vb)?;
+    let model = DeepLab::new(cfg, vb)?;
     let opt = AdamW::new(
         model.trainable_vars(),
         ParamsAdamW {
@@ -83,17 +90,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     eprintln!(
         "models: DeepLabV3+ ResNet-18 OS16, batch {BATCH}, 3x{HEIGHT}x{WIDTH}, {CLASSES} classes"
     );
-    let mut s = setup(Head::DeepLabV3Plus, 16)?;
+    let mut s = setup(&config(Head::DeepLabV3Plus, 16))?;
     let t = median_time(args.reps, || train_step(&mut s))?;
-    figures.push(
-        Figure::new(
-            "deeplabv3plus_r18_os16_train_step_ms",
-            "DeepLabV3+ R18 OS16 train step",
-            ms(t),
-            "ms",
-        )
-        .with_peer(570.0),
-    );
+    figures.push(Figure::new(
+        "deeplabv3plus_r18_os16_train_step_ms",
+        "DeepLabV3+ R18 OS16 train step (paper's dense head)",
+        ms(t),
+        "ms",
+    ));
     let t = median_time(args.reps, || {
         let logits = s.model.forward_t(&s.x, false)?;
         anyhow::ensure!(logits.dims() == [BATCH, CLASSES, HEIGHT, WIDTH]);
@@ -107,8 +111,33 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     ));
     drop(s);
 
+    eprintln!("models: DeepLabV3+ ResNet-18 OS16, segmentation_models_pytorch layout (separable)");
+    let mut s = setup(&config(Head::DeepLabV3Plus, 16).smp_layout())?;
+    let t = median_time(args.reps, || train_step(&mut s))?;
+    figures.push(
+        Figure::new(
+            "deeplabv3plus_r18_os16_separable_train_step_ms",
+            "DeepLabV3+ R18 OS16 train step, smp layout (separable)",
+            ms(t),
+            "ms",
+        )
+        .with_peer(570.0),
+    );
+    let t = median_time(args.reps, || {
+        let logits = s.model.forward_t(&s.x, false)?;
+        anyhow::ensure!(logits.dims() == [BATCH, CLASSES, HEIGHT, WIDTH]);
+        Ok(())
+    })?;
+    figures.push(Figure::new(
+        "deeplabv3plus_r18_os16_separable_infer_ms",
+        "DeepLabV3+ R18 OS16 inference, smp layout (separable)",
+        ms(t),
+        "ms",
+    ));
+    drop(s);
+
     eprintln!("models: DeepLabV3 ResNet-18 OS8");
-    let mut s = setup(Head::DeepLabV3, 8)?;
+    let mut s = setup(&config(Head::DeepLabV3, 8))?;
     let t = median_time(args.reps, || train_step(&mut s))?;
     figures.push(
         Figure::new(

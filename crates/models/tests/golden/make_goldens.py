@@ -161,23 +161,41 @@ def deeplabv3_golden():
 
 
 class DeepLabV3PlusRef(nn.Module):
-    """DeepLabV3+ as documented in docs/models.md, in plain PyTorch on timm's dilated ResNet."""
+    """DeepLabV3+ as documented in docs/models.md, in plain PyTorch on timm's dilated ResNet.
 
-    def __init__(self, n_classes, output_stride):
+    `separable=True` builds the ASPP and decoder convolutions from segmentation_models_pytorch's
+    own `ASPP(separable=True)` and `SeparableConv2d` (an independent implementation of the
+    depthwise-separable layout); `decoder_convs` is 1 or 2; `rates` overrides the atrous rates.
+    """
+
+    def __init__(self, n_classes, output_stride, separable=False, decoder_convs=2, rates=None):
         super().__init__()
         import timm
         from torchvision.models.segmentation.deeplabv3 import ASPP
 
         self.backbone = timm.create_model("resnet18", pretrained=False, output_stride=output_stride)
-        rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
-        self.aspp = ASPP(512, rates, 256)
+        if rates is None:
+            rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
+        if separable:
+            from segmentation_models_pytorch.decoders.deeplabv3.decoder import ASPP as SmpASPP
+            from segmentation_models_pytorch.decoders.deeplabv3.decoder import SeparableConv2d
+
+            self.aspp = SmpASPP(512, 256, rates, separable=True, dropout=0.0)
+
+            def conv3x3(c_in, c_out):
+                return SeparableConv2d(c_in, c_out, 3, padding=1, bias=False)
+        else:
+            self.aspp = ASPP(512, rates, 256)
+
+            def conv3x3(c_in, c_out):
+                return nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
         self.aspp.project[3].p = 0.0  # the tests compare training steps without dropout
         dec = nn.Module()
         dec.project = nn.Sequential(nn.Conv2d(64, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU())
-        dec.fuse = nn.Sequential(
-            nn.Conv2d(304, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(), nn.Dropout(0.0),
-            nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(), nn.Dropout(0.0),
-        )
+        fuse = [conv3x3(304, 256), nn.BatchNorm2d(256), nn.ReLU(), nn.Dropout(0.0)]
+        if decoder_convs == 2:
+            fuse += [conv3x3(256, 256), nn.BatchNorm2d(256), nn.ReLU(), nn.Dropout(0.0)]
+        dec.fuse = nn.Sequential(*fuse)
         self.decoder = dec
         self.classifier = nn.Conv2d(256, n_classes, 1)
 
@@ -193,9 +211,9 @@ class DeepLabV3PlusRef(nn.Module):
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def deeplabv3plus_golden():
+def deeplabv3plus_golden(file, grad_names, stat_names, **layout):
     out = {}
-    m = DeepLabV3PlusRef(6, 16)
+    m = DeepLabV3PlusRef(6, 16, **layout)
     fill_module(m)
     x = fill_value("input.deeplab", (2, 3, 64, 80))
     m.eval()
@@ -206,7 +224,7 @@ def deeplabv3plus_golden():
         out["train_logits"] = summary(m(x))
     # Gradients and running statistics in float64: f32 accumulation over ~10^5 terms (PyTorch
     # accumulates BN reductions in double on the CPU, candle in f32) would blur a real mismatch.
-    m = DeepLabV3PlusRef(6, 16)
+    m = DeepLabV3PlusRef(6, 16, **layout)
     fill_module(m)
     m = m.double().train()
     params = {n: p for n, p in m.named_parameters()}
@@ -216,25 +234,41 @@ def deeplabv3plus_golden():
     g = fill_value("grad.deeplab", tuple(y.shape)).double()
     (y * g).sum().backward()
     out["train_logits_f64"] = summary(y)
-    out["grads_f64"] = {
-        n: summary(params[n].grad, 400)
-        for n in [
+    out["grads_f64"] = {n: summary(params[n].grad, 400) for n in grad_names}
+    out["running_stats_f64"] = {n: summary(bufs[n], 400) for n in stat_names}
+    out["input"] = [2, 3, 64, 80]
+    out["n_classes"] = 6
+    write(file, out)
+
+
+def deeplabv3plus_goldens():
+    deeplabv3plus_golden(
+        "deeplabv3plus_r18_os16.json",
+        [
             "backbone.conv1.weight", "backbone.bn1.weight", "backbone.layer4.1.bn2.bias",
             "aspp.convs.4.1.weight", "aspp.project.1.weight", "decoder.project.1.bias",
             "decoder.fuse.4.weight", "classifier.weight", "classifier.bias",
-        ]
-    }
-    out["running_stats_f64"] = {
-        n: summary(bufs[n], 400)
-        for n in [
+        ],
+        [
             "backbone.bn1.running_mean", "backbone.bn1.running_var",
             "backbone.layer3.0.downsample.1.running_var", "aspp.convs.4.2.running_mean",
             "aspp.convs.4.2.running_var", "decoder.fuse.5.running_var",
-        ]
-    }
-    out["input"] = [2, 3, 64, 80]
-    out["n_classes"] = 6
-    write("deeplabv3plus_r18_os16.json", out)
+        ],
+    )
+    # Separable ASPP and decoder, one decoder conv; small rates so that the 4×5 feature map of
+    # the 64×80 input exercises dilated depthwise taps that are partly inside the image.
+    deeplabv3plus_golden(
+        "deeplabv3plus_r18_os16_separable.json",
+        [
+            "backbone.layer4.1.conv2.weight", "aspp.convs.1.0.0.weight", "aspp.convs.3.0.0.weight",
+            "aspp.convs.3.0.1.weight", "aspp.project.0.weight", "decoder.fuse.0.0.weight",
+            "decoder.fuse.0.1.weight", "decoder.fuse.1.bias", "classifier.weight",
+        ],
+        ["aspp.convs.2.1.running_var", "decoder.fuse.1.running_mean", "decoder.fuse.1.running_var"],
+        separable=True,
+        decoder_convs=1,
+        rates=(1, 2, 3),
+    )
 
 
 if __name__ == "__main__":
@@ -243,4 +277,4 @@ if __name__ == "__main__":
     ops_goldens()
     resnet_goldens()
     deeplabv3_golden()
-    deeplabv3plus_golden()
+    deeplabv3plus_goldens()
