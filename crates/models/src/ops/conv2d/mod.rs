@@ -1,15 +1,24 @@
 //! 2-D convolution used by every model layer.
 //!
-//! [`conv2d`] is the single entry point the model code calls. On the CPU with `f32` tensors and
-//! `groups == 1` it runs this crate's own kernels as a candle custom op with its own backward
-//! (im2col / col2im tiles and large `gemm` matrix products, parallel over images and tiles with
-//! rayon; Winograd F(2×2, 3×3) for large 3×3 stride-1 layers; kernel taps that only read padding
-//! skipped; see `docs/conv.md`); on other devices, dtypes or group counts it uses candle's
-//! convolution. Both paths are differentiable and agree within `f32` rounding
-//! (`tests/conv2d.rs`). [`conv2d_candle`] always takes candle's path. [`conv2d_affine`] fuses a
-//! following per-channel affine map (evaluation-mode BatchNorm) and ReLU into the convolution.
+//! [`conv2d`] is the single entry point the model code calls. On the CPU with `f32` tensors it
+//! runs this crate's own kernels as candle custom ops with their own backward:
+//!
+//! * `groups == 1`: im2col / col2im tiles and large `gemm` matrix products, parallel over images
+//!   and tiles with rayon; Winograd F(2×2, 3×3) for large 3×3 stride-1 layers; kernel taps that
+//!   only read padding skipped;
+//! * depthwise (`groups == C_in == C_out`, weight `(C, 1, K_h, K_w)`): a direct algorithm,
+//!   parallel over the `(image, channel)` planes (forward, input gradient) or channels (weight
+//!   and bias gradients), whose inner loops are multiply-adds over the contiguous run of output
+//!   columns each kernel tap reaches;
+//!
+//! see `docs/conv.md`. On other devices, dtypes or group counts it uses candle's convolution. All
+//! paths are differentiable and agree within `f32` rounding (`tests/conv2d.rs`,
+//! `tests/depthwise_conv2d.rs`). [`conv2d_candle`] always takes candle's path. [`conv2d_affine`]
+//! fuses a following per-channel affine map (evaluation-mode BatchNorm) and ReLU into the
+//! convolution.
 
 mod cpu;
+mod depthwise;
 mod kernels;
 mod winograd;
 
@@ -101,9 +110,15 @@ fn validate(
 /// Convolves `input` `(N, C_in, H, W)` with `weight` `(C_out, C_in / groups, K_h, K_w)`, adding
 /// `bias` `(C_out)` when given. Differentiable on every device.
 ///
-/// On the CPU with `f32` operands and `groups == 1` this runs the custom op (forward, input and
-/// weight gradients as tiled matrix products; bias fused into the forward pass); everywhere else
-/// it is [`conv2d_candle`].
+/// On the CPU with `f32` operands this runs a custom op (bias fused into the forward pass; no
+/// input gradient computed for an input that does not track gradients):
+///
+/// * `groups == 1`: forward, input and weight gradients as tiled matrix products;
+/// * depthwise, `groups == C_in == C_out` with weight `(C, 1, K_h, K_w)` (channel multiplier 1):
+///   a direct per-plane algorithm for the forward pass and every gradient.
+///
+/// Everywhere else (other devices or dtypes, other group counts, channel multipliers above 1) it
+/// is [`conv2d_candle`]. [`set_cpu_kernel_enabled`]`(false)` turns both custom ops off.
 ///
 /// # Errors
 /// Shapes that do not describe a convolution (wrong ranks, channel counts that do not match the
@@ -116,53 +131,113 @@ pub fn conv2d(
     geometry: Conv2dGeometry,
 ) -> Result<Tensor> {
     validate(input, weight, bias, geometry)?;
-    if !use_cpu_kernel(input, weight, bias, geometry) {
-        return conv2d_candle(input, weight, bias, geometry);
+    match cpu_kernel(input, weight, bias, geometry) {
+        Some(kind) => apply_cpu(kind, input, weight, bias, geometry, false),
+        None => conv2d_candle(input, weight, bias, geometry),
     }
-    apply_cpu(input, weight, bias, geometry, false)
 }
 
-/// Runs the CPU custom op (the caller has validated the operands).
+/// Which CPU custom op handles a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CpuKernel {
+    /// `groups == 1`: [`cpu::Conv2dCpu`].
+    Dense,
+    /// `groups == C_in == C_out`: [`depthwise::DepthwiseCpu`].
+    Depthwise,
+}
+
+/// The implementation [`conv2d`] runs for given operands (see [`conv2d_path`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conv2dPath {
+    /// The dense CPU custom op (`groups == 1`: im2col + gemm, Winograd).
+    CpuDense,
+    /// The depthwise CPU custom op (`groups == C_in == C_out`).
+    CpuDepthwise,
+    /// candle's convolution ([`conv2d_candle`]).
+    Candle,
+}
+
+/// Which implementation [`conv2d`] would run for these operands, without running it (for
+/// benchmarks, diagnostics and tests; it follows [`set_cpu_kernel_enabled`]).
+///
+/// # Errors
+/// As [`conv2d`], for operands that do not describe a convolution.
+pub fn conv2d_path(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    geometry: Conv2dGeometry,
+) -> Result<Conv2dPath> {
+    validate(input, weight, bias, geometry)?;
+    Ok(match cpu_kernel(input, weight, bias, geometry) {
+        Some(CpuKernel::Dense) => Conv2dPath::CpuDense,
+        Some(CpuKernel::Depthwise) => Conv2dPath::CpuDepthwise,
+        None => Conv2dPath::Candle,
+    })
+}
+
+/// Runs a CPU custom op (the caller has validated the operands).
 fn apply_cpu(
+    kind: CpuKernel,
     input: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     geometry: Conv2dGeometry,
     relu: bool,
 ) -> Result<Tensor> {
+    let (x, w) = (input.contiguous()?, weight.contiguous()?);
+    if kind == CpuKernel::Depthwise {
+        let op = depthwise::DepthwiseCpu {
+            padding: geometry.padding,
+            stride: geometry.stride,
+            dilation: geometry.dilation,
+            relu,
+        };
+        return match bias {
+            Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+            None => x.apply_op2(&w, op),
+        };
+    }
     let op = cpu::Conv2dCpu {
         padding: geometry.padding,
         stride: geometry.stride,
         dilation: geometry.dilation,
         relu,
     };
-    let (x, w) = (input.contiguous()?, weight.contiguous()?);
     match bias {
         Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
         None => x.apply_op2(&w, op),
     }
 }
 
-/// Whether the CPU custom op handles these operands.
-fn use_cpu_kernel(
+/// Which CPU custom op, if any, handles these (validated) operands.
+fn cpu_kernel(
     input: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     geometry: Conv2dGeometry,
-) -> bool {
+) -> Option<CpuKernel> {
     let cpu_f32 = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
-    cpu_kernel_enabled()
-        && geometry.groups == 1
-        && cpu_f32(input)
-        && cpu_f32(weight)
-        && bias.is_none_or(cpu_f32)
+    if !(cpu_kernel_enabled() && cpu_f32(input) && cpu_f32(weight) && bias.is_none_or(cpu_f32)) {
+        return None;
+    }
+    let (c_in, c_out) = (input.dims()[1], weight.dims()[0]);
+    if geometry.groups == 1 {
+        Some(CpuKernel::Dense)
+    } else if geometry.groups == c_in && c_out == c_in {
+        // `validate` has checked that the weight is (C, C_in / groups = 1, K_h, K_w).
+        Some(CpuKernel::Depthwise)
+    } else {
+        None
+    }
 }
 
 /// `relu?(conv(input, weight)·scale + shift)` per output channel, as one convolution: `scale` is
 /// folded into the weight (`W'[co] = W[co]·scale[co]`) and `shift` becomes the bias; on the CPU
-/// custom op the ReLU is applied in place to the convolution's output. This is a convolution
-/// followed by an evaluation-mode BatchNorm (`scale = γ/√(σ² + ε)`, `shift = β − μ·scale`) and an
-/// optional ReLU, without the three full passes (and allocations) of the separate ops.
+/// custom ops (dense and depthwise) the ReLU is applied in place to the convolution's output.
+/// This is a convolution followed by an evaluation-mode BatchNorm (`scale = γ/√(σ² + ε)`,
+/// `shift = β − μ·scale`) and an optional ReLU, without the three full passes (and allocations)
+/// of the separate ops.
 /// Differentiable with respect to every argument.
 ///
 /// # Errors
@@ -183,8 +258,8 @@ pub fn conv2d_affine(
         )
     }
     let folded = weight.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
-    if use_cpu_kernel(input, &folded, Some(shift), geometry) {
-        return apply_cpu(input, &folded, Some(shift), geometry, relu);
+    if let Some(kind) = cpu_kernel(input, &folded, Some(shift), geometry) {
+        return apply_cpu(kind, input, &folded, Some(shift), geometry, relu);
     }
     let y = conv2d_candle(input, &folded, Some(shift), geometry)?;
     if relu {
@@ -195,7 +270,9 @@ pub fn conv2d_affine(
 }
 
 /// The portable path: candle's own convolution, then a broadcast bias add. Used on non-CPU
-/// devices and for groups > 1, and as the reference the CPU kernels are tested against.
+/// devices, for dtypes other than `f32` and for grouped convolutions other than depthwise ones,
+/// and as the reference the CPU kernels are tested against. (candle runs each group as a
+/// separate convolution, so a depthwise convolution on this path is very slow.)
 ///
 /// # Errors
 /// As [`conv2d`].
