@@ -423,6 +423,22 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
     let mut interval_start = Instant::now();
     let mut interval_steps = 0u64;
 
+    // Every checkpoint of this loop records the loop's current state; only the path differs.
+    macro_rules! save_to {
+        ($path:expr) => {
+            save(
+                step,
+                best,
+                loss_acc,
+                prior_seconds + train_seconds,
+                optimizer.as_ref(),
+                loss.as_ref(),
+                &rng,
+                $path,
+            )
+        };
+    }
+
     while step < iters {
         if opts.stop_after.is_some_and(|n| step - start_step >= n) {
             break;
@@ -432,16 +448,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
             .as_ref()
             .is_some_and(|f| f.load(Ordering::SeqCst))
         {
-            save(
-                step,
-                best,
-                loss_acc,
-                prior_seconds + train_seconds,
-                optimizer.as_ref(),
-                loss.as_ref(),
-                &rng,
-                &last_path,
-            )?;
+            save_to!(&last_path)?;
             log.write(&LogRecord::Checkpoint {
                 step,
                 path: last_path.clone(),
@@ -556,16 +563,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
                 })?;
                 if is_best {
                     let p = out.join(files::BEST);
-                    save(
-                        step,
-                        best,
-                        loss_acc,
-                        prior_seconds + train_seconds,
-                        optimizer.as_ref(),
-                        loss.as_ref(),
-                        &rng,
-                        &p,
-                    )?;
+                    save_to!(&p)?;
                 }
                 if !opts.quiet {
                     progress.println(&format!(
@@ -582,16 +580,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
             && step % cfg.train.checkpoint_every as u64 == 0)
             || step == iters;
         if ck_now {
-            save(
-                step,
-                best,
-                loss_acc,
-                prior_seconds + train_seconds,
-                optimizer.as_ref(),
-                loss.as_ref(),
-                &rng,
-                &last_path,
-            )?;
+            save_to!(&last_path)?;
             log.write(&LogRecord::Checkpoint {
                 step,
                 path: last_path.clone(),
@@ -605,16 +594,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
     }
     if !finished {
         // Stopped early (stop_after): leave a resumable checkpoint.
-        save(
-            step,
-            best,
-            loss_acc,
-            prior_seconds + train_seconds,
-            optimizer.as_ref(),
-            loss.as_ref(),
-            &rng,
-            &last_path,
-        )?;
+        save_to!(&last_path)?;
     }
     progress.finish();
     Ok(TrainOutcome {
