@@ -1,8 +1,53 @@
 //! Adam and AdamW.
 
+use super::adam_cpu::{AdamScalars, FusedAdamStep};
 use super::{take_state, NamedVar, Optimizer};
-use candle_core::{backprop::GradStore, Result, Tensor};
+use candle_core::{backprop::GradStore, DType, Device, Result, Tensor};
 use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The moment estimates of one parameter.
+enum Moments {
+    /// Candle tensors, updated by the portable path (any device or dtype).
+    Tensors { m: Tensor, v: Tensor },
+    /// Host vectors, updated in place by the fused CPU kernel (`f32` parameters on the CPU).
+    Host { m: Vec<f32>, v: Vec<f32> },
+}
+
+impl Moments {
+    /// Zero moments for `theta`: host vectors when the fused kernel can update it.
+    fn zeros(theta: &Tensor, fused: bool) -> Result<Self> {
+        Ok(if fused && fused_applies(theta) {
+            let n = theta.elem_count();
+            Moments::Host {
+                m: vec![0.0; n],
+                v: vec![0.0; n],
+            }
+        } else {
+            // Two separate allocations: the moments are distinct tensors.
+            Moments::Tensors {
+                m: theta.zeros_like()?,
+                v: theta.zeros_like()?,
+            }
+        })
+    }
+
+    /// `(m, v)` as tensors shaped like `theta`.
+    fn tensors(&self, theta: &Tensor) -> Result<(Tensor, Tensor)> {
+        match self {
+            Moments::Tensors { m, v } => Ok((m.clone(), v.clone())),
+            Moments::Host { m, v } => Ok((
+                Tensor::from_slice(m, theta.shape(), theta.device())?,
+                Tensor::from_slice(v, theta.shape(), theta.device())?,
+            )),
+        }
+    }
+}
+
+/// Whether the fused CPU kernel handles this parameter.
+fn fused_applies(theta: &Tensor) -> bool {
+    matches!(theta.device(), Device::Cpu) && theta.dtype() == DType::F32 && theta.is_contiguous()
+}
 
 /// Adam (`decoupled = false`, L2 decay added to the gradient, as `torch.optim.Adam`) or AdamW
 /// (`decoupled = true`, `θ ← θ(1 − lr·λ)` before the Adam step, as `torch.optim.AdamW`):
@@ -11,10 +56,14 @@ use std::collections::HashMap;
 /// m ← β₁m + (1 − β₁)g        v ← β₂v + (1 − β₂)g²
 /// θ ← θ − lr · (m / (1 − β₁ᵗ)) / (√(v / (1 − β₂ᵗ)) + ε)
 /// ```
+///
+/// `f32` parameters on the CPU are updated by one fused in-place pass (`adam_cpu.rs`) with the
+/// same `f32` arithmetic as the portable candle-ops path used everywhere else
+/// ([`Adam::with_fused_cpu`] turns it off).
 pub struct Adam {
     vars: Vec<NamedVar>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    moments: Vec<Moments>,
+    fused: bool,
     beta1: f64,
     beta2: f64,
     eps: f64,
@@ -33,15 +82,14 @@ impl Adam {
         weight_decay: f64,
         decoupled: bool,
     ) -> Result<Self> {
-        let m = vars
+        let moments = vars
             .iter()
-            .map(|v| v.var.as_tensor().zeros_like())
+            .map(|v| Moments::zeros(v.var.as_tensor(), true))
             .collect::<Result<Vec<_>>>()?;
-        let v = m.clone();
         Ok(Self {
             vars,
-            m,
-            v,
+            moments,
+            fused: true,
             beta1,
             beta2,
             eps,
@@ -49,6 +97,43 @@ impl Adam {
             decoupled,
             t: 0,
         })
+    }
+
+    /// Enables (default) or disables the fused CPU update; with it off every parameter takes the
+    /// portable candle-ops path. Call before the first step (the moments are reset to zero).
+    pub fn with_fused_cpu(mut self, fused: bool) -> Result<Self> {
+        self.fused = fused;
+        self.moments = self
+            .vars
+            .iter()
+            .map(|v| Moments::zeros(v.var.as_tensor(), fused))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self)
+    }
+
+    /// How many parameters the fused CPU kernel updates (the rest take the portable path).
+    pub fn fused_cpu_params(&self) -> usize {
+        self.moments
+            .iter()
+            .filter(|m| matches!(m, Moments::Host { .. }))
+            .count()
+    }
+
+    /// The fused kernel's constants for this step, computed like the portable path's scalars.
+    fn scalars(&self, lr: f64, bc1: f64, bc2: f64) -> AdamScalars {
+        let wd = self.weight_decay;
+        AdamScalars {
+            beta1: self.beta1 as f32,
+            one_minus_beta1: (1.0 - self.beta1) as f32,
+            beta2: self.beta2 as f32,
+            one_minus_beta2: (1.0 - self.beta2) as f32,
+            inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+            eps: self.eps as f32,
+            step_size: (lr / bc1) as f32,
+            l2: if self.decoupled { 0.0 } else { wd as f32 },
+            decay: (1.0 - lr * wd) as f32,
+            decoupled: self.decoupled && wd != 0.0,
+        }
     }
 }
 
@@ -58,9 +143,24 @@ impl Optimizer for Adam {
         let t = self.t as i32;
         let bc1 = 1.0 - self.beta1.powi(t);
         let bc2 = 1.0 - self.beta2.powi(t);
+        let scalars = self.scalars(lr, bc1, bc2);
         for (i, nv) in self.vars.iter().enumerate() {
             let theta = nv.var.as_tensor();
             let Some(g) = grads.get(theta) else { continue };
+            let (m, v) = match &mut self.moments[i] {
+                Moments::Host { m, v } if g.dtype() == DType::F32 && g.device().is_cpu() => {
+                    let op = FusedAdamStep {
+                        scalars,
+                        moments: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
+                    };
+                    theta.inplace_op2(&g.contiguous()?, &op)?;
+                    continue;
+                }
+                Moments::Host { .. } => {
+                    candle_core::bail!("Adam: gradient of {} is not f32 on the CPU", nv.name)
+                }
+                Moments::Tensors { m, v } => (m, v),
+            };
             let mut g = g.clone();
             let mut base = theta.clone();
             if self.weight_decay != 0.0 {
@@ -70,14 +170,14 @@ impl Optimizer for Adam {
                     g = (g + (theta * self.weight_decay)?)?;
                 }
             }
-            let m = ((&self.m[i] * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
-            let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+            let new_m = ((&*m * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
+            let new_v = ((&*v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             // PyTorch: denom = sqrt(v) / sqrt(bc2) + eps; θ -= (lr / bc1) · m / denom.
-            let denom = ((v.sqrt()? / bc2.sqrt())? + self.eps)?;
-            let update = ((&m / &denom)? * (lr / bc1))?;
+            let denom = ((new_v.sqrt()? / bc2.sqrt())? + self.eps)?;
+            let update = ((&new_m / &denom)? * (lr / bc1))?;
             nv.var.set(&(base - update)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            *m = new_m;
+            *v = new_v;
         }
         Ok(())
     }
@@ -89,8 +189,12 @@ impl Optimizer for Adam {
     fn state(&self) -> (HashMap<String, Tensor>, u64) {
         let mut out = HashMap::new();
         for (i, nv) in self.vars.iter().enumerate() {
-            out.insert(format!("m.{}", nv.name), self.m[i].clone());
-            out.insert(format!("v.{}", nv.name), self.v[i].clone());
+            // Host moments always convert (the shape and element count are the parameter's).
+            let Ok((m, v)) = self.moments[i].tensors(nv.var.as_tensor()) else {
+                continue;
+            };
+            out.insert(format!("m.{}", nv.name), m);
+            out.insert(format!("v.{}", nv.name), v);
         }
         (out, self.t)
     }
@@ -98,8 +202,19 @@ impl Optimizer for Adam {
     fn load_state(&mut self, tensors: &HashMap<String, Tensor>, steps: u64) -> Result<()> {
         for (i, nv) in self.vars.iter().enumerate() {
             let like = nv.var.as_tensor();
-            self.m[i] = take_state(tensors, &format!("m.{}", nv.name), like)?;
-            self.v[i] = take_state(tensors, &format!("v.{}", nv.name), like)?;
+            let m = take_state(tensors, &format!("m.{}", nv.name), like)?;
+            let v = take_state(tensors, &format!("v.{}", nv.name), like)?;
+            self.moments[i] = match self.moments[i] {
+                Moments::Host { .. } => Moments::Host {
+                    m: m.flatten_all()?.to_vec1()?,
+                    v: v.flatten_all()?.to_vec1()?,
+                },
+                // Copies, so the moments never share storage with the caller's tensors.
+                Moments::Tensors { .. } => Moments::Tensors {
+                    m: m.copy()?,
+                    v: v.copy()?,
+                },
+            };
         }
         self.t = steps;
         Ok(())

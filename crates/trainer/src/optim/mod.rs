@@ -6,6 +6,7 @@
 //! `AdamW`, `SGD`), which the tests check against goldens written by PyTorch.
 
 mod adam;
+mod adam_cpu;
 mod schedule;
 mod sgd;
 
