@@ -5,7 +5,9 @@ decoder use depthwise-separable convolutions and a single 3×3 decoder conv; rec
 paper's DeepLabV3+ (full 3×3 atrous convs, two 3×3 decoder convs), which costs more FLOPs. This
 script times that exact architecture (`DeepLabV3PlusRef` from the parity goldens, torchvision's
 DeepLabV3 head on timm's ResNet-18 for V3) with the same protocol: batch 2, 3×192×384, 16 classes,
-Adam lr 1e-3, pixel-wise cross-entropy; median of the timed steps after one warm-up.
+Adam lr 1e-3, pixel-wise cross-entropy; median of the timed steps after one warm-up. It also
+times smp's DeepLabV3Plus (the peer of `cargo xtask bench models`' smp-layout figure) phase by
+phase (forward, loss, backward, optimizer), like the bench's `..._separable_{phase}_ms` figures.
 
     .venv-peer/bin/python crates/models/benches/torch_step_bench.py [reps]
 """
@@ -41,15 +43,23 @@ def bench(model, reps):
     x = torch.randn(2, 3, 192, 384)
     y = torch.randint(0, 16, (2, 192, 384))
     model.train()
-    times = []
+    times, phases = [], []
     for i in range(reps + 1):
         t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
+        out = model(x)
+        t1 = time.perf_counter()
+        loss = F.cross_entropy(out, y)
+        loss.item()
+        t2 = time.perf_counter()
         opt.zero_grad()
         loss.backward()
+        t3 = time.perf_counter()
         opt.step()
+        t4 = time.perf_counter()
         if i > 0:
-            times.append((time.perf_counter() - t0) * 1e3)
+            times.append((t4 - t0) * 1e3)
+            phases.append([(b - a) * 1e3 for a, b in [(t0, t1), (t1, t2), (t2, t3), (t3, t4)]])
+    bench.phases = [statistics.median(p[k] for p in phases) for k in range(4)]
     model.eval()
     inf = []
     with torch.no_grad():
@@ -69,5 +79,11 @@ if __name__ == "__main__":
     m.decoder.fuse[3].p, m.decoder.fuse[7].p = 0.5, 0.1
     step, inf = bench(m, reps)
     print(f"deeplabv3plus_r18_os16 (recallseg architecture): train step {step:.0f} ms, inference {inf:.0f} ms")
+    import segmentation_models_pytorch as smp
+
+    step, inf = bench(smp.DeepLabV3Plus("resnet18", encoder_weights=None, classes=16), reps)
+    f, l, b, o = bench.phases
+    print(f"deeplabv3plus_r18_os16 (smp): train step {step:.0f} ms (forward {f:.0f}, loss {l:.0f}, "
+          f"backward {b:.0f}, optimizer {o:.0f}), inference {inf:.0f} ms")
     step, inf = bench(DeepLabV3Ref(16, 8), reps)
     print(f"deeplabv3_r18_os8 (recallseg architecture): train step {step:.0f} ms, inference {inf:.0f} ms")

@@ -38,6 +38,18 @@ pub struct BenchArgs {
     /// Timed repetitions per figure (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// Only run the cases whose figure keys contain this text (`bench models --only separable`);
+    /// for profiling one case. Benches with a single case ignore it.
+    #[arg(long)]
+    pub only: Option<String>,
+}
+
+impl BenchArgs {
+    /// Whether a case is selected by `--only`; `keys` lists the case's figure keys
+    /// (space-separated).
+    pub fn wants(&self, key: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| key.contains(o))
+    }
 }
 
 /// One measured figure.
