@@ -8,7 +8,10 @@
 //! ```
 //!
 //! `REPS` (default 5) repetitions per measurement; `FILTER` keeps the layers whose name contains
-//! it. The kernels are compiled into this example from their source files, so what is timed is
+//! it. The allocator is tuned as in the training binaries (freed memory kept for reuse). With
+//! `CONV_PATHS=1` it times both paths of each 3×3 layer instead of the dispatched one
+//! (im2col + gemm and Winograd; the stride-1 input gradient is the forward pass of the transposed
+//! convolution, timed as such). The kernels are compiled into this example from their source files, so what is timed is
 //! the slice-level kernels alone (no candle tensors, no autograd).
 
 // The kernels' own sources, compiled into this example as siblings (as in the library, each
@@ -20,8 +23,12 @@ mod kernels;
 #[path = "../src/ops/conv2d/winograd.rs"]
 mod winograd;
 
-use kernels::{conv_forward, conv_input_grad, conv_weight_grad, ConvShape};
+use kernels::{
+    conv_forward, conv_forward_im2col, conv_input_grad, conv_weight_grad, conv_weight_grad_im2col,
+    ConvShape,
+};
 use std::time::{Duration, Instant};
+use winograd::{conv_forward_winograd, conv_weight_grad_winograd};
 
 /// `struct timespec` of Linux x86-64 / aarch64.
 #[repr(C)]
@@ -32,6 +39,20 @@ struct Timespec {
 
 extern "C" {
     fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+    fn mallopt(param: i32, value: i32) -> i32;
+}
+
+/// The allocator settings the `recallseg` and `xtask` binaries apply at start-up
+/// (`recallseg_trainer::runtime`): glibc keeps freed blocks of up to 32 MiB for reuse instead of
+/// returning them to the kernel, so that the kernels' buffers do not page-fault on every call.
+fn tune_allocator() {
+    const M_TRIM_THRESHOLD: i32 = -1;
+    const M_MMAP_THRESHOLD: i32 = -3;
+    // SAFETY: mallopt only changes glibc allocator parameters.
+    let ok = unsafe {
+        mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, i32::MAX) == 1
+    };
+    assert!(ok, "mallopt rejected the allocator settings");
 }
 
 /// CPU time used so far by all threads of this process (`CLOCK_PROCESS_CPUTIME_ID`, which, unlike
@@ -97,6 +118,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
+    tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let reps = args.first().and_then(|a| a.parse().ok()).unwrap_or(5);
     let filter = args.get(1).cloned().unwrap_or_default();
@@ -105,7 +127,11 @@ fn main() {
         ("layer1 64→64 48×96", layer(64, 64, 48, 96, 1), 4),
         ("layer2 128→128 24×48", layer(128, 128, 24, 48, 1), 3),
         ("layer3 256→256 12×24", layer(256, 256, 12, 24, 1), 3),
-        ("layer4.0.conv1 256→512 12×24", layer(256, 512, 12, 24, 1), 1),
+        (
+            "layer4.0.conv1 256→512 12×24",
+            layer(256, 512, 12, 24, 1),
+            1,
+        ),
         ("layer4 512→512 12×24 dil 2", layer(512, 512, 12, 24, 2), 3),
         ("ASPP 512→256 12×24 rate 6", layer(512, 256, 12, 24, 6), 1),
         ("decoder 304→256 48×96", layer(304, 256, 48, 96, 1), 1),
@@ -117,6 +143,10 @@ fn main() {
         "| layer (×count) | threads | fwd CPU | dx CPU | dW CPU | fwd wall | dx wall | dW wall | GFLOP/s fwd/dx/dW |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
+    if std::env::var_os("CONV_PATHS").is_some_and(|v| v == "1") {
+        compare_paths(reps, &filter, &layers);
+        return;
+    }
     let mut totals = [[0f64; 3]; 2];
     for (name, s, count) in layers {
         if !name.contains(&filter) {
@@ -164,5 +194,89 @@ fn main() {
             t[2],
             t[0] + t[1] + t[2]
         );
+    }
+}
+
+/// Process CPU ms of im2col and Winograd for the forward pass, the input gradient (the forward
+/// pass of the transposed convolution) and the weight gradient of each layer.
+fn compare_paths(reps: usize, filter: &str, layers: &[(&str, ConvShape, usize)]) {
+    println!(
+        "| layer | threads | fwd im2col / Winograd | dx im2col / Winograd | dW im2col / Winograd |"
+    );
+    println!("|---|---|---|---|---|");
+    // Smaller shapes, to place the size threshold of `winograd::applies`.
+    let probes = [
+        (
+            "probe 256→256 12×24 batch 1",
+            ConvShape {
+                n: 1,
+                ..layer(256, 256, 12, 24, 1)
+            },
+            0,
+        ),
+        (
+            "probe 512→512 12×24 dil 2 batch 1",
+            ConvShape {
+                n: 1,
+                ..layer(512, 512, 12, 24, 2)
+            },
+            0,
+        ),
+        ("probe 256→256 6×12", layer(256, 256, 6, 12, 1), 0),
+        ("probe 128→128 6×12", layer(128, 128, 6, 12, 1), 0),
+        ("probe 64→64 12×24", layer(64, 64, 12, 24, 1), 0),
+        (
+            "probe 64→64 24×48 batch 1",
+            ConvShape {
+                n: 1,
+                ..layer(64, 64, 24, 48, 1)
+            },
+            0,
+        ),
+        ("probe 32→32 48×96", layer(32, 32, 48, 96, 1), 0),
+        ("probe 48→48 48×96", layer(48, 48, 48, 96, 1), 0),
+    ];
+    for &(name, s, _) in layers.iter().chain(&probes) {
+        if !name.contains(filter) {
+            continue;
+        }
+        let t = ConvShape {
+            c_in: s.c_out,
+            c_out: s.c_in,
+            h: s.oh(),
+            w: s.ow(),
+            pad_h: 2 * s.dil - s.pad_h,
+            pad_w: 2 * s.dil - s.pad_w,
+            ..s
+        };
+        let x = values(s.n * s.c_in * s.h * s.w, 1);
+        let wt = values(s.c_out * s.k(), 2);
+        let dy = values(s.n * s.c_out * s.oh() * s.ow(), 3);
+        for threads in [1usize, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("rayon pool");
+            let r = pool.install(|| {
+                [
+                    measure(reps, || conv_forward_im2col(&s, &x, &wt, None)[7]),
+                    measure(reps, || conv_forward_winograd(&s, &x, &wt, None)[7]),
+                    measure(reps, || conv_forward_im2col(&t, &dy, &wt, None)[7]),
+                    measure(reps, || conv_forward_winograd(&t, &dy, &wt, None)[7]),
+                    measure(reps, || conv_weight_grad_im2col(&s, &x, &dy)[7]),
+                    measure(reps, || conv_weight_grad_winograd(&s, &x, &dy)[7]),
+                ]
+            });
+            let c = |i: usize| ms(r[i].0);
+            println!(
+                "| {name} | {threads} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
+                c(0),
+                c(1),
+                c(2),
+                c(3),
+                c(4),
+                c(5)
+            );
+        }
     }
 }

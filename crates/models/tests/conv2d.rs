@@ -190,6 +190,17 @@ fn check_forward_and_directional_differences(
     assert_close("forward vs candle", &label, &y, &y_candle, k);
     let r = tensor(y.dims(), seed + 3);
     let (_, gx, gw, gb) = run(conv2d, &x, &w, Some(&b), &r, g).unwrap();
+    // candle's gradients (f32, direct convolution) as a second, independent reference.
+    let (_, cx, cw, _) = run(conv2d_candle, &x, &w, Some(&b), &r, g).unwrap();
+    let k_w = xs[0] * y.dims()[2] * y.dims()[3];
+    assert_close(
+        "input grad vs candle",
+        &label,
+        &gx,
+        &cx,
+        ws[0] * ws[2] * ws[3],
+    );
+    assert_close("weight grad vs candle", &label, &gw, &cw, k_w);
     let loss = |x: &Tensor, w: &Tensor, b: &Tensor| dot(&conv2d(x, w, Some(b), g).unwrap(), &r);
     let step = 1.0;
     let (vx, vw, vb) = (
@@ -204,13 +215,16 @@ fn check_forward_and_directional_differences(
         (loss(&x, &shift(&w, &vw, step), &b) - loss(&x, &shift(&w, &vw, -step), &b)) / (2.0 * step);
     let fd_b =
         (loss(&x, &w, &shift(&b, &vb, step)) - loss(&x, &w, &shift(&b, &vb, -step))) / (2.0 * step);
-    for (what, fd, an) in [
-        ("input", fd_x, dot(&gx, &vx)),
-        ("weight", fd_w, dot(&gw, &vw)),
-        ("bias", fd_b, dot(gb.as_ref().unwrap(), &vb)),
+    // The directional derivative is a sum with much cancellation over up to ~10⁵ terms: its f32
+    // rounding scales with the sum of the terms' magnitudes, not with its value.
+    let abs = |t: &Tensor| t.abs().unwrap();
+    for (what, fd, an, magnitude) in [
+        ("input", fd_x, dot(&gx, &vx), dot(&abs(&gx), &abs(&vx))),
+        ("weight", fd_w, dot(&gw, &vw), dot(&abs(&gw), &abs(&vw))),
+        ("bias", fd_b, dot(gb.as_ref().unwrap(), &vb), 0.0),
     ] {
         assert!(
-            (fd - an).abs() < 2e-5 * (1.0 + fd.abs()),
+            (fd - an).abs() < 2e-5 * (1.0 + fd.abs()) + 2e-8 * magnitude,
             "{what} gradient, {label}: directional difference {fd} vs backward {an}"
         );
     }
@@ -225,11 +239,85 @@ fn many_tiles_match_candle_and_directional_differences() {
     }
 }
 
-/// Sizes at which the forward pass and the stride-1 input gradient take the Winograd F(2×2, 3×3)
-/// path (≥ 128 channels, ≥ 256 tiles per image), with an odd width (partial tiles).
+/// Sizes at which the forward pass, the stride-1 input gradient and the weight gradient take the
+/// Winograd F(2×2, 3×3) path (≥ 64 channels, ≥ 32 tiles over the batch and the dilation phases):
+/// a large map with an odd width (partial tiles, several blocks of tiles), and 128 channels on
+/// small maps with dilation 2 (layer4 of ResNet at output stride 16) at batch 1 and 2.
 #[test]
 fn winograd_sized_convolutions_match_candle_and_directional_differences() {
     check_forward_and_directional_differences([1, 128, 32, 33], [128, 128, 3, 3], geom(1, 1, 1), 4);
+    check_forward_and_directional_differences([2, 128, 12, 14], [128, 128, 3, 3], geom(2, 1, 2), 5);
+    check_forward_and_directional_differences([1, 128, 13, 15], [96, 128, 3, 3], geom(2, 1, 2), 6);
+}
+
+/// Inputs of the Winograd golden cases: `((i·2654435761 + 97·seed) mod 2³² >> 8) mod 1000 / 500
+/// − 1` in f32, as `make_golden_winograd.py` generates them.
+fn formula_values(len: usize, seed: u32) -> Vec<f32> {
+    (0..len)
+        .map(|i| {
+            let v = (i as u32)
+                .wrapping_mul(2654435761)
+                .wrapping_add(seed.wrapping_mul(97));
+            ((v >> 8) % 1000) as f32 / 500.0 - 1.0
+        })
+        .collect()
+}
+
+/// Shapes on which the forward pass, the input gradient and the weight gradient all take the
+/// Winograd F(2×2, 3×3) path (64 channels; a small map with dilation 2 at batch 2, and batch 1
+/// with dilation 1; the unit test of `winograd::applies` checks that they do), against PyTorch's
+/// float64 results (`conv2d_golden/make_golden_winograd.py`).
+#[test]
+fn winograd_paths_match_pytorch() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/conv2d_golden/conv2d_golden_winograd.safetensors"
+    );
+    let gold = candle_core::safetensors::load(path, &Device::Cpu).expect("golden file");
+    let mut cases = 0;
+    while let Some(geo) = gold.get(&format!("case{cases:02}.geom")) {
+        let t = |name: &str| gold[&format!("case{cases:02}.{name}")].clone();
+        let geo: Vec<usize> = geo
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|v| v as usize)
+            .collect();
+        let &[n, ci, co, h, w, p, d] = &geo[..] else {
+            panic!("geometry {geo:?}")
+        };
+        let seed = 10 * cases as u32;
+        let (oh, ow) = (h + 2 * p - 2 * d, w + 2 * p - 2 * d);
+        let make = |dims: &[usize], s: u32| {
+            let len = dims.iter().product();
+            Tensor::from_vec(formula_values(len, seed + s), dims, &Device::Cpu).unwrap()
+        };
+        let (x, wt, b, r) = (
+            make(&[n, ci, h, w], 1),
+            make(&[co, ci, 3, 3], 2),
+            make(&[co], 3),
+            make(&[n, co, oh, ow], 4),
+        );
+        let g = geom(p, 1, d);
+        let label = format!(
+            "winograd case {cases}: x {:?} w {:?} {g:?}",
+            x.dims(),
+            wt.dims()
+        );
+        let (y, gx, gw, gb) = run(conv2d, &x, &wt, Some(&b), &r, g).unwrap();
+        assert_close("forward vs PyTorch", &label, &y, &t("y"), ci * 9);
+        assert_close("input grad vs PyTorch", &label, &gx, &t("gx"), co * 9);
+        assert_close("weight grad vs PyTorch", &label, &gw, &t("gw"), n * oh * ow);
+        assert_close(
+            "bias grad vs PyTorch",
+            &label,
+            &gb.unwrap(),
+            &t("gb"),
+            n * oh * ow,
+        );
+        cases += 1;
+    }
+    assert_eq!(cases, 2, "golden cases");
 }
 
 /// `conv2d_affine` (scale folded into the weight, shift as bias, ReLU epilogue) against the

@@ -16,8 +16,8 @@
 //!   write the same `dx` row.
 //!
 //! Before any of these, kernel rows/columns that only ever read padding are dropped
-//! ([`LiveTaps`]), and the forward pass of large 3×3 stride-1 layers goes to
-//! [`super::winograd`].
+//! ([`LiveTaps`]), and the forward pass (so also the stride-1 input gradient) and the weight
+//! gradient of 3×3 stride-1 layers with at least 64 channels go to [`super::winograd`].
 //!
 //! Every result is deterministic for a given number of rayon threads (no atomics, fixed summation
 //! order).
@@ -439,11 +439,20 @@ pub(crate) fn conv_forward_im2col(
 }
 
 /// Weight gradient: `x` (`N × C_in × H × W`) and the output gradient `dy` (`N × C_out × OH × OW`),
-/// both contiguous; returns `dW` (`C_out × C_in × K_h × K_w`).
+/// both contiguous; returns `dW` (`C_out × C_in × K_h × K_w`). Kernel taps that only read padding
+/// are dropped first; then Winograd F(2×2, 3×3) where it applies, im2col + gemm otherwise.
 pub(crate) fn conv_weight_grad(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
     if let Some(live) = LiveTaps::of(s) {
         return live.expand(s, &conv_weight_grad(&live.shape, x, dy));
     }
+    if super::winograd::applies(s) {
+        return super::winograd::conv_weight_grad_winograd(s, x, dy);
+    }
+    conv_weight_grad_im2col(s, x, dy)
+}
+
+/// [`conv_weight_grad`] by im2col tiles and gemm, for every shape without dead taps.
+pub(crate) fn conv_weight_grad_im2col(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (oh, ow, k) = (s.oh(), s.ow(), s.k());
     let plane = oh * ow;
     let wlen = s.c_out * k;
