@@ -10,7 +10,14 @@
 //! machine shared with other work it shows the work done independently of how much of the machine
 //! the benchmark got (on an idle 2-core machine wall ≈ CPU / 2 for well-parallelised code).
 //!
-//! For profiling one side only, set `RECALLSEG_CONV_BENCH=candle` or `RECALLSEG_CONV_BENCH=ours`.
+//! Depthwise 3×3 convolutions (`groups == C`, the separable ASPP and decoder of DeepLabV3+) are
+//! timed the same way: `dw3x3_c256_48x96` (2×256×48×96, padding 1, the decoder's shape) and
+//! `dw3x3_c512_12x24_d12` (2×512×12×24, padding = dilation = 12, an ASPP branch at output stride
+//! 16); candle's grouped convolution (one convolution per channel) under `candle_` names. Their
+//! PyTorch counterpart is `crates/models/benches/torch_depthwise_bench.py`.
+//!
+//! For profiling one side only, set `RECALLSEG_CONV_BENCH=candle` or `RECALLSEG_CONV_BENCH=ours`;
+//! `RECALLSEG_CONV_BENCH_SET=dense` or `=depthwise` runs one set of shapes only.
 
 use super::{ms, BenchArgs, Figure};
 use candle_core::{Device, Tensor, Var};
@@ -21,6 +28,36 @@ use std::time::Instant;
 /// (stride, forward, backward).
 const PEER: [(usize, f64, f64); 2] = [(1, 32.0, 60.0), (2, 6.0, 25.0)];
 
+/// A depthwise 3×3 case: figure prefix, input `(N, C, H, W)`, padding = dilation, and the PyTorch
+/// 2.15 figures (forward, backward ms: median wall time of
+/// `crates/models/benches/torch_depthwise_bench.py` on the 2-core machine, 2 threads).
+///
+/// PyTorch's 2-thread medians were bimodal on the loaded machine (five sittings: 21–48 / 40–97 ms
+/// for the first case, 1.1–32 / 11–64 ms for the second, the slow mode at multiples of 16 ms with
+/// one thread's CPU time ≈ wall time, i.e. threads waiting for each other); the lowest of them is
+/// used here. With one thread PyTorch took 4.7–5.6 / 17.7–26.8 ms and 1.1 / 3.8 ms.
+struct DepthwiseCase {
+    name: &'static str,
+    dims: (usize, usize, usize, usize),
+    dilation: usize,
+    peer: (f64, f64),
+}
+
+const DEPTHWISE: [DepthwiseCase; 2] = [
+    DepthwiseCase {
+        name: "dw3x3_c256_48x96",
+        dims: (2, 256, 48, 96),
+        dilation: 1,
+        peer: (21.5, 40.3),
+    },
+    DepthwiseCase {
+        name: "dw3x3_c512_12x24_d12",
+        dims: (2, 512, 12, 24),
+        dilation: 12,
+        peer: (1.06, 10.8),
+    },
+];
+
 /// Which implementation to time.
 #[derive(Clone, Copy)]
 enum Impl {
@@ -30,20 +67,11 @@ enum Impl {
     Ours,
 }
 
-fn forward(which: Impl, x: &Tensor, k: &Tensor, stride: usize) -> candle_core::Result<Tensor> {
+/// `(conv(x, k)²).sum()` with the given implementation and geometry.
+fn forward(which: Impl, x: &Tensor, k: &Tensor, g: Conv2dGeometry) -> candle_core::Result<Tensor> {
     let y = match which {
-        Impl::Candle => x.conv2d(k, 1, stride, 1, 1)?,
-        Impl::Ours => conv2d(
-            x,
-            k,
-            None,
-            Conv2dGeometry {
-                padding: 1,
-                stride,
-                dilation: 1,
-                groups: 1,
-            },
-        )?,
+        Impl::Candle => x.conv2d(k, g.padding, g.stride, g.dilation, g.groups)?,
+        Impl::Ours => conv2d(x, k, None, g)?,
     };
     (&y * &y)?.sum_all()
 }
@@ -73,16 +101,22 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Times `reps` forward and backward passes (after one warm-up) of one implementation.
-fn time_one(which: Impl, stride: usize, reps: usize) -> anyhow::Result<Times> {
+/// Times `reps` forward and backward passes (after one warm-up) of one implementation on the
+/// input `x` and kernel `k` (both random, gradients tracked).
+fn time_one(
+    which: Impl,
+    x_dims: (usize, usize, usize, usize),
+    k_dims: (usize, usize, usize, usize),
+    g: Conv2dGeometry,
+    reps: usize,
+) -> anyhow::Result<Times> {
     let dev = Device::Cpu;
-    let (b, c, h, w) = (2, 64, 96, 192);
-    let x = Var::from_tensor(&Tensor::randn(0f32, 1f32, (b, c, h, w), &dev)?)?;
-    let k = Var::from_tensor(&(Tensor::randn(0f32, 1f32, (c, c, 3, 3), &dev)? * 0.05)?)?;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1f32, x_dims, &dev)?)?;
+    let k = Var::from_tensor(&(Tensor::randn(0f32, 1f32, k_dims, &dev)? * 0.05)?)?;
     let (mut fwd, mut bwd, mut fwd_cpu, mut bwd_cpu) = (vec![], vec![], vec![], vec![]);
     for rep in 0..reps.max(1) + 1 {
         let (c0, t0) = (process_cpu_ns(), Instant::now());
-        let s = forward(which, x.as_tensor(), k.as_tensor(), stride)?;
+        let s = forward(which, x.as_tensor(), k.as_tensor(), g)?;
         s.to_scalar::<f32>()?;
         let (c1, t1) = (process_cpu_ns(), Instant::now());
         let grads = s.backward()?;
@@ -110,55 +144,96 @@ fn time_one(which: Impl, stride: usize, reps: usize) -> anyhow::Result<Times> {
     })
 }
 
+/// The implementations to time: both, or the one `RECALLSEG_CONV_BENCH` names.
+fn implementations() -> Vec<(Impl, &'static str, &'static str)> {
+    let only = std::env::var("RECALLSEG_CONV_BENCH").ok();
+    [
+        (Impl::Candle, "candle_", "candle 0.11"),
+        (Impl::Ours, "", "recallseg"),
+    ]
+    .into_iter()
+    .filter(|(which, _, _)| match (&only, which) {
+        (None, _) => true,
+        (Some(o), Impl::Candle) => o == "candle",
+        (Some(o), Impl::Ours) => o == "ours",
+    })
+    .collect()
+}
+
+/// The wall-time figures (with the peer's) and CPU-time figures of one timed case.
+fn push_figures(figures: &mut Vec<Figure>, key: &str, label: &str, t: &Times, peer: (f64, f64)) {
+    for (pass, wall, peer, cpu) in [
+        ("fwd", t.fwd, peer.0, t.fwd_cpu),
+        ("bwd", t.bwd, peer.1, t.bwd_cpu),
+    ] {
+        let what = if pass == "fwd" { "forward" } else { "backward" };
+        figures.push(
+            Figure::new(
+                format!("{key}_{pass}_ms"),
+                format!("{label} {what}"),
+                wall,
+                "ms",
+            )
+            .with_peer(peer),
+        );
+        if let Some(v) = cpu {
+            figures.push(Figure::new(
+                format!("{key}_{pass}_cpu_ms"),
+                format!("{label} {pass} CPU time, all threads"),
+                v,
+                "ms",
+            ));
+        }
+    }
+}
+
 /// Runs the conv benchmark.
 pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    let set = std::env::var("RECALLSEG_CONV_BENCH_SET").ok();
     let mut figures = Vec::new();
-    for (stride, peer_fwd, peer_bwd) in PEER {
-        for (which, prefix, name) in [
-            (Impl::Candle, "candle_", "candle 0.11"),
-            (Impl::Ours, "", "recallseg"),
-        ] {
-            if let Ok(only) = std::env::var("RECALLSEG_CONV_BENCH") {
-                let keep = match which {
-                    Impl::Candle => only == "candle",
-                    Impl::Ours => only == "ours",
+    if set.as_deref().is_none_or(|s| s == "dense") {
+        for (stride, peer_fwd, peer_bwd) in PEER {
+            for (which, prefix, name) in implementations() {
+                eprintln!(
+                    "conv3x3 stride {stride}: timing {name} ({} reps)…",
+                    args.reps
+                );
+                let g = Conv2dGeometry {
+                    padding: 1,
+                    stride,
+                    dilation: 1,
+                    groups: 1,
                 };
-                if !keep {
-                    continue;
-                }
+                let t = time_one(which, (2, 64, 96, 192), (64, 64, 3, 3), g, args.reps)?;
+                push_figures(
+                    &mut figures,
+                    &format!("{prefix}conv3x3_s{stride}"),
+                    &format!("conv3x3 s{stride} ({name})"),
+                    &t,
+                    (peer_fwd, peer_bwd),
+                );
             }
-            eprintln!(
-                "conv3x3 stride {stride}: timing {name} ({} reps)…",
-                args.reps
-            );
-            let t = time_one(which, stride, args.reps)?;
-            figures.push(
-                Figure::new(
-                    format!("{prefix}conv3x3_s{stride}_fwd_ms"),
-                    format!("conv3x3 s{stride} forward ({name})"),
-                    t.fwd,
-                    "ms",
-                )
-                .with_peer(peer_fwd),
-            );
-            figures.push(
-                Figure::new(
-                    format!("{prefix}conv3x3_s{stride}_bwd_ms"),
-                    format!("conv3x3 s{stride} backward ({name})"),
-                    t.bwd,
-                    "ms",
-                )
-                .with_peer(peer_bwd),
-            );
-            for (pass, v) in [("fwd", t.fwd_cpu), ("bwd", t.bwd_cpu)] {
-                if let Some(v) = v {
-                    figures.push(Figure::new(
-                        format!("{prefix}conv3x3_s{stride}_{pass}_cpu_ms"),
-                        format!("conv3x3 s{stride} {pass} CPU time, all threads ({name})"),
-                        v,
-                        "ms",
-                    ));
-                }
+        }
+    }
+    if set.as_deref().is_none_or(|s| s == "depthwise") {
+        for case in &DEPTHWISE {
+            for (which, prefix, name) in implementations() {
+                eprintln!("{}: timing {name} ({} reps)…", case.name, args.reps);
+                let c = case.dims.1;
+                let g = Conv2dGeometry {
+                    padding: case.dilation,
+                    stride: 1,
+                    dilation: case.dilation,
+                    groups: c,
+                };
+                let t = time_one(which, case.dims, (c, 1, 3, 3), g, args.reps)?;
+                push_figures(
+                    &mut figures,
+                    &format!("{prefix}{}", case.name),
+                    &format!("{} ({name})", case.name),
+                    &t,
+                    case.peer,
+                );
             }
         }
     }
