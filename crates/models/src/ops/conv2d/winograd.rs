@@ -24,8 +24,9 @@
 //! (12×24 at 256–512 channels, dilated or not) give matrix products as large as big maps do. Each
 //! block runs in three parallel steps: transforms of the tiles, the 16 products (parallel over `ξ`
 //! and output-channel chunks, each product a single gemm over all the block's tiles), and the
-//! output transform (parallel over output channels). Every sum has a fixed order: results do not
-//! depend on the number of threads.
+//! output transform (parallel over output channels). No atomics; every sum has a fixed order
+//! (the blocks' weight-gradient products are accumulated in block order), so results are bitwise
+//! reproducible for a given number of threads.
 
 use super::kernels::ConvShape;
 use rayon::prelude::*;
