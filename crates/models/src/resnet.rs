@@ -14,6 +14,7 @@ use crate::init::ParamBuilder;
 use crate::ops::conv2d::Conv2dGeometry;
 use crate::ops::max_pool::max_pool2d;
 use crate::ModelError;
+use crate::ops::add_relu::add_relu;
 use candle_core::{Result, Tensor};
 
 #[derive(Debug, Clone)]
@@ -58,7 +59,7 @@ impl Block {
                     Some(d) => d.bn.forward_t(&d.conv.forward(x)?, train)?,
                     None => x.clone(),
                 };
-                (y + identity)?.relu()
+                add_relu(&y, &identity)
             }
             Block::Bottleneck {
                 conv1,
@@ -76,7 +77,7 @@ impl Block {
                     Some(d) => d.bn.forward_t(&d.conv.forward(x)?, train)?,
                     None => x.clone(),
                 };
-                (y + identity)?.relu()
+                add_relu(&y, &identity)
             }
         }
     }

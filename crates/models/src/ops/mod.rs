@@ -1,5 +1,6 @@
 //! Tensor operations the models need beyond what candle offers (or faster than candle's).
 
+pub mod add_relu;
 pub mod batch_norm_cpu;
 pub mod conv2d;
 pub mod max_pool;
