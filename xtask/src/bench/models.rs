@@ -1,7 +1,8 @@
 //! `cargo xtask bench models` (issue #4): DeepLab training step and inference time.
 //!
 //! Mirrors `../shared/peer/step_bench.py`: batch 2, 3×192×384 images, 16 classes, one Adam step
-//! (forward in training mode, pixel-wise cross-entropy as a log-softmax composition, backward,
+//! (forward in training mode, pixel-wise cross-entropy — `recallseg_losses::CrossEntropy`, the
+//! trainer's, fused on the CPU — backward,
 //! the trainer's Adam update — `recallseg_trainer::optim::Adam`, fused on the CPU — with lr 1e-3,
 //! as `torch.optim.Adam`) of
 //!
@@ -16,8 +17,9 @@
 //! Inputs are random but fixed; every figure is the median of `--reps` runs after one warm-up.
 
 use super::{median_time, ms, BenchArgs, Figure};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use recallseg_losses::{CrossEntropy, SegLoss};
 use recallseg_models::{Backbone, DeepLab, Head, ModelConfig};
 use recallseg_trainer::optim::{Adam, NamedVar, Optimizer};
 use std::time::{Duration, Instant};
@@ -28,23 +30,12 @@ const WIDTH: usize = 384;
 const CLASSES: usize = 16;
 const LR: f64 = 1e-3;
 
-/// Mean pixel-wise cross-entropy of logits `(N, C, H, W)` against `u32` labels `(N, H, W)`.
-fn cross_entropy(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor> {
-    let (n, c, h, w) = logits.dims4()?;
-    let flat = logits
-        .permute((0, 2, 3, 1))?
-        .contiguous()?
-        .reshape((n * h * w, c))?;
-    let log_p = candle_nn::ops::log_softmax(&flat, D::Minus1)?;
-    let picked = log_p.gather(&labels.reshape((n * h * w, 1))?, 1)?;
-    picked.mean_all()?.neg()
-}
-
 struct Setup {
     model: DeepLab,
     opt: Adam,
     x: Tensor,
     y: Tensor,
+    loss: CrossEntropy,
 }
 
 fn config(head: Head, output_stride: usize) -> ModelConfig {
@@ -77,12 +68,18 @@ fn setup(cfg: &ModelConfig) -> anyhow::Result<Setup> {
         .floor()?
         .clamp(0f32, (CLASSES - 1) as f32)?
         .to_dtype(DType::U32)?;
-    Ok(Setup { model, opt, x, y })
+    Ok(Setup {
+        model,
+        opt,
+        x,
+        y,
+        loss: CrossEntropy::new(CLASSES),
+    })
 }
 
 fn train_step(s: &mut Setup) -> anyhow::Result<()> {
     let logits = s.model.forward_t(&s.x, true)?;
-    let loss = cross_entropy(&logits, &s.y)?;
+    let loss = s.loss.forward(&logits, &s.y)?;
     s.opt.step(&loss.backward()?, LR)?;
     let l = loss.to_scalar::<f32>()?;
     anyhow::ensure!(l.is_finite(), "non-finite loss {l}");
@@ -98,7 +95,7 @@ fn train_step_phases(s: &mut Setup) -> anyhow::Result<[Duration; 4]> {
     let t0 = Instant::now();
     let logits = s.model.forward_t(&s.x, true)?;
     let t1 = Instant::now();
-    let loss = cross_entropy(&logits, &s.y)?;
+    let loss = s.loss.forward(&logits, &s.y)?;
     let l = loss.to_scalar::<f32>()?;
     let t2 = Instant::now();
     let grads = loss.backward()?;
@@ -203,22 +200,4 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
         );
     }
     Ok(figures)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cross_entropy_matches_the_definition() -> candle_core::Result<()> {
-        // Two pixels, three classes: uniform logits give ln 3; a confident right answer ~0.
-        let logits = Tensor::new(&[[0f32, 0., 0.], [20., 0., 0.]], &Device::Cpu)?
-            .reshape((1, 2, 1, 3))?
-            .permute((0, 3, 1, 2))?; // (1, 3, 1, 2)
-        let labels = Tensor::new(&[[[1u32, 0]]], &Device::Cpu)?;
-        let l = cross_entropy(&logits, &labels)?.to_scalar::<f32>()?;
-        let want = (3f32.ln() + (1.0 + 2.0 * (-20f32).exp()).ln()) / 2.0;
-        assert!((l - want).abs() < 1e-5, "{l} vs {want}");
-        Ok(())
-    }
 }
