@@ -140,38 +140,95 @@ impl CustomOp3 for BnTrain {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, c, h, w) = x.dims4()?;
-        let hw = h * w;
-        let m = (n * hw) as f64;
-        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let mut g: Vec<f32> = grad_res.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
-        if self.relu {
-            let ys: Vec<f32> = res.flatten_all()?.to_vec1()?;
-            g.par_iter_mut().zip(ys.par_iter()).for_each(|(gv, &yv)| {
-                if yv <= 0.0 {
-                    *gv = 0.0;
-                }
-            });
-        }
-        let gam: Vec<f32> = gamma.to_vec1()?;
+        let (_, c, _, _) = x.dims4()?;
         let (mean, var) = {
             let st = self.stats.lock().expect("batch-norm stats lock");
             (st.mean.clone(), st.var.clone())
         };
-        let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
-        let eval = self.fixed.is_some();
+        let op = BnBackward {
+            relu: self.relu,
+            eval: self.fixed.is_some(),
+            invstd: var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect(),
+            mean,
+            gamma: gamma.to_vec1()?,
+            param_grads: Mutex::new(None),
+        };
+        let g = grad_res.to_dtype(DType::F32)?.contiguous()?;
+        // Reads x, g and y in place (no copies); dγ and dβ come out of the same passes.
+        let dx = x.apply_op3_no_bwd(&g, &res.contiguous()?, &op)?;
+        let (dgamma, dbeta) = op
+            .param_grads
+            .lock()
+            .expect("batch-norm grads lock")
+            .take()
+            .ok_or_else(|| {
+                candle_core::Error::Msg("fused batch norm: no parameter gradients".into())
+            })?;
+        let dev = x.device();
+        Ok((
+            Some(dx),
+            Some(Tensor::from_vec(dgamma, c, dev)?),
+            Some(Tensor::from_vec(dbeta, c, dev)?),
+        ))
+    }
+}
+
+/// The backward pass of [`BnTrain`] as one op on `(x, g, y)`: per channel `Σg` and `Σg·x̂` (with
+/// `g` masked by `y > 0` after a ReLU, sums in f64), then `∂x`; `∂γ`, `∂β` are left in
+/// `param_grads`.
+struct BnBackward {
+    relu: bool,
+    eval: bool,
+    mean: Vec<f64>,
+    invstd: Vec<f64>,
+    gamma: Vec<f32>,
+    param_grads: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+}
+
+impl CustomOp3 for BnBackward {
+    fn name(&self) -> &'static str {
+        "batch-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = slice(s1, l1, "input")?;
+        let g = slice(s2, l2, "gradient")?;
+        let ys = slice(s3, l3, "output")?;
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let hw = h * w;
+        if g.len() != xs.len() || ys.len() != xs.len() || self.mean.len() != c {
+            candle_core::bail!(
+                "fused batch norm backward: operand sizes do not match {n}×{c}×{h}×{w}"
+            )
+        }
+        let m = (n * hw) as f64;
+        let relu = self.relu;
+        // After a ReLU the gradient only passes where the output is positive.
+        let masked = |gv: f32, yv: f32| if relu && yv <= 0.0 { 0.0 } else { gv };
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ci| {
                 let (mut sg, mut sgx) = (0f64, 0f64);
                 for ni in 0..n {
                     let r = (ni * c + ci) * hw..(ni * c + ci + 1) * hw;
-                    for (&gv, &xv) in g[r.clone()].iter().zip(&xs[r]) {
-                        sg += gv as f64;
-                        sgx += gv as f64 * (xv as f64 - mean[ci]) * invstd[ci];
+                    let (mut pg, mut pgx) = (0f64, 0f64);
+                    for ((&gv, &xv), &yv) in g[r.clone()].iter().zip(&xs[r.clone()]).zip(&ys[r]) {
+                        let gv = masked(gv, yv) as f64;
+                        pg += gv;
+                        pgx += gv * (xv as f64 - self.mean[ci]);
                     }
+                    sg += pg;
+                    sgx += pgx;
                 }
-                (sg, sgx)
+                (sg, sgx * self.invstd[ci])
             })
             .collect();
         let mut dx = vec![0f32; xs.len()];
@@ -180,26 +237,31 @@ impl CustomOp3 for BnTrain {
             .for_each(|(plane, dp)| {
                 let ci = plane % c;
                 let (sg, sgx) = sums[ci];
-                let k = gam[ci] as f64 * invstd[ci];
-                let (mu, is) = (mean[ci], invstd[ci]);
+                let k = self.gamma[ci] as f64 * self.invstd[ci];
+                let (mu, is) = (self.mean[ci], self.invstd[ci]);
                 let base = plane * hw;
-                if eval {
+                let (gp, xp, yp) = (
+                    &g[base..base + hw],
+                    &xs[base..base + hw],
+                    &ys[base..base + hw],
+                );
+                if self.eval {
                     // Fixed statistics: y is affine in x.
-                    for (j, d) in dp.iter_mut().enumerate() {
-                        *d = (k * g[base + j] as f64) as f32;
+                    for ((d, &gv), &yv) in dp.iter_mut().zip(gp).zip(yp) {
+                        *d = (k * masked(gv, yv) as f64) as f32;
                     }
                     return;
                 }
-                for (j, d) in dp.iter_mut().enumerate() {
-                    let xh = (xs[base + j] as f64 - mu) * is;
-                    *d = (k * (g[base + j] as f64 - sg / m - xh * sgx / m)) as f32;
+                for (((d, &gv), &xv), &yv) in dp.iter_mut().zip(gp).zip(xp).zip(yp) {
+                    let xh = (xv as f64 - mu) * is;
+                    *d = (k * (masked(gv, yv) as f64 - sg / m - xh * sgx / m)) as f32;
                 }
             });
-        let dev = x.device();
-        let dx = Tensor::from_vec(dx, (n, c, h, w), dev)?;
-        let dgamma = Tensor::from_vec(sums.iter().map(|s| s.1 as f32).collect::<Vec<_>>(), c, dev)?;
-        let dbeta = Tensor::from_vec(sums.iter().map(|s| s.0 as f32).collect::<Vec<_>>(), c, dev)?;
-        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+        *self.param_grads.lock().expect("batch-norm grads lock") = Some((
+            sums.iter().map(|s| s.1 as f32).collect(),
+            sums.iter().map(|s| s.0 as f32).collect(),
+        ));
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
 
