@@ -11,6 +11,7 @@
 //! [`set_enabled`]); other devices and dtypes use the portable candle-ops path, and the tests check
 //! that both agree.
 
+use crate::ops::simd::{dispatch, use_avx2};
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,19 +82,16 @@ impl CustomOp3 for BnTrain {
         let (n, c, h, w) = l1.shape().dims4()?;
         let hw = h * w;
         let m = (n * hw) as f64;
+        let avx2 = use_avx2();
         let stats: Vec<(f64, f64)> = match &self.fixed {
             Some(f) => f.mean.iter().copied().zip(f.var.iter().copied()).collect(),
             None => (0..c)
                 .into_par_iter()
                 .map(|ci| {
                     let planes = || (0..n).map(|ni| &x[(ni * c + ci) * hw..(ni * c + ci + 1) * hw]);
-                    let sum: f64 = planes()
-                        .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
-                        .sum();
+                    let sum: f64 = planes().map(|p| sum_plane(avx2, p)).sum();
                     let mean = sum / m;
-                    let sq: f64 = planes()
-                        .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
-                        .sum();
+                    let sq: f64 = planes().map(|p| sq_dev_plane(avx2, p, mean)).sum();
                     (mean, sq / m)
                 })
                 .collect(),
@@ -121,10 +119,7 @@ impl CustomOp3 for BnTrain {
             .enumerate()
             .for_each(|(plane, (yp, xp))| {
                 let (mu, s, b) = coef[plane % c];
-                for (yv, &xv) in yp.iter_mut().zip(xp) {
-                    let v = ((xv as f64 - mu) * s + b) as f32;
-                    *yv = if relu { v.max(0.0) } else { v };
-                }
+                normalize_plane(avx2, xp, yp, mu, s, b, relu);
             });
         let mut st = self.stats.lock().expect("batch-norm stats lock");
         st.mean = stats.iter().map(|s| s.0).collect();
@@ -211,20 +206,21 @@ impl CustomOp3 for BnBackward {
         }
         let m = (n * hw) as f64;
         let relu = self.relu;
-        // After a ReLU the gradient only passes where the output is positive.
-        let masked = |gv: f32, yv: f32| if relu && yv <= 0.0 { 0.0 } else { gv };
+        let avx2 = use_avx2();
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ci| {
                 let (mut sg, mut sgx) = (0f64, 0f64);
                 for ni in 0..n {
                     let r = (ni * c + ci) * hw..(ni * c + ci + 1) * hw;
-                    let (mut pg, mut pgx) = (0f64, 0f64);
-                    for ((&gv, &xv), &yv) in g[r.clone()].iter().zip(&xs[r.clone()]).zip(&ys[r]) {
-                        let gv = masked(gv, yv) as f64;
-                        pg += gv;
-                        pgx += gv * (xv as f64 - self.mean[ci]);
-                    }
+                    let (pg, pgx) = grad_sums_plane(
+                        avx2,
+                        &g[r.clone()],
+                        &xs[r.clone()],
+                        &ys[r],
+                        self.mean[ci],
+                        relu,
+                    );
                     sg += pg;
                     sgx += pgx;
                 }
@@ -246,16 +242,20 @@ impl CustomOp3 for BnBackward {
                     &ys[base..base + hw],
                 );
                 if self.eval {
-                    // Fixed statistics: y is affine in x.
-                    for ((d, &gv), &yv) in dp.iter_mut().zip(gp).zip(yp) {
-                        *d = (k * masked(gv, yv) as f64) as f32;
-                    }
+                    // Fixed statistics: y is affine in x: ∂x = k·g.
+                    input_grad_plane(avx2, gp, xp, yp, dp, [k, 0.0, 0.0, mu], relu);
                     return;
                 }
-                for (((d, &gv), &xv), &yv) in dp.iter_mut().zip(gp).zip(xp).zip(yp) {
-                    let xh = (xv as f64 - mu) * is;
-                    *d = (k * (masked(gv, yv) as f64 - sg / m - xh * sgx / m)) as f32;
-                }
+                // ∂x = k·(g − Σg/M − x̂·Σg·x̂/M) with x̂ = (x − μ)·is.
+                input_grad_plane(
+                    avx2,
+                    gp,
+                    xp,
+                    yp,
+                    dp,
+                    [k, k * sg / m, k * is * sgx / m, mu],
+                    relu,
+                );
             });
         *self.param_grads.lock().expect("batch-norm grads lock") = Some((
             sums.iter().map(|s| s.1 as f32).collect(),
@@ -319,4 +319,156 @@ pub fn batch_norm_eval(
     };
     x.contiguous()?
         .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)
+}
+
+// Plane kernels: contiguous runs of one (image, channel) plane, in f64 per element. Sums keep
+// four independent f64 lanes (added in a fixed order at the end) so they vectorise; every
+// kernel also has an AVX2 build chosen at run time (`ops::simd`), with the same results.
+
+/// `Σ x` in f64.
+#[inline(always)]
+fn sum_plane_impl(x: &[f32]) -> f64 {
+    let mut acc = [0f64; 4];
+    let chunks = x.chunks_exact(4);
+    let tail = chunks.remainder();
+    for q in chunks {
+        for l in 0..4 {
+            acc[l] += q[l] as f64;
+        }
+    }
+    let t: f64 = tail.iter().map(|&v| v as f64).sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + t
+}
+
+/// `Σ (x − μ)²` in f64.
+#[inline(always)]
+fn sq_dev_plane_impl(x: &[f32], mean: f64) -> f64 {
+    let mut acc = [0f64; 4];
+    let chunks = x.chunks_exact(4);
+    let tail = chunks.remainder();
+    for q in chunks {
+        for l in 0..4 {
+            let d = q[l] as f64 - mean;
+            acc[l] += d * d;
+        }
+    }
+    let t: f64 = tail.iter().map(|&v| (v as f64 - mean).powi(2)).sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + t
+}
+
+/// `y = (x − μ)·s + b` (then `max(·, 0)`), in f64 per element.
+#[inline(always)]
+fn normalize_plane_impl(x: &[f32], y: &mut [f32], mu: f64, s: f64, b: f64, relu: bool) {
+    for (yv, &xv) in y.iter_mut().zip(x) {
+        let v = ((xv as f64 - mu) * s + b) as f32;
+        *yv = if relu { v.max(0.0) } else { v };
+    }
+}
+
+/// The incoming gradient after the ReLU mask (`y > 0`) when `relu`.
+#[inline(always)]
+fn masked(g: f32, y: f32, relu: bool) -> f64 {
+    if relu && y <= 0.0 {
+        0.0
+    } else {
+        g as f64
+    }
+}
+
+/// `(Σ g, Σ g·(x − μ))` in f64, `g` masked by the ReLU.
+#[inline(always)]
+fn grad_sums_plane_impl(g: &[f32], x: &[f32], y: &[f32], mean: f64, relu: bool) -> (f64, f64) {
+    let (mut sg, mut sgx) = ([0f64; 4], [0f64; 4]);
+    let n4 = g.len() / 4 * 4;
+    for i in (0..n4).step_by(4) {
+        for l in 0..4 {
+            let gv = masked(g[i + l], y[i + l], relu);
+            sg[l] += gv;
+            sgx[l] += gv * (x[i + l] as f64 - mean);
+        }
+    }
+    let (mut tg, mut tgx) = (0f64, 0f64);
+    for i in n4..g.len() {
+        let gv = masked(g[i], y[i], relu);
+        tg += gv;
+        tgx += gv * (x[i] as f64 - mean);
+    }
+    (
+        (sg[0] + sg[1]) + (sg[2] + sg[3]) + tg,
+        (sgx[0] + sgx[1]) + (sgx[2] + sgx[3]) + tgx,
+    )
+}
+
+/// `∂x = k·g − a − b·(x − μ)` with `[k, a, b, μ] = coef`, `g` masked by the ReLU.
+#[inline(always)]
+fn input_grad_plane_impl(
+    g: &[f32],
+    x: &[f32],
+    y: &[f32],
+    dx: &mut [f32],
+    coef: [f64; 4],
+    relu: bool,
+) {
+    let [k, a, b, mu] = coef;
+    for (((d, &gv), &xv), &yv) in dx.iter_mut().zip(g).zip(x).zip(y) {
+        *d = (k * masked(gv, yv, relu) - a - b * (xv as f64 - mu)) as f32;
+    }
+}
+
+dispatch!(sum_plane, sum_plane_impl, (x: &[f32]) -> f64);
+dispatch!(sq_dev_plane, sq_dev_plane_impl, (x: &[f32], mean: f64) -> f64);
+dispatch!(normalize_plane, normalize_plane_impl,
+    (x: &[f32], y: &mut [f32], mu: f64, s: f64, b: f64, relu: bool));
+dispatch!(grad_sums_plane, grad_sums_plane_impl,
+    (g: &[f32], x: &[f32], y: &[f32], mean: f64, relu: bool) -> (f64, f64));
+dispatch!(input_grad_plane, input_grad_plane_impl,
+    (g: &[f32], x: &[f32], y: &[f32], dx: &mut [f32], coef: [f64; 4], relu: bool));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        (0..n as u64)
+            .map(|i| ((i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f32 / 4e6 - 2.0)
+            .collect()
+    }
+
+    #[test]
+    fn avx2_and_baseline_plane_kernels_agree_bitwise() {
+        if !use_avx2() {
+            return; // nothing to compare on this CPU
+        }
+        // Odd length: the lanes and the tail both run.
+        let n = 1037;
+        let (x, g, y) = (values(n, 1), values(n, 2), values(n, 3));
+        assert_eq!(
+            sum_plane(true, &x).to_bits(),
+            sum_plane(false, &x).to_bits()
+        );
+        assert_eq!(
+            sq_dev_plane(true, &x, 0.3).to_bits(),
+            sq_dev_plane(false, &x, 0.3).to_bits()
+        );
+        for relu in [false, true] {
+            let (a, b) = (
+                grad_sums_plane(true, &g, &x, &y, 0.3, relu),
+                grad_sums_plane(false, &g, &x, &y, 0.3, relu),
+            );
+            assert_eq!(
+                (a.0.to_bits(), a.1.to_bits()),
+                (b.0.to_bits(), b.1.to_bits())
+            );
+            let (mut d1, mut d2) = (vec![0f32; n], vec![0f32; n]);
+            input_grad_plane(true, &g, &x, &y, &mut d1, [1.3, 0.2, 0.7, 0.3], relu);
+            input_grad_plane(false, &g, &x, &y, &mut d2, [1.3, 0.2, 0.7, 0.3], relu);
+            assert_eq!(d1, d2);
+            normalize_plane(true, &x, &mut d1, 0.3, 1.7, -0.1, relu);
+            normalize_plane(false, &x, &mut d2, 0.3, 1.7, -0.1, relu);
+            assert_eq!(d1, d2);
+        }
+        // The lane sums equal the plain sums up to f64 rounding.
+        let plain: f64 = x.iter().map(|&v| v as f64).sum();
+        assert!((sum_plane(false, &x) - plain).abs() <= 1e-9 * plain.abs().max(1.0));
+    }
 }

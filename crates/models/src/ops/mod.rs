@@ -5,3 +5,4 @@ pub mod batch_norm_cpu;
 pub mod conv2d;
 pub mod max_pool;
 pub mod resize;
+pub(crate) mod simd;

@@ -26,6 +26,7 @@
 //! second time for those features (wider vectors; no fused multiply-adds, so both versions give
 //! identical bits).
 
+use crate::ops::simd::{dispatch, use_avx2};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -314,41 +315,6 @@ fn weight_grad_plane(s: &DwShape, rg: &Ranges, x: &[f32], dy: &[f32], acc: &mut 
     if let Some(b) = acc.get_mut(taps) {
         *b += sum_f64(dy);
     }
-}
-
-/// Whether the planes run in the AVX2 + FMA build of the kernels.
-fn use_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Defines `$name`, which runs the plane kernel `$plain` compiled for AVX2 + FMA when `avx2` is
-/// set (as reported by [`use_avx2`]) and the baseline build otherwise.
-macro_rules! dispatch {
-    ($name:ident, $plain:ident, ($($arg:ident: $ty:ty),*)) => {
-        #[inline]
-        fn $name(avx2: bool, $($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn fast($($arg: $ty),*) {
-                    $plain($($arg),*)
-                }
-                if avx2 {
-                    // SAFETY: `avx2` is only set when the CPU has AVX2 and FMA (`use_avx2`).
-                    return unsafe { fast($($arg),*) };
-                }
-            }
-            let _ = avx2;
-            $plain($($arg),*)
-        }
-    };
 }
 
 dispatch!(forward_plane_dispatch, forward_plane,
