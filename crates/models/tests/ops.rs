@@ -1,13 +1,13 @@
 //! Differentiable resize and max-pool: forward and gradient against PyTorch goldens
 //! (`tests/golden/ops.json`, made by `make_goldens.py`) and gradients against central finite
-//! differences in f64.
+//! differences in f64; the CPU f32 custom ops against their portable candle paths.
 
 mod common;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use common::{assert_matches, fill64, golden};
 use recallseg_models::ops::max_pool::{max_pool2d, max_pool2d_portable};
-use recallseg_models::ops::resize::resize_bilinear;
+use recallseg_models::ops::resize::{resize_bilinear, resize_bilinear_portable};
 
 fn maxpool_input() -> Tensor {
     // Quantised to quarters so that windows contain ties.
@@ -31,6 +31,7 @@ fn resize_matches_pytorch_interpolate() -> Result<()> {
             size[1].as_u64().unwrap() as usize,
         );
         let ac = case["align_corners"].as_bool().unwrap();
+        // f64 takes the portable (matmul) path.
         let y = resize_bilinear(&x, oh, ow, ac)?;
         assert_matches(
             &format!("resize {oh}x{ow} ac={ac}"),
@@ -38,7 +39,97 @@ fn resize_matches_pytorch_interpolate() -> Result<()> {
             &case["output"],
             1e-12,
         );
+        // f32 on the CPU takes the direct custom op; the portable path in f32 for comparison.
+        let x32 = x.to_dtype(DType::F32)?;
+        let fast = resize_bilinear(&x32, oh, ow, ac)?;
+        let slow = resize_bilinear_portable(&x32, oh, ow, ac)?;
+        for (path, y) in [("cpu op", fast), ("portable", slow)] {
+            let what = format!("resize {oh}x{ow} ac={ac} f32 {path}");
+            assert_matches(&what, &y, &case["output"], 1e-6);
+        }
     }
+    Ok(())
+}
+
+/// Largest `|a − b|` relative to `max(1, max |b|)`.
+fn rel_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let (a, b) = (a.to_dtype(DType::F64)?, b.to_dtype(DType::F64)?);
+    let scale = b.abs()?.max_all()?.to_scalar::<f64>()?.max(1.0);
+    Ok((a - b)?.abs()?.max_all()?.to_scalar::<f64>()? / scale)
+}
+
+/// The CPU f32 op of `resize_bilinear` against the matmul path (`resize_bilinear_portable`) in
+/// f32 and in f64: output and the input gradient of `sum(y · r)`.
+#[test]
+fn resize_cpu_op_agrees_with_matmul_path() -> Result<()> {
+    // (input N, C, H, W), (output H, W)
+    let cases: [([usize; 4], (usize, usize)); 10] = [
+        ([2, 3, 5, 7], (11, 16)),   // upsampling, non-integer ratios
+        ([2, 3, 12, 24], (48, 96)), // 4x, as the DeepLabV3+ decoder
+        ([2, 3, 13, 17], (4, 6)),   // downsampling, non-integer ratios
+        ([1, 2, 16, 9], (8, 3)),    // integer downsampling
+        ([3, 2, 7, 9], (10, 5)),    // up in H, down in W
+        ([2, 2, 1, 1], (3, 4)),     // 1x1 input
+        ([2, 3, 5, 7], (1, 1)),     // 1x1 output
+        ([1, 2, 1, 6], (4, 3)),     // one input row
+        ([1, 1, 6, 1], (2, 5)),     // one input column
+        ([2, 1, 4, 4], (4, 9)),     // width only
+    ];
+    for (shape, (oh, ow)) in cases {
+        for ac in [false, true] {
+            let what = format!("{shape:?} -> {oh}x{ow} ac={ac}");
+            let x64 = fill64("input.rz", &shape);
+            let x = Var::from_tensor(&x64.to_dtype(DType::F32)?)?;
+            let fast = resize_bilinear(&x, oh, ow, ac)?;
+            let slow = resize_bilinear_portable(&x, oh, ow, ac)?;
+            let exact = resize_bilinear_portable(&x64, oh, ow, ac)?;
+            assert_eq!(fast.dims(), &[shape[0], shape[1], oh, ow], "{what}");
+            assert_eq!(fast.dtype(), DType::F32);
+            let d = rel_diff(&fast, &slow)?;
+            assert!(
+                d <= 1e-6,
+                "{what}: forward differs from matmul f32 by {d:.2e}"
+            );
+            let d = rel_diff(&fast, &exact)?;
+            assert!(
+                d <= 1e-6,
+                "{what}: forward differs from matmul f64 by {d:.2e}"
+            );
+
+            let r64 = fill64("grad.rz", fast.dims());
+            let r = r64.to_dtype(DType::F32)?;
+            let gf = (&fast * &r)?.sum_all()?.backward()?;
+            let gs = (&slow * &r)?.sum_all()?.backward()?;
+            let x64v = Var::from_tensor(&x64)?;
+            let ge = (resize_bilinear_portable(&x64v, oh, ow, ac)? * &r64)?
+                .sum_all()?
+                .backward()?;
+            let gfast = gf.get(&x).expect("gradient reaches the input");
+            assert_eq!(gfast.dims(), x.dims(), "{what}");
+            let d = rel_diff(gfast, gs.get(&x).unwrap())?;
+            assert!(
+                d <= 1e-6,
+                "{what}: gradient differs from matmul f32 by {d:.2e}"
+            );
+            let d = rel_diff(gfast, ge.get(&x64v).unwrap())?;
+            assert!(
+                d <= 1e-6,
+                "{what}: gradient differs from matmul f64 by {d:.2e}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn resize_cpu_op_takes_strided_input() -> Result<()> {
+    // A transposed (non-contiguous) view gives the same result as its contiguous copy.
+    let x = fill64("input.rzt", &[2, 3, 9, 6]).to_dtype(DType::F32)?;
+    let xt = x.transpose(2, 3)?;
+    assert!(!xt.is_contiguous());
+    let a = resize_bilinear(&xt, 13, 4, false)?;
+    let b = resize_bilinear(&xt.contiguous()?, 13, 4, false)?;
+    assert_eq!(rel_diff(&a, &b)?, 0.0);
     Ok(())
 }
 
@@ -240,6 +331,56 @@ fn fused_cpu_eval_batch_norm_agrees_with_the_formula() -> Result<()> {
                 .to_scalar::<f32>()?;
             assert!(d <= 1e-5, "{name} (relu={relu}): {d}");
         }
+    }
+    Ok(())
+}
+
+/// Forward and backward time of both resize paths on the DeepLabV3+ shapes (logits 2×16×48×96 →
+/// 192×384, ASPP output 2×256×12×24 → 48×96), medians of 15 runs after a warm-up; also checks
+/// that both paths agree there. The backward is `sum(y · r)`'s, timed on one fixed graph; the
+/// part every path shares (`sum(y · r)` down to a leaf `y`) is timed alone for reference. Run
+/// with `cargo test --release -p recallseg-models --test ops -- --ignored --nocapture
+/// resize_timing` (set `MALLOC_MMAP_THRESHOLD_=33554432 CANDLE_BARRIER_POOL_SPIN_LIMIT=200` to
+/// match the trainer's process tuning).
+#[test]
+#[ignore = "timing; run explicitly"]
+fn resize_timing() -> Result<()> {
+    use std::time::Instant;
+    type Path = fn(&Tensor, usize, usize, bool) -> Result<Tensor>;
+    let paths: [(&str, Path); 2] = [
+        ("cpu op", resize_bilinear),
+        ("matmul", resize_bilinear_portable),
+    ];
+    let median_ms = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        f()?;
+        let mut v = Vec::new();
+        for _ in 0..15 {
+            let t0 = Instant::now();
+            f()?;
+            v.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        v.sort_by(f64::total_cmp);
+        Ok(v[v.len() / 2])
+    };
+    for (shape, (oh, ow)) in [([2, 16, 48, 96], (192, 384)), ([2, 256, 12, 24], (48, 96))] {
+        let x = Var::from_tensor(&fill64("input.time", &shape).to_dtype(DType::F32)?)?;
+        let r = fill64("grad.time", &[shape[0], shape[1], oh, ow]).to_dtype(DType::F32)?;
+        let mut results = Vec::new();
+        for (name, f) in paths {
+            let fwd = median_ms(&mut || f(&x, oh, ow, false).map(drop))?;
+            let y = f(&x, oh, ow, false)?;
+            let loss = (&y * &r)?.sum_all()?;
+            let bwd = median_ms(&mut || loss.backward().map(drop))?;
+            println!("{shape:?} -> {oh}x{ow} {name}: forward {fwd:.3} ms, backward {bwd:.3} ms");
+            let gx = loss.backward()?.get(&x).unwrap().clone();
+            results.push((y, gx));
+        }
+        let y = Var::from_tensor(&results[0].0)?;
+        let loss = (y.as_tensor() * &r)?.sum_all()?;
+        let shared = median_ms(&mut || loss.backward().map(drop))?;
+        println!("{shape:?} -> {oh}x{ow} shared part of the backward: {shared:.3} ms");
+        assert!(rel_diff(&results[0].0, &results[1].0)? <= 1e-6);
+        assert!(rel_diff(&results[0].1, &results[1].1)? <= 1e-6);
     }
     Ok(())
 }
