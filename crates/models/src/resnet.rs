@@ -11,10 +11,10 @@ use crate::batch_norm::BatchNorm2d;
 use crate::config::{Backbone, ModelConfig};
 use crate::conv::Conv2d;
 use crate::init::ParamBuilder;
+use crate::ops::add_relu::add_relu;
 use crate::ops::conv2d::Conv2dGeometry;
 use crate::ops::max_pool::max_pool2d;
 use crate::ModelError;
-use crate::ops::add_relu::add_relu;
 use candle_core::{Result, Tensor};
 
 #[derive(Debug, Clone)]
