@@ -144,8 +144,12 @@ fn tiny_run_matches_pinned_results() {
     assert_eq!(losses.len(), want_losses.len());
     for (k, ((s, l), (ws, wl))) in losses.iter().zip(want_losses).enumerate() {
         assert_eq!(s, ws);
-        // The first loss is the untrained model's forward pass: tight.
-        let tol = if k == 0 { 1e-5 } else { 1e-3 };
+        // The first loss is the untrained model's forward pass: tight. Later losses carry
+        // round-off through the backward passes, and Recall loss's class weights come from the
+        // batch's argmax predictions (a step function of the logits), so a pixel whose
+        // prediction flips by round-off changes the weights discretely: 1 and 2 rayon threads
+        // (whose gradient reductions are chunked differently) differ by 1e-3 at step 4.
+        let tol = if k == 0 { 1e-5 } else { 5e-3 };
         assert!(
             (l - wl).abs() <= tol * wl.abs().max(1.0),
             "step {s}: loss {l} vs pinned {wl}"
@@ -167,13 +171,13 @@ fn tiny_run_matches_pinned_results() {
 
 const PINNED_LOSSES: &[(u64, f64)] = &[
     (1, 2.906193256378174),
-    (2, 2.9620063304901123),
-    (3, 2.866255521774292),
-    (4, 3.0812203884124756),
+    (2, 2.9620003700256348),
+    (3, 2.865077257156372),
+    (4, 3.090019941329956),
 ];
 const PINNED_VALS: &[(u64, f64, f64)] = &[
-    (2, 0.049723041880209144, 0.013680165182275585),
-    (4, 0.04257907542579076, 0.01270186898929414),
+    (2, 0.049723041880209144, 0.013694881518970041),
+    (4, 0.04257907542579076, 0.012715712988192553),
 ];
 
 #[test]
