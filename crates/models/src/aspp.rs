@@ -26,7 +26,7 @@ struct ConvBn {
 
 impl ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_relu_t(&self.conv.forward(x)?, train)
+        self.conv.forward_bn_t(&self.bn, x, train, true)
     }
 }
 

@@ -8,8 +8,9 @@
 //!
 //! Parameter names are PyTorch's: `weight`, `bias`, `running_mean`, `running_var`.
 
+use crate::conv::Conv2d;
 use crate::init::{ParamBuilder, ParamInit, ParamKind};
-use crate::ops::batch_norm_cpu;
+use crate::ops::{batch_norm_cpu, conv_bn};
 use crate::ModelError;
 use candle_core::{DType, Result, Tensor, Var};
 
@@ -68,6 +69,49 @@ impl BatchNorm2d {
         self.forward_impl(x, train, true)
     }
 
+    /// `self.forward_t(conv.forward(x))` (then ReLU when `relu`): in training mode on the CPU with
+    /// a dense convolution without bias, one fused op ([`crate::ops::conv_bn`]) whose backward
+    /// skips candle's materialised gradient of the convolution's output; the same numbers.
+    pub fn forward_after_conv_t(
+        &self,
+        conv: &Conv2d,
+        x: &Tensor,
+        train: bool,
+        relu: bool,
+    ) -> Result<Tensor> {
+        if train && !self.frozen && !conv.has_bias() && batch_norm_cpu::enabled() {
+            let fused = conv_bn::conv_bn_train(
+                x,
+                conv.weight().as_tensor(),
+                self.weight.as_tensor(),
+                self.bias.as_tensor(),
+                conv.geometry(),
+                BN_EPS,
+                relu,
+            )?;
+            if let Some((y, stats)) = fused {
+                self.check(&y)?;
+                let (n, _, h, w) = y.dims4()?;
+                self.update_running(&stats, (n * h * w) as f64)?;
+                return Ok(y);
+            }
+        }
+        self.forward_impl(&conv.forward(x)?, train, relu)
+    }
+
+    /// Moves the running statistics towards a batch's (`count` values per channel).
+    fn update_running(&self, stats: &batch_norm_cpu::BatchStats, count: f64) -> Result<()> {
+        let m = BN_MOMENTUM;
+        let rm = self.running_mean.as_tensor();
+        let rv = self.running_var.as_tensor();
+        let mean = Tensor::new(stats.mean.as_slice(), rm.device())?.to_dtype(rm.dtype())?;
+        let var = Tensor::new(stats.var.as_slice(), rv.device())?.to_dtype(rv.dtype())?;
+        let new_mean = ((rm.detach() * (1.0 - m))? + (mean * m)?)?;
+        let new_var = ((rv.detach() * (1.0 - m))? + (var * (m * count / (count - 1.0)))?)?;
+        self.running_mean.set(&new_mean)?;
+        self.running_var.set(&new_var)
+    }
+
     /// The portable (candle ops) path, whatever the device: used off the CPU and by the tests
     /// that check the fused CPU op against it.
     pub fn forward_portable_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
@@ -90,16 +134,7 @@ impl BatchNorm2d {
                 BN_EPS,
                 relu,
             )?;
-            let count = (n * h * w) as f64;
-            let m = BN_MOMENTUM;
-            let rm = self.running_mean.as_tensor();
-            let rv = self.running_var.as_tensor();
-            let mean = Tensor::new(stats.mean.as_slice(), rm.device())?.to_dtype(rm.dtype())?;
-            let var = Tensor::new(stats.var.as_slice(), rv.device())?.to_dtype(rv.dtype())?;
-            let new_mean = ((rm.detach() * (1.0 - m))? + (mean * m)?)?;
-            let new_var = ((rv.detach() * (1.0 - m))? + (var * (m * count / (count - 1.0)))?)?;
-            self.running_mean.set(&new_mean)?;
-            self.running_var.set(&new_var)?;
+            self.update_running(&stats, (n * h * w) as f64)?;
             return Ok(y);
         }
         if batch_norm_cpu::enabled() && batch_norm_cpu::supported(x) {

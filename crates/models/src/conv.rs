@@ -71,6 +71,11 @@ impl Conv2d {
         &self.weight
     }
 
+    /// Whether the convolution adds a bias.
+    pub fn has_bias(&self) -> bool {
+        self.bias.is_some()
+    }
+
     /// The geometry (padding, stride, dilation, groups).
     pub fn geometry(&self) -> Conv2dGeometry {
         self.geometry

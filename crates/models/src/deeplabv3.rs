@@ -51,7 +51,7 @@ impl DeepLabV3Head {
     /// Logits at the backbone's resolution.
     pub fn forward_t(&self, features: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
         let y = self.aspp.forward_t(features, train, dropout_seed)?;
-        let y = self.bn.forward_relu_t(&self.conv.forward(&y)?, train)?;
+        let y = self.bn.forward_after_conv_t(&self.conv, &y, train, true)?;
         self.classifier.forward(&y)
     }
 }

@@ -100,10 +100,10 @@ impl DeepLabV3PlusHead {
         let x = resize_bilinear(&x, h, w, false)?;
         let low = self
             .low_bn
-            .forward_relu_t(&self.low_conv.forward(low_level)?, train)?;
+            .forward_after_conv_t(&self.low_conv, low_level, train, true)?;
         let mut y = Tensor::cat(&[&x, &low], 1)?;
         for f in &self.fuse {
-            y = f.bn.forward_relu_t(&f.conv.forward(&y)?, train)?;
+            y = f.conv.forward_bn_t(&f.bn, &y, train, true)?;
             y = f.dropout.forward_t(&y, train, dropout_seed)?;
         }
         self.classifier.forward(&y)

@@ -53,10 +53,10 @@ impl Block {
                 bn2,
                 downsample,
             } => {
-                let y = bn1.forward_relu_t(&conv1.forward(x)?, train)?;
-                let y = bn2.forward_t(&conv2.forward(&y)?, train)?;
+                let y = bn1.forward_after_conv_t(conv1, x, train, true)?;
+                let y = bn2.forward_after_conv_t(conv2, &y, train, false)?;
                 let identity = match downsample {
-                    Some(d) => d.bn.forward_t(&d.conv.forward(x)?, train)?,
+                    Some(d) => d.bn.forward_after_conv_t(&d.conv, x, train, false)?,
                     None => x.clone(),
                 };
                 add_relu(&y, &identity)
@@ -70,11 +70,11 @@ impl Block {
                 bn3,
                 downsample,
             } => {
-                let y = bn1.forward_relu_t(&conv1.forward(x)?, train)?;
-                let y = bn2.forward_relu_t(&conv2.forward(&y)?, train)?;
-                let y = bn3.forward_t(&conv3.forward(&y)?, train)?;
+                let y = bn1.forward_after_conv_t(conv1, x, train, true)?;
+                let y = bn2.forward_after_conv_t(conv2, &y, train, true)?;
+                let y = bn3.forward_after_conv_t(conv3, &y, train, false)?;
                 let identity = match downsample {
-                    Some(d) => d.bn.forward_t(&d.conv.forward(x)?, train)?,
+                    Some(d) => d.bn.forward_after_conv_t(&d.conv, x, train, false)?,
                     None => x.clone(),
                 };
                 add_relu(&y, &identity)
@@ -222,7 +222,7 @@ impl ResNet {
 
     /// Runs the stem and the four stages on `(N, 3, H, W)`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<ResNetFeatures> {
-        let x = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
+        let x = self.bn1.forward_after_conv_t(&self.conv1, x, train, true)?;
         let mut x = max_pool2d(&x, 3, 2, 1)?;
         let mut low_level = None;
         for (i, layer) in self.layers.iter().enumerate() {

@@ -11,6 +11,7 @@
 //! both without bias and with nothing in between. It costs `C_in·k² + C_in·C_out` multiply-adds
 //! per output pixel instead of `C_in·C_out·k²` (8.5× fewer for 3×3 with 256 output channels).
 
+use crate::batch_norm::BatchNorm2d;
 use crate::conv::Conv2d;
 use crate::init::ParamBuilder;
 use crate::ops::conv2d::Conv2dGeometry;
@@ -106,6 +107,23 @@ impl HeadConv {
         match self {
             Self::Dense(c) => c.forward(x),
             Self::Separable(c) => c.forward(x),
+        }
+    }
+
+    /// `bn(self.forward(x))` (then ReLU when `relu`), with the (last) dense convolution fused into
+    /// the BatchNorm where [`BatchNorm2d::forward_after_conv_t`] can.
+    pub fn forward_bn_t(
+        &self,
+        bn: &BatchNorm2d,
+        x: &Tensor,
+        train: bool,
+        relu: bool,
+    ) -> Result<Tensor> {
+        match self {
+            Self::Dense(c) => bn.forward_after_conv_t(c, x, train, relu),
+            Self::Separable(c) => {
+                bn.forward_after_conv_t(&c.pointwise, &c.depthwise.forward(x)?, train, relu)
+            }
         }
     }
 }

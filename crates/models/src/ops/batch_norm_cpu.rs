@@ -44,12 +44,15 @@ pub struct BatchStats {
     pub var: Vec<f64>,
 }
 
-struct BnTrain {
-    eps: f64,
-    relu: bool,
-    stats: Arc<Mutex<BatchStats>>,
+/// The fused BatchNorm (+ ReLU) op; also the second half of the fused convolution + BatchNorm
+/// op of [`crate::ops::conv_bn`].
+pub(crate) struct BnTrain {
+    pub(crate) eps: f64,
+    pub(crate) relu: bool,
+    /// Where the forward pass leaves the batch statistics.
+    pub(crate) stats: Arc<Mutex<BatchStats>>,
     /// Evaluation mode: normalise with these (running) statistics instead of the batch's.
-    fixed: Option<BatchStats>,
+    pub(crate) fixed: Option<BatchStats>,
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -135,6 +138,21 @@ impl CustomOp3 for BnTrain {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dgamma, dbeta) = self.backward(x, gamma, res, grad_res)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+impl BnTrain {
+    /// `(∂x, ∂γ, ∂β)` from the op's input `x`, scale `gamma`, output `y` and output gradient
+    /// `dy`, with the statistics of the forward pass.
+    pub(crate) fn backward(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (_, c, _, _) = x.dims4()?;
         let (mean, var) = {
             let st = self.stats.lock().expect("batch-norm stats lock");
@@ -148,9 +166,9 @@ impl CustomOp3 for BnTrain {
             gamma: gamma.to_vec1()?,
             param_grads: Mutex::new(None),
         };
-        let g = grad_res.to_dtype(DType::F32)?.contiguous()?;
+        let g = dy.to_dtype(DType::F32)?.contiguous()?;
         // Reads x, g and y in place (no copies); dγ and dβ come out of the same passes.
-        let dx = x.apply_op3_no_bwd(&g, &res.contiguous()?, &op)?;
+        let dx = x.apply_op3_no_bwd(&g, &y.contiguous()?, &op)?;
         let (dgamma, dbeta) = op
             .param_grads
             .lock()
@@ -161,9 +179,9 @@ impl CustomOp3 for BnTrain {
             })?;
         let dev = x.device();
         Ok((
-            Some(dx),
-            Some(Tensor::from_vec(dgamma, c, dev)?),
-            Some(Tensor::from_vec(dbeta, c, dev)?),
+            dx,
+            Tensor::from_vec(dgamma, c, dev)?,
+            Tensor::from_vec(dbeta, c, dev)?,
         ))
     }
 }

@@ -3,6 +3,7 @@
 pub mod add_relu;
 pub mod batch_norm_cpu;
 pub mod conv2d;
+pub mod conv_bn;
 pub mod max_pool;
 pub mod resize;
 pub(crate) mod simd;

@@ -10,7 +10,7 @@ use candle_core::{
 
 /// The forward convolution (`apply_op2` without bias, `apply_op3` with bias).
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Conv2dCpu {
+pub(crate) struct Conv2dCpu {
     /// Zero padding on each side.
     pub padding: usize,
     /// Stride.
@@ -63,7 +63,8 @@ fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> 
 }
 
 impl Conv2dCpu {
-    fn forward(
+    /// The forward convolution on CPU storage (bias optional, ReLU epilogue if `relu`).
+    pub(crate) fn forward(
         &self,
         xs: &CpuStorage,
         xl: &Layout,
@@ -108,7 +109,12 @@ impl Conv2dCpu {
     }
 
     /// Input and weight gradients from the (pre-ReLU, contiguous) output gradient.
-    fn grads(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
+    pub(crate) fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Tensor)> {
         // The image fed to the first layer needs no gradient: skip its (large) computation.
         let dx = if x.track_op() {
             Some(dy.apply_op2_no_bwd(

@@ -17,7 +17,7 @@
 //! fuses a following per-channel affine map (evaluation-mode BatchNorm) and ReLU into the
 //! convolution.
 
-mod cpu;
+pub(crate) mod cpu;
 mod depthwise;
 mod kernels;
 mod winograd;
@@ -174,6 +174,26 @@ pub fn conv2d_path(
         Some(CpuKernel::Depthwise) => Conv2dPath::CpuDepthwise,
         None => Conv2dPath::Candle,
     })
+}
+
+/// The dense CPU op for `geometry` when [`conv2d`] would run it on these operands (validated
+/// first), for ops that fuse the convolution with what follows it.
+pub(crate) fn dense_cpu_op(
+    input: &Tensor,
+    weight: &Tensor,
+    geometry: Conv2dGeometry,
+) -> Result<Option<cpu::Conv2dCpu>> {
+    validate(input, weight, None, geometry)?;
+    Ok(
+        (cpu_kernel(input, weight, None, geometry) == Some(CpuKernel::Dense)).then_some(
+            cpu::Conv2dCpu {
+                padding: geometry.padding,
+                stride: geometry.stride,
+                dilation: geometry.dilation,
+                relu: false,
+            },
+        ),
+    )
 }
 
 /// Runs a CPU custom op (the caller has validated the operands).
