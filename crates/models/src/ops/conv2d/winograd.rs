@@ -30,6 +30,7 @@
 
 use super::kernels::ConvShape;
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// Smallest channel count (input and output) for which the transforms pay off (measured, process
 /// CPU time on one and two threads, `examples/conv_layers.rs`: 48 and 64 channels gain
@@ -74,6 +75,67 @@ fn xi_stride(n: usize) -> usize {
 /// in L1 and the arithmetic runs across channels, vectorised).
 const WCHUNK: usize = 64;
 
+thread_local! {
+    /// Buffers reused by the Winograd kernels on this thread: the transformed weights, the
+    /// channels-last input and the per-block transformed operands are allocated (and zero-filled)
+    /// once per size class instead of on every call. Their contents are stale; every user writes
+    /// the elements it later reads.
+    static SCRATCH: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Most buffers the per-thread pool keeps.
+const SCRATCH_KEEP: usize = 8;
+
+/// A buffer of `len` floats from this thread's pool, with unspecified (stale or zero) contents;
+/// it goes back to the pool when dropped.
+struct Scratch(Vec<f32>);
+
+impl Scratch {
+    fn new(len: usize) -> Self {
+        let mut v = SCRATCH.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            // The smallest buffer that fits, else the largest one (grown below).
+            let pick = (0..pool.len())
+                .filter(|&i| pool[i].capacity() >= len)
+                .min_by_key(|&i| pool[i].capacity())
+                .or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
+            pick.map(|i| pool.swap_remove(i)).unwrap_or_default()
+        });
+        if v.len() < len {
+            v.resize(len, 0.0);
+        } else {
+            v.truncate(len);
+        }
+        Self(v)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        // `try_with`: nothing to keep once the thread is being torn down.
+        let _ = SCRATCH.try_with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < SCRATCH_KEEP {
+                pool.push(v);
+            }
+        });
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
 /// `(G r)` for the three entries `r` of a kernel row or column, element-wise over channels:
 /// `[r0, (r0 + r1 + r2)/2, (r0 − r1 + r2)/2, r2]`.
 #[inline(always)]
@@ -107,10 +169,11 @@ fn gt_times<const L: usize>(e: [&[f32; L]; 4]) -> [[f32; L]; 3] {
 /// `U[ξ][co][c]` = (G g Gᵀ)[ξ] for the kernel `g = W[co, c]`, `ξ = 4·α + β`; parallel over
 /// output channels, vectorised over input channels.
 #[allow(clippy::needless_range_loop)] // matrix maths reads best with indices
-fn transform_weights(s: &ConvShape, weight: &[f32]) -> Vec<f32> {
+fn transform_weights(s: &ConvShape, weight: &[f32]) -> Scratch {
     let (ci, co) = (s.c_in, s.c_out);
     let us = xi_stride(ci * co);
-    let mut u = vec![0f32; 16 * us];
+    // Every U[ξ][o][c] is written below; the padding between the ξ matrices is never read.
+    let mut u = Scratch::new(16 * us);
     let up = Ptr(u.as_mut_ptr());
     (0..co).into_par_iter().for_each(|o| {
         let mut taps = [[0f32; WCHUNK]; 9];
@@ -436,8 +499,9 @@ pub(crate) fn conv_forward_winograd(
     let u = transform_weights(s, weight);
     let xt = to_channels_last(s.c_in, s.h, s.w, x);
     let block = tiling.block(s);
-    let mut v = vec![0f32; 16 * xi_stride(block * s.c_in)];
-    let mut m = vec![0f32; 16 * xi_stride(block * s.c_out)];
+    // V and M of each block are written (input transform, gemm) before they are read.
+    let mut v = Scratch::new(16 * xi_stride(block * s.c_in));
+    let mut m = Scratch::new(16 * xi_stride(block * s.c_out));
     let out = Ptr(y.as_mut_ptr());
     for g0 in (0..tiling.total).step_by(block) {
         let nt = block.min(tiling.total - g0);
@@ -475,14 +539,15 @@ pub(crate) fn conv_forward_winograd(
 pub(crate) fn conv_weight_grad_winograd(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let tiling = Tiling::new(s);
     let (ci, co) = (s.c_in, s.c_out);
-    let mut du = vec![0f32; 16 * xi_stride(co * ci)];
-    if tiling.total == 0 || du.is_empty() {
+    if tiling.total == 0 || co * ci == 0 {
         return vec![0f32; co * ci * 9];
     }
+    // dU is written by the first block's gemm (`accumulate: false`), then accumulated into.
+    let mut du = Scratch::new(16 * xi_stride(co * ci));
     let xt = to_channels_last(ci, s.h, s.w, x);
     let block = tiling.block(s);
-    let mut v = vec![0f32; 16 * xi_stride(block * ci)];
-    let mut dm = vec![0f32; 16 * xi_stride(block * co)];
+    let mut v = Scratch::new(16 * xi_stride(block * ci));
+    let mut dm = Scratch::new(16 * xi_stride(block * co));
     for (bi, g0) in (0..tiling.total).step_by(block).enumerate() {
         let nt = block.min(tiling.total - g0);
         transform_inputs(s, &xt, &tiling, g0, nt, &mut v);
@@ -671,8 +736,9 @@ unsafe fn output_transform(
 }
 
 /// Channels-last copy (`N × H × W × C`) of a contiguous NCHW buffer.
-fn to_channels_last(c: usize, h: usize, w: usize, x: &[f32]) -> Vec<f32> {
-    let mut xt = vec![0f32; x.len()];
+fn to_channels_last(c: usize, h: usize, w: usize, x: &[f32]) -> Scratch {
+    // Every element is written: each row `(img, r)` gets all `w · c` values.
+    let mut xt = Scratch::new(x.len());
     xt.par_chunks_mut(w * c).enumerate().for_each(|(row, dst)| {
         let (img, r) = (row / h, row % h);
         for ch in 0..c {
@@ -777,6 +843,31 @@ mod tests {
             pad_h: pad,
             pad_w: pad,
             dil,
+        }
+    }
+
+    /// The scratch pool hands out stale buffers: fill it with NaN and check that no kernel reads
+    /// an element it did not write (a NaN would reach the output).
+    #[test]
+    fn stale_scratch_buffers_are_never_read() {
+        for &(n, h, w, pad, dil) in &SHAPES {
+            SCRATCH.with(|pool| {
+                let mut pool = pool.borrow_mut();
+                pool.clear();
+                for len in [1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20] {
+                    pool.push(vec![f32::NAN; len]);
+                }
+            });
+            let s = shape(n, 6, 9, h, w, pad, dil);
+            let x = data(s.n * s.c_in * h * w, 4);
+            let wt = data(s.c_out * s.k(), 5);
+            let y = conv_forward_winograd(&s, &x, &wt, None);
+            let e = worst(&y, &conv_forward_im2col(&s, &x, &wt, None));
+            assert!(e < 1e-5, "{s:?}: forward max |difference| {e}");
+            let dy = data(y.len(), 6);
+            let dw = conv_weight_grad_winograd(&s, &x, &dy);
+            let e = worst(&dw, &naive_weight_grad(&s, &x, &dy));
+            assert!(e < 1e-4, "{s:?}: weight gradient max |difference| {e}");
         }
     }
 
