@@ -393,28 +393,113 @@ fn masked(g: f32, y: f32, relu: bool) -> f64 {
     }
 }
 
-/// `(Σ g, Σ g·(x − μ))` in f64, `g` masked by the ReLU.
+/// `(Σ g, Σ g·(x − μ))` in f64, `g` masked by the ReLU (`y > 0`) when `RELU`. Branch-free lanes
+/// (the mask is a select, the ReLU choice a constant), so the compiler vectorises the loop.
 #[inline(always)]
-fn grad_sums_plane_impl(g: &[f32], x: &[f32], y: &[f32], mean: f64, relu: bool) -> (f64, f64) {
+fn grad_sums<const RELU: bool>(g: &[f32], x: &[f32], y: &[f32], mean: f64) -> (f64, f64) {
+    // `g` where `y > 0`, else +0, as a bit mask (the compiler keeps a float select branchy).
+    let keep = |g: f32, y: f32| {
+        if RELU {
+            f32::from_bits(g.to_bits() & u32::from(y > 0.0).wrapping_neg())
+        } else {
+            g
+        }
+    };
     let (mut sg, mut sgx) = ([0f64; 4], [0f64; 4]);
-    let n4 = g.len() / 4 * 4;
-    for i in (0..n4).step_by(4) {
+    let (gc, xc, yc) = (g.chunks_exact(4), x.chunks_exact(4), y.chunks_exact(4));
+    let (gt, xt, yt) = (gc.remainder(), xc.remainder(), yc.remainder());
+    for ((g4, x4), y4) in gc.zip(xc).zip(yc) {
+        let (g4, x4, y4): (&[f32; 4], &[f32; 4], &[f32; 4]) = (
+            g4.try_into().expect("chunk of 4"),
+            x4.try_into().expect("chunk of 4"),
+            y4.try_into().expect("chunk of 4"),
+        );
         for l in 0..4 {
-            let gv = masked(g[i + l], y[i + l], relu);
+            let gv = keep(g4[l], y4[l]) as f64;
             sg[l] += gv;
-            sgx[l] += gv * (x[i + l] as f64 - mean);
+            sgx[l] += gv * (x4[l] as f64 - mean);
         }
     }
     let (mut tg, mut tgx) = (0f64, 0f64);
-    for i in n4..g.len() {
-        let gv = masked(g[i], y[i], relu);
+    for ((&gv, &xv), &yv) in gt.iter().zip(xt).zip(yt) {
+        let gv = keep(gv, yv) as f64;
         tg += gv;
-        tgx += gv * (x[i] as f64 - mean);
+        tgx += gv * (xv as f64 - mean);
     }
     (
         (sg[0] + sg[1]) + (sg[2] + sg[3]) + tg,
         (sgx[0] + sgx[1]) + (sgx[2] + sgx[3]) + tgx,
     )
+}
+
+/// The AVX2 build of [`grad_sums`], with explicit vectors: the compiler turns the masked
+/// reduction into scalar branches. Lane `l` accumulates elements `4i + l` with a product and a
+/// sum (no fused multiply-add), exactly as [`grad_sums`] does, so both give the same bits.
+///
+/// # Safety
+/// The CPU must support AVX2; `g`, `x` and `y` must have the same length.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn grad_sums_avx2<const RELU: bool>(
+    g: &[f32],
+    x: &[f32],
+    y: &[f32],
+    mean: f64,
+) -> (f64, f64) {
+    use std::arch::x86_64::*;
+    let n4 = g.len() / 4 * 4;
+    let (mut sg, mut sgx) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let vmean = _mm256_set1_pd(mean);
+    let mut i = 0;
+    while i < n4 {
+        let mut g4 = _mm_loadu_ps(g.as_ptr().add(i));
+        if RELU {
+            let y4 = _mm_loadu_ps(y.as_ptr().add(i));
+            g4 = _mm_and_ps(g4, _mm_cmpgt_ps(y4, _mm_setzero_ps()));
+        }
+        let gd = _mm256_cvtps_pd(g4);
+        let xd = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(i))), vmean);
+        sg = _mm256_add_pd(sg, gd);
+        sgx = _mm256_add_pd(sgx, _mm256_mul_pd(gd, xd));
+        i += 4;
+    }
+    let (mut a, mut b) = ([0f64; 4], [0f64; 4]);
+    _mm256_storeu_pd(a.as_mut_ptr(), sg);
+    _mm256_storeu_pd(b.as_mut_ptr(), sgx);
+    let (tg, tgx) = grad_sums::<RELU>(&g[n4..], &x[n4..], &y[n4..], mean);
+    (
+        (a[0] + a[1]) + (a[2] + a[3]) + tg,
+        (b[0] + b[1]) + (b[2] + b[3]) + tgx,
+    )
+}
+
+/// `(Σ g, Σ g·(x − μ))` in f64, `g` masked by the ReLU when `relu`.
+#[inline]
+fn grad_sums_plane(
+    avx2: bool,
+    g: &[f32],
+    x: &[f32],
+    y: &[f32],
+    mean: f64,
+    relu: bool,
+) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && g.len() == x.len() && g.len() == y.len() {
+        // SAFETY: `avx2` is only set when the CPU has AVX2 (`use_avx2`); lengths checked.
+        return unsafe {
+            if relu {
+                grad_sums_avx2::<true>(g, x, y, mean)
+            } else {
+                grad_sums_avx2::<false>(g, x, y, mean)
+            }
+        };
+    }
+    let _ = avx2;
+    if relu {
+        grad_sums::<true>(g, x, y, mean)
+    } else {
+        grad_sums::<false>(g, x, y, mean)
+    }
 }
 
 /// `∂x = k·g − a − b·(x − μ)` with `[k, a, b, μ] = coef`, `g` masked by the ReLU.
@@ -437,8 +522,6 @@ dispatch!(sum_plane, sum_plane_impl, (x: &[f32]) -> f64);
 dispatch!(sq_dev_plane, sq_dev_plane_impl, (x: &[f32], mean: f64) -> f64);
 dispatch!(normalize_plane, normalize_plane_impl,
     (x: &[f32], y: &mut [f32], mu: f64, s: f64, b: f64, relu: bool));
-dispatch!(grad_sums_plane, grad_sums_plane_impl,
-    (g: &[f32], x: &[f32], y: &[f32], mean: f64, relu: bool) -> (f64, f64));
 dispatch!(input_grad_plane, input_grad_plane_impl,
     (g: &[f32], x: &[f32], y: &[f32], dx: &mut [f32], coef: [f64; 4], relu: bool));
 

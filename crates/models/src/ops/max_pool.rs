@@ -14,11 +14,12 @@
 //! tie-breaking rule too. Works on every device and dtype candle supports.
 //!
 //! On the CPU in f32 a custom op does the same in one pass each way (scan each window, keep the
-//! first maximum; the backward re-finds it and adds the gradient there); the tests check it
-//! against the portable path and PyTorch.
+//! first maximum and remember where it was; the backward adds each gradient there, without
+//! reading the input again); the tests check it against the portable path and PyTorch.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
 
 /// Output length of a pooling axis (floor mode, like PyTorch's default `ceil_mode=False`).
 pub fn pooled_len(len: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
@@ -52,6 +53,7 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
             stride,
             padding,
             out: (ho, wo),
+            winners: Mutex::new(None),
         };
         return x.contiguous()?.apply_op1(op);
     }
@@ -115,6 +117,9 @@ struct MaxPoolCpu {
     stride: usize,
     padding: usize,
     out: (usize, usize),
+    /// Plane index of each output's first maximum, kept from the forward pass for the backward
+    /// pass (which then scatters the gradient without reading the input again).
+    winners: Mutex<Option<Arc<Vec<u32>>>>,
 }
 
 impl MaxPoolCpu {
@@ -161,36 +166,98 @@ impl CustomOp1 for MaxPoolCpu {
         let x = &v[a..b];
         let (n, c, h, w) = layout.shape().dims4()?;
         let (ho, wo) = self.out;
+        if h * w > u32::MAX as usize {
+            candle_core::bail!("max_pool2d CPU op: a {h}x{w} plane is too large")
+        }
+        let plane_out = (ho * wo).max(1);
         let mut y = vec![0f32; n * c * ho * wo];
-        y.par_chunks_mut((ho * wo).max(1))
+        let mut winners = vec![0u32; n * c * ho * wo];
+        y.par_chunks_mut(plane_out)
+            .zip(winners.par_chunks_mut(plane_out))
             .zip(x.par_chunks((h * w).max(1)))
-            .for_each(|(yp, xp)| {
+            .for_each(|((yp, ip), xp)| {
                 for i in 0..ho {
                     for j in 0..wo {
-                        yp[i * wo + j] = xp[self.argmax(xp, h, w, i, j)];
+                        let at = self.argmax(xp, h, w, i, j);
+                        yp[i * wo + j] = xp[at];
+                        ip[i * wo + j] = at as u32;
                     }
                 }
             });
+        *self.winners.lock().expect("max-pool winners lock") = Some(Arc::new(winners));
         Ok((CpuStorage::F32(y), Shape::from((n, c, ho, wo))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let (n, c, h, w) = arg.dims4()?;
         let (ho, wo) = self.out;
-        let x: Vec<f32> = arg.flatten_all()?.to_vec1()?;
-        let g: Vec<f32> = grad_res.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut((h * w).max(1))
-            .zip(x.par_chunks((h * w).max(1)))
-            .zip(g.par_chunks((ho * wo).max(1)))
-            .for_each(|((dp, xp), gp)| {
-                for i in 0..ho {
-                    for j in 0..wo {
-                        dp[self.argmax(xp, h, w, i, j)] += gp[i * wo + j];
-                    }
+        let winners = self.winners.lock().expect("max-pool winners lock").clone();
+        let winners = match winners {
+            Some(wi) => wi,
+            // No forward pass recorded its winners (cannot happen through `max_pool2d`): find
+            // them again.
+            None => {
+                let x: Vec<f32> = arg.flatten_all()?.to_vec1()?;
+                let mut wi = vec![0u32; n * c * ho * wo];
+                wi.par_chunks_mut((ho * wo).max(1))
+                    .zip(x.par_chunks((h * w).max(1)))
+                    .for_each(|(ip, xp)| {
+                        for i in 0..ho {
+                            for j in 0..wo {
+                                ip[i * wo + j] = self.argmax(xp, h, w, i, j) as u32;
+                            }
+                        }
+                    });
+                Arc::new(wi)
+            }
+        };
+        let scatter = MaxPoolScatter {
+            winners,
+            plane_in: h * w,
+            in_shape: (n, c, h, w),
+        };
+        let g = grad_res.to_dtype(DType::F32)?.contiguous()?;
+        Ok(Some(g.apply_op1_no_bwd(&scatter)?))
+    }
+}
+
+/// The max-pool backward: each output gradient added to its window's first maximum.
+struct MaxPoolScatter {
+    winners: Arc<Vec<u32>>,
+    plane_in: usize,
+    in_shape: (usize, usize, usize, usize),
+}
+
+impl CustomOp1 for MaxPoolScatter {
+    fn name(&self) -> &'static str {
+        "max-pool2d-backward"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(v), Some((a, b))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("max_pool2d backward needs a contiguous f32 gradient")
+        };
+        let g = &v[a..b];
+        if g.len() != self.winners.len() {
+            candle_core::bail!(
+                "max_pool2d backward: {} gradients for {} outputs",
+                g.len(),
+                self.winners.len()
+            )
+        }
+        let (n, c, h, w) = self.in_shape;
+        let planes = n * c;
+        let plane_out = g.len().checked_div(planes).unwrap_or(0);
+        let mut dx = vec![0f32; planes * self.plane_in];
+        dx.par_chunks_mut(self.plane_in.max(1))
+            .zip(g.par_chunks(plane_out.max(1)))
+            .zip(self.winners.par_chunks(plane_out.max(1)))
+            .for_each(|((dp, gp), ip)| {
+                for (&gv, &at) in gp.iter().zip(ip) {
+                    dp[at as usize] += gv;
                 }
             });
-        Ok(Some(Tensor::from_vec(dx, (n, c, h, w), arg.device())?))
+        Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
     }
 }
 
