@@ -123,7 +123,9 @@ struct MaxPoolCpu {
 }
 
 impl MaxPoolCpu {
-    /// Index (within the plane) of the first maximum of output pixel `(i, j)`'s window.
+    /// Index (within the plane) of the first maximum of output pixel `(i, j)`'s window; the
+    /// first NaN if there is one (PyTorch propagates NaN). Branch-free selects: which element
+    /// wins is data-dependent and unpredictable.
     #[inline]
     fn argmax(&self, plane: &[f32], h: usize, w: usize, i: usize, j: usize) -> usize {
         let (k, s, p) = (
@@ -132,19 +134,16 @@ impl MaxPoolCpu {
             self.padding as isize,
         );
         let (r0, c0) = (i as isize * s - p, j as isize * s - p);
-        let mut best = usize::MAX;
-        let mut best_v = f32::NEG_INFINITY;
-        for r in r0.max(0)..(r0 + k).min(h as isize) {
-            for c in c0.max(0)..(c0 + k).min(w as isize) {
-                let idx = r as usize * w + c as usize;
-                let v = plane[idx];
-                if best == usize::MAX || v > best_v || v.is_nan() {
-                    best = idx;
-                    best_v = v;
-                    if v.is_nan() {
-                        return best;
-                    }
-                }
+        let (ra, rb) = (r0.max(0) as usize, (r0 + k).min(h as isize) as usize);
+        let (ca, cb) = (c0.max(0) as usize, (c0 + k).min(w as isize) as usize);
+        let mut best = ra * w + ca;
+        let mut best_v = plane[best];
+        for r in ra..rb {
+            let row = &plane[r * w + ca..r * w + cb];
+            for (c, &v) in row.iter().enumerate() {
+                let better = v > best_v || (v.is_nan() && !best_v.is_nan());
+                best = if better { r * w + ca + c } else { best };
+                best_v = if better { v } else { best_v };
             }
         }
         best
@@ -289,6 +288,22 @@ mod tests {
         let g = y.sum_all()?.backward()?;
         let gx = g.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?;
         assert_eq!(gx, vec![1., 0., 0., 0.]);
+        Ok(())
+    }
+
+    #[test]
+    fn nan_wins_its_windows_like_pytorch() -> Result<()> {
+        // 1×1×2×4, kernel 2 stride 2: windows [0, NaN | 5, 1] and [2, 3 | 9, NaN].
+        let v = [0f32, f32::NAN, 2., 3., 5., 1., 9., f32::NAN];
+        let x =
+            candle_core::Var::from_tensor(&Tensor::from_slice(&v, (1, 1, 2, 4), &Device::Cpu)?)?;
+        let y = max_pool2d(&x, 2, 2, 0)?;
+        let yv = y.flatten_all()?.to_vec1::<f32>()?;
+        assert!(yv[0].is_nan() && yv[1].is_nan(), "{yv:?}");
+        let g = y.sum_all()?.backward()?;
+        let gx = g.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?;
+        let hit: Vec<bool> = gx.iter().map(|v| *v != 0.0).collect();
+        assert_eq!(hit, [false, true, false, false, false, false, false, true]);
         Ok(())
     }
 

@@ -737,14 +737,20 @@ unsafe fn output_transform(
 
 /// Channels-last copy (`N × H × W × C`) of a contiguous NCHW buffer.
 fn to_channels_last(c: usize, h: usize, w: usize, x: &[f32]) -> Scratch {
+    /// Channels copied together: each output pixel's run of `CB` channels is one cache line.
+    const CB: usize = 16;
     // Every element is written: each row `(img, r)` gets all `w · c` values.
     let mut xt = Scratch::new(x.len());
     xt.par_chunks_mut(w * c).enumerate().for_each(|(row, dst)| {
         let (img, r) = (row / h, row % h);
-        for ch in 0..c {
-            let src = &x[((img * c + ch) * h + r) * w..((img * c + ch) * h + r + 1) * w];
-            for (col, &v) in src.iter().enumerate() {
-                dst[col * c + ch] = v;
+        let src = |ch: usize| &x[((img * c + ch) * h + r) * w..((img * c + ch) * h + r + 1) * w];
+        for ch0 in (0..c).step_by(CB) {
+            let cb = CB.min(c - ch0);
+            let rows: [&[f32]; CB] = std::array::from_fn(|k| src(ch0 + k.min(cb - 1)));
+            for (col, px) in dst.chunks_exact_mut(c).enumerate() {
+                for (k, d) in px[ch0..ch0 + cb].iter_mut().enumerate() {
+                    *d = rows[k][col];
+                }
             }
         }
     });
