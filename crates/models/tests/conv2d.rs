@@ -4,51 +4,11 @@
 //! on larger, many-tile and Winograd-sized shapes; the fused affine + ReLU entry point; and error
 //! handling.
 
+mod conv_common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use conv_common::{assert_close, dot, golden, max_abs_diff, run, tensor};
 use recallseg_models::ops::conv2d::{conv2d, conv2d_affine, conv2d_candle, Conv2dGeometry};
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn tensor(dims: &[usize], seed: u64) -> Tensor {
-    let len = dims.iter().product();
-    Tensor::from_vec(values(len, seed), dims, &Device::Cpu).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 fn geom(padding: usize, stride: usize, dilation: usize) -> Conv2dGeometry {
     Conv2dGeometry {
@@ -59,60 +19,12 @@ fn geom(padding: usize, stride: usize, dilation: usize) -> Conv2dGeometry {
     }
 }
 
-type ConvFn = fn(&Tensor, &Tensor, Option<&Tensor>, Conv2dGeometry) -> candle_core::Result<Tensor>;
-
-/// Result and gradients of `sum(conv(x, w, b) * r)` through `f`: `(y, dx, dw, db)`.
-type Outputs = (Tensor, Tensor, Tensor, Option<Tensor>);
-
-fn run(
-    f: ConvFn,
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    r: &Tensor,
-    g: Conv2dGeometry,
-) -> candle_core::Result<Outputs> {
-    let x = Var::from_tensor(x)?;
-    let w = Var::from_tensor(w)?;
-    let b = b.map(Var::from_tensor).transpose()?;
-    let y = f(
-        x.as_tensor(),
-        w.as_tensor(),
-        b.as_ref().map(|b| b.as_tensor()),
-        g,
-    )?;
-    let grads = (&y * r)?.sum_all()?.backward()?;
-    let gx = grads.get(x.as_tensor()).expect("input gradient").clone();
-    let gw = grads.get(w.as_tensor()).expect("weight gradient").clone();
-    let gb = b.map(|b| grads.get(b.as_tensor()).expect("bias gradient").clone());
-    Ok((y, gx, gw, gb))
-}
-
-/// Tolerance for sums of `k` products of values of magnitude ≤ 1 compared with `reference`.
-fn tol(reference: &Tensor, k: usize) -> f32 {
-    3e-7 * (1.0 + max_abs(reference)) * (k as f32).sqrt().max(4.0)
-}
-
-fn assert_close(what: &str, label: &str, got: &Tensor, want: &Tensor, k: usize) {
-    assert_eq!(got.dims(), want.dims(), "{what} shape, {label}");
-    let (d, t) = (max_abs_diff(got, want), tol(want, k));
-    assert!(d <= t, "{what}, {label}: max |difference| {d} > {t}");
-}
-
-fn golden() -> std::collections::HashMap<String, Tensor> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/conv2d_golden/conv2d_golden.safetensors"
-    );
-    candle_core::safetensors::load(path, &Device::Cpu).expect("golden file (make_golden.py)")
-}
-
 /// Every case of the PyTorch golden grid (`conv2d_golden/make_golden.py`: shapes, strides,
 /// paddings, dilations, odd sizes, batch 1 and 2, with and without bias). The custom op's value
 /// and gradients must match PyTorch's float64 results, and candle's where candle computes them.
 #[test]
 fn values_and_gradients_match_pytorch_and_candle_over_a_grid() {
-    let gold = golden();
+    let gold = golden("conv2d_golden.safetensors");
     let mut cases = 0;
     let mut candle_backward_failures = Vec::new();
     while let Some(x) = gold.get(&format!("case{cases:02}.x")) {
@@ -161,13 +73,6 @@ fn values_and_gradients_match_pytorch_and_candle_over_a_grid() {
         candle_backward_failures.is_empty(),
         "{candle_backward_failures:?}"
     );
-}
-
-/// Inner product of two tensors, in f64.
-fn dot(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum()
 }
 
 /// Forward against candle; gradients against directional central differences, exact up to

@@ -5,45 +5,13 @@
 //! differences; bitwise determinism (across runs and rayon thread counts); an untracked input;
 //! the fused affine + ReLU entry point; and the dispatch rule.
 
+mod conv_common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use conv_common::{assert_close, dot, golden, max_abs_diff, run, tensor, to_vec, tol};
 use recallseg_models::ops::conv2d::{
     conv2d, conv2d_affine, conv2d_candle, conv2d_path, Conv2dGeometry, Conv2dPath,
 };
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn tensor(dims: &[usize], seed: u64) -> Tensor {
-    let len = dims.iter().product();
-    Tensor::from_vec(values(len, seed), dims, &Device::Cpu).unwrap()
-}
-
-fn to_vec(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    to_vec(a)
-        .iter()
-        .zip(&to_vec(b))
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    to_vec(a).iter().map(|v| v.abs()).fold(0.0, f32::max)
-}
 
 /// Depthwise geometry for `c` channels.
 fn dw(c: usize, padding: usize, stride: usize, dilation: usize) -> Conv2dGeometry {
@@ -55,64 +23,13 @@ fn dw(c: usize, padding: usize, stride: usize, dilation: usize) -> Conv2dGeometr
     }
 }
 
-type ConvFn = fn(&Tensor, &Tensor, Option<&Tensor>, Conv2dGeometry) -> candle_core::Result<Tensor>;
-
-/// Result and gradients of `sum(conv(x, w, b) * r)` through `f`: `(y, dx, dw, db)`.
-type Outputs = (Tensor, Tensor, Tensor, Option<Tensor>);
-
-fn run(
-    f: ConvFn,
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    r: &Tensor,
-    g: Conv2dGeometry,
-) -> Outputs {
-    let x = Var::from_tensor(x).unwrap();
-    let w = Var::from_tensor(w).unwrap();
-    let b = b.map(|b| Var::from_tensor(b).unwrap());
-    let y = f(
-        x.as_tensor(),
-        w.as_tensor(),
-        b.as_ref().map(|b| b.as_tensor()),
-        g,
-    )
-    .unwrap();
-    let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
-    let gx = grads.get(x.as_tensor()).expect("input gradient").clone();
-    let gw = grads.get(w.as_tensor()).expect("weight gradient").clone();
-    let gb = b.map(|b| grads.get(b.as_tensor()).expect("bias gradient").clone());
-    (y, gx, gw, gb)
-}
-
-/// Tolerance for sums of `k` products of values of magnitude ≤ 1 compared with `reference` (the
-/// same rule as `tests/conv2d.rs`).
-fn tol(reference: &Tensor, k: usize) -> f32 {
-    3e-7 * (1.0 + max_abs(reference)) * (k as f32).sqrt().max(4.0)
-}
-
-fn assert_close(what: &str, label: &str, got: &Tensor, want: &Tensor, k: usize) {
-    assert_eq!(got.dims(), want.dims(), "{what} shape, {label}");
-    let (d, t) = (max_abs_diff(got, want), tol(want, k));
-    assert!(d <= t, "{what}, {label}: max |difference| {d} > {t}");
-}
-
-fn golden() -> std::collections::HashMap<String, Tensor> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/conv2d_golden/depthwise_golden.safetensors"
-    );
-    candle_core::safetensors::load(path, &Device::Cpu)
-        .expect("golden file (make_depthwise_golden.py)")
-}
-
 /// Every case of the PyTorch golden grid: kernels 3×3, 5×5, 1×1, 3×1; strides 1 and 2; paddings
 /// 0–3, 6 and 12; dilations 1, 2, 6, 12 (with taps that only read padding); odd sizes; batch 1
 /// and 2; with and without bias. The depthwise op must match PyTorch's float64 value and
 /// gradients, and candle's grouped convolution (value and gradients).
 #[test]
 fn values_and_gradients_match_pytorch_and_candle_over_a_grid() {
-    let gold = golden();
+    let gold = golden("depthwise_golden.safetensors");
     let mut cases = 0;
     let mut worst = 0f32;
     while let Some(x) = gold.get(&format!("case{cases:02}.x")) {
@@ -131,7 +48,7 @@ fn values_and_gradients_match_pytorch_and_candle_over_a_grid() {
         let k = w.dims()[2] * w.dims()[3];
         let k_w = x.dims()[0] * r.dims()[2] * r.dims()[3];
 
-        let (y, gx, gw, gb) = run(conv2d, x, &w, b.as_ref(), &r, g);
+        let (y, gx, gw, gb) = run(conv2d, x, &w, b.as_ref(), &r, g).unwrap();
         let mut check = |what: &str, got: &Tensor, want: &Tensor, k: usize| {
             assert_close(what, &label, got, want, k);
             worst = worst.max(max_abs_diff(got, want) / tol(want, k));
@@ -143,7 +60,7 @@ fn values_and_gradients_match_pytorch_and_candle_over_a_grid() {
             check("bias grad vs PyTorch", gb, &t("gb"), k_w);
         }
 
-        let (cy, cx, cw, cb) = run(conv2d_candle, x, &w, b.as_ref(), &r, g);
+        let (cy, cx, cw, cb) = run(conv2d_candle, x, &w, b.as_ref(), &r, g).unwrap();
         check("forward vs candle", &y, &cy, k);
         check("input grad vs candle", &gx, &cx, k);
         check("weight grad vs candle", &gw, &cw, k_w);
@@ -154,15 +71,6 @@ fn values_and_gradients_match_pytorch_and_candle_over_a_grid() {
     }
     assert_eq!(cases, 20, "golden grid size");
     eprintln!("largest error / tolerance over the grid: {worst:.3}");
-}
-
-/// Inner product of two tensors, in f64.
-fn dot(a: &Tensor, b: &Tensor) -> f64 {
-    to_vec(a)
-        .iter()
-        .zip(&to_vec(b))
-        .map(|(x, y)| *x as f64 * *y as f64)
-        .sum()
 }
 
 /// `L = Σ conv(x, w, b)·r` is linear in each argument, so central differences with any step are
@@ -186,7 +94,7 @@ fn gradients_match_directional_central_differences() {
         let label = format!("x {xs:?} w {ws:?} {g:?}");
         let y = conv2d(&x, &w, Some(&b), g).unwrap();
         let r = tensor(y.dims(), seed + 3);
-        let (_, gx, gw, gb) = run(conv2d, &x, &w, Some(&b), &r, g);
+        let (_, gx, gw, gb) = run(conv2d, &x, &w, Some(&b), &r, g).unwrap();
         let loss = |x: &Tensor, w: &Tensor, b: &Tensor| dot(&conv2d(x, w, Some(b), g).unwrap(), &r);
         let (vx, vw, vb) = (
             tensor(x.dims(), seed + 4),
@@ -260,7 +168,7 @@ fn results_are_bitwise_deterministic() {
     let r = tensor(&[2, 24, 11, 15], 14);
     let g = dw(24, 2, 2, 2);
     let bits = || {
-        let (y, gx, gw, gb) = run(conv2d, &x, &w, Some(&b), &r, g);
+        let (y, gx, gw, gb) = run(conv2d, &x, &w, Some(&b), &r, g).unwrap();
         [y, gx, gw, gb.unwrap()]
             .iter()
             .map(|t| to_vec(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>())
@@ -292,7 +200,7 @@ fn an_untracked_input_gets_no_gradient_but_the_weight_does() {
     let y = conv2d(&x, w.as_tensor(), Some(b.as_tensor()), g).unwrap();
     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     assert!(grads.get(&x).is_none());
-    let (_, _, gw, gb) = run(conv2d, &x, &w0, Some(&b0), &r, g);
+    let (_, _, gw, gb) = run(conv2d, &x, &w0, Some(&b0), &r, g).unwrap();
     assert_eq!(to_vec(grads.get(w.as_tensor()).unwrap()), to_vec(&gw));
     assert_eq!(
         to_vec(grads.get(b.as_tensor()).unwrap()),
