@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use common::{build, fill};
+use common::{build, fill, var_named};
 use recallseg_models::init::ParamKind;
 use recallseg_models::{Backbone, DeepLab, Head, ModelConfig, ModelError};
 
@@ -272,16 +272,7 @@ fn separable_layouts_have_the_expected_parameters() {
     let (model, _) = build(&cfg);
     let count: usize = model.trainable_vars().iter().map(|v| v.elem_count()).sum();
     assert_eq!(count, 12_333_152 - 68_352);
-    let shape = |n: &str| {
-        model
-            .named_vars()
-            .iter()
-            .find(|v| v.name == n)
-            .unwrap_or_else(|| panic!("no parameter {n}"))
-            .var
-            .dims()
-            .to_vec()
-    };
+    let shape = |n: &str| var_named(&model, n).dims().to_vec();
     assert_eq!(shape("aspp.convs.1.0.0.weight"), [512, 1, 3, 3]);
     assert_eq!(shape("aspp.convs.1.0.1.weight"), [256, 512, 1, 1]);
     assert_eq!(shape("decoder.fuse.0.0.weight"), [304, 1, 3, 3]);

@@ -8,7 +8,7 @@
 mod common;
 
 use candle_core::{DType, Tensor};
-use common::{assert_matches, build, build_dtype, fill, fill_model, golden};
+use common::{assert_matches, build, build_dtype, fill, fill_model, golden, var_named};
 use recallseg_models::{Backbone, Head, ModelConfig};
 
 const TOL: f64 = 1e-4;
@@ -125,15 +125,7 @@ fn check_deeplabv3plus(file: &str, cfg: &ModelConfig) {
     // reference: running statistics tightly; gradients tightly for the classifier, grossly
     // elsewhere: a ReLU mask flipping at a pre-activation within f32 rounding of zero moves a
     // BatchNorm channel's gradient by ~1/sqrt(values per channel) (docs/models.md, "Precision").
-    let by_name = |n: &str| {
-        model
-            .named_vars()
-            .iter()
-            .find(|v| v.name == n)
-            .unwrap_or_else(|| panic!("no parameter {n}"))
-            .var
-            .clone()
-    };
+    let by_name = |n: &str| var_named(&model, n);
     for (name, want) in g["running_stats_f64"].as_object().unwrap() {
         assert_matches(
             &format!("f32 running stat {name}"),
@@ -163,15 +155,7 @@ fn check_deeplabv3plus(file: &str, cfg: &ModelConfig) {
     assert_matches("v3+ train logits f64", &y, &g["train_logits_f64"], 1e-9);
     let gy = fill("grad.deeplab", y.dims()).to_dtype(DType::F64).unwrap();
     let grads = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
-    let by_name = |n: &str| {
-        model
-            .named_vars()
-            .iter()
-            .find(|v| v.name == n)
-            .unwrap_or_else(|| panic!("no parameter {n}"))
-            .var
-            .clone()
-    };
+    let by_name = |n: &str| var_named(&model, n);
     for (name, want) in g["grads_f64"].as_object().unwrap() {
         let var = by_name(name);
         let grad: &Tensor = grads

@@ -131,3 +131,14 @@ pub fn assert_matches(what: &str, t: &Tensor, summary: &Value, tol: f64) -> f64 
     );
     worst
 }
+
+/// The model variable called `name` (panics naming it when there is none).
+pub fn var_named(model: &DeepLab, name: &str) -> candle_core::Var {
+    model
+        .named_vars()
+        .iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no parameter {name}"))
+        .var
+        .clone()
+}
