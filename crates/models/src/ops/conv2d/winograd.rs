@@ -86,6 +86,10 @@ thread_local! {
 /// Most buffers the per-thread pool keeps.
 const SCRATCH_KEEP: usize = 8;
 
+/// Largest buffer the pool keeps (floats; 64 MiB): bigger ones (channels-last copies of large
+/// inputs) are freed after use, so the pool never holds more than 512 MiB per thread.
+const SCRATCH_MAX_LEN: usize = 16 << 20;
+
 /// A buffer of `len` floats from this thread's pool, with unspecified (stale or zero) contents;
 /// it goes back to the pool when dropped.
 struct Scratch(Vec<f32>);
@@ -116,7 +120,7 @@ impl Drop for Scratch {
         // `try_with`: nothing to keep once the thread is being torn down.
         let _ = SCRATCH.try_with(|pool| {
             let mut pool = pool.borrow_mut();
-            if pool.len() < SCRATCH_KEEP {
+            if pool.len() < SCRATCH_KEEP && v.capacity() <= SCRATCH_MAX_LEN {
                 pool.push(v);
             }
         });
