@@ -16,9 +16,16 @@
 
 // The kernels' own sources, compiled into this example as siblings (as in the library, each
 // reaches the other through `super::`); not every item is used here.
+#[path = "../src/ops/buffers.rs"]
+mod buffers;
 #[allow(dead_code)]
 #[path = "../src/ops/conv2d/kernels.rs"]
 mod kernels;
+
+/// The kernels refer to their buffer helper as `crate::ops::buffers`.
+mod ops {
+    pub(crate) use super::buffers;
+}
 #[allow(dead_code)]
 #[path = "../src/ops/conv2d/winograd.rs"]
 mod winograd;

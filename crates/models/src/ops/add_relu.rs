@@ -7,6 +7,7 @@
 //! gradient at exactly `a + b = 0` is 0, as PyTorch's `threshold_backward` (candle's own ReLU
 //! gradient is 1 there). Other devices and dtypes use the candle composition.
 
+use crate::ops::buffers::zeroed;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -49,7 +50,7 @@ impl CustomOp2 for AddRelu {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (a, b) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
-        let mut y = vec![0f32; a.len()];
+        let mut y = zeroed(a.len());
         y.par_chunks_mut(CHUNK)
             .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
             .for_each(|(y, (a, b))| {
@@ -88,7 +89,7 @@ impl CustomOp2 for ReluMask {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (y, g) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
-        let mut out = vec![0f32; y.len()];
+        let mut out = zeroed(y.len());
         out.par_chunks_mut(CHUNK)
             .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
             .for_each(|(o, (y, g))| {

@@ -11,6 +11,7 @@
 //! [`set_enabled`]); other devices and dtypes use the portable candle-ops path, and the tests check
 //! that both agree.
 
+use crate::ops::buffers::zeroed;
 use crate::ops::simd::{dispatch, use_avx2};
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -115,7 +116,7 @@ impl CustomOp3 for BnTrain {
                 (mean, scale, beta[ci] as f64)
             })
             .collect();
-        let mut y = vec![0f32; x.len()];
+        let mut y = zeroed(x.len());
         let relu = self.relu;
         y.par_chunks_mut(hw.max(1))
             .zip(x.par_chunks(hw.max(1)))
@@ -245,7 +246,7 @@ impl CustomOp3 for BnBackward {
                 (sg, sgx * self.invstd[ci])
             })
             .collect();
-        let mut dx = vec![0f32; xs.len()];
+        let mut dx = zeroed(xs.len());
         dx.par_chunks_mut(hw.max(1))
             .enumerate()
             .for_each(|(plane, dp)| {

@@ -17,6 +17,7 @@
 //! first maximum and remember where it was; the backward adds each gradient there, without
 //! reading the input again); the tests check it against the portable path and PyTorch.
 
+use crate::ops::buffers::zeroed;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -169,7 +170,7 @@ impl CustomOp1 for MaxPoolCpu {
             candle_core::bail!("max_pool2d CPU op: a {h}x{w} plane is too large")
         }
         let plane_out = (ho * wo).max(1);
-        let mut y = vec![0f32; n * c * ho * wo];
+        let mut y = zeroed(n * c * ho * wo);
         let mut winners = vec![0u32; n * c * ho * wo];
         y.par_chunks_mut(plane_out)
             .zip(winners.par_chunks_mut(plane_out))
@@ -247,7 +248,7 @@ impl CustomOp1 for MaxPoolScatter {
         let (n, c, h, w) = self.in_shape;
         let planes = n * c;
         let plane_out = g.len().checked_div(planes).unwrap_or(0);
-        let mut dx = vec![0f32; planes * self.plane_in];
+        let mut dx = zeroed(planes * self.plane_in);
         dx.par_chunks_mut(self.plane_in.max(1))
             .zip(g.par_chunks(plane_out.max(1)))
             .zip(self.winners.par_chunks(plane_out.max(1)))

@@ -2,6 +2,7 @@
 
 pub mod add_relu;
 pub mod batch_norm_cpu;
+pub(crate) mod buffers;
 pub mod conv2d;
 pub mod conv_bn;
 pub mod max_pool;

@@ -23,6 +23,7 @@
 //!   differentiable through candle's matmul backward on every device and dtype. The tests use it
 //!   as the reference of the CPU op.
 
+use crate::ops::buffers::zeroed;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -316,7 +317,7 @@ impl CustomOp1 for ResizeCpu {
         let p = &self.0;
         let (x, (n, c)) = f32_planes("resize_bilinear CPU op", storage, layout, p.inp)?;
         let ((h, w), (ho, wo)) = (p.inp, p.out);
-        let mut y = vec![0f32; n * c * ho * wo];
+        let mut y = zeroed(n * c * ho * wo);
         y.par_chunks_mut(ho * wo)
             .zip(x.par_chunks(h * w))
             .for_each_init(
@@ -342,7 +343,7 @@ impl CustomOp1 for ResizeCpuAdjoint {
         let what = "resize_bilinear CPU backward";
         let (g, (n, c)) = f32_planes(what, storage, layout, p.out)?;
         let ((h, w), (ho, wo)) = (p.inp, p.out);
-        let mut dx = vec![0f32; n * c * h * w];
+        let mut dx = zeroed(n * c * h * w);
         dx.par_chunks_mut(h * w)
             .zip(g.par_chunks(ho * wo))
             .for_each_init(

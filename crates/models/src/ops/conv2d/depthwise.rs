@@ -26,6 +26,7 @@
 //! second time for those features (wider vectors; no fused multiply-adds, so both versions give
 //! identical bits).
 
+use crate::ops::buffers::zeroed;
 use crate::ops::simd::{dispatch, use_avx2};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
@@ -329,7 +330,7 @@ dispatch!(weight_grad_plane_dispatch, weight_grad_plane,
 pub(crate) fn dw_forward(s: &DwShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (plane_in, plane_out, taps) = (s.h * s.w, s.oh() * s.ow(), s.kh * s.kw);
     let (rg, avx2) = (Ranges::of(s), use_avx2());
-    let mut y = vec![0f32; s.n * s.c * plane_out];
+    let mut y = zeroed(s.n * s.c * plane_out);
     y.par_chunks_mut(plane_out).enumerate().for_each(|(p, yp)| {
         let ch = p % s.c;
         let b = bias.map_or(0.0, |b| b[ch]);
@@ -347,7 +348,7 @@ pub(crate) fn dw_forward(s: &DwShape, x: &[f32], weight: &[f32], bias: Option<&[
 pub(crate) fn dw_input_grad(s: &DwShape, dy: &[f32], weight: &[f32]) -> Vec<f32> {
     let (plane_in, plane_out, taps) = (s.h * s.w, s.oh() * s.ow(), s.kh * s.kw);
     let (rg, avx2) = (Ranges::of(s), use_avx2());
-    let mut dx = vec![0f32; s.n * s.c * plane_in];
+    let mut dx = zeroed(s.n * s.c * plane_in);
     dx.par_chunks_mut(plane_in)
         .enumerate()
         .for_each(|(p, dxp)| {

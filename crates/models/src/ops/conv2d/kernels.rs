@@ -22,6 +22,7 @@
 //! Every result is deterministic for a given number of rayon threads (no atomics, fixed summation
 //! order).
 
+use crate::ops::buffers::zeroed;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -388,7 +389,7 @@ pub(crate) fn conv_forward_im2col(
 ) -> Vec<f32> {
     let (oh, ow, k) = (s.oh(), s.ow(), s.k());
     let plane = oh * ow;
-    let mut y = vec![0f32; s.n * s.c_out * plane];
+    let mut y = zeroed(s.n * s.c_out * plane);
     if y.is_empty() {
         return y;
     }
@@ -614,7 +615,7 @@ fn input_grad_by_conv(s: &ConvShape, dy: &[f32], weight: &[f32]) -> Vec<f32> {
 fn input_grad_by_col2im(s: &ConvShape, dy: &[f32], weight: &[f32]) -> Vec<f32> {
     let (oh, ow, k) = (s.oh(), s.ow(), s.k());
     let plane = oh * ow;
-    let mut dx = vec![0f32; s.n * s.in_plane()];
+    let mut dx = zeroed(s.n * s.in_plane());
     if dx.is_empty() || plane == 0 {
         return dx;
     }

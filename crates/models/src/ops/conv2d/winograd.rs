@@ -29,6 +29,7 @@
 //! reproducible for a given number of threads.
 
 use super::kernels::ConvShape;
+use crate::ops::buffers::zeroed;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -495,7 +496,7 @@ pub(crate) fn conv_forward_winograd(
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
     let (oh, ow) = (s.oh(), s.ow());
-    let mut y = vec![0f32; s.n * s.c_out * oh * ow];
+    let mut y = zeroed(s.n * s.c_out * oh * ow);
     let tiling = Tiling::new(s);
     if y.is_empty() || tiling.total == 0 {
         return y;
