@@ -13,12 +13,9 @@
 //! 33 is an error naming the file. With [`CityscapesLabels::TrainIds`] the reader takes the
 //! `*_gtFine_labelTrainIds.png` maps made by `cityscapesScripts` instead (values 0–18 and 255).
 
-use crate::common::{
-    fingerprint_items, list_pngs, load_label, load_pair, require_dir, Item, LabelLut,
-};
-use crate::dataset::{
-    check_index, ClassInfo, LabelMap, Normalize, Sample, SegDataset, Split, DEFAULT_IGNORE_INDEX,
-};
+use crate::common::paired_file_methods;
+use crate::common::{fingerprint_items, list_pngs, require_dir, Item, LabelLut};
+use crate::dataset::{ClassInfo, Normalize, SegDataset, Split, DEFAULT_IGNORE_INDEX};
 use crate::error::DataError;
 use std::path::{Path, PathBuf};
 
@@ -236,26 +233,7 @@ impl CityscapesDataset {
 }
 
 impl SegDataset for CityscapesDataset {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn len(&self) -> usize {
-        self.items.len()
-    }
-    fn class_info(&self) -> &ClassInfo {
-        &self.classes
-    }
-    fn get(&self, index: usize) -> Result<Sample, DataError> {
-        check_index(&self.name, index, self.items.len())?;
-        load_pair(&self.items[index], &self.lut)
-    }
-    fn get_label(&self, index: usize) -> Result<LabelMap, DataError> {
-        check_index(&self.name, index, self.items.len())?;
-        load_label(&self.items[index], &self.lut)
-    }
-    fn source(&self, index: usize) -> Option<PathBuf> {
-        self.items.get(index).map(|i| i.image.clone())
-    }
+    paired_file_methods!();
     fn normalization(&self) -> Normalize {
         Normalize::IMAGENET
     }

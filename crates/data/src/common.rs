@@ -157,3 +157,34 @@ pub(crate) fn stem(name: &str) -> &str {
         None => name,
     }
 }
+
+/// The [`crate::SegDataset`] methods shared by every dataset made of image/label file pairs
+/// (fields `name: String`, `items: Vec<Item>`, `classes: ClassInfo`, `lut: LabelLut`): name,
+/// length, classes, decoding a pair or only its label, and the image path of an item. Expanded
+/// inside each dataset's `impl SegDataset`, beside the methods that differ (normalisation,
+/// fingerprint, cache directory).
+macro_rules! paired_file_methods {
+    () => {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn len(&self) -> usize {
+            self.items.len()
+        }
+        fn class_info(&self) -> &$crate::ClassInfo {
+            &self.classes
+        }
+        fn get(&self, index: usize) -> Result<$crate::Sample, $crate::DataError> {
+            $crate::dataset::check_index(&self.name, index, self.items.len())?;
+            $crate::common::load_pair(&self.items[index], &self.lut)
+        }
+        fn get_label(&self, index: usize) -> Result<$crate::LabelMap, $crate::DataError> {
+            $crate::dataset::check_index(&self.name, index, self.items.len())?;
+            $crate::common::load_label(&self.items[index], &self.lut)
+        }
+        fn source(&self, index: usize) -> Option<std::path::PathBuf> {
+            self.items.get(index).map(|i| i.image.clone())
+        }
+    };
+}
+pub(crate) use paired_file_methods;

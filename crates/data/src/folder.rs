@@ -31,10 +31,9 @@
 //! level, first channel, or palette index) are class ids `0..n` or the ignore index. Any other
 //! value is an error naming the mask and the pixel.
 
-use crate::common::{fingerprint_items, load_label, load_pair, require_dir, stem, Item, LabelLut};
-use crate::dataset::{
-    check_index, ClassInfo, LabelMap, Normalize, Sample, SegDataset, Split, DEFAULT_IGNORE_INDEX,
-};
+use crate::common::paired_file_methods;
+use crate::common::{fingerprint_items, require_dir, stem, Item, LabelLut};
+use crate::dataset::{ClassInfo, Normalize, SegDataset, Split, DEFAULT_IGNORE_INDEX};
 use crate::error::DataError;
 use crate::split::{select_split, SplitFractions};
 use std::collections::BTreeMap;
@@ -313,26 +312,7 @@ impl FolderDataset {
 }
 
 impl SegDataset for FolderDataset {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn len(&self) -> usize {
-        self.items.len()
-    }
-    fn class_info(&self) -> &ClassInfo {
-        &self.classes
-    }
-    fn get(&self, index: usize) -> Result<Sample, DataError> {
-        check_index(&self.name, index, self.items.len())?;
-        load_pair(&self.items[index], &self.lut)
-    }
-    fn get_label(&self, index: usize) -> Result<LabelMap, DataError> {
-        check_index(&self.name, index, self.items.len())?;
-        load_label(&self.items[index], &self.lut)
-    }
-    fn source(&self, index: usize) -> Option<PathBuf> {
-        self.items.get(index).map(|i| i.image.clone())
-    }
+    paired_file_methods!();
     fn normalization(&self) -> Normalize {
         self.normalize
     }
