@@ -190,27 +190,13 @@ impl CustomOp1 for MaxPoolCpu {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let (n, c, h, w) = arg.dims4()?;
-        let (ho, wo) = self.out;
-        let winners = self.winners.lock().expect("max-pool winners lock").clone();
-        let winners = match winners {
-            Some(wi) => wi,
-            // No forward pass recorded its winners (cannot happen through `max_pool2d`): find
-            // them again.
-            None => {
-                let x: Vec<f32> = arg.flatten_all()?.to_vec1()?;
-                let mut wi = vec![0u32; n * c * ho * wo];
-                wi.par_chunks_mut((ho * wo).max(1))
-                    .zip(x.par_chunks((h * w).max(1)))
-                    .for_each(|(ip, xp)| {
-                        for i in 0..ho {
-                            for j in 0..wo {
-                                ip[i * wo + j] = self.argmax(xp, h, w, i, j) as u32;
-                            }
-                        }
-                    });
-                Arc::new(wi)
-            }
-        };
+        // The forward pass (which candle always runs before this) recorded every winner.
+        let winners = self
+            .winners
+            .lock()
+            .expect("max-pool winners lock")
+            .clone()
+            .ok_or_else(|| candle_core::Error::Msg("max_pool2d: backward before forward".into()))?;
         let scatter = MaxPoolScatter {
             winners,
             plane_in: h * w,
