@@ -104,16 +104,8 @@ impl CustomOp2 for ReluMask {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::test_values::values;
     use candle_core::{Device, Var};
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        (0..n as u64)
-            .map(|i| {
-                let z = (i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
-                z as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     #[test]
     fn matches_the_candle_composition_value_and_gradients() {

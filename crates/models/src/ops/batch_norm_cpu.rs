@@ -529,12 +529,7 @@ dispatch!(input_grad_plane, input_grad_plane_impl,
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        (0..n as u64)
-            .map(|i| ((i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f32 / 4e6 - 2.0)
-            .collect()
-    }
+    use crate::ops::test_values::values;
 
     #[test]
     fn avx2_and_baseline_plane_kernels_agree_bitwise() {

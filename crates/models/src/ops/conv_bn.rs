@@ -149,16 +149,8 @@ mod tests {
     use super::*;
     use crate::ops::batch_norm_cpu::batch_norm_train;
     use crate::ops::conv2d::conv2d;
+    use crate::ops::test_values::values;
     use candle_core::Var;
-
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        (0..len as u64)
-            .map(|i| {
-                let z = (i ^ (seed << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     fn var(shape: &[usize], seed: u64, offset: f32) -> Var {
         let n = shape.iter().product();

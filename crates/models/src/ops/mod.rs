@@ -8,3 +8,5 @@ pub mod conv_bn;
 pub mod max_pool;
 pub mod resize;
 pub(crate) mod simd;
+#[cfg(test)]
+pub(crate) mod test_values;

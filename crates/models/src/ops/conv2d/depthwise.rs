@@ -656,18 +656,7 @@ impl CustomOp2 for DwWeightGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::ops::test_values::values;
 
     /// Input position of output `o` for tap `t`, if inside `0..len`.
     fn at(o: usize, t: usize, s: &DwShape, len: usize) -> Option<usize> {
