@@ -78,12 +78,7 @@ fn setup(cfg: &ModelConfig) -> anyhow::Result<Setup> {
 }
 
 fn train_step(s: &mut Setup) -> anyhow::Result<()> {
-    let logits = s.model.forward_t(&s.x, true)?;
-    let loss = s.loss.forward(&logits, &s.y)?;
-    s.opt.step(&loss.backward()?, LR)?;
-    let l = loss.to_scalar::<f32>()?;
-    anyhow::ensure!(l.is_finite(), "non-finite loss {l}");
-    Ok(())
+    train_step_phases(s).map(|_| ())
 }
 
 /// Phases of one training step, in the order timed by [`train_step_phases`].
