@@ -165,7 +165,9 @@ pub fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
                 "interrupted during {label}; run the same command again to resume ({})",
                 out_dir.display()
             );
-            std::process::exit(130);
+            std::process::exit(
+                recallseg_trainer::signals::received_signal().map_or(130, |s| s.exit_code()),
+            );
         }
         CompareOutcome::Done(cmp, written) => {
             for w in &written.warnings {

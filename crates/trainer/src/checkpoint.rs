@@ -7,6 +7,11 @@
 //! Files are written atomically ([`write_atomic`]): the bytes go to a temporary file in the same
 //! folder, which is flushed to disk and then renamed over the target, so a reader (or a crash)
 //! sees either the old checkpoint or the new one, never a partial file.
+//!
+//! Integrity: a second metadata key, `recallseg_integrity`, holds the CRC-32 of the `recallseg`
+//! metadata text and of every tensor's bytes. [`Checkpoint::load`] verifies all of them and
+//! refuses model or optimiser tensors that hold NaN or infinite values, naming the tensor;
+//! [`Checkpoint::save`] refuses to write such tensors in the first place.
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
@@ -16,8 +21,89 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Version of the checkpoint layout, checked on load.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the checkpoint layout, checked on load. Version 2 added the integrity key
+/// (checksums); version 1 files still load, without verification.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Oldest layout [`Checkpoint::load`] reads (version 1: no checksums).
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
+
+/// Metadata key of [`CheckpointMeta`] (JSON).
+pub const META_KEY: &str = "recallseg";
+
+/// Metadata key of the checksums ([`Integrity`], JSON).
+pub const INTEGRITY_KEY: &str = "recallseg_integrity";
+
+/// Checksums stored beside the metadata: CRC-32 (IEEE) of the metadata text and of every
+/// tensor's little-endian bytes, as 8 hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Integrity {
+    /// CRC-32 of the `recallseg` metadata value.
+    pub meta_crc32: String,
+    /// CRC-32 of each tensor's bytes, by full tensor name (`model.conv1.weight`).
+    pub tensors: std::collections::BTreeMap<String, String>,
+}
+
+fn crc_hex(bytes: &[u8]) -> String {
+    format!("{:08x}", crc32fast::hash(bytes))
+}
+
+/// Number of NaN or infinite values in a tensor's little-endian bytes (floating dtypes; 0 for
+/// integer dtypes).
+fn non_finite_count(dtype: safetensors::Dtype, bytes: &[u8]) -> usize {
+    use safetensors::Dtype as D;
+    match dtype {
+        D::F32 => bytes
+            .chunks_exact(4)
+            .filter(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+            .count(),
+        D::F64 => bytes
+            .chunks_exact(8)
+            .filter(|b| {
+                let a: [u8; 8] = (*b).try_into().unwrap_or([0; 8]);
+                !f64::from_le_bytes(a).is_finite()
+            })
+            .count(),
+        // Exponent bits all ones: NaN or infinite.
+        D::F16 => bytes
+            .chunks_exact(2)
+            .filter(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00)
+            .count(),
+        D::BF16 => bytes
+            .chunks_exact(2)
+            .filter(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80)
+            .count(),
+        _ => 0,
+    }
+}
+
+/// Whether a stored tensor must hold finite values (model parameters and statistics, optimiser
+/// moments). `extra.*` state may use NaN as "not yet seen".
+fn must_be_finite(name: &str) -> bool {
+    name.starts_with("model.") || name.starts_with("optim.")
+}
+
+/// A tensor's bytes ready for serialisation.
+struct RawTensor {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl safetensors::View for &RawTensor {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
 
 /// Errors of checkpoint reading and writing.
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +132,48 @@ pub enum CheckpointError {
         /// Which tensor does not fit.
         message: String,
     },
+    /// The stored checksum does not match the bytes: the file was damaged after it was written.
+    #[error(
+        "{path}: {what} does not match its checksum: the file is damaged (restore it from a \
+         copy, or start the run again)"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What failed the check (`the metadata`, `` tensor `model.conv1.weight` ``).
+        what: String,
+    },
+    /// A model or optimiser tensor holds NaN or infinite values.
+    #[error("{path}: tensor `{tensor}` holds {count} NaN or infinite values")]
+    NonFinite {
+        /// The file (`<memory>` when writing).
+        path: PathBuf,
+        /// The tensor's full name.
+        tensor: String,
+        /// How many values are not finite.
+        count: usize,
+    },
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl CheckpointError {
+    /// The same error about `path` instead of `<memory>` (errors of serialisation in memory).
+    fn at(self, path: &Path) -> Self {
+        match self {
+            CheckpointError::Format { message, .. } => CheckpointError::Format {
+                path: path.to_path_buf(),
+                message,
+            },
+            CheckpointError::NonFinite { tensor, count, .. } => CheckpointError::NonFinite {
+                path: path.to_path_buf(),
+                tensor,
+                count,
+            },
+            e => e,
+        }
+    }
 }
 
 /// State of the trainer's random number generator (`rand_chacha::ChaCha8Rng`), as stored in
@@ -76,13 +201,14 @@ impl RngState {
     /// Rebuilds the generator.
     pub fn restore(&self) -> Result<rand_chacha::ChaCha8Rng, String> {
         use rand::SeedableRng;
-        if self.seed_hex.len() != 64 {
-            return Err(format!("rng seed `{}` is not 64 hex digits", self.seed_hex));
+        let hex = self.seed_hex.as_bytes();
+        if hex.len() != 64 || !hex.iter().all(u8::is_ascii_hexdigit) {
+            return Err(format!("rng seed {:?} is not 64 hex digits", self.seed_hex));
         }
+        let digit = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
         let mut seed = [0u8; 32];
         for (i, b) in seed.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&self.seed_hex[2 * i..2 * i + 2], 16)
-                .map_err(|_| format!("rng seed `{}` is not hex", self.seed_hex))?;
+            *b = digit(hex[2 * i]) << 4 | digit(hex[2 * i + 1]);
         }
         let pos: u128 = self
             .word_pos
@@ -150,8 +276,11 @@ impl Checkpoint {
             .collect()
     }
 
-    /// Serialises to safetensors bytes.
+    /// Serialises to safetensors bytes, with the checksums of [`Integrity`]. Fails, naming the
+    /// tensor, when a model or optimiser tensor holds NaN or infinite values: a checkpoint never
+    /// stores a diverged state.
     pub fn to_bytes(&self) -> Result<Vec<u8>, CheckpointError> {
+        use rayon::prelude::*;
         let mut all: Vec<(String, &Tensor)> = Vec::new();
         for (prefix, map) in [
             ("model.", &self.model),
@@ -163,21 +292,66 @@ impl Checkpoint {
             }
         }
         all.sort_by(|a, b| a.0.cmp(&b.0));
-        let meta = serde_json::to_string(&self.meta).expect("metadata serialises");
-        let info = HashMap::from([("recallseg".to_string(), meta)]);
-        safetensors::serialize(all, Some(info)).map_err(|e| CheckpointError::Format {
+        let memory = |message: String| CheckpointError::Format {
             path: PathBuf::from("<memory>"),
-            message: e.to_string(),
-        })
+            message,
+        };
+        // One conversion to bytes per tensor (in parallel); the checksum and the finiteness check
+        // read those bytes, and serialisation borrows them.
+        let raw: Vec<(String, RawTensor, String, usize)> = all
+            .par_iter()
+            .map(|(name, t)| {
+                use safetensors::View;
+                let raw = RawTensor {
+                    dtype: t.dtype(),
+                    shape: t.dims().to_vec(),
+                    bytes: t.data().into_owned(),
+                };
+                let crc = crc_hex(&raw.bytes);
+                let bad = if must_be_finite(name) {
+                    non_finite_count(raw.dtype, &raw.bytes)
+                } else {
+                    0
+                };
+                (name.clone(), raw, crc, bad)
+            })
+            .collect();
+        if let Some((name, _, _, bad)) = raw.iter().find(|r| r.3 > 0) {
+            return Err(CheckpointError::NonFinite {
+                path: PathBuf::from("<memory>"),
+                tensor: name.clone(),
+                count: *bad,
+            });
+        }
+        let meta = serde_json::to_string(&self.meta)
+            .map_err(|e| memory(format!("metadata does not serialise: {e}")))?;
+        let integrity = Integrity {
+            meta_crc32: crc_hex(meta.as_bytes()),
+            tensors: raw
+                .iter()
+                .map(|(n, _, crc, _)| (n.clone(), crc.clone()))
+                .collect(),
+        };
+        let integrity = serde_json::to_string(&integrity)
+            .map_err(|e| memory(format!("checksums do not serialise: {e}")))?;
+        let info = HashMap::from([
+            (META_KEY.to_string(), meta),
+            (INTEGRITY_KEY.to_string(), integrity),
+        ]);
+        safetensors::serialize(raw.iter().map(|(n, r, _, _)| (n.as_str(), r)), Some(info))
+            .map_err(|e| memory(e.to_string()))
     }
 
-    /// Writes the checkpoint atomically to `path`.
+    /// Writes the checkpoint atomically to `path` (see [`Checkpoint::to_bytes`] for what is
+    /// refused).
     pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
-        let bytes = self.to_bytes()?;
+        let bytes = self.to_bytes().map_err(|e| e.at(path))?;
         write_atomic(path, |f| f.write_all(&bytes))
     }
 
-    /// Reads a checkpoint, putting its tensors on `device`.
+    /// Reads a checkpoint, putting its tensors on `device`. Verifies the checksums (format
+    /// version 2 and later) and that every model and optimiser tensor is finite; the error names
+    /// the file and the first tensor that fails.
     pub fn load(path: &Path, device: &Device) -> Result<Self, CheckpointError> {
         let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
             path: path.to_path_buf(),
@@ -191,20 +365,62 @@ impl Checkpoint {
             safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
         let (_, header) =
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format(e.to_string()))?;
-        let meta_json = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("recallseg"))
-            .ok_or_else(|| {
-                format("no `recallseg` metadata (is it a plain weights file?)".into())
-            })?;
+        let metadata = header.metadata().as_ref();
+        let meta_json = metadata.and_then(|m| m.get(META_KEY)).ok_or_else(|| {
+            format("no `recallseg` metadata (is it a plain weights file?)".into())
+        })?;
         let meta: CheckpointMeta =
             serde_json::from_str(meta_json).map_err(|e| format(format!("metadata: {e}")))?;
-        if meta.format_version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&meta.format_version) {
             return Err(format(format!(
-                "format version {} (this build reads {FORMAT_VERSION})",
+                "format version {} (this build reads {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})",
                 meta.format_version
             )));
+        }
+        if meta.format_version >= 2 {
+            let text = metadata
+                .and_then(|m| m.get(INTEGRITY_KEY))
+                .ok_or_else(|| format(format!("the `{INTEGRITY_KEY}` checksums are missing")))?;
+            let integrity: Integrity = serde_json::from_str(text)
+                .map_err(|e| format(format!("checksums unreadable: {e}")))?;
+            if integrity.meta_crc32 != crc_hex(meta_json.as_bytes()) {
+                return Err(CheckpointError::Corrupt {
+                    path: path.to_path_buf(),
+                    what: "the metadata".into(),
+                });
+            }
+            let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+            names.sort();
+            let stored: Vec<&String> = integrity.tensors.keys().collect();
+            if names.iter().collect::<Vec<_>>() != stored {
+                return Err(format(format!(
+                    "the file holds {} tensors, its checksums list {}",
+                    names.len(),
+                    stored.len()
+                )));
+            }
+            for name in &names {
+                let view = st.tensor(name).map_err(|e| format(e.to_string()))?;
+                if integrity.tensors[name] != crc_hex(view.data()) {
+                    return Err(CheckpointError::Corrupt {
+                        path: path.to_path_buf(),
+                        what: format!("tensor `{name}`"),
+                    });
+                }
+            }
+        }
+        let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+        names.sort();
+        for name in names.iter().filter(|n| must_be_finite(n)) {
+            let view = st.tensor(name).map_err(|e| format(e.to_string()))?;
+            let bad = non_finite_count(view.dtype(), view.data());
+            if bad > 0 {
+                return Err(CheckpointError::NonFinite {
+                    path: path.to_path_buf(),
+                    tensor: name.clone(),
+                    count: bad,
+                });
+            }
         }
         drop(st);
         let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
@@ -305,6 +521,44 @@ pub fn write_atomic(
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(io)
+}
+
+/// Whether `name` is a temporary file of [`write_atomic`] (`.<target>.tmp-<pid>-<n>`).
+pub fn is_temp_file_name(name: &std::ffi::OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    let Some((_, tail)) = rest.rsplit_once(".tmp-") else {
+        return false;
+    };
+    let mut parts = tail.split('-');
+    let digits =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
+}
+
+/// Removes the temporary files of interrupted [`write_atomic`] calls (a process killed while it
+/// wrote) from `dir`, and returns their names. Call it only while no other process writes into
+/// `dir` (the trainer holds the run folder's lock).
+pub fn remove_stale_temp_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if is_temp_file_name(&entry.file_name()) && entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    removed.sort();
+    Ok(removed)
 }
 
 #[cfg(test)]

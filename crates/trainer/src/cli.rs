@@ -70,6 +70,10 @@ pub struct TrainArgs {
     /// Continue from `OUT/last.safetensors` (bit for bit on the CPU).
     #[arg(long)]
     pub resume: bool,
+    /// Replace the run OUT already holds (its checkpoints and log are removed first). Without
+    /// it or --resume, a folder holding a run is refused.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Plain log lines even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
@@ -77,18 +81,29 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     /// The overrides these arguments stand for, in order (`--set` first, shorthands after).
-    pub fn overrides(&self) -> Vec<String> {
+    /// Fails for a path that is not valid UTF-8 (the configuration is TOML text; a lossy
+    /// conversion would name another folder).
+    pub fn overrides(&self) -> anyhow::Result<Vec<String>> {
         let mut o = self.set.clone();
-        let q = |p: &std::path::Path| format!("{:?}", p.display().to_string());
+        let q = |flag: &str, p: &std::path::Path| -> anyhow::Result<String> {
+            let s = p.to_str().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{flag}: {p:?} is not valid UTF-8; the configuration is stored as TOML text, \
+                     so use a path whose name is UTF-8 (e.g. a symbolic link to it)"
+                )
+            })?;
+            // A TOML basic string: quotes, backslashes and control characters escaped.
+            Ok(toml::Value::String(s.to_string()).to_string())
+        };
         if let Some(l) = &self.loss {
             // Switching the loss drops the old loss's parameters.
             o.push(format!("loss={{ name = {l:?} }}"));
         }
         if let Some(d) = &self.data {
-            o.push(format!("data.root={}", q(d)));
+            o.push(format!("data.root={}", q("--data", d)?));
         }
         if let Some(d) = &self.out {
-            o.push(format!("train.out_dir={}", q(d)));
+            o.push(format!("train.out_dir={}", q("--out", d)?));
         }
         if let Some(n) = self.iters {
             o.push(format!("train.iters={n}"));
@@ -96,12 +111,12 @@ impl TrainArgs {
         if let Some(d) = &self.device {
             o.push(format!("train.device={d:?}"));
         }
-        o
+        Ok(o)
     }
 
     /// The configuration these arguments describe, validated.
     pub fn config(&self) -> anyhow::Result<TrainConfig> {
-        let o = self.overrides();
+        let o = self.overrides()?;
         Ok(match (&self.config, &self.preset) {
             (Some(path), _) => TrainConfig::from_file(path, &o)?,
             (None, Some(p)) => Preset::from_name(p)?.config(&o)?,
@@ -147,10 +162,11 @@ pub struct PredictArgs {
     /// A checkpoint written by `recallseg train`.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Images to segment (PNG or JPEG).
+    /// Images to segment (PNG or JPEG, recognised by content whatever the extension).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
-    /// Output folder for the colourised segmentations (`<image stem>.png`).
+    /// Output folder for the colourised segmentations (`<image stem>.png`). Nothing is ever
+    /// written over an input image, and two inputs with the same file stem are refused.
     #[arg(short = 'o', long = "out")]
     pub out: PathBuf,
     /// Device: cpu, cuda, cuda:N, metal.
@@ -161,25 +177,28 @@ pub struct PredictArgs {
     pub labels: bool,
 }
 
-/// Runs a parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a parsed command line; returns the process exit status: 0 when the command completed,
+/// `128 + signal` when a signal stopped a training run (130 for Ctrl-C, 143 for SIGTERM, 129 for
+/// SIGHUP; its checkpoint is written).
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Train(a) => train(&a),
-        Command::Eval(a) => eval(&a),
-        Command::Predict(a) => predict(&a),
+        Command::Eval(a) => eval(&a).map(|()| 0),
+        Command::Predict(a) => predict(&a).map(|()| 0),
         Command::Preset { name } => {
             print!("{}", Preset::from_name(&name)?.toml());
-            Ok(())
+            Ok(0)
         }
     }
 }
 
-/// `recallseg train`.
-pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
+/// `recallseg train`; returns the exit status (see [`run`]).
+pub fn train(a: &TrainArgs) -> anyhow::Result<i32> {
     let cfg = a.config()?;
     install_ctrlc();
     let opts = TrainOptions {
         resume: a.resume,
+        overwrite: a.overwrite,
         interrupt: Some(interrupt_flag()),
         progress_bar: !a.no_progress && crate::log::Progress::stderr_is_terminal(),
         quiet: false,
@@ -189,7 +208,11 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
     let o = crate::train::train(&cfg, &opts)?;
     eprintln!(
         "{} at step {}: {} (best validation mean IoU {})",
-        if o.finished { "finished" } else { "stopped" },
+        match (o.finished, o.stop_signal) {
+            (true, _) => "finished".to_string(),
+            (false, Some(s)) => format!("stopped by {}", s.name()),
+            (false, None) => "stopped".to_string(),
+        },
         o.step,
         o.last_checkpoint.display(),
         o.best.map_or("-".into(), |(v, s)| format!(
@@ -197,7 +220,14 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
             100.0 * v
         ))
     );
-    Ok(())
+    Ok(if o.finished {
+        0
+    } else {
+        o.stop_signal
+            .map_or(crate::signals::StopSignal::Interrupt.exit_code(), |s| {
+                s.exit_code()
+            })
+    })
 }
 
 /// `recallseg eval`.
@@ -240,8 +270,71 @@ pub fn eval_checkpoint(a: &EvalArgs) -> anyhow::Result<(recallseg_metrics::Repor
     Ok((report, out.images))
 }
 
+/// The files `recallseg predict` writes for each input: the colour image and, with `--labels`,
+/// the label map. Refuses (before anything is computed) when two outputs would have the same
+/// path or an output would replace an input image.
+pub fn predict_outputs(a: &PredictArgs) -> anyhow::Result<Vec<(PathBuf, Option<PathBuf>)>> {
+    let outputs: Vec<(PathBuf, Option<PathBuf>)> = a
+        .images
+        .iter()
+        .map(|path| {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_os_string())
+                .unwrap_or_else(|| "image".into());
+            let with = |suffix: &str| {
+                let mut name = stem.clone();
+                name.push(suffix);
+                a.out.join(name)
+            };
+            (with(".png"), a.labels.then(|| with("_labels.png")))
+        })
+        .collect();
+    // Compare canonical paths where the file exists (symbolic links, `./`), the plain path
+    // otherwise; the output folder is canonicalised when it exists.
+    let canon = |p: &std::path::Path| -> PathBuf {
+        if let Ok(c) = p.canonicalize() {
+            return c;
+        }
+        match (p.parent(), p.file_name()) {
+            (Some(dir), Some(name)) => dir
+                .canonicalize()
+                .map_or_else(|_| p.to_path_buf(), |d| d.join(name)),
+            _ => p.to_path_buf(),
+        }
+    };
+    let mut seen: std::collections::HashMap<PathBuf, &std::path::Path> =
+        std::collections::HashMap::new();
+    for input in &a.images {
+        seen.insert(canon(input), input);
+    }
+    for (input, (colour, labels)) in a.images.iter().zip(&outputs) {
+        for out in std::iter::once(colour).chain(labels.as_ref()) {
+            if let Some(other) = seen.insert(canon(out), input) {
+                if a.images.iter().any(|i| canon(i) == canon(out)) {
+                    anyhow::bail!(
+                        "{} would be written over the input image {}; choose another output \
+                         folder (-o)",
+                        out.display(),
+                        other.display()
+                    );
+                }
+                anyhow::bail!(
+                    "{} and {} would both be written to {}; segment them into different output \
+                     folders or rename one",
+                    other.display(),
+                    input.display(),
+                    out.display()
+                );
+            }
+        }
+    }
+    Ok(outputs)
+}
+
 /// `recallseg predict`.
 pub fn predict(a: &PredictArgs) -> anyhow::Result<()> {
+    let outputs = predict_outputs(a)?;
     let device = DeviceSpec::parse(&a.device)
         .map_err(|m| anyhow::anyhow!("--device: {m}"))?
         .open()?;
@@ -249,39 +342,32 @@ pub fn predict(a: &PredictArgs) -> anyhow::Result<()> {
     let (net_h, net_w) = cfg.data.eval_size();
     std::fs::create_dir_all(&a.out)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", a.out.display()))?;
-    for path in &a.images {
-        let img = image::open(path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-            .to_rgb8();
-        let (w, h) = (img.width() as usize, img.height() as usize);
+    for (path, (colour_path, labels_path)) in a.images.iter().zip(&outputs) {
+        // By content (PNG or JPEG), whatever the extension; with the data crate's size limits.
+        let img = recallseg_data::png_io::decode_rgb8(path)?;
+        let (w, h) = (img.width, img.height);
         let labels = crate::predict::predict_rgb(
             &built.model,
             &device,
             &norm,
-            img.as_raw(),
+            &img.data,
             w,
             h,
             net_h,
             net_w,
         )?;
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".into());
         let colour = crate::report::colorize(&labels, &classes.palette);
-        let dst = a.out.join(format!("{stem}.png"));
         image::save_buffer(
-            &dst,
+            colour_path,
             &colour,
             w as u32,
             h as u32,
             image::ExtendedColorType::Rgb8,
         )
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dst.display()))?;
-        if a.labels {
-            let dst = a.out.join(format!("{stem}_labels.png"));
+        .map_err(|e| anyhow::anyhow!("{}: {e}", colour_path.display()))?;
+        if let Some(dst) = labels_path {
             image::save_buffer(
-                &dst,
+                dst,
                 &labels,
                 w as u32,
                 h as u32,
@@ -289,11 +375,7 @@ pub fn predict(a: &PredictArgs) -> anyhow::Result<()> {
             )
             .map_err(|e| anyhow::anyhow!("{}: {e}", dst.display()))?;
         }
-        eprintln!(
-            "{} -> {}",
-            path.display(),
-            a.out.join(format!("{stem}.png")).display()
-        );
+        eprintln!("{} -> {}", path.display(), colour_path.display());
     }
     Ok(())
 }

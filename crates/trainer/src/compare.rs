@@ -174,7 +174,7 @@ fn one_run(
     cfg.validate()?;
     let dir = &cfg.train.out_dir;
     let summary_path = dir.join("summary.json");
-    let cfg_toml = cfg.to_toml();
+    let cfg_toml = cfg.to_toml()?;
     if summary_path.is_file() {
         let text = std::fs::read_to_string(&summary_path)?;
         match serde_json::from_str::<RunRecord>(&text) {
@@ -204,12 +204,24 @@ fn one_run(
     // start over then. One of the same run with fewer steps is continued (`--iters` raised).
     let last = dir.join(train::files::LAST);
     if last.is_file() {
-        let same = crate::checkpoint::Checkpoint::load(&last, &candle_core::Device::Cpu)
-            .ok()
-            .filter(|ck| ck.meta.step <= cfg.train.iters as u64)
-            .and_then(|ck| toml::from_str::<TrainConfig>(&ck.meta.config_toml).ok())
-            .is_some_and(|c| train::same_run(&c, &cfg));
-        if !same {
+        let why_not = match crate::checkpoint::Checkpoint::load(&last, &candle_core::Device::Cpu) {
+            Err(e) => Some(format!("it cannot be used ({e})")),
+            Ok(ck) if ck.meta.step > cfg.train.iters as u64 => {
+                Some(format!("it is beyond {} steps", cfg.train.iters))
+            }
+            Ok(ck) => match toml::from_str::<TrainConfig>(&ck.meta.config_toml) {
+                Ok(c) if train::same_run(&c, &cfg) => None,
+                _ => Some("it belongs to another configuration".to_string()),
+            },
+        };
+        if let Some(why) = why_not {
+            if !opts.quiet {
+                eprintln!(
+                    "[{}] starting over: {} is not resumed because {why}",
+                    run.label,
+                    last.display()
+                );
+            }
             std::fs::remove_file(&last)?;
         }
     }
@@ -217,6 +229,7 @@ fn one_run(
         &cfg,
         &TrainOptions {
             resume: true,
+            overwrite: false,
             interrupt: opts.interrupt.clone(),
             progress_bar: opts.progress_bar,
             quiet: opts.quiet,

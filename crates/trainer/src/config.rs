@@ -461,9 +461,12 @@ impl TrainConfig {
         Ok(cfg)
     }
 
-    /// The configuration as TOML text (what a run writes to `out_dir/config.toml`).
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("a TrainConfig always serialises to TOML")
+    /// The configuration as TOML text (what a run writes to `out_dir/config.toml`). Fails only
+    /// for what TOML cannot hold, such as a path that is not valid UTF-8 (which
+    /// [`TrainConfig::validate`] rejects first, naming the field).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        self.validate_paths()?;
+        toml::to_string_pretty(self).map_err(|e| invalid("config", e.to_string()))
     }
 
     /// The loss name (`loss.name`).
@@ -478,8 +481,30 @@ impl TrainConfig {
             .map_err(|e: toml::de::Error| invalid("loss", e.to_string().trim().to_string()))
     }
 
+    /// Paths must be valid UTF-8: the configuration is stored as TOML text (in `config.toml` and
+    /// in every checkpoint), and a lossy conversion would name another folder.
+    fn validate_paths(&self) -> Result<(), ConfigError> {
+        for (field, path) in [
+            ("data.root", &self.data.root),
+            ("train.out_dir", &self.train.out_dir),
+        ] {
+            if path.to_str().is_none() {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{:?} is not valid UTF-8; the configuration is stored as TOML text, so \
+                         use a path whose name is UTF-8 (e.g. a symbolic link to it)",
+                        path
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks every value; the error names the first bad field.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_paths()?;
         let d = &self.data;
         if d.root.as_os_str().is_empty() {
             return Err(invalid("data.root", "must not be empty"));
@@ -536,7 +561,7 @@ impl TrainConfig {
                 format!("{} is not one of 8, 16", m.output_stride),
             ));
         }
-        if m.backbone_width == 0 || m.backbone_width % 4 != 0 || m.backbone_width > 64 {
+        if m.backbone_width == 0 || !m.backbone_width.is_multiple_of(4) || m.backbone_width > 64 {
             return Err(invalid(
                 "model.backbone_width",
                 format!(
@@ -688,7 +713,7 @@ fn check_size(field: &str, v: usize) -> Result<(), ConfigError> {
     if !(16..=8192).contains(&v) {
         return Err(invalid(field, format!("{v} is not between 16 and 8192")));
     }
-    if v % 8 != 0 && v % 8 != 1 {
+    if !v.is_multiple_of(8) && v % 8 != 1 {
         // DeepLab sizes are multiples of 8 or of 8 plus one (769).
         return Err(invalid(
             field,
@@ -821,7 +846,8 @@ mod tests {
         for p in Preset::ALL {
             let cfg = p.config(&[]).unwrap();
             // Round trip through the serialised form.
-            let back = TrainConfig::from_toml_str(&cfg.to_toml(), "round trip", &[]).unwrap();
+            let back =
+                TrainConfig::from_toml_str(&cfg.to_toml().unwrap(), "round trip", &[]).unwrap();
             assert_eq!(cfg, back, "preset {}", p.name());
         }
     }

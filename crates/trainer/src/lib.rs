@@ -2,7 +2,8 @@
 //!
 //! The `recallseg` command line is a thin shell over this library: [`config`] reads and validates
 //! a TOML configuration, [`optim`] holds checkpointable Adam / AdamW / SGD, [`checkpoint`] writes
-//! safetensors checkpoints atomically, [`log`] writes progress and a JSON-lines log, and
+//! safetensors checkpoints atomically and verifies them on load, [`run_dir`] locks a run's
+//! folder, [`signals`] turns SIGINT/SIGTERM/SIGHUP into a checkpoint and a clean stop, [`log`] writes progress and a JSON-lines log, and
 //! [`report`] turns finished runs into the paper-style report.
 
 #![warn(missing_docs)]
@@ -17,5 +18,7 @@ pub mod log;
 pub mod optim;
 pub mod predict;
 pub mod report;
+pub mod run_dir;
 pub mod runtime;
+pub mod signals;
 pub mod train;

@@ -5,8 +5,11 @@ fn main() {
     use clap::Parser;
     recallseg_trainer::runtime::tune_cpu_runtime();
     let cli = recallseg_trainer::cli::Cli::parse();
-    if let Err(e) = recallseg_trainer::cli::run(cli) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match recallseg_trainer::cli::run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
     }
 }

@@ -18,7 +18,7 @@ use crate::config::{DeviceSpec, TrainConfig};
 use crate::data::{batch_tensors, eval_loader, open_split, parse_split, train_loader};
 use crate::eval::{evaluate, EvalOutput};
 use crate::log::{JsonlLog, LogRecord, Progress};
-use crate::optim::{self, LrSchedule, NamedVar, Optimizer};
+use crate::optim::{self, LrSchedule, NamedVar, Optimizer, StepOutcome};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::{RngCore, SeedableRng};
@@ -29,17 +29,44 @@ use recallseg_models::{Backbone, DeepLab, Head, ModelConfig, PretrainedSource};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Why a run ended without finishing.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    /// The loss became NaN or infinite; nothing of that step was applied or saved.
+    /// The optimiser refused an update that would make the model non-finite.
+    #[error(
+        "step {step}: {update}: the update was not applied; {checkpoint}. Try a lower optim.lr \
+         (or gradient-friendlier settings)."
+    )]
+    NonFiniteUpdate {
+        /// The step that produced it (1-based).
+        step: u64,
+        /// What was not finite.
+        update: crate::optim::NonFiniteUpdate,
+        /// What was saved, or the last checkpoint.
+        checkpoint: String,
+    },
+    /// The forward pass made a model buffer (a BatchNorm running statistic) non-finite.
+    #[error(
+        "step {step}: the forward pass made {count} values of `{tensor}` NaN or infinite (the \
+         activations overflow); the step was undone; {checkpoint}. Try a lower optim.lr."
+    )]
+    NonFiniteBuffer {
+        /// The step that produced it (1-based).
+        step: u64,
+        /// The buffer's `VarMap` name.
+        tensor: String,
+        /// How many of its values are not finite.
+        count: usize,
+        /// What was saved, or the last checkpoint.
+        checkpoint: String,
+    },
+    /// The loss became NaN or infinite; nothing of that step was applied.
     #[error(
         "the loss became {value} at step {step} (loss {loss}, or the model's output did): the \
-         run stopped before updating the model; the last good checkpoint, if any, is \
-         {checkpoint}. Try a lower optim.lr."
+         run stopped before updating the model; {checkpoint}. Try a lower optim.lr."
     )]
     NonFiniteLoss {
         /// The step that produced it (1-based).
@@ -48,7 +75,7 @@ pub enum TrainError {
         value: String,
         /// The loss's name.
         loss: String,
-        /// The last checkpoint written (or `none`).
+        /// What was saved, or the last checkpoint.
         checkpoint: String,
     },
 }
@@ -65,29 +92,14 @@ pub mod files {
     pub const CONFIG: &str = "config.toml";
 }
 
-/// The process-wide interrupt flag, set by Ctrl-C once [`install_ctrlc`] ran.
-pub fn interrupt_flag() -> Arc<AtomicBool> {
-    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
-        .clone()
-}
+pub use crate::signals::interrupt_flag;
 
-/// Installs a Ctrl-C handler that sets [`interrupt_flag`] (a second Ctrl-C exits at once).
-/// Installing twice is harmless.
+/// Installs the handlers of SIGINT (Ctrl-C), SIGTERM and SIGHUP that set [`interrupt_flag`]
+/// (see [`crate::signals`]; a second signal exits at once). Installing twice is harmless.
 pub fn install_ctrlc() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        let flag = interrupt_flag();
-        let _ = ctrlc::set_handler(move || {
-            if flag.swap(true, Ordering::SeqCst) {
-                eprintln!("\nsecond interrupt: exiting without a checkpoint");
-                std::process::exit(130);
-            }
-            eprintln!(
-                "\ninterrupt: writing a checkpoint, then stopping (Ctrl-C again to quit now)"
-            );
-        });
-    });
+    if let Err(e) = crate::signals::install_signal_handlers() {
+        eprintln!("warning: {e}; a signal will stop the run without a checkpoint");
+    }
 }
 
 /// Options of [`train`] that are not part of the configuration.
@@ -95,6 +107,9 @@ pub fn install_ctrlc() {
 pub struct TrainOptions {
     /// Continue from `out_dir/last.safetensors` if it exists (its config must match).
     pub resume: bool,
+    /// Replace the run `out_dir` holds (its `last`, `best` and log are removed first). Without
+    /// it (and without `resume`), a folder holding a run is an error: nothing is overwritten.
+    pub overwrite: bool,
     /// Stop (after writing a checkpoint) when this flag becomes true.
     pub interrupt: Option<Arc<AtomicBool>>,
     /// Show a progress bar (otherwise plain log lines).
@@ -124,6 +139,8 @@ pub struct TrainOutcome {
     pub train_seconds: f64,
     /// Mean loss of the last logged interval.
     pub last_loss: Option<f64>,
+    /// The signal that stopped the run (when it was stopped by one, see [`crate::signals`]).
+    pub stop_signal: Option<crate::signals::StopSignal>,
 }
 
 /// The model configuration of a training configuration for a dataset of `n_classes` classes.
@@ -294,7 +311,53 @@ fn finite_or_none(w: Option<Vec<f32>>) -> Option<Vec<Option<f32>>> {
     w.map(|v| v.into_iter().map(|x| x.is_finite().then_some(x)).collect())
 }
 
+/// A snapshot of the state a training step changes before its update is applied (the RNG draws
+/// the dropout seed, the forward pass moves BatchNorm's running statistics and a stateful
+/// loss's moving average), so a step that fails before its update can be undone exactly.
+struct StepSnapshot {
+    rng: ChaCha8Rng,
+    loss_state: Option<Vec<f32>>,
+    /// Copies of the non-trainable model tensors (BatchNorm running statistics).
+    buffers: Vec<(candle_core::Var, Tensor)>,
+}
+
+impl StepSnapshot {
+    fn take(
+        rng: &ChaCha8Rng,
+        loss: &dyn SegLoss,
+        buffers: &[candle_core::Var],
+    ) -> candle_core::Result<Self> {
+        Ok(Self {
+            rng: rng.clone(),
+            loss_state: loss.state(),
+            buffers: buffers
+                .iter()
+                .map(|v| Ok((v.clone(), v.as_tensor().copy()?)))
+                .collect::<candle_core::Result<_>>()?,
+        })
+    }
+
+    fn restore(self, rng: &mut ChaCha8Rng, loss: &mut dyn SegLoss) -> anyhow::Result<()> {
+        *rng = self.rng;
+        if let Some(state) = self.loss_state {
+            loss.load_state(&state)
+                .map_err(|e| anyhow::anyhow!("restoring the loss state: {e}"))?;
+        }
+        for (var, t) in self.buffers {
+            var.set(&t)?;
+        }
+        Ok(())
+    }
+}
+
 /// Trains a model as `cfg` says, writing into `cfg.train.out_dir`.
+///
+/// What is guaranteed when things go wrong (see `docs/training.md`): the run folder is locked
+/// for the run's lifetime; a folder holding another run is refused unless `opts.resume` or
+/// `opts.overwrite`; an interrupt writes `last.safetensors` and returns an unfinished outcome;
+/// an error after the first step (unreadable image, non-finite loss or update, failed
+/// validation) first writes the last good state to `last.safetensors`; checkpoints never hold
+/// non-finite tensors.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutcome> {
     cfg.validate()?;
     let device = DeviceSpec::parse(&cfg.train.device)
@@ -302,14 +365,37 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
         .open()?;
     let out = &cfg.train.out_dir;
     std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("creating {}: {e}", out.display()))?;
+    let _lock = crate::run_dir::RunLock::acquire(out)?;
+    // Holding the lock, no other process writes here: temporary files are leftovers of killed
+    // writes.
+    let stale = crate::checkpoint::remove_stale_temp_files(out)
+        .map_err(|e| anyhow::anyhow!("{}: removing stale temporary files: {e}", out.display()))?;
+    if !stale.is_empty() && !opts.quiet {
+        eprintln!(
+            "removed {} temporary file(s) of interrupted checkpoint writes from {}",
+            stale.len(),
+            out.display()
+        );
+    }
+    let last_path = out.join(files::LAST);
+    let resuming = opts.resume && last_path.exists();
+    if !resuming {
+        match crate::run_dir::existing_run(out) {
+            Some(what) if !opts.overwrite && !opts.resume => anyhow::bail!(
+                "{} holds a run ({what}); continue it with --resume, replace it with --overwrite, \
+                 or choose another train.out_dir",
+                out.display()
+            ),
+            Some(_) => crate::run_dir::remove_run_files(out)?,
+            None => {}
+        }
+    }
     if cfg.data.generate_synthetic {
         crate::data::ensure_synthetic(&cfg.data, &crate::data::quick_synthetic_config())?;
     }
     let data = open_run_data(cfg)?;
     let lossc = cfg.loss_config()?;
     let n_classes = data.classes.n_classes();
-    let last_path = out.join(files::LAST);
-    let resuming = opts.resume && last_path.exists();
     let built = build_model(cfg, n_classes, &device, !resuming)?;
     let mut loss = build_loss(cfg, &data.classes, &data.class_pixel_counts)?;
     let mut optimizer = optim::build(&cfg.optim, built.trainable.clone())?;
@@ -319,7 +405,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
     let mut best: Option<(f64, u64)> = None;
     let mut loss_acc = (0.0f64, 0u64);
     let mut prior_seconds = 0.0f64;
-    let config_toml = cfg.to_toml();
+    let config_toml = cfg.to_toml()?;
 
     if resuming {
         let ck = Checkpoint::load(&last_path, &device)?;
@@ -411,13 +497,37 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
         Ok(())
     };
 
+    // The model tensors the optimiser does not update but the forward pass does (BatchNorm
+    // running statistics): restored when a step fails before its update.
+    let buffers: Vec<(String, candle_core::Var)> = {
+        let trainable: std::collections::HashSet<_> = built
+            .trainable
+            .iter()
+            .map(|nv| nv.var.as_tensor().id())
+            .collect();
+        let data = built
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the model's VarMap lock is poisoned"))?;
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| (n.clone(), data[n].clone()))
+            .filter(|(_, v)| !trainable.contains(&v.as_tensor().id()))
+            .collect()
+    };
+    let buffer_vars: Vec<candle_core::Var> = buffers.iter().map(|(_, v)| v.clone()).collect();
+
     let loader = &data.train;
     let bpe = loader.batches_per_epoch().max(1) as u64;
     let mut epoch = step / bpe;
     let mut batches = loader.epoch_from(epoch, (step % bpe) as usize);
     let mut train_seconds = 0.0;
     let mut last_loss = None;
-    let mut last_saved: Option<PathBuf> = resuming.then(|| last_path.clone());
+    // The step `last.safetensors` holds (when this run wrote it or resumed from it).
+    let mut last_saved_step: Option<u64> = resuming.then_some(step);
     let start_step = step;
     let mut finished = step >= iters;
     let mut interval_start = Instant::now();
@@ -438,6 +548,82 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
             )
         };
     }
+    // Ends the run with an error after saving the current (good) state to `last.safetensors`
+    // when it holds steps not yet saved; the message says what was saved. `$make` builds the
+    // error from that sentence.
+    macro_rules! fail_saving {
+        ($reason:expr, $make:expr) => {{
+            let reason: String = $reason;
+            let saved: String = if last_saved_step.is_none_or(|s| step > s) && step > 0 {
+                match save_to!(&last_path) {
+                    Ok(()) => {
+                        let _ = log.write(&LogRecord::Checkpoint {
+                            step,
+                            path: last_path.clone(),
+                            reason: "error".into(),
+                        });
+                        format!(
+                            "the state after step {step} was saved to {} (continue with --resume)",
+                            last_path.display()
+                        )
+                    }
+                    Err(e) => format!(
+                        "saving the state after step {step} to {} failed too ({e:#})",
+                        last_path.display()
+                    ),
+                }
+            } else {
+                match last_saved_step {
+                    Some(s) => format!(
+                        "the last checkpoint is {} (step {s})",
+                        last_path.display()
+                    ),
+                    None => "no checkpoint was written".to_string(),
+                }
+            };
+            let _ = log.write(&LogRecord::Stopped { step, reason });
+            progress.finish();
+            let make = $make;
+            return Err(make(saved));
+        }};
+    }
+    // `?` for the step's fallible calls: on error, the state is rolled back to the step's start
+    // (the snapshot), saved, and the run ends with the error.
+    macro_rules! step_try {
+        ($snapshot:expr, $e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => {
+                    let e: anyhow::Error = e.into();
+                    if let Err(r) = $snapshot.restore(&mut rng, loss.as_mut()) {
+                        let _ = log.write(&LogRecord::Stopped {
+                            step,
+                            reason: format!("error: {e:#}"),
+                        });
+                        progress.finish();
+                        return Err(e.context(format!(
+                            "the state could not be rolled back ({r:#}); nothing was saved"
+                        )));
+                    }
+                    fail_saving!(format!("error: {e:#}"), |saved: String| e
+                        .context(format!("training stopped at step {}; {saved}", step + 1)))
+                }
+            }
+        };
+    }
+    // `?` after a completed step (validation, checkpoints): the state is good as it is.
+    macro_rules! after_step_try {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => {
+                    let e: anyhow::Error = e.into();
+                    fail_saving!(format!("error: {e:#}"), |saved: String| e
+                        .context(format!("training stopped after step {step}; {saved}")))
+                }
+            }
+        };
+    }
 
     while step < iters {
         if opts.stop_after.is_some_and(|n| step - start_step >= n) {
@@ -448,6 +634,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
             .as_ref()
             .is_some_and(|f| f.load(Ordering::SeqCst))
         {
+            let signal = crate::signals::received_signal();
+            let what = signal.map_or("interrupt".to_string(), |s| s.name().to_string());
             save_to!(&last_path)?;
             log.write(&LogRecord::Checkpoint {
                 step,
@@ -456,12 +644,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
             })?;
             log.write(&LogRecord::Stopped {
                 step,
-                reason: "interrupted".into(),
+                reason: format!("interrupted ({what})"),
             })?;
             progress.finish();
             if !opts.quiet {
                 eprintln!(
-                    "[{label}] interrupted at step {step}; resume with --resume ({})",
+                    "[{label}] {what}: stopped at step {step}; resume with --resume ({})",
                     last_path.display()
                 );
             }
@@ -472,10 +660,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
                 last_checkpoint: last_path,
                 train_seconds: prior_seconds + train_seconds,
                 last_loss,
+                stop_signal: signal,
             });
         }
+        let snapshot = after_step_try!(StepSnapshot::take(&rng, loss.as_ref(), &buffer_vars));
         let batch = match batches.next() {
-            Some(b) => b?,
+            Some(b) => step_try!(snapshot, b),
             None => {
                 epoch += 1;
                 batches = loader.epoch(epoch);
@@ -483,46 +673,82 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
             }
         };
         let t0 = Instant::now();
-        let (x, y) = batch_tensors(&batch, &device)?;
+        let (x, y) = step_try!(snapshot, batch_tensors(&batch, &device));
         let dropout_seed = rng.next_u64();
-        let logits = built.model.forward_t_with(&x, true, dropout_seed)?;
-        let l = loss.forward(&logits, &y)?;
-        let lv = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let logits = step_try!(snapshot, built.model.forward_t_with(&x, true, dropout_seed));
+        let l = step_try!(snapshot, loss.forward(&logits, &y));
+        let lv = step_try!(
+            snapshot,
+            l.to_dtype(DType::F64).and_then(|t| t.to_scalar::<f64>())
+        );
         // The logits are checked too: a diverged model can produce NaN/inf logits on which a
         // loss still returns a finite number (masked pixels).
-        let logit_sum = logits.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let logit_sum = step_try!(
+            snapshot,
+            logits
+                .sum_all()
+                .and_then(|t| t.to_dtype(DType::F64))
+                .and_then(|t| t.to_scalar::<f64>())
+        );
         if !lv.is_finite() || !logit_sum.is_finite() {
-            let lv = if lv.is_finite() { logit_sum } else { lv };
-            let reason = format!("non-finite loss or logits ({lv}) at step {}", step + 1);
-            log.write(&LogRecord::Stopped { step, reason })?;
-            progress.finish();
-            return Err(TrainError::NonFiniteLoss {
-                step: step + 1,
-                value: if lv.is_nan() {
-                    "NaN".into()
-                } else {
-                    "infinite".into()
-                },
-                loss: lossc.name().to_string(),
-                checkpoint: last_saved
-                    .as_ref()
-                    .map_or("none".to_string(), |p| p.display().to_string()),
-            }
-            .into());
+            let v = if lv.is_finite() { logit_sum } else { lv };
+            snapshot.restore(&mut rng, loss.as_mut())?;
+            let value = if v.is_nan() { "NaN" } else { "infinite" }.to_string();
+            fail_saving!(
+                format!("non-finite loss or logits ({v}) at step {}", step + 1),
+                |checkpoint: String| anyhow::Error::from(TrainError::NonFiniteLoss {
+                    step: step + 1,
+                    value,
+                    loss: lossc.name().to_string(),
+                    checkpoint,
+                })
+            );
         }
-        let grads = l.backward()?;
+        // BatchNorm's running statistics were moved by the forward pass; a diverging model can
+        // make them infinite while the loss stays finite (what evaluation would then use).
+        let buffer_tensors: Vec<&Tensor> = buffers.iter().map(|(_, v)| v.as_tensor()).collect();
+        if let Some((k, count)) =
+            step_try!(snapshot, crate::optim::first_non_finite(&buffer_tensors))
+        {
+            snapshot.restore(&mut rng, loss.as_mut())?;
+            let tensor = buffers[k].0.clone();
+            fail_saving!(
+                format!("non-finite {tensor} at step {}", step + 1),
+                |checkpoint: String| anyhow::Error::from(TrainError::NonFiniteBuffer {
+                    step: step + 1,
+                    tensor,
+                    count,
+                    checkpoint,
+                })
+            );
+        }
+        let grads = step_try!(snapshot, l.backward());
         let lr = schedule.lr(step as usize);
-        optimizer.step(&grads, lr)?;
+        match step_try!(snapshot, optimizer.step(&grads, lr)) {
+            StepOutcome::Applied => {}
+            StepOutcome::Rejected(update) => {
+                snapshot.restore(&mut rng, loss.as_mut())?;
+                fail_saving!(
+                    format!("non-finite update at step {}: {update}", step + 1),
+                    |checkpoint: String| anyhow::Error::from(TrainError::NonFiniteUpdate {
+                        step: step + 1,
+                        update,
+                        checkpoint,
+                    })
+                );
+            }
+        }
+        drop(snapshot);
         step += 1;
         train_seconds += t0.elapsed().as_secs_f64();
         loss_acc.0 += lv;
         loss_acc.1 += 1;
         interval_steps += 1;
 
-        if step % cfg.train.log_every as u64 == 0 || step == iters {
+        if step.is_multiple_of(cfg.train.log_every as u64) || step == iters {
             let mean = loss_acc.0 / loss_acc.1.max(1) as f64;
             let dt = interval_start.elapsed().as_secs_f64();
-            log.write(&LogRecord::Train {
+            after_step_try!(log.write(&LogRecord::Train {
                 step,
                 loss: mean,
                 lr,
@@ -532,7 +758,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
                     0.0
                 },
                 class_weights: finite_or_none(loss.last_class_weights()),
-            })?;
+            }));
             last_loss = Some(mean);
             if !opts.quiet {
                 progress.update(step, mean, true);
@@ -541,29 +767,24 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
             interval_start = Instant::now();
             interval_steps = 0;
         }
-        let val_now =
-            (cfg.train.val_every > 0 && step % cfg.train.val_every as u64 == 0) || step == iters;
+        let val_now = (cfg.train.val_every > 0 && step.is_multiple_of(cfg.train.val_every as u64))
+            || step == iters;
+        let ck_now = (cfg.train.checkpoint_every > 0
+            && step.is_multiple_of(cfg.train.checkpoint_every as u64))
+            || step == iters;
+        // Validation first (it decides `best`), then `last` before `best`: when the disk fills
+        // up, the state that matters for resuming is the one that was written. Each log record
+        // is written after what it reports.
+        let mut val_record = None;
         if val_now {
             if let Some(vl) = &data.val {
-                let EvalOutput { matrix, .. } = evaluate(&built.model, vl, &device, 0)?;
-                let rep = matrix.report_with_names(&data.classes.names)?;
+                let EvalOutput { matrix, .. } =
+                    after_step_try!(evaluate(&built.model, vl, &device, 0));
+                let rep = after_step_try!(matrix.report_with_names(&data.classes.names));
                 let miou = rep.mean_iou.value.unwrap_or(0.0);
                 let is_best = best.is_none_or(|(b, _)| miou > b);
                 if is_best {
                     best = Some((miou, step));
-                }
-                log.write(&LogRecord::Val {
-                    step,
-                    mean_accuracy: rep.mean_accuracy.value,
-                    mean_iou: rep.mean_iou.value,
-                    pixel_accuracy: rep.pixel_accuracy,
-                    recall: rep.classes.iter().map(|c| c.recall).collect(),
-                    iou: rep.classes.iter().map(|c| c.iou).collect(),
-                    best: is_best,
-                })?;
-                if is_best {
-                    let p = out.join(files::BEST);
-                    save_to!(&p)?;
                 }
                 if !opts.quiet {
                     progress.println(&format!(
@@ -573,20 +794,33 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
                         if is_best { " (best)" } else { "" }
                     ));
                 }
+                val_record = Some((rep, is_best));
                 interval_start = Instant::now();
             }
         }
-        let ck_now = (cfg.train.checkpoint_every > 0
-            && step % cfg.train.checkpoint_every as u64 == 0)
-            || step == iters;
         if ck_now {
-            save_to!(&last_path)?;
-            log.write(&LogRecord::Checkpoint {
+            after_step_try!(save_to!(&last_path));
+            last_saved_step = Some(step);
+            after_step_try!(log.write(&LogRecord::Checkpoint {
                 step,
                 path: last_path.clone(),
                 reason: if step == iters { "final" } else { "periodic" }.into(),
-            })?;
-            last_saved = Some(last_path.clone());
+            }));
+        }
+        if let Some((rep, is_best)) = val_record {
+            if is_best {
+                let p = out.join(files::BEST);
+                after_step_try!(save_to!(&p));
+            }
+            after_step_try!(log.write(&LogRecord::Val {
+                step,
+                mean_accuracy: rep.mean_accuracy.value,
+                mean_iou: rep.mean_iou.value,
+                pixel_accuracy: rep.pixel_accuracy,
+                recall: rep.classes.iter().map(|c| c.recall).collect(),
+                iou: rep.classes.iter().map(|c| c.iou).collect(),
+                best: is_best,
+            }));
         }
         if step == iters {
             finished = true;
@@ -604,6 +838,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
         last_checkpoint: last_path,
         train_seconds: prior_seconds + train_seconds,
         last_loss,
+        stop_signal: None,
     })
 }
 

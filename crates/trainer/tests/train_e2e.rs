@@ -1,84 +1,15 @@
 //! End-to-end training on a tiny generated Synthia-format dataset: pinned results, bit-for-bit
 //! resume, NaN stop, interrupt.
 
+mod common;
+
 use candle_core::Device;
-use recallseg_data::{generate_synthia, SyntheticConfig};
+use common::{model_bytes, quiet, tiny_config, tiny_dataset, train_losses};
 use recallseg_trainer::checkpoint::Checkpoint;
-use recallseg_trainer::config::{Preset, TrainConfig};
 use recallseg_trainer::log::{read_log, LogRecord};
 use recallseg_trainer::train::{train, TrainOptions};
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-
-/// 10 images of 64×32 in one camera folder: 7 train, 1 val, 2 test.
-fn tiny_dataset(root: &Path) {
-    let cfg = SyntheticConfig {
-        seed: 3,
-        width: 64,
-        height: 32,
-        cameras: vec!["Omni_F".into()],
-        sides: vec!["Stereo_Left".into()],
-        frames_per_folder: 10,
-        ..SyntheticConfig::default()
-    };
-    generate_synthia(root, &cfg).unwrap();
-}
-
-fn tiny_config(root: &Path, out: &Path, extra: &[&str]) -> TrainConfig {
-    let mut o: Vec<String> = vec![
-        format!("data.root={:?}", root.display().to_string()),
-        "data.generate_synthetic=false".into(),
-        "data.height=32".into(),
-        "data.width=64".into(),
-        "data.workers=1".into(),
-        "model.backbone_width=4".into(),
-        "model.head_channels=8".into(),
-        "model.low_level_channels=4".into(),
-        "train.batch_size=2".into(),
-        "train.iters=4".into(),
-        "train.val_every=2".into(),
-        "train.log_every=1".into(),
-        "train.checkpoint_every=2".into(),
-        "train.seed=7".into(),
-        format!("train.out_dir={:?}", out.display().to_string()),
-    ];
-    o.extend(extra.iter().map(|s| s.to_string()));
-    Preset::SynthiaQuick.config(&o).unwrap()
-}
-
-fn quiet() -> TrainOptions {
-    TrainOptions {
-        quiet: true,
-        ..TrainOptions::default()
-    }
-}
-
-fn train_losses(out: &Path) -> Vec<(u64, f64)> {
-    read_log(&out.join("log.jsonl"))
-        .unwrap()
-        .into_iter()
-        .filter_map(|r| match r {
-            LogRecord::Train { step, loss, .. } => Some((step, loss)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn model_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let ck = Checkpoint::load(path, &Device::Cpu).unwrap();
-    let mut v: Vec<(String, Vec<u8>)> = ck
-        .model
-        .iter()
-        .chain(ck.optim.iter())
-        .map(|(k, t)| {
-            let f: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-            (k.clone(), f.iter().flat_map(|x| x.to_le_bytes()).collect())
-        })
-        .collect();
-    v.sort();
-    v
-}
 
 #[test]
 fn tiny_run_matches_pinned_results() {
@@ -288,13 +219,13 @@ fn resume_with_recall_moving_average_is_bit_for_bit() {
 }
 
 #[test]
-fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
+fn a_non_finite_update_is_refused_before_it_is_applied() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
     tiny_dataset(&root);
     let out = dir.path().join("run");
-    // An absurd learning rate (beyond f32's range): the first update turns the weights
-    // infinite, the second forward produces a NaN loss.
+    // An absurd learning rate (beyond f32's range): the first update would make the weights
+    // infinite. The optimiser checks it before writing, so nothing is applied or saved.
     let cfg = tiny_config(
         &root,
         &out,
@@ -305,10 +236,12 @@ fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
         ],
     );
     let e = train(&cfg, &quiet()).unwrap_err().to_string();
-    assert!(e.contains("the loss became"), "{e}");
-    assert!(e.contains("last.safetensors"), "{e}");
-    let ck = Checkpoint::load(&out.join("last.safetensors"), &Device::Cpu).unwrap();
-    assert!(ck.meta.step >= 1);
+    assert!(
+        e.contains("step 1:") && e.contains("the update would make"),
+        "{e}"
+    );
+    assert!(e.contains("no checkpoint was written"), "{e}");
+    assert!(!out.join("last.safetensors").exists());
     let log = read_log(&out.join("log.jsonl")).unwrap();
     assert!(matches!(log.last(), Some(LogRecord::Stopped { .. })));
     // No temporary file is left behind.

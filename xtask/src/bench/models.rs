@@ -95,8 +95,12 @@ fn train_step_phases(s: &mut Setup) -> anyhow::Result<[Duration; 4]> {
     let t2 = Instant::now();
     let grads = loss.backward()?;
     let t3 = Instant::now();
-    s.opt.step(&grads, LR)?;
+    let outcome = s.opt.step(&grads, LR)?;
     let t4 = Instant::now();
+    anyhow::ensure!(
+        outcome == recallseg_trainer::optim::StepOutcome::Applied,
+        "update rejected: {outcome:?}"
+    );
     anyhow::ensure!(l.is_finite(), "non-finite loss {l}");
     Ok([t1 - t0, t2 - t1, t3 - t2, t4 - t3])
 }

@@ -1,7 +1,10 @@
 //! Adam and AdamW.
 
-use super::adam_cpu::{AdamScalars, FusedAdamStep};
-use super::{take_state, NamedVar, Optimizer};
+use super::adam_cpu::{AdamScalars, FusedAdamCheck, FusedAdamStep};
+use super::{
+    first_non_finite, take_state, NamedVar, NonFiniteSource, NonFiniteUpdate, Optimizer,
+    StepOutcome,
+};
 use candle_core::{backprop::GradStore, DType, Device, Result, Tensor};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -138,22 +141,40 @@ impl Adam {
 }
 
 impl Optimizer for Adam {
-    fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
-        self.t += 1;
-        let t = self.t as i32;
+    fn step(&mut self, grads: &GradStore, lr: f64) -> Result<StepOutcome> {
+        let t = (self.t + 1) as i32;
         let bc1 = 1.0 - self.beta1.powi(t);
         let bc2 = 1.0 - self.beta2.powi(t);
         let scalars = self.scalars(lr, bc1, bc2);
+        // Phase 1: every update is computed (portable path) or simulated (fused path: a
+        // read-only pass with the same arithmetic) and checked; nothing is written yet.
+        let mut portable: Vec<(usize, &Tensor, Tensor, Tensor, Tensor)> = Vec::new();
         for (i, nv) in self.vars.iter().enumerate() {
             let theta = nv.var.as_tensor();
             let Some(g) = grads.get(theta) else { continue };
-            let (m, v) = match &mut self.moments[i] {
+            let (m, v) = match &self.moments[i] {
                 Moments::Host { m, v } if g.dtype() == DType::F32 && g.device().is_cpu() => {
-                    let op = FusedAdamStep {
+                    let op = FusedAdamCheck {
                         scalars,
-                        moments: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
+                        moments: (m.as_slice(), v.as_slice()),
+                        result: Mutex::new((0, 0)),
                     };
                     theta.inplace_op2(&g.contiguous()?, &op)?;
+                    let (bad_g, bad_out) = *op
+                        .result
+                        .lock()
+                        .map_err(|_| candle_core::Error::Msg("Adam: check lock poisoned".into()))?;
+                    if bad_g > 0 || bad_out > 0 {
+                        return Ok(StepOutcome::Rejected(NonFiniteUpdate {
+                            param: nv.name.clone(),
+                            source: if bad_g > 0 {
+                                NonFiniteSource::Gradient
+                            } else {
+                                NonFiniteSource::Update
+                            },
+                            count: if bad_g > 0 { bad_g } else { bad_out },
+                        }));
+                    }
                     continue;
                 }
                 Moments::Host { .. } => {
@@ -161,6 +182,7 @@ impl Optimizer for Adam {
                 }
                 Moments::Tensors { m, v } => (m, v),
             };
+            let g0 = g;
             let mut g = g.clone();
             let mut base = theta.clone();
             if self.weight_decay != 0.0 {
@@ -170,16 +192,47 @@ impl Optimizer for Adam {
                     g = (g + (theta * self.weight_decay)?)?;
                 }
             }
-            let new_m = ((&*m * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
-            let new_v = ((&*v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+            let new_m = ((m * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
+            let new_v = ((v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             // PyTorch: denom = sqrt(v) / sqrt(bc2) + eps; θ -= (lr / bc1) · m / denom.
             let denom = ((new_v.sqrt()? / bc2.sqrt())? + self.eps)?;
             let update = ((&new_m / &denom)? * (lr / bc1))?;
-            nv.var.set(&(base - update)?)?;
-            *m = new_m;
-            *v = new_v;
+            portable.push((i, g0, (base - update)?, new_m, new_v));
         }
-        Ok(())
+        let grads_of: Vec<&Tensor> = portable.iter().map(|p| p.1).collect();
+        if let Some((k, count)) = first_non_finite(&grads_of)? {
+            return Ok(StepOutcome::Rejected(NonFiniteUpdate {
+                param: self.vars[portable[k].0].name.clone(),
+                source: NonFiniteSource::Gradient,
+                count,
+            }));
+        }
+        let outputs: Vec<&Tensor> = portable.iter().flat_map(|p| [&p.2, &p.3, &p.4]).collect();
+        if let Some((j, count)) = first_non_finite(&outputs)? {
+            return Ok(StepOutcome::Rejected(NonFiniteUpdate {
+                param: self.vars[portable[j / 3].0].name.clone(),
+                source: NonFiniteSource::Update,
+                count,
+            }));
+        }
+        // Phase 2: apply.
+        for (i, nv) in self.vars.iter().enumerate() {
+            let theta = nv.var.as_tensor();
+            let Some(g) = grads.get(theta) else { continue };
+            if let Moments::Host { m, v } = &mut self.moments[i] {
+                let op = FusedAdamStep {
+                    scalars,
+                    moments: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
+                };
+                theta.inplace_op2(&g.contiguous()?, &op)?;
+            }
+        }
+        for (i, _, new_theta, new_m, new_v) in portable {
+            self.vars[i].var.set(&new_theta)?;
+            self.moments[i] = Moments::Tensors { m: new_m, v: new_v };
+        }
+        self.t += 1;
+        Ok(StepOutcome::Applied)
     }
 
     fn steps(&self) -> u64 {

@@ -44,22 +44,97 @@ pub(crate) struct FusedAdamStep<'a> {
     pub moments: Mutex<(&'a mut [f32], &'a mut [f32])>,
 }
 
+/// One element of the update: `(θ', m', v')` from `(θ, g, m, v)`, in the portable path's order
+/// of `f32` operations.
+#[inline(always)]
+fn adam_element(s: &AdamScalars, t: f32, g: f32, m: f32, v: f32) -> (f32, f32, f32) {
+    let mut gi = g;
+    let mut base = t;
+    if s.decoupled {
+        base = t * s.decay;
+    } else if s.l2 != 0.0 {
+        gi += t * s.l2;
+    }
+    let mi = m * s.beta1 + gi * s.one_minus_beta1;
+    let vi = v * s.beta2 + (gi * gi) * s.one_minus_beta2;
+    let denom = vi.sqrt() * s.inv_sqrt_bc2 + s.eps;
+    (base - (mi / denom) * s.step_size, mi, vi)
+}
+
 fn update(s: &AdamScalars, theta: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     for i in 0..theta.len() {
-        let t = theta[i];
-        let mut gi = g[i];
-        let mut base = t;
-        if s.decoupled {
-            base = t * s.decay;
-        } else if s.l2 != 0.0 {
-            gi += t * s.l2;
+        (theta[i], m[i], v[i]) = adam_element(s, theta[i], g[i], m[i], v[i]);
+    }
+}
+
+/// Non-finite counts of one chunk: (gradient values, updated values of θ, m or v).
+fn check(s: &AdamScalars, theta: &[f32], g: &[f32], m: &[f32], v: &[f32]) -> (usize, usize) {
+    let mut bad_g = 0;
+    let mut bad_out = 0;
+    for i in 0..theta.len() {
+        let (t, mi, vi) = adam_element(s, theta[i], g[i], m[i], v[i]);
+        bad_g += usize::from(!g[i].is_finite());
+        bad_out += usize::from(!(t.is_finite() && mi.is_finite() && vi.is_finite()));
+    }
+    (bad_g, bad_out)
+}
+
+/// Checks an update without applying it: counts the gradient's NaN/infinite values and the
+/// non-finite values the update would write into `θ`, `m` or `v` (the same arithmetic as
+/// [`FusedAdamStep`], so a step that passes writes exactly finite values). As an `InplaceOp2`
+/// on `θ` that writes nothing (candle's way to read two CPU storages without copies).
+pub(crate) struct FusedAdamCheck<'a> {
+    pub scalars: AdamScalars,
+    pub moments: (&'a [f32], &'a [f32]),
+    /// `(non-finite gradient values, non-finite updated values)` after the op ran.
+    pub result: Mutex<(usize, usize)>,
+}
+
+impl InplaceOp2 for FusedAdamCheck<'_> {
+    fn name(&self) -> &'static str {
+        "recallseg-fused-adam-check"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (CpuStorage::F32(theta), CpuStorage::F32(g)) = (s1, s2) else {
+            candle_core::bail!("fused Adam check: parameter and gradient must be f32")
+        };
+        let (Some((t0, t1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("fused Adam check: parameter and gradient must be contiguous")
+        };
+        let (m, v) = self.moments;
+        let (theta, g) = (&theta[t0..t1], &g[g0..g1]);
+        if g.len() != theta.len() || m.len() != theta.len() || v.len() != theta.len() {
+            candle_core::bail!(
+                "fused Adam check: parameter has {} elements, gradient {}, moments {} and {}",
+                theta.len(),
+                g.len(),
+                m.len(),
+                v.len()
+            )
         }
-        let mi = m[i] * s.beta1 + gi * s.one_minus_beta1;
-        let vi = v[i] * s.beta2 + (gi * gi) * s.one_minus_beta2;
-        let denom = vi.sqrt() * s.inv_sqrt_bc2 + s.eps;
-        theta[i] = base - (mi / denom) * s.step_size;
-        m[i] = mi;
-        v[i] = vi;
+        let s = &self.scalars;
+        // Integer counts: the sum does not depend on how rayon splits the work.
+        let counts = theta
+            .par_chunks(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks(CHUNK))
+            .zip(v.par_chunks(CHUNK))
+            .map(|(((t, g), m), v)| check(s, t, g, m, v))
+            .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        *self
+            .result
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused Adam check: lock poisoned".into()))? =
+            counts;
+        Ok(())
     }
 }
 

@@ -1,6 +1,9 @@
 //! SGD with momentum.
 
-use super::{take_state, NamedVar, Optimizer};
+use super::{
+    first_non_finite, take_state, NamedVar, NonFiniteSource, NonFiniteUpdate, Optimizer,
+    StepOutcome,
+};
 use candle_core::{backprop::GradStore, Result, Tensor};
 use std::collections::HashMap;
 
@@ -40,15 +43,17 @@ impl Sgd {
 }
 
 impl Optimizer for Sgd {
-    fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
-        self.t += 1;
+    fn step(&mut self, grads: &GradStore, lr: f64) -> Result<StepOutcome> {
+        // Every new value is computed first and checked; only then is anything written.
+        let mut pending: Vec<(usize, &Tensor, Tensor, Option<Tensor>)> = Vec::new();
         for (i, nv) in self.vars.iter().enumerate() {
             let theta = nv.var.as_tensor();
-            let Some(g) = grads.get(theta) else { continue };
-            let mut g = g.clone();
+            let Some(g0) = grads.get(theta) else { continue };
+            let mut g = g0.clone();
             if self.weight_decay != 0.0 {
                 g = (g + (theta * self.weight_decay)?)?;
             }
+            let mut new_buf = None;
             if self.momentum != 0.0 {
                 let b = match &self.buf[i] {
                     None => g.clone(),
@@ -59,11 +64,44 @@ impl Optimizer for Sgd {
                 } else {
                     b.clone()
                 };
-                self.buf[i] = Some(b);
+                new_buf = Some(b);
             }
-            nv.var.set(&(theta - (g * lr)?)?)?;
+            pending.push((i, g0, (theta - (g * lr)?)?, new_buf));
         }
-        Ok(())
+        let grads_of: Vec<&Tensor> = pending.iter().map(|p| p.1).collect();
+        if let Some((k, count)) = first_non_finite(&grads_of)? {
+            return Ok(StepOutcome::Rejected(NonFiniteUpdate {
+                param: self.vars[pending[k].0].name.clone(),
+                source: NonFiniteSource::Gradient,
+                count,
+            }));
+        }
+        // θ' then, where there is momentum, the new buffer of each parameter.
+        let mut outputs: Vec<&Tensor> = Vec::new();
+        let mut owner: Vec<usize> = Vec::new();
+        for (k, p) in pending.iter().enumerate() {
+            outputs.push(&p.2);
+            owner.push(k);
+            if let Some(b) = &p.3 {
+                outputs.push(b);
+                owner.push(k);
+            }
+        }
+        if let Some((j, count)) = first_non_finite(&outputs)? {
+            return Ok(StepOutcome::Rejected(NonFiniteUpdate {
+                param: self.vars[pending[owner[j]].0].name.clone(),
+                source: NonFiniteSource::Update,
+                count,
+            }));
+        }
+        for (i, _, new_theta, new_buf) in pending {
+            self.vars[i].var.set(&new_theta)?;
+            if new_buf.is_some() {
+                self.buf[i] = new_buf;
+            }
+        }
+        self.t += 1;
+        Ok(StepOutcome::Applied)
     }
 
     fn steps(&self) -> u64 {

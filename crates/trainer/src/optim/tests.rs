@@ -53,7 +53,7 @@ fn step(opt: &mut dyn Optimizer, var: &Var, g: &Golden, k: usize) {
         .sum_all()
         .unwrap();
     let grads = loss.backward().unwrap();
-    opt.step(&grads, g.lrs[k]).unwrap();
+    assert_eq!(opt.step(&grads, g.lrs[k]).unwrap(), StepOutcome::Applied);
 }
 
 fn named(theta: &[f64]) -> (Var, Vec<NamedVar>) {
@@ -150,7 +150,7 @@ fn parameters_without_gradient_are_untouched() {
     ];
     let mut opt = Adam::new(vars, 0.9, 0.999, 1e-8, 0.1, true).unwrap();
     let grads = used.as_tensor().sum_all().unwrap().backward().unwrap();
-    opt.step(&grads, 0.1).unwrap();
+    assert_eq!(opt.step(&grads, 0.1).unwrap(), StepOutcome::Applied);
     assert_eq!(unused.as_tensor().to_vec1::<f32>().unwrap(), vec![5.0]);
     assert_ne!(used.as_tensor().to_vec1::<f32>().unwrap(), vec![1.0, 2.0]);
 }
@@ -193,7 +193,10 @@ fn f32_trajectory(adamw: bool, wd: f64, fused: bool) -> (Vec<f32>, HashMap<Strin
             .sum_all()
             .unwrap();
         let grads = loss.backward().unwrap();
-        opt.step(&grads, 1e-3 * (1.0 + k as f64)).unwrap();
+        assert_eq!(
+            opt.step(&grads, 1e-3 * (1.0 + k as f64)).unwrap(),
+            StepOutcome::Applied
+        );
     }
     (var.as_tensor().to_vec1().unwrap(), opt.state().0)
 }
@@ -240,7 +243,7 @@ fn fused_cpu_state_round_trip_resumes_exactly() {
                 .unwrap()
                 .backward()
                 .unwrap();
-            opt.step(&grads, 1e-2).unwrap();
+            assert_eq!(opt.step(&grads, 1e-2).unwrap(), StepOutcome::Applied);
         }
         var.as_tensor().to_vec1().unwrap()
     };
