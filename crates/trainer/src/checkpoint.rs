@@ -751,4 +751,173 @@ mod tests {
             .to_string();
         assert!(e.contains("absent"), "{e}");
     }
+
+    /// 200 random single-bit flips anywhere in a checkpoint (header, metadata, checksums,
+    /// tensor bytes): every one is refused on load, none loads as a different checkpoint.
+    #[test]
+    fn every_bit_flip_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ck.safetensors");
+        let good = sample().to_bytes().unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut detected = 0;
+        for trial in 0..200 {
+            let mut bytes = good.clone();
+            let bit = (rng.next_u64() % (8 * bytes.len() as u64)) as usize;
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            std::fs::write(&path, &bytes).unwrap();
+            match Checkpoint::load(&path, &Device::Cpu) {
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(e.contains("ck.safetensors"), "trial {trial}: {e}");
+                    detected += 1;
+                }
+                Ok(_) => panic!("trial {trial}: flipping bit {bit} went unnoticed"),
+            }
+        }
+        assert_eq!(detected, 200);
+        // The tensor data is most of the file: a flip there names the tensor.
+        let mut bytes = good.clone();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = Checkpoint::load(&path, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("does not match its checksum") && e.contains("tensor `"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn non_finite_tensors_are_neither_written_nor_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ck.safetensors");
+        let mut ck = sample();
+        ck.model.insert(
+            "conv1.weight".into(),
+            Tensor::new(&[1.0f32, f32::NAN, f32::INFINITY], &Device::Cpu).unwrap(),
+        );
+        let e = ck.save(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("ck.safetensors")
+                && e.contains("model.conv1.weight")
+                && e.contains("2 NaN or infinite"),
+            "{e}"
+        );
+        assert!(!path.exists());
+        // A file whose tensor bytes were replaced by NaN and whose checksums were recomputed
+        // (what a buggy external tool could write): refused, naming the tensor.
+        let ok = sample();
+        ok.save(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut tensors: Vec<(String, RawTensor)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| {
+                let mut raw = RawTensor {
+                    dtype: v.dtype(),
+                    shape: v.shape().to_vec(),
+                    bytes: v.data().to_vec(),
+                };
+                if n == "model.bn.running_mean" {
+                    raw.bytes[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+                }
+                (n, raw)
+            })
+            .collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let meta = serde_json::to_string(&ok.meta).unwrap();
+        let integrity = Integrity {
+            meta_crc32: crc_hex(meta.as_bytes()),
+            tensors: tensors
+                .iter()
+                .map(|(n, r)| (n.clone(), crc_hex(&r.bytes)))
+                .collect(),
+        };
+        let info = HashMap::from([
+            (META_KEY.to_string(), meta),
+            (
+                INTEGRITY_KEY.to_string(),
+                serde_json::to_string(&integrity).unwrap(),
+            ),
+        ]);
+        let forged =
+            safetensors::serialize(tensors.iter().map(|(n, r)| (n.as_str(), r)), Some(info))
+                .unwrap();
+        std::fs::write(&path, forged).unwrap();
+        let e = Checkpoint::load(&path, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`model.bn.running_mean` holds 1 NaN or infinite"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_version_1_checkpoint_without_checksums_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.safetensors");
+        let mut ck = sample();
+        ck.meta.format_version = 1;
+        let mut all: Vec<(String, &Tensor)> = ck
+            .model
+            .iter()
+            .map(|(k, t)| (format!("model.{k}"), t))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let info = HashMap::from([(
+            META_KEY.to_string(),
+            serde_json::to_string(&ck.meta).unwrap(),
+        )]);
+        std::fs::write(&path, safetensors::serialize(all, Some(info)).unwrap()).unwrap();
+        let back = Checkpoint::load(&path, &Device::Cpu).unwrap();
+        assert_eq!(back.meta.format_version, 1);
+        assert_eq!(back.model.len(), 2);
+        // Version 2 without its checksums is damaged, not old.
+        ck.meta.format_version = 2;
+        let all: Vec<(String, &Tensor)> = Vec::new();
+        let info = HashMap::from([(
+            META_KEY.to_string(),
+            serde_json::to_string(&ck.meta).unwrap(),
+        )]);
+        std::fs::write(&path, safetensors::serialize(all, Some(info)).unwrap()).unwrap();
+        let e = Checkpoint::load(&path, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("checksums are missing"), "{e}");
+    }
+
+    #[test]
+    fn a_malformed_rng_seed_is_an_error_not_a_panic() {
+        let mut state = RngState::capture(&rand_chacha::ChaCha8Rng::seed_from_u64(1));
+        // 64 bytes, but a two-byte character straddles a digit pair (used to panic slicing).
+        state.seed_hex = format!("é{}", &state.seed_hex[2..]);
+        assert_eq!(state.seed_hex.len(), 64);
+        let e = state.restore().unwrap_err();
+        assert!(e.contains("not 64 hex digits"), "{e}");
+        state.seed_hex = "zz".repeat(32);
+        assert!(state.restore().is_err());
+    }
+
+    #[test]
+    fn temporary_file_names_are_recognised() {
+        use std::ffi::OsStr;
+        for ok in [".last.safetensors.tmp-12-0", ".config.toml.tmp-1-99"] {
+            assert!(is_temp_file_name(OsStr::new(ok)), "{ok}");
+        }
+        for no in [
+            "last.safetensors",
+            "x.tmp-1-2",
+            ".x.tmp-1",
+            ".x.tmp-a-2",
+            ".x.tmp-1-2-3",
+            ".x.tmp--2",
+        ] {
+            assert!(!is_temp_file_name(OsStr::new(no)), "{no}");
+        }
+    }
 }

@@ -499,4 +499,104 @@ mod tests {
             assert!(help.contains(w), "{w}");
         }
     }
+
+    /// `--out`/`--data` with a name that is not UTF-8 used to be converted lossily (U+FFFD),
+    /// writing into another folder; a config with such a path panicked in `to_toml`.
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_paths_are_clear_errors() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let bad = PathBuf::from(OsString::from_vec(b"runs/x\xff".to_vec()));
+        for flag in ["--out", "--data"] {
+            let cli = Cli::try_parse_from([
+                OsString::from("recallseg"),
+                "train".into(),
+                "--preset".into(),
+                "synthia-quick".into(),
+                flag.into(),
+                bad.clone().into_os_string(),
+            ])
+            .unwrap();
+            let Command::Train(a) = cli.command else {
+                panic!()
+            };
+            let e = a.config().unwrap_err().to_string();
+            assert!(e.contains(flag) && e.contains("not valid UTF-8"), "{e}");
+        }
+        let mut cfg = Preset::SynthiaQuick.config(&[]).unwrap();
+        cfg.train.out_dir = bad;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("train.out_dir:") && e.contains("UTF-8"),
+            "{e}"
+        );
+        assert!(cfg.to_toml().is_err());
+    }
+
+    #[test]
+    fn quotes_and_backslashes_in_paths_survive_the_overrides() {
+        let Command::Train(a) = parse(&[
+            "train",
+            "--preset",
+            "synthia-quick",
+            "--out",
+            r#"runs/a "b" \c"#,
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            a.config().unwrap().train.out_dir,
+            PathBuf::from(r#"runs/a "b" \c"#)
+        );
+    }
+
+    #[test]
+    fn predict_never_writes_over_an_input_nor_twice_to_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("a")).unwrap();
+        std::fs::create_dir_all(d.join("b")).unwrap();
+        for f in ["a/street.png", "b/street.jpg", "a/x.png", "a/x_labels.png"] {
+            std::fs::write(d.join(f), b"img").unwrap();
+        }
+        let args = |images: &[&str], out: &str, labels: bool| PredictArgs {
+            checkpoint: d.join("c.safetensors"),
+            images: images.iter().map(|i| d.join(i)).collect(),
+            out: d.join(out),
+            device: "cpu".into(),
+            labels,
+        };
+        // -o is the input's folder: the output would replace the input.
+        let e = predict_outputs(&args(&["a/street.png"], "a", false))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("over the input image"), "{e}");
+        // Also through another spelling of the folder.
+        let e = predict_outputs(&args(&["a/street.png"], "b/../a", false))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("over the input image"), "{e}");
+        // Two inputs with the same stem.
+        let e = predict_outputs(&args(&["a/street.png", "b/street.jpg"], "out", false))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("would both be written to"), "{e}");
+        // `x.png --labels` writes x_labels.png: the input of that name is protected.
+        let e = predict_outputs(&args(&["a/x.png", "a/x_labels.png"], "a", true))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("over the input image"), "{e}");
+        // Distinct stems into a new folder: fine.
+        let outs = predict_outputs(&args(&["a/street.png", "a/x.png"], "out", true)).unwrap();
+        assert_eq!(outs.len(), 2);
+        assert_eq!(outs[1].0, d.join("out/x.png"));
+        assert_eq!(
+            outs[1].1.as_deref(),
+            Some(d.join("out/x_labels.png").as_path())
+        );
+    }
 }
