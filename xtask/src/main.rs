@@ -3,6 +3,7 @@
 //! xtask only orchestrates: every piece of logic a library user would need lives in the crates.
 
 mod bench;
+mod crash_test;
 mod reproduce;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Reproduce the paper's loss comparison on a dataset and write a report.
     Reproduce(reproduce::ReproduceArgs),
+    /// Kill `recallseg train` (SIGKILL) many times and check no checkpoint is corrupt and the
+    /// resumed run is bit for bit the uninterrupted one.
+    CrashTest(crash_test::CrashTestArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,5 +33,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(args) => bench::run(&args),
         Command::Reproduce(args) => reproduce::run(&args),
+        Command::CrashTest(args) => crash_test::run(&args),
     }
 }
