@@ -187,7 +187,9 @@ pub fn render_markdown(
         let _ = writeln!(
             md,
             "Classes whose test IoU with {} is below 80% (the paper's † rule): {}. \
-             \"ave.\" is their mean.\n",
+             \"ave.\" is their mean. Accuracy is the class's recall (missed pixels are its \
+             false negatives); precision is the share of the pixels predicted as the class that \
+             are the class (its false positives); IoU combines both.\n",
             if base.is_some() {
                 "cross entropy"
             } else {
@@ -199,6 +201,11 @@ pub fn render_markdown(
             r.test.classes[c].recall
         });
         minority_table(&mut md, cmp, &minority, "IoU", |r, c| r.test.classes[c].iou);
+        // The paper's argument is false negatives against false positives: accuracy (recall)
+        // counts the first, precision the second.
+        minority_table(&mut md, cmp, &minority, "precision", |r, c| {
+            r.test.classes[c].precision
+        });
     }
 
     // The paper's numbers.

@@ -18,7 +18,7 @@ mod markdown;
 pub mod paper;
 mod plots;
 
-pub use examples::{colorize, render_examples, ExampleRow, ExampleSet};
+pub use examples::{colorize, render_examples, zoom_window, ExampleRow, ExampleSet};
 pub use markdown::render_markdown;
 pub use plots::{draw_fig1, draw_fig4};
 
@@ -195,6 +195,19 @@ impl Comparison {
             .collect()
     }
 
+    /// The classes the example figure magnifies, rarest first: by training pixel frequency when
+    /// known (classes that occur), else the minority classes.
+    pub fn zoom_classes(&self) -> Vec<usize> {
+        match &self.class_frequency {
+            Some(f) => {
+                let mut c: Vec<usize> = (0..f.len()).filter(|&i| f[i] > 0.0).collect();
+                c.sort_by(|&a, &b| f[a].total_cmp(&f[b]).then(a.cmp(&b)));
+                c
+            }
+            None => self.minority_classes(),
+        }
+    }
+
     fn check(&self) -> Result<(), ReportError> {
         let n = self.class_names.len();
         if self.palette.len() != n {
@@ -283,7 +296,13 @@ pub fn write_report(
     let mut has_examples = false;
     if let Some(ex) = examples {
         let path = dir.join("examples.png");
-        match render_examples(ex, &cmp.class_names, &cmp.palette, &path) {
+        match render_examples(
+            ex,
+            &cmp.class_names,
+            &cmp.palette,
+            &cmp.zoom_classes(),
+            &path,
+        ) {
             Ok(()) => {
                 out.files.push(path);
                 has_examples = true;

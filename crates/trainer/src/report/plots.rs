@@ -109,17 +109,86 @@ fn fig1<DB: DrawingBackend>(cmp: &Comparison, root: DrawingArea<DB, Shift>) -> P
                 .map_err(e)?;
         }
     }
+    // Labels placed so that none overlaps another label or a point (losses often land close
+    // together: Focal on top of CE).
+    let px: Vec<(i32, i32)> = pts
+        .iter()
+        .map(|(x, y, _)| chart.backend_coord(&(*x, *y)))
+        .collect();
+    let sizes: Vec<(i32, i32)> = pts
+        .iter()
+        .map(|(_, _, l)| (label_width(l), LABEL_H))
+        .collect();
+    let offsets = place_labels(&px, &sizes, 7);
     for (i, (x, y, label)) in pts.iter().enumerate() {
         let c = series_colour(i);
         chart
             .draw_series(std::iter::once(
                 EmptyElement::at((*x, *y))
                     + Circle::new((0, 0), 7, c.filled())
-                    + Text::new(label.to_string(), (10, -18), ("sans-serif", 17).into_font()),
+                    + Text::new(
+                        label.to_string(),
+                        offsets[i],
+                        ("sans-serif", 17).into_font(),
+                    ),
             ))
             .map_err(e)?;
     }
     root.present().map_err(e)
+}
+
+/// Height of a Fig. 1 label in pixels (17 px font).
+const LABEL_H: i32 = 18;
+
+/// Width estimate of a Fig. 1 label in pixels (17 px sans-serif: about 9.5 px a character).
+fn label_width(label: &str) -> i32 {
+    (label.chars().count() as f64 * 9.5).ceil() as i32 + 2
+}
+
+/// Offsets (from each point, top-left corner of the text) for labels of `sizes` (width, height)
+/// at the pixel positions `points` (markers of radius `r`), chosen greedily in order from eight
+/// positions around the point, so that no label box overlaps an earlier label or any marker.
+/// When every position collides, the labels are stacked below the point at increasing distance
+/// until one fits.
+pub(crate) fn place_labels(points: &[(i32, i32)], sizes: &[(i32, i32)], r: i32) -> Vec<(i32, i32)> {
+    type Rect = (i32, i32, i32, i32); // x0, y0, x1, y1
+    let overlaps = |a: Rect, b: Rect| a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3;
+    let markers: Vec<Rect> = points
+        .iter()
+        .map(|&(x, y)| (x - r, y - r, x + r + 1, y + r + 1))
+        .collect();
+    let mut placed: Vec<Rect> = Vec::new();
+    let mut out = Vec::new();
+    for (i, (&(x, y), &(w, h))) in points.iter().zip(sizes).enumerate() {
+        let g = r + 3;
+        let mut candidates = vec![
+            (g, -h - 2),
+            (g, 2),
+            (-g - w, -h - 2),
+            (-g - w, 2),
+            (-w / 2, -g - h),
+            (-w / 2, g),
+            (g, -h / 2),
+            (-g - w, -h / 2),
+        ];
+        candidates.extend((1..40).map(|k| (g, g + k * (h + 2))));
+        let free = |&(dx, dy): &(i32, i32)| {
+            let rect = (x + dx, y + dy, x + dx + w, y + dy + h);
+            !placed.iter().any(|&p| overlaps(p, rect))
+                && !markers
+                    .iter()
+                    .enumerate()
+                    .any(|(j, &m)| j != i && overlaps(m, rect))
+        };
+        let (dx, dy) = candidates
+            .iter()
+            .copied()
+            .find(|c| free(c))
+            .unwrap_or(candidates[0]);
+        placed.push((x + dx, y + dy, x + dx + w, y + dy + h));
+        out.push((dx, dy));
+    }
+    out
 }
 
 /// Whether Fig. 4 has anything to show (a Recall or Focal run with logged class weights).

@@ -91,7 +91,17 @@ pub(crate) fn comparison(synthetic: bool) -> Comparison {
 
 fn examples() -> ExampleSet {
     let (h, w) = (8, 16);
-    let gt: Vec<u8> = (0..h * w).map(|i| ((i % w) / 4) as u8).collect();
+    // Four stripes of 4 columns (road, car, pole, pole) with a 2x2 bicycle at x 12-13, y 2-3.
+    let gt: Vec<u8> = (0..h * w)
+        .map(|i| {
+            let (x, y) = (i % w, i / w);
+            match (x / 4) as u8 {
+                3 if (12..14).contains(&x) && (2..4).contains(&y) => 3,
+                3 => 2,
+                c => c,
+            }
+        })
+        .collect();
     let mut pred = gt.clone();
     pred[0] = 255;
     ExampleSet {
@@ -141,6 +151,15 @@ fn writes_every_file_of_a_synthetic_report() {
     assert!(md.contains("| accuracy (%) | car | bicycle | ave. |"));
     // CE's minority accuracy: car 40/60, bicycle 2/10 -> 66.67, 20.00, ave 43.33.
     assert!(md.contains("| CE | 66.67 | 20.00 | 43.33 |"), "{md}");
+    // Precision of the minority classes: WeightedCE's 40 false bicycles give 10/50 = 20%.
+    assert!(
+        md.contains("| precision (%) | car | bicycle | ave. |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| WeightedCE | 100.00 | 20.00 | 60.00 |"),
+        "{md}"
+    );
     // The paper's Table II is shown for orientation.
     assert!(md.contains("| Recall | 98.28 | 83.94 | 87.37 | 72.69 | 89.19 | 87.24 | 84.09 |"));
     assert!(md.contains("(reference)"));
@@ -175,14 +194,37 @@ fn writes_every_file_of_a_synthetic_report() {
     let img = image::open(dir.path().join("examples.png"))
         .unwrap()
         .to_rgb8();
+    // Rows: title, the example, its zoom on the rarest class (bicycle, 5%), the legend (4
+    // classes, one entry of 150 px per line of 276 px -> 4 lines).
     assert_eq!(img.width() as usize, 4 * 64 + 5 * 4);
-    assert_eq!(img.height() as usize, 28 + 32 + 4 + 4);
-    // Ground-truth tile, first pixel: class 0 -> road colour.
+    assert_eq!(
+        img.height() as usize,
+        28 + (32 + 4) + (32 + 4) + 4 + 4 * 20 + 4
+    );
+    // Ground-truth tile, second pixel: class 0 -> road colour.
     let gx = 4 + 64 + 4 + 1;
     assert_eq!(img.get_pixel(gx as u32, 29).0, [128, 64, 128]);
     // Recall's prediction has an ignore pixel at (0, 0): black.
     let rx = 4 + 3 * (64 + 4);
     assert_eq!(img.get_pixel(rx as u32, 28).0, [0, 0, 0]);
+    // The zoom row magnifies the window (10, 1, 4, 2) around the bicycle (x 12-13, y 2-3) by 16:
+    // source pixel (12, 2) is at (32.., 16..) of the zoomed ground-truth tile.
+    let (_, win) =
+        zoom_window(&examples().rows[0].ground_truth, 16, 8, &cmp.zoom_classes()).unwrap();
+    assert_eq!(win, (10, 1, 4, 2));
+    let zy = 28 + 32 + 4 + 20;
+    assert_eq!(img.get_pixel(gx as u32 - 1 + 40, zy).0, [119, 11, 32]);
+    // The window is outlined in yellow on the full-size ground truth.
+    let (_, (zx, wy, _, _)) =
+        zoom_window(&examples().rows[0].ground_truth, 16, 8, &cmp.zoom_classes()).unwrap();
+    assert_eq!(
+        img.get_pixel((gx - 1 + 4 * zx) as u32, (28 + 4 * wy) as u32)
+            .0,
+        [255, 221, 0]
+    );
+    // The legend's first swatch is road's colour.
+    let ly = 28 + 2 * (32 + 4) + 4 + 5;
+    assert_eq!(img.get_pixel(4 + 5, ly as u32).0, [128, 64, 128]);
 }
 
 #[test]
@@ -226,10 +268,57 @@ fn inconsistent_inputs_are_rejected() {
         &bad,
         &cmp.class_names,
         &cmp.palette,
+        &[],
         &dir.path().join("x.png"),
     )
     .unwrap_err();
     assert!(e.contains("000001"), "{e}");
+}
+
+#[test]
+fn the_zoom_window_surrounds_the_rarest_class_present() {
+    // A 40x20 label map: road everywhere, one 2x3 pole at (30, 5), one bicycle pixel at (3, 18).
+    let (w, h) = (40, 20);
+    let mut gt = vec![0u8; w * h];
+    for y in 5..8 {
+        for x in 30..32 {
+            gt[y * w + x] = 2;
+        }
+    }
+    gt[18 * w + 3] = 3;
+    // Bicycle first: a quarter-size window inside the image around (3, 18).
+    let (c, (x0, y0, zw, zh)) = zoom_window(&gt, w, h, &[3, 2]).unwrap();
+    assert_eq!((c, zw, zh), (3, 10, 5));
+    assert!(x0 <= 3 && 3 < x0 + zw && y0 <= 18 && 18 < y0 + zh);
+    assert!(x0 + zw <= w && y0 + zh <= h);
+    // A class that is absent is skipped; none present gives no window.
+    let (c, (x0, y0, _, _)) = zoom_window(&gt, w, h, &[7, 2]).unwrap();
+    assert_eq!(c, 2);
+    assert!(x0 <= 30 && y0 <= 5);
+    assert_eq!(zoom_window(&gt, w, h, &[7]), None);
+}
+
+#[test]
+fn fig1_labels_do_not_overlap() {
+    // Four losses, two of them on the same spot and a third right next to them.
+    let points = [(100, 100), (100, 100), (104, 98), (300, 50)];
+    let sizes = [(40, 18), (100, 18), (60, 18), (40, 18)];
+    let offs = plots::place_labels(&points, &sizes, 7);
+    let rects: Vec<(i32, i32, i32, i32)> = points
+        .iter()
+        .zip(&sizes)
+        .zip(&offs)
+        .map(|((p, s), o)| (p.0 + o.0, p.1 + o.1, p.0 + o.0 + s.0, p.1 + o.1 + s.1))
+        .collect();
+    for i in 0..rects.len() {
+        for j in 0..i {
+            let (a, b) = (rects[i], rects[j]);
+            let overlap = a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3;
+            assert!(!overlap, "labels {i} and {j} overlap: {a:?} {b:?}");
+        }
+    }
+    // An isolated point keeps the default place (up and to the right).
+    assert_eq!(offs[3], (10, -20));
 }
 
 #[test]
