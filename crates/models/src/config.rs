@@ -151,6 +151,12 @@ pub struct ModelConfig {
     pub aspp_rates: Option<[usize; 3]>,
     /// Seed of the parameter initialisation (Kaiming normal); same seed, same parameters.
     pub init_seed: u64,
+    /// Bilinear upsampling of the head (DeepLabV3+'s decoder input and the final logits) with
+    /// `align_corners = true`, as the paper's code (PotatoTian/recall-semseg) does; `false`
+    /// (default) is torchvision's and segmentation_models_pytorch's choice. It moves every
+    /// upsampled logit, hence the argmax and Recall loss's weights.
+    #[serde(default)]
+    pub align_corners: bool,
 }
 
 impl Default for ModelConfig {
@@ -172,6 +178,7 @@ impl Default for ModelConfig {
             decoder_convs: 2,
             aspp_rates: None,
             init_seed: 0,
+            align_corners: false,
         }
     }
 }

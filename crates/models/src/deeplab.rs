@@ -167,7 +167,7 @@ impl DeepLab {
                 head.forward_t(&feats.low_level, &feats.out, train, dropout_seed)?
             }
         };
-        resize_bilinear(&logits, h, w, false)
+        resize_bilinear(&logits, h, w, self.config.align_corners)
     }
 }
 

@@ -30,6 +30,7 @@ pub struct DeepLabV3PlusHead {
     low_bn: BatchNorm2d,
     fuse: Vec<FuseConv>,
     classifier: Conv2d,
+    align_corners: bool,
 }
 
 /// One decoder convolution: 3×3 conv (no bias) → BN → ReLU → dropout.
@@ -71,6 +72,7 @@ impl DeepLabV3PlusHead {
             });
         }
         Ok(Self {
+            align_corners: cfg.align_corners,
             aspp: Aspp::new(
                 &pb.pp("aspp"),
                 high_channels,
@@ -97,7 +99,7 @@ impl DeepLabV3PlusHead {
     ) -> Result<Tensor> {
         let (_, _, h, w) = low_level.dims4()?;
         let x = self.aspp.forward_t(features, train, dropout_seed)?;
-        let x = resize_bilinear(&x, h, w, false)?;
+        let x = resize_bilinear(&x, h, w, self.align_corners)?;
         let low = self
             .low_bn
             .forward_after_conv_t(&self.low_conv, low_level, train, true)?;

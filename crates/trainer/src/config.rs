@@ -190,6 +190,10 @@ pub struct ModelSection {
     /// ASPP atrous rates (default: 6, 12, 18 at output stride 16; 12, 24, 36 at 8).
     #[serde(default)]
     pub aspp_rates: Option<[usize; 3]>,
+    /// Bilinear upsampling of the head with `align_corners = true` (the paper's code; the
+    /// `synthia` and `cityscapes` presets set it). Default `false` (torchvision, smp).
+    #[serde(default)]
+    pub align_corners: bool,
 }
 
 fn default_decoder_convs() -> usize {
@@ -869,6 +873,15 @@ mod tests {
         assert_eq!((c.data.width, c.data.height, c.data.crop), (769, 769, true));
         assert_eq!(c.optim.lr, 1e-4);
         assert_eq!(c.train.iters, 90_000);
+        // The paper's code upsamples with align_corners = True.
+        assert!(s.model.align_corners && c.model.align_corners);
+        assert!(
+            !Preset::SynthiaQuick
+                .config(&[])
+                .unwrap()
+                .model
+                .align_corners
+        );
     }
 
     #[test]

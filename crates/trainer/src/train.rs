@@ -179,6 +179,7 @@ pub fn model_config(cfg: &TrainConfig, n_classes: usize) -> ModelConfig {
         decoder_convs: m.decoder_convs,
         aspp_rates: m.aspp_rates,
         init_seed: cfg.train.seed,
+        align_corners: m.align_corners,
     }
 }
 
