@@ -6,7 +6,7 @@
 use clap::Args;
 use recallseg_trainer::compare::{
     loss_run, paper_losses, quick_losses, run_comparison, CompareOptions, CompareOutcome,
-    ComparisonPlan,
+    ComparisonPlan, Evaluate,
 };
 use recallseg_trainer::config::Preset;
 use recallseg_trainer::data::missing_dataset_help;
@@ -53,6 +53,11 @@ pub struct ReproduceArgs {
     /// Example predictions to draw (Fig. 3).
     #[arg(long, default_value_t = 4)]
     pub examples: usize,
+    /// Which weights are tested: final (after the last step), best (best validation mean IoU,
+    /// what the paper's test.py evaluates) or both (best as the main result, final beside it).
+    /// Default: both for the paper's protocols, final with --quick.
+    #[arg(long)]
+    pub evaluate: Option<recallseg_trainer::compare::Evaluate>,
 }
 
 /// Entry point of `cargo xtask reproduce`.
@@ -138,11 +143,26 @@ pub fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
         if args.quick { " --quick" } else { "" },
         out_dir.display()
     )];
-    notes.push(
+    let evaluate = args.evaluate.unwrap_or(if args.quick {
+        Evaluate::Final
+    } else {
+        Evaluate::Both
+    });
+    notes.push(format!(
         "Every loss trains from the same seed, data order and initialisation; the test split is \
-         evaluated with the final weights (not the best validation checkpoint)."
-            .into(),
-    );
+         evaluated with {}.",
+        match evaluate {
+            Evaluate::Final =>
+                "the final weights (`--evaluate best` tests the best validation \
+                                checkpoint, as the paper's code does)",
+            Evaluate::Best =>
+                "the checkpoint of the best validation mean IoU, as the paper's \
+                               code does",
+            Evaluate::Both =>
+                "the checkpoint of the best validation mean IoU (the paper's \
+                               code) and, in a second table, the final weights",
+        }
+    ));
     let plan = ComparisonPlan {
         title,
         base,
@@ -151,6 +171,7 @@ pub fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
         examples: args.examples,
         synthetic,
         notes,
+        evaluate,
     };
     recallseg_trainer::train::install_ctrlc();
     let opts = CompareOptions {

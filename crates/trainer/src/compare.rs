@@ -91,6 +91,42 @@ pub fn quick_losses() -> Vec<LossRun> {
         .collect()
 }
 
+/// Which weights of each run are evaluated on the test split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Evaluate {
+    /// The weights after the last step (default).
+    #[default]
+    Final,
+    /// The checkpoint of the best validation mean IoU (`best.safetensors`), as the paper's
+    /// `train.py` keeps and its `test.py` evaluates.
+    Best,
+    /// Both: the best-validation weights as the main result (the paper's choice), the final
+    /// weights reported beside them.
+    Both,
+}
+
+impl std::str::FromStr for Evaluate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "final" => Ok(Evaluate::Final),
+            "best" => Ok(Evaluate::Best),
+            "both" => Ok(Evaluate::Both),
+            _ => Err(format!("`{s}` is not one of final, best, both")),
+        }
+    }
+}
+
+impl Evaluate {
+    /// The weights of the main result: `"final"` or `"best"`.
+    pub fn primary(self) -> &'static str {
+        match self {
+            Evaluate::Final => "final",
+            Evaluate::Best | Evaluate::Both => "best",
+        }
+    }
+}
+
 /// What to compare and where to write it.
 #[derive(Debug, Clone)]
 pub struct ComparisonPlan {
@@ -108,6 +144,8 @@ pub struct ComparisonPlan {
     pub synthetic: bool,
     /// Notes printed in the report.
     pub notes: Vec<String>,
+    /// Which weights are evaluated on the test split.
+    pub evaluate: Evaluate,
 }
 
 /// Options of [`run_comparison`].
@@ -177,8 +215,12 @@ fn one_run(
     let cfg_toml = cfg.to_toml()?;
     if summary_path.is_file() {
         let text = std::fs::read_to_string(&summary_path)?;
+        let wanted = |r: &RunRecord| {
+            r.summary.evaluated == plan.evaluate.primary()
+                && r.summary.test_other.is_some() == (plan.evaluate == Evaluate::Both)
+        };
         match serde_json::from_str::<RunRecord>(&text) {
-            Ok(r) if r.config_toml == cfg_toml => {
+            Ok(r) if r.config_toml == cfg_toml && wanted(&r) => {
                 if !opts.quiet {
                     eprintln!(
                         "[{}] reusing the finished run in {}",
@@ -240,14 +282,33 @@ fn one_run(
     if !outcome.finished {
         return Ok(None);
     }
-    // Evaluate the final weights on the test split.
+    // Evaluate the chosen weights on the test split (the examples come from the main ones).
     let device = crate::config::DeviceSpec::parse(&cfg.train.device)
         .map_err(|m| anyhow::anyhow!("train.device: {m}"))?
         .open()?;
-    let (built, _, classes, _) = load_for_inference(&outcome.last_checkpoint, &device)?;
+    let weights = |which: &str| match which {
+        "best" => dir.join(train::files::BEST),
+        _ => outcome.last_checkpoint.clone(),
+    };
     let (_, loader) = open_eval(&cfg, &cfg.data.test_split)?;
+    let primary = weights(plan.evaluate.primary());
+    if !primary.is_file() {
+        anyhow::bail!(
+            "{} does not exist: evaluating the best-validation weights needs a validation split \
+             (data.val_split) and train.val_every or the final validation",
+            primary.display()
+        );
+    }
+    let (built, _, classes, _) = load_for_inference(&primary, &device)?;
     let ev = evaluate(&built.model, &loader, &device, plan.examples)?;
     let test = ev.matrix.report_with_names(&classes.names)?;
+    let test_other = if plan.evaluate == Evaluate::Both {
+        let (built, _, _, _) = load_for_inference(&weights("final"), &device)?;
+        let other = evaluate(&built.model, &loader, &device, 0)?;
+        Some(other.matrix.report_with_names(&classes.names)?)
+    } else {
+        None
+    };
     let (eh, ew) = cfg.data.eval_size();
     let ex_dir = dir.join("examples");
     std::fs::create_dir_all(&ex_dir)?;
@@ -275,6 +336,8 @@ fn one_run(
             label: run.label.clone(),
             loss_config,
             test,
+            evaluated: plan.evaluate.primary().into(),
+            test_other,
             best_val: outcome.best,
             iters: outcome.step,
             train_seconds: outcome.train_seconds,

@@ -3,7 +3,7 @@
 
 use recallseg_data::{generate_synthia, SyntheticConfig};
 use recallseg_trainer::compare::{
-    loss_run, run_comparison, CompareOptions, CompareOutcome, ComparisonPlan,
+    loss_run, run_comparison, CompareOptions, CompareOutcome, ComparisonPlan, Evaluate,
 };
 use recallseg_trainer::config::Preset;
 
@@ -54,6 +54,7 @@ fn comparison_writes_a_report_and_reuses_finished_runs() {
         examples: 2,
         synthetic: true,
         notes: vec![],
+        evaluate: Evaluate::Final,
     };
     let opts = CompareOptions {
         quiet: true,
@@ -87,8 +88,10 @@ fn comparison_writes_a_report_and_reuses_finished_runs() {
         assert!(out.join(f).is_file(), "{f}");
     }
     let img = image::open(out.join("examples.png")).unwrap();
-    // 2 rows of 32 px scaled ×3 (192 / 64), 5 columns.
-    assert_eq!(img.height(), 28 + 2 * (96 + 4) + 4);
+    // 5 columns of 64 px scaled ×3 (192 / 64); 2 rows of 96 px, each with its zoom row when a
+    // rare class is present, and the legend below.
+    assert_eq!(img.width(), 5 * 192 + 6 * 4);
+    assert!(img.height() > 28 + 2 * (96 + 4) + 4);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("This comparison ran on synthetic data"));
     assert!(md.contains("| WeightedCE |"));
@@ -103,4 +106,26 @@ fn comparison_writes_a_report_and_reuses_finished_runs() {
         before
     );
     assert_eq!(cmp2.runs, cmp.runs);
+    assert!(cmp.runs.iter().all(|r| r.evaluated == "final"));
+    // Asking for both weights re-evaluates the finished runs (no retraining: the final
+    // checkpoint is at the last step) and reports the final weights beside the best ones.
+    let log = out.join("runs/recall_ce/log.jsonl");
+    let log_before = std::fs::read(&log).unwrap();
+    let both = ComparisonPlan {
+        evaluate: Evaluate::Both,
+        ..plan.clone()
+    };
+    let CompareOutcome::Done(cmp3, _) = run_comparison(&both, &opts).unwrap() else {
+        panic!("interrupted")
+    };
+    assert_eq!(std::fs::read(&log).unwrap(), log_before, "retrained");
+    for r in &cmp3.runs {
+        assert_eq!(r.evaluated, "best");
+        assert!(r.test_other.is_some());
+    }
+    // val_every = 0: the only validation is the final one, so best and final coincide.
+    assert_eq!(cmp3.runs[0].test_other.as_ref(), Some(&cmp.runs[0].test));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## With the final weights"), "{md}");
+    assert!(md.contains("with the best-validation weights"), "{md}");
 }

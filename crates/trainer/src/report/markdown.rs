@@ -105,7 +105,20 @@ pub fn render_markdown(
         ("seed", s.seed.to_string()),
         (
             "evaluated on",
-            format!("`{}` split, {} images", s.test_split, s.test_images),
+            format!(
+                "`{}` split, {} images, with the {} weights{}",
+                s.test_split,
+                s.test_images,
+                match cmp.runs.first().map(|r| r.evaluated.as_str()) {
+                    Some("best") => "best-validation",
+                    _ => "final",
+                },
+                if cmp.runs.iter().any(|r| r.test_other.is_some()) {
+                    " (the other weights are reported below)"
+                } else {
+                    ""
+                }
+            ),
         ),
         ("wall time of the comparison", fmt_secs(cmp.wall_seconds)),
     ];
@@ -175,6 +188,43 @@ pub fn render_markdown(
         );
     }
     md.push('\n');
+
+    // The other weights (best-validation vs final), when both were evaluated.
+    if let Some(first) = cmp.runs.iter().find(|r| r.test_other.is_some()) {
+        let other = first.other_weights();
+        let _ = writeln!(
+            md,
+            "## With the {} weights\n\nThe same runs evaluated with the {} weights ({}); Δ is \
+             against the table above.\n",
+            other,
+            other,
+            if other == "best" {
+                "the checkpoint of the best validation mean IoU, what the paper's `test.py` \
+                 evaluates"
+            } else {
+                "after the last step"
+            }
+        );
+        let _ = writeln!(
+            md,
+            "| loss | mean acc. (%) | mean IoU (%) | Δ acc. | Δ IoU |\n|---|---:|---:|---:|---:|"
+        );
+        for r in &cmp.runs {
+            let Some(t) = &r.test_other else { continue };
+            let acc = t.mean_accuracy.value.map(|v| 100.0 * v);
+            let iou = t.mean_iou.value.map(|v| 100.0 * v);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                r.label,
+                acc.map_or("-".into(), |v| format!("{v:.2}")),
+                iou.map_or("-".into(), |v| format!("{v:.2}")),
+                acc.map_or("-".into(), |v| signed(v - r.mean_acc_pct())),
+                iou.map_or("-".into(), |v| signed(v - r.mean_iou_pct())),
+            );
+        }
+        md.push('\n');
+    }
 
     // Minority classes, Table II style.
     let minority = cmp.minority_classes();

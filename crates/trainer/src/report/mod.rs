@@ -124,8 +124,16 @@ pub struct RunSummary {
     pub label: String,
     /// The loss's parameters as configured.
     pub loss_config: serde_json::Value,
-    /// Metrics on the test split.
+    /// Metrics on the test split, with the weights `evaluated` names.
     pub test: Report,
+    /// Which weights `test` measures: `"final"` (after the last step) or `"best"` (the
+    /// checkpoint of the best validation mean IoU, which is what the paper's `test.py`
+    /// evaluates).
+    #[serde(default = "final_weights")]
+    pub evaluated: String,
+    /// The test metrics of the other weights, when both were evaluated.
+    #[serde(default)]
+    pub test_other: Option<Report>,
     /// Best validation mean IoU during training and its step.
     pub best_val: Option<(f64, u64)>,
     /// Steps trained.
@@ -137,7 +145,20 @@ pub struct RunSummary {
     pub class_weights: Vec<(u64, Vec<Option<f32>>)>,
 }
 
+fn final_weights() -> String {
+    "final".into()
+}
+
 impl RunSummary {
+    /// The weights `test_other` measures (the ones `evaluated` does not name).
+    pub fn other_weights(&self) -> &'static str {
+        if self.evaluated == "best" {
+            "final"
+        } else {
+            "best"
+        }
+    }
+
     /// Test mean accuracy in percent (NaN when undefined).
     pub fn mean_acc_pct(&self) -> f64 {
         self.test

@@ -30,6 +30,8 @@ fn run(name: &str, label: &str, rep: Report, weights: bool) -> RunSummary {
         label: label.into(),
         loss_config: serde_json::json!({ "name": name }),
         test: rep,
+        evaluated: "final".into(),
+        test_other: None,
         best_val: Some((0.5, 20)),
         iters: 30,
         train_seconds: 12.0,
