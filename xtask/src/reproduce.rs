@@ -81,7 +81,10 @@ pub fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
     };
     let mut overrides = args.set.clone();
     if let Some(d) = &args.data {
-        overrides.push(format!("data.root={:?}", d.display().to_string()));
+        let d = d
+            .to_str()
+            .ok_or_else(|| anyhow::anyhow!("--data: {d:?} is not valid UTF-8"))?;
+        overrides.push(format!("data.root={}", toml::Value::String(d.into())));
         if args.quick {
             // A given folder is used as is (it may be a real dataset).
             overrides.push("data.generate_synthetic=false".into());
