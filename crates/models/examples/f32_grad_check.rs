@@ -20,15 +20,19 @@
 mod common;
 
 use candle_core::DType;
+use recallseg_models::ops::{with_cpu_kernels, CpuKernels};
 use recallseg_models::ModelConfig;
 
 fn main() {
-    if std::env::var("NO_CONV_KERNEL").is_ok() {
-        recallseg_models::ops::conv2d::set_cpu_kernel_enabled(false);
-    }
-    if std::env::var("NO_FUSED_BN").is_ok() {
-        recallseg_models::ops::batch_norm_cpu::set_enabled(false);
-    }
+    let kernels = CpuKernels {
+        conv: std::env::var("NO_CONV_KERNEL").is_err(),
+        batch_norm: std::env::var("NO_FUSED_BN").is_err(),
+        ..CpuKernels::ALL
+    };
+    with_cpu_kernels(kernels, run);
+}
+
+fn run() {
     let env = |k: &str, d: usize| -> usize {
         std::env::var(k)
             .ok()

@@ -79,7 +79,7 @@ impl BatchNorm2d {
         train: bool,
         relu: bool,
     ) -> Result<Tensor> {
-        if train && !self.frozen && !conv.has_bias() && batch_norm_cpu::enabled() {
+        if train && !self.frozen && !conv.has_bias() && crate::ops::cpu_kernels().batch_norm {
             let fused = conv_bn::conv_bn_train(
                 x,
                 conv.weight().as_tensor(),
@@ -125,7 +125,11 @@ impl BatchNorm2d {
 
     fn forward_impl(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let (n, _, h, w) = x.dims4()?;
-        if train && !self.frozen && batch_norm_cpu::enabled() && batch_norm_cpu::supported(x) {
+        if train
+            && !self.frozen
+            && crate::ops::cpu_kernels().batch_norm
+            && batch_norm_cpu::supported(x)
+        {
             self.check(x)?;
             let (y, stats) = batch_norm_cpu::batch_norm_train(
                 x,
@@ -137,7 +141,7 @@ impl BatchNorm2d {
             self.update_running(&stats, (n * h * w) as f64)?;
             return Ok(y);
         }
-        if batch_norm_cpu::enabled() && batch_norm_cpu::supported(x) {
+        if crate::ops::cpu_kernels().batch_norm && batch_norm_cpu::supported(x) {
             // Evaluation (or frozen) on the CPU: one fused pass with the running statistics.
             self.check_channels(x)?;
             let stats = batch_norm_cpu::BatchStats {

@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use common::{build, fill, var_named};
 use recallseg_models::init::ParamKind;
+use recallseg_models::ops::{with_cpu_kernels, CpuKernels};
 use recallseg_models::{Backbone, DeepLab, Head, ModelConfig, ModelError};
 
 fn thin(backbone: Backbone, head: Head, output_stride: usize) -> ModelConfig {
@@ -370,7 +371,12 @@ fn f32_training_gradients_match_f64_in_the_backbone() {
     // (the CPU convolution op is checked by its own tests). On this input no pre-activation lies
     // within f32 rounding of zero; if a change of rounding ever flips a ReLU mask here, the
     // error jumps to ~1/sqrt(values per channel): see docs/models.md, "Precision".
-    recallseg_models::ops::conv2d::set_cpu_kernel_enabled(false);
+    // The choice of convolution is scoped to this test's thread: tests running beside it keep
+    // the CPU kernels.
+    let candle_conv = CpuKernels {
+        conv: false,
+        ..CpuKernels::ALL
+    };
     let cfg = ModelConfig {
         n_classes: 3,
         backbone_width: 16,
@@ -406,8 +412,7 @@ fn f32_training_gradients_match_f64_in_the_backbone() {
             })
             .collect::<Vec<_>>()
     };
-    let (a, b) = (run(DType::F32), run(DType::F64));
-    recallseg_models::ops::conv2d::set_cpu_kernel_enabled(true);
+    let (a, b) = with_cpu_kernels(candle_conv, || (run(DType::F32), run(DType::F64)));
     assert_eq!(a.len(), b.len());
     assert!(a.len() >= 60, "{} gradients", a.len());
     for ((name, x), (_, y)) in a.iter().zip(&b) {

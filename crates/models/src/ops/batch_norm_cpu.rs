@@ -7,29 +7,16 @@
 //! Backward, with `g` the incoming gradient (masked by `y > 0` after a ReLU):
 //! `∂β = Σg`, `∂γ = Σg·x̂`, `∂x = γ/√(σ²+ε) · (g − ∂β/M − x̂·∂γ/M)`.
 //!
-//! [`crate::batch_norm::BatchNorm2d`] picks it automatically for CPU f32 inputs (see
-//! [`set_enabled`]); other devices and dtypes use the portable candle-ops path, and the tests check
-//! that both agree.
+//! [`crate::batch_norm::BatchNorm2d`] picks it automatically for CPU f32 inputs (unless
+//! `CpuKernels { batch_norm: false, .. }` is in effect, see [`crate::ops::with_cpu_kernels`]);
+//! other devices and dtypes use the portable candle-ops path, and the tests check that both
+//! agree.
 
 use crate::ops::buffers::zeroed;
 use crate::ops::simd::{dispatch, use_avx2};
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Lets `BatchNorm2d` use the fused op in training mode on CPU f32 (process-wide, on by default;
-/// for A/B comparisons and debugging).
-pub fn set_enabled(enabled: bool) {
-    ENABLED.store(enabled, Ordering::Relaxed);
-}
-
-/// Whether `BatchNorm2d` uses the fused op (see [`set_enabled`]).
-pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
 
 /// Whether [`batch_norm_train`] can run on `x`.
 pub fn supported(x: &Tensor) -> bool {

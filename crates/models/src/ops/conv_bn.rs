@@ -17,25 +17,12 @@ use crate::ops::batch_norm_cpu::{BatchStats, BnTrain};
 use crate::ops::conv2d::cpu::Conv2dCpu;
 use crate::ops::conv2d::{dense_cpu_op, Conv2dGeometry};
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Lets the models fuse convolution + training-mode BatchNorm on the CPU (process-wide, on by
-/// default; for A/B comparisons and debugging).
-pub fn set_enabled(enabled: bool) {
-    ENABLED.store(enabled, Ordering::Relaxed);
-}
-
-/// Whether the fusion is enabled (see [`set_enabled`]).
-pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
-
 /// `relu?(BN_train(conv(x, weight)))` with batch statistics, as one op, when the fused CPU path
-/// applies (CPU, `f32`, dense convolution, fusion enabled); `None` otherwise, so the caller
-/// runs the separate ops. Returns the output and the batch statistics (for the running ones).
+/// applies (CPU, `f32`, dense convolution, and `conv`, `batch_norm` and `conv_bn` enabled in
+/// [`crate::ops::cpu_kernels`]); `None` otherwise, so the caller runs the separate ops. Returns
+/// the output and the batch statistics (for the running ones).
 ///
 /// # Errors
 /// Shapes that do not describe a convolution, or a `gamma`/`beta` that does not match its
@@ -50,7 +37,8 @@ pub fn conv_bn_train(
     relu: bool,
 ) -> Result<Option<(Tensor, BatchStats)>> {
     let cpu_f32 = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
-    if !enabled() || !cpu_f32(gamma) || !cpu_f32(beta) {
+    let k = crate::ops::cpu_kernels();
+    if !(k.conv_bn && k.batch_norm && cpu_f32(gamma) && cpu_f32(beta)) {
         return Ok(None);
     }
     let Some(conv) = dense_cpu_op(x, weight, geometry)? else {

@@ -19,8 +19,10 @@
 //! ([`LiveTaps`]), and the forward pass (so also the stride-1 input gradient) and the weight
 //! gradient of 3×3 stride-1 layers with at least 64 channels go to [`super::winograd`].
 //!
-//! Every result is deterministic for a given number of rayon threads (no atomics, fixed summation
-//! order).
+//! Every result is bitwise deterministic and independent of the number of rayon threads: no
+//! atomics, no work-stealing reductions, and every cut of the work that fixes a summation order
+//! (tiles, weight-gradient chunks) depends on the shape only (`MIN_TASKS`, `WEIGHT_GRAD_CHUNKS`).
+//! `gemm` is always called single-threaded inside a task.
 
 use crate::ops::buffers::zeroed;
 use rayon::prelude::*;
@@ -32,6 +34,19 @@ const TILE_BYTES: usize = 1 << 20;
 
 /// Upper bound (bytes) on the memory held by the per-chunk partial weight gradients.
 const PARTIALS_BYTES: usize = 64 << 20;
+
+/// Fewest (image, tile) tasks a convolution is cut into: small maps get smaller tiles until there
+/// are this many. A constant rather than a multiple of rayon's thread count, because the tiles
+/// fix the summation order (the weight gradient sums its pixels tile by tile; the forward pass's
+/// tile width is `gemm`'s `n`, which can pick its depth blocking; col2im adds overlapping tiles
+/// in tile order): with a constant, every result is the same for any number of threads. Eight is
+/// what four tasks per thread gave on the two-core machines this crate is tuned on.
+const MIN_TASKS: usize = 8;
+
+/// Partial weight gradients of the im2col path (chunks of consecutive tasks, each summed into its
+/// own partial, the partials added in chunk order): a constant for the same reason, what two
+/// chunks per thread gave on two cores.
+const WEIGHT_GRAD_CHUNKS: usize = 4;
 
 /// Geometry of one dense convolution on contiguous NCHW buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,9 +106,9 @@ impl ConvShape {
             4 * self.k() * ow
         };
         let mut rows = (TILE_BYTES / per_row.max(1)).clamp(1, oh.max(1));
-        // Enough tasks to keep every thread busy (and balance a noisy machine).
-        let want = 4 * rayon::current_num_threads();
-        while rows > 1 && self.n * oh.div_ceil(rows) < want {
+        // Enough tasks to keep the threads busy (and balance a noisy machine), chosen from the
+        // shape alone: the tiles fix the summation order (see `MIN_TASKS`).
+        while rows > 1 && self.n * oh.div_ceil(rows) < MIN_TASKS {
             rows = rows.div_ceil(2);
         }
         rows
@@ -463,9 +478,10 @@ pub(crate) fn conv_weight_grad_im2col(s: &ConvShape, x: &[f32], dy: &[f32]) -> V
     let rows = s.rows_per_tile();
     let tiles = oh.div_ceil(rows);
     let tasks = s.n * tiles;
-    // Fixed partition of the tasks into chunks, each summed into its own partial gradient.
+    // Fixed partition of the tasks into chunks (from the shape alone, not the thread count), each
+    // summed into its own partial gradient; the partials are added in chunk order below.
     let max_chunks = (PARTIALS_BYTES / (4 * wlen)).max(1);
-    let chunks = tasks.min(2 * rayon::current_num_threads()).min(max_chunks);
+    let chunks = tasks.min(WEIGHT_GRAD_CHUNKS).min(max_chunks);
     let partials: Vec<Vec<f32>> = (0..chunks)
         .into_par_iter()
         .map(|ci| {
@@ -707,6 +723,61 @@ mod tests {
                 ((v >> 8) % 1000) as f32 / 500.0 - 1.0
             })
             .collect()
+    }
+
+    /// Forward, weight and input gradients on a rayon pool of `threads` threads, as bits.
+    fn all_passes_on(threads: usize, s: &ConvShape) -> [Vec<u32>; 3] {
+        let x = data(s.n * s.in_plane(), 11);
+        let w = data(s.c_out * s.k(), 12);
+        let dy = data(s.n * s.c_out * s.oh() * s.ow(), 13);
+        let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            [
+                bits(conv_forward(s, &x, &w, None)),
+                bits(conv_weight_grad(s, &x, &dy)),
+                bits(conv_input_grad(s, &dy, &w)),
+            ]
+        })
+    }
+
+    /// Every cut of the work that fixes a summation order depends on the shape only: im2col
+    /// tiles and weight-gradient chunks, col2im's tile order, and Winograd's products (with
+    /// `C_in > 512` and at most 64 tiles, a column split of the products, as earlier versions
+    /// made on three or more threads, changes `gemm`'s depth blocking and so the bits).
+    #[test]
+    fn results_are_bitwise_the_same_for_one_to_four_threads() {
+        let shape = |n, c_in, h, w, c_out, k, stride, pad| ConvShape {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: k,
+            kw: k,
+            stride,
+            pad_h: pad,
+            pad_w: pad,
+            dil: 1,
+        };
+        for s in [
+            shape(2, 16, 20, 30, 24, 3, 1, 1), // im2col, several tiles and chunks
+            shape(2, 8, 17, 23, 12, 3, 2, 1),  // strided: col2im input gradient
+            shape(2, 32, 9, 11, 24, 1, 1, 0),  // pointwise
+            shape(2, 64, 12, 14, 128, 3, 1, 1), // Winograd
+            shape(1, 576, 16, 16, 128, 3, 1, 1), // Winograd, deep products on few tiles
+        ] {
+            let one = all_passes_on(1, &s);
+            for threads in 2..=4 {
+                assert!(
+                    one == all_passes_on(threads, &s),
+                    "{s:?}: {threads} threads"
+                );
+            }
+        }
     }
 
     #[test]

@@ -23,7 +23,6 @@ mod kernels;
 mod winograd;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Geometry of a 2-D convolution (square kernels are given by the weight's shape).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,20 +46,6 @@ impl Default for Conv2dGeometry {
             groups: 1,
         }
     }
-}
-
-/// Whether [`conv2d`] may use the CPU kernels (on by default).
-static CPU_KERNEL: AtomicBool = AtomicBool::new(true);
-
-/// Enables or disables the CPU custom op process-wide (for A/B comparisons and debugging; when
-/// disabled, [`conv2d`] behaves like [`conv2d_candle`]).
-pub fn set_cpu_kernel_enabled(enabled: bool) {
-    CPU_KERNEL.store(enabled, Ordering::Relaxed);
-}
-
-/// Whether the CPU custom op is enabled (see [`set_cpu_kernel_enabled`]).
-pub fn cpu_kernel_enabled() -> bool {
-    CPU_KERNEL.load(Ordering::Relaxed)
 }
 
 /// Checks shapes and geometry, returning a clear error for anything candle would reject or
@@ -118,7 +103,8 @@ fn validate(
 ///   a direct per-plane algorithm for the forward pass and every gradient.
 ///
 /// Everywhere else (other devices or dtypes, other group counts, channel multipliers above 1) it
-/// is [`conv2d_candle`]. [`set_cpu_kernel_enabled`]`(false)` turns both custom ops off.
+/// is [`conv2d_candle`]. `CpuKernels { conv: false, .. }` in
+/// [`crate::ops::with_cpu_kernels`] turns both custom ops off on the calling thread.
 ///
 /// # Errors
 /// Shapes that do not describe a convolution (wrong ranks, channel counts that do not match the
@@ -158,7 +144,7 @@ pub enum Conv2dPath {
 }
 
 /// Which implementation [`conv2d`] would run for these operands, without running it (for
-/// benchmarks, diagnostics and tests; it follows [`set_cpu_kernel_enabled`]).
+/// benchmarks, diagnostics and tests; it follows [`crate::ops::with_cpu_kernels`]).
 ///
 /// # Errors
 /// As [`conv2d`], for operands that do not describe a convolution.
@@ -238,7 +224,11 @@ fn cpu_kernel(
     geometry: Conv2dGeometry,
 ) -> Option<CpuKernel> {
     let cpu_f32 = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
-    if !(cpu_kernel_enabled() && cpu_f32(input) && cpu_f32(weight) && bias.is_none_or(cpu_f32)) {
+    if !(crate::ops::cpu_kernels().conv
+        && cpu_f32(input)
+        && cpu_f32(weight)
+        && bias.is_none_or(cpu_f32))
+    {
         return None;
     }
     let (c_in, c_out) = (input.dims()[1], weight.dims()[0]);

@@ -22,11 +22,13 @@
 //! The tiles of all images and phases are numbered in one sequence and processed in blocks
 //! (sized so the transformed operands stay within a few MiB), so small maps with many channels
 //! (12×24 at 256–512 channels, dilated or not) give matrix products as large as big maps do. Each
-//! block runs in three parallel steps: transforms of the tiles, the 16 products (parallel over `ξ`
-//! and output-channel chunks, each product a single gemm over all the block's tiles), and the
-//! output transform (parallel over output channels). No atomics; every sum has a fixed order
-//! (the blocks' weight-gradient products are accumulated in block order), so results are bitwise
-//! reproducible for a given number of threads.
+//! block runs in three parallel steps: transforms of the tiles, the 16 products (parallel over
+//! `ξ`, each product a single gemm over all the block's tiles), and the output transform
+//! (parallel over output channels). No atomics; every sum has a fixed order
+//! (the blocks' weight-gradient products are accumulated in block order; blocks and products are
+//! cut by the shape alone), so results are bitwise reproducible and the same for any number of
+//! threads. Only the element-wise transforms are split by the thread count ([`ranges`]): each of
+//! their outputs is computed by one task with the same arithmetic, whatever the split.
 
 use super::kernels::ConvShape;
 use crate::ops::buffers::zeroed;
@@ -350,7 +352,9 @@ impl Ptr {
     }
 }
 
-/// Splits `0..len` into about `4 × threads` ranges of at least `min` elements.
+/// Splits `0..len` into about `4 × threads` ranges of at least `min` elements. Only for the
+/// element-wise transforms (input, output-gradient and output transforms), whose results do not
+/// depend on the split; work whose summation order follows its cut must not use it.
 fn ranges(len: usize, min: usize) -> Vec<(usize, usize)> {
     let parts = (4 * rayon::current_num_threads())
         .min(len.div_ceil(min.max(1)))
@@ -431,8 +435,11 @@ unsafe fn input_transform(
     }
 }
 
-/// `dst[ξ] (rows × cols) = [dst +] lhs[ξ] (rows × k) · rhs[ξ] (k × cols)` for the 16 positions, each split into column chunks; parallel over
-/// (position, chunk). Operands are given by base pointers, per-`ξ` strides and element strides.
+/// `dst[ξ] (rows × cols) = [dst +] lhs[ξ] (rows × k) · rhs[ξ] (k × cols)` for the 16 positions,
+/// one single-threaded gemm each, in parallel. (Splitting the columns by the thread count, as an
+/// earlier version did on more than two threads, let the thread count change the products'
+/// bits: `gemm` picks its depth blocking from the operand sizes.) Operands are given by base
+/// pointers, per-`ξ` strides and element strides.
 struct Products {
     rows: usize,
     cols: usize,
@@ -450,29 +457,21 @@ impl Products {
     /// them.
     unsafe fn run(&self, dst: Ptr, lhs: *const f32, rhs: *const f32) {
         let (lhs, rhs) = (Ptr(lhs as *mut f32), Ptr(rhs as *mut f32));
-        // Column chunks: enough tasks for every thread, each at least 64 columns wide.
-        let want = (8 * rayon::current_num_threads()).div_ceil(16);
-        let chunks = want.min(self.cols.div_ceil(64)).max(1);
-        (0..16 * chunks).into_par_iter().for_each(|task| {
-            let (xi, ch) = (task / chunks, task % chunks);
-            let (c0, c1) = (ch * self.cols / chunks, (ch + 1) * self.cols / chunks);
-            if c0 == c1 {
-                return;
-            }
-            // SAFETY: (ξ, chunk) tasks write disjoint parts of `dst`; bounds per the caller.
+        (0..16).into_par_iter().for_each(|xi| {
+            // SAFETY: the ξ tasks write disjoint parts of `dst`; bounds per the caller.
             unsafe {
                 gemm::gemm(
                     self.rows,
-                    c1 - c0,
+                    self.cols,
                     self.k,
-                    dst.at(xi * self.dst.0 + c0 * self.dst.2),
+                    dst.at(xi * self.dst.0),
                     self.dst.2 as isize,
                     self.dst.1 as isize,
                     self.accumulate,
                     lhs.at(xi * self.lhs.0),
                     self.lhs.2 as isize,
                     self.lhs.1 as isize,
-                    rhs.at(xi * self.rhs.0 + c0 * self.rhs.2),
+                    rhs.at(xi * self.rhs.0),
                     self.rhs.2 as isize,
                     self.rhs.1 as isize,
                     1.0,
