@@ -334,3 +334,54 @@ fn signals_write_a_checkpoint_and_exit_non_zero() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// `predict` decodes by content, as training does: a PNG named `.jpg` (or any extension) is an
+/// image; output over an input or two inputs with one stem are refused before any work.
+#[test]
+fn predict_decodes_by_content_and_never_overwrites_an_input() {
+    use recallseg_trainer::cli::{predict, PredictArgs};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let out = dir.path().join("run");
+    train(
+        &tiny_config(&root, &out, &["train.iters=1", "train.val_every=0"]),
+        &quiet(),
+    )
+    .unwrap();
+    let img = std::fs::read_dir(root.join("SYNTHIA-SEQS-05-SUMMER/RGB/Stereo_Left/Omni_F"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let disguised = inputs.join("street.jpg");
+    std::fs::copy(&img, &disguised).unwrap();
+    let args = |images: Vec<std::path::PathBuf>, out: &Path| PredictArgs {
+        checkpoint: dir.path().join("run/last.safetensors"),
+        images,
+        out: out.to_path_buf(),
+        device: "cpu".into(),
+        labels: false,
+    };
+    predict(&args(vec![disguised.clone()], &dir.path().join("pred"))).unwrap();
+    assert!(dir.path().join("pred/street.png").is_file());
+    // Into the inputs' folder, an input named like the output: refused, the input intact.
+    let victim = inputs.join("street.png");
+    std::fs::copy(&img, &victim).unwrap();
+    let before = std::fs::read(&victim).unwrap();
+    let e = predict(&args(vec![victim.clone()], &inputs))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("over the input image"), "{e}");
+    assert_eq!(std::fs::read(&victim).unwrap(), before);
+    // Not an image at all: the error names the file.
+    let junk = inputs.join("notes.png");
+    std::fs::write(&junk, b"hello").unwrap();
+    let e = predict(&args(vec![junk], &dir.path().join("pred2")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("notes.png"), "{e}");
+}
