@@ -33,10 +33,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let l8: Vec<u8> = lbl.data.iter().map(|&v| v as u8).collect();
             let t1 = s.elapsed().as_secs_f64();
             let s = Instant::now();
-            let r = resize_bilinear_rgb(&img.data, 1280, 760, 768, 384);
+            let r = resize_bilinear_rgb(&img.data, 1280, 760, 768, 384)?;
             let t2 = s.elapsed().as_secs_f64();
             let s = Instant::now();
-            let rl = resize_nearest(&l8, 1280, 760, 768, 384, 1);
+            let rl = resize_nearest(&l8, 1280, 760, 768, 384, 1)?;
             let t3 = s.elapsed().as_secs_f64();
             let s = Instant::now();
             let mut rng = ChaCha8Rng::seed_from_u64(i as u64);
@@ -46,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 hflip: true,
                 color_jitter: None,
             };
-            let (ai, _al, w, h) = aug.apply(&r, &rl, 768, 384, [0, 0, 0], 255, &mut rng);
+            let (ai, _al, w, h) = aug.apply(&r, &rl, 768, 384, [0, 0, 0], 255, &mut rng)?;
             let t4 = s.elapsed().as_secs_f64();
             let s = Instant::now();
             let mut out = vec![0f32; w * h * 3];

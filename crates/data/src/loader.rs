@@ -338,8 +338,8 @@ impl Inner {
         let mut s = self.ds.get(index)?;
         if let Some((w, h)) = self.cfg.resize {
             if (s.width, s.height) != (w, h) {
-                s.image = resize_bilinear_rgb(&s.image, s.width, s.height, w, h);
-                s.label = resize_nearest(&s.label, s.width, s.height, w, h, 1);
+                s.image = resize_bilinear_rgb(&s.image, s.width, s.height, w, h)?;
+                s.label = resize_nearest(&s.label, s.width, s.height, w, h, 1)?;
                 s.width = w;
                 s.height = h;
             }
@@ -368,7 +368,7 @@ impl Inner {
                 let pad = self.norm.mean.map(|m| m.round().clamp(0.0, 255.0) as u8);
                 let ignore = self.ds.class_info().ignore_index;
                 let (img, lbl, w, h) =
-                    aug.apply(&s.image, &s.label, s.width, s.height, pad, ignore, &mut rng);
+                    aug.apply(&s.image, &s.label, s.width, s.height, pad, ignore, &mut rng)?;
                 Ok((img, lbl, w, h, s.id.clone()))
             }
         }

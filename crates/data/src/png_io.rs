@@ -9,6 +9,59 @@ use crate::error::DataError;
 use png::{BitDepth, ColorType, Transformations};
 use std::io::Cursor;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Limits checked before any pixel buffer is allocated: a file's header can claim any size (a
+/// 661-byte PNG can announce 100000×100000 pixels, a 389 KB deflate stream can inflate to
+/// gigabytes), so images larger than `max_pixels` are refused with an error instead of an
+/// allocation that aborts the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest `width × height` accepted.
+    pub max_pixels: u64,
+}
+
+impl DecodeLimits {
+    /// 64 megapixels (8192×8192): eight times a 4K frame, 32 times a Cityscapes image.
+    pub const DEFAULT_MAX_PIXELS: u64 = 64 * 1024 * 1024;
+
+    /// The limits the decoders without an explicit `limits` argument use: the default, or what
+    /// [`set_max_pixels`] set for the process.
+    pub fn current() -> Self {
+        DecodeLimits {
+            max_pixels: MAX_PIXELS.load(Ordering::Relaxed),
+        }
+    }
+
+    fn check(&self, width: u64, height: u64) -> Result<(), String> {
+        match width.checked_mul(height) {
+            Some(n) if n <= self.max_pixels && width > 0 && height > 0 => Ok(()),
+            Some(0) => Err(format!("the header claims an empty {width}x{height} image")),
+            _ => Err(format!(
+                "the header claims {width}x{height} pixels, above the limit of {} pixels \
+                 (data.max_image_pixels); refusing to decode",
+                self.max_pixels
+            )),
+        }
+    }
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_pixels: Self::DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+static MAX_PIXELS: AtomicU64 = AtomicU64::new(DecodeLimits::DEFAULT_MAX_PIXELS);
+
+/// Sets the process's [`DecodeLimits::current`] (the trainer does it once at start-up, from
+/// `data.max_image_pixels`). Tests and libraries that need another limit pass one to the
+/// `*_with` decoders instead of changing this.
+pub fn set_max_pixels(max_pixels: u64) {
+    MAX_PIXELS.store(max_pixels.max(1), Ordering::Relaxed);
+}
 
 /// An 8-bit RGB image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,19 +112,38 @@ pub fn read_png_size(path: &Path) -> Result<(usize, usize), DataError> {
 }
 
 /// Decodes a PNG (or, recognised by its signature, a baseline/progressive JPEG) file to 8-bit
-/// RGB.
+/// RGB, whatever its extension, within [`DecodeLimits::current`].
 pub fn decode_rgb8(path: &Path) -> Result<RgbImage, DataError> {
     let bytes = read_bytes(path)?;
-    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        return decode_jpeg_bytes(&bytes).map_err(|e| decode_err(path, e));
-    }
-    decode_rgb8_bytes(&bytes).map_err(|e| decode_err(path, e))
+    decode_image_bytes_with(&bytes, &DecodeLimits::current()).map_err(|e| decode_err(path, e))
 }
 
-/// Decodes JPEG bytes to 8-bit RGB (greyscale is replicated; CMYK and 16-bit are refused).
+/// Decodes PNG or JPEG bytes (recognised by their signature) to 8-bit RGB within `limits`.
+pub fn decode_image_bytes_with(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, String> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        decode_jpeg_bytes_with(bytes, limits)
+    } else {
+        decode_rgb8_bytes_with(bytes, limits)
+    }
+}
+
+/// Decodes JPEG bytes to 8-bit RGB (greyscale is replicated; CMYK and 16-bit are refused),
+/// within [`DecodeLimits::current`].
 pub fn decode_jpeg_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
+    decode_jpeg_bytes_with(bytes, &DecodeLimits::current())
+}
+
+/// [`decode_jpeg_bytes`] within `limits`.
+pub fn decode_jpeg_bytes_with(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, String> {
     use jpeg_decoder::PixelFormat;
     let mut dec = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    dec.read_info().map_err(|e| format!("JPEG: {e}"))?;
+    let info = dec.info().ok_or("JPEG: no image header")?;
+    limits.check(info.width as u64, info.height as u64)?;
+    // At most 4 bytes a pixel (CMYK), so the decoder never allocates beyond the limit either.
+    dec.set_max_decoding_buffer_size(
+        usize::try_from(limits.max_pixels.saturating_mul(4)).unwrap_or(usize::MAX),
+    );
     let pixels = dec.decode().map_err(|e| format!("JPEG: {e}"))?;
     let info = dec.info().ok_or("JPEG: no image header")?;
     let (w, h) = (info.width as usize, info.height as usize);
@@ -91,13 +163,31 @@ pub fn decode_jpeg_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
     })
 }
 
-/// Decodes PNG bytes to 8-bit RGB (the error is a message without the path).
-pub fn decode_rgb8_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
+/// A PNG decoder that refuses images above `limits` before allocating their pixels.
+fn png_reader<'a>(
+    bytes: &'a [u8],
+    transformations: Transformations,
+    limits: &DecodeLimits,
+) -> Result<png::Reader<Cursor<&'a [u8]>>, String> {
     let mut dec = png::Decoder::new(Cursor::new(bytes));
-    dec.set_transformations(Transformations::normalize_to_color8());
+    dec.set_transformations(transformations);
     dec.set_ignore_text_chunk(true);
     dec.set_ignore_iccp_chunk(true);
-    let mut reader = dec.read_info().map_err(|e| e.to_string())?;
+    let reader = dec.read_info().map_err(|e| e.to_string())?;
+    let info = reader.info();
+    limits.check(info.width as u64, info.height as u64)?;
+    Ok(reader)
+}
+
+/// Decodes PNG bytes to 8-bit RGB (the error is a message without the path), within
+/// [`DecodeLimits::current`].
+pub fn decode_rgb8_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
+    decode_rgb8_bytes_with(bytes, &DecodeLimits::current())
+}
+
+/// [`decode_rgb8_bytes`] within `limits`.
+pub fn decode_rgb8_bytes_with(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, String> {
+    let mut reader = png_reader(bytes, Transformations::normalize_to_color8(), limits)?;
     let (color, depth) = reader.output_color_type();
     let size = reader
         .output_buffer_size()
@@ -155,13 +245,15 @@ pub fn decode_label(path: &Path) -> Result<RawLabel, DataError> {
     decode_label_bytes(&bytes).map_err(|e| decode_err(path, e))
 }
 
-/// Decodes label PNG bytes (the error is a message without the path).
+/// Decodes label PNG bytes (the error is a message without the path), within
+/// [`DecodeLimits::current`].
 pub fn decode_label_bytes(bytes: &[u8]) -> Result<RawLabel, String> {
-    let mut dec = png::Decoder::new(Cursor::new(bytes));
-    dec.set_transformations(Transformations::IDENTITY);
-    dec.set_ignore_text_chunk(true);
-    dec.set_ignore_iccp_chunk(true);
-    let mut reader = dec.read_info().map_err(|e| e.to_string())?;
+    decode_label_bytes_with(bytes, &DecodeLimits::current())
+}
+
+/// [`decode_label_bytes`] within `limits`.
+pub fn decode_label_bytes_with(bytes: &[u8], limits: &DecodeLimits) -> Result<RawLabel, String> {
+    let mut reader = png_reader(bytes, Transformations::IDENTITY, limits)?;
     let (color, depth) = reader.output_color_type();
     let size = reader
         .output_buffer_size()
@@ -319,4 +411,102 @@ pub fn write_label_rgb16(
         }
     }
     write_png(path, w, h, ColorType::Rgb, BitDepth::Sixteen, &buf, speed)
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    /// A PNG chunk with its length and CRC.
+    fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut c = (data.len() as u32).to_be_bytes().to_vec();
+        c.extend_from_slice(kind);
+        c.extend_from_slice(data);
+        let mut h = crc32fast::Hasher::new();
+        h.update(kind);
+        h.update(data);
+        c.extend_from_slice(&h.finalize().to_be_bytes());
+        c
+    }
+
+    /// A valid-looking PNG whose header claims `w × h` 8-bit grey pixels and whose data is a
+    /// few bytes: what made the decoder allocate gigabytes and abort.
+    fn lying_png(w: u32, h: u32) -> Vec<u8> {
+        let mut b = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = w.to_be_bytes().to_vec();
+        ihdr.extend_from_slice(&h.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+        b.extend(chunk(b"IHDR", &ihdr));
+        // zlib stream of one stored empty block.
+        b.extend(chunk(
+            b"IDAT",
+            &[0x78, 0x01, 0x01, 0x00, 0x00, 0xff, 0xff, 0, 0, 0, 1],
+        ));
+        b.extend(chunk(b"IEND", &[]));
+        b
+    }
+
+    #[test]
+    fn a_header_claiming_ten_gigapixels_is_refused_before_allocating() {
+        let png = lying_png(100_000, 100_000);
+        assert!(png.len() < 100, "{}", png.len());
+        for e in [
+            decode_rgb8_bytes(&png).unwrap_err(),
+            decode_label_bytes(&png).unwrap_err(),
+        ] {
+            assert!(e.contains("100000x100000") && e.contains("limit"), "{e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bomb.png");
+        std::fs::write(&p, &png).unwrap();
+        let e = decode_rgb8(&p).unwrap_err().to_string();
+        assert!(e.contains("bomb.png") && e.contains("limit"), "{e}");
+        let e = decode_label(&p).unwrap_err().to_string();
+        assert!(e.contains("bomb.png") && e.contains("limit"), "{e}");
+        // Zero-sized and overflowing headers are errors too.
+        assert!(decode_rgb8_bytes(&lying_png(0, 5)).is_err());
+        assert!(decode_label_bytes(&lying_png(u32::MAX, u32::MAX)).is_err());
+    }
+
+    #[test]
+    fn a_deflate_bomb_is_refused_by_the_limit() {
+        // 4000x4000 zeros compress to a few kilobytes; with a 1-megapixel limit it is refused
+        // (the default limit refuses the real bombs, which claim gigapixels).
+        let (w, h) = (4000usize, 4000usize);
+        let mut bytes = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut bytes, w as u32, h as u32);
+            enc.set_color(png::ColorType::Grayscale);
+            enc.set_depth(png::BitDepth::Eight);
+            let mut wr = enc.write_header().unwrap();
+            let mut sw = wr.stream_writer().unwrap();
+            use std::io::Write;
+            let row = vec![0u8; w];
+            for _ in 0..h {
+                sw.write_all(&row).unwrap();
+            }
+            sw.finish().unwrap();
+        }
+        assert!(bytes.len() < 200_000, "{}", bytes.len());
+        let small = DecodeLimits {
+            max_pixels: 1 << 20,
+        };
+        let e = decode_label_bytes_with(&bytes, &small).unwrap_err();
+        assert!(e.contains("4000x4000"), "{e}");
+        assert!(decode_rgb8_bytes_with(&bytes, &small).is_err());
+        // Within the default limit it decodes.
+        let l = decode_label_bytes_with(&bytes, &DecodeLimits::default()).unwrap();
+        assert_eq!((l.width, l.height), (w, h));
+    }
+
+    #[test]
+    fn a_jpeg_header_claiming_a_huge_image_is_refused() {
+        // SOI, then a baseline frame header for 65000x65000 grey pixels, then EOI.
+        let jpeg = [
+            0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x0B, 0x08, 0xFD, 0xE8, 0xFD, 0xE8, 0x01, 0x01, 0x11,
+            0x00, 0xFF, 0xD9,
+        ];
+        let e = decode_image_bytes_with(&jpeg, &DecodeLimits::default()).unwrap_err();
+        assert!(e.contains("65000x65000") && e.contains("limit"), "{e}");
+    }
 }

@@ -46,6 +46,38 @@ fn bilinear_axis(src: usize, dst: usize, first: isize, len: usize) -> Axis {
     a
 }
 
+/// Checks that an interleaved `w × h × channels` buffer has that many values and that the sizes
+/// a resize maps between are not empty.
+fn check_resize(
+    len: usize,
+    (sw, sh): (usize, usize),
+    (dw, dh): (usize, usize),
+    channels: usize,
+) -> Result<(), DataError> {
+    if sw == 0 || sh == 0 {
+        return Err(DataError::config(
+            "resize source size",
+            format!("{sw}x{sh}"),
+            "an image to resize needs at least one pixel",
+        ));
+    }
+    if dw == 0 || dh == 0 {
+        return Err(DataError::config(
+            "resize target size",
+            format!("{dw}x{dh}"),
+            "must be at least 1x1",
+        ));
+    }
+    if sw.checked_mul(sh).and_then(|n| n.checked_mul(channels)) != Some(len) {
+        return Err(DataError::config(
+            "resize source buffer",
+            format!("{len} values"),
+            format!("a {sw}x{sh} image with {channels} channel(s) has {sw}·{sh}·{channels} values"),
+        ));
+    }
+    Ok(())
+}
+
 /// The `cw × ch` window at (`x0`, `y0`) of the bilinear resize of an H×W×3 image to `dw × dh`,
 /// calling `emit(y, row)` with each window row as unrounded `f32` values (`cw × 3`); window
 /// pixels outside the resized image get `pad`.
@@ -66,11 +98,7 @@ fn bilinear_window_rows(
     pad: [f32; 3],
     mut emit: impl FnMut(usize, &[f32]),
 ) {
-    assert_eq!(
-        src.len(),
-        sw * sh * 3,
-        "image buffer does not match its size"
-    );
+    debug_assert_eq!(src.len(), sw * sh * 3, "checked by the callers");
     let ax = bilinear_axis(sw, dw, x0, cw);
     let ay = bilinear_axis(sh, dh, y0, ch);
     // Source columns the window needs (vertical blending is limited to them).
@@ -113,15 +141,18 @@ fn bilinear_window_rows(
     }
 }
 
-/// Bilinear resize of an H×W×3 RGB image, rounded to `u8`.
-pub fn resize_bilinear_rgb(src: &[u8], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8> {
+/// Bilinear resize of an H×W×3 RGB image, rounded to `u8`. An empty size or a buffer that does
+/// not hold `sw·sh·3` bytes is an error.
+pub fn resize_bilinear_rgb(
+    src: &[u8],
+    sw: usize,
+    sh: usize,
+    dw: usize,
+    dh: usize,
+) -> Result<Vec<u8>, DataError> {
+    check_resize(src.len(), (sw, sh), (dw, dh), 3)?;
     if sw == dw && sh == dh {
-        assert_eq!(
-            src.len(),
-            sw * sh * 3,
-            "image buffer does not match its size"
-        );
-        return src.to_vec();
+        return Ok(src.to_vec());
     }
     resize_bilinear_rgb_window(src, sw, sh, dw, dh, 0, 0, dw, dh, [0; 3])
 }
@@ -141,7 +172,8 @@ pub fn resize_bilinear_rgb_window(
     cw: usize,
     ch: usize,
     pad: [u8; 3],
-) -> Vec<u8> {
+) -> Result<Vec<u8>, DataError> {
+    check_resize(src.len(), (sw, sh), (dw, dh), 3)?;
     let mut dst = vec![0u8; cw * ch * 3];
     let padf = pad.map(|v| v as f32);
     bilinear_window_rows(src, sw, sh, dw, dh, x0, y0, cw, ch, padf, |y, row| {
@@ -149,16 +181,23 @@ pub fn resize_bilinear_rgb_window(
             *d = (v + 0.5).clamp(0.0, 255.0) as u8;
         }
     });
-    dst
+    Ok(dst)
 }
 
 /// Bilinear resize of an H×W×3 RGB image to unrounded `f32` (what the goldens compare).
-pub fn resize_bilinear_rgb_f32(src: &[u8], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<f32> {
+pub fn resize_bilinear_rgb_f32(
+    src: &[u8],
+    sw: usize,
+    sh: usize,
+    dw: usize,
+    dh: usize,
+) -> Result<Vec<f32>, DataError> {
+    check_resize(src.len(), (sw, sh), (dw, dh), 3)?;
     let mut dst = vec![0f32; dw * dh * 3];
     bilinear_window_rows(src, sw, sh, dw, dh, 0, 0, dw, dh, [0.0; 3], |y, row| {
         dst[y * dw * 3..(y + 1) * dw * 3].copy_from_slice(row);
     });
-    dst
+    Ok(dst)
 }
 
 fn nearest_axis(src: usize, dst: usize, first: isize, len: usize) -> Vec<usize> {
@@ -176,6 +215,7 @@ fn nearest_axis(src: usize, dst: usize, first: isize, len: usize) -> Vec<usize> 
 }
 
 /// Nearest-neighbour resize of an interleaved H×W×`channels` buffer (labels: `channels = 1`).
+/// An empty size or a buffer that does not hold `sw·sh·channels` values is an error.
 pub fn resize_nearest<T: Copy>(
     src: &[T],
     sw: usize,
@@ -183,16 +223,13 @@ pub fn resize_nearest<T: Copy>(
     dw: usize,
     dh: usize,
     channels: usize,
-) -> Vec<T> {
-    assert_eq!(
-        src.len(),
-        sw * sh * channels,
-        "buffer does not match its size"
-    );
+) -> Result<Vec<T>, DataError> {
+    check_resize(src.len(), (sw, sh), (dw, dh), channels)?;
     if sw == dw && sh == dh {
-        return src.to_vec();
+        return Ok(src.to_vec());
     }
-    let pad = vec![src.first().copied().expect("non-empty"); channels];
+    // Never used (the whole window lies inside the image), but the window function wants one.
+    let pad = src[..channels].to_vec();
     resize_nearest_window(src, sw, sh, dw, dh, channels, 0, 0, dw, dh, &pad)
 }
 
@@ -211,13 +248,15 @@ pub fn resize_nearest_window<T: Copy>(
     cw: usize,
     ch: usize,
     pad: &[T],
-) -> Vec<T> {
-    assert_eq!(
-        src.len(),
-        sw * sh * channels,
-        "buffer does not match its size"
-    );
-    assert_eq!(pad.len(), channels, "one padding value per channel");
+) -> Result<Vec<T>, DataError> {
+    check_resize(src.len(), (sw, sh), (dw, dh), channels)?;
+    if pad.len() != channels {
+        return Err(DataError::config(
+            "resize padding",
+            format!("{} values", pad.len()),
+            format!("one padding value per channel ({channels})"),
+        ));
+    }
     let xs = nearest_axis(sw, dw, x0, cw);
     let ys = nearest_axis(sh, dh, y0, ch);
     let mut dst = Vec::with_capacity(cw * ch * channels);
@@ -244,10 +283,14 @@ pub fn resize_nearest_window<T: Copy>(
             }
         }
     }
-    dst
+    Ok(dst)
 }
 
 /// Mirrors an interleaved H×W×`channels` buffer left–right in place.
+///
+/// # Panics
+///
+/// If `buf` holds fewer than `w·h·channels` values (a caller's bug).
 pub fn hflip<T: Copy>(buf: &mut [T], w: usize, h: usize, channels: usize) {
     for y in 0..h {
         let row = &mut buf[y * w * channels..(y + 1) * w * channels];
@@ -262,6 +305,11 @@ pub fn hflip<T: Copy>(buf: &mut [T], w: usize, h: usize, channels: usize) {
 
 /// Copies the `cw × ch` window at (`x0`, `y0`) of an H×W×`channels` buffer; parts of the
 /// window outside the source (negative offsets or past the edge) are filled with `pad`.
+///
+/// # Panics
+///
+/// If `src` holds fewer than `w·h·channels` values or `pad` is not `channels` long (a caller's
+/// bug: the crate only passes buffers of its own making).
 #[allow(clippy::too_many_arguments)]
 pub fn crop_pad<T: Copy>(
     src: &[T],
@@ -292,6 +340,10 @@ pub fn crop_pad<T: Copy>(
 }
 
 /// Writes `(x - mean) / std` of an H×W×3 RGB image into planar `3×H×W` `out`.
+///
+/// # Panics
+///
+/// If `img` or `out` does not hold `w·h·3` values (a caller's bug).
 pub fn normalize_chw(img: &[u8], w: usize, h: usize, norm: &Normalize, out: &mut [f32]) {
     let plane = w * h;
     assert_eq!(img.len(), plane * 3, "image buffer does not match its size");
@@ -379,7 +431,8 @@ impl Augment {
     ///
     /// `pad_rgb` fills image pixels outside the source, `ignore` label pixels. Draws from `rng`
     /// in a fixed order (scale, crop x, crop y, flip, jitter factors), so a given RNG state
-    /// always gives the same result. Returns `(image, label, width, height)`.
+    /// always gives the same result. Returns `(image, label, width, height)`; an empty image or
+    /// buffers that do not match `w × h` are an error.
     #[allow(clippy::too_many_arguments)]
     pub fn apply<R: Rng + ?Sized>(
         &self,
@@ -390,7 +443,18 @@ impl Augment {
         pad_rgb: [u8; 3],
         ignore: u8,
         rng: &mut R,
-    ) -> (Vec<u8>, Vec<u8>, usize, usize) {
+    ) -> Result<(Vec<u8>, Vec<u8>, usize, usize), DataError> {
+        if w == 0 || h == 0 || image.len() != w * h * 3 || label.len() != w * h {
+            return Err(DataError::config(
+                "augment input",
+                format!(
+                    "{w}x{h}, {} image and {} label values",
+                    image.len(),
+                    label.len()
+                ),
+                "the image needs w·h·3 and the label w·h values, w and h at least 1",
+            ));
+        }
         let (cw, ch) = self.crop.unwrap_or((w, h));
         // Scaled size; the crop window is then resampled straight from the input (the same
         // values as scaling the whole image and cropping, without the pixels thrown away).
@@ -426,8 +490,8 @@ impl Augment {
             }
         } else {
             (
-                resize_bilinear_rgb_window(image, w, h, sw, sh, x0, y0, cw, ch, pad_rgb),
-                resize_nearest_window(label, w, h, sw, sh, 1, x0, y0, cw, ch, &[ignore]),
+                resize_bilinear_rgb_window(image, w, h, sw, sh, x0, y0, cw, ch, pad_rgb)?,
+                resize_nearest_window(label, w, h, sw, sh, 1, x0, y0, cw, ch, &[ignore])?,
             )
         };
         let (sw, sh) = (cw, ch);
@@ -447,7 +511,7 @@ impl Augment {
             let (b, c, s) = (draw(), draw(), draw());
             color_jitter(&mut img, b, c, s);
         }
-        (img, lbl, sw, sh)
+        Ok((img, lbl, sw, sh))
     }
 }
 

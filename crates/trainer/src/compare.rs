@@ -464,7 +464,7 @@ fn build_examples(
     let hw = eh * ew;
     for (k, (idx, id)) in first.examples.iter().enumerate() {
         let s = ds.get(*idx)?;
-        let image = resize_bilinear_rgb(&s.image, s.width, s.height, ew, eh);
+        let image = resize_bilinear_rgb(&s.image, s.width, s.height, ew, eh)?;
         let pos = gt_batch.indices.iter().position(|i| i == idx);
         let ground_truth = match pos {
             Some(p) => gt_batch.labels[p * hw..(p + 1) * hw].to_vec(),

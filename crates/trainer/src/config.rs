@@ -118,6 +118,15 @@ pub struct DataConfig {
     /// Use at most this many validation / test images (0 = all).
     #[serde(default)]
     pub max_eval_images: usize,
+    /// Largest image or label map (width × height) the decoders accept; a file whose header
+    /// claims more is an error naming it instead of an allocation that could abort the process
+    /// (`recallseg_data::png_io::DecodeLimits`). Default 64 megapixels.
+    #[serde(default = "default_max_image_pixels")]
+    pub max_image_pixels: u64,
+}
+
+fn default_max_image_pixels() -> u64 {
+    recallseg_data::png_io::DecodeLimits::DEFAULT_MAX_PIXELS
 }
 
 fn default_train_split() -> String {
@@ -510,6 +519,9 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_paths()?;
         let d = &self.data;
+        if d.max_image_pixels == 0 {
+            return Err(invalid("data.max_image_pixels", "must be at least 1"));
+        }
         if d.root.as_os_str().is_empty() {
             return Err(invalid("data.root", "must not be empty"));
         }

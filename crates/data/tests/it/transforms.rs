@@ -47,7 +47,7 @@ fn bilinear_and_nearest_match_pytorch() {
         );
         let img = u8s(&case["image"]);
         let want = f32s(&case["bilinear"]);
-        let got = resize_bilinear_rgb_f32(&img, sw, sh, dw, dh);
+        let got = resize_bilinear_rgb_f32(&img, sw, sh, dw, dh).unwrap();
         assert_eq!(got.len(), want.len());
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
             assert!(
@@ -56,13 +56,13 @@ fn bilinear_and_nearest_match_pytorch() {
             );
         }
         // The u8 path rounds the same values.
-        let got8 = resize_bilinear_rgb(&img, sw, sh, dw, dh);
+        let got8 = resize_bilinear_rgb(&img, sw, sh, dw, dh).unwrap();
         for (a, b) in got8.iter().zip(&want) {
             assert!((*a as f32 - b).abs() <= 0.5 + 1e-3, "{a} vs {b}");
         }
         let lbl = u8s(&case["label"]);
         assert_eq!(
-            resize_nearest(&lbl, sw, sh, dw, dh, 1),
+            resize_nearest(&lbl, sw, sh, dw, dh, 1).unwrap(),
             u8s(&case["nearest"])
         );
     }
@@ -136,20 +136,22 @@ fn windowed_resize_equals_resize_then_crop() {
         (23, 17, 0, 0, 23, 17),
         (30, 12, 25, 8, 9, 9),
     ] {
-        let full = resize_bilinear_rgb(&img, sw, sh, dw, dh);
+        let full = resize_bilinear_rgb(&img, sw, sh, dw, dh).unwrap();
         let want = crop_pad(&full, dw, dh, 3, x0, y0, cw, ch, &[1, 2, 3]);
-        let got = resize_bilinear_rgb_window(&img, sw, sh, dw, dh, x0, y0, cw, ch, [1, 2, 3]);
+        let got =
+            resize_bilinear_rgb_window(&img, sw, sh, dw, dh, x0, y0, cw, ch, [1, 2, 3]).unwrap();
         assert_eq!(
             got, want,
             "bilinear window {dw}x{dh} at ({x0},{y0}) {cw}x{ch}"
         );
-        let full = resize_nearest(&lbl, sw, sh, dw, dh, 1);
+        let full = resize_nearest(&lbl, sw, sh, dw, dh, 1).unwrap();
         let want = crop_pad(&full, dw, dh, 1, x0, y0, cw, ch, &[255]);
-        let got = resize_nearest_window(&lbl, sw, sh, dw, dh, 1, x0, y0, cw, ch, &[255]);
+        let got = resize_nearest_window(&lbl, sw, sh, dw, dh, 1, x0, y0, cw, ch, &[255]).unwrap();
         assert_eq!(got, want, "nearest window");
-        let full = resize_nearest(&img, sw, sh, dw, dh, 3);
+        let full = resize_nearest(&img, sw, sh, dw, dh, 3).unwrap();
         let want = crop_pad(&full, dw, dh, 3, x0, y0, cw, ch, &[9, 9, 9]);
-        let got = resize_nearest_window(&img, sw, sh, dw, dh, 3, x0, y0, cw, ch, &[9, 9, 9]);
+        let got =
+            resize_nearest_window(&img, sw, sh, dw, dh, 3, x0, y0, cw, ch, &[9, 9, 9]).unwrap();
         assert_eq!(got, want, "nearest window, 3 channels");
     }
 }
@@ -177,7 +179,9 @@ fn augmentation_moves_image_and_label_together() {
     let (mut flips, mut pads) = (0, 0);
     for seed in 0..40 {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let (oi, ol, ow, oh) = aug.apply(&img, &lbl, w, h, [7, 7, 7], 255, &mut rng);
+        let (oi, ol, ow, oh) = aug
+            .apply(&img, &lbl, w, h, [7, 7, 7], 255, &mut rng)
+            .unwrap();
         assert_eq!((ow, oh), (32, 24));
         let mut flipped = None;
         for y in 0..oh {
@@ -210,4 +214,30 @@ fn augmentation_moves_image_and_label_together() {
         "flip should happen about half the time ({flips}/40)"
     );
     assert!(pads > 0, "down-scales below the crop size should pad");
+}
+
+/// Sizes and buffers that do not fit are errors, not panics (a 0×0 buffer used to panic in
+/// `resize_nearest`, a short buffer asserted in `resize_bilinear_rgb`).
+#[test]
+fn bad_sizes_are_errors_not_panics() {
+    let e = resize_nearest::<u8>(&[], 0, 0, 4, 4, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("0x0"), "{e}");
+    assert!(resize_nearest(&[1u8; 4], 2, 2, 0, 3, 1).is_err());
+    let e = resize_bilinear_rgb(&[0u8; 10], 2, 2, 4, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("10 values"), "{e}");
+    // The same size as the target used to skip the check.
+    assert!(resize_bilinear_rgb(&[0u8; 10], 2, 2, 2, 2).is_err());
+    assert!(resize_bilinear_rgb_f32(&[0u8; 12], 2, 2, 0, 0).is_err());
+    assert!(resize_nearest_window(&[1u8; 4], 2, 2, 2, 2, 1, 0, 0, 2, 2, &[0, 0]).is_err());
+    assert!(resize_bilinear_rgb_window(&[0u8; 12], 2, 2, 3, 3, 0, 0, 3, 3, [0; 3]).is_ok());
+    let aug = recallseg_data::Augment::default();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    assert!(aug
+        .apply(&[0u8; 5], &[0u8; 4], 2, 2, [0; 3], 255, &mut rng)
+        .is_err());
+    assert!(aug.apply(&[], &[], 0, 0, [0; 3], 255, &mut rng).is_err());
 }
