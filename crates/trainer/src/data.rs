@@ -75,6 +75,23 @@ pub fn quick_synthetic_config() -> SyntheticConfig {
     SyntheticConfig::default()
 }
 
+/// Whether `root` has the top of the dataset's layout: a SYNTHIA sequence (`RGB/` and
+/// `GT/LABELS/`, at the root or one level below) or Cityscapes' `leftImg8bit/` and `gtFine/`.
+fn layout_present(kind: DatasetKind, root: &Path) -> bool {
+    let sequence = |d: &Path| d.join("RGB").is_dir() && d.join("GT").join("LABELS").is_dir();
+    match kind {
+        DatasetKind::Synthia => {
+            sequence(root)
+                || std::fs::read_dir(root)
+                    .is_ok_and(|rd| rd.filter_map(|e| e.ok()).any(|e| sequence(&e.path())))
+        }
+        DatasetKind::Cityscapes => {
+            root.join("leftImg8bit").is_dir() && root.join("gtFine").is_dir()
+        }
+        DatasetKind::Folder => true,
+    }
+}
+
 /// Opens one split of the configured dataset.
 pub fn open_split(cfg: &DataConfig, split: Split) -> anyhow::Result<Arc<dyn SegDataset>> {
     let root = &cfg.root;
@@ -82,14 +99,21 @@ pub fn open_split(cfg: &DataConfig, split: Split) -> anyhow::Result<Arc<dyn SegD
     if missing {
         anyhow::bail!("{}", missing_dataset_help(cfg.kind, root));
     }
+    // The download instructions only when the dataset's layout is missing; an empty split or an
+    // image without its label in a dataset that is there gets its own message alone.
+    let explain = |e: recallseg_data::DataError| {
+        if layout_present(cfg.kind, root) {
+            anyhow::anyhow!("{e}")
+        } else {
+            anyhow::anyhow!("{e}\n\n{}", missing_dataset_help(cfg.kind, root))
+        }
+    };
     let ds: Arc<dyn SegDataset> = match cfg.kind {
-        DatasetKind::Synthia => Arc::new(
-            SynthiaDataset::open(root, split, SynthiaOptions::default())
-                .map_err(|e| anyhow::anyhow!("{e}\n\n{}", missing_dataset_help(cfg.kind, root)))?,
-        ),
+        DatasetKind::Synthia => {
+            Arc::new(SynthiaDataset::open(root, split, SynthiaOptions::default()).map_err(explain)?)
+        }
         DatasetKind::Cityscapes => Arc::new(
-            CityscapesDataset::open(root, split, CityscapesOptions::default())
-                .map_err(|e| anyhow::anyhow!("{e}\n\n{}", missing_dataset_help(cfg.kind, root)))?,
+            CityscapesDataset::open(root, split, CityscapesOptions::default()).map_err(explain)?,
         ),
         DatasetKind::Folder => Arc::new(FolderDataset::open(root, split)?),
     };

@@ -385,3 +385,49 @@ fn predict_decodes_by_content_and_never_overwrites_an_input() {
         .to_string();
     assert!(e.contains("notes.png"), "{e}");
 }
+
+/// The download instructions appear only when the dataset is not there: an empty split or an
+/// image without its label used to be followed by a misleading "SYNTHIA was not found".
+#[test]
+fn dataset_errors_do_not_suggest_a_download_when_the_dataset_is_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let cfg = tiny_config(&root, &dir.path().join("run"), &[]);
+    let seq = root.join("SYNTHIA-SEQS-05-SUMMER");
+    // An image without its label.
+    let first_label = std::fs::read_dir(seq.join("GT/LABELS/Stereo_Left/Omni_F"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    std::fs::remove_file(&first_label).unwrap();
+    let open = |d: &recallseg_trainer::config::DataConfig| {
+        let mut msgs = Vec::new();
+        for split in [Split::Train, Split::Val, Split::Test] {
+            if let Err(e) = recallseg_trainer::data::open_split(d, split) {
+                msgs.push(format!("{e:#}"));
+            }
+        }
+        msgs.join("\n")
+    };
+    let e = open(&cfg.data);
+    assert!(e.contains("no matching label"), "{e}");
+    assert!(!e.contains("was not found"), "{e}");
+    // An empty split: the layout is there, without images.
+    let empty = dir.path().join("empty");
+    for d in ["RGB/Stereo_Left/Omni_F", "GT/LABELS/Stereo_Left/Omni_F"] {
+        std::fs::create_dir_all(empty.join("SEQ").join(d)).unwrap();
+    }
+    let mut c = cfg.data.clone();
+    c.root = empty.clone();
+    let e = open(&c);
+    assert!(e.contains("is empty"), "{e}");
+    assert!(!e.contains("was not found"), "{e}");
+    // A folder without the layout: the instructions are what helps.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    c.root = other;
+    let e = open(&c);
+    assert!(e.contains("was not found"), "{e}");
+}
