@@ -32,7 +32,7 @@
 //! value is an error naming the mask and the pixel.
 
 use crate::common::paired_file_methods;
-use crate::common::{fingerprint_items, require_dir, stem, Item, LabelLut};
+use crate::common::{fingerprint_items, require_dir, Item, LabelLut};
 use crate::dataset::{ClassInfo, Normalize, SegDataset, Split, DEFAULT_IGNORE_INDEX};
 use crate::error::DataError;
 use crate::split::{select_split, SplitFractions};
@@ -153,6 +153,7 @@ impl FolderSpec {
 /// One split of a folder dataset.
 #[derive(Debug)]
 pub struct FolderDataset {
+    skipped: Vec<SkippedFile>,
     name: String,
     base: PathBuf,
     split: Split,
@@ -165,24 +166,54 @@ pub struct FolderDataset {
 
 const IMAGE_EXTS: [&str; 3] = ["png", "jpg", "jpeg"];
 
-/// Files of `dir` with one of `exts`, by stem (sorted); duplicated stems are an error.
-fn files_by_stem(dir: &Path, exts: &[&str]) -> Result<BTreeMap<String, PathBuf>, DataError> {
+/// A file a folder dataset left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Why it was left out.
+    pub reason: &'static str,
+}
+
+/// A file name's stem (up to the last dot) as raw OS text: files are paired on their exact
+/// names, so two names that differ only in bytes that are not UTF-8 stay apart.
+fn os_stem(name: &std::ffi::OsStr) -> std::ffi::OsString {
+    Path::new(name)
+        .file_stem()
+        .map_or_else(|| name.to_os_string(), |s| s.to_os_string())
+}
+
+/// Files of `dir` with one of `exts`, by their raw stem (sorted); duplicated stems are an error.
+/// Entries with such an extension that are not readable regular files (a broken or looping
+/// symbolic link, a folder) are added to `skipped`.
+fn files_by_stem(
+    dir: &Path,
+    exts: &[&str],
+    skipped: &mut Vec<SkippedFile>,
+) -> Result<BTreeMap<std::ffi::OsString, PathBuf>, DataError> {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
         let e = e.map_err(|e| DataError::io(dir, e))?;
         let p = e.path();
-        let name = e.file_name().to_string_lossy().into_owned();
         let ext = p
             .extension()
             .map(|x| x.to_string_lossy().to_ascii_lowercase())
             .unwrap_or_default();
-        if !p.is_file() || !exts.contains(&ext.as_str()) {
+        if !exts.contains(&ext.as_str()) {
             continue;
         }
-        if let Some(prev) = out.insert(stem(&name).to_string(), p.clone()) {
+        if !p.is_file() {
+            skipped.push(SkippedFile {
+                path: p,
+                reason: "not a readable file (a broken or looping link, or a folder)",
+            });
+            continue;
+        }
+        let key = os_stem(&e.file_name());
+        if let Some(prev) = out.insert(key.clone(), p.clone()) {
             return Err(DataError::config(
                 "file stem",
-                stem(&name),
+                key.to_string_lossy(),
                 format!("two files share it: {} and {}", prev.display(), p.display()),
             ));
         }
@@ -190,30 +221,78 @@ fn files_by_stem(dir: &Path, exts: &[&str]) -> Result<BTreeMap<String, PathBuf>,
     Ok(out)
 }
 
-fn pair_items(images: &Path, masks: &Path) -> Result<Vec<Item>, DataError> {
+fn pair_items(
+    images: &Path,
+    masks: &Path,
+    skipped: &mut Vec<SkippedFile>,
+) -> Result<Vec<Item>, DataError> {
     require_dir(images, "image folder")?;
     require_dir(masks, "mask folder")?;
-    let imgs = files_by_stem(images, &IMAGE_EXTS)?;
-    let msks = files_by_stem(masks, &["png"])?;
+    let imgs = files_by_stem(images, &IMAGE_EXTS, skipped)?;
+    let msks = files_by_stem(masks, &["png"], skipped)?;
     let mut items = Vec::with_capacity(imgs.len());
-    for (s, image) in imgs {
-        let Some(label) = msks.get(&s) else {
+    for (s, image) in &imgs {
+        let Some(label) = msks.get(s) else {
+            let mut expected = s.clone();
+            expected.push(".png");
             return Err(DataError::Unpaired {
-                path: image,
+                path: image.clone(),
                 what: "mask".into(),
-                expected: masks.join(format!("{s}.png")),
+                expected: masks.join(expected),
             });
         };
         items.push(Item {
-            image,
+            image: image.clone(),
             label: label.clone(),
-            id: s,
+            id: s.to_string_lossy().into_owned(),
         });
+    }
+    for (s, mask) in &msks {
+        if !imgs.contains_key(s) {
+            skipped.push(SkippedFile {
+                path: mask.clone(),
+                reason: "a mask without an image",
+            });
+        }
     }
     Ok(items)
 }
 
+/// One line saying how many files were left out and why (with the first few), or `None`.
+pub fn skipped_summary(skipped: &[SkippedFile]) -> Option<String> {
+    if skipped.is_empty() {
+        return None;
+    }
+    let mut reasons: BTreeMap<&str, Vec<&Path>> = BTreeMap::new();
+    for s in skipped {
+        reasons.entry(s.reason).or_default().push(&s.path);
+    }
+    let parts: Vec<String> = reasons
+        .iter()
+        .map(|(r, ps)| {
+            let shown: Vec<String> = ps.iter().take(3).map(|p| p.display().to_string()).collect();
+            format!(
+                "{} {r} ({}{})",
+                ps.len(),
+                shown.join(", "),
+                if ps.len() > 3 { ", …" } else { "" }
+            )
+        })
+        .collect();
+    Some(format!(
+        "folder dataset: skipped {} file(s): {}",
+        skipped.len(),
+        parts.join("; ")
+    ))
+}
+
 impl FolderDataset {
+    /// The files of the dataset's folders that were left out, and why (also printed once, as
+    /// one warning line, when the dataset is opened).
+    pub fn skipped(&self) -> &[SkippedFile] {
+        &self.skipped
+    }
+
     /// Opens `split` of the dataset described by the `.toml`/`.json` file `spec_path`
     /// (relative folders are resolved against the file's folder).
     pub fn open(spec_path: impl AsRef<Path>, split: Split) -> Result<Self, DataError> {
@@ -250,10 +329,15 @@ impl FolderDataset {
             Split::Test => &spec.test,
         };
         let any_explicit = spec.train.is_some() || spec.val.is_some() || spec.test.is_some();
+        let mut skipped = Vec::new();
         let items = match (explicit, &spec.images, &spec.masks) {
-            (Some(pair), _, _) => pair_items(&base.join(&pair.images), &base.join(&pair.masks))?,
+            (Some(pair), _, _) => pair_items(
+                &base.join(&pair.images),
+                &base.join(&pair.masks),
+                &mut skipped,
+            )?,
             (None, Some(i), Some(m)) if !any_explicit => {
-                let all = pair_items(&base.join(i), &base.join(m))?;
+                let all = pair_items(&base.join(i), &base.join(m), &mut skipped)?;
                 select_split(&all, split, spec.seed, &spec.fractions)
             }
             _ => {
@@ -288,7 +372,11 @@ impl FolderDataset {
             None => format!("folder-{split}"),
         };
         let options_text = serde_json::to_string(spec).unwrap_or_default();
+        if let Some(line) = skipped_summary(&skipped) {
+            eprintln!("warning: {line}");
+        }
         Ok(FolderDataset {
+            skipped,
             name,
             base: base.to_path_buf(),
             split,

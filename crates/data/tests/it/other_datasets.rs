@@ -253,3 +253,95 @@ fn pixel_counts_are_cached_and_invalidated() {
     assert_ne!(ds2.fingerprint(), ds.fingerprint());
     assert_ne!(ds2.class_pixel_counts().unwrap(), vec![1, 2, 3]);
 }
+
+/// A mask without an image and an image that is a looping symbolic link used to be skipped
+/// without a word; they are now listed (and printed once, as one warning line).
+#[cfg(unix)]
+#[test]
+fn skipped_files_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    folder_tree(dir.path());
+    write_gray8(
+        &dir.path().join("mask/orphan.png"),
+        4,
+        2,
+        &[0; 8],
+        PngSpeed::Fast,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("loop.png", dir.path().join("img/loop.png")).unwrap();
+    let spec = dir.path().join("d.toml");
+    std::fs::write(
+        &spec,
+        "classes = [{name = \"a\"}, {name = \"b\"}, {name = \"c\"}]\nimages = \"img\"\nmasks = \"mask\"\n",
+    )
+    .unwrap();
+    let ds = FolderDataset::open(&spec, Split::Train).unwrap();
+    let mut reasons: Vec<(String, &str)> = ds
+        .skipped()
+        .iter()
+        .map(|s| {
+            (
+                s.path.file_name().unwrap().to_string_lossy().into_owned(),
+                s.reason,
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert_eq!(reasons[0].0, "loop.png");
+    assert!(reasons[0].1.contains("link"));
+    assert_eq!(reasons[1], ("orphan.png".into(), "a mask without an image"));
+    let line = recallseg_data::folder::skipped_summary(ds.skipped()).unwrap();
+    assert!(line.contains("skipped 2 file(s)"), "{line}");
+}
+
+/// Names that are not UTF-8 are paired on their raw bytes: `x\xff.png` and `x\xfe.png` used to
+/// become the same lossy stem and be paired with each other.
+#[cfg(unix)]
+#[test]
+fn non_utf8_names_pair_on_their_raw_bytes() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["img", "mask"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    let name = |b: &[u8]| OsStr::from_bytes(b).to_os_string();
+    // Image x\xff has mask x\xff; image x\xfe has no mask.
+    write_rgb8(
+        &dir.path().join("img").join(name(b"x\xff.png")),
+        4,
+        2,
+        &[1; 24],
+        PngSpeed::Fast,
+    )
+    .unwrap();
+    write_gray8(
+        &dir.path().join("mask").join(name(b"x\xff.png")),
+        4,
+        2,
+        &[1; 8],
+        PngSpeed::Fast,
+    )
+    .unwrap();
+    write_rgb8(
+        &dir.path().join("img").join(name(b"x\xfe.png")),
+        4,
+        2,
+        &[2; 24],
+        PngSpeed::Fast,
+    )
+    .unwrap();
+    let spec = dir.path().join("d.toml");
+    std::fs::write(
+        &spec,
+        "classes = [{name = \"a\"}, {name = \"b\"}]\n[train]\nimages = \"img\"\nmasks = \"mask\"\n",
+    )
+    .unwrap();
+    let e = FolderDataset::open(&spec, Split::Train).unwrap_err();
+    assert!(
+        matches!(&e, DataError::Unpaired { path, .. } if path.file_name() == Some(&name(b"x\xfe.png"))),
+        "{e}"
+    );
+}
