@@ -160,7 +160,7 @@ pub(crate) fn stem(name: &str) -> &str {
 
 /// The [`crate::SegDataset`] methods shared by every dataset made of image/label file pairs
 /// (fields `name: String`, `items: Vec<Item>`, `classes: ClassInfo`, `lut: LabelLut`): name,
-/// length, classes, decoding a pair or only its label, and the image path of an item. Expanded
+/// length, classes, decoding a pair or only its label, and the image and label paths of an item. Expanded
 /// inside each dataset's `impl SegDataset`, beside the methods that differ (normalisation,
 /// fingerprint, cache directory).
 macro_rules! paired_file_methods {
@@ -184,6 +184,9 @@ macro_rules! paired_file_methods {
         }
         fn source(&self, index: usize) -> Option<std::path::PathBuf> {
             self.items.get(index).map(|i| i.image.clone())
+        }
+        fn label_source(&self, index: usize) -> Option<std::path::PathBuf> {
+            self.items.get(index).map(|i| i.label.clone())
         }
     };
 }

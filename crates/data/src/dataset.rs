@@ -251,6 +251,13 @@ pub trait SegDataset: Send + Sync {
     /// The image file of item `index`, for messages (None when out of range).
     fn source(&self, index: usize) -> Option<PathBuf>;
 
+    /// The label file of item `index` (None when out of range or not stored as a file). The
+    /// pixel count cache hashes these files' bytes, so a relabelled mask is noticed even when
+    /// its size and modification time were kept.
+    fn label_source(&self, _index: usize) -> Option<PathBuf> {
+        None
+    }
+
     /// The colour normalisation this dataset is usually trained with.
     fn normalization(&self) -> Normalize {
         Normalize::IMAGENET

@@ -4,8 +4,13 @@
 //! ids), ignored pixels excluded, decoding labels in parallel with rayon. The result is cached
 //! as JSON in the dataset's [`cache_dir`](crate::SegDataset::cache_dir) (next to the data) under
 //! `pixel-counts-<dataset name>.json`, keyed by the dataset's
-//! [`fingerprint`](crate::SegDataset::fingerprint): a changed file list or changed options
-//! recompute and overwrite it. An unwritable cache folder only costs a warning.
+//! [`fingerprint`](crate::SegDataset::fingerprint) (the file list and the options) *and* a hash
+//! of the bytes of every label file ([`label_content_hash`]): a changed file list, changed
+//! options or a relabelled mask (even one whose size and modification time were restored)
+//! recompute and overwrite it. Reading the label files' bytes costs a fraction of decoding them,
+//! which is what a cache hit saves. Datasets whose labels are not files
+//! ([`SegDataset::label_source`] is `None`) are keyed on the fingerprint alone. An unwritable
+//! cache folder only costs a warning.
 
 use crate::dataset::SegDataset;
 use crate::error::DataError;
@@ -21,6 +26,9 @@ pub struct PixelCountCache {
     pub fingerprint: String,
     /// Class names (for humans reading the file).
     pub names: Vec<String>,
+    /// FNV-1a hash of the label files' bytes ([`label_content_hash`]), as 16 hex digits.
+    #[serde(default)]
+    pub content: Option<String>,
     /// Pixels per train id.
     pub counts: Vec<u64>,
     /// Number of items counted.
@@ -55,6 +63,30 @@ pub fn compute_class_pixel_counts<D: SegDataset + ?Sized>(ds: &D) -> Result<Vec<
         })
 }
 
+/// A hash of the bytes of every label file of `ds` (`None` when its labels are not files): each
+/// file is hashed (FNV-1a 64) in parallel, and the per-file hashes are combined in item order, so
+/// the value does not depend on scheduling.
+pub fn label_content_hash<D: SegDataset + ?Sized>(ds: &D) -> Result<Option<u64>, DataError> {
+    let paths: Option<Vec<PathBuf>> = (0..ds.len()).map(|i| ds.label_source(i)).collect();
+    let Some(paths) = paths else {
+        return Ok(None);
+    };
+    let hashes: Vec<u64> = paths
+        .par_iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).map_err(|e| DataError::io(p, e))?;
+            let mut h = crate::Fnv64::default();
+            h.write(&bytes);
+            Ok(h.finish())
+        })
+        .collect::<Result<_, DataError>>()?;
+    let mut all = crate::Fnv64::default();
+    for h in hashes {
+        all.write_u64(h);
+    }
+    Ok(Some(all.finish()))
+}
+
 /// Where the cache of `ds` lives, if it has a cache folder.
 pub fn cache_path<D: SegDataset + ?Sized>(ds: &D) -> Option<PathBuf> {
     let safe: String = ds
@@ -78,10 +110,21 @@ pub fn class_pixel_counts<D: SegDataset + ?Sized>(ds: &D) -> Result<Vec<u64>, Da
     let fingerprint = format!("{:016x}", ds.fingerprint());
     let path = cache_path(ds);
     let n = ds.class_info().n_classes();
+    let content = if path.is_some() {
+        label_content_hash(ds)?.map(|h| format!("{h:016x}"))
+    } else {
+        None
+    };
     if let Some(path) = &path {
         if let Ok(text) = std::fs::read_to_string(path) {
             match serde_json::from_str::<PixelCountCache>(&text) {
-                Ok(c) if c.fingerprint == fingerprint && c.counts.len() == n => return Ok(c.counts),
+                Ok(c)
+                    if c.fingerprint == fingerprint
+                        && c.content == content
+                        && c.counts.len() == n =>
+                {
+                    return Ok(c.counts)
+                }
                 Ok(_) => {}
                 Err(e) => eprintln!(
                     "warning: ignoring unreadable pixel count cache {}: {e}",
@@ -95,6 +138,7 @@ pub fn class_pixel_counts<D: SegDataset + ?Sized>(ds: &D) -> Result<Vec<u64>, Da
         let cache = PixelCountCache {
             dataset: ds.name().to_string(),
             fingerprint,
+            content,
             names: ds.class_info().names.clone(),
             counts: counts.clone(),
             items: ds.len(),

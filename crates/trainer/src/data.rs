@@ -242,6 +242,11 @@ impl SegDataset for Prefix {
             .then(|| self.inner.source(index))
             .flatten()
     }
+    fn label_source(&self, index: usize) -> Option<std::path::PathBuf> {
+        (index < self.len)
+            .then(|| self.inner.label_source(index))
+            .flatten()
+    }
     fn normalization(&self) -> recallseg_data::Normalize {
         self.inner.normalization()
     }

@@ -345,3 +345,34 @@ fn non_utf8_names_pair_on_their_raw_bytes() {
         "{e}"
     );
 }
+
+/// A mask relabelled in place, with the same size and its modification time restored
+/// (`touch -r`), used to keep the old cached counts; the cache is keyed on the labels' bytes too.
+#[test]
+fn a_relabelled_mask_with_the_same_size_and_mtime_is_recounted() {
+    let dir = tempfile::tempdir().unwrap();
+    folder_tree(dir.path());
+    let spec = dir.path().join("d.toml");
+    std::fs::write(
+        &spec,
+        "classes = [{name = \"a\"}, {name = \"b\"}, {name = \"c\"}]\n[train]\nimages = \"img\"\nmasks = \"mask\"\n",
+    )
+    .unwrap();
+    let ds = FolderDataset::open(&spec, Split::Train).unwrap();
+    assert_eq!(ds.class_pixel_counts().unwrap(), vec![30, 30, 10]);
+    // Relabel f0: every pixel class 2 (same dimensions, same encoder: same file size).
+    let mask = dir.path().join("mask/f0.png");
+    let before = std::fs::metadata(&mask).unwrap();
+    let tmp = dir.path().join("f0.png");
+    write_gray8(&tmp, 4, 2, &[2, 2, 2, 255, 2, 2, 2, 2], PngSpeed::Fast).unwrap();
+    std::fs::copy(&tmp, &mask).unwrap();
+    let f = std::fs::File::options().write(true).open(&mask).unwrap();
+    f.set_modified(before.modified().unwrap()).unwrap();
+    drop(f);
+    let after = std::fs::metadata(&mask).unwrap();
+    assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+    assert_eq!(after.len(), before.len(), "same size, so the file list looks unchanged");
+    let ds = FolderDataset::open(&spec, Split::Train).unwrap();
+    // f0 had 3 × class 0, 3 × class 1, 1 × class 2; now 7 × class 2.
+    assert_eq!(ds.class_pixel_counts().unwrap(), vec![27, 27, 16]);
+}
