@@ -4,6 +4,7 @@
 
 mod bench;
 mod crash_test;
+mod fuzz;
 mod reproduce;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,8 @@ enum Command {
     /// Kill `recallseg train` (SIGKILL) many times and check no checkpoint is corrupt and the
     /// resumed run is bit for bit the uninterrupted one.
     CrashTest(crash_test::CrashTestArgs),
+    /// Run mutated PNG images and label maps through the decoders; fails on a panic.
+    FuzzDecoders(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Reproduce(args) => reproduce::run(&args),
         Command::CrashTest(args) => crash_test::run(&args),
+        Command::FuzzDecoders(args) => fuzz::run(&args),
     }
 }

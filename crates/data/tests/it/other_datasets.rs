@@ -371,7 +371,11 @@ fn a_relabelled_mask_with_the_same_size_and_mtime_is_recounted() {
     drop(f);
     let after = std::fs::metadata(&mask).unwrap();
     assert_eq!(after.modified().unwrap(), before.modified().unwrap());
-    assert_eq!(after.len(), before.len(), "same size, so the file list looks unchanged");
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "same size, so the file list looks unchanged"
+    );
     let ds = FolderDataset::open(&spec, Split::Train).unwrap();
     // f0 had 3 × class 0, 3 × class 1, 1 × class 2; now 7 × class 2.
     assert_eq!(ds.class_pixel_counts().unwrap(), vec![27, 27, 16]);
