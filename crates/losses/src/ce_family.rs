@@ -170,7 +170,16 @@ impl CeEngine {
     }
 
     pub(crate) fn forward(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-        let p = prepare(logits, target, self.n_classes, self.kernel)?;
+        let p = prepare(
+            logits,
+            target,
+            self.n_classes,
+            self.ignore_index,
+            self.kernel,
+        )?;
+        if p.empty {
+            return crate::input::zero_loss(&p.logits);
+        }
         let (loss, rep) = if p.fused {
             let out = Arc::new(Mutex::new(None));
             let op = FusedCe {

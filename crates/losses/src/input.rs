@@ -11,6 +11,19 @@ pub(crate) struct Prepared {
     pub target: Tensor,
     /// Whether the fused CPU kernel applies.
     pub fused: bool,
+    /// The batch has no valid pixel (no pixel at all, or every one ignored): the loss is 0 and
+    /// its gradient zero ([`zero_loss`]), on every path.
+    pub empty: bool,
+}
+
+/// The loss of a batch without valid pixels: 0, connected to `logits` so that the gradient
+/// exists and is zero everywhere (as PyTorch's sum-reduced losses behave).
+pub(crate) fn zero_loss(logits: &Tensor) -> Result<Tensor> {
+    // Σ (x − x) over the (finite, sanitised) logits: exactly 0, with a gradient of 1 − 1 = 0 for
+    // every element (candle prunes `0 · x` from the graph, which would leave no gradient at
+    // all); an empty sum when there are none.
+    let x = logits.flatten_all()?;
+    (&x - &x)?.sum_keepdim(0)?.squeeze(0)
 }
 
 /// Whether every element of a contiguous f32 CPU tensor is finite (checked in parallel).
@@ -30,10 +43,16 @@ fn cpu_f32_all_finite(t: &Tensor) -> bool {
 
 /// Checks ranks, sizes and dtypes, converts half-precision logits to `f32`, and decides which
 /// implementation runs.
+///
+/// Ignored pixels contribute nothing, whatever their logits: when the logits are not all finite,
+/// those of ignored pixels are replaced by 0 (a `where` select, so a NaN there cannot reach the
+/// loss or its gradient through a `0 · NaN`); a NaN on a valid pixel still propagates, as in
+/// PyTorch. Finite logits on the CPU (the fused kernels' case) are not copied.
 pub(crate) fn prepare(
     logits: &Tensor,
     target: &Tensor,
     n_classes: usize,
+    ignore_index: u32,
     kernel: Kernel,
 ) -> Result<Prepared> {
     let (n, c, h, w) = match logits.dims() {
@@ -44,6 +63,12 @@ pub(crate) fn prepare(
             )
         }
     };
+    if n_classes == 0 {
+        return Err(LossError::Shape(
+            "the loss was built for 0 classes; a segmentation loss needs at least one".into(),
+        )
+        .into_candle());
+    }
     if c != n_classes {
         return Err(LossError::Shape(format!(
             "logits have {c} channels but the loss was built for {n_classes} classes"
@@ -81,7 +106,43 @@ pub(crate) fn prepare(
         logits.device().is_cpu() && logits.dtype() == DType::F32 && logits.is_contiguous();
     // The fused kernels assume finite logits (their fast exp clamps its argument), so a NaN or
     // infinite logit would vanish from the loss. The portable path propagates it, as PyTorch does.
-    let finite = applicable && cpu_f32_all_finite(&logits);
+    let mut finite = applicable && cpu_f32_all_finite(&logits);
+    let mut logits = logits;
+    let keep = target.to_dtype(DType::U32)?.ne(ignore_index)?;
+    if n * h * w > 0 {
+        let valid = keep.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?;
+        if valid == 0 {
+            // Every pixel ignored: whatever the logits hold, the loss is 0 (a NaN there must
+            // not reach it either).
+            let clean = keep
+                .unsqueeze(1)?
+                .broadcast_as(logits.shape())?
+                .where_cond(&logits, &logits.zeros_like()?)?;
+            return Ok(Prepared {
+                logits: clean,
+                target: target.clone(),
+                fused: false,
+                empty: true,
+            });
+        }
+    }
+    if !finite {
+        // Not known to be finite: ignored pixels' logits become 0 (their value must not matter).
+        let keep = keep.unsqueeze(1)?.broadcast_as(logits.shape())?;
+        logits = keep.where_cond(&logits, &logits.zeros_like()?)?;
+        if applicable {
+            logits = logits.contiguous()?;
+            finite = cpu_f32_all_finite(&logits);
+        }
+    }
+    if n * h * w == 0 {
+        return Ok(Prepared {
+            logits,
+            target: target.clone(),
+            fused: false,
+            empty: true,
+        });
+    }
     let fused = match kernel {
         Kernel::Auto => applicable && finite,
         Kernel::Portable => false,
@@ -112,6 +173,7 @@ pub(crate) fn prepare(
         logits,
         target,
         fused,
+        empty: false,
     })
 }
 

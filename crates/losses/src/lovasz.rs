@@ -162,7 +162,16 @@ impl Lovasz {
 
 impl crate::SegLoss for Lovasz {
     fn forward(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-        let p = prepare(logits, target, self.n_classes, self.kernel)?;
+        let p = prepare(
+            logits,
+            target,
+            self.n_classes,
+            self.ignore_index,
+            self.kernel,
+        )?;
+        if p.empty {
+            return crate::input::zero_loss(&p.logits);
+        }
         if p.fused {
             let op = FusedLovasz {
                 n_classes: self.n_classes,

@@ -136,7 +136,16 @@ impl RegionEngine {
     }
 
     pub(crate) fn forward(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-        let p = prepare(logits, target, self.n_classes, self.kernel)?;
+        let p = prepare(
+            logits,
+            target,
+            self.n_classes,
+            self.ignore_index,
+            self.kernel,
+        )?;
+        if p.empty {
+            return crate::input::zero_loss(&p.logits);
+        }
         if p.fused {
             let op = FusedRegion {
                 n_classes: self.n_classes,
