@@ -23,7 +23,7 @@ pub(crate) fn zero_loss(logits: &Tensor) -> Result<Tensor> {
     // every element (candle prunes `0 · x` from the graph, which would leave no gradient at
     // all); an empty sum when there are none.
     let x = logits.flatten_all()?;
-    (&x - &x)?.sum_keepdim(0)?.squeeze(0)
+    x.sub(&x)?.sum_keepdim(0)?.squeeze(0)
 }
 
 /// Whether every element of a contiguous f32 CPU tensor is finite (checked in parallel).
