@@ -30,6 +30,10 @@ use std::sync::{Arc, Mutex};
 /// Pixels per work item.
 pub(crate) const BLOCK: usize = 256;
 
+/// Blocks accumulated together by one parallel task before the per-task sums are merged in task
+/// order (a shape-only constant: the reduction order never depends on the thread count).
+pub(crate) const TASKS_PER_GROUP: usize = 16;
+
 /// A raw pointer that work items write through at disjoint offsets.
 #[derive(Clone, Copy)]
 pub(crate) struct SyncPtr(pub *mut f32);
@@ -475,22 +479,27 @@ impl FusedCe {
         };
         #[cfg(target_arch = "x86_64")]
         let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-        let acc = (0..n * nblk)
+        // Fixed groups of blocks, each accumulated in order, merged in group order: the f64 sums
+        // do not depend on how rayon schedules the work or on the thread count.
+        let tasks = n * nblk;
+        let acc = (0..tasks.div_ceil(TASKS_PER_GROUP))
             .into_par_iter()
-            .fold(
-                || Acc::new(c),
-                |mut acc, t| {
+            .map(|g| {
+                let mut acc = Acc::new(c);
+                for t in g * TASKS_PER_GROUP..((g + 1) * TASKS_PER_GROUP).min(tasks) {
                     #[cfg(target_arch = "x86_64")]
                     if avx2 {
                         // SAFETY: the CPU supports AVX2 and FMA (checked above).
                         unsafe { fwd_block_avx2(&ctx, &mut acc, t) };
-                        return acc;
+                        continue;
                     }
                     fwd_block(&ctx, &mut acc, t);
-                    acc
-                },
-            )
-            .reduce(|| Acc::new(c), Acc::merge);
+                }
+                acc
+            })
+            .collect::<Vec<Acc>>()
+            .into_iter()
+            .fold(Acc::new(c), Acc::merge);
         if let Some(label) = acc.bad {
             return Err(LossError::LabelOutOfRange {
                 label,

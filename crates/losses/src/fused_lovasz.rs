@@ -160,7 +160,9 @@ impl FusedLovasz {
         // One work item per thread, each with its own sort buffers, over a strided share of
         // the classes (classes cost about the same).
         let workers = rayon::current_num_threads().clamp(1, c.max(1));
-        let losses: Vec<f64> = (0..workers)
+        // Per-class losses (each computed by one worker), summed in class order below, so the
+        // total does not depend on the number of threads or on scheduling.
+        let per_worker: Vec<Vec<(usize, f64)>> = (0..workers)
             .into_par_iter()
             .map(|wid| {
                 let mut keys: Vec<u64> = Vec::with_capacity(vpos.len());
@@ -203,10 +205,14 @@ impl FusedLovasz {
                 };
                 (wid..c)
                     .step_by(workers)
-                    .map(|cls| class_loss(cls, &mut keys, &mut tmp))
-                    .sum::<f64>()
+                    .map(|cls| (cls, class_loss(cls, &mut keys, &mut tmp)))
+                    .collect()
             })
             .collect();
+        let mut losses = vec![0.0f64; c];
+        for (cls, l) in per_worker.into_iter().flatten() {
+            losses[cls] = l;
+        }
         let mut guard = lock_state(&self.dldp)?;
         *guard = Some(dldp);
         if self.keep {

@@ -14,7 +14,7 @@
 use crate::fast_math::{fast_exp, kernel_buffer};
 use crate::fused_ce::{
     block_max, class_of, fused_cpu_fwd, incoming_grad, labels_of, lock_state, logits_of,
-    FusedForward, Labels, SyncPtr, BLOCK,
+    FusedForward, Labels, SyncPtr, BLOCK, TASKS_PER_GROUP,
 };
 use crate::region::{region_loss, RegionKind};
 use crate::LossError;
@@ -212,23 +212,26 @@ impl FusedRegion {
         };
         #[cfg(target_arch = "x86_64")]
         let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-        let sums = (0..n * nblk)
+        // Fixed groups of blocks, merged in group order: the sums do not depend on scheduling.
+        let tasks = n * nblk;
+        let sums = (0..tasks.div_ceil(TASKS_PER_GROUP))
             .into_par_iter()
-            .fold(
-                || (Sums::new(groups * c), vec![0f32; c * BLOCK]),
-                |(mut acc, mut e), t| {
+            .map(|g| {
+                let (mut acc, mut e) = (Sums::new(groups * c), vec![0f32; c * BLOCK]);
+                for t in g * TASKS_PER_GROUP..((g + 1) * TASKS_PER_GROUP).min(tasks) {
                     #[cfg(target_arch = "x86_64")]
                     if avx2 {
                         // SAFETY: the CPU supports AVX2 and FMA (checked above).
                         unsafe { region_block_avx2(&ctx, &mut acc, &mut e, t) };
-                        return (acc, e);
+                        continue;
                     }
                     region_block(&ctx, &mut acc, &mut e, t);
-                    (acc, e)
-                },
-            )
-            .map(|(acc, _)| acc)
-            .reduce(|| Sums::new(groups * c), Sums::merge);
+                }
+                acc
+            })
+            .collect::<Vec<Sums>>()
+            .into_iter()
+            .fold(Sums::new(groups * c), Sums::merge);
         if let Some(label) = sums.bad {
             return Err(LossError::LabelOutOfRange {
                 label,
