@@ -50,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let t4 = s.elapsed().as_secs_f64();
             let s = Instant::now();
             let mut out = vec![0f32; w * h * 3];
-            normalize_chw(&ai, w, h, &Normalize::IMAGENET, &mut out);
+            normalize_chw(&ai, w, h, &Normalize::IMAGENET, &mut out)?;
             let t5 = s.elapsed().as_secs_f64();
             if rep > 0 {
                 for (a, b) in t.iter_mut().zip([t0, t1, t2, t3, t4, t5]) {

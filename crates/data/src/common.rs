@@ -2,7 +2,7 @@
 
 use crate::dataset::{Fnv64, LabelMap, Sample};
 use crate::error::DataError;
-use crate::png_io::{decode_label, decode_rgb8, RawLabel};
+use crate::png_io::{decode_label, decode_label_bytes, decode_rgb8, RawLabel};
 use std::path::{Path, PathBuf};
 
 /// One (image, label) file pair.
@@ -102,6 +102,24 @@ pub(crate) fn load_label(item: &Item, lut: &LabelLut) -> Result<LabelMap, DataEr
     })
 }
 
+/// Decodes and maps an item's label from the bytes of its label file.
+pub(crate) fn load_label_bytes(
+    item: &Item,
+    lut: &LabelLut,
+    bytes: &[u8],
+) -> Result<LabelMap, DataError> {
+    let lbl = decode_label_bytes(bytes).map_err(|reason| DataError::Decode {
+        path: item.label.clone(),
+        reason,
+    })?;
+    let label = lut.map(&lbl, &item.label)?;
+    Ok(LabelMap {
+        label,
+        width: lbl.width,
+        height: lbl.height,
+    })
+}
+
 /// Sorted names of the `*.png` files in `dir` (case-insensitive extension).
 pub(crate) fn list_pngs(dir: &Path) -> Result<Vec<String>, DataError> {
     let mut names = Vec::new();
@@ -136,7 +154,9 @@ pub(crate) fn fingerprint_items(items: &[Item], extra: &str) -> u64 {
     for it in items {
         h.write_str(&it.id);
         for p in [&it.image, &it.label] {
-            h.write_str(&p.to_string_lossy());
+            // The raw OS bytes: two names that differ only outside UTF-8 differ here too.
+            h.write(p.as_os_str().as_encoded_bytes());
+            h.write(&[0xff]);
             if let Ok(m) = std::fs::metadata(p) {
                 h.write_u64(m.len());
                 if let Ok(t) = m.modified() {
@@ -160,9 +180,9 @@ pub(crate) fn stem(name: &str) -> &str {
 
 /// The [`crate::SegDataset`] methods shared by every dataset made of image/label file pairs
 /// (fields `name: String`, `items: Vec<Item>`, `classes: ClassInfo`, `lut: LabelLut`): name,
-/// length, classes, decoding a pair or only its label, and the image and label paths of an item. Expanded
-/// inside each dataset's `impl SegDataset`, beside the methods that differ (normalisation,
-/// fingerprint, cache directory).
+/// length, classes, decoding a pair or only its label (from its file or its bytes), and the
+/// image and label paths of an item. Expanded inside each dataset's `impl SegDataset`, beside
+/// the methods that differ (normalisation, fingerprint, cache directory).
 macro_rules! paired_file_methods {
     () => {
         fn name(&self) -> &str {
@@ -187,6 +207,14 @@ macro_rules! paired_file_methods {
         }
         fn label_source(&self, index: usize) -> Option<std::path::PathBuf> {
             self.items.get(index).map(|i| i.label.clone())
+        }
+        fn label_from_bytes(
+            &self,
+            index: usize,
+            bytes: &[u8],
+        ) -> Result<$crate::LabelMap, $crate::DataError> {
+            $crate::dataset::check_index(&self.name, index, self.items.len())?;
+            $crate::common::load_label_bytes(&self.items[index], &self.lut, bytes)
         }
     };
 }

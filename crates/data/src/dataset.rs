@@ -258,6 +258,15 @@ pub trait SegDataset: Send + Sync {
         None
     }
 
+    /// Decodes the label map of item `index` from `bytes`, the content of its
+    /// [`label_source`](SegDataset::label_source) file already read by the caller (the pixel
+    /// count pass hashes and decodes the same bytes). The default ignores `bytes` and calls
+    /// [`SegDataset::get_label`], which reads the file again.
+    fn label_from_bytes(&self, index: usize, bytes: &[u8]) -> Result<LabelMap, DataError> {
+        let _ = bytes;
+        self.get_label(index)
+    }
+
     /// The colour normalisation this dataset is usually trained with.
     fn normalization(&self) -> Normalize {
         Normalize::IMAGENET

@@ -171,8 +171,9 @@ const IMAGE_EXTS: [&str; 3] = ["png", "jpg", "jpeg"];
 pub struct SkippedFile {
     /// The file.
     pub path: PathBuf,
-    /// Why it was left out.
-    pub reason: &'static str,
+    /// Why it was left out ("a mask without an image", "a broken or looping symbolic link
+    /// (…)", …).
+    pub reason: String,
 }
 
 /// A file name's stem (up to the last dot) as raw OS text: files are paired on their exact
@@ -202,11 +203,19 @@ fn files_by_stem(
         if !exts.contains(&ext.as_str()) {
             continue;
         }
-        if !p.is_file() {
-            skipped.push(SkippedFile {
-                path: p,
-                reason: "not a readable file (a broken or looping link, or a folder)",
-            });
+        // Followed through links: a broken or looping link fails here.
+        let reason = match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() => None,
+            Ok(_) => Some("not a regular file (a folder or a device)".to_string()),
+            Err(err) => Some(match std::fs::symlink_metadata(&p) {
+                Ok(l) if l.file_type().is_symlink() => {
+                    format!("a broken or looping symbolic link ({err})")
+                }
+                _ => format!("unreadable ({err})"),
+            }),
+        };
+        if let Some(reason) = reason {
+            skipped.push(SkippedFile { path: p, reason });
             continue;
         }
         let key = os_stem(&e.file_name());
@@ -251,7 +260,7 @@ fn pair_items(
         if !imgs.contains_key(s) {
             skipped.push(SkippedFile {
                 path: mask.clone(),
-                reason: "a mask without an image",
+                reason: "a mask without an image".into(),
             });
         }
     }
@@ -265,7 +274,7 @@ pub fn skipped_summary(skipped: &[SkippedFile]) -> Option<String> {
     }
     let mut reasons: BTreeMap<&str, Vec<&Path>> = BTreeMap::new();
     for s in skipped {
-        reasons.entry(s.reason).or_default().push(&s.path);
+        reasons.entry(&s.reason).or_default().push(&s.path);
     }
     let parts: Vec<String> = reasons
         .iter()

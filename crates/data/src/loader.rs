@@ -428,7 +428,7 @@ impl Inner {
             .zip(labels.chunks_mut(plane.max(1)))
             .zip(&items)
         {
-            normalize_chw(&p.0, w, h, &self.norm, img_out);
+            normalize_chw(&p.0, w, h, &self.norm, img_out)?;
             lbl_out.copy_from_slice(&p.1);
         }
         Ok(Batch {

@@ -9,12 +9,14 @@ use crate::error::DataError;
 use png::{BitDepth, ColorType, Transformations};
 use std::io::Cursor;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// Limits checked before any pixel buffer is allocated: a file's header can claim any size (a
 /// 661-byte PNG can announce 100000×100000 pixels, a 389 KB deflate stream can inflate to
 /// gigabytes), so images larger than `max_pixels` are refused with an error instead of an
-/// allocation that aborts the process.
+/// allocation that aborts the process. The same bound caps the PNG decoder's own allocations
+/// (`png::Limits`), the JPEG decoder's buffer, and the outputs of the [`crate::transform`]
+/// functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeLimits {
     /// Largest `width × height` accepted.
@@ -25,24 +27,36 @@ impl DecodeLimits {
     /// 64 megapixels (8192×8192): eight times a 4K frame, 32 times a Cityscapes image.
     pub const DEFAULT_MAX_PIXELS: u64 = 64 * 1024 * 1024;
 
-    /// The limits the decoders without an explicit `limits` argument use: the default, or what
-    /// [`set_max_pixels`] set for the process.
-    pub fn current() -> Self {
-        DecodeLimits {
-            max_pixels: MAX_PIXELS.load(Ordering::Relaxed),
-        }
+    /// The most bytes a decoded image within the limits can take: `max_pixels` pixels of the
+    /// widest PNG pixel (16-bit RGBA, 8 bytes).
+    pub fn max_bytes(&self) -> usize {
+        usize::try_from(self.max_pixels.saturating_mul(8)).unwrap_or(usize::MAX)
     }
 
-    fn check(&self, width: u64, height: u64) -> Result<(), String> {
+    /// The limits the decoders without an explicit `limits` argument use: what
+    /// [`set_max_pixels`] set for the process, or the default.
+    pub fn current() -> Self {
+        PROCESS_LIMITS.get().copied().unwrap_or_default()
+    }
+
+    /// Checks a `width × height` size (from a header, or asked of a transform) against the
+    /// limits; the error says what is wrong with the size (`"100000x100000 pixels, above the
+    /// limit of … pixels (data.max_image_pixels)"`, `"an empty 0x5 image"`).
+    pub fn check(&self, width: u64, height: u64) -> Result<(), String> {
         match width.checked_mul(height) {
             Some(n) if n <= self.max_pixels && width > 0 && height > 0 => Ok(()),
-            Some(0) => Err(format!("the header claims an empty {width}x{height} image")),
+            Some(0) => Err(format!("an empty {width}x{height} image")),
             _ => Err(format!(
-                "the header claims {width}x{height} pixels, above the limit of {} pixels \
-                 (data.max_image_pixels); refusing to decode",
+                "{width}x{height} pixels, above the limit of {} pixels (data.max_image_pixels)",
                 self.max_pixels
             )),
         }
+    }
+
+    /// [`DecodeLimits::check`] of a size read from a file's header, worded for decoders.
+    fn check_header(&self, width: u64, height: u64) -> Result<(), String> {
+        self.check(width, height)
+            .map_err(|e| format!("the header claims {e}; refusing to decode"))
     }
 }
 
@@ -54,13 +68,35 @@ impl Default for DecodeLimits {
     }
 }
 
-static MAX_PIXELS: AtomicU64 = AtomicU64::new(DecodeLimits::DEFAULT_MAX_PIXELS);
+/// The process's limits, set at most once (see [`set_max_pixels`]).
+static PROCESS_LIMITS: OnceLock<DecodeLimits> = OnceLock::new();
 
-/// Sets the process's [`DecodeLimits::current`] (the trainer does it once at start-up, from
-/// `data.max_image_pixels`). Tests and libraries that need another limit pass one to the
-/// `*_with` decoders instead of changing this.
-pub fn set_max_pixels(max_pixels: u64) {
-    MAX_PIXELS.store(max_pixels.max(1), Ordering::Relaxed);
+/// Sets the process's [`DecodeLimits::current`], once: the trainer does it at start-up from
+/// `data.max_image_pixels`. Setting the value it already has is a no-op; another value is an
+/// error (the limit never changes under decoders that are running). Tests and libraries that
+/// need another limit pass one to the `*_with` decoders instead.
+pub fn set_max_pixels(max_pixels: u64) -> Result<(), DataError> {
+    if max_pixels == 0 {
+        return Err(DataError::config(
+            "data.max_image_pixels",
+            0,
+            "must be at least 1",
+        ));
+    }
+    let want = DecodeLimits { max_pixels };
+    let have = *PROCESS_LIMITS.get_or_init(|| want);
+    if have == want {
+        Ok(())
+    } else {
+        Err(DataError::config(
+            "data.max_image_pixels",
+            max_pixels,
+            format!(
+                "this process already decodes with a limit of {} pixels (it is set once)",
+                have.max_pixels
+            ),
+        ))
+    }
 }
 
 /// An 8-bit RGB image.
@@ -112,10 +148,15 @@ pub fn read_png_size(path: &Path) -> Result<(usize, usize), DataError> {
 }
 
 /// Decodes a PNG (or, recognised by its signature, a baseline/progressive JPEG) file to 8-bit
-/// RGB, whatever its extension, within [`DecodeLimits::current`].
+/// RGB, whatever its extension, within [`DecodeLimits::current`]. Errors name the file.
 pub fn decode_rgb8(path: &Path) -> Result<RgbImage, DataError> {
+    decode_rgb8_with(path, &DecodeLimits::current())
+}
+
+/// [`decode_rgb8`] within `limits`.
+pub fn decode_rgb8_with(path: &Path, limits: &DecodeLimits) -> Result<RgbImage, DataError> {
     let bytes = read_bytes(path)?;
-    decode_image_bytes_with(&bytes, &DecodeLimits::current()).map_err(|e| decode_err(path, e))
+    decode_image_bytes_with(&bytes, limits).map_err(|e| decode_err(path, e))
 }
 
 /// Decodes PNG or JPEG bytes (recognised by their signature) to 8-bit RGB within `limits`.
@@ -125,6 +166,12 @@ pub fn decode_image_bytes_with(bytes: &[u8], limits: &DecodeLimits) -> Result<Rg
     } else {
         decode_rgb8_bytes_with(bytes, limits)
     }
+}
+
+/// Decodes PNG or JPEG bytes (recognised by their signature) to 8-bit RGB within
+/// [`DecodeLimits::current`].
+pub fn decode_image_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
+    decode_image_bytes_with(bytes, &DecodeLimits::current())
 }
 
 /// Decodes JPEG bytes to 8-bit RGB (greyscale is replicated; CMYK and 16-bit are refused),
@@ -137,13 +184,13 @@ pub fn decode_jpeg_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
 pub fn decode_jpeg_bytes_with(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, String> {
     use jpeg_decoder::PixelFormat;
     let mut dec = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-    dec.read_info().map_err(|e| format!("JPEG: {e}"))?;
-    let info = dec.info().ok_or("JPEG: no image header")?;
-    limits.check(info.width as u64, info.height as u64)?;
     // At most 4 bytes a pixel (CMYK), so the decoder never allocates beyond the limit either.
     dec.set_max_decoding_buffer_size(
         usize::try_from(limits.max_pixels.saturating_mul(4)).unwrap_or(usize::MAX),
     );
+    dec.read_info().map_err(|e| format!("JPEG: {e}"))?;
+    let info = dec.info().ok_or("JPEG: no image header")?;
+    limits.check_header(info.width as u64, info.height as u64)?;
     let pixels = dec.decode().map_err(|e| format!("JPEG: {e}"))?;
     let info = dec.info().ok_or("JPEG: no image header")?;
     let (w, h) = (info.width as usize, info.height as usize);
@@ -169,13 +216,20 @@ fn png_reader<'a>(
     transformations: Transformations,
     limits: &DecodeLimits,
 ) -> Result<png::Reader<Cursor<&'a [u8]>>, String> {
-    let mut dec = png::Decoder::new(Cursor::new(bytes));
+    // The decoder's own allocations (rows, chunk buffers) are capped as well; the image
+    // buffer itself is sized from the header, checked below before the caller allocates it.
+    let mut dec = png::Decoder::new_with_limits(
+        Cursor::new(bytes),
+        png::Limits {
+            bytes: limits.max_bytes().max(1 << 20),
+        },
+    );
     dec.set_transformations(transformations);
     dec.set_ignore_text_chunk(true);
     dec.set_ignore_iccp_chunk(true);
     let reader = dec.read_info().map_err(|e| e.to_string())?;
     let info = reader.info();
-    limits.check(info.width as u64, info.height as u64)?;
+    limits.check_header(info.width as u64, info.height as u64)?;
     Ok(reader)
 }
 
@@ -239,10 +293,16 @@ pub fn decode_rgb8_bytes_with(bytes: &[u8], limits: &DecodeLimits) -> Result<Rgb
     })
 }
 
-/// Decodes a label PNG: the first channel (or the palette index) of every pixel.
+/// Decodes a label PNG: the first channel (or the palette index) of every pixel, within
+/// [`DecodeLimits::current`]. Errors name the file.
 pub fn decode_label(path: &Path) -> Result<RawLabel, DataError> {
+    decode_label_with(path, &DecodeLimits::current())
+}
+
+/// [`decode_label`] within `limits`.
+pub fn decode_label_with(path: &Path, limits: &DecodeLimits) -> Result<RawLabel, DataError> {
     let bytes = read_bytes(path)?;
-    decode_label_bytes(&bytes).map_err(|e| decode_err(path, e))
+    decode_label_bytes_with(&bytes, limits).map_err(|e| decode_err(path, e))
 }
 
 /// Decodes label PNG bytes (the error is a message without the path), within
@@ -347,14 +407,32 @@ fn write_png(
     std::fs::write(path, &out).map_err(|e| DataError::io(path, e))
 }
 
-fn check_len(path: &Path, got: usize, want: usize) -> Result<(), DataError> {
-    if got != want {
-        return Err(DataError::Encode {
-            path: path.to_path_buf(),
-            reason: format!("buffer holds {got} values, the image needs {want}"),
-        });
+/// Checks that a `w × h` image of `channels` values a pixel can be a PNG (1 to 2³¹−1 pixels
+/// each way) and that `got` is its number of values.
+fn check_len(
+    path: &Path,
+    got: usize,
+    w: usize,
+    h: usize,
+    channels: usize,
+) -> Result<(), DataError> {
+    let enc_err = |reason: String| DataError::Encode {
+        path: path.to_path_buf(),
+        reason,
+    };
+    const MAX_SIDE: usize = i32::MAX as usize;
+    if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
+        return Err(enc_err(format!(
+            "a PNG is 1 to {MAX_SIDE} pixels each way, not {w}x{h}"
+        )));
     }
-    Ok(())
+    match w.checked_mul(h).and_then(|n| n.checked_mul(channels)) {
+        Some(want) if want == got => Ok(()),
+        Some(want) => Err(enc_err(format!(
+            "buffer holds {got} values, the image needs {want}"
+        ))),
+        None => Err(enc_err(format!("{w}x{h} pixels is more than memory holds"))),
+    }
 }
 
 /// Writes an 8-bit RGB PNG (`data` is H×W×3).
@@ -365,7 +443,7 @@ pub fn write_rgb8(
     data: &[u8],
     speed: PngSpeed,
 ) -> Result<(), DataError> {
-    check_len(path, data.len(), w * h * 3)?;
+    check_len(path, data.len(), w, h, 3)?;
     write_png(path, w, h, ColorType::Rgb, BitDepth::Eight, data, speed)
 }
 
@@ -377,7 +455,7 @@ pub fn write_gray8(
     data: &[u8],
     speed: PngSpeed,
 ) -> Result<(), DataError> {
-    check_len(path, data.len(), w * h)?;
+    check_len(path, data.len(), w, h, 1)?;
     write_png(
         path,
         w,
@@ -399,9 +477,9 @@ pub fn write_label_rgb16(
     instance_ids: Option<&[u16]>,
     speed: PngSpeed,
 ) -> Result<(), DataError> {
-    check_len(path, class_ids.len(), w * h)?;
+    check_len(path, class_ids.len(), w, h, 1)?;
     if let Some(inst) = instance_ids {
-        check_len(path, inst.len(), w * h)?;
+        check_len(path, inst.len(), w, h, 1)?;
     }
     let mut buf = vec![0u8; w * h * 6];
     for (i, px) in buf.chunks_exact_mut(6).enumerate() {
@@ -468,35 +546,96 @@ mod limit_tests {
         assert!(decode_label_bytes(&lying_png(u32::MAX, u32::MAX)).is_err());
     }
 
+    /// A `w × h` all-zero 8-bit grey PNG, streamed row by row (the encoder never holds the
+    /// image): deflate compresses it about 1000:1, the shape of a real decompression bomb.
+    fn zero_png(w: usize, h: usize) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut enc = png::Encoder::new(&mut bytes, w as u32, h as u32);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_compression(png::Compression::High);
+        let mut wr = enc.write_header().unwrap();
+        let mut sw = wr.stream_writer().unwrap();
+        use std::io::Write;
+        let row = vec![0u8; w];
+        for _ in 0..h {
+            sw.write_all(&row).unwrap();
+        }
+        sw.finish().unwrap();
+        drop(wr);
+        bytes
+    }
+
     #[test]
     fn a_deflate_bomb_is_refused_by_the_limit() {
-        // 4000x4000 zeros compress to a few kilobytes; with a 1-megapixel limit it is refused
-        // (the default limit refuses the real bombs, which claim gigapixels).
-        let (w, h) = (4000usize, 4000usize);
-        let mut bytes = Vec::new();
-        {
-            let mut enc = png::Encoder::new(&mut bytes, w as u32, h as u32);
-            enc.set_color(png::ColorType::Grayscale);
-            enc.set_depth(png::BitDepth::Eight);
-            let mut wr = enc.write_header().unwrap();
-            let mut sw = wr.stream_writer().unwrap();
-            use std::io::Write;
-            let row = vec![0u8; w];
-            for _ in 0..h {
-                sw.write_all(&row).unwrap();
-            }
-            sw.finish().unwrap();
+        // 20000x20000 zeros: 440 KB that inflate to 400 MB of grey (1.2 GB as
+        // RGB). The default limit refuses it from the header, before inflating anything.
+        let bomb = zero_png(20_000, 20_000);
+        assert!(bomb.len() < 1_000_000, "{}", bomb.len());
+        for e in [
+            decode_label_bytes_with(&bomb, &DecodeLimits::default()).unwrap_err(),
+            decode_rgb8_bytes_with(&bomb, &DecodeLimits::default()).unwrap_err(),
+            decode_image_bytes_with(&bomb, &DecodeLimits::default()).unwrap_err(),
+        ] {
+            assert!(e.contains("20000x20000") && e.contains("limit"), "{e}");
         }
-        assert!(bytes.len() < 200_000, "{}", bytes.len());
-        let small = DecodeLimits {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bomb-20000.png");
+        std::fs::write(&p, &bomb).unwrap();
+        for e in [
+            decode_rgb8_with(&p, &DecodeLimits::default()).unwrap_err(),
+            decode_label_with(&p, &DecodeLimits::default()).unwrap_err(),
+        ] {
+            let e = e.to_string();
+            assert!(e.contains("bomb-20000.png") && e.contains("limit"), "{e}");
+        }
+        // A smaller one under a limit below its size is refused too, and within the default
+        // limit it decodes: the limit is a size, not a compression ratio.
+        let small_bomb = zero_png(2000, 2000);
+        let one_mpx = DecodeLimits {
             max_pixels: 1 << 20,
         };
-        let e = decode_label_bytes_with(&bytes, &small).unwrap_err();
-        assert!(e.contains("4000x4000"), "{e}");
-        assert!(decode_rgb8_bytes_with(&bytes, &small).is_err());
-        // Within the default limit it decodes.
-        let l = decode_label_bytes_with(&bytes, &DecodeLimits::default()).unwrap();
-        assert_eq!((l.width, l.height), (w, h));
+        let e = decode_label_bytes_with(&small_bomb, &one_mpx).unwrap_err();
+        assert!(e.contains("2000x2000") && e.contains("1048576"), "{e}");
+        assert!(decode_rgb8_bytes_with(&small_bomb, &one_mpx).is_err());
+        let l = decode_label_bytes_with(&small_bomb, &DecodeLimits::default()).unwrap();
+        assert_eq!((l.width, l.height), (2000, 2000));
+        assert!(l.data.iter().all(|&v| v == 0));
+    }
+
+    /// The process limit is set once: the same value again is fine, another one is an error,
+    /// and 0 is refused. (Sets the default, so the other tests of this binary are unaffected.)
+    #[test]
+    fn the_process_limit_is_set_once() {
+        let d = DecodeLimits::DEFAULT_MAX_PIXELS;
+        set_max_pixels(d).unwrap();
+        set_max_pixels(d).unwrap();
+        let e = set_max_pixels(d / 2).unwrap_err().to_string();
+        assert!(
+            e.contains("max_image_pixels") && e.contains("set once"),
+            "{e}"
+        );
+        assert!(set_max_pixels(0).is_err());
+        assert_eq!(DecodeLimits::current(), DecodeLimits::default());
+    }
+
+    #[test]
+    fn writers_refuse_sizes_that_are_not_a_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.png");
+        let e = write_gray8(&p, 0, 0, &[], PngSpeed::Fast)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("w.png") && e.contains("0x0"), "{e}");
+        let e = write_rgb8(&p, usize::MAX / 2, 3, &[0; 6], PngSpeed::Fast)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("w.png"), "{e}");
+        let e = write_label_rgb16(&p, 1 << 20, 1 << 20, &[0; 4], None, PngSpeed::Fast)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs"), "{e}");
+        assert!(!p.exists());
     }
 
     #[test]

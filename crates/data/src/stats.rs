@@ -1,16 +1,23 @@
 //! Per-class pixel counts over a dataset split (the statistics WeightedCE and BalancedCE use).
 //!
 //! Counts are taken on the label maps as the dataset returns them (stored resolution, train
-//! ids), ignored pixels excluded, decoding labels in parallel with rayon. The result is cached
-//! as JSON in the dataset's [`cache_dir`](crate::SegDataset::cache_dir) (next to the data) under
-//! `pixel-counts-<dataset name>.json`, keyed by the dataset's
-//! [`fingerprint`](crate::SegDataset::fingerprint) (the file list and the options) *and* a hash
-//! of the bytes of every label file ([`label_content_hash`]): a changed file list, changed
-//! options or a relabelled mask (even one whose size and modification time were restored)
-//! recompute and overwrite it. Reading the label files' bytes costs a fraction of decoding them,
-//! which is what a cache hit saves. Datasets whose labels are not files
-//! ([`SegDataset::label_source`] is `None`) are keyed on the fingerprint alone. An unwritable
-//! cache folder only costs a warning.
+//! ids), ignored pixels excluded, in one parallel pass over the items. The result is cached as
+//! JSON in the dataset's [`cache_dir`](crate::SegDataset::cache_dir) (next to the data) under
+//! `pixel-counts-<dataset name>.json`, item by item:
+//!
+//! * the whole cache is used only while the dataset's
+//!   [`fingerprint`](crate::SegDataset::fingerprint) (its file list, sizes, modification times
+//!   and options) is the one it was written for;
+//! * each item's counts are used only while its label file's bytes hash (FNV-1a 64, see
+//!   [`hash_bytes`]) to the value stored beside them. The pass reads every label file
+//!   ([`SegDataset::label_source`]), hashes the bytes and decodes them
+//!   ([`SegDataset::label_from_bytes`]) only when the hash differs, so a hit costs a read and a
+//!   hash (a fraction of a decode), a relabelled mask is recounted even when its size and
+//!   modification time were restored, and only the files that changed are decoded again.
+//!
+//! Items whose labels are not files are trusted to the fingerprint alone. An unwritable cache
+//! folder only costs a warning; an unreadable cache file is ignored (with a warning) and
+//! rewritten.
 
 use crate::dataset::SegDataset;
 use crate::error::DataError;
@@ -26,63 +33,117 @@ pub struct PixelCountCache {
     pub fingerprint: String,
     /// Class names (for humans reading the file).
     pub names: Vec<String>,
-    /// FNV-1a hash of the label files' bytes ([`label_content_hash`]), as 16 hex digits.
-    #[serde(default)]
-    pub content: Option<String>,
-    /// Pixels per train id.
+    /// Pixels per train id over all items (the sum of `per_item`, for humans reading the file).
     pub counts: Vec<u64>,
     /// Number of items counted.
     pub items: usize,
+    /// Per item, in dataset order: the hash of its label file and its counts.
+    #[serde(default)]
+    pub per_item: Vec<ItemCounts>,
 }
 
-/// Counts the pixels of every train id over all items (ignored pixels excluded), in parallel.
+/// One item's entry in a [`PixelCountCache`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ItemCounts {
+    /// FNV-1a 64 of the label file's bytes ([`hash_bytes`]) as 16 hex digits; `None` when the
+    /// item's label is not a file.
+    #[serde(default)]
+    pub hash: Option<String>,
+    /// Pixels per train id of this item.
+    pub counts: Vec<u64>,
+}
+
+/// The hash that keys an item's cached counts: 64-bit FNV-1a of the bytes (stable across Rust
+/// versions and platforms, unlike `std`'s `DefaultHasher`), as 16 hex digits.
+pub fn hash_bytes(bytes: &[u8]) -> String {
+    let mut h = crate::Fnv64::default();
+    h.write(bytes);
+    format!("{:016x}", h.finish())
+}
+
+/// Pixels per train id of one label map (values `>= n_classes`, the ignore index among them,
+/// are not counted).
+fn count(label: &[u8], n_classes: usize) -> Vec<u64> {
+    let mut c = vec![0u64; 256];
+    for &v in label {
+        c[v as usize] += 1;
+    }
+    c.truncate(n_classes);
+    c
+}
+
+fn sum(per_item: &[ItemCounts], n_classes: usize) -> Vec<u64> {
+    let mut total = vec![0u64; n_classes];
+    for it in per_item {
+        for (t, c) in total.iter_mut().zip(&it.counts) {
+            *t += c;
+        }
+    }
+    total
+}
+
+/// Counts the pixels of every train id over all items (ignored pixels excluded), in parallel,
+/// without the cache.
 pub fn compute_class_pixel_counts<D: SegDataset + ?Sized>(ds: &D) -> Result<Vec<u64>, DataError> {
+    let n = ds.class_info().n_classes();
+    let per_item = count_items(ds, None)?;
+    Ok(sum(
+        &per_item.into_iter().map(|(c, _)| c).collect::<Vec<_>>(),
+        n,
+    ))
+}
+
+/// The pass over the items: for each (in parallel, results in item order so nothing depends
+/// on scheduling), read the label file and hash it, take the counts from `cached` when the
+/// hash matches, decode and count otherwise. Returns each item's entry and whether it was
+/// (re)computed.
+fn count_items<D: SegDataset + ?Sized>(
+    ds: &D,
+    cached: Option<&[ItemCounts]>,
+) -> Result<Vec<(ItemCounts, bool)>, DataError> {
     let n = ds.class_info().n_classes();
     (0..ds.len())
         .into_par_iter()
         .map(|i| {
-            let l = ds.get_label(i)?;
-            let mut c = vec![0u64; 256];
-            for &v in &l.label {
-                c[v as usize] += 1;
-            }
-            Ok(c)
-        })
-        .try_reduce(
-            || vec![0u64; 256],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
+            let prev = cached.and_then(|c| c.get(i));
+            let Some(path) = ds.label_source(i) else {
+                if let Some(p) = prev.filter(|p| p.hash.is_none()) {
+                    return Ok((p.clone(), false));
                 }
-                Ok(a)
-            },
-        )
-        .map(|mut c| {
-            c.truncate(n);
-            c
+                let l = ds.get_label(i)?;
+                let counts = count(&l.label, n);
+                return Ok((ItemCounts { hash: None, counts }, true));
+            };
+            let bytes = std::fs::read(&path).map_err(|e| DataError::io(&path, e))?;
+            let hash = Some(hash_bytes(&bytes));
+            if let Some(p) = prev.filter(|p| p.hash == hash) {
+                return Ok((p.clone(), false));
+            }
+            let l = ds.label_from_bytes(i, &bytes)?;
+            let counts = count(&l.label, n);
+            Ok((ItemCounts { hash, counts }, true))
         })
+        .collect()
 }
 
 /// A hash of the bytes of every label file of `ds` (`None` when its labels are not files): each
-/// file is hashed (FNV-1a 64) in parallel, and the per-file hashes are combined in item order, so
-/// the value does not depend on scheduling.
+/// file is hashed ([`hash_bytes`]) in parallel, and the per-file hashes are combined in item
+/// order, so the value does not depend on scheduling.
 pub fn label_content_hash<D: SegDataset + ?Sized>(ds: &D) -> Result<Option<u64>, DataError> {
     let paths: Option<Vec<PathBuf>> = (0..ds.len()).map(|i| ds.label_source(i)).collect();
     let Some(paths) = paths else {
         return Ok(None);
     };
-    let hashes: Vec<u64> = paths
+    let hashes: Vec<String> = paths
         .par_iter()
         .map(|p| {
             let bytes = std::fs::read(p).map_err(|e| DataError::io(p, e))?;
-            let mut h = crate::Fnv64::default();
-            h.write(&bytes);
-            Ok(h.finish())
+            Ok(hash_bytes(&bytes))
         })
         .collect::<Result<_, DataError>>()?;
     let mut all = crate::Fnv64::default();
     for h in hashes {
-        all.write_u64(h);
+        all.write_str(&h);
     }
     Ok(Some(all.finish()))
 }
@@ -104,57 +165,119 @@ pub fn cache_path<D: SegDataset + ?Sized>(ds: &D) -> Option<PathBuf> {
         .map(|d| d.join(format!("pixel-counts-{safe}.json")))
 }
 
-/// Per-class pixel counts, read from the cache when its fingerprint matches, computed (and
-/// cached) otherwise.
+/// Per-class pixel counts: each item's from the cache when the dataset's fingerprint and the
+/// hash of its label file match, decoded and counted otherwise; the cache is rewritten when
+/// anything was recounted. See the module docs for what the cache trusts.
 pub fn class_pixel_counts<D: SegDataset + ?Sized>(ds: &D) -> Result<Vec<u64>, DataError> {
     let fingerprint = format!("{:016x}", ds.fingerprint());
     let path = cache_path(ds);
     let n = ds.class_info().n_classes();
-    let content = if path.is_some() {
-        label_content_hash(ds)?.map(|h| format!("{h:016x}"))
-    } else {
-        None
-    };
-    if let Some(path) = &path {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            match serde_json::from_str::<PixelCountCache>(&text) {
-                Ok(c)
-                    if c.fingerprint == fingerprint
-                        && c.content == content
-                        && c.counts.len() == n =>
-                {
-                    return Ok(c.counts)
-                }
-                Ok(_) => {}
-                Err(e) => eprintln!(
+    let cached: Option<PixelCountCache> = path.as_ref().and_then(|path| {
+        let text = std::fs::read_to_string(path).ok()?;
+        match serde_json::from_str::<PixelCountCache>(&text) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!(
                     "warning: ignoring unreadable pixel count cache {}: {e}",
                     path.display()
-                ),
+                );
+                None
             }
         }
-    }
-    let counts = compute_class_pixel_counts(ds)?;
-    if let Some(path) = &path {
+    });
+    let usable = cached.as_ref().filter(|c| {
+        c.fingerprint == fingerprint
+            && c.per_item.len() == ds.len()
+            && c.per_item.iter().all(|it| it.counts.len() == n)
+    });
+    let items = count_items(ds, usable.map(|c| c.per_item.as_slice()))?;
+    let recounted = items.iter().any(|(_, r)| *r) || usable.is_none();
+    let per_item: Vec<ItemCounts> = items.into_iter().map(|(c, _)| c).collect();
+    let counts = sum(&per_item, n);
+    if let (Some(path), true) = (&path, recounted) {
         let cache = PixelCountCache {
             dataset: ds.name().to_string(),
             fingerprint,
-            content,
             names: ds.class_info().names.clone(),
             counts: counts.clone(),
             items: ds.len(),
+            per_item,
         };
-        if let Err(e) = write_atomic_json(path, &cache) {
+        if let Err(e) = write_atomic(path, &cache_text(&cache)) {
             eprintln!("warning: pixel counts not cached: {e}");
         }
     }
     Ok(counts)
 }
 
-fn write_atomic_json(path: &std::path::Path, value: &PixelCountCache) -> Result<(), DataError> {
+/// The cache as JSON: the header fields one a line, then one line per item (a file of
+/// thousands of items stays small and readable).
+fn cache_text(c: &PixelCountCache) -> String {
+    fn j<T: serde::Serialize + ?Sized>(v: &T) -> String {
+        serde_json::to_string(v).expect("plain data serialises")
+    }
+    let mut s = String::from("{\n");
+    s += &format!("  \"dataset\": {},\n", j(&c.dataset));
+    s += &format!("  \"fingerprint\": {},\n", j(&c.fingerprint));
+    s += &format!("  \"names\": {},\n", j(&c.names));
+    s += &format!("  \"counts\": {},\n", j(&c.counts));
+    s += &format!("  \"items\": {},\n", c.items);
+    s += "  \"per_item\": [";
+    for (i, it) in c.per_item.iter().enumerate() {
+        s += if i == 0 { "\n    " } else { ",\n    " };
+        s += &j(it);
+    }
+    s += if c.per_item.is_empty() {
+        "]\n}\n"
+    } else {
+        "\n  ]\n}\n"
+    };
+    s
+}
+
+fn write_atomic(path: &std::path::Path, text: &str) -> Result<(), DataError> {
     let dir = path.parent().expect("cache path has a folder");
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-    let text = serde_json::to_string_pretty(value).expect("plain struct serialises");
     let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
     std::fs::write(&tmp, text).map_err(|e| DataError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_text_is_the_cache_as_json() {
+        let mut c = PixelCountCache {
+            dataset: "d \"x\"".into(),
+            fingerprint: "0123456789abcdef".into(),
+            names: vec!["a".into(), "b\\".into()],
+            counts: vec![3, 4],
+            items: 2,
+            per_item: vec![
+                ItemCounts {
+                    hash: Some(hash_bytes(b"x")),
+                    counts: vec![1, 2],
+                },
+                ItemCounts {
+                    hash: None,
+                    counts: vec![2, 2],
+                },
+            ],
+        };
+        let back: PixelCountCache = serde_json::from_str(&cache_text(&c)).unwrap();
+        assert_eq!(back, c);
+        c.per_item.clear();
+        let back: PixelCountCache = serde_json::from_str(&cache_text(&c)).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn the_hash_is_fnv1a_64() {
+        // Reference values of 64-bit FNV-1a.
+        assert_eq!(hash_bytes(b""), "cbf29ce484222325");
+        assert_eq!(hash_bytes(b"a"), "af63dc4c8601ec8c");
+        assert_eq!(hash_bytes(b"foobar"), "85944171f73967e8");
+    }
 }

@@ -10,6 +10,7 @@
 
 use crate::dataset::Normalize;
 use crate::error::DataError;
+use crate::png_io::DecodeLimits;
 use rand::Rng;
 
 /// Precomputed source indices and weights of one axis of a bilinear resize, for the output
@@ -46,33 +47,75 @@ fn bilinear_axis(src: usize, dst: usize, first: isize, len: usize) -> Axis {
     a
 }
 
-/// Checks that an interleaved `w × h × channels` buffer has that many values and that the sizes
-/// a resize maps between are not empty.
-fn check_resize(
+/// Checks that `len` values are an interleaved `w × h × channels` buffer of at least one pixel
+/// and one channel (`what` names the buffer in the error).
+fn check_buffer(
+    what: &str,
     len: usize,
-    (sw, sh): (usize, usize),
-    (dw, dh): (usize, usize),
+    w: usize,
+    h: usize,
     channels: usize,
 ) -> Result<(), DataError> {
-    if sw == 0 || sh == 0 {
+    if w == 0 || h == 0 || channels == 0 {
         return Err(DataError::config(
-            "resize source size",
-            format!("{sw}x{sh}"),
-            "an image to resize needs at least one pixel",
+            what,
+            format!("{w}x{h} with {channels} channel(s)"),
+            "needs at least one pixel and one channel",
         ));
     }
-    if dw == 0 || dh == 0 {
+    if w.checked_mul(h).and_then(|n| n.checked_mul(channels)) != Some(len) {
+        return Err(DataError::config(
+            what,
+            format!("{len} values"),
+            format!("a {w}x{h} image with {channels} channel(s) has {w}·{h}·{channels} values"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the size of a buffer a transform is asked to allocate: at least one pixel and at
+/// most the process's [`DecodeLimits`] (nothing larger than the largest image the crate
+/// decodes; a size typed wrong would otherwise abort the process in the allocator).
+fn check_output(what: &str, w: usize, h: usize) -> Result<(), DataError> {
+    DecodeLimits::current()
+        .check(w as u64, h as u64)
+        .map_err(|reason| DataError::config(what, format!("{w}x{h}"), reason))
+}
+
+/// Checks the virtual size an image is resized to (never allocated by the window functions):
+/// at least one pixel, at most `isize::MAX` each way.
+fn check_target(dw: usize, dh: usize) -> Result<(), DataError> {
+    if dw == 0 || dh == 0 || dw > isize::MAX as usize || dh > isize::MAX as usize {
         return Err(DataError::config(
             "resize target size",
             format!("{dw}x{dh}"),
-            "must be at least 1x1",
+            "must be at least 1x1 and at most isize::MAX each way",
         ));
     }
-    if sw.checked_mul(sh).and_then(|n| n.checked_mul(channels)) != Some(len) {
+    Ok(())
+}
+
+/// Checks a `cw × ch` window at (`x0`, `y0`): its size is a valid output and its far edge is
+/// representable.
+fn check_window(x0: isize, y0: isize, cw: usize, ch: usize) -> Result<(), DataError> {
+    check_output("window size", cw, ch)?;
+    // cw and ch are at most the pixel limit, far below isize::MAX.
+    if x0.checked_add(cw as isize).is_none() || y0.checked_add(ch as isize).is_none() {
         return Err(DataError::config(
-            "resize source buffer",
+            "window offset",
+            format!("({x0}, {y0})"),
+            "the window's far edge overflows",
+        ));
+    }
+    Ok(())
+}
+
+fn check_pad(len: usize, channels: usize) -> Result<(), DataError> {
+    if len != channels {
+        return Err(DataError::config(
+            "padding",
             format!("{len} values"),
-            format!("a {sw}x{sh} image with {channels} channel(s) has {sw}·{sh}·{channels} values"),
+            format!("one padding value per channel ({channels})"),
         ));
     }
     Ok(())
@@ -150,7 +193,9 @@ pub fn resize_bilinear_rgb(
     dw: usize,
     dh: usize,
 ) -> Result<Vec<u8>, DataError> {
-    check_resize(src.len(), (sw, sh), (dw, dh), 3)?;
+    check_buffer("resize source", src.len(), sw, sh, 3)?;
+    check_target(dw, dh)?;
+    check_output("resize target size", dw, dh)?;
     if sw == dw && sh == dh {
         return Ok(src.to_vec());
     }
@@ -173,7 +218,9 @@ pub fn resize_bilinear_rgb_window(
     ch: usize,
     pad: [u8; 3],
 ) -> Result<Vec<u8>, DataError> {
-    check_resize(src.len(), (sw, sh), (dw, dh), 3)?;
+    check_buffer("resize source", src.len(), sw, sh, 3)?;
+    check_target(dw, dh)?;
+    check_window(x0, y0, cw, ch)?;
     let mut dst = vec![0u8; cw * ch * 3];
     let padf = pad.map(|v| v as f32);
     bilinear_window_rows(src, sw, sh, dw, dh, x0, y0, cw, ch, padf, |y, row| {
@@ -192,7 +239,9 @@ pub fn resize_bilinear_rgb_f32(
     dw: usize,
     dh: usize,
 ) -> Result<Vec<f32>, DataError> {
-    check_resize(src.len(), (sw, sh), (dw, dh), 3)?;
+    check_buffer("resize source", src.len(), sw, sh, 3)?;
+    check_target(dw, dh)?;
+    check_output("resize target size", dw, dh)?;
     let mut dst = vec![0f32; dw * dh * 3];
     bilinear_window_rows(src, sw, sh, dw, dh, 0, 0, dw, dh, [0.0; 3], |y, row| {
         dst[y * dw * 3..(y + 1) * dw * 3].copy_from_slice(row);
@@ -224,7 +273,9 @@ pub fn resize_nearest<T: Copy>(
     dh: usize,
     channels: usize,
 ) -> Result<Vec<T>, DataError> {
-    check_resize(src.len(), (sw, sh), (dw, dh), channels)?;
+    check_buffer("resize source", src.len(), sw, sh, channels)?;
+    check_target(dw, dh)?;
+    check_output("resize target size", dw, dh)?;
     if sw == dw && sh == dh {
         return Ok(src.to_vec());
     }
@@ -249,14 +300,10 @@ pub fn resize_nearest_window<T: Copy>(
     ch: usize,
     pad: &[T],
 ) -> Result<Vec<T>, DataError> {
-    check_resize(src.len(), (sw, sh), (dw, dh), channels)?;
-    if pad.len() != channels {
-        return Err(DataError::config(
-            "resize padding",
-            format!("{} values", pad.len()),
-            format!("one padding value per channel ({channels})"),
-        ));
-    }
+    check_buffer("resize source", src.len(), sw, sh, channels)?;
+    check_target(dw, dh)?;
+    check_window(x0, y0, cw, ch)?;
+    check_pad(pad.len(), channels)?;
     let xs = nearest_axis(sw, dw, x0, cw);
     let ys = nearest_axis(sh, dh, y0, ch);
     let mut dst = Vec::with_capacity(cw * ch * channels);
@@ -286,14 +333,11 @@ pub fn resize_nearest_window<T: Copy>(
     Ok(dst)
 }
 
-/// Mirrors an interleaved H×W×`channels` buffer left–right in place.
-///
-/// # Panics
-///
-/// If `buf` holds fewer than `w·h·channels` values (a caller's bug).
-pub fn hflip<T: Copy>(buf: &mut [T], w: usize, h: usize, channels: usize) {
-    for y in 0..h {
-        let row = &mut buf[y * w * channels..(y + 1) * w * channels];
+/// Mirrors an interleaved H×W×`channels` buffer left–right in place; a buffer that does not
+/// hold `w·h·channels` values is an error.
+pub fn hflip<T: Copy>(buf: &mut [T], w: usize, h: usize, channels: usize) -> Result<(), DataError> {
+    check_buffer("flip buffer", buf.len(), w, h, channels)?;
+    for row in buf.chunks_exact_mut(w * channels) {
         for x in 0..w / 2 {
             let xr = w - 1 - x;
             for c in 0..channels {
@@ -301,15 +345,13 @@ pub fn hflip<T: Copy>(buf: &mut [T], w: usize, h: usize, channels: usize) {
             }
         }
     }
+    Ok(())
 }
 
 /// Copies the `cw × ch` window at (`x0`, `y0`) of an H×W×`channels` buffer; parts of the
-/// window outside the source (negative offsets or past the edge) are filled with `pad`.
-///
-/// # Panics
-///
-/// If `src` holds fewer than `w·h·channels` values or `pad` is not `channels` long (a caller's
-/// bug: the crate only passes buffers of its own making).
+/// window outside the source (negative offsets or past the edge) are filled with `pad`. A
+/// source that does not hold `w·h·channels` values, a `pad` that is not `channels` long or a
+/// window above the pixel limit is an error.
 #[allow(clippy::too_many_arguments)]
 pub fn crop_pad<T: Copy>(
     src: &[T],
@@ -321,8 +363,10 @@ pub fn crop_pad<T: Copy>(
     cw: usize,
     ch: usize,
     pad: &[T],
-) -> Vec<T> {
-    assert_eq!(pad.len(), channels, "one padding value per channel");
+) -> Result<Vec<T>, DataError> {
+    check_buffer("crop source", src.len(), w, h, channels)?;
+    check_window(x0, y0, cw, ch)?;
+    check_pad(pad.len(), channels)?;
     let mut dst = Vec::with_capacity(cw * ch * channels);
     for yy in 0..ch as isize {
         let sy = y0 + yy;
@@ -336,22 +380,21 @@ pub fn crop_pad<T: Copy>(
             }
         }
     }
-    dst
+    Ok(dst)
 }
 
-/// Writes `(x - mean) / std` of an H×W×3 RGB image into planar `3×H×W` `out`.
-///
-/// # Panics
-///
-/// If `img` or `out` does not hold `w·h·3` values (a caller's bug).
-pub fn normalize_chw(img: &[u8], w: usize, h: usize, norm: &Normalize, out: &mut [f32]) {
+/// Writes `(x - mean) / std` of an H×W×3 RGB image into planar `3×H×W` `out`; an `img` or
+/// `out` that does not hold `w·h·3` values is an error.
+pub fn normalize_chw(
+    img: &[u8],
+    w: usize,
+    h: usize,
+    norm: &Normalize,
+    out: &mut [f32],
+) -> Result<(), DataError> {
+    check_buffer("normalize input", img.len(), w, h, 3)?;
+    check_buffer("normalize output", out.len(), w, h, 3)?;
     let plane = w * h;
-    assert_eq!(img.len(), plane * 3, "image buffer does not match its size");
-    assert_eq!(
-        out.len(),
-        plane * 3,
-        "output buffer does not match the image"
-    );
     let scale = [1.0 / norm.std[0], 1.0 / norm.std[1], 1.0 / norm.std[2]];
     let (r, rest) = out.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
@@ -360,6 +403,7 @@ pub fn normalize_chw(img: &[u8], w: usize, h: usize, norm: &Normalize, out: &mut
         g[i] = (px[1] as f32 - norm.mean[1]) * scale[1];
         b[i] = (px[2] as f32 - norm.mean[2]) * scale[2];
     }
+    Ok(())
 }
 
 /// Random training augmentation, applied after the base resize. Fields left out of a config
@@ -431,8 +475,9 @@ impl Augment {
     ///
     /// `pad_rgb` fills image pixels outside the source, `ignore` label pixels. Draws from `rng`
     /// in a fixed order (scale, crop x, crop y, flip, jitter factors), so a given RNG state
-    /// always gives the same result. Returns `(image, label, width, height)`; an empty image or
-    /// buffers that do not match `w × h` are an error.
+    /// always gives the same result. Returns `(image, label, width, height)`; invalid settings
+    /// (see [`Augment::validate`]), an empty image, buffers that do not match `w × h` and a
+    /// crop above the pixel limit ([`DecodeLimits`]) are errors.
     #[allow(clippy::too_many_arguments)]
     pub fn apply<R: Rng + ?Sized>(
         &self,
@@ -444,17 +489,10 @@ impl Augment {
         ignore: u8,
         rng: &mut R,
     ) -> Result<(Vec<u8>, Vec<u8>, usize, usize), DataError> {
-        if w == 0 || h == 0 || image.len() != w * h * 3 || label.len() != w * h {
-            return Err(DataError::config(
-                "augment input",
-                format!(
-                    "{w}x{h}, {} image and {} label values",
-                    image.len(),
-                    label.len()
-                ),
-                "the image needs w·h·3 and the label w·h values, w and h at least 1",
-            ));
-        }
+        // The ranges first: an invalid one would panic in the RNG's range sampling.
+        self.validate()?;
+        check_buffer("augment image", image.len(), w, h, 3)?;
+        check_buffer("augment label", label.len(), w, h, 1)?;
         let (cw, ch) = self.crop.unwrap_or((w, h));
         // Scaled size; the crop window is then resampled straight from the input (the same
         // values as scaling the whole image and cropping, without the pixels thrown away).
@@ -484,8 +522,8 @@ impl Augment {
                 (image.to_vec(), label.to_vec())
             } else {
                 (
-                    crop_pad(image, w, h, 3, x0, y0, cw, ch, &pad_rgb),
-                    crop_pad(label, w, h, 1, x0, y0, cw, ch, &[ignore]),
+                    crop_pad(image, w, h, 3, x0, y0, cw, ch, &pad_rgb)?,
+                    crop_pad(label, w, h, 1, x0, y0, cw, ch, &[ignore])?,
                 )
             }
         } else {
@@ -496,8 +534,8 @@ impl Augment {
         };
         let (sw, sh) = (cw, ch);
         if self.hflip && rng.random_bool(0.5) {
-            hflip(&mut img, sw, sh, 3);
-            hflip(&mut lbl, sw, sh, 1);
+            hflip(&mut img, sw, sh, 3)?;
+            hflip(&mut lbl, sw, sh, 1)?;
         }
         if let Some(j) = self.color_jitter {
             let lo = (1.0 - j).max(0.0);

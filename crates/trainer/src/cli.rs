@@ -252,7 +252,7 @@ pub fn eval_checkpoint(a: &EvalArgs) -> anyhow::Result<(recallseg_metrics::Repor
         .map_err(|m| anyhow::anyhow!("--device: {m}"))?
         .open()?;
     let (built, mut cfg, classes, _) = load_for_inference(&a.checkpoint, &device)?;
-    recallseg_data::png_io::set_max_pixels(cfg.data.max_image_pixels);
+    recallseg_data::png_io::set_max_pixels(cfg.data.max_image_pixels)?;
     if let Some(d) = &a.data {
         cfg.data.root = d.clone();
     }
@@ -340,7 +340,7 @@ pub fn predict(a: &PredictArgs) -> anyhow::Result<()> {
         .map_err(|m| anyhow::anyhow!("--device: {m}"))?
         .open()?;
     let (built, cfg, classes, norm) = load_for_inference(&a.checkpoint, &device)?;
-    recallseg_data::png_io::set_max_pixels(cfg.data.max_image_pixels);
+    recallseg_data::png_io::set_max_pixels(cfg.data.max_image_pixels)?;
     let (net_h, net_w) = cfg.data.eval_size();
     std::fs::create_dir_all(&a.out)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", a.out.display()))?;

@@ -27,7 +27,7 @@ pub fn predict_rgb(
     }
     let resized = resize_bilinear_rgb(rgb, width, height, net_w, net_h)?;
     let mut planar = vec![0f32; net_w * net_h * 3];
-    normalize_chw(&resized, net_w, net_h, norm, &mut planar);
+    normalize_chw(&resized, net_w, net_h, norm, &mut planar)?;
     let x = Tensor::from_vec(planar, (1, 3, net_h, net_w), device)?;
     let logits = model.forward_t(&x, false)?;
     let pred = crate::eval::argmax_labels(&logits)?;

@@ -361,7 +361,7 @@ impl StepSnapshot {
 /// non-finite tensors.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutcome> {
     cfg.validate()?;
-    recallseg_data::png_io::set_max_pixels(cfg.data.max_image_pixels);
+    recallseg_data::png_io::set_max_pixels(cfg.data.max_image_pixels)?;
     let device = DeviceSpec::parse(&cfg.train.device)
         .map_err(|m| anyhow::anyhow!("train.device: {m}"))?
         .open()?;

@@ -77,6 +77,71 @@ fn missing_label_file_is_named() {
     assert!(msg(e).contains("GT/LABELS/Stereo_Left/Omni_F/0000"));
 }
 
+/// Each way a Synthia root can fail to open has its own message, and only the one where the
+/// dataset is absent says so: a missing root and a folder without the SYNTHIA layout are told
+/// apart from a split that is empty and from an image without its label (whose messages used to
+/// be followed by the dataset download instructions).
+#[test]
+fn synthia_errors_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    // No root.
+    let e = open_train(&dir.path().join("nope")).unwrap_err();
+    assert!(matches!(e, DataError::MissingPath { .. }), "{e}");
+    assert_eq!(
+        msg(e),
+        format!(
+            "Synthia root not found: {}",
+            dir.path().join("nope").display()
+        )
+    );
+    // A root without the layout.
+    let bare = dir.path().join("bare");
+    std::fs::create_dir_all(bare.join("something")).unwrap();
+    let e = msg(open_train(&bare).unwrap_err());
+    assert!(
+        e.contains("no sequence folder with RGB/ and GT/LABELS/"),
+        "{e}"
+    );
+    // The layout, no images for the split.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(empty.join("SEQ/RGB/Stereo_Left/Omni_F")).unwrap();
+    std::fs::create_dir_all(empty.join("SEQ/GT/LABELS/Stereo_Left/Omni_F")).unwrap();
+    let e = msg(open_train(&empty).unwrap_err());
+    assert!(
+        e.contains("split `train` is empty")
+            && e.contains("no PNG in RGB/Stereo_*/Omni_*/ of 1 sequence(s)"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("no sequence folder") && !e.contains("not found"),
+        "{e}"
+    );
+    // An image without its label: named, with where the label was expected.
+    let unpaired = dir.path().join("unpaired");
+    handmade(&unpaired, 10);
+    for i in 0..10 {
+        let l = unpaired.join(format!("SEQ/GT/LABELS/Stereo_Left/Omni_F/{i:06}.png"));
+        std::fs::remove_file(l).unwrap();
+    }
+    let e = open_train(&unpaired).unwrap_err();
+    let DataError::Unpaired { path, expected, .. } = &e else {
+        panic!("{e}")
+    };
+    assert!(
+        path.starts_with(unpaired.join("SEQ/RGB/Stereo_Left/Omni_F")),
+        "{e}"
+    );
+    assert!(
+        expected.starts_with(unpaired.join("SEQ/GT/LABELS/Stereo_Left/Omni_F")),
+        "{e}"
+    );
+    let e = msg(e);
+    assert!(
+        e.contains("no matching label") && !e.contains("not found") && !e.contains("empty"),
+        "{e}"
+    );
+}
+
 fn first_item_paths(ds: &SynthiaDataset) -> (std::path::PathBuf, std::path::PathBuf) {
     (
         ds.source(0).unwrap(),
@@ -225,4 +290,55 @@ fn mutated_pngs_never_panic_nor_allocate_their_claimed_size() {
             assert!(r1.unwrap().is_err() && r2.unwrap().is_err(), "mutation {k}");
         }
     }
+}
+
+/// 300 mutations of a baseline JPEG (random bytes, bit flips, frame sizes set to large values,
+/// cuts) through the content-sniffing image decoder, which sends them down the JPEG path: each
+/// decodes or is refused with an error; none panics or aborts.
+#[test]
+fn mutated_jpegs_never_panic_nor_allocate_their_claimed_size() {
+    use rand::{Rng, SeedableRng};
+    use recallseg_data::png_io::{decode_image_bytes_with, DecodeLimits};
+    let good = std::fs::read(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/tiny.jpg"),
+    )
+    .unwrap();
+    assert!(decode_image_bytes_with(&good, &DecodeLimits::default()).is_ok());
+    // The baseline frame header (SOF0): height and width follow its marker, length and precision.
+    let sof = good.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let (mut decoded, mut refused) = (0, 0);
+    for k in 0..300 {
+        let mut m = good.clone();
+        match k % 4 {
+            0 => {
+                let at = sof + if rng.random_bool(0.5) { 5 } else { 7 };
+                let v: u16 = rng.random_range(1u16 << 12..=u16::MAX);
+                m[at..at + 2].copy_from_slice(&v.to_be_bytes());
+            }
+            1 => {
+                for _ in 0..rng.random_range(1..6) {
+                    let i = rng.random_range(2..m.len());
+                    m[i] = rng.random();
+                }
+            }
+            2 => {
+                for _ in 0..rng.random_range(1..6) {
+                    let i = rng.random_range(2..m.len());
+                    m[i] ^= 1 << rng.random_range(0..8);
+                }
+            }
+            _ => m.truncate(rng.random_range(3..m.len())),
+        }
+        let small = DecodeLimits {
+            max_pixels: 1 << 20,
+        };
+        match std::panic::catch_unwind(|| decode_image_bytes_with(&m, &small).map(|_| ())) {
+            Ok(Ok(())) => decoded += 1,
+            Ok(Err(_)) => refused += 1,
+            Err(_) => panic!("JPEG mutation {k} panicked"),
+        }
+    }
+    assert_eq!(decoded + refused, 300);
+    assert!(refused > 0);
 }

@@ -163,3 +163,39 @@ fn split_fractions_follow_pythons_int_products() {
         .to_string()
         .contains("training"));
 }
+
+/// `decode_rgb8` decides by the file's content (PNG or JPEG signature), never by its name: a
+/// JPEG named `.png`, a PNG named `.jpg` and a JPEG named `.jpg` all decode, to the same pixels
+/// as their content decoded directly; a file that is neither is an error naming it.
+#[test]
+fn images_decode_by_content_not_extension() {
+    use recallseg_data::png_io::{decode_jpeg_bytes, write_rgb8, PngSpeed};
+    let dir = tempfile::tempdir().unwrap();
+    let jpeg = std::fs::read(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/tiny.jpg"),
+    )
+    .unwrap();
+    let want_jpeg = decode_jpeg_bytes(&jpeg).unwrap();
+    for name in ["photo.jpg", "photo.JPEG", "jpeg-named.png", "no-extension"] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, &jpeg).unwrap();
+        assert_eq!(decode_rgb8(&p).unwrap(), want_jpeg, "{name}");
+    }
+    let rgb: Vec<u8> = (0..5 * 3 * 3).map(|i| (i * 11) as u8).collect();
+    let png_path = dir.path().join("real.png");
+    write_rgb8(&png_path, 5, 3, &rgb, PngSpeed::Fast).unwrap();
+    let png_bytes = std::fs::read(&png_path).unwrap();
+    for name in ["png-named.jpg", "png-named.jpeg", "real.png"] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, &png_bytes).unwrap();
+        let img = decode_rgb8(&p).unwrap();
+        assert_eq!(
+            (img.width, img.height, img.data.as_slice()),
+            (5, 3, rgb.as_slice())
+        );
+    }
+    let p = dir.path().join("text.jpg");
+    std::fs::write(&p, b"GIF89a, or anything else").unwrap();
+    let e = decode_rgb8(&p).unwrap_err().to_string();
+    assert!(e.contains("text.jpg"), "{e}");
+}

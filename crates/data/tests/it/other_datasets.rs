@@ -214,8 +214,14 @@ fn pixel_counts_are_cached_and_invalidated() {
     let mut cache: PixelCountCache =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(cache.counts, truth);
-    // The cache is what a second call reads: doctor it and see the doctored numbers.
-    cache.counts = vec![1, 2, 3];
+    assert_eq!(cache.per_item.len(), ds.len());
+    assert!(cache.per_item.iter().all(|it| it.hash.is_some()));
+    // The cache is what a second call reads (while the label files hash to the stored
+    // values): doctor it and see the doctored numbers.
+    for it in cache.per_item.iter_mut() {
+        it.counts = vec![0, 0, 0];
+    }
+    cache.per_item[0].counts = vec![1, 2, 3];
     std::fs::write(&path, serde_json::to_string(&cache).unwrap()).unwrap();
     assert_eq!(ds.class_pixel_counts().unwrap(), vec![1, 2, 3]);
     // Changed options (another split seed) invalidate it ...
@@ -270,6 +276,7 @@ fn skipped_files_are_reported() {
     )
     .unwrap();
     std::os::unix::fs::symlink("loop.png", dir.path().join("img/loop.png")).unwrap();
+    std::os::unix::fs::symlink("gone.png", dir.path().join("mask/broken.png")).unwrap();
     let spec = dir.path().join("d.toml");
     std::fs::write(
         &spec,
@@ -283,17 +290,32 @@ fn skipped_files_are_reported() {
         .map(|s| {
             (
                 s.path.file_name().unwrap().to_string_lossy().into_owned(),
-                s.reason,
+                s.reason.as_str(),
             )
         })
         .collect();
     reasons.sort();
-    assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert_eq!(reasons[0].0, "loop.png");
-    assert!(reasons[0].1.contains("link"));
-    assert_eq!(reasons[1], ("orphan.png".into(), "a mask without an image"));
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert_eq!(reasons[0].0, "broken.png");
+    assert!(
+        reasons[0].1.contains("broken or looping symbolic link"),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[1].0, "loop.png");
+    assert!(
+        reasons[1].1.contains("broken or looping symbolic link"),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[2], ("orphan.png".into(), "a mask without an image"));
     let line = recallseg_data::folder::skipped_summary(ds.skipped()).unwrap();
-    assert!(line.contains("skipped 2 file(s)"), "{line}");
+    assert!(
+        line.contains("skipped 3 file(s)")
+            && line.contains("orphan.png")
+            && line.contains("loop.png"),
+        "{line}"
+    );
+    // The items themselves are all there.
+    assert_eq!(ds.len(), 7);
 }
 
 /// Names that are not UTF-8 are paired on their raw bytes: `x\xff.png` and `x\xfe.png` used to
@@ -344,6 +366,27 @@ fn non_utf8_names_pair_on_their_raw_bytes() {
         matches!(&e, DataError::Unpaired { path, .. } if path.file_name() == Some(&name(b"x\xfe.png"))),
         "{e}"
     );
+    // With its own mask, each image is paired with the mask of exactly its name.
+    write_gray8(
+        &dir.path().join("mask").join(name(b"x\xfe.png")),
+        4,
+        2,
+        &[0; 8],
+        PngSpeed::Fast,
+    )
+    .unwrap();
+    let ds = FolderDataset::open(&spec, Split::Train).unwrap();
+    assert_eq!(ds.len(), 2);
+    for i in 0..2 {
+        let img = ds.source(i).unwrap();
+        let lbl = ds.label_source(i).unwrap();
+        assert_eq!(img.file_name(), lbl.file_name());
+        let s = ds.get(i).unwrap();
+        // Image value 1 goes with mask value 1, image value 2 with mask value 0.
+        let want = if s.image[0] == 1 { 1 } else { 0 };
+        assert!(s.label.iter().all(|&v| v == want), "{}", img.display());
+    }
+    assert!(ds.skipped().is_empty());
 }
 
 /// A mask relabelled in place, with the same size and its modification time restored
@@ -379,4 +422,32 @@ fn a_relabelled_mask_with_the_same_size_and_mtime_is_recounted() {
     let ds = FolderDataset::open(&spec, Split::Train).unwrap();
     // f0 had 3 × class 0, 3 × class 1, 1 × class 2; now 7 × class 2.
     assert_eq!(ds.class_pixel_counts().unwrap(), vec![27, 27, 16]);
+
+    // Only the relabelled file is decoded again: doctor the cached counts of every other item
+    // (their files still hash to the stored values, so they are trusted) and relabel f1.
+    let path = cache_path(&ds).unwrap();
+    let mut cache: PixelCountCache =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let f1 = (0..ds.len())
+        .find(|&i| ds.label_source(i).unwrap().ends_with("f1.png"))
+        .unwrap();
+    for (i, it) in cache.per_item.iter_mut().enumerate() {
+        if i != f1 {
+            it.counts = vec![1, 0, 0];
+        }
+    }
+    std::fs::write(&path, serde_json::to_string(&cache).unwrap()).unwrap();
+    let mask = dir.path().join("mask/f1.png");
+    let before = std::fs::metadata(&mask).unwrap();
+    write_gray8(&tmp, 4, 2, &[1, 1, 1, 255, 1, 1, 1, 1], PngSpeed::Fast).unwrap();
+    std::fs::copy(&tmp, &mask).unwrap();
+    let f = std::fs::File::options().write(true).open(&mask).unwrap();
+    f.set_modified(before.modified().unwrap()).unwrap();
+    drop(f);
+    assert_eq!(std::fs::metadata(&mask).unwrap().len(), before.len());
+    // Nine doctored items (1 pixel of class 0 each) and f1 counted from its new content.
+    assert_eq!(ds.class_pixel_counts().unwrap(), vec![9, 7, 0]);
+    // A cache hit needs no decoding at all: with every entry trusted, the doctored values are
+    // what comes back, twice.
+    assert_eq!(ds.class_pixel_counts().unwrap(), vec![9, 7, 0]);
 }

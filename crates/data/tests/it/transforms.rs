@@ -108,19 +108,19 @@ fn jpeg_decodes_like_libjpeg() {
 fn small_ops_do_what_they_say() {
     // 3x2 image, 1 channel.
     let mut a = vec![1, 2, 3, 4, 5, 6];
-    hflip(&mut a, 3, 2, 1);
+    hflip(&mut a, 3, 2, 1).unwrap();
     assert_eq!(a, [3, 2, 1, 6, 5, 4]);
     let mut rgb = vec![1, 2, 3, 4, 5, 6];
-    hflip(&mut rgb, 2, 1, 3);
+    hflip(&mut rgb, 2, 1, 3).unwrap();
     assert_eq!(rgb, [4, 5, 6, 1, 2, 3]);
-    let c = crop_pad(&[1, 2, 3, 4, 5, 6], 3, 2, 1, -1, 1, 3, 2, &[9]);
+    let c = crop_pad(&[1, 2, 3, 4, 5, 6], 3, 2, 1, -1, 1, 3, 2, &[9]).unwrap();
     assert_eq!(c, [9, 4, 5, 9, 9, 9]);
     let norm = Normalize {
         mean: [10.0, 20.0, 30.0],
         std: [2.0, 4.0, 5.0],
     };
     let mut out = vec![0f32; 6];
-    normalize_chw(&[12, 24, 40, 10, 20, 30], 2, 1, &norm, &mut out);
+    normalize_chw(&[12, 24, 40, 10, 20, 30], 2, 1, &norm, &mut out).unwrap();
     assert_eq!(out, [1.0, 0.0, 1.0, 0.0, 2.0, 0.0]);
 }
 
@@ -137,7 +137,7 @@ fn windowed_resize_equals_resize_then_crop() {
         (30, 12, 25, 8, 9, 9),
     ] {
         let full = resize_bilinear_rgb(&img, sw, sh, dw, dh).unwrap();
-        let want = crop_pad(&full, dw, dh, 3, x0, y0, cw, ch, &[1, 2, 3]);
+        let want = crop_pad(&full, dw, dh, 3, x0, y0, cw, ch, &[1, 2, 3]).unwrap();
         let got =
             resize_bilinear_rgb_window(&img, sw, sh, dw, dh, x0, y0, cw, ch, [1, 2, 3]).unwrap();
         assert_eq!(
@@ -145,11 +145,11 @@ fn windowed_resize_equals_resize_then_crop() {
             "bilinear window {dw}x{dh} at ({x0},{y0}) {cw}x{ch}"
         );
         let full = resize_nearest(&lbl, sw, sh, dw, dh, 1).unwrap();
-        let want = crop_pad(&full, dw, dh, 1, x0, y0, cw, ch, &[255]);
+        let want = crop_pad(&full, dw, dh, 1, x0, y0, cw, ch, &[255]).unwrap();
         let got = resize_nearest_window(&lbl, sw, sh, dw, dh, 1, x0, y0, cw, ch, &[255]).unwrap();
         assert_eq!(got, want, "nearest window");
         let full = resize_nearest(&img, sw, sh, dw, dh, 3).unwrap();
-        let want = crop_pad(&full, dw, dh, 3, x0, y0, cw, ch, &[9, 9, 9]);
+        let want = crop_pad(&full, dw, dh, 3, x0, y0, cw, ch, &[9, 9, 9]).unwrap();
         let got =
             resize_nearest_window(&img, sw, sh, dw, dh, 3, x0, y0, cw, ch, &[9, 9, 9]).unwrap();
         assert_eq!(got, want, "nearest window, 3 channels");
@@ -240,4 +240,97 @@ fn bad_sizes_are_errors_not_panics() {
         .apply(&[0u8; 5], &[0u8; 4], 2, 2, [0; 3], 255, &mut rng)
         .is_err());
     assert!(aug.apply(&[], &[], 0, 0, [0; 3], 255, &mut rng).is_err());
+
+    // Every public transform that takes sizes: zero sizes, zero channels, buffers that do not
+    // match, padding of the wrong length, windows and targets too large to allocate, offsets
+    // that overflow. Each is an error naming what is wrong; none panics or aborts.
+    let img = [7u8; 2 * 2 * 3];
+    let lbl = [1u8; 4];
+    for (sw, sh) in [(0, 0), (0, 2), (2, 0)] {
+        assert!(resize_bilinear_rgb(&[], sw, sh, 4, 4).is_err());
+        assert!(resize_bilinear_rgb_f32(&[], sw, sh, 4, 4).is_err());
+        assert!(resize_nearest::<u8>(&[], sw, sh, 4, 4, 1).is_err());
+        assert!(resize_bilinear_rgb(&img, 2, 2, sw, sh).is_err());
+        assert!(resize_nearest(&lbl, 2, 2, sw, sh, 1).is_err());
+        assert!(crop_pad::<u8>(&[], sw, sh, 1, 0, 0, 2, 2, &[0]).is_err());
+        assert!(crop_pad(&lbl, 2, 2, 1, 0, 0, sw, sh, &[0]).is_err());
+        assert!(hflip::<u8>(&mut [], sw, sh, 1).is_err());
+    }
+    let e = resize_nearest::<u8>(&[], 2, 2, 4, 4, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("channel"), "{e}");
+    assert!(resize_nearest_window::<u8>(&[], 2, 2, 4, 4, 0, 0, 0, 1, 1, &[]).is_err());
+    // Targets and windows of 10¹⁰ pixels (30 GB) would abort in the allocator.
+    let e = resize_bilinear_rgb(&img, 2, 2, 100_000, 100_000)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("100000x100000") && e.contains("limit"), "{e}");
+    assert!(resize_bilinear_rgb_f32(&img, 2, 2, 100_000, 100_000).is_err());
+    assert!(resize_nearest(&lbl, 2, 2, 100_000, 100_000, 1).is_err());
+    assert!(resize_nearest(&lbl, 2, 2, usize::MAX, usize::MAX, 1).is_err());
+    assert!(resize_bilinear_rgb_window(&img, 2, 2, 4, 4, 0, 0, 100_000, 100_000, [0; 3]).is_err());
+    assert!(resize_nearest_window(&lbl, 2, 2, 4, 4, 1, 0, 0, usize::MAX, 2, &[0]).is_err());
+    assert!(crop_pad(&lbl, 2, 2, 1, 0, 0, 100_000, 100_000, &[0]).is_err());
+    // Offsets whose window end overflows.
+    let e = crop_pad(&lbl, 2, 2, 1, isize::MAX, 0, 2, 2, &[0])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("offset"), "{e}");
+    assert!(resize_nearest_window(&lbl, 2, 2, 4, 4, 1, 0, isize::MAX, 2, 2, &[0]).is_err());
+    assert!(resize_bilinear_rgb_window(&img, 2, 2, 4, 4, isize::MAX - 1, 0, 2, 2, [0; 3]).is_err());
+    // Extreme but valid offsets just pad.
+    let w = resize_nearest_window(&lbl, 2, 2, 4, 4, 1, isize::MIN, 0, 2, 1, &[9]).unwrap();
+    assert_eq!(w, [9, 9]);
+    // Wrong padding lengths, wrong buffers.
+    assert!(crop_pad(&lbl, 2, 2, 1, 0, 0, 2, 2, &[0, 0]).is_err());
+    assert!(crop_pad(&lbl[..3], 2, 2, 1, 0, 0, 2, 2, &[0]).is_err());
+    assert!(hflip(&mut [0u8; 5], 2, 2, 1).is_err());
+    assert!(hflip(&mut [0u8; 4], usize::MAX, 2, 1).is_err());
+    let mut out = vec![0f32; 12];
+    let e = normalize_chw(&img[..11], 2, 2, &Normalize::IMAGENET, &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("normalize input") && e.contains("11 values"),
+        "{e}"
+    );
+    assert!(normalize_chw(&img, 2, 2, &Normalize::IMAGENET, &mut out[..8]).is_err());
+    assert!(normalize_chw(&[], 0, 0, &Normalize::IMAGENET, &mut []).is_err());
+    // Augmentation settings that would panic in the RNG, and crops too large to allocate.
+    let bad_scale = Augment {
+        scale: Some((2.0, f32::NAN)),
+        ..Augment::default()
+    };
+    let e = bad_scale
+        .apply(&img, &lbl, 2, 2, [0; 3], 255, &mut rng)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("augment.scale"), "{e}");
+    let reversed = Augment {
+        scale: Some((2.0, 1.0)),
+        ..Augment::default()
+    };
+    assert!(reversed
+        .apply(&img, &lbl, 2, 2, [0; 3], 255, &mut rng)
+        .is_err());
+    let jitter = Augment {
+        color_jitter: Some(-1.0),
+        ..Augment::default()
+    };
+    assert!(jitter
+        .apply(&img, &lbl, 2, 2, [0; 3], 255, &mut rng)
+        .is_err());
+    for scale in [None, Some((1.0, 1.0)), Some((0.5, 2.0))] {
+        let huge_crop = Augment {
+            scale,
+            crop: Some((100_000, 100_000)),
+            ..Augment::default()
+        };
+        let e = huge_crop
+            .apply(&img, &lbl, 2, 2, [0; 3], 255, &mut rng)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limit"), "{e}");
+    }
 }
