@@ -1,12 +1,13 @@
 //! `cargo xtask fuzz-decoders`: runs deterministic mutations of valid PNG images and label maps
-//! through the data crate's public decoders and counts how each ends: decoded, refused with an
-//! error, or a panic (which fails the run). Allocation aborts cannot be caught, so a run that
-//! finishes at all shows none happened.
+//! (and of a small JPEG) through the data crate's public decoders and counts how each ends:
+//! decoded, refused with an error, or a panic (which fails the run). Allocation aborts cannot
+//! be caught, so a run that finishes at all shows none happened.
 
 use clap::Args;
 use rand::{Rng, SeedableRng};
 use recallseg_data::png_io::{
-    decode_label_bytes, decode_rgb8_bytes, write_gray8, write_label_rgb16, write_rgb8, PngSpeed,
+    decode_image_bytes, decode_label_bytes, decode_rgb8_bytes, write_gray8, write_label_rgb16,
+    write_rgb8, PngSpeed,
 };
 
 /// `cargo xtask fuzz-decoders`.
@@ -44,7 +45,13 @@ fn seeds() -> anyhow::Result<Vec<Vec<u8>>> {
     write_label_rgb16(&p, w, h, &ids, None, PngSpeed::Fast)?;
     out.push(std::fs::read(&p)?);
     let _ = std::fs::remove_dir_all(&dir);
+    // A 16x12 baseline JPEG (the data crate's decoder golden).
+    out.push(include_bytes!("../../crates/data/tests/goldens/tiny.jpg").to_vec());
     Ok(out)
+}
+
+fn is_jpeg(b: &[u8]) -> bool {
+    b.starts_with(&[0xFF, 0xD8])
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
@@ -68,6 +75,20 @@ fn mutate(b: &[u8], rng: &mut impl Rng) -> Vec<u8> {
             for _ in 0..rng.random_range(1..16) {
                 let i = rng.random_range(0..m.len());
                 m[i] = rng.random();
+            }
+        }
+        2 if is_jpeg(b) => {
+            // The frame header's height or width (2 bytes each, after the SOFn marker, its
+            // length and the sample precision) to a large value.
+            if let Some(sof) = m
+                .windows(2)
+                .position(|w| w[0] == 0xFF && (0xC0..=0xC2).contains(&w[1]))
+            {
+                let at = sof + if rng.random_bool(0.5) { 5 } else { 7 };
+                if at + 2 <= m.len() {
+                    let v: u16 = rng.random_range(1u16 << 12..=u16::MAX);
+                    m[at..at + 2].copy_from_slice(&v.to_be_bytes());
+                }
             }
         }
         2 => {
@@ -109,26 +130,50 @@ fn fix_crcs(m: &mut [u8]) {
     }
 }
 
+/// Saves a file that made a decoder panic (to reproduce it) and prints the panic's message.
+fn report_panic(bytes: &[u8], seed: u64, k: usize, payload: &(dyn std::any::Any + Send)) {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    let dir = std::env::temp_dir().join("recallseg-fuzz-panics");
+    let path = dir.join(format!("seed{seed}-file{k}.bin"));
+    let saved = std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::write(&path, bytes))
+        .map(|_| path.display().to_string())
+        .unwrap_or_else(|e| format!("(not saved: {e})"));
+    eprintln!("panic on mutated file {k} (saved as {saved}): {msg}");
+}
+
 /// Runs the fuzz loop and prints the counts; fails when a decoder panicked.
 pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
     let seeds = seeds()?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
-    let (mut decoded, mut refused, mut panics) = (0usize, 0usize, 0usize);
+    let (mut decoded, mut refused, mut panics, mut jpegs) = (0usize, 0usize, 0usize, 0usize);
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     for k in 0..args.files {
-        let mut m = mutate(&seeds[k % seeds.len()], &mut rng);
-        if rng.random_bool(0.5) {
+        let seed = &seeds[k % seeds.len()];
+        jpegs += usize::from(is_jpeg(seed));
+        let mut m = mutate(seed, &mut rng);
+        if !is_jpeg(seed) && rng.random_bool(0.5) {
             fix_crcs(&mut m);
         }
         for decode in [
             (|b: &[u8]| decode_rgb8_bytes(b).map(|_| ())) as fn(&[u8]) -> Result<(), String>,
             |b: &[u8]| decode_label_bytes(b).map(|_| ()),
+            |b: &[u8]| decode_image_bytes(b).map(|_| ()),
         ] {
             match std::panic::catch_unwind(|| decode(&m)) {
                 Ok(Ok(())) => decoded += 1,
                 Ok(Err(_)) => refused += 1,
-                Err(_) => panics += 1,
+                Err(payload) => {
+                    panics += 1;
+                    if panics <= 10 {
+                        report_panic(&m, args.seed, k, payload.as_ref());
+                    }
+                }
             }
         }
     }
@@ -138,7 +183,8 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "files": args.files,
-                "decodes": 2 * args.files,
+                "jpeg_files": jpegs,
+                "decodes": 3 * args.files,
                 "decoded": decoded,
                 "refused_with_an_error": refused,
                 "panics": panics,
@@ -146,10 +192,13 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "{} mutated PNGs, {} decodes: {decoded} decoded, {refused} refused with an error, \
-             {panics} panics, no abort",
+            "{} mutated files ({} PNG, {} JPEG), {} decodes (PNG image, PNG label, by \
+             content): {decoded} decoded, {refused} refused with an error, {panics} panics, \
+             no abort",
             args.files,
-            2 * args.files
+            args.files - jpegs,
+            jpegs,
+            3 * args.files
         );
     }
     anyhow::ensure!(panics == 0, "{panics} decodes panicked");
