@@ -109,6 +109,15 @@ pub struct DataConfig {
     /// Random horizontal flips during training.
     #[serde(default)]
     pub hflip: bool,
+    /// Random scale range `[min, max]` of training images (uniform; applied before the crop).
+    /// The paper's Cityscapes code draws from {0.75, 1.0, …, 2.0}; the preset uses `[0.75, 2.0]`.
+    #[serde(default)]
+    pub scale: Option<[f32; 2]>,
+    /// Colour jitter strength `j` of training images: brightness, contrast and saturation
+    /// factors drawn in `[1 − j, 1 + j]`, applied in that order (the paper's Cityscapes code
+    /// uses 0.5).
+    #[serde(default)]
+    pub color_jitter: Option<f32>,
     /// Loader worker threads (0 = load on the training thread).
     #[serde(default = "default_workers")]
     pub workers: usize,
@@ -519,6 +528,22 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_paths()?;
         let d = &self.data;
+        if let Some([lo, hi]) = d.scale {
+            if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi && hi <= 16.0) {
+                return Err(invalid(
+                    "data.scale",
+                    format!("[{lo}, {hi}] needs 0 < min <= max <= 16"),
+                ));
+            }
+        }
+        if let Some(j) = d.color_jitter {
+            if !(j.is_finite() && (0.0..=1.0).contains(&j)) {
+                return Err(invalid(
+                    "data.color_jitter",
+                    format!("{j} is not in [0, 1]"),
+                ));
+            }
+        }
         if d.max_image_pixels == 0 {
             return Err(invalid("data.max_image_pixels", "must be at least 1"));
         }
@@ -887,6 +912,12 @@ mod tests {
         assert_eq!(c.train.iters, 90_000);
         // The paper's code upsamples with align_corners = True.
         assert!(s.model.align_corners && c.model.align_corners);
+        // Its Cityscapes training augmentation: flip, random scale 0.75-2, colour jitter 0.5.
+        assert!(c.data.hflip);
+        assert_eq!(c.data.scale, Some([0.75, 2.0]));
+        assert_eq!(c.data.color_jitter, Some(0.5));
+        // Synthia's code only resizes.
+        assert_eq!((s.data.scale, s.data.color_jitter), (None, None));
         assert!(
             !Preset::SynthiaQuick
                 .config(&[])
@@ -894,6 +925,15 @@ mod tests {
                 .model
                 .align_corners
         );
+    }
+
+    #[test]
+    fn augmentation_keys_are_checked() {
+        assert!(err_text(&["data.scale=[0.0, 2.0]"]).starts_with("data.scale:"));
+        assert!(err_text(&["data.scale=[2.0, 1.0]"]).starts_with("data.scale:"));
+        assert!(err_text(&["data.color_jitter=1.5"]).starts_with("data.color_jitter:"));
+        let c = quick(&["data.scale=[0.5, 1.5]", "data.color_jitter=0.25"]).unwrap();
+        assert_eq!(c.data.scale, Some([0.5, 1.5]));
     }
 
     #[test]

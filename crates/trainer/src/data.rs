@@ -136,23 +136,15 @@ pub fn train_loader(
             ds.name()
         );
     }
-    let augment = if cfg.crop {
-        Some(Augment {
-            scale: None,
-            crop: Some((cfg.width, cfg.height)),
+    let scale = cfg.scale.map(|[lo, hi]| (lo, hi));
+    let augment =
+        (cfg.crop || cfg.hflip || scale.is_some() || cfg.color_jitter.is_some()).then(|| Augment {
+            scale,
+            // Without `crop`, the random scale is cropped (or padded) back to the resized size.
+            crop: cfg.crop.then_some((cfg.width, cfg.height)),
             hflip: cfg.hflip,
-            color_jitter: None,
-        })
-    } else if cfg.hflip {
-        Some(Augment {
-            scale: None,
-            crop: None,
-            hflip: true,
-            color_jitter: None,
-        })
-    } else {
-        None
-    };
+            color_jitter: cfg.color_jitter,
+        });
     let lc = LoaderConfig {
         batch_size,
         shuffle: true,

@@ -431,3 +431,32 @@ fn dataset_errors_do_not_suggest_a_download_when_the_dataset_is_there() {
     let e = open(&c);
     assert!(e.contains("was not found"), "{e}");
 }
+
+/// `[data] scale` and `color_jitter` reach the training loader: batches keep the configured size
+/// and differ from unaugmented ones; the same seed gives the same batch.
+#[test]
+fn augmentation_keys_reach_the_loader() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let batch = |extra: &[&str]| {
+        let cfg = tiny_config(&root, &dir.path().join("run"), extra);
+        let data = recallseg_trainer::train::open_run_data(&cfg).unwrap();
+        data.train.epoch(0).next().unwrap().unwrap()
+    };
+    let plain = batch(&["data.hflip=false"]);
+    let aug = batch(&[
+        "data.hflip=false",
+        "data.scale=[0.5, 1.5]",
+        "data.color_jitter=0.5",
+    ]);
+    assert_eq!((aug.height, aug.width), (32, 64));
+    assert_eq!(aug.images.len(), plain.images.len());
+    assert_ne!(aug.images, plain.images);
+    let again = batch(&[
+        "data.hflip=false",
+        "data.scale=[0.5, 1.5]",
+        "data.color_jitter=0.5",
+    ]);
+    assert_eq!(aug.images, again.images);
+}
