@@ -239,6 +239,20 @@ impl SegDataset for Prefix {
             .then(|| self.inner.label_source(index))
             .flatten()
     }
+    fn label_from_bytes(
+        &self,
+        index: usize,
+        bytes: &[u8],
+    ) -> Result<recallseg_data::LabelMap, recallseg_data::DataError> {
+        if index >= self.len {
+            return Err(recallseg_data::DataError::OutOfRange {
+                dataset: self.name().to_string(),
+                index,
+                len: self.len,
+            });
+        }
+        self.inner.label_from_bytes(index, bytes)
+    }
     fn normalization(&self) -> recallseg_data::Normalize {
         self.inner.normalization()
     }
