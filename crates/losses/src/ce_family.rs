@@ -271,10 +271,14 @@ impl CeEngine {
                 } else {
                     one_minus.maximum(1e-12)?.powf(gamma as f64)?
                 };
+                // `· (1/Z)` as a multiplication by a scalar tensor, not `affine`: candle drops
+                // an `affine(0, ·)` from the graph, which left no gradient at all when `Z = 0`
+                // (valid pixels whose static weights are all 0). Same rounding as `affine`.
+                let inv_z_t = Tensor::new(inv_z, dev)?.to_dtype(dtype)?;
                 let loss = (modf.neg()? * &logpt)?
                     .mul(&s_map)?
                     .sum_all()?
-                    .affine(inv_z, 0.0)?;
+                    .mul(&inv_z_t)?;
                 let fsum = per_class_host(&oh.broadcast_mul(&modf.detach().unsqueeze(1)?)?)?;
                 let report = fsum
                     .iter()

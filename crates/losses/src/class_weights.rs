@@ -82,7 +82,21 @@ pub fn class_balanced(counts: &[u64], beta: Option<f64>) -> Result<Vec<f32>, Los
             }
             b
         }
-        None => (total - 1.0) / total,
+        None => {
+            let b = (total - 1.0) / total;
+            if b >= 1.0 {
+                // Beyond 2^53 pixels (N - 1)/N rounds to 1 and every weight would be 0/0.
+                return Err(LossError::InvalidParameter {
+                    loss: "balanced_ce",
+                    field: "class_pixel_counts",
+                    value: format!("{total:e} pixels in total"),
+                    reason: "the default beta = (N - 1)/N rounds to 1 in f64 above 2^53 pixels; \
+                             give beta explicitly"
+                        .into(),
+                });
+            }
+            b
+        }
     };
     // ln β computed accurately for β close to 1.
     let ln_beta = (-(1.0 - beta)).ln_1p();
@@ -155,5 +169,13 @@ mod tests {
         assert!(median_frequency(&[0, 0]).is_err());
         assert!(class_balanced(&[1, 2], Some(1.0)).is_err());
         assert!(class_balanced(&[1, 2], Some(-0.1)).is_err());
+        // The default beta = (N-1)/N is 1 in f64 beyond 2^53 pixels: an error naming the total,
+        // not NaN weights (they were [NaN, NaN]).
+        let e = class_balanced(&[u64::MAX, 1], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1.8446744073709552e19"), "{e}");
+        let w = class_balanced(&[u64::MAX / 2, 1], Some(0.999)).unwrap();
+        assert!(w.iter().all(|v| v.is_finite()), "{w:?}");
     }
 }

@@ -108,7 +108,7 @@ pub(crate) fn prepare(
     // infinite logit would vanish from the loss. The portable path propagates it, as PyTorch does.
     let mut finite = applicable && cpu_f32_all_finite(&logits);
     let mut logits = logits;
-    let keep = target.to_dtype(DType::U32)?.ne(ignore_index)?;
+    let keep = not_ignored(target, ignore_index)?;
     if n * h * w > 0 {
         let valid = keep.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?;
         if valid == 0 {
@@ -177,6 +177,21 @@ pub(crate) fn prepare(
     })
 }
 
+/// The `u8` mask `(N, H, W)` of pixels whose label is not the ignore index, compared in the
+/// target's own dtype: an `i64` label such as `2^32 + 255` is not taken for the ignore index 255
+/// (a conversion to `u32` first would wrap it), and an ignore index above 255 matches no `u8`
+/// label.
+pub(crate) fn not_ignored(target: &Tensor, ignore_index: u32) -> Result<Tensor> {
+    match target.dtype() {
+        DType::U8 => match u8::try_from(ignore_index) {
+            Ok(ig) => target.ne(ig),
+            Err(_) => target.ones_like(),
+        },
+        DType::I64 => target.ne(ignore_index as i64),
+        _ => target.ne(ignore_index),
+    }
+}
+
 /// Labels for the portable path: the target as `u32` `(N, H, W)`, after checking that every
 /// label is a class index or the ignore index.
 pub(crate) fn checked_labels_u32(
@@ -185,8 +200,13 @@ pub(crate) fn checked_labels_u32(
     ignore_index: u32,
 ) -> Result<Tensor> {
     if target.dtype() == DType::I64 {
-        let negative = target.lt(0i64)?.to_dtype(DType::U32)?.sum_all()?;
-        if negative.to_scalar::<u32>()? > 0 {
+        // Checked in i64 before the conversion, which would wrap labels outside the u32 range
+        // (2^32 would become class 0) where the fused kernels reject them.
+        let bad = (target.lt(0i64)?
+            + (target.ge(n_classes as i64)? * target.ne(ignore_index as i64)?)?)?
+        .to_dtype(DType::U32)?
+        .sum_all()?;
+        if bad.to_scalar::<u32>()? > 0 {
             return Err(first_bad_label(target, n_classes, ignore_index)?);
         }
     }

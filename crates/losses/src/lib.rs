@@ -85,7 +85,18 @@ pub trait SegLoss: Send {
     /// * `target`: `(N, H, W)`, `u8`, `u32` or `i64` class indices, or the ignore index.
     ///
     /// Returns a scalar tensor (dtype `f32`, or `f64` for `f64` logits) that backpropagates to
-    /// `logits`. Labels outside `0..C` that are not the ignore index are an error.
+    /// `logits`. Labels outside `0..C` that are not the ignore index are an error naming the
+    /// label (`i64` labels are checked as `i64`: `2^32` is not class 0), as are logits that are
+    /// not `(N, C, H, W)` with `C` the loss's class count (a loss built for 0 classes errs on
+    /// every call), a target that is not `(N, H, W)`, and unsupported dtypes.
+    ///
+    /// Edge cases behave the same on every implementation and dtype: a batch without valid
+    /// pixels (no pixel at all, or every one ignored) gives 0 with a gradient that exists and
+    /// is zero; ignored pixels' logits are never read, so a NaN or an infinity there changes
+    /// neither the value nor the gradient (zero on those pixels); a NaN on a valid pixel
+    /// propagates to the loss. Valid pixels whose static class weights are all 0 give the
+    /// loss's value without them (0 for all but SoftIoU, which counts every class and gives
+    /// 1), again with a zero gradient that exists.
     fn forward(&mut self, logits: &Tensor, target: &Tensor) -> candle_core::Result<Tensor>;
 
     /// The loss's name, as in [`LossConfig`] (`"recall_ce"`).
