@@ -79,6 +79,35 @@ fn check(s: &AdamScalars, theta: &[f32], g: &[f32], m: &[f32], v: &[f32]) -> (us
     (bad_g, bad_out)
 }
 
+/// The parameter and gradient of a fused Adam op as `f32` slices of equal length, checked
+/// against the moments' length `moments_len` (the error names `what`).
+fn param_and_grad<'s>(
+    what: &str,
+    s1: &'s mut CpuStorage,
+    l1: &Layout,
+    s2: &'s CpuStorage,
+    l2: &Layout,
+    moments_len: (usize, usize),
+) -> Result<(&'s mut [f32], &'s [f32])> {
+    let (CpuStorage::F32(theta), CpuStorage::F32(g)) = (s1, s2) else {
+        candle_core::bail!("{what}: parameter and gradient must be f32")
+    };
+    let (Some((t0, t1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+    else {
+        candle_core::bail!("{what}: parameter and gradient must be contiguous")
+    };
+    let (theta, g) = (&mut theta[t0..t1], &g[g0..g1]);
+    let (m, v) = moments_len;
+    if g.len() != theta.len() || m != theta.len() || v != theta.len() {
+        candle_core::bail!(
+            "{what}: parameter has {} elements, gradient {}, moments {m} and {v}",
+            theta.len(),
+            g.len()
+        )
+    }
+    Ok((theta, g))
+}
+
 /// Checks an update without applying it: counts the gradient's NaN/infinite values and the
 /// non-finite values the update would write into `θ`, `m` or `v` (the same arithmetic as
 /// [`FusedAdamStep`], so a step that passes writes exactly finite values). As an `InplaceOp2`
@@ -102,24 +131,9 @@ impl InplaceOp2 for FusedAdamCheck<'_> {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<()> {
-        let (CpuStorage::F32(theta), CpuStorage::F32(g)) = (s1, s2) else {
-            candle_core::bail!("fused Adam check: parameter and gradient must be f32")
-        };
-        let (Some((t0, t1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("fused Adam check: parameter and gradient must be contiguous")
-        };
         let (m, v) = self.moments;
-        let (theta, g) = (&theta[t0..t1], &g[g0..g1]);
-        if g.len() != theta.len() || m.len() != theta.len() || v.len() != theta.len() {
-            candle_core::bail!(
-                "fused Adam check: parameter has {} elements, gradient {}, moments {} and {}",
-                theta.len(),
-                g.len(),
-                m.len(),
-                v.len()
-            )
-        }
+        let (theta, g) = param_and_grad("fused Adam check", s1, l1, s2, l2, (m.len(), v.len()))?;
+        let theta: &[f32] = theta;
         let s = &self.scalars;
         // Integer counts: the sum does not depend on how rayon splits the work.
         let counts = theta
@@ -150,28 +164,12 @@ impl InplaceOp2 for FusedAdamStep<'_> {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<()> {
-        let (CpuStorage::F32(theta), CpuStorage::F32(g)) = (s1, s2) else {
-            candle_core::bail!("fused Adam: parameter and gradient must be f32")
-        };
-        let (Some((t0, t1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("fused Adam: parameter and gradient must be contiguous")
-        };
         let mut guard = self
             .moments
             .lock()
             .map_err(|_| candle_core::Error::Msg("fused Adam: moment lock poisoned".into()))?;
         let (m, v) = &mut *guard;
-        let (theta, g) = (&mut theta[t0..t1], &g[g0..g1]);
-        if g.len() != theta.len() || m.len() != theta.len() || v.len() != theta.len() {
-            candle_core::bail!(
-                "fused Adam: parameter has {} elements, gradient {}, moments {} and {}",
-                theta.len(),
-                g.len(),
-                m.len(),
-                v.len()
-            )
-        }
+        let (theta, g) = param_and_grad("fused Adam", s1, l1, s2, l2, (m.len(), v.len()))?;
         let s = &self.scalars;
         theta
             .par_chunks_mut(CHUNK)
