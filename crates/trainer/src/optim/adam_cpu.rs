@@ -67,8 +67,18 @@ fn update(s: &AdamScalars, theta: &mut [f32], g: &[f32], m: &mut [f32], v: &mut 
     }
 }
 
-/// Non-finite counts of one chunk: (gradient values, updated values of θ, m or v).
+/// Non-finite counts of one chunk: (gradient values, updated values of θ, m or v). A
+/// branch-free pass decides whether everything is finite (the common case, vectorised); the
+/// counts are only taken when something is not.
 fn check(s: &AdamScalars, theta: &[f32], g: &[f32], m: &[f32], v: &[f32]) -> (usize, usize) {
+    let mut ok = true;
+    for i in 0..theta.len() {
+        let (t, mi, vi) = adam_element(s, theta[i], g[i], m[i], v[i]);
+        ok &= g[i].is_finite() & t.is_finite() & mi.is_finite() & vi.is_finite();
+    }
+    if ok {
+        return (0, 0);
+    }
     let mut bad_g = 0;
     let mut bad_out = 0;
     for i in 0..theta.len() {
