@@ -25,13 +25,31 @@ use candle_core::{DType, Result, Tensor};
 use std::sync::{Arc, Mutex};
 
 /// Which member of the family.
+impl CeMode {
+    /// The loss's denominator `Z`: the static-weighted count of valid pixels, or, for the paper
+    /// code's recall variant, every pixel of the batch (`pixels`, ignored ones included: its
+    /// `loss.mean()`).
+    pub(crate) fn normaliser(&self, s: &[f64], count: &[f64], pixels: usize) -> f64 {
+        match self {
+            CeMode::Recall {
+                paper_code: true, ..
+            } => pixels as f64,
+            _ => s.iter().zip(count).map(|(a, b)| a * b).sum(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum CeMode {
     /// Plain (statically weighted) cross entropy.
     Plain,
     /// Weights `1 - recall_c` of the batch's argmax predictions, optionally smoothed by an EMA
-    /// with this momentum.
-    Recall { momentum: Option<f32> },
+    /// with this momentum; `paper_code`: the public code's variant (counters from 1, mean over
+    /// all pixels, see [`crate::RecallVariant::PaperCode`]).
+    Recall {
+        momentum: Option<f32>,
+        paper_code: bool,
+    },
     /// Weights `FP_c / (TP_c + FP_c)` (paper Eq. 9).
     Precision,
     /// Per-pixel modulation `(1 - p)^γ`.
@@ -70,7 +88,21 @@ pub(crate) fn dyn_weights(mode: &CeMode, st: &ClassStats, ema_prev: Option<&[f32
     let mut report = vec![f32::NAN; c];
     let mut ema = None;
     match mode {
-        CeMode::Recall { momentum } => {
+        CeMode::Recall {
+            paper_code: true, ..
+        } => {
+            // FN_c / N_c with both counters starting at 1 where the batch has none: a class
+            // without false negatives keeps 1 / N_c.
+            for k in 0..c {
+                if st.count[k] > 0.0 {
+                    let fneg = st.count[k] - st.tp[k];
+                    let v = if fneg > 0.0 { fneg } else { 1.0 } / st.count[k];
+                    w[k] = v;
+                    report[k] = v as f32;
+                }
+            }
+        }
+        CeMode::Recall { momentum, .. } => {
             let mut smoothed: Vec<f32> = match ema_prev {
                 Some(p) => p.to_vec(),
                 None => vec![f32::NAN; c],
@@ -219,7 +251,9 @@ impl CeEngine {
         let logp = candle_nn::ops::log_softmax(logits, 1)?;
         let count = per_class_host(&oh)?;
         let s = self.static_f64();
-        let z: f64 = s.iter().zip(&count).map(|(a, b)| a * b).sum();
+        let z = self
+            .mode
+            .normaliser(&s, &count, logits.elem_count() / c.max(1));
         let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
         let static_report = self.static_weights.clone();
         match &self.mode {
@@ -353,7 +387,13 @@ impl CeEngine {
         &mut self,
         state: &[f32],
     ) -> std::result::Result<(), crate::LossError> {
-        let keeps = matches!(self.mode, CeMode::Recall { momentum: Some(_) });
+        let keeps = matches!(
+            self.mode,
+            CeMode::Recall {
+                momentum: Some(_),
+                ..
+            }
+        );
         if state.is_empty() {
             if keeps {
                 self.ema = None;

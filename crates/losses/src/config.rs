@@ -81,9 +81,16 @@ pub enum LossConfig {
         /// instantaneous recall.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ema: Option<f64>,
+        /// `eq5` (default) or `paper_code` ([`crate::RecallVariant`]).
+        #[serde(default, skip_serializing_if = "is_eq5")]
+        variant: crate::RecallVariant,
     },
     /// [`PrecisionCe`], the paper's Eq. 9 counterexample.
     PrecisionCe {},
+}
+
+fn is_eq5(v: &crate::RecallVariant) -> bool {
+    *v == crate::RecallVariant::Eq5
 }
 
 fn default_gamma() -> f64 {
@@ -160,7 +167,10 @@ impl LossConfig {
                 alpha: default_tversky_alpha(),
                 beta: default_tversky_beta(),
             },
-            "recall_ce" => LossConfig::RecallCe { ema: None },
+            "recall_ce" => LossConfig::RecallCe {
+                ema: None,
+                variant: crate::RecallVariant::Eq5,
+            },
             _ => LossConfig::PrecisionCe {},
         })
     }
@@ -242,7 +252,16 @@ impl LossConfig {
             LossConfig::Tversky { alpha, beta } if alpha + beta <= 0.0 => {
                 bad("tversky", "alpha", alpha, "alpha + beta must be > 0")
             }
-            LossConfig::RecallCe { ema: Some(m) } if !(0.0..1.0).contains(&m) => bad(
+            LossConfig::RecallCe {
+                ema: Some(m),
+                variant: crate::RecallVariant::PaperCode,
+            } => bad(
+                "recall_ce",
+                "ema",
+                m,
+                "the paper code's variant (variant = \"paper_code\") has no moving average",
+            ),
+            LossConfig::RecallCe { ema: Some(m), .. } if !(0.0..1.0).contains(&m) => bad(
                 "recall_ce",
                 "ema",
                 m,
@@ -289,9 +308,9 @@ impl LossConfig {
             LossConfig::Lovasz { present_only } => finish!(Lovasz::new(c, present_only)),
             LossConfig::Dice {} => finish!(Dice::new(c)),
             LossConfig::Tversky { alpha, beta } => finish!(Tversky::new(c, alpha, beta)?),
-            LossConfig::RecallCe { ema } => match ema {
-                Some(m) => finish!(RecallCe::new(c).with_ema(m)?),
-                None => finish!(RecallCe::new(c)),
+            LossConfig::RecallCe { ema, variant } => match (ema, variant) {
+                (Some(m), _) => finish!(RecallCe::new(c).with_ema(m)?),
+                (None, v) => finish!(RecallCe::new(c).with_variant(v)),
             },
             LossConfig::PrecisionCe {} => finish!(PrecisionCe::new(c)),
         }

@@ -510,7 +510,7 @@ impl FusedCe {
         }
         let s = &self.static_w;
         let count: Vec<f64> = acc.count.iter().map(|&v| v as f64).collect();
-        let z: f64 = s.iter().zip(&count).map(|(a, b)| a * b).sum();
+        let z = self.mode.normaliser(s, &count, n * hw);
         let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
         let (loss, out) = match &self.mode {
             CeMode::Plain | CeMode::Recall { .. } | CeMode::Precision => {

@@ -67,7 +67,7 @@ pub use focal::Focal;
 pub use lovasz::Lovasz;
 pub use ohem::{Ohem, OhemSelection};
 pub use precision_ce::PrecisionCe;
-pub use recall_ce::RecallCe;
+pub use recall_ce::{RecallCe, RecallVariant};
 pub use soft_iou::SoftIou;
 pub use tversky::Tversky;
 pub use weighted_ce::WeightedCe;

@@ -33,6 +33,22 @@ pub struct RecallCe {
     pub(crate) engine: CeEngine,
 }
 
+/// Which recall loss [`RecallCe`] computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecallVariant {
+    /// The paper's Eq. 5 (default): weight `1 − recall_c = FN_c / N_c` of each class present in
+    /// the batch, mean over the valid pixels.
+    #[default]
+    Eq5,
+    /// What the paper's public code (PotatoTian/recall-semseg, `recall_loss.py`) computes:
+    /// `FN_c / N_c` with both counters starting at 1, so a class present without false negatives
+    /// weighs `1 / N_c` instead of 0; the weighted cross entropy is averaged over *all* pixels of
+    /// the batch, ignored ones included (their term is 0). The code's remapping of the ignore
+    /// label onto class 1 (an indexing bug) is not reproduced.
+    PaperCode,
+}
+
 impl RecallCe {
     /// The paper's instantaneous recall loss over `n_classes` classes.
     pub fn new(n_classes: usize) -> Self {
@@ -42,7 +58,10 @@ impl RecallCe {
                 n_classes,
                 crate::DEFAULT_IGNORE_INDEX,
                 None,
-                CeMode::Recall { momentum: None },
+                CeMode::Recall {
+                    momentum: None,
+                    paper_code: false,
+                },
             ),
         }
     }
@@ -60,8 +79,26 @@ impl RecallCe {
         }
         self.engine.mode = CeMode::Recall {
             momentum: Some(momentum as f32),
+            paper_code: false,
         };
         Ok(self)
+    }
+
+    /// Which definition the loss computes: Eq. 5 (default) or the paper's public code
+    /// ([`RecallVariant::PaperCode`]); the code's variant has no moving average (it resets a
+    /// `with_ema` setting).
+    pub fn with_variant(mut self, variant: RecallVariant) -> Self {
+        self.engine.mode = match variant {
+            RecallVariant::Eq5 => CeMode::Recall {
+                momentum: None,
+                paper_code: false,
+            },
+            RecallVariant::PaperCode => CeMode::Recall {
+                momentum: None,
+                paper_code: true,
+            },
+        };
+        self
     }
 
     /// The smoothed per-class recall (EMA option), `NaN` for classes not seen yet.

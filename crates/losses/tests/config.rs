@@ -1,7 +1,7 @@
 //! `LossConfig`: names, aliases, serde (TOML and JSON), validation, building.
 
 use candle_core::{DType, Device, Tensor};
-use recallseg_losses::{LossConfig, LossContext, LossError, WeightMode};
+use recallseg_losses::{LossConfig, LossContext, LossError, RecallVariant, WeightMode};
 
 #[test]
 fn names_and_aliases() {
@@ -43,7 +43,10 @@ fn defaults_follow_the_paper() {
     );
     assert_eq!(
         LossConfig::from_name("recall").unwrap(),
-        LossConfig::RecallCe { ema: None }
+        LossConfig::RecallCe {
+            ema: None,
+            variant: RecallVariant::Eq5
+        }
     );
     assert_eq!(
         LossConfig::from_name("wce").unwrap(),
@@ -76,7 +79,13 @@ fn serde_round_trip_and_errors() {
         }
     );
     let c: LossConfig = toml::from_str("name = \"recall_ce\"\nema = 0.9").unwrap();
-    assert_eq!(c, LossConfig::RecallCe { ema: Some(0.9) });
+    assert_eq!(
+        c,
+        LossConfig::RecallCe {
+            ema: Some(0.9),
+            variant: RecallVariant::Eq5
+        }
+    );
     for cfg in [
         LossConfig::CrossEntropy {},
         LossConfig::Tversky {
@@ -135,7 +144,10 @@ fn validation() {
             alpha: 0.0,
             beta: 0.0,
         },
-        LossConfig::RecallCe { ema: Some(1.0) },
+        LossConfig::RecallCe {
+            ema: Some(1.0),
+            variant: RecallVariant::Eq5,
+        },
         LossConfig::BalancedCe { beta: Some(1.0) },
     ];
     for c in bad {
