@@ -243,11 +243,15 @@ impl LossConfig {
                 bad("focal", "gamma", gamma, "must be finite and >= 0")
             }
             LossConfig::Ohem { .. } => self.ohem_selection().map(|_| ()),
-            LossConfig::Tversky { alpha, .. } if !(alpha.is_finite() && alpha >= 0.0) => {
-                bad("tversky", "alpha", alpha, "must be finite and >= 0")
+            LossConfig::Tversky { alpha, .. }
+                if !(alpha.is_finite() && (0.0..=crate::Tversky::MAX_WEIGHT).contains(&alpha)) =>
+            {
+                bad("tversky", "alpha", alpha, "must be in [0, 1e6]")
             }
-            LossConfig::Tversky { beta, .. } if !(beta.is_finite() && beta >= 0.0) => {
-                bad("tversky", "beta", beta, "must be finite and >= 0")
+            LossConfig::Tversky { beta, .. }
+                if !(beta.is_finite() && (0.0..=crate::Tversky::MAX_WEIGHT).contains(&beta)) =>
+            {
+                bad("tversky", "beta", beta, "must be in [0, 1e6]")
             }
             LossConfig::Tversky { alpha, beta } if alpha + beta <= 0.0 => {
                 bad("tversky", "alpha", alpha, "alpha + beta must be > 0")

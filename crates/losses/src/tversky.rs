@@ -20,16 +20,20 @@ pub struct Tversky {
 }
 
 impl Tversky {
+    /// Largest `alpha` or `beta` accepted: weights of 1e200 and above made the denominator
+    /// overflow into NaN (and the fused and portable paths disagree); useful values are around 1.
+    pub const MAX_WEIGHT: f64 = 1e6;
+
     /// Tversky loss over `n_classes` classes with false-positive weight `alpha` and
-    /// false-negative weight `beta` (both `>= 0`, not both 0).
+    /// false-negative weight `beta` (both in `[0, MAX_WEIGHT]`, not both 0).
     pub fn new(n_classes: usize, alpha: f64, beta: f64) -> Result<Self, LossError> {
         for (field, v) in [("alpha", alpha), ("beta", beta)] {
-            if !(v.is_finite() && v >= 0.0) {
+            if !(v.is_finite() && (0.0..=Self::MAX_WEIGHT).contains(&v)) {
                 return Err(LossError::InvalidParameter {
                     loss: "tversky",
                     field,
                     value: v.to_string(),
-                    reason: "must be finite and >= 0".into(),
+                    reason: format!("must be in [0, {}]", Self::MAX_WEIGHT),
                 });
             }
         }

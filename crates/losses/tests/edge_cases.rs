@@ -617,3 +617,20 @@ fn bad_inputs_are_errors_naming_the_value() {
         failures.join("\n")
     );
 }
+
+/// Tversky weights are bounded: α or β of 1e200 made the denominator overflow into NaN, with the
+/// fused and portable paths disagreeing.
+#[test]
+fn absurd_tversky_weights_are_refused() {
+    use recallseg_losses::{LossConfig, LossContext, Tversky};
+    let e = Tversky::new(4, 1e200, 0.5).unwrap_err().to_string();
+    assert!(e.contains("alpha") && e.contains("1000000"), "{e}");
+    assert!(Tversky::new(4, 0.5, 2e6).is_err());
+    assert!(Tversky::new(4, 0.3, 0.7).is_ok());
+    let cfg: LossConfig = toml::from_str("name = \"tversky\"\nalpha = 1e300\nbeta = 0.5").unwrap();
+    let e = match cfg.build(&LossContext::new(4)) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("alpha = 1e300 was accepted"),
+    };
+    assert!(e.contains("alpha"), "{e}");
+}
