@@ -29,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             resize: Some((768, 384)),
             augment: Some(Augment {
                 scale: Some((0.5, 2.0)),
+                scale_step: None,
                 crop: Some((768, 384)),
                 hflip: true,
                 color_jitter: None,

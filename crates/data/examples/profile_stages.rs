@@ -42,6 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut rng = ChaCha8Rng::seed_from_u64(i as u64);
             let aug = Augment {
                 scale: Some((0.5, 2.0)),
+                scale_step: None,
                 crop: Some((768, 384)),
                 hflip: true,
                 color_jitter: None,

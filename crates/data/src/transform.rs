@@ -413,6 +413,10 @@ pub fn normalize_chw(
 pub struct Augment {
     /// Random scale factor range `[min, max]` (uniform); `None` keeps the size.
     pub scale: Option<(f32, f32)>,
+    /// Draw the scale from the grid `min, min + step, …, max` (uniformly over its points)
+    /// instead of the continuous range: the paper's Cityscapes code draws from
+    /// {0.75, 1.0, …, 2.0}, i.e. `scale = (0.75, 2.0)` with `scale_step = 0.25`.
+    pub scale_step: Option<f32>,
     /// Output `(width, height)` of the random crop; `None` crops back to the size the image had
     /// before the random scale (so every sample of a batch has the same size). Where the scaled
     /// image is smaller than the crop, the image is padded with the normalisation mean and the
@@ -431,6 +435,7 @@ impl Default for Augment {
     fn default() -> Self {
         Augment {
             scale: Some((0.5, 2.0)),
+            scale_step: None,
             crop: None,
             hflip: true,
             color_jitter: None,
@@ -439,8 +444,31 @@ impl Default for Augment {
 }
 
 impl Augment {
+    /// The random scale factor of one sample (`None` without `scale`): uniform in the range, or
+    /// uniform over the grid `min, min + step, …, max` with `scale_step`. `apply` draws it first.
+    pub fn sample_scale<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<f32> {
+        let (lo, hi) = self.scale?;
+        Some(match self.scale_step {
+            Some(step) if hi > lo => {
+                let points = ((hi - lo) / step + 1e-4).floor() as usize;
+                lo + step * rng.random_range(0..=points) as f32
+            }
+            _ if hi > lo => rng.random_range(lo..=hi),
+            _ => lo,
+        })
+    }
+
     /// Checks the ranges.
     pub fn validate(&self) -> Result<(), DataError> {
+        if let Some(step) = self.scale_step {
+            if !(step.is_finite() && step > 0.0) {
+                return Err(DataError::config(
+                    "augment.scale_step",
+                    step,
+                    "must be finite and > 0",
+                ));
+            }
+        }
         if let Some((lo, hi)) = self.scale {
             if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi && hi <= 16.0) {
                 return Err(DataError::config(
@@ -496,18 +524,11 @@ impl Augment {
         let (cw, ch) = self.crop.unwrap_or((w, h));
         // Scaled size; the crop window is then resampled straight from the input (the same
         // values as scaling the whole image and cropping, without the pixels thrown away).
-        let (sw, sh) = match self.scale {
-            Some((lo, hi)) => {
-                let s: f32 = if hi > lo {
-                    rng.random_range(lo..=hi)
-                } else {
-                    lo
-                };
-                (
-                    ((w as f32 * s).round() as usize).max(1),
-                    ((h as f32 * s).round() as usize).max(1),
-                )
-            }
+        let (sw, sh) = match self.sample_scale(rng) {
+            Some(s) => (
+                ((w as f32 * s).round() as usize).max(1),
+                ((h as f32 * s).round() as usize).max(1),
+            ),
             None => (w, h),
         };
         let (x0, y0) = if (sw, sh) != (cw, ch) {

@@ -113,6 +113,10 @@ pub struct DataConfig {
     /// The paper's Cityscapes code draws from {0.75, 1.0, …, 2.0}; the preset uses `[0.75, 2.0]`.
     #[serde(default)]
     pub scale: Option<[f32; 2]>,
+    /// Draw the random scale from `min, min + step, …, max` instead of uniformly in the range
+    /// (the paper's Cityscapes code: `scale = [0.75, 2.0]`, `scale_step = 0.25`).
+    #[serde(default)]
+    pub scale_step: Option<f32>,
     /// Colour jitter strength `j` of training images: brightness, contrast and saturation
     /// factors drawn in `[1 − j, 1 + j]`, applied in that order (the paper's Cityscapes code
     /// uses 0.5).
@@ -536,6 +540,14 @@ impl TrainConfig {
                 ));
             }
         }
+        if let Some(step) = d.scale_step {
+            if !(step.is_finite() && step > 0.0) || d.scale.is_none() {
+                return Err(invalid(
+                    "data.scale_step",
+                    format!("{step} needs data.scale and a finite value > 0"),
+                ));
+            }
+        }
         if let Some(j) = d.color_jitter {
             if !(j.is_finite() && (0.0..=1.0).contains(&j)) {
                 return Err(invalid(
@@ -915,6 +927,7 @@ mod tests {
         // Its Cityscapes training augmentation: flip, random scale 0.75-2, colour jitter 0.5.
         assert!(c.data.hflip);
         assert_eq!(c.data.scale, Some([0.75, 2.0]));
+        assert_eq!(c.data.scale_step, Some(0.25));
         assert_eq!(c.data.color_jitter, Some(0.5));
         // Synthia's code only resizes.
         assert_eq!((s.data.scale, s.data.color_jitter), (None, None));

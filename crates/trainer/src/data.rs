@@ -140,6 +140,7 @@ pub fn train_loader(
     let augment =
         (cfg.crop || cfg.hflip || scale.is_some() || cfg.color_jitter.is_some()).then(|| Augment {
             scale,
+            scale_step: cfg.scale_step,
             // Without `crop`, the random scale is cropped (or padded) back to the resized size.
             crop: cfg.crop.then_some((cfg.width, cfg.height)),
             hflip: cfg.hflip,

@@ -150,6 +150,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
         resize: Some((768, 384)),
         augment: Some(Augment {
             scale: Some((0.5, 2.0)),
+            scale_step: None,
             crop: Some((768, 384)),
             hflip: true,
             color_jitter: None,

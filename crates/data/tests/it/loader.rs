@@ -17,6 +17,7 @@ fn train_cfg(threads: usize) -> LoaderConfig {
         resize: Some((48, 24)),
         augment: Some(Augment {
             scale: Some((0.75, 1.5)),
+            scale_step: None,
             crop: Some((40, 20)),
             hflip: true,
             color_jitter: Some(0.3),

@@ -172,6 +172,7 @@ fn augmentation_moves_image_and_label_together() {
     }
     let aug = Augment {
         scale: Some((0.6, 1.8)),
+        scale_step: None,
         crop: Some((32, 24)),
         hflip: true,
         color_jitter: None,
@@ -300,6 +301,7 @@ fn bad_sizes_are_errors_not_panics() {
     // Augmentation settings that would panic in the RNG, and crops too large to allocate.
     let bad_scale = Augment {
         scale: Some((2.0, f32::NAN)),
+        scale_step: None,
         ..Augment::default()
     };
     let e = bad_scale
@@ -309,6 +311,7 @@ fn bad_sizes_are_errors_not_panics() {
     assert!(e.contains("augment.scale"), "{e}");
     let reversed = Augment {
         scale: Some((2.0, 1.0)),
+        scale_step: None,
         ..Augment::default()
     };
     assert!(reversed
@@ -333,4 +336,42 @@ fn bad_sizes_are_errors_not_panics() {
             .to_string();
         assert!(e.contains("limit"), "{e}");
     }
+}
+
+/// `scale_step` draws the scale from the grid, as the paper's Cityscapes code does
+/// ({0.75, 1.0, …, 2.0}); without it the scale is uniform in the range.
+#[test]
+fn scale_steps_draw_from_the_grid() {
+    let aug = Augment {
+        scale: Some((0.75, 2.0)),
+        scale_step: Some(0.25),
+        ..Augment::default()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..300 {
+        let s = aug.sample_scale(&mut rng).unwrap();
+        let k = (s - 0.75) / 0.25;
+        assert!(
+            (k - k.round()).abs() < 1e-5 && (-0.01..=5.01).contains(&k),
+            "{s}"
+        );
+        seen.insert((k.round()) as i32);
+    }
+    assert_eq!(seen.len(), 6, "every grid point is drawn: {seen:?}");
+    let uniform = Augment {
+        scale_step: None,
+        ..aug
+    };
+    let off_grid = (0..50)
+        .map(|_| uniform.sample_scale(&mut rng).unwrap())
+        .filter(|s| ((s - 0.75) / 0.25 - ((s - 0.75) / 0.25).round()).abs() > 1e-3)
+        .count();
+    assert!(off_grid > 40);
+    assert!(Augment {
+        scale_step: Some(0.0),
+        ..aug
+    }
+    .validate()
+    .is_err());
 }
