@@ -104,44 +104,39 @@ pub(crate) fn prepare(
     };
     let applicable =
         logits.device().is_cpu() && logits.dtype() == DType::F32 && logits.is_contiguous();
+    let keep = not_ignored(target, ignore_index)?;
+    // Ignored pixels' logits become 0, so that their value (NaN included) cannot matter.
+    let zero_ignored = |logits: &Tensor| {
+        keep.unsqueeze(1)?
+            .broadcast_as(logits.shape())?
+            .where_cond(logits, &logits.zeros_like()?)
+    };
+    let empty = |logits: Tensor| Prepared {
+        logits,
+        target: target.clone(),
+        fused: false,
+        empty: true,
+    };
+    if n * h * w == 0 {
+        return Ok(empty(logits));
+    }
+    let valid = keep.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?;
+    if valid == 0 {
+        // Every pixel ignored: whatever the logits hold, the loss is 0 (a NaN there must not
+        // reach it either).
+        return Ok(empty(zero_ignored(&logits)?));
+    }
     // The fused kernels assume finite logits (their fast exp clamps its argument), so a NaN or
     // infinite logit would vanish from the loss. The portable path propagates it, as PyTorch does.
     let mut finite = applicable && cpu_f32_all_finite(&logits);
     let mut logits = logits;
-    let keep = not_ignored(target, ignore_index)?;
-    if n * h * w > 0 {
-        let valid = keep.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?;
-        if valid == 0 {
-            // Every pixel ignored: whatever the logits hold, the loss is 0 (a NaN there must
-            // not reach it either).
-            let clean = keep
-                .unsqueeze(1)?
-                .broadcast_as(logits.shape())?
-                .where_cond(&logits, &logits.zeros_like()?)?;
-            return Ok(Prepared {
-                logits: clean,
-                target: target.clone(),
-                fused: false,
-                empty: true,
-            });
-        }
-    }
     if !finite {
-        // Not known to be finite: ignored pixels' logits become 0 (their value must not matter).
-        let keep = keep.unsqueeze(1)?.broadcast_as(logits.shape())?;
-        logits = keep.where_cond(&logits, &logits.zeros_like()?)?;
+        // Not known to be finite: only valid pixels' logits may reach the loss.
+        logits = zero_ignored(&logits)?;
         if applicable {
             logits = logits.contiguous()?;
             finite = cpu_f32_all_finite(&logits);
         }
-    }
-    if n * h * w == 0 {
-        return Ok(Prepared {
-            logits,
-            target: target.clone(),
-            fused: false,
-            empty: true,
-        });
     }
     let fused = match kernel {
         Kernel::Auto => applicable && finite,

@@ -377,6 +377,8 @@ impl Checkpoint {
                 meta.format_version
             )));
         }
+        let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+        names.sort();
         if meta.format_version >= 2 {
             let text = metadata
                 .and_then(|m| m.get(INTEGRITY_KEY))
@@ -389,8 +391,6 @@ impl Checkpoint {
                     what: "the metadata".into(),
                 });
             }
-            let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
-            names.sort();
             let stored: Vec<&String> = integrity.tensors.keys().collect();
             if names.iter().collect::<Vec<_>>() != stored {
                 return Err(format(format!(
@@ -409,8 +409,6 @@ impl Checkpoint {
                 }
             }
         }
-        let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
-        names.sort();
         for name in names.iter().filter(|n| must_be_finite(n)) {
             let view = st.tensor(name).map_err(|e| format(e.to_string()))?;
             let bad = non_finite_count(view.dtype(), view.data());

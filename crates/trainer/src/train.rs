@@ -326,14 +326,14 @@ impl StepSnapshot {
     fn take(
         rng: &ChaCha8Rng,
         loss: &dyn SegLoss,
-        buffers: &[candle_core::Var],
+        buffers: &[(String, candle_core::Var)],
     ) -> candle_core::Result<Self> {
         Ok(Self {
             rng: rng.clone(),
             loss_state: loss.state(),
             buffers: buffers
                 .iter()
-                .map(|v| Ok((v.clone(), v.as_tensor().copy()?)))
+                .map(|(_, v)| Ok((v.clone(), v.as_tensor().copy()?)))
                 .collect::<candle_core::Result<_>>()?,
         })
     }
@@ -520,7 +520,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
             .filter(|(_, v)| !trainable.contains(&v.as_tensor().id()))
             .collect()
     };
-    let buffer_vars: Vec<candle_core::Var> = buffers.iter().map(|(_, v)| v.clone()).collect();
+    // Their tensors, checked after every forward pass (`Var::set` writes in place, so these
+    // handles stay current).
+    let buffer_tensors: Vec<&Tensor> = buffers.iter().map(|(_, v)| v.as_tensor()).collect();
 
     let loader = &data.train;
     let bpe = loader.batches_per_epoch().max(1) as u64;
@@ -665,7 +667,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
                 stop_signal: signal,
             });
         }
-        let snapshot = after_step_try!(StepSnapshot::take(&rng, loss.as_ref(), &buffer_vars));
+        let snapshot = after_step_try!(StepSnapshot::take(&rng, loss.as_ref(), &buffers));
         let batch = match batches.next() {
             Some(b) => step_try!(snapshot, b),
             None => {
@@ -708,7 +710,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
         }
         // BatchNorm's running statistics were moved by the forward pass; a diverging model can
         // make them infinite while the loss stays finite (what evaluation would then use).
-        let buffer_tensors: Vec<&Tensor> = buffers.iter().map(|(_, v)| v.as_tensor()).collect();
         if let Some((k, count)) =
             step_try!(snapshot, crate::optim::first_non_finite(&buffer_tensors))
         {
