@@ -37,4 +37,4 @@ pub use folder::{FolderDataset, FolderSpec};
 pub use loader::{Batch, EpochIter, Loader, LoaderConfig};
 pub use synthetic::{generate_synthia, GenerateReport, SyntheticConfig};
 pub use synthia::{SynthiaDataset, SynthiaOptions};
-pub use transform::Augment;
+pub use transform::{Augment, ResizeMethod};

@@ -14,7 +14,7 @@
 use crate::dataset::{Normalize, Sample, SegDataset};
 use crate::error::DataError;
 use crate::split::shuffled_indices;
-use crate::transform::{normalize_chw, resize_bilinear_rgb, resize_nearest, Augment};
+use crate::transform::{normalize_chw, Augment, ResizeMethod};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -35,9 +35,15 @@ pub struct LoaderConfig {
     pub seed: u64,
     /// Drop the last, incomplete batch of an epoch.
     pub drop_last: bool,
-    /// Base `(width, height)` every item is resized to (bilinear image, nearest label) before
-    /// augmentation; `None` keeps the stored size.
+    /// Base `(width, height)` every item is resized to (bilinear image, nearest label, as
+    /// [`LoaderConfig::resize_method`] says) before augmentation; `None` keeps the stored size.
     pub resize: Option<(usize, usize)>,
+    /// Filters of the base resize ([`LoaderConfig::resize`]): [`ResizeMethod::TwoTap`] (the
+    /// default: two-tap bilinear as OpenCV's `INTER_LINEAR`, nearest `floor(d · in/out)`) or
+    /// [`ResizeMethod::Antialias`] (PIL's `Image.resize`: antialiased bilinear, nearest at
+    /// pixel centres). In a config file: `resize_method = "two_tap"` or `"antialias"`. The
+    /// random scale of [`Augment`] always uses the two-tap filters.
+    pub resize_method: ResizeMethod,
     /// Random augmentation (training); `None` for evaluation.
     pub augment: Option<Augment>,
     /// Colour normalisation; `None` uses the dataset's
@@ -49,7 +55,9 @@ pub struct LoaderConfig {
     /// and up to this many finished ones wait for the consumer.
     pub prefetch: usize,
     /// Keep every resized item in memory after its first decode (needs about
-    /// `4 · width · height` bytes per item).
+    /// `4 · width · height` bytes per item). The cache belongs to one [`Loader`], whose
+    /// settings (size and [`LoaderConfig::resize_method`] included) never change, so it needs
+    /// no key beyond the item index.
     pub cache_resized: bool,
     /// Skip items that fail to load, with a warning on stderr, instead of stopping with the
     /// error; [`Loader::skipped`] counts them. A batch then holds fewer items.
@@ -64,6 +72,7 @@ impl Default for LoaderConfig {
             seed: 0,
             drop_last: true,
             resize: None,
+            resize_method: ResizeMethod::TwoTap,
             augment: None,
             normalize: None,
             num_threads: 0,
@@ -338,8 +347,9 @@ impl Inner {
         let mut s = self.ds.get(index)?;
         if let Some((w, h)) = self.cfg.resize {
             if (s.width, s.height) != (w, h) {
-                s.image = resize_bilinear_rgb(&s.image, s.width, s.height, w, h)?;
-                s.label = resize_nearest(&s.label, s.width, s.height, w, h, 1)?;
+                let method = self.cfg.resize_method;
+                s.image = method.resize_image(&s.image, s.width, s.height, w, h)?;
+                s.label = method.resize_label(&s.label, s.width, s.height, w, h, 1)?;
                 s.width = w;
                 s.height = h;
             }

@@ -4,6 +4,7 @@ mod bad_input;
 mod formats;
 mod loader;
 mod other_datasets;
+mod resize_antialias;
 mod synthia;
 mod transforms;
 mod util;
