@@ -5,6 +5,7 @@
 mod bench;
 mod crash_test;
 mod fuzz;
+mod parity;
 mod reproduce;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,9 @@ enum Command {
     CrashTest(crash_test::CrashTestArgs),
     /// Run mutated PNG images and label maps through the decoders; fails on a panic.
     FuzzDecoders(fuzz::FuzzArgs),
+    /// Train the same DeepLabV3+ with the same budget here and with PyTorch/smp
+    /// (xtask/peer/parity_smp.py), several seeds each, and compare the test scores.
+    Parity(parity::ParityArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +42,6 @@ fn main() -> anyhow::Result<()> {
         Command::Reproduce(args) => reproduce::run(&args),
         Command::CrashTest(args) => crash_test::run(&args),
         Command::FuzzDecoders(args) => fuzz::run(&args),
+        Command::Parity(args) => parity::run(&args),
     }
 }

@@ -339,7 +339,9 @@ pub fn resize_nearest_window<T: Copy>(
 }
 
 /// How the loader's base resize (`LoaderConfig::resize_method`) resamples an image and its
-/// label map. Both methods keep image and label on the same half-pixel-centre grid.
+/// label map. Both sample images at half-pixel centres; only `Antialias` samples labels there
+/// too (`TwoTap`'s `floor(dst · in/out)` label index lies up to half an output pixel up and left
+/// of the image sample when shrinking, e.g. a third of a pixel at 3×).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResizeMethod {

@@ -62,18 +62,8 @@ struct MatrixData {
 impl TryFrom<MatrixData> for ConfusionMatrix {
     type Error = MetricsError;
     fn try_from(d: MatrixData) -> Result<Self, MetricsError> {
-        let mut m = Self::try_new(d.n_classes, d.ignore_index)
-            .map_err(|e| MetricsError::InvalidData(e.to_string()))?;
-        if d.counts.len() != d.n_classes * d.n_classes {
-            return Err(MetricsError::InvalidData(format!(
-                "`counts` holds {} values, {} classes need {}",
-                d.counts.len(),
-                d.n_classes,
-                d.n_classes * d.n_classes
-            )));
-        }
+        let mut m = Self::from_counts(d.n_classes, d.ignore_index, d.counts)?;
         m.lenient = d.lenient;
-        m.counts = d.counts;
         m.ignored = d.ignored_pixels;
         m.invalid = d.invalid_pixels;
         Ok(m)
@@ -134,6 +124,27 @@ impl ConfusionMatrix {
             ignored: 0,
             invalid: 0,
         })
+    }
+
+    /// A strict matrix holding saved counts, row-major `n × n` as [`counts`](Self::counts)
+    /// returns them (e.g. a matrix computed by another program): `counts[g * n + p]` pixels of
+    /// class `g` predicted as `p`.
+    pub fn from_counts(
+        n_classes: usize,
+        ignore_index: Option<u32>,
+        counts: Vec<u64>,
+    ) -> Result<Self, MetricsError> {
+        let mut m = Self::try_new(n_classes, ignore_index)
+            .map_err(|e| MetricsError::InvalidData(e.to_string()))?;
+        if counts.len() != n_classes * n_classes {
+            return Err(MetricsError::InvalidData(format!(
+                "`counts` holds {} values, {n_classes} classes need {}",
+                counts.len(),
+                n_classes * n_classes
+            )));
+        }
+        m.counts = counts;
+        Ok(m)
     }
 
     /// Sets lenient mode: invalid values are skipped (and counted in

@@ -79,7 +79,7 @@ pub enum MetricsError {
         /// What is wrong with it.
         reason: String,
     },
-    /// Serialised matrix data that is inconsistent (wrong count length, bad class count).
+    /// Saved or serialised matrix data that is inconsistent (wrong count length, bad class count).
     #[error("invalid confusion matrix data: {0}")]
     InvalidData(String),
 }

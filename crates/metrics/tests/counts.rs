@@ -470,3 +470,18 @@ fn u8_kernel_with_unusual_settings_equals_naive_count() {
         );
     }
 }
+
+#[test]
+fn from_counts_rebuilds_a_matrix_and_rejects_a_wrong_length() {
+    let mut m = ConfusionMatrix::new(3);
+    m.update(&[0u8, 1, 2, 2, 1], &[0u8, 2, 2, 1, 1]).unwrap();
+    let back = ConfusionMatrix::from_counts(3, Some(255), m.counts().to_vec()).unwrap();
+    assert_eq!(back, m);
+    assert_eq!(back.report(), m.report());
+    let err = ConfusionMatrix::from_counts(3, Some(255), vec![0; 8]).unwrap_err();
+    assert!(
+        matches!(err, MetricsError::InvalidData(ref s) if s.contains("8 values")),
+        "{err}"
+    );
+    assert!(ConfusionMatrix::from_counts(0, None, vec![]).is_err());
+}

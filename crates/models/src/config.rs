@@ -1,5 +1,6 @@
 //! `ModelConfig`: which DeepLab to build (serde, validated with clear errors).
 
+use crate::init::ParamInit;
 use crate::ModelError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -69,6 +70,53 @@ pub enum Head {
     /// DeepLabV3+: ASPP, low-level decoder with two 3×3 convs, classifier, upsampled ×4.
     #[serde(rename = "deeplabv3plus")]
     DeepLabV3Plus,
+}
+
+/// How the parameters of a model start (before any pretrained weights are loaded).
+///
+/// The backbone always starts as torchvision's ResNet does: every convolution Kaiming-normal in
+/// fan-out mode, BatchNorm scale 1 and shift 0. The schemes differ in the head, and most in the
+/// classifier, whose scale sets the first losses: with 256 input channels and 16 classes, the
+/// fan-out classifier starts with logits several times larger than the other two, and the first
+/// cross-entropy loss near 6 to 8 instead of about `ln 16 ≈ 2.8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitScheme {
+    /// Every convolution, the head's and the classifier's included, Kaiming-normal in fan-out
+    /// mode, like the backbone; classifier bias 0 (recallseg's scheme until this option).
+    #[default]
+    KaimingFanOut,
+    /// PyTorch's default initialisation of `nn.Conv2d` for the whole head: weights and the
+    /// classifier's bias `U(−1/√fan_in, 1/√fan_in)`. This is what segmentation_models_pytorch's
+    /// DeepLabV3 and DeepLabV3Plus start from (0.6 never calls their `initialize()`, so its
+    /// Kaiming/Xavier decoder and head initialisers are not applied to them).
+    PytorchDefault,
+    /// The paper's code (PotatoTian/recall-semseg, the `_init_weight` of the ASPP and decoder
+    /// in `ptsemseg/models/deeplab_utils`): every head convolution, the classifier included,
+    /// `kaiming_normal_` with PyTorch's defaults (fan-in, gain √2); the classifier's bias keeps
+    /// PyTorch's default `U(−1/√fan_in, 1/√fan_in)`.
+    PaperCode,
+}
+
+impl InitScheme {
+    /// How the head's convolution weights (ASPP, decoder, projections) start.
+    pub fn head_conv(self) -> ParamInit {
+        match self {
+            InitScheme::KaimingFanOut => ParamInit::KaimingNormalFanOut,
+            InitScheme::PytorchDefault => ParamInit::PytorchDefault,
+            InitScheme::PaperCode => ParamInit::KaimingNormalFanIn,
+        }
+    }
+
+    /// How the 1×1 classifier's weight and bias start, for `in_channels` inputs.
+    pub fn classifier(self, in_channels: usize) -> (ParamInit, ParamInit) {
+        let default_bias = ParamInit::Uniform(1.0 / (in_channels.max(1) as f64).sqrt());
+        match self {
+            InitScheme::KaimingFanOut => (ParamInit::KaimingNormalFanOut, ParamInit::Const(0.0)),
+            InitScheme::PytorchDefault => (ParamInit::PytorchDefault, default_bias),
+            InitScheme::PaperCode => (ParamInit::KaimingNormalFanIn, default_bias),
+        }
+    }
 }
 
 /// Where pretrained weights come from.
@@ -149,12 +197,20 @@ pub struct ModelConfig {
     /// ASPP atrous rates; `None` (default) takes them from the output stride
     /// ([`ModelConfig::atrous_rates`]). segmentation_models_pytorch uses `[12, 24, 36]` at 16.
     pub aspp_rates: Option<[usize; 3]>,
-    /// Seed of the parameter initialisation (Kaiming normal); same seed, same parameters.
+    /// A 3×3 convolution → BN → ReLU on the ASPP output before it is upsampled (DeepLabV3+
+    /// only; separable when `separable` is set). segmentation_models_pytorch's DeepLabV3Plus
+    /// has it; the paper's code and the published DeepLabV3+ do not (default `false`).
+    #[serde(default)]
+    pub aspp_conv: bool,
+    /// How the parameters start ([`InitScheme`]; default `kaiming_fan_out`).
+    #[serde(default)]
+    pub init: InitScheme,
+    /// Seed of the parameter initialisation; same seed, same parameters.
     pub init_seed: u64,
     /// Bilinear upsampling of the head (DeepLabV3+'s decoder input and the final logits) with
-    /// `align_corners = true`, as the paper's code (PotatoTian/recall-semseg) does; `false`
-    /// (default) is torchvision's and segmentation_models_pytorch's choice. It moves every
-    /// upsampled logit, hence the argmax and Recall loss's weights.
+    /// `align_corners = true`, as the paper's code (PotatoTian/recall-semseg) and
+    /// segmentation_models_pytorch's DeepLabV3+ do; `false` (default) is torchvision's choice.
+    /// It moves every upsampled logit, hence the argmax and Recall loss's weights.
     #[serde(default)]
     pub align_corners: bool,
 }
@@ -177,6 +233,8 @@ impl Default for ModelConfig {
             separable: false,
             decoder_convs: 2,
             aspp_rates: None,
+            aspp_conv: false,
+            init: InitScheme::KaimingFanOut,
             init_seed: 0,
             align_corners: false,
         }
@@ -191,17 +249,21 @@ fn bad(field: &'static str, message: impl Into<String>) -> ModelError {
 }
 
 impl ModelConfig {
-    /// The layout of segmentation_models_pytorch's `DeepLabV3Plus` on this config's backbone,
-    /// output stride and classes: separable ASPP and decoder, one decoder convolution, atrous
-    /// rates 12/24/36, no decoder dropout. (smp also has a separable 3×3 convolution after the
-    /// ASPP projection, about 0.4% of the FLOPs, which this model does not build.)
+    /// segmentation_models_pytorch's `DeepLabV3Plus` on this config's backbone, output stride and
+    /// classes: separable ASPP and decoder, the separable convolution after the ASPP, one
+    /// decoder convolution, atrous rates 12/24/36, no decoder dropout, `align_corners`
+    /// upsampling and PyTorch's default head initialisation (what smp's model starts from). The same parameters, by count and shape, as
+    /// `smp.DeepLabV3Plus`.
     pub fn smp_layout(self) -> Self {
         Self {
             head: Head::DeepLabV3Plus,
             separable: true,
+            aspp_conv: true,
             decoder_convs: 1,
             aspp_rates: Some([12, 24, 36]),
             decoder_dropout: [0.0, 0.0],
+            align_corners: true,
+            init: InitScheme::PytorchDefault,
             ..self
         }
     }

@@ -1,12 +1,14 @@
 //! `Conv2d` layer: a weight (and optional bias) applied through [`crate::ops::conv2d::conv2d`].
 
+use crate::config::InitScheme;
 use crate::init::{ParamBuilder, ParamInit, ParamKind};
 use crate::ops::conv2d::{conv2d, Conv2dGeometry};
 use crate::ModelError;
 use candle_core::{Result, Tensor, Var};
 
 /// A 2-D convolution with square kernel. Weight layout `(C_out, C_in, k, k)` as in PyTorch;
-/// Kaiming-normal (fan-out) initialised, bias (if any) zero.
+/// the weight starts as the builder's convolution init says (Kaiming-normal fan-out unless the
+/// model's [`InitScheme`](crate::InitScheme) sets another for the head), the bias (if any) zero.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Var,
@@ -24,22 +26,34 @@ impl Conv2d {
         geometry: Conv2dGeometry,
         bias: bool,
     ) -> std::result::Result<Self, ModelError> {
+        let bias_init = bias.then_some(ParamInit::Const(0.0));
+        Self::with_init(
+            pb,
+            [in_channels, out_channels, kernel],
+            geometry,
+            pb.conv_init(),
+            bias_init,
+        )
+    }
+
+    /// A convolution with explicit initialisers for its weight and (when `bias_init` is given)
+    /// its bias; `[in_channels, out_channels, kernel]`.
+    pub(crate) fn with_init(
+        pb: &ParamBuilder,
+        [in_channels, out_channels, kernel]: [usize; 3],
+        geometry: Conv2dGeometry,
+        weight_init: ParamInit,
+        bias_init: Option<ParamInit>,
+    ) -> std::result::Result<Self, ModelError> {
         let weight = pb.param(
             "weight",
             &[out_channels, in_channels / geometry.groups, kernel, kernel],
             ParamKind::Weight,
-            ParamInit::KaimingNormalFanOut,
+            weight_init,
         )?;
-        let bias = if bias {
-            Some(pb.param(
-                "bias",
-                &[out_channels],
-                ParamKind::Weight,
-                ParamInit::Const(0.0),
-            )?)
-        } else {
-            None
-        };
+        let bias = bias_init
+            .map(|init| pb.param("bias", &[out_channels], ParamKind::Weight, init))
+            .transpose()?;
         Ok(Self {
             weight,
             bias,
@@ -64,6 +78,28 @@ impl Conv2d {
             groups: 1,
         };
         Self::new(pb, in_channels, out_channels, kernel, geometry, bias)
+    }
+
+    /// The 1×1 classifier of a segmentation head (with bias), initialised as `scheme` says.
+    pub(crate) fn classifier(
+        pb: &ParamBuilder,
+        in_channels: usize,
+        n_classes: usize,
+        scheme: InitScheme,
+    ) -> std::result::Result<Self, ModelError> {
+        let (weight_init, bias_init) = scheme.classifier(in_channels);
+        Self::with_init(
+            pb,
+            [in_channels, n_classes, 1],
+            Conv2dGeometry {
+                padding: 0,
+                stride: 1,
+                dilation: 1,
+                groups: 1,
+            },
+            weight_init,
+            Some(bias_init),
+        )
     }
 
     /// The weight variable.

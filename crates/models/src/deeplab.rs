@@ -36,17 +36,18 @@ pub struct DeepLab {
 
 impl DeepLab {
     /// Builds the model described by `config` (validated first), creating its parameters in the
-    /// `VarMap` behind `vb` with seeded Kaiming-normal initialisation (`config.init_seed`).
+    /// `VarMap` behind `vb` with seeded initialisation (`config.init`, `config.init_seed`).
     /// Pretrained weights are not loaded: see [`DeepLab::from_pretrained`].
     pub fn new(config: &ModelConfig, vb: VarBuilder) -> std::result::Result<Self, ModelError> {
         config.validate()?;
         let pb = ParamBuilder::new(vb, config.init_seed);
         let backbone = ResNet::new(&pb.pp("backbone"), config)?;
         let [low, _, _, high] = backbone.channels();
+        let hb = pb.clone().with_conv_init(config.init.head_conv());
         let head = match config.head {
-            Head::DeepLabV3 => HeadImpl::V3(Box::new(DeepLabV3Head::new(&pb, config, high)?)),
+            Head::DeepLabV3 => HeadImpl::V3(Box::new(DeepLabV3Head::new(&hb, config, high)?)),
             Head::DeepLabV3Plus => {
-                HeadImpl::V3Plus(Box::new(DeepLabV3PlusHead::new(&pb, config, low, high)?))
+                HeadImpl::V3Plus(Box::new(DeepLabV3PlusHead::new(&hb, config, low, high)?))
             }
         };
         let vars = pb.take_registry();

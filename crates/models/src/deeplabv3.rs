@@ -44,7 +44,7 @@ impl DeepLabV3Head {
             )?,
             conv: Conv2d::same(&hp.pp(1), c, c, 3, 1, 1, false)?,
             bn: BatchNorm2d::new(&hp.pp(2), c, cfg.freeze_bn)?,
-            classifier: Conv2d::same(&hp.pp(4), c, cfg.n_classes, 1, 1, 1, true)?,
+            classifier: Conv2d::classifier(&hp.pp(4), c, cfg.n_classes, cfg.init)?,
         })
     }
 

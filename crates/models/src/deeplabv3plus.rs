@@ -1,6 +1,8 @@
 //! DeepLabV3+ head: ASPP on the backbone output, a decoder with low-level features, classifier.
 //!
 //! * `aspp.*`: ASPP (see [`crate::aspp`]) with projection and dropout;
+//! * `decoder.aspp_conv.0|1` (with `aspp_conv`, segmentation_models_pytorch's layout): a 3×3
+//!   conv (no bias) → BN → ReLU on the ASPP output;
 //! * `decoder.project.0|1`: layer1 features → 1×1 conv (no bias) to 48 channels → BN → ReLU;
 //! * the ASPP output is bilinearly upsampled to the low-level size and concatenated before them;
 //! * `decoder.fuse.0|1` and `decoder.fuse.4|5`: two 3×3 convs (no bias) to 256 channels, each
@@ -26,11 +28,19 @@ use candle_core::{Result, Tensor};
 #[derive(Debug, Clone)]
 pub struct DeepLabV3PlusHead {
     aspp: Aspp,
+    aspp_conv: Option<AsppConv>,
     low_conv: Conv2d,
     low_bn: BatchNorm2d,
     fuse: Vec<FuseConv>,
     classifier: Conv2d,
     align_corners: bool,
+}
+
+/// The optional 3×3 conv (no bias) → BN → ReLU after the ASPP (`ModelConfig::aspp_conv`).
+#[derive(Debug, Clone)]
+struct AsppConv {
+    conv: HeadConv,
+    bn: BatchNorm2d,
 }
 
 /// One decoder convolution: 3×3 conv (no bias) → BN → ReLU → dropout.
@@ -71,7 +81,17 @@ impl DeepLabV3PlusHead {
                 ),
             });
         }
+        let aspp_conv = if cfg.aspp_conv {
+            let ap = dp.pp("aspp_conv");
+            Some(AsppConv {
+                conv: HeadConv::same(&ap.pp(0), c, c, 3, 1, cfg.separable)?,
+                bn: BatchNorm2d::new(&ap.pp(1), c, fb)?,
+            })
+        } else {
+            None
+        };
         Ok(Self {
+            aspp_conv,
             align_corners: cfg.align_corners,
             aspp: Aspp::new(
                 &pb.pp("aspp"),
@@ -85,7 +105,7 @@ impl DeepLabV3PlusHead {
             low_conv: Conv2d::same(&proj.pp(0), low_channels, l, 1, 1, 1, false)?,
             low_bn: BatchNorm2d::new(&proj.pp(1), l, fb)?,
             fuse,
-            classifier: Conv2d::same(&pb.pp("classifier"), c, cfg.n_classes, 1, 1, 1, true)?,
+            classifier: Conv2d::classifier(&pb.pp("classifier"), c, cfg.n_classes, cfg.init)?,
         })
     }
 
@@ -98,7 +118,10 @@ impl DeepLabV3PlusHead {
         dropout_seed: u64,
     ) -> Result<Tensor> {
         let (_, _, h, w) = low_level.dims4()?;
-        let x = self.aspp.forward_t(features, train, dropout_seed)?;
+        let mut x = self.aspp.forward_t(features, train, dropout_seed)?;
+        if let Some(a) = &self.aspp_conv {
+            x = a.conv.forward_bn_t(&a.bn, &x, train, true)?;
+        }
         let x = resize_bilinear(&x, h, w, self.align_corners)?;
         let low = self
             .low_bn

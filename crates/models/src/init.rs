@@ -31,8 +31,27 @@ pub enum ParamInit {
     /// Kaiming (He) normal in fan-out mode for ReLU: `N(0, 2 / fan_out)`, like torchvision's
     /// ResNet; `fan_out = out_channels · k_h · k_w`.
     KaimingNormalFanOut,
+    /// Kaiming (He) normal in fan-in mode for ReLU: `N(0, 2 / fan_in)`, PyTorch's
+    /// `kaiming_normal_` with its defaults; `fan_in = (in_channels / groups) · k_h · k_w`.
+    KaimingNormalFanIn,
+    /// PyTorch's default for a convolution weight (`kaiming_uniform_(a=√5)`): `U(−b, b)` with
+    /// `b = 1 / √fan_in`.
+    PytorchDefault,
+    /// Uniform in `[−bound, bound)`.
+    Uniform(f64),
     /// Every element equal to the value.
     Const(f64),
+}
+
+/// `(fan_in, fan_out)` of a weight of shape `(C_out, C_in / groups, k_h, k_w)` (PyTorch's
+/// `_calculate_fan_in_and_fan_out`); a 1-D shape counts as `(len, len)`.
+pub fn fans(shape: &[usize]) -> (usize, usize) {
+    let receptive: usize = shape.iter().skip(2).product();
+    match shape {
+        [] => (1, 1),
+        [n] => (*n, *n),
+        [out, inp, ..] => (inp * receptive, out * receptive),
+    }
 }
 
 /// A parameter with its full name (its key in the `VarMap` and in checkpoints).
@@ -74,28 +93,39 @@ pub(crate) fn unit_f64(bits: u64) -> f64 {
 /// The initial values of one parameter, as f32, in row-major order.
 pub fn init_values(name: &str, shape: &[usize], init: ParamInit, seed: u64) -> Vec<f32> {
     let n: usize = shape.iter().product();
+    let (fan_in, fan_out) = fans(shape);
+    let (fan_in, fan_out) = (fan_in.max(1) as f64, fan_out.max(1) as f64);
+    let mut rng = ChaCha8Rng::seed_from_u64(splitmix64(seed) ^ fnv1a64(name));
     match init {
         ParamInit::Const(v) => vec![v as f32; n],
-        ParamInit::KaimingNormalFanOut => {
-            let fan_out: usize =
-                shape.first().copied().unwrap_or(1) * shape.iter().skip(2).product::<usize>();
-            let std = (2.0 / fan_out.max(1) as f64).sqrt();
-            let mut rng = ChaCha8Rng::seed_from_u64(splitmix64(seed) ^ fnv1a64(name));
-            let mut out = Vec::with_capacity(n);
-            while out.len() < n {
-                // Box–Muller: two independent normals per pair of uniforms.
-                let u1 = 1.0 - unit_f64(rng.next_u64()); // (0, 1]
-                let u2 = unit_f64(rng.next_u64());
-                let r = (-2.0 * u1.ln()).sqrt();
-                let t = std::f64::consts::TAU * u2;
-                out.push((r * t.cos() * std) as f32);
-                if out.len() < n {
-                    out.push((r * t.sin() * std) as f32);
-                }
-            }
-            out
+        ParamInit::Uniform(bound) => uniform_values(n, bound, &mut rng),
+        ParamInit::PytorchDefault => uniform_values(n, 1.0 / fan_in.sqrt(), &mut rng),
+        ParamInit::KaimingNormalFanOut => normal_values(n, (2.0 / fan_out).sqrt(), &mut rng),
+        ParamInit::KaimingNormalFanIn => normal_values(n, (2.0 / fan_in).sqrt(), &mut rng),
+    }
+}
+
+/// `n` uniform draws in `[−bound, bound)`.
+fn uniform_values(n: usize, bound: f64, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    (0..n)
+        .map(|_| ((2.0 * unit_f64(rng.next_u64()) - 1.0) * bound) as f32)
+        .collect()
+}
+
+/// `n` normal draws of standard deviation `std` (Box–Muller, two per pair of uniforms).
+fn normal_values(n: usize, std: f64, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let u1 = 1.0 - unit_f64(rng.next_u64()); // (0, 1]
+        let u2 = unit_f64(rng.next_u64());
+        let r = (-2.0 * u1.ln()).sqrt();
+        let t = std::f64::consts::TAU * u2;
+        out.push((r * t.cos() * std) as f32);
+        if out.len() < n {
+            out.push((r * t.sin() * std) as f32);
         }
     }
+    out
 }
 
 /// Builds a tensor of the initial values on `device` in `dtype`.
@@ -117,6 +147,7 @@ pub fn init_tensor(
 pub(crate) struct ParamBuilder<'a> {
     vb: VarBuilder<'a>,
     seed: u64,
+    conv_init: ParamInit,
     registry: Rc<RefCell<Vec<NamedVar>>>,
 }
 
@@ -125,8 +156,21 @@ impl<'a> ParamBuilder<'a> {
         Self {
             vb,
             seed,
+            conv_init: ParamInit::KaimingNormalFanOut,
             registry: Rc::new(RefCell::new(Vec::new())),
         }
+    }
+
+    /// This builder with `init` for the convolution weights created through it and its
+    /// sub-builders (default Kaiming-normal fan-out).
+    pub(crate) fn with_conv_init(mut self, init: ParamInit) -> Self {
+        self.conv_init = init;
+        self
+    }
+
+    /// How convolution weights created through this builder start.
+    pub(crate) fn conv_init(&self) -> ParamInit {
+        self.conv_init
     }
 
     /// A builder for the sub-module `name`.
@@ -134,6 +178,7 @@ impl<'a> ParamBuilder<'a> {
         Self {
             vb: self.vb.pp(name),
             seed: self.seed,
+            conv_init: self.conv_init,
             registry: self.registry.clone(),
         }
     }
@@ -224,5 +269,44 @@ mod tests {
         let want = 2.0 / (64.0 * 9.0);
         assert!(mean.abs() < 0.01, "mean {mean}");
         assert!((var / want - 1.0).abs() < 0.05, "var {var} want {want}");
+    }
+
+    /// Mean and variance of the values.
+    fn moments(v: &[f32]) -> (f64, f64) {
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        (mean, var)
+    }
+
+    #[test]
+    fn fan_in_initialisers_have_pytorchs_scales() {
+        // (C_out, C_in, k, k) = (64, 32, 3, 3): fan_in 288; a depthwise (512, 1, 3, 3): fan_in 9.
+        for shape in [[64usize, 32, 3, 3], [512, 1, 3, 3]] {
+            let fan_in = (shape[1] * 9) as f64;
+            let n = shape.iter().product::<usize>() as f64;
+            let normal = init_values("w", &shape, ParamInit::KaimingNormalFanIn, 3);
+            let (mean, var) = moments(&normal);
+            let mean_tolerance = 4.0 * (2.0 / fan_in / n).sqrt();
+            assert!(mean.abs() < mean_tolerance, "{shape:?} mean {mean}");
+            assert!(
+                (var * fan_in / 2.0 - 1.0).abs() < 0.1,
+                "{shape:?} var {var}"
+            );
+
+            let uniform = init_values("w", &shape, ParamInit::PytorchDefault, 3);
+            let bound = 1.0 / fan_in.sqrt();
+            assert!(uniform.iter().all(|&x| (x as f64).abs() <= bound));
+            let (_, var) = moments(&uniform);
+            assert!(
+                (var * 3.0 * fan_in - 1.0).abs() < 0.1,
+                "{shape:?} var {var}"
+            );
+        }
+        let b = init_values("b", &[1000], ParamInit::Uniform(0.25), 1);
+        assert!(b.iter().all(|&x| (-0.25..0.25).contains(&x)));
+        assert!(b.iter().any(|&x| x < -0.2) && b.iter().any(|&x| x > 0.2));
+        assert_eq!(fans(&[16, 256, 1, 1]), (256, 16));
+        assert_eq!(fans(&[7]), (7, 7));
     }
 }

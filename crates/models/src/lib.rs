@@ -39,7 +39,7 @@ pub mod pretrained;
 pub mod resnet;
 pub mod separable_conv;
 
-pub use config::{Backbone, Head, HubFile, ModelConfig, PretrainedSource};
+pub use config::{Backbone, Head, HubFile, InitScheme, ModelConfig, PretrainedSource};
 pub use deeplab::DeepLab;
 pub use error::ModelError;
 pub use pretrained::{CheckpointLayout, LoadReport};

@@ -8,7 +8,7 @@ use candle_nn::{VarBuilder, VarMap};
 use common::{build, fill, var_named};
 use recallseg_models::init::ParamKind;
 use recallseg_models::ops::{with_cpu_kernels, CpuKernels};
-use recallseg_models::{Backbone, DeepLab, Head, ModelConfig, ModelError};
+use recallseg_models::{Backbone, DeepLab, Head, InitScheme, ModelConfig, ModelError};
 
 fn thin(backbone: Backbone, head: Head, output_stride: usize) -> ModelConfig {
     ModelConfig {
@@ -263,17 +263,30 @@ fn gradients_reach_every_trainable_var() {
 #[test]
 fn separable_layouts_have_the_expected_parameters() {
     // segmentation_models_pytorch 0.6's DeepLabV3Plus("resnet18", classes=16) has 12 333 152
-    // parameters, 68 352 of them in the separable 3×3 conv + BN after its ASPP projection that
-    // `smp_layout` leaves out (count printed by `sum(p.numel() for p in m.parameters())`).
+    // parameters (count printed by `sum(p.numel() for p in m.parameters())`), 68 352 of them
+    // in the separable 3×3 conv + BN after its ASPP projection (`aspp_conv`).
     let cfg = ModelConfig {
         n_classes: 16,
         ..ModelConfig::default()
     }
     .smp_layout();
     let (model, _) = build(&cfg);
-    let count: usize = model.trainable_vars().iter().map(|v| v.elem_count()).sum();
-    assert_eq!(count, 12_333_152 - 68_352);
     let shape = |n: &str| var_named(&model, n).dims().to_vec();
+    let count: usize = model.trainable_vars().iter().map(|v| v.elem_count()).sum();
+    assert_eq!(count, 12_333_152);
+    assert_eq!(shape("decoder.aspp_conv.0.0.weight"), [256, 1, 3, 3]);
+    assert_eq!(shape("decoder.aspp_conv.0.1.weight"), [256, 256, 1, 1]);
+    let without = ModelConfig {
+        aspp_conv: false,
+        ..cfg.clone()
+    };
+    let (model_without, _) = build(&without);
+    let count_without: usize = model_without
+        .trainable_vars()
+        .iter()
+        .map(|v| v.elem_count())
+        .sum();
+    assert_eq!(count_without, 12_333_152 - 68_352);
     assert_eq!(shape("aspp.convs.1.0.0.weight"), [512, 1, 3, 3]);
     assert_eq!(shape("aspp.convs.1.0.1.weight"), [256, 512, 1, 1]);
     assert_eq!(shape("decoder.fuse.0.0.weight"), [304, 1, 3, 3]);
@@ -428,4 +441,46 @@ fn f32_training_gradients_match_f64_in_the_backbone() {
             "{name}: f32 gradient is {err:.1e} (relative) away from f64"
         );
     }
+}
+
+/// Mean cross-entropy of a fresh model's training-mode logits on a fixed input, against labels
+/// that cycle through the classes.
+fn first_cross_entropy(cfg: &ModelConfig) -> f32 {
+    let (model, _) = build(cfg);
+    let (n, h, w, k) = (2, 64, 64, cfg.n_classes);
+    let logits = model
+        .forward_t(&fill("input.x", &[n, 3, h, w]), true)
+        .unwrap();
+    let flat = logits
+        .permute((0, 2, 3, 1))
+        .unwrap()
+        .reshape((n * h * w, k))
+        .unwrap();
+    let labels: Vec<u32> = (0..n * h * w).map(|i| (i * 7 % k) as u32).collect();
+    let labels = Tensor::from_vec(labels, n * h * w, &Device::Cpu).unwrap();
+    candle_nn::loss::cross_entropy(&flat, &labels)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn pytorch_default_and_paper_code_initialisations_start_near_chance_and_fan_out_does_not() {
+    // A well-scaled classifier starts near ln 16 ≈ 2.77; PyTorch's
+    // smp.DeepLabV3Plus("resnet18", classes=16) on random 2×3×64×64 inputs starts at about 2.8.
+    let chance = (16f32).ln();
+    let ce = |init| {
+        first_cross_entropy(&ModelConfig {
+            n_classes: 16,
+            init,
+            ..ModelConfig::default().smp_layout()
+        })
+    };
+    let smp = ce(InitScheme::PytorchDefault);
+    let paper = ce(InitScheme::PaperCode);
+    let fan_out = ce(InitScheme::KaimingFanOut);
+    eprintln!("first CE: smp {smp}, paper_code {paper}, kaiming_fan_out {fan_out}");
+    assert!((smp - chance).abs() < 0.25, "pytorch_default {smp}");
+    assert!((paper - chance).abs() < 0.5, "paper_code {paper}");
+    assert!(fan_out > chance + 1.5, "kaiming_fan_out {fan_out}");
 }

@@ -96,6 +96,14 @@ pub struct DataConfig {
     pub height: usize,
     /// Network input width in pixels.
     pub width: usize,
+    /// How whole images and label maps are resized to `height × width` (and to the evaluation
+    /// size): `two_tap` (default; bilinear without antialiasing, labels sampled at
+    /// `floor(x · scale)`) or `antialias` (what PIL's `Image.resize` and so most PyTorch data
+    /// pipelines do: every source pixel of the footprint contributes, labels sampled at pixel
+    /// centres). The random-scale augmentation (`scale`) always resamples with `two_tap`. See
+    /// `recallseg_data::transform::ResizeMethod`.
+    #[serde(default)]
+    pub resize_method: recallseg_data::transform::ResizeMethod,
     /// Take random `height × width` crops for training instead of resizing whole images;
     /// evaluation then resizes to `eval_height × eval_width`.
     #[serde(default)]
@@ -212,10 +220,20 @@ pub struct ModelSection {
     /// ASPP atrous rates (default: 6, 12, 18 at output stride 16; 12, 24, 36 at 8).
     #[serde(default)]
     pub aspp_rates: Option<[usize; 3]>,
-    /// Bilinear upsampling of the head with `align_corners = true` (the paper's code; the
-    /// `synthia` and `cityscapes` presets set it). Default `false` (torchvision, smp).
+    /// Bilinear upsampling of the head with `align_corners = true` (the paper's code and
+    /// segmentation_models_pytorch; the `synthia` and `cityscapes` presets set it). Default
+    /// `false` (torchvision).
     #[serde(default)]
     pub align_corners: bool,
+    /// A 3×3 conv → BN → ReLU after the DeepLabV3+ ASPP (segmentation_models_pytorch's layout).
+    /// Default `false`, as the paper's code.
+    #[serde(default)]
+    pub aspp_conv: bool,
+    /// How the head's parameters start: `kaiming_fan_out` (default), `pytorch_default` (what
+    /// segmentation_models_pytorch's DeepLabV3+ starts from) or `paper_code`
+    /// (`recallseg_models::InitScheme`).
+    #[serde(default)]
+    pub init: recallseg_models::InitScheme,
 }
 
 fn default_decoder_convs() -> usize {
@@ -922,8 +940,11 @@ mod tests {
         assert_eq!((c.data.width, c.data.height, c.data.crop), (769, 769, true));
         assert_eq!(c.optim.lr, 1e-4);
         assert_eq!(c.train.iters, 90_000);
-        // The paper's code upsamples with align_corners = True.
+        // The paper's code upsamples with align_corners = True and initialises its head with
+        // kaiming_normal_ (fan-in).
         assert!(s.model.align_corners && c.model.align_corners);
+        assert_eq!(s.model.init, recallseg_models::InitScheme::PaperCode);
+        assert_eq!(c.model.init, recallseg_models::InitScheme::PaperCode);
         // Its Cityscapes training augmentation: flip, random scale 0.75-2, colour jitter 0.5.
         assert!(c.data.hflip);
         assert_eq!(c.data.scale, Some([0.75, 2.0]));

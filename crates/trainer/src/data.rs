@@ -156,6 +156,7 @@ pub fn train_loader(
         } else {
             Some((cfg.width, cfg.height))
         },
+        resize_method: cfg.resize_method,
         augment,
         normalize: None,
         num_threads: cfg.workers.max(1),
@@ -176,6 +177,7 @@ pub fn eval_loader(
     let (h, w) = cfg.eval_size();
     let mut lc = LoaderConfig::eval(batch_size, Some((w, h)));
     lc.num_threads = cfg.workers.max(1);
+    lc.resize_method = cfg.resize_method;
     lc.cache_resized = w * h <= 512 * 256;
     Ok(Loader::new(ds, lc)?)
 }

@@ -178,6 +178,8 @@ pub fn model_config(cfg: &TrainConfig, n_classes: usize) -> ModelConfig {
         separable: m.separable,
         decoder_convs: m.decoder_convs,
         aspp_rates: m.aspp_rates,
+        aspp_conv: m.aspp_conv,
+        init: m.init,
         init_seed: cfg.train.seed,
         align_corners: m.align_corners,
     }
