@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// `cargo xtask crash-test`.
 #[derive(Args, Debug)]
-pub struct CrashTestArgs {
+pub(crate) struct CrashTestArgs {
     /// How many times to kill the run.
     #[arg(long, default_value_t = 50)]
     kills: usize,
@@ -125,7 +125,7 @@ fn train(bin: &Path, cfg: &Path, resume: bool) -> Command {
 }
 
 /// Runs the crash test and prints its figures.
-pub fn run(args: &CrashTestArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &CrashTestArgs) -> anyhow::Result<()> {
     let bin = recallseg_binary()?;
     let dir = args
         .dir

@@ -12,7 +12,7 @@ use recallseg_data::png_io::{
 
 /// `cargo xtask fuzz-decoders`.
 #[derive(Args, Debug)]
-pub struct FuzzArgs {
+pub(crate) struct FuzzArgs {
     /// Number of mutated files.
     #[arg(long, default_value_t = 3000)]
     files: usize,
@@ -147,7 +147,7 @@ fn report_panic(bytes: &[u8], seed: u64, k: usize, payload: &(dyn std::any::Any 
 }
 
 /// Runs the fuzz loop and prints the counts; fails when a decoder panicked.
-pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &FuzzArgs) -> anyhow::Result<()> {
     let seeds = seeds()?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
     let (mut decoded, mut refused, mut panics, mut jpegs) = (0usize, 0usize, 0usize, 0usize);

@@ -33,7 +33,7 @@ use std::process::Command;
     cargo xtask parity                                  # 3 seeds, CE and Recall, both sides\n  \
     cargo xtask parity --side ours --seeds 0,1,2,3,4\n  \
     cargo xtask parity --side peer --python /opt/venv/bin/python")]
-pub struct ParityArgs {
+pub(crate) struct ParityArgs {
     /// Seeds (each side trains every loss once per seed).
     #[arg(long, value_delimiter = ',', default_values_t = [0u64, 1, 2])]
     pub seeds: Vec<u64>,
@@ -70,7 +70,7 @@ fn synthetic_config() -> SyntheticConfig {
 }
 
 /// Entry point of `cargo xtask parity`.
-pub fn run(args: &ParityArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &ParityArgs) -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(PathBuf::from)

@@ -1,4 +1,4 @@
-//! `cargo xtask reproduce synthia|cityscapes` (issue #6): the paper's loss comparison.
+//! `cargo xtask reproduce synthia|cityscapes` : the paper's loss comparison.
 //!
 //! Only orchestration lives here: the presets, the comparison runner and the report are in
 //! `recallseg_trainer` (`config::Preset`, `compare::run_comparison`, `report`).
@@ -19,7 +19,7 @@ use std::path::PathBuf;
     cargo xtask reproduce synthia --data /data/SYNTHIA --device cuda\n  \
     cargo xtask reproduce synthia --losses ce,recall --iters 20000 --backbone resnet101\n  \
     cargo xtask reproduce cityscapes --data /data/cityscapes --device cuda")]
-pub struct ReproduceArgs {
+pub(crate) struct ReproduceArgs {
     /// Dataset: `synthia` or `cityscapes`.
     pub dataset: String,
     /// The scaled-down comparison on a generated synthetic Synthia-format dataset (CPU,
@@ -61,7 +61,7 @@ pub struct ReproduceArgs {
 }
 
 /// Entry point of `cargo xtask reproduce`.
-pub fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
     // Paths in presets (`data/…`, `results/…`) are relative to the workspace root.
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -26,7 +26,7 @@ impl LabelLut {
     const BAD: u16 = u16::MAX;
 
     /// A table where every raw value is invalid.
-    pub fn new(allowed: impl Into<String>) -> Self {
+    pub(crate) fn new(allowed: impl Into<String>) -> Self {
         LabelLut {
             table: vec![Self::BAD; 1 << 16],
             allowed: allowed.into(),
@@ -34,12 +34,12 @@ impl LabelLut {
     }
 
     /// Maps `raw` to `train_id`.
-    pub fn set(&mut self, raw: u16, train_id: u8) {
+    pub(crate) fn set(&mut self, raw: u16, train_id: u8) {
         self.table[raw as usize] = train_id as u16;
     }
 
     /// Converts a raw label map, or names the first pixel with a value outside the set.
-    pub fn map(&self, raw: &RawLabel, path: &Path) -> Result<Vec<u8>, DataError> {
+    pub(crate) fn map(&self, raw: &RawLabel, path: &Path) -> Result<Vec<u8>, DataError> {
         let mut out = Vec::with_capacity(raw.data.len());
         let mut bad = false;
         for &v in &raw.data {

@@ -40,6 +40,8 @@ pub(crate) struct SyncPtr(pub *mut f32);
 // SAFETY: every user writes a disjoint set of indices (one pixel block each) and the owning
 // buffer outlives the parallel loop.
 unsafe impl Send for SyncPtr {}
+// SAFETY: shared references only copy the pointer; the writes through it are disjoint, as
+// for `Send` above.
 unsafe impl Sync for SyncPtr {}
 
 impl SyncPtr {

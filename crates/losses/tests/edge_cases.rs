@@ -1,4 +1,5 @@
-//! One behaviour per edge case, on every path of every loss (issue 11, items 8, 10, 11).
+//! One behaviour per edge case, on every path of every loss: empty and fully ignored batches,
+//! non-finite inputs, extreme parameters.
 //!
 //! Paths: the fused CPU kernel (forced with `Kernel::Fused`, f32), the portable candle-ops path
 //! in f32 and f64 (forced with `Kernel::Portable`), and f16 logits on the automatic choice
@@ -14,7 +15,7 @@
 //!   SoftIoU 1, absent classes count) with a zero gradient that exists;
 //! * a NaN on a valid pixel propagates to the loss (the forced fused kernel refuses it).
 //!
-//! And bad input is an error naming the offending value, never a panic (issue 11, item 8).
+//! And bad input is an error naming the offending value, never a panic.
 
 use candle_core::{DType, Device, Tensor, Var};
 use recallseg_losses::{
@@ -223,7 +224,7 @@ fn cases() -> Vec<(String, Batch, Option<Vec<f32>>, Expect)> {
             Expect::ZeroGrad(0.0),
         ));
     }
-    // The issue's minimal case: class planes [0, NaN] and [1, 0], target [[[0, 255]]]; then
+    // The reported minimal case: class planes [0, NaN] and [1, 0], target [[[0, 255]]]; then
     // infinities, a whole ignored pixel of NaN, and three classes over two images.
     let reference = |dims, labels: Vec<i64>, at: &dyn Fn(usize, usize, usize) -> f64| Batch {
         dims,

@@ -57,7 +57,7 @@ impl Spec {
 }
 
 /// The first invalid value of a range: position (in the whole input), which map, value.
-pub type InvalidAt = (usize, LabelSource, u32);
+pub(crate) type InvalidAt = (usize, LabelSource, u32);
 
 /// Counts of one range of pixels.
 #[derive(Clone, Debug)]
@@ -104,7 +104,7 @@ impl Partial {
 
 /// The first invalid value of `gt`/`pred` (ground truth first at equal positions); `offset` is
 /// added to the reported position.
-pub fn find_first_invalid<L: Label>(
+pub(crate) fn find_first_invalid<L: Label>(
     gt: &[L],
     pred: &[L],
     offset: usize,
@@ -125,7 +125,7 @@ pub fn find_first_invalid<L: Label>(
 /// Generic kernel: one pass, counts straight into a `k × k` `u64` table.
 ///
 /// `k` must be `min(n, number of values of L)`, so that every class value is below `k`.
-pub fn count_simple<L: Label>(
+pub(crate) fn count_simple<L: Label>(
     gt: &[L],
     pred: &[L],
     offset: usize,
@@ -173,7 +173,13 @@ thread_local! {
 }
 
 /// Fast kernel for `u8` labels (see the module documentation).
-pub fn count_direct_u8(gt: &[u8], pred: &[u8], offset: usize, spec: &Spec, k: usize) -> Partial {
+pub(crate) fn count_direct_u8(
+    gt: &[u8],
+    pred: &[u8],
+    offset: usize,
+    spec: &Spec,
+    k: usize,
+) -> Partial {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() != SUBS * STRIDE {

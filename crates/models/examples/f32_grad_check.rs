@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p recallseg-models --example f32_grad_check
-//! NO_CONV_KERNEL=1 …   # candle's convolution instead of the CPU op of issue #7
+//! NO_CONV_KERNEL=1 …   # candle's convolution instead of the CPU convolution op
 //! NO_FUSED_BN=1 …      # the portable BatchNorm instead of the fused CPU op
 //! RAYON_NUM_THREADS=4 …
 //! WIDTH=16 H=32 W=48 …  # backbone width and input size (default 64, 64×80)

@@ -1,6 +1,6 @@
 //! What a run survives: diverging updates, failing data, reused folders, concurrent runs,
 //! leftovers of killed writes, full disks, signals. Each test reproduces a failure reported
-//! against an earlier version (issue 11) and checks that nothing is lost or silently wrong.
+//! against an earlier version and checks that nothing is lost or silently wrong.
 
 mod common;
 
@@ -23,7 +23,7 @@ fn checkpoints_are_finite(dir: &Path) {
     }
 }
 
-/// The issue's case: SGD with lr = 1e6 made the weights infinite from step 3 while the loss
+/// The reported case: SGD with lr = 1e6 made the weights infinite from step 3 while the loss
 /// stayed finite (ReLU maps NaN to 0), the run finished with exit code 0 and `last`/`best` held
 /// ~39k non-finite values. Now the run stops with a clear message and every checkpoint is finite.
 #[test]
@@ -61,7 +61,7 @@ fn diverging_sgd_stops_and_no_checkpoint_holds_non_finite_values() {
     assert!(*step < 30);
 }
 
-/// An image that cannot be read in the middle of a run (issue: 619 steps lost). The state
+/// An image that cannot be read in the middle of a run (reported: 619 steps lost). The state
 /// after the last completed step is saved; once the file is repaired, the resumed run is bit for
 /// bit the run that never failed (the failing step's RNG draw and BatchNorm update are undone).
 #[test]

@@ -1,4 +1,4 @@
-//! `cargo xtask bench conv` (issue #7): conv3x3 forward/backward micro-benchmark.
+//! `cargo xtask bench conv`: conv3x3 forward/backward micro-benchmark.
 //!
 //! Mirrors `../shared/peer/conv_bench.py`: conv3x3 64→64, padding 1, input 2×64×96×192 f32, stride
 //! 1 and 2. "Forward" times `y = conv(x, k); s = (y*y).sum(); s.item()`, "backward" times
@@ -188,7 +188,7 @@ fn push_figures(figures: &mut Vec<Figure>, key: &str, label: &str, t: &Times, pe
 }
 
 /// Runs the conv benchmark.
-pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+pub(super) fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let set = std::env::var("RECALLSEG_CONV_BENCH_SET").ok();
     let mut figures = Vec::new();
     if set.as_deref().is_none_or(|s| s == "dense") {

@@ -1,4 +1,4 @@
-//! `cargo xtask bench data` (issue #5): Synthia-format loading throughput.
+//! `cargo xtask bench data`: Synthia-format loading throughput.
 //!
 //! Writes 16 synthetic Synthia-format frames of 1280×760 (the real SYNTHIA-SEQS size: 8-bit RGB
 //! PNG + 16-bit RGB label PNG, written with fast deflate and adaptive filters) into a temporary
@@ -107,7 +107,7 @@ fn decode_rate(root: &std::path::Path, reps: usize) -> anyhow::Result<f64> {
 }
 
 /// Runs the data benchmark.
-pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+pub(super) fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let dir =
         TempDir(std::env::temp_dir().join(format!("recallseg-bench-data-{}", std::process::id())));
     let gen = SyntheticConfig {

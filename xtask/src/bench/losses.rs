@@ -1,4 +1,4 @@
-//! `cargo xtask bench losses` (issue #3): forward + backward time of every loss.
+//! `cargo xtask bench losses`: forward + backward time of every loss.
 //!
 //! Input as in `../shared/peer/loss_bench.py`: logits 4×19×256×512 (`f32`, standard normal),
 //! labels uniform over the 19 classes with 10% of the pixels (chosen at random) set to the ignore
@@ -52,7 +52,7 @@ fn counts() -> Vec<u64> {
 type Case = (&'static str, &'static str, Box<dyn SegLoss>, Option<f64>);
 
 /// Runs the losses benchmark.
-pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+pub(super) fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let (x, t) = inputs()?;
     let mut cases: Vec<Case> = vec![
         (

@@ -1,4 +1,4 @@
-//! `cargo xtask bench metrics` (issue #2): confusion-matrix throughput.
+//! `cargo xtask bench metrics`: confusion-matrix throughput.
 //!
 //! Input as in `../shared/peer/confusion_bench.py`: 8×512×1024 `u8` label maps, 19 classes,
 //! uniformly random ground truth and prediction, 10% of the ground truth set to the ignore index
@@ -116,7 +116,7 @@ fn cpu_throughput(reps: usize, gt: &[u8], pred: &[u8]) -> anyhow::Result<Option<
 }
 
 /// Runs the metrics benchmark.
-pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+pub(super) fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let mut rng = StdRng::seed_from_u64(2022);
     eprintln!("metrics: generating 8×512×1024 u8 label maps, {N_CLASSES} classes, 10% ignore");
     let (gt, pred) = uniform_maps(&mut rng);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// Which benchmark to run.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BenchName {
+pub(crate) enum BenchName {
     /// Confusion-matrix throughput (Gpix/s).
     Metrics,
     /// Forward+backward time of every loss.
@@ -29,7 +29,7 @@ pub enum BenchName {
 
 /// Arguments of `cargo xtask bench`.
 #[derive(Args, Debug)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// The benchmark to run.
     pub name: BenchName,
     /// Print one JSON object of figures on stdout instead of a table.
@@ -47,14 +47,14 @@ pub struct BenchArgs {
 impl BenchArgs {
     /// Whether a case is selected by `--only`; `keys` lists the case's figure keys
     /// (space-separated).
-    pub fn wants(&self, key: &str) -> bool {
+    pub(crate) fn wants(&self, key: &str) -> bool {
         self.only.as_deref().is_none_or(|o| key.contains(o))
     }
 }
 
 /// One measured figure.
 #[derive(Debug, Clone)]
-pub struct Figure {
+pub(crate) struct Figure {
     /// JSON key, with its unit as suffix (`"ce_fwd_bwd_ms"`).
     pub key: String,
     /// Human label for the table.
@@ -69,7 +69,7 @@ pub struct Figure {
 
 impl Figure {
     /// A figure without a peer value.
-    pub fn new(
+    pub(crate) fn new(
         key: impl Into<String>,
         label: impl Into<String>,
         value: f64,
@@ -85,14 +85,14 @@ impl Figure {
     }
 
     /// Attaches the PyTorch peer's figure.
-    pub fn with_peer(mut self, peer: f64) -> Self {
+    pub(crate) fn with_peer(mut self, peer: f64) -> Self {
         self.peer = Some(peer);
         self
     }
 }
 
 /// Runs `f` once to warm up, then `reps` times, and returns the median duration.
-pub fn median_time<F: FnMut() -> anyhow::Result<()>>(
+pub(crate) fn median_time<F: FnMut() -> anyhow::Result<()>>(
     reps: usize,
     mut f: F,
 ) -> anyhow::Result<Duration> {
@@ -108,12 +108,12 @@ pub fn median_time<F: FnMut() -> anyhow::Result<()>>(
 }
 
 /// Milliseconds of a duration, as f64.
-pub fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 /// Entry point of `cargo xtask bench`.
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let figures = match args.name {
         BenchName::Metrics => metrics::run(args)?,
         BenchName::Losses => losses::run(args)?,

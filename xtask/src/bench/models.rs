@@ -1,4 +1,4 @@
-//! `cargo xtask bench models` (issue #4): DeepLab training step and inference time.
+//! `cargo xtask bench models`: DeepLab training step and inference time.
 //!
 //! Mirrors `../shared/peer/step_bench.py`: batch 2, 3×192×384 images, 16 classes, one Adam step
 //! (forward in training mode, pixel-wise cross-entropy — `recallseg_losses::CrossEntropy`, the
@@ -120,7 +120,7 @@ fn phase_medians(s: &mut Setup, reps: usize) -> anyhow::Result<[Duration; 4]> {
 }
 
 /// Runs the models benchmark.
-pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+pub(super) fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
 
     if args.wants("deeplabv3plus_r18_os16_train_step_ms deeplabv3plus_r18_os16_infer_ms") {

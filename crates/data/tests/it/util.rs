@@ -4,7 +4,7 @@ use recallseg_data::{generate_synthia, GenerateReport, SyntheticConfig};
 use std::path::Path;
 
 /// A tiny synthetic Synthia dataset: `cams` cameras × 1 side × `frames` frames of 64×32.
-pub fn tiny_synthia(root: &Path, cams: &[&str], frames: usize, seed: u64) -> GenerateReport {
+pub(crate) fn tiny_synthia(root: &Path, cams: &[&str], frames: usize, seed: u64) -> GenerateReport {
     let cfg = SyntheticConfig {
         seed,
         width: 64,

@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use recallseg_losses::SegLoss;
 
 /// Random logits `(n, c, h, w)` in f64 with spread `scale`.
-pub fn logits(seed: u64, dims: (usize, usize, usize, usize), scale: f64) -> Tensor {
+pub(crate) fn logits(seed: u64, dims: (usize, usize, usize, usize), scale: f64) -> Tensor {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let len = dims.0 * dims.1 * dims.2 * dims.3;
     let v: Vec<f64> = (0..len).map(|_| rng.random_range(-scale..scale)).collect();
@@ -16,7 +16,7 @@ pub fn logits(seed: u64, dims: (usize, usize, usize, usize), scale: f64) -> Tens
 }
 
 /// Random labels `(n, h, w)` in `0..used` with a fraction `ignored` set to 255.
-pub fn labels(seed: u64, dims: (usize, usize, usize), used: u8, ignored: f64) -> Tensor {
+pub(crate) fn labels(seed: u64, dims: (usize, usize, usize), used: u8, ignored: f64) -> Tensor {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
     let len = dims.0 * dims.1 * dims.2;
     let v: Vec<u8> = (0..len)
@@ -32,7 +32,7 @@ pub fn labels(seed: u64, dims: (usize, usize, usize), used: u8, ignored: f64) ->
 }
 
 /// Loss value and gradient with respect to the logits through candle's autograd.
-pub fn value_and_grad(loss: &mut dyn SegLoss, x: &Tensor, t: &Tensor) -> (f64, Vec<f64>) {
+pub(crate) fn value_and_grad(loss: &mut dyn SegLoss, x: &Tensor, t: &Tensor) -> (f64, Vec<f64>) {
     let var = Var::from_tensor(x).unwrap();
     let l = loss.forward(var.as_tensor(), t).unwrap();
     assert_eq!(l.dims(), &[] as &[usize], "a loss is a scalar");
@@ -50,12 +50,12 @@ pub fn value_and_grad(loss: &mut dyn SegLoss, x: &Tensor, t: &Tensor) -> (f64, V
 }
 
 /// A scalar tensor as f64.
-pub fn scalar(t: &Tensor) -> f64 {
+pub(crate) fn scalar(t: &Tensor) -> f64 {
     t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
 }
 
 /// Central finite differences (f64 logits) of a freshly built loss.
-pub fn finite_diff(
+pub(crate) fn finite_diff(
     make: &dyn Fn() -> Box<dyn SegLoss>,
     x: &Tensor,
     t: &Tensor,
@@ -79,7 +79,7 @@ pub fn finite_diff(
 }
 
 /// Max absolute difference.
-pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
@@ -88,7 +88,12 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Checks autograd against finite differences for a loss on f64 logits (portable path).
-pub fn check_gradient(make: &dyn Fn() -> Box<dyn SegLoss>, x: &Tensor, t: &Tensor, tol: f64) {
+pub(crate) fn check_gradient(
+    make: &dyn Fn() -> Box<dyn SegLoss>,
+    x: &Tensor,
+    t: &Tensor,
+    tol: f64,
+) {
     let (_, g) = value_and_grad(make().as_mut(), x, t);
     let fd = finite_diff(make, x, t, 1e-6);
     let d = max_abs_diff(&g, &fd);
@@ -105,7 +110,7 @@ pub fn check_gradient(make: &dyn Fn() -> Box<dyn SegLoss>, x: &Tensor, t: &Tenso
 
 /// Value and gradient of the same inputs through the fused (f32) and portable (f64) paths;
 /// asserts they agree within `tol`.
-pub fn check_fused_matches_portable(
+pub(crate) fn check_fused_matches_portable(
     make: &dyn Fn(recallseg_losses::Kernel) -> Box<dyn SegLoss>,
     x64: &Tensor,
     t: &Tensor,

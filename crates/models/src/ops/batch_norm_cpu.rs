@@ -434,31 +434,34 @@ unsafe fn grad_sums_avx2<const RELU: bool>(
     y: &[f32],
     mean: f64,
 ) -> (f64, f64) {
-    use std::arch::x86_64::*;
-    let n4 = g.len() / 4 * 4;
-    let (mut sg, mut sgx) = (_mm256_setzero_pd(), _mm256_setzero_pd());
-    let vmean = _mm256_set1_pd(mean);
-    let mut i = 0;
-    while i < n4 {
-        let mut g4 = _mm_loadu_ps(g.as_ptr().add(i));
-        if RELU {
-            let y4 = _mm_loadu_ps(y.as_ptr().add(i));
-            g4 = _mm_and_ps(g4, _mm_cmpgt_ps(y4, _mm_setzero_ps()));
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        use std::arch::x86_64::*;
+        let n4 = g.len() / 4 * 4;
+        let (mut sg, mut sgx) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let vmean = _mm256_set1_pd(mean);
+        let mut i = 0;
+        while i < n4 {
+            let mut g4 = _mm_loadu_ps(g.as_ptr().add(i));
+            if RELU {
+                let y4 = _mm_loadu_ps(y.as_ptr().add(i));
+                g4 = _mm_and_ps(g4, _mm_cmpgt_ps(y4, _mm_setzero_ps()));
+            }
+            let gd = _mm256_cvtps_pd(g4);
+            let xd = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(i))), vmean);
+            sg = _mm256_add_pd(sg, gd);
+            sgx = _mm256_add_pd(sgx, _mm256_mul_pd(gd, xd));
+            i += 4;
         }
-        let gd = _mm256_cvtps_pd(g4);
-        let xd = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(i))), vmean);
-        sg = _mm256_add_pd(sg, gd);
-        sgx = _mm256_add_pd(sgx, _mm256_mul_pd(gd, xd));
-        i += 4;
+        let (mut a, mut b) = ([0f64; 4], [0f64; 4]);
+        _mm256_storeu_pd(a.as_mut_ptr(), sg);
+        _mm256_storeu_pd(b.as_mut_ptr(), sgx);
+        let (tg, tgx) = grad_sums::<RELU>(&g[n4..], &x[n4..], &y[n4..], mean);
+        (
+            (a[0] + a[1]) + (a[2] + a[3]) + tg,
+            (b[0] + b[1]) + (b[2] + b[3]) + tgx,
+        )
     }
-    let (mut a, mut b) = ([0f64; 4], [0f64; 4]);
-    _mm256_storeu_pd(a.as_mut_ptr(), sg);
-    _mm256_storeu_pd(b.as_mut_ptr(), sgx);
-    let (tg, tgx) = grad_sums::<RELU>(&g[n4..], &x[n4..], &y[n4..], mean);
-    (
-        (a[0] + a[1]) + (a[2] + a[3]) + tg,
-        (b[0] + b[1]) + (b[2] + b[3]) + tgx,
-    )
 }
 
 /// `(Σ g, Σ g·(x − μ))` in f64, `g` masked by the ReLU when `relu`.

@@ -9,7 +9,7 @@ use recallseg_models::{DeepLab, ModelConfig};
 use serde_json::Value;
 
 /// Uniform `[0, 1)` values of the fill formula.
-pub fn uniform(name: &str, n: usize) -> Vec<f64> {
+pub(crate) fn uniform(name: &str, n: usize) -> Vec<f64> {
     let h = fnv1a64(name);
     (0..n as u64)
         .map(|i| (splitmix64(h ^ i) >> 11) as f64 * (1.0 / (1u64 << 53) as f64))
@@ -17,7 +17,7 @@ pub fn uniform(name: &str, n: usize) -> Vec<f64> {
 }
 
 /// The value rule of `make_goldens.py::fill_value`, in f64 (rounded to f32 by the callers).
-pub fn fill_f64(name: &str, shape: &[usize]) -> Vec<f64> {
+pub(crate) fn fill_f64(name: &str, shape: &[usize]) -> Vec<f64> {
     let n: usize = shape.iter().product();
     let u = uniform(name, n);
     let last = name.rsplit('.').next().unwrap_or(name);
@@ -37,23 +37,23 @@ pub fn fill_f64(name: &str, shape: &[usize]) -> Vec<f64> {
 }
 
 /// The fill formula as an f32 tensor (PyTorch's `astype(float32)` rounding).
-pub fn fill(name: &str, shape: &[usize]) -> Tensor {
+pub(crate) fn fill(name: &str, shape: &[usize]) -> Tensor {
     let v: Vec<f32> = fill_f64(name, shape).iter().map(|&x| x as f32).collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
 /// The fill formula as an f64 tensor of f32-rounded values (for f64 reference computations).
-pub fn fill64(name: &str, shape: &[usize]) -> Tensor {
+pub(crate) fn fill64(name: &str, shape: &[usize]) -> Tensor {
     fill(name, shape).to_dtype(DType::F64).unwrap()
 }
 
 /// Builds a model in f32 on the CPU.
-pub fn build(cfg: &ModelConfig) -> (DeepLab, VarMap) {
+pub(crate) fn build(cfg: &ModelConfig) -> (DeepLab, VarMap) {
     build_dtype(cfg, DType::F32)
 }
 
 /// Builds a model in `dtype` on the CPU.
-pub fn build_dtype(cfg: &ModelConfig, dtype: DType) -> (DeepLab, VarMap) {
+pub(crate) fn build_dtype(cfg: &ModelConfig, dtype: DType) -> (DeepLab, VarMap) {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);
     let model = DeepLab::new(cfg, vb).unwrap();
@@ -61,7 +61,7 @@ pub fn build_dtype(cfg: &ModelConfig, dtype: DType) -> (DeepLab, VarMap) {
 }
 
 /// Sets every parameter of `model` by the fill formula.
-pub fn fill_model(model: &DeepLab) {
+pub(crate) fn fill_model(model: &DeepLab) {
     for nv in model.named_vars() {
         let t = fill(&nv.name, nv.var.dims())
             .to_dtype(nv.var.dtype())
@@ -71,7 +71,7 @@ pub fn fill_model(model: &DeepLab) {
 }
 
 /// Reads a golden JSON file of `tests/golden`.
-pub fn golden(file: &str) -> Value {
+pub(crate) fn golden(file: &str) -> Value {
     let path = format!("{}/tests/golden/{file}", env!("CARGO_MANIFEST_DIR"));
     let s = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&s).unwrap()
@@ -88,7 +88,7 @@ fn f64s(v: &Value) -> Vec<f64> {
 /// Compares `t` with a golden summary (`shape`, `step`, `values`, `sum`, `abs_sum`): every
 /// sampled value within `tol · max(1, max |ref|)`, the sums within `tol` relative to `abs_sum`.
 /// Returns the largest sampled error relative to that scale.
-pub fn assert_matches(what: &str, t: &Tensor, summary: &Value, tol: f64) -> f64 {
+pub(crate) fn assert_matches(what: &str, t: &Tensor, summary: &Value, tol: f64) -> f64 {
     let shape: Vec<usize> = summary["shape"]
         .as_array()
         .unwrap()
@@ -133,7 +133,7 @@ pub fn assert_matches(what: &str, t: &Tensor, summary: &Value, tol: f64) -> f64 
 }
 
 /// The model variable called `name` (panics naming it when there is none).
-pub fn var_named(model: &DeepLab, name: &str) -> candle_core::Var {
+pub(crate) fn var_named(model: &DeepLab, name: &str) -> candle_core::Var {
     model
         .named_vars()
         .iter()

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor, Var};
 use recallseg_models::ops::conv2d::Conv2dGeometry;
 
 /// Deterministic pseudo-random values in [-1, 1) (xorshift).
-pub fn values(len: usize, seed: u64) -> Vec<f32> {
+pub(crate) fn values(len: usize, seed: u64) -> Vec<f32> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
@@ -19,18 +19,18 @@ pub fn values(len: usize, seed: u64) -> Vec<f32> {
 }
 
 /// A CPU tensor of [`values`].
-pub fn tensor(dims: &[usize], seed: u64) -> Tensor {
+pub(crate) fn tensor(dims: &[usize], seed: u64) -> Tensor {
     let len = dims.iter().product();
     Tensor::from_vec(values(len, seed), dims, &Device::Cpu).unwrap()
 }
 
 /// The elements of an `f32` tensor.
-pub fn to_vec(t: &Tensor) -> Vec<f32> {
+pub(crate) fn to_vec(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
 /// `max |a − b|`.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     to_vec(a)
         .iter()
@@ -40,12 +40,12 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 /// `max |a|`.
-pub fn max_abs(a: &Tensor) -> f32 {
+pub(crate) fn max_abs(a: &Tensor) -> f32 {
     to_vec(a).iter().map(|v| v.abs()).fold(0.0, f32::max)
 }
 
 /// Inner product of two tensors, in f64.
-pub fn dot(a: &Tensor, b: &Tensor) -> f64 {
+pub(crate) fn dot(a: &Tensor, b: &Tensor) -> f64 {
     to_vec(a)
         .iter()
         .zip(&to_vec(b))
@@ -54,14 +54,14 @@ pub fn dot(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 /// A convolution entry point (`conv2d`, `conv2d_candle`).
-pub type ConvFn =
+pub(crate) type ConvFn =
     fn(&Tensor, &Tensor, Option<&Tensor>, Conv2dGeometry) -> candle_core::Result<Tensor>;
 
 /// Result and gradients of `sum(conv(x, w, b) * r)` through `f`: `(y, dx, dw, db)`.
-pub type Outputs = (Tensor, Tensor, Tensor, Option<Tensor>);
+pub(crate) type Outputs = (Tensor, Tensor, Tensor, Option<Tensor>);
 
 /// Runs `f` on `(x, w, b)` and back-propagates `sum(y · r)`.
-pub fn run(
+pub(crate) fn run(
     f: ConvFn,
     x: &Tensor,
     w: &Tensor,
@@ -86,19 +86,19 @@ pub fn run(
 }
 
 /// Tolerance for sums of `k` products of values of magnitude ≤ 1 compared with `reference`.
-pub fn tol(reference: &Tensor, k: usize) -> f32 {
+pub(crate) fn tol(reference: &Tensor, k: usize) -> f32 {
     3e-7 * (1.0 + max_abs(reference)) * (k as f32).sqrt().max(4.0)
 }
 
 /// `got` within [`tol`] of `want`.
-pub fn assert_close(what: &str, label: &str, got: &Tensor, want: &Tensor, k: usize) {
+pub(crate) fn assert_close(what: &str, label: &str, got: &Tensor, want: &Tensor, k: usize) {
     assert_eq!(got.dims(), want.dims(), "{what} shape, {label}");
     let (d, t) = (max_abs_diff(got, want), tol(want, k));
     assert!(d <= t, "{what}, {label}: max |difference| {d} > {t}");
 }
 
 /// The tensors of a golden file in `tests/conv2d_golden/`.
-pub fn golden(file: &str) -> std::collections::HashMap<String, Tensor> {
+pub(crate) fn golden(file: &str) -> std::collections::HashMap<String, Tensor> {
     let path = format!("{}/tests/conv2d_golden/{file}", env!("CARGO_MANIFEST_DIR"));
     candle_core::safetensors::load(&path, &Device::Cpu)
         .unwrap_or_else(|e| panic!("golden file {path} (see the make_*golden.py scripts): {e}"))

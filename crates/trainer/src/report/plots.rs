@@ -192,7 +192,7 @@ pub(crate) fn place_labels(points: &[(i32, i32)], sizes: &[(i32, i32)], r: i32) 
 }
 
 /// Whether Fig. 4 has anything to show (a Recall or Focal run with logged class weights).
-pub fn has_fig4_data(cmp: &Comparison) -> bool {
+pub(super) fn has_fig4_data(cmp: &Comparison) -> bool {
     fig4_runs(cmp).next().is_some()
 }
 

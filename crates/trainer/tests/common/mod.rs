@@ -10,7 +10,7 @@ use recallseg_trainer::train::TrainOptions;
 use std::path::Path;
 
 /// 10 images of 64×32 in one camera folder: 7 train, 1 val, 2 test.
-pub fn tiny_dataset(root: &Path) {
+pub(crate) fn tiny_dataset(root: &Path) {
     let cfg = SyntheticConfig {
         seed: 3,
         width: 64,
@@ -23,7 +23,7 @@ pub fn tiny_dataset(root: &Path) {
     generate_synthia(root, &cfg).unwrap();
 }
 
-pub fn tiny_config(root: &Path, out: &Path, extra: &[&str]) -> TrainConfig {
+pub(crate) fn tiny_config(root: &Path, out: &Path, extra: &[&str]) -> TrainConfig {
     let mut o: Vec<String> = vec![
         format!("data.root={:?}", root.display().to_string()),
         "data.generate_synthetic=false".into(),
@@ -45,14 +45,14 @@ pub fn tiny_config(root: &Path, out: &Path, extra: &[&str]) -> TrainConfig {
     Preset::SynthiaQuick.config(&o).unwrap()
 }
 
-pub fn quiet() -> TrainOptions {
+pub(crate) fn quiet() -> TrainOptions {
     TrainOptions {
         quiet: true,
         ..TrainOptions::default()
     }
 }
 
-pub fn train_losses(out: &Path) -> Vec<(u64, f64)> {
+pub(crate) fn train_losses(out: &Path) -> Vec<(u64, f64)> {
     read_log(&out.join("log.jsonl"))
         .unwrap()
         .into_iter()
@@ -63,7 +63,7 @@ pub fn train_losses(out: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
-pub fn model_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn model_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
     let ck = Checkpoint::load(path, &Device::Cpu).unwrap();
     let mut v: Vec<(String, Vec<u8>)> = ck
         .model

@@ -73,12 +73,12 @@ pub(crate) struct DwShape {
 
 impl DwShape {
     /// Output height. The caller has checked that the dilated kernel fits the padded input.
-    pub fn oh(&self) -> usize {
+    pub(super) fn oh(&self) -> usize {
         (self.h + 2 * self.pad - self.dil * (self.kh - 1) - 1) / self.stride + 1
     }
 
     /// Output width.
-    pub fn ow(&self) -> usize {
+    pub(super) fn ow(&self) -> usize {
         (self.w + 2 * self.pad - self.dil * (self.kw - 1) - 1) / self.stride + 1
     }
 

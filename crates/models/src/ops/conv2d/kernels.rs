@@ -77,17 +77,17 @@ pub(crate) struct ConvShape {
 
 impl ConvShape {
     /// Output height. The caller has checked that the dilated kernel fits the padded input.
-    pub fn oh(&self) -> usize {
+    pub(super) fn oh(&self) -> usize {
         (self.h + 2 * self.pad_h - self.dil * (self.kh - 1) - 1) / self.stride + 1
     }
 
     /// Output width.
-    pub fn ow(&self) -> usize {
+    pub(super) fn ow(&self) -> usize {
         (self.w + 2 * self.pad_w - self.dil * (self.kw - 1) - 1) / self.stride + 1
     }
 
     /// Rows of the im2col matrix: `C_in · K_h · K_w`.
-    pub fn k(&self) -> usize {
+    pub(super) fn k(&self) -> usize {
         self.c_in * self.kh * self.kw
     }
 
@@ -143,6 +143,8 @@ struct SyncPtr(*mut f32);
 // SAFETY: the kernels below only write through the pointer to regions no other running task
 // touches, and the buffer outlives the parallel section.
 unsafe impl Send for SyncPtr {}
+// SAFETY: shared references only copy the pointer; the writes through it are disjoint, as
+// for `Send` above.
 unsafe impl Sync for SyncPtr {}
 
 impl SyncPtr {
@@ -152,7 +154,8 @@ impl SyncPtr {
     /// # Safety
     /// `count` must stay inside the allocation.
     unsafe fn add(self, count: usize) -> *mut f32 {
-        self.0.add(count)
+        // SAFETY: the caller upholds this function's `# Safety` contract.
+        unsafe { self.0.add(count) }
     }
 }
 
@@ -196,27 +199,30 @@ unsafe fn sgemm(
     rhs_rs: usize,
     rhs_cs: usize,
 ) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        dst_cs as isize,
-        dst_rs as isize,
-        accumulate,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    )
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
 }
 
 /// Writes the im2col matrix of output rows `r0..r1` of one image `x` (`C_in × H × W`) into `col`
@@ -271,33 +277,36 @@ pub(crate) fn im2col_rows(s: &ConvShape, x: &[f32], r0: usize, r1: usize, col: &
 /// `dx` must point to one image's `C_in·H·W` floats, and no other thread may touch the input rows
 /// this tile reaches meanwhile.
 unsafe fn col2im_rows(s: &ConvShape, dcol: &[f32], r0: usize, r1: usize, dx: SyncPtr) {
-    let ow = s.ow();
-    let t_len = (r1 - r0) * ow;
-    for c in 0..s.c_in {
-        for i in 0..s.kh {
-            for j in 0..s.kw {
-                let kk = (c * s.kh + i) * s.kw + j;
-                let row = &dcol[kk * t_len..(kk + 1) * t_len];
-                let (lo, hi, off) = s.ow_range(j);
-                if lo == hi {
-                    continue;
-                }
-                for r in r0..r1 {
-                    let ih = (r * s.stride + i * s.dil) as isize - s.pad_h as isize;
-                    if ih < 0 || ih >= s.h as isize {
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let ow = s.ow();
+        let t_len = (r1 - r0) * ow;
+        for c in 0..s.c_in {
+            for i in 0..s.kh {
+                for j in 0..s.kw {
+                    let kk = (c * s.kh + i) * s.kw + j;
+                    let row = &dcol[kk * t_len..(kk + 1) * t_len];
+                    let (lo, hi, off) = s.ow_range(j);
+                    if lo == hi {
                         continue;
                     }
-                    let src = &row[(r - r0) * ow + lo..(r - r0) * ow + hi];
-                    let start = (lo as isize * s.stride as isize + off) as usize;
-                    let base = dx.add((c * s.h + ih as usize) * s.w + start);
-                    let n = hi - lo;
-                    let dst = std::slice::from_raw_parts_mut(base, (n - 1) * s.stride + 1);
-                    // Whole strides first (a pattern the compiler vectorises), then the last.
-                    let (whole, last) = dst.split_at_mut((n - 1) * s.stride);
-                    for (d, v) in whole.chunks_exact_mut(s.stride).zip(src) {
-                        d[0] += *v;
+                    for r in r0..r1 {
+                        let ih = (r * s.stride + i * s.dil) as isize - s.pad_h as isize;
+                        if ih < 0 || ih >= s.h as isize {
+                            continue;
+                        }
+                        let src = &row[(r - r0) * ow + lo..(r - r0) * ow + hi];
+                        let start = (lo as isize * s.stride as isize + off) as usize;
+                        let base = dx.add((c * s.h + ih as usize) * s.w + start);
+                        let n = hi - lo;
+                        let dst = std::slice::from_raw_parts_mut(base, (n - 1) * s.stride + 1);
+                        // Whole strides first (a pattern the compiler vectorises), then the last.
+                        let (whole, last) = dst.split_at_mut((n - 1) * s.stride);
+                        for (d, v) in whole.chunks_exact_mut(s.stride).zip(src) {
+                            d[0] += *v;
+                        }
+                        last[0] += src[n - 1];
                     }
-                    last[0] += src[n - 1];
                 }
             }
         }
@@ -859,6 +868,7 @@ mod tests {
             im2col_rows(&s, &x[..s.in_plane()], 0, oh, &mut col);
             let c = data(col.len(), 3);
             let mut back = vec![0f32; s.in_plane()];
+            // SAFETY: `back` holds one image's input plane and nothing else touches it.
             unsafe { col2im_rows(&s, &c, 0, oh, SyncPtr(back.as_mut_ptr())) };
             let lhs: f64 = col.iter().zip(&c).map(|(a, b)| *a as f64 * *b as f64).sum();
             let rhs: f64 = x[..s.in_plane()]

@@ -342,13 +342,16 @@ struct Ptr(*mut f32);
 // SAFETY: tasks write disjoint elements (different channels, tiles or products) and the buffer
 // outlives the parallel section.
 unsafe impl Send for Ptr {}
+// SAFETY: shared references only copy the pointer; the writes through it are disjoint, as
+// for `Send` above.
 unsafe impl Sync for Ptr {}
 
 impl Ptr {
     /// # Safety
     /// `i` must be in bounds.
     unsafe fn at(self, i: usize) -> *mut f32 {
-        self.0.add(i)
+        // SAFETY: the caller upholds this function's `# Safety` contract.
+        unsafe { self.0.add(i) }
     }
 }
 
@@ -401,36 +404,40 @@ unsafe fn input_transform(
     nt: usize,
     v: Ptr,
 ) {
-    let (d, ci) = (s.dil as isize, s.c_in);
-    let (h, w) = (s.h as isize, s.w as isize);
-    let zeros = vec![0f32; ci];
-    for t in seg.t0..seg.t1 {
-        let (ty, tx) = (t / ph.tiles_x, t % ph.tiles_x);
-        // Input rows / columns of the tile (actual coordinates, may fall in the padding).
-        let row0 = ph.a as isize - s.pad_h as isize + d * (2 * ty) as isize;
-        let col0 = ph.b as isize - s.pad_w as isize + d * (2 * tx) as isize;
-        let pixel = |e: usize, f: usize| -> *const f32 {
-            let (r, c) = (row0 + d * e as isize, col0 + d * f as isize);
-            if r < 0 || r >= h || c < 0 || c >= w {
-                zeros.as_ptr()
-            } else {
-                xt[(r as usize * s.w + c as usize) * ci..].as_ptr()
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let (d, ci) = (s.dil as isize, s.c_in);
+        let (h, w) = (s.h as isize, s.w as isize);
+        let zeros = vec![0f32; ci];
+        for t in seg.t0..seg.t1 {
+            let (ty, tx) = (t / ph.tiles_x, t % ph.tiles_x);
+            // Input rows / columns of the tile (actual coordinates, may fall in the padding).
+            let row0 = ph.a as isize - s.pad_h as isize + d * (2 * ty) as isize;
+            let col0 = ph.b as isize - s.pad_w as isize + d * (2 * tx) as isize;
+            let pixel = |e: usize, f: usize| -> *const f32 {
+                let (r, c) = (row0 + d * e as isize, col0 + d * f as isize);
+                if r < 0 || r >= h || c < 0 || c >= w {
+                    zeros.as_ptr()
+                } else {
+                    xt[(r as usize * s.w + c as usize) * ci..].as_ptr()
+                }
+            };
+            let p: [[*const f32; 4]; 4] =
+                std::array::from_fn(|e| std::array::from_fn(|f| pixel(e, f)));
+            let pos = base_at + seg.at + t - seg.t0;
+            let vs = xi_stride(nt * ci);
+            let outs: [*mut f32; 16] = std::array::from_fn(|xi| v.at(xi * vs + pos * ci));
+            let mut c = 0;
+            // The 16 input pointers address `ci` floats each and the 16 outputs are disjoint runs of
+            // `ci` floats inside `v`; chunks stay below `ci`.
+            while c + LANES <= ci {
+                input_chunk::<LANES>(&p, &outs, c);
+                c += LANES;
             }
-        };
-        let p: [[*const f32; 4]; 4] = std::array::from_fn(|e| std::array::from_fn(|f| pixel(e, f)));
-        let pos = base_at + seg.at + t - seg.t0;
-        let vs = xi_stride(nt * ci);
-        let outs: [*mut f32; 16] = std::array::from_fn(|xi| v.at(xi * vs + pos * ci));
-        let mut c = 0;
-        // The 16 input pointers address `ci` floats each and the 16 outputs are disjoint runs of
-        // `ci` floats inside `v`; chunks stay below `ci`.
-        while c + LANES <= ci {
-            input_chunk::<LANES>(&p, &outs, c);
-            c += LANES;
-        }
-        while c < ci {
-            input_chunk::<1>(&p, &outs, c);
-            c += 1;
+            while c < ci {
+                input_chunk::<1>(&p, &outs, c);
+                c += 1;
+            }
         }
     }
 }
@@ -595,37 +602,40 @@ unsafe fn grad_transform(
     chans: std::ops::Range<usize>,
     dm: Ptr,
 ) {
-    let (oh, ow, d, co) = (s.oh(), s.ow(), s.dil, s.c_out);
-    let plane = oh * ow;
-    for o in chans {
-        let src = &dy[(seg.img * co + o) * plane..(seg.img * co + o + 1) * plane];
-        let ms = xi_stride(nt * co);
-        let row = |xi: usize| dm.at(xi * ms + o * nt + seg.at);
-        let dst: [*mut f32; 16] = std::array::from_fn(row);
-        for t in seg.t0..seg.t1 {
-            let (ty, tx) = (t / ph.tiles_x, t % ph.tiles_x);
-            let g = |e: usize, f: usize| {
-                let (r, c) = (2 * ty + e, 2 * tx + f);
-                if r < ph.rows && c < ph.cols {
-                    src[(ph.a + d * r) * ow + ph.b + d * c]
-                } else {
-                    0.0
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let (oh, ow, d, co) = (s.oh(), s.ow(), s.dil, s.c_out);
+        let plane = oh * ow;
+        for o in chans {
+            let src = &dy[(seg.img * co + o) * plane..(seg.img * co + o + 1) * plane];
+            let ms = xi_stride(nt * co);
+            let row = |xi: usize| dm.at(xi * ms + o * nt + seg.at);
+            let dst: [*mut f32; 16] = std::array::from_fn(row);
+            for t in seg.t0..seg.t1 {
+                let (ty, tx) = (t / ph.tiles_x, t % ph.tiles_x);
+                let g = |e: usize, f: usize| {
+                    let (r, c) = (2 * ty + e, 2 * tx + f);
+                    if r < ph.rows && c < ph.cols {
+                        src[(ph.a + d * r) * ow + ph.b + d * c]
+                    } else {
+                        0.0
+                    }
+                };
+                let (g00, g01, g10, g11) = (g(0, 0), g(0, 1), g(1, 0), g(1, 1));
+                // A g (4×2) with A = [1 0; 1 1; 1 −1; 0 −1], then (A g) Aᵀ (4×4).
+                let rows = [
+                    [g00, g01],
+                    [g00 + g10, g01 + g11],
+                    [g00 - g10, g01 - g11],
+                    [-g10, -g11],
+                ];
+                let k = t - seg.t0;
+                for (a, [p, q]) in rows.into_iter().enumerate() {
+                    *dst[4 * a].add(k) = p;
+                    *dst[4 * a + 1].add(k) = p + q;
+                    *dst[4 * a + 2].add(k) = p - q;
+                    *dst[4 * a + 3].add(k) = -q;
                 }
-            };
-            let (g00, g01, g10, g11) = (g(0, 0), g(0, 1), g(1, 0), g(1, 1));
-            // A g (4×2) with A = [1 0; 1 1; 1 −1; 0 −1], then (A g) Aᵀ (4×4).
-            let rows = [
-                [g00, g01],
-                [g00 + g10, g01 + g11],
-                [g00 - g10, g01 - g11],
-                [-g10, -g11],
-            ];
-            let k = t - seg.t0;
-            for (a, [p, q]) in rows.into_iter().enumerate() {
-                *dst[4 * a].add(k) = p;
-                *dst[4 * a + 1].add(k) = p + q;
-                *dst[4 * a + 2].add(k) = p - q;
-                *dst[4 * a + 3].add(k) = -q;
             }
         }
     }
@@ -641,29 +651,32 @@ const LANES: usize = 8;
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // matrix maths reads best with indices
 unsafe fn input_chunk<const L: usize>(p: &[[*const f32; 4]; 4], outs: &[*mut f32; 16], c: usize) {
-    let ld = |e: usize, f: usize| std::ptr::read_unaligned(p[e][f].add(c) as *const [f32; L]);
-    // Bᵀ p: combine rows, one column f at a time.
-    let mut q = [[[0f32; L]; 4]; 4]; // q[e][f]
-    for f in 0..4 {
-        let (p0, p1, p2, p3) = (ld(0, f), ld(1, f), ld(2, f), ld(3, f));
-        for l in 0..L {
-            q[0][f][l] = p0[l] - p2[l];
-            q[1][f][l] = p1[l] + p2[l];
-            q[2][f][l] = p2[l] - p1[l];
-            q[3][f][l] = p1[l] - p3[l];
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let ld = |e: usize, f: usize| std::ptr::read_unaligned(p[e][f].add(c) as *const [f32; L]);
+        // Bᵀ p: combine rows, one column f at a time.
+        let mut q = [[[0f32; L]; 4]; 4]; // q[e][f]
+        for f in 0..4 {
+            let (p0, p1, p2, p3) = (ld(0, f), ld(1, f), ld(2, f), ld(3, f));
+            for l in 0..L {
+                q[0][f][l] = p0[l] - p2[l];
+                q[1][f][l] = p1[l] + p2[l];
+                q[2][f][l] = p2[l] - p1[l];
+                q[3][f][l] = p1[l] - p3[l];
+            }
         }
-    }
-    // · B: combine columns.
-    for (e, qe) in q.iter().enumerate() {
-        let mut r = [[0f32; L]; 4];
-        for l in 0..L {
-            r[0][l] = qe[0][l] - qe[2][l];
-            r[1][l] = qe[1][l] + qe[2][l];
-            r[2][l] = qe[2][l] - qe[1][l];
-            r[3][l] = qe[1][l] - qe[3][l];
-        }
-        for (f, rf) in r.iter().enumerate() {
-            std::ptr::write_unaligned(outs[e * 4 + f].add(c) as *mut [f32; L], *rf);
+        // · B: combine columns.
+        for (e, qe) in q.iter().enumerate() {
+            let mut r = [[0f32; L]; 4];
+            for l in 0..L {
+                r[0][l] = qe[0][l] - qe[2][l];
+                r[1][l] = qe[1][l] + qe[2][l];
+                r[2][l] = qe[2][l] - qe[1][l];
+                r[3][l] = qe[1][l] - qe[3][l];
+            }
+            for (f, rf) in r.iter().enumerate() {
+                std::ptr::write_unaligned(outs[e * 4 + f].add(c) as *mut [f32; L], *rf);
+            }
         }
     }
 }
@@ -685,56 +698,59 @@ unsafe fn output_transform(
     bias: Option<&[f32]>,
     out: Ptr,
 ) {
-    let (oh, ow, d, co) = (s.oh(), s.ow(), s.dil, s.c_out);
-    let len = seg.t1 - seg.t0;
-    let plane = oh * ow;
-    let mut rows = [vec![0f32; 2 * len], vec![0f32; 2 * len]];
-    let ms = xi_stride(nt * co);
-    for o in chans {
-        let b = bias.map_or(0.0, |b| b[o]);
-        let q: [&[f32]; 16] = std::array::from_fn(|xi| {
-            let at = xi * ms + o * nt + seg.at;
-            &m[at..at + len]
-        });
-        // Aᵀ q A for every tile of the segment, the two output columns of a tile side by side.
-        {
-            let [row0, row1] = &mut rows;
-            for i in 0..len {
-                let r0: [f32; 4] = std::array::from_fn(|f| q[f][i] + q[4 + f][i] + q[8 + f][i]);
-                let r1: [f32; 4] =
-                    std::array::from_fn(|f| q[4 + f][i] - q[8 + f][i] - q[12 + f][i]);
-                row0[2 * i] = r0[0] + r0[1] + r0[2] + b;
-                row0[2 * i + 1] = r0[1] - r0[2] - r0[3] + b;
-                row1[2 * i] = r1[0] + r1[1] + r1[2] + b;
-                row1[2 * i + 1] = r1[1] - r1[2] - r1[3] + b;
-            }
-        }
-        let dst = (seg.img * co + o) * plane;
-        let mut t = seg.t0;
-        while t < seg.t1 {
-            let (ty, tx) = (t / ph.tiles_x, t % ph.tiles_x);
-            let end = seg.t1.min((ty + 1) * ph.tiles_x);
-            // Phase columns 2·tx .. 2·end_tx, clipped to the phase's width.
-            let c_lo = 2 * tx;
-            let c_hi = (2 * (tx + end - t)).min(ph.cols);
-            for (e, vals) in rows.iter().enumerate() {
-                let r = 2 * ty + e;
-                if r >= ph.rows {
-                    continue;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let (oh, ow, d, co) = (s.oh(), s.ow(), s.dil, s.c_out);
+        let len = seg.t1 - seg.t0;
+        let plane = oh * ow;
+        let mut rows = [vec![0f32; 2 * len], vec![0f32; 2 * len]];
+        let ms = xi_stride(nt * co);
+        for o in chans {
+            let b = bias.map_or(0.0, |b| b[o]);
+            let q: [&[f32]; 16] = std::array::from_fn(|xi| {
+                let at = xi * ms + o * nt + seg.at;
+                &m[at..at + len]
+            });
+            // Aᵀ q A for every tile of the segment, the two output columns of a tile side by side.
+            {
+                let [row0, row1] = &mut rows;
+                for i in 0..len {
+                    let r0: [f32; 4] = std::array::from_fn(|f| q[f][i] + q[4 + f][i] + q[8 + f][i]);
+                    let r1: [f32; 4] =
+                        std::array::from_fn(|f| q[4 + f][i] - q[8 + f][i] - q[12 + f][i]);
+                    row0[2 * i] = r0[0] + r0[1] + r0[2] + b;
+                    row0[2 * i + 1] = r0[1] - r0[2] - r0[3] + b;
+                    row1[2 * i] = r1[0] + r1[1] + r1[2] + b;
+                    row1[2 * i + 1] = r1[1] - r1[2] - r1[3] + b;
                 }
-                let k = 2 * (t - seg.t0);
-                let src = &vals[k..k + (c_hi - c_lo)];
-                let at = dst + (ph.a + d * r) * ow + ph.b + d * c_lo;
-                // These output pixels are in bounds and belong to this task alone.
-                if d == 1 {
-                    std::ptr::copy_nonoverlapping(src.as_ptr(), out.at(at), src.len());
-                } else {
-                    for (k, &v) in src.iter().enumerate() {
-                        *out.at(at + d * k) = v;
+            }
+            let dst = (seg.img * co + o) * plane;
+            let mut t = seg.t0;
+            while t < seg.t1 {
+                let (ty, tx) = (t / ph.tiles_x, t % ph.tiles_x);
+                let end = seg.t1.min((ty + 1) * ph.tiles_x);
+                // Phase columns 2·tx .. 2·end_tx, clipped to the phase's width.
+                let c_lo = 2 * tx;
+                let c_hi = (2 * (tx + end - t)).min(ph.cols);
+                for (e, vals) in rows.iter().enumerate() {
+                    let r = 2 * ty + e;
+                    if r >= ph.rows {
+                        continue;
+                    }
+                    let k = 2 * (t - seg.t0);
+                    let src = &vals[k..k + (c_hi - c_lo)];
+                    let at = dst + (ph.a + d * r) * ow + ph.b + d * c_lo;
+                    // These output pixels are in bounds and belong to this task alone.
+                    if d == 1 {
+                        std::ptr::copy_nonoverlapping(src.as_ptr(), out.at(at), src.len());
+                    } else {
+                        for (k, &v) in src.iter().enumerate() {
+                            *out.at(at + d * k) = v;
+                        }
                     }
                 }
+                t = end;
             }
-            t = end;
         }
     }
 }
