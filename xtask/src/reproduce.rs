@@ -123,8 +123,8 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
     if args.quick {
         name.push_str("-quick");
     }
-    if base.model.backbone != "resnet18" {
-        name = format!("{name}-{}", base.model.backbone);
+    if base.model.backbone != recallseg_models::Backbone::Resnet18 {
+        name = format!("{name}-{}", base.model.backbone.name());
     }
     let out_dir = args
         .out
@@ -136,7 +136,8 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
     } else {
         format!(
             "Loss comparison on {} ({})",
-            args.dataset, base.model.backbone
+            args.dataset,
+            base.model.backbone.name()
         )
     };
     let mut notes = vec![format!(

@@ -119,6 +119,16 @@ impl InitScheme {
     }
 }
 
+impl Head {
+    /// The name used in configs (`"deeplabv3"`, `"deeplabv3plus"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Head::DeepLabV3 => "deeplabv3",
+            Head::DeepLabV3Plus => "deeplabv3plus",
+        }
+    }
+}
+
 /// Where pretrained weights come from.
 ///
 /// In TOML: `pretrained = "imagenet"`, `pretrained = { path = "w.safetensors" }` or
@@ -146,6 +156,23 @@ pub struct HubFile {
     /// Git revision (default `main`).
     #[serde(default)]
     pub revision: Option<String>,
+}
+
+impl std::fmt::Display for PretrainedSource {
+    /// `imagenet`, the path, or `hub:<repo>/<file>[@<revision>]`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PretrainedSource::Imagenet => f.write_str("imagenet"),
+            PretrainedSource::Path(p) => write!(f, "{}", p.display()),
+            PretrainedSource::Hub(h) => {
+                write!(f, "hub:{}/{}", h.repo, h.file)?;
+                match &h.revision {
+                    Some(r) => write!(f, "@{r}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
 }
 
 fn default_hub_file() -> String {

@@ -445,7 +445,7 @@ mod tests {
         };
         assert_eq!(
             a.config().unwrap_err().to_string(),
-            "model.output_stride: 12 is not one of 8, 16"
+            "model.output_stride: must be 8 or 16 (or 32), got 12"
         );
         assert!(parse(&["train", "--config", "a.toml", "--preset", "synthia"]).is_err());
         let Command::Train(a) = parse(&["train", "--config", "/nonexistent/x.toml"])

@@ -406,11 +406,15 @@ pub fn run_comparison(
             .into(),
             data_root: d.root.clone(),
             synthetic: plan.synthetic,
-            backbone: b.model.backbone.clone(),
+            backbone: b.model.backbone.name().into(),
             backbone_width: b.model.backbone_width,
-            head: b.model.head.clone(),
+            head: b.model.head.name().into(),
             output_stride: b.model.output_stride,
-            pretrained: b.model.pretrained.clone(),
+            pretrained: b
+                .model
+                .pretrained
+                .as_ref()
+                .map_or_else(|| "none".to_string(), |p| p.to_string()),
             train_size: (d.height, d.width),
             eval_size: (eh, ew),
             batch_size: b.train.batch_size,

@@ -3,11 +3,12 @@
 //! A configuration has six sections — `[data]`, `[model]`, `[loss]`, `[optim]`, `[schedule]`,
 //! `[train]` — each documented field by field below and in the commented preset files under
 //! `crates/trainer/configs/`. Unknown keys are errors, and [`TrainConfig::validate`] rejects bad
-//! values with a message that names the field (`model.output_stride: 12 is not one of 8, 16`).
+//! values with a message that names the field (`model.output_stride: must be 8 or 16 (or 32), got 12`).
 //!
 //! Overrides (`--set train.iters=200`) are applied to the parsed TOML table before it is turned
 //! into a [`TrainConfig`], so an override is type-checked exactly like the file.
 
+use recallseg_models::{Backbone, Head, PretrainedSource};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -178,15 +179,16 @@ impl DataConfig {
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     /// Backbone: `resnet18`, `resnet34`, `resnet50` or `resnet101`.
-    pub backbone: String,
+    pub backbone: Backbone,
     /// Head: `deeplabv3` or `deeplabv3plus`.
-    pub head: String,
-    /// Output stride of the backbone: 8 or 16.
+    pub head: Head,
+    /// Output stride of the backbone: 8 or 16 (32, the undilated ResNet, is accepted too).
     pub output_stride: usize,
-    /// Pretrained backbone weights: `"none"`, `"imagenet"` (downloaded through the Hugging Face
-    /// hub) or a path to a safetensors file.
-    #[serde(default = "default_pretrained")]
-    pub pretrained: String,
+    /// Pretrained weights: `"none"` (default), `"imagenet"` (the backbone's ImageNet weights
+    /// through the Hugging Face hub), a path to a safetensors file (`"w.safetensors"` or
+    /// `{ path = "w.safetensors" }`) or `{ hub = { repo = "…", file = "…" } }`.
+    #[serde(default, with = "pretrained_field")]
+    pub pretrained: Option<PretrainedSource>,
     /// Freeze BatchNorm statistics and affine parameters of the backbone.
     #[serde(default)]
     pub freeze_bn: bool,
@@ -236,6 +238,49 @@ pub struct ModelSection {
     pub init: recallseg_models::InitScheme,
 }
 
+/// `[model] pretrained` in a config file: `"none"`, `"imagenet"`, a bare path string, or the
+/// tables of [`PretrainedSource`].
+mod pretrained_field {
+    use recallseg_models::PretrainedSource;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::path::PathBuf;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Field {
+        Name(String),
+        Table(PretrainedSource),
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<PretrainedSource>, D::Error> {
+        Ok(match Field::deserialize(d)? {
+            Field::Name(s) if s == "none" => None,
+            Field::Name(s) if s == "imagenet" => Some(PretrainedSource::Imagenet),
+            Field::Name(s) => Some(PretrainedSource::Path(PathBuf::from(s))),
+            Field::Table(t) => Some(t),
+        })
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        v: &Option<PretrainedSource>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            None => "none".serialize(s),
+            Some(PretrainedSource::Imagenet) => "imagenet".serialize(s),
+            // A bare string unless it would read back as one of the names.
+            Some(PretrainedSource::Path(p))
+                if p.to_str().is_some_and(|t| t != "none" && t != "imagenet") =>
+            {
+                p.serialize(s)
+            }
+            Some(other) => other.serialize(s),
+        }
+    }
+}
+
 fn default_decoder_convs() -> usize {
     2
 }
@@ -253,9 +298,6 @@ fn default_decoder_dropout() -> [f64; 2] {
     [0.5, 0.1]
 }
 
-fn default_pretrained() -> String {
-    "none".into()
-}
 fn default_backbone_width() -> usize {
     64
 }
@@ -612,26 +654,6 @@ impl TrainConfig {
         }
 
         let m = &self.model;
-        const BACKBONES: &[&str] = &["resnet18", "resnet34", "resnet50", "resnet101"];
-        if !BACKBONES.contains(&m.backbone.as_str()) {
-            return Err(invalid(
-                "model.backbone",
-                format!("`{}` is not one of {}", m.backbone, BACKBONES.join(", ")),
-            ));
-        }
-        const HEADS: &[&str] = &["deeplabv3", "deeplabv3plus"];
-        if !HEADS.contains(&m.head.as_str()) {
-            return Err(invalid(
-                "model.head",
-                format!("`{}` is not one of {}", m.head, HEADS.join(", ")),
-            ));
-        }
-        if m.output_stride != 8 && m.output_stride != 16 {
-            return Err(invalid(
-                "model.output_stride",
-                format!("{} is not one of 8, 16", m.output_stride),
-            ));
-        }
         if m.backbone_width == 0 || !m.backbone_width.is_multiple_of(4) || m.backbone_width > 64 {
             return Err(invalid(
                 "model.backbone_width",
@@ -641,13 +663,7 @@ impl TrainConfig {
                 ),
             ));
         }
-        if m.pretrained.is_empty() {
-            return Err(invalid(
-                "model.pretrained",
-                "must be \"none\", \"imagenet\" or a path",
-            ));
-        }
-        if m.pretrained != "none" && m.backbone_width != 64 {
+        if m.pretrained.is_some() && m.backbone_width != 64 {
             return Err(invalid(
                 "model.pretrained",
                 format!(
@@ -656,37 +672,21 @@ impl TrainConfig {
                 ),
             ));
         }
-
-        for (field, v) in [
-            ("model.dropout", m.dropout),
-            ("model.decoder_dropout[0]", m.decoder_dropout[0]),
-            ("model.decoder_dropout[1]", m.decoder_dropout[1]),
-        ] {
-            if !(0.0..1.0).contains(&v) {
-                return Err(invalid(field, format!("{v} is not in [0, 1)")));
-            }
-        }
-        if !(1..=2).contains(&m.decoder_convs) {
-            return Err(invalid(
-                "model.decoder_convs",
-                format!("{} is not 1 or 2", m.decoder_convs),
-            ));
-        }
-        if let Some(rates) = m.aspp_rates {
-            if rates.contains(&0) {
-                return Err(invalid(
-                    "model.aspp_rates",
-                    format!("{rates:?} has a rate of 0"),
-                ));
-            }
-        }
         for (field, v) in [
             ("model.head_channels", m.head_channels),
             ("model.low_level_channels", m.low_level_channels),
         ] {
-            if v == 0 || v > 4096 {
+            if v > 4096 {
                 return Err(invalid(field, format!("{v} is not between 1 and 4096")));
             }
+        }
+        // Everything else is the model's own validation, with its messages.
+        match crate::train::model_config(self, 1).validate() {
+            Ok(()) => {}
+            Err(recallseg_models::ModelError::Config { field, message }) => {
+                return Err(invalid(&format!("model.{field}"), message))
+            }
+            Err(other) => return Err(invalid("model", other.to_string())),
         }
 
         match self.loss.get("name") {
@@ -924,13 +924,52 @@ mod tests {
     }
 
     #[test]
+    fn pretrained_reads_names_paths_and_tables_and_writes_them_back() {
+        let with = |v: &str| {
+            Preset::SynthiaQuick
+                .config(&[
+                    format!("model.pretrained={v}"),
+                    "model.backbone_width=64".into(),
+                ])
+                .unwrap()
+        };
+        let cases = [
+            ("\"none\"", None),
+            ("\"imagenet\"", Some(PretrainedSource::Imagenet)),
+            (
+                "\"w.safetensors\"",
+                Some(PretrainedSource::Path("w.safetensors".into())),
+            ),
+            (
+                "{ path = \"imagenet\" }",
+                Some(PretrainedSource::Path("imagenet".into())),
+            ),
+            (
+                "{ hub = { repo = \"timm/resnet18.tv_in1k\" } }",
+                Some(PretrainedSource::Hub(recallseg_models::HubFile {
+                    repo: "timm/resnet18.tv_in1k".into(),
+                    file: "model.safetensors".into(),
+                    revision: None,
+                })),
+            ),
+        ];
+        for (text, want) in cases {
+            let cfg = with(text);
+            assert_eq!(cfg.model.pretrained, want, "{text}");
+            let back =
+                TrainConfig::from_toml_str(&cfg.to_toml().unwrap(), "round trip", &[]).unwrap();
+            assert_eq!(back.model.pretrained, want, "{text} after a round trip");
+        }
+    }
+
+    #[test]
     fn paper_protocols_are_the_presets() {
         let s = Preset::Synthia.config(&[]).unwrap();
         assert_eq!((s.data.width, s.data.height), (768, 384));
-        assert_eq!(s.model.backbone, "resnet18");
-        assert_eq!(s.model.head, "deeplabv3plus");
+        assert_eq!(s.model.backbone, Backbone::Resnet18);
+        assert_eq!(s.model.head, Head::DeepLabV3Plus);
         assert_eq!(s.model.output_stride, 16);
-        assert_eq!(s.model.pretrained, "imagenet");
+        assert_eq!(s.model.pretrained, Some(PretrainedSource::Imagenet));
         assert_eq!(s.train.batch_size, 6);
         assert_eq!(s.optim.kind, OptimKind::Adam);
         assert_eq!(s.optim.lr, 1e-3);
@@ -974,7 +1013,7 @@ mod tests {
     fn bad_values_name_their_field() {
         assert_eq!(
             err_text(&["model.output_stride=12"]),
-            "model.output_stride: 12 is not one of 8, 16"
+            "model.output_stride: must be 8 or 16 (or 32), got 12"
         );
         assert!(err_text(&["optim.lr=-1"]).starts_with("optim.lr:"));
         assert!(err_text(&["train.iters=0"]).starts_with("train.iters:"));
@@ -983,7 +1022,11 @@ mod tests {
         assert!(err_text(&["train.device=gpu"]).starts_with("train.device:"));
         assert!(err_text(&["train.device=cuda:x"]).contains("ordinal"));
         assert!(err_text(&["loss.name=\"nope\""]).starts_with("loss.name:"));
-        assert!(err_text(&["model.backbone=vgg"]).starts_with("model.backbone:"));
+        let e = err_text(&["model.backbone=vgg"]);
+        assert!(
+            e.contains("`model.backbone`") && e.contains("resnet101"),
+            "{e}"
+        );
         assert!(err_text(&["optim.beta2=1.0"]).starts_with("optim.beta2:"));
         assert!(err_text(&["optim.nesterov=true"]).starts_with("optim.nesterov:"));
         assert!(err_text(&["model.pretrained=imagenet"]).starts_with("model.pretrained:"));
@@ -992,7 +1035,7 @@ mod tests {
         assert!(err_text(&["model.head_channels=0"]).starts_with("model.head_channels:"));
         assert_eq!(
             err_text(&["model.decoder_convs=3"]),
-            "model.decoder_convs: 3 is not 1 or 2"
+            "model.decoder_convs: must be 1 or 2, got 3"
         );
         assert!(err_text(&["model.aspp_rates=[6, 0, 18]"]).starts_with("model.aspp_rates:"));
         assert_eq!(

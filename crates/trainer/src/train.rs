@@ -25,7 +25,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use recallseg_data::{ClassInfo, Loader, SegDataset};
 use recallseg_losses::{LossContext, SegLoss};
-use recallseg_models::{Backbone, DeepLab, Head, ModelConfig, PretrainedSource};
+use recallseg_models::{DeepLab, ModelConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,28 +146,12 @@ pub struct TrainOutcome {
 /// The model configuration of a training configuration for a dataset of `n_classes` classes.
 pub fn model_config(cfg: &TrainConfig, n_classes: usize) -> ModelConfig {
     let m = &cfg.model;
-    let backbone = match m.backbone.as_str() {
-        "resnet34" => Backbone::Resnet34,
-        "resnet50" => Backbone::Resnet50,
-        "resnet101" => Backbone::Resnet101,
-        _ => Backbone::Resnet18,
-    };
-    let head = if m.head == "deeplabv3" {
-        Head::DeepLabV3
-    } else {
-        Head::DeepLabV3Plus
-    };
-    let pretrained = match m.pretrained.as_str() {
-        "none" => None,
-        "imagenet" => Some(PretrainedSource::Imagenet),
-        path => Some(PretrainedSource::Path(PathBuf::from(path))),
-    };
     ModelConfig {
-        backbone,
-        head,
+        backbone: m.backbone,
+        head: m.head,
         output_stride: m.output_stride,
         n_classes,
-        pretrained,
+        pretrained: m.pretrained.clone(),
         freeze_bn: m.freeze_bn,
         multi_grid: None,
         dropout: m.dropout,
