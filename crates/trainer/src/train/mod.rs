@@ -1,0 +1,363 @@
+//! The training loop.
+//!
+//! Each step: the next batch (deterministic from the seed, the epoch and the position in it) is
+//! put on the device, the model runs in training mode with a dropout seed drawn from the run's
+//! RNG, the loss and its gradients are computed, and the optimiser steps with the scheduled
+//! learning rate. The per-class weights the loss applied are logged (Fig. 4). Every
+//! `val_every` steps the model is evaluated on the validation split and `best.safetensors` keeps
+//! the best mean IoU; every `checkpoint_every` steps `last.safetensors` is written.
+//!
+//! Everything that influences the next step — model tensors (BatchNorm statistics included),
+//! optimiser moments, the step, the RNG — is in the checkpoint, so a resumed run continues bit
+//! for bit on the CPU. A NaN or infinite loss stops the run before the update, leaving the last
+//! checkpoint as it was. An interrupt (Ctrl-C, see [`interrupt_flag`]) writes `last.safetensors`
+//! and returns.
+
+use crate::checkpoint::Checkpoint;
+use crate::config::TrainConfig;
+use crate::data::{eval_loader, open_split, parse_split, train_loader};
+use crate::optim::NamedVar;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use recallseg_data::{ClassInfo, Loader, SegDataset};
+use recallseg_losses::{LossContext, SegLoss};
+use recallseg_models::{DeepLab, ModelConfig};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+mod strategy;
+mod trainer;
+
+pub use strategy::{KeepBest, StopRule, Stopping};
+pub use trainer::Trainer;
+
+/// Why a run ended without finishing.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The optimiser refused an update that would make the model non-finite.
+    #[error(
+        "step {step}: {update}: the update was not applied; {checkpoint}. Try a lower optim.lr \
+         (or gradient-friendlier settings)."
+    )]
+    NonFiniteUpdate {
+        /// The step that produced it (1-based).
+        step: u64,
+        /// What was not finite.
+        update: crate::optim::NonFiniteUpdate,
+        /// What was saved, or the last checkpoint.
+        checkpoint: String,
+    },
+    /// The forward pass made a model buffer (a BatchNorm running statistic) non-finite.
+    #[error(
+        "step {step}: the forward pass made {count} values of `{tensor}` NaN or infinite (the \
+         activations overflow); the step was undone; {checkpoint}. Try a lower optim.lr."
+    )]
+    NonFiniteBuffer {
+        /// The step that produced it (1-based).
+        step: u64,
+        /// The buffer's `VarMap` name.
+        tensor: String,
+        /// How many of its values are not finite.
+        count: usize,
+        /// What was saved, or the last checkpoint.
+        checkpoint: String,
+    },
+    /// The loss became NaN or infinite; nothing of that step was applied.
+    #[error(
+        "the loss became {value} at step {step} (loss {loss}, or the model's output did): the \
+         run stopped before updating the model; {checkpoint}. Try a lower optim.lr."
+    )]
+    NonFiniteLoss {
+        /// The step that produced it (1-based).
+        step: u64,
+        /// `NaN` or `inf`.
+        value: String,
+        /// The loss's name.
+        loss: String,
+        /// What was saved, or the last checkpoint.
+        checkpoint: String,
+    },
+}
+
+/// File names inside a run folder.
+pub mod files {
+    /// The latest state, written periodically, at the end and on interrupt.
+    pub const LAST: &str = "last.safetensors";
+    /// The state with the best validation mean IoU.
+    pub const BEST: &str = "best.safetensors";
+    /// The JSON-lines log.
+    pub const LOG: &str = "log.jsonl";
+    /// The configuration the run used.
+    pub const CONFIG: &str = "config.toml";
+}
+
+pub use crate::signals::interrupt_flag;
+
+/// Installs the handlers of SIGINT (Ctrl-C), SIGTERM and SIGHUP that set [`interrupt_flag`]
+/// (see [`crate::signals`]; a second signal exits at once). Installing twice is harmless.
+pub fn install_ctrlc() {
+    if let Err(e) = crate::signals::install_signal_handlers() {
+        eprintln!("warning: {e}; a signal will stop the run without a checkpoint");
+    }
+}
+
+/// Options of [`train`] that are not part of the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Continue from `out_dir/last.safetensors` if it exists (its config must match).
+    pub resume: bool,
+    /// Replace the run `out_dir` holds (its `last`, `best` and log are removed first). Without
+    /// it (and without `resume`), a folder holding a run is an error: nothing is overwritten.
+    pub overwrite: bool,
+    /// Stop (after writing a checkpoint) when this flag becomes true.
+    pub interrupt: Option<Arc<AtomicBool>>,
+    /// Show a progress bar (otherwise plain log lines).
+    pub progress_bar: bool,
+    /// Print nothing but errors.
+    pub quiet: bool,
+    /// Label of the progress display (the loss name by default).
+    pub label: Option<String>,
+    /// Stop after this many steps of this invocation (tests of resuming); `None` = run to
+    /// `train.iters`.
+    pub stop_after: Option<u64>,
+}
+
+/// What a finished (or interrupted) run produced.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// Steps completed.
+    pub step: u64,
+    /// Whether `train.iters` was reached (false when interrupted or stopped early).
+    pub finished: bool,
+    /// Best validation mean IoU and its step.
+    pub best: Option<(f64, u64)>,
+    /// `out_dir/last.safetensors`.
+    pub last_checkpoint: PathBuf,
+    /// Seconds spent in training steps (without validation), over every invocation of the run
+    /// (a resumed run adds to the time stored in its checkpoint).
+    pub train_seconds: f64,
+    /// Mean loss of the last logged interval.
+    pub last_loss: Option<f64>,
+    /// The signal that stopped the run (when it was stopped by one, see [`crate::signals`]).
+    pub stop_signal: Option<crate::signals::StopSignal>,
+}
+
+/// The model configuration of a training configuration for a dataset of `n_classes` classes.
+pub fn model_config(cfg: &TrainConfig, n_classes: usize) -> ModelConfig {
+    let m = &cfg.model;
+    ModelConfig {
+        backbone: m.backbone,
+        head: m.head,
+        output_stride: m.output_stride,
+        n_classes,
+        pretrained: m.pretrained.clone(),
+        freeze_bn: m.freeze_bn,
+        multi_grid: None,
+        dropout: m.dropout,
+        decoder_dropout: m.decoder_dropout,
+        backbone_width: m.backbone_width,
+        head_channels: m.head_channels,
+        low_level_channels: m.low_level_channels,
+        separable: m.separable,
+        decoder_convs: m.decoder_convs,
+        aspp_rates: m.aspp_rates,
+        aspp_conv: m.aspp_conv,
+        init: m.init,
+        init_seed: cfg.train.seed,
+        align_corners: m.align_corners,
+    }
+}
+
+/// A model on a fresh `VarMap`, with the parameters the optimiser updates and their names.
+pub struct BuiltModel {
+    /// Every tensor to checkpoint.
+    pub varmap: VarMap,
+    /// The network.
+    pub model: DeepLab,
+    /// The trainable parameters with their `VarMap` names.
+    pub trainable: Vec<NamedVar>,
+}
+
+/// Builds the model of `cfg` on `device`; loads pretrained weights when `load_pretrained`.
+pub fn build_model(
+    cfg: &TrainConfig,
+    n_classes: usize,
+    device: &Device,
+    load_pretrained: bool,
+) -> anyhow::Result<BuiltModel> {
+    let mc = model_config(cfg, n_classes);
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let model = if load_pretrained {
+        let (model, report) = DeepLab::from_pretrained(&mc, vb)?;
+        if let Some(r) = report {
+            eprintln!("pretrained weights: {r:?}");
+        }
+        model
+    } else {
+        DeepLab::new(&mc, vb)?
+    };
+    let trainable_ids: std::collections::HashSet<_> = model
+        .trainable_vars()
+        .iter()
+        .map(|v| v.as_tensor().id())
+        .collect();
+    let trainable = model
+        .named_vars()
+        .iter()
+        .filter(|nv| trainable_ids.contains(&nv.var.as_tensor().id()))
+        .map(|nv| NamedVar {
+            name: nv.name.clone(),
+            var: nv.var.clone(),
+        })
+        .collect();
+    Ok(BuiltModel {
+        varmap,
+        model,
+        trainable,
+    })
+}
+
+/// The datasets of a run.
+pub struct RunData {
+    /// Class names, palette, ignore index.
+    pub classes: ClassInfo,
+    /// The training loader.
+    pub train: Loader,
+    /// The validation loader (`None` when `val_every = 0` and no final validation is wanted).
+    pub val: Option<Loader>,
+    /// Training pixel counts per class (for WeightedCE / BalancedCE).
+    pub class_pixel_counts: Vec<u64>,
+}
+
+/// Opens the training and validation data of `cfg`.
+pub fn open_run_data(cfg: &TrainConfig) -> anyhow::Result<RunData> {
+    let d = &cfg.data;
+    let train_ds = open_split(d, parse_split("data.train_split", &d.train_split)?)?;
+    let classes = train_ds.class_info().clone();
+    let train_ds = crate::data::limit(train_ds, d.max_train_images);
+    let class_pixel_counts = train_ds.class_pixel_counts()?;
+    let train = train_loader(d, train_ds, cfg.train.batch_size, cfg.train.seed)?;
+    let val_ds = open_split(d, parse_split("data.val_split", &d.val_split)?)?;
+    let val = Some(eval_loader(d, val_ds, cfg.train.batch_size.max(4))?);
+    Ok(RunData {
+        classes,
+        train,
+        val,
+        class_pixel_counts,
+    })
+}
+
+/// Checkpoint key of a stateful loss's state (RecallCE's moving-average recall).
+const LOSS_STATE_KEY: &str = "loss.state";
+
+/// The loss's cross-step state as checkpoint tensors (empty for stateless losses).
+fn loss_state_tensors(loss: &dyn SegLoss) -> candle_core::Result<HashMap<String, Tensor>> {
+    let mut extra = HashMap::new();
+    if let Some(state) = loss.state() {
+        let n = state.len();
+        extra.insert(
+            LOSS_STATE_KEY.to_string(),
+            Tensor::from_vec(state, n, &Device::Cpu)?,
+        );
+    }
+    Ok(extra)
+}
+
+/// Restores what [`loss_state_tensors`] stored, so a resumed stateful loss continues exactly.
+fn restore_loss_state(
+    loss: &mut dyn SegLoss,
+    extra: &HashMap<String, Tensor>,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let state = match extra.get(LOSS_STATE_KEY) {
+        Some(t) => t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?,
+        None => Vec::new(),
+    };
+    loss.load_state(&state)
+        .map_err(|e| anyhow::anyhow!("{}: {LOSS_STATE_KEY}: {e}", path.display()))
+}
+
+/// Builds the configured loss for the dataset.
+pub fn build_loss(
+    cfg: &TrainConfig,
+    classes: &ClassInfo,
+    pixel_counts: &[u64],
+) -> anyhow::Result<Box<dyn SegLoss>> {
+    let lc = cfg.loss_config()?;
+    let ctx = LossContext::new(classes.n_classes())
+        .with_ignore_index(classes.ignore_index as u32)
+        .with_class_pixel_counts(pixel_counts.to_vec());
+    Ok(lc.build(&ctx)?)
+}
+
+/// Trains a model as `cfg` says, writing into `cfg.train.out_dir` ([`Trainer::open`], then
+/// [`Trainer::run`]).
+///
+/// What is guaranteed when things go wrong (see `docs/training.md`): the run folder is locked
+/// for the run's lifetime; a folder holding another run is refused unless `opts.resume` or
+/// `opts.overwrite`; an interrupt writes `last.safetensors` and returns an unfinished outcome;
+/// an error after the first step (unreadable image, non-finite loss or update, failed
+/// validation) first writes the last good state to `last.safetensors`; checkpoints never hold
+/// non-finite tensors.
+pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutcome> {
+    Trainer::open(cfg, opts)?.run()
+}
+
+/// Whether two configurations describe the same run up to what may change on resume.
+pub fn same_run(a: &TrainConfig, b: &TrainConfig) -> bool {
+    let norm = |c: &TrainConfig| {
+        let mut c = c.clone();
+        c.train.iters = 0;
+        c.train.log_every = 1;
+        c.train.val_every = 0;
+        c.train.checkpoint_every = 0;
+        c.train.device = String::new();
+        c.train.out_dir = PathBuf::new();
+        c.data.workers = 0;
+        c.schedule.kind = crate::config::ScheduleKind::Constant;
+        c
+    };
+    // A poly schedule depends on iters, so changing iters with poly is not the same run.
+    let poly_ok =
+        a.schedule.kind != crate::config::ScheduleKind::Poly || a.train.iters == b.train.iters;
+    norm(a) == norm(b) && a.schedule.kind == b.schedule.kind && poly_ok
+}
+
+/// Loads a checkpoint's model for evaluation or prediction: returns the model, its config and
+/// the dataset's class info stored in the checkpoint.
+pub fn load_for_inference(
+    path: &Path,
+    device: &Device,
+) -> anyhow::Result<(
+    BuiltModel,
+    TrainConfig,
+    ClassInfo,
+    recallseg_data::Normalize,
+)> {
+    let ck = Checkpoint::load(path, device)?;
+    let cfg: TrainConfig = toml::from_str(&ck.meta.config_toml)
+        .map_err(|e| anyhow::anyhow!("{}: stored config unreadable: {e}", path.display()))?;
+    let classes = ClassInfo {
+        names: ck.meta.class_names.clone(),
+        palette: ck.meta.palette.clone(),
+        ignore_index: ck.meta.ignore_index,
+    };
+    let built = build_model(&cfg, classes.names.len(), device, false)?;
+    ck.restore_varmap(&built.varmap, path)?;
+    let norm = ck
+        .meta
+        .normalize
+        .unwrap_or(recallseg_data::Normalize::IMAGENET);
+    Ok((built, cfg, classes, norm))
+}
+
+/// Opens the split `split` of the configured dataset for evaluation.
+pub fn open_eval(cfg: &TrainConfig, split: &str) -> anyhow::Result<(Arc<dyn SegDataset>, Loader)> {
+    let ds = open_split(&cfg.data, parse_split("split", split)?)?;
+    let ds = crate::data::limit(ds, cfg.data.max_eval_images);
+    let loader = eval_loader(&cfg.data, ds.clone(), cfg.train.batch_size.max(4))?;
+    Ok((ds, loader))
+}

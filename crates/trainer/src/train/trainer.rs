@@ -1,0 +1,686 @@
+//! [`Trainer`]: one training run — what it holds, one optimisation step ([`Trainer::step`]),
+//! validation ([`Trainer::validate`]), checkpoints ([`Trainer::checkpoint`]) and the loop that
+//! strings them together ([`Trainer::run`]).
+
+use super::strategy::{KeepBest, StopRule, Stopping};
+use super::{
+    build_loss, build_model, files, loss_state_tensors, open_run_data, restore_loss_state,
+    same_run, BuiltModel, RunData, TrainError, TrainOptions, TrainOutcome,
+};
+use crate::checkpoint::{Checkpoint, CheckpointMeta, RngState, FORMAT_VERSION};
+use crate::config::{DeviceSpec, TrainConfig};
+use crate::data::batch_tensors;
+use crate::eval::{evaluate, EvalOutput};
+use crate::log::{JsonlLog, LogRecord, Progress};
+use crate::optim::{self, LrSchedule, Optimizer, StepOutcome};
+use crate::run_dir::RunLock;
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use recallseg_data::Batch;
+use recallseg_losses::SegLoss;
+use recallseg_metrics::Report;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// A training run, opened by [`Trainer::open`] (folder locked, data, model, loss and optimiser
+/// built, a checkpoint resumed) and driven by [`Trainer::run`] or step by step.
+pub struct Trainer<'a> {
+    cfg: &'a TrainConfig,
+    opts: &'a TrainOptions,
+    device: Device,
+    last_path: PathBuf,
+    data: RunData,
+    built: BuiltModel,
+    loss: Box<dyn SegLoss>,
+    loss_name: String,
+    optimizer: Box<dyn Optimizer>,
+    schedule: LrSchedule,
+    rng: ChaCha8Rng,
+    config_toml: String,
+    log: JsonlLog,
+    progress: Progress,
+    label: String,
+    /// The model tensors the optimiser does not update but the forward pass does (BatchNorm
+    /// running statistics), by name: checked after every forward pass and restored when a step
+    /// fails before its update (`Var::set` writes in place, so these handles stay current).
+    buffers: Vec<(String, Var)>,
+    keep_best: KeepBest,
+    stop_rules: Vec<StopRule>,
+    /// Steps completed.
+    step: u64,
+    /// The step this invocation started from.
+    start_step: u64,
+    /// Sum and count of the losses since the last log record.
+    loss_acc: (f64, u64),
+    /// Training seconds of earlier invocations (from the checkpoint).
+    prior_seconds: f64,
+    /// Training seconds of this invocation.
+    train_seconds: f64,
+    /// The step `last.safetensors` holds (when this run wrote it or resumed from it).
+    last_saved_step: Option<u64>,
+    last_loss: Option<f64>,
+    interval_start: Instant,
+    interval_steps: u64,
+    _lock: RunLock,
+}
+
+/// Why a step failed before its update was applied (the state is then rolled back).
+enum StepFailure {
+    /// An error (data, device, numerics library).
+    Error(anyhow::Error),
+    /// The loss or the logits are NaN or infinite.
+    NonFiniteLoss(f64),
+    /// The forward pass made buffer `k` of [`Trainer::buffers`] non-finite (`count` values).
+    NonFiniteBuffer(usize, usize),
+    /// The optimiser refused the update.
+    Rejected(crate::optim::NonFiniteUpdate),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for StepFailure {
+    fn from(e: E) -> Self {
+        StepFailure::Error(e.into())
+    }
+}
+
+/// A snapshot of the state a training step changes before its update is applied (the RNG draws
+/// the dropout seed, the forward pass moves BatchNorm's running statistics and a stateful
+/// loss's moving average), so a step that fails before its update can be undone exactly.
+struct StepSnapshot {
+    rng: ChaCha8Rng,
+    loss_state: Option<Vec<f32>>,
+    /// Copies of the buffers.
+    buffers: Vec<(Var, Tensor)>,
+}
+
+impl<'a> Trainer<'a> {
+    /// Locks `cfg.train.out_dir`, builds everything the run needs and, with `opts.resume` and a
+    /// `last.safetensors` there, restores it (its configuration must be the same run).
+    pub fn open(cfg: &'a TrainConfig, opts: &'a TrainOptions) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        recallseg_data::png_io::set_max_pixels(cfg.data.max_image_pixels)?;
+        let device = DeviceSpec::parse(&cfg.train.device)
+            .map_err(|m| anyhow::anyhow!("train.device: {m}"))?
+            .open()?;
+        let out = &cfg.train.out_dir;
+        std::fs::create_dir_all(out)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", out.display()))?;
+        let lock = RunLock::acquire(out)?;
+        // Holding the lock, no other process writes here: temporary files are leftovers of
+        // killed writes.
+        let stale = crate::checkpoint::remove_stale_temp_files(out).map_err(|e| {
+            anyhow::anyhow!("{}: removing stale temporary files: {e}", out.display())
+        })?;
+        if !stale.is_empty() && !opts.quiet {
+            eprintln!(
+                "removed {} temporary file(s) of interrupted checkpoint writes from {}",
+                stale.len(),
+                out.display()
+            );
+        }
+        let last_path = out.join(files::LAST);
+        let resuming = opts.resume && last_path.exists();
+        if !resuming {
+            match crate::run_dir::existing_run(out) {
+                Some(what) if !opts.overwrite && !opts.resume => anyhow::bail!(
+                    "{} holds a run ({what}); continue it with --resume, replace it with \
+                     --overwrite, or choose another train.out_dir",
+                    out.display()
+                ),
+                Some(_) => crate::run_dir::remove_run_files(out)?,
+                None => {}
+            }
+        }
+        if cfg.data.generate_synthetic {
+            crate::data::ensure_synthetic(&cfg.data, &crate::data::quick_synthetic_config())?;
+        }
+        let data = open_run_data(cfg)?;
+        let lossc = cfg.loss_config()?;
+        let n_classes = data.classes.n_classes();
+        let built = build_model(cfg, n_classes, &device, !resuming)?;
+        let mut loss = build_loss(cfg, &data.classes, &data.class_pixel_counts)?;
+        let mut optimizer = optim::build(&cfg.optim, built.trainable.clone())?;
+        let schedule = LrSchedule::new(cfg.optim.lr, cfg.train.iters, &cfg.schedule);
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed ^ 0x7261_6e64_5f74_726e);
+        let mut step: u64 = 0;
+        let mut best: Option<(f64, u64)> = None;
+        let mut loss_acc = (0.0f64, 0u64);
+        let mut prior_seconds = 0.0f64;
+        let config_toml = cfg.to_toml()?;
+
+        if resuming {
+            let ck = Checkpoint::load(&last_path, &device)?;
+            let saved: TrainConfig = toml::from_str(&ck.meta.config_toml).map_err(|e| {
+                anyhow::anyhow!("{}: stored config unreadable: {e}", last_path.display())
+            })?;
+            if !same_run(&saved, cfg) {
+                anyhow::bail!(
+                    "{} was written by a different configuration; remove it or use another \
+                     train.out_dir (only train.iters, the logging and checkpoint intervals, \
+                     data.workers and train.device may change on resume)",
+                    last_path.display()
+                );
+            }
+            if ck.meta.step > cfg.train.iters as u64 {
+                anyhow::bail!(
+                    "{} is at step {}, beyond train.iters = {}; raise train.iters or start a new \
+                     run",
+                    last_path.display(),
+                    ck.meta.step,
+                    cfg.train.iters
+                );
+            }
+            ck.restore_varmap(&built.varmap, &last_path)?;
+            optimizer.load_state(&ck.optim, ck.meta.optim_steps)?;
+            restore_loss_state(loss.as_mut(), &ck.extra, &last_path)?;
+            rng = ck
+                .meta
+                .rng
+                .restore()
+                .map_err(|m| anyhow::anyhow!("{}: {m}", last_path.display()))?;
+            step = ck.meta.step;
+            best = ck.meta.best;
+            loss_acc = ck.meta.loss_acc;
+            prior_seconds = ck.meta.train_seconds;
+        }
+        let log_path = out.join(files::LOG);
+        let log = if resuming {
+            JsonlLog::resume(&log_path, step)?
+        } else {
+            JsonlLog::create(&log_path)?
+        };
+        crate::checkpoint::write_atomic(&out.join(files::CONFIG), |f| {
+            use std::io::Write;
+            f.write_all(config_toml.as_bytes())
+        })?;
+
+        let iters = cfg.train.iters as u64;
+        let label = opts
+            .label
+            .clone()
+            .unwrap_or_else(|| lossc.name().to_string());
+        let progress = Progress::new(&label, step, iters, opts.progress_bar && !opts.quiet);
+        if resuming && !opts.quiet {
+            progress.println(&format!(
+                "resumed from {} at step {step}",
+                last_path.display()
+            ));
+        }
+        let buffers = non_trainable_vars(&built)?;
+        let mut stop_rules = Vec::new();
+        if let Some(n) = opts.stop_after {
+            stop_rules.push(StopRule::AfterSteps(n));
+        }
+        if let Some(flag) = &opts.interrupt {
+            stop_rules.push(StopRule::Interrupt(flag.clone()));
+        }
+        Ok(Self {
+            cfg,
+            opts,
+            device,
+            last_path,
+            data,
+            built,
+            loss,
+            loss_name: lossc.name().to_string(),
+            optimizer,
+            schedule,
+            rng,
+            config_toml,
+            log,
+            progress,
+            label,
+            buffers,
+            keep_best: KeepBest::new(best),
+            stop_rules,
+            step,
+            start_step: step,
+            loss_acc,
+            prior_seconds,
+            train_seconds: 0.0,
+            last_saved_step: resuming.then_some(step),
+            last_loss: None,
+            interval_start: Instant::now(),
+            interval_steps: 0,
+            _lock: lock,
+        })
+    }
+
+    /// Steps completed.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// Writes the run's current state (model, optimiser, loss state, RNG, counters) to `path`,
+    /// atomically.
+    pub fn checkpoint(&self, path: &Path) -> anyhow::Result<()> {
+        let (optim_state, optim_steps) = self.optimizer.state();
+        let ck = Checkpoint {
+            model: Checkpoint::model_from_varmap(&self.built.varmap)?,
+            optim: optim_state,
+            extra: loss_state_tensors(self.loss.as_ref())?,
+            meta: CheckpointMeta {
+                format_version: FORMAT_VERSION,
+                step: self.step,
+                optim_steps,
+                rng: RngState::capture(&self.rng),
+                config_toml: self.config_toml.clone(),
+                best: self.keep_best.best(),
+                class_names: self.data.classes.names.clone(),
+                palette: self.data.classes.palette.clone(),
+                ignore_index: self.data.classes.ignore_index,
+                loss_acc: self.loss_acc,
+                normalize: Some(self.data.train.normalization()),
+                train_seconds: self.prior_seconds + self.train_seconds,
+            },
+        };
+        ck.save(path)?;
+        Ok(())
+    }
+
+    /// Runs to `train.iters` (or until a stop rule fires), validating, logging and
+    /// checkpointing as configured.
+    pub fn run(mut self) -> anyhow::Result<TrainOutcome> {
+        let iters = self.cfg.train.iters as u64;
+        let loader = self.data.train.clone();
+        let bpe = loader.batches_per_epoch().max(1) as u64;
+        let mut epoch = self.step / bpe;
+        let mut batches = loader.epoch_from(epoch, (self.step % bpe) as usize);
+        let mut finished = self.step >= iters;
+        while self.step < iters {
+            match self.stopping() {
+                Some(Stopping::StepBudget) => break,
+                Some(Stopping::Interrupted) => return self.stop_interrupted(),
+                None => {}
+            }
+            let batch = match batches.next() {
+                Some(Ok(b)) => b,
+                Some(Err(e)) => return Err(self.fail_in_step(e.into())),
+                None => {
+                    epoch += 1;
+                    batches = loader.epoch(epoch);
+                    continue;
+                }
+            };
+            let lr = self.step(&batch)?;
+            self.after_step(lr)?;
+            if self.step == iters {
+                finished = true;
+            }
+        }
+        if !finished {
+            // Stopped early (a step budget): leave a resumable checkpoint.
+            self.checkpoint(&self.last_path)?;
+        }
+        self.progress.finish();
+        Ok(self.outcome(finished, None))
+    }
+
+    /// The first stop rule that fires now.
+    fn stopping(&self) -> Option<Stopping> {
+        let done = self.step - self.start_step;
+        self.stop_rules.iter().find_map(|r| r.check(done))
+    }
+
+    fn outcome(
+        &self,
+        finished: bool,
+        stop_signal: Option<crate::signals::StopSignal>,
+    ) -> TrainOutcome {
+        TrainOutcome {
+            step: self.step,
+            finished,
+            best: self.keep_best.best(),
+            last_checkpoint: self.last_path.clone(),
+            train_seconds: self.prior_seconds + self.train_seconds,
+            last_loss: self.last_loss,
+            stop_signal,
+        }
+    }
+
+    /// An interrupt: checkpoint, log, and return an unfinished outcome.
+    fn stop_interrupted(mut self) -> anyhow::Result<TrainOutcome> {
+        let signal = crate::signals::received_signal();
+        let what = signal.map_or("interrupt".to_string(), |s| s.name().to_string());
+        self.checkpoint(&self.last_path)?;
+        self.log.write(&LogRecord::Checkpoint {
+            step: self.step,
+            path: self.last_path.clone(),
+            reason: "interrupt".into(),
+        })?;
+        self.log.write(&LogRecord::Stopped {
+            step: self.step,
+            reason: format!("interrupted ({what})"),
+        })?;
+        self.progress.finish();
+        if !self.opts.quiet {
+            eprintln!(
+                "[{}] {what}: stopped at step {}; resume with --resume ({})",
+                self.label,
+                self.step,
+                self.last_path.display()
+            );
+        }
+        Ok(self.outcome(false, signal))
+    }
+
+    /// One optimisation step on `batch`: forward, loss, checks, backward, update. On success
+    /// the step count advances and the learning rate used is returned. On failure the state is
+    /// rolled back to before the step, the last good state is saved when it holds unsaved
+    /// steps, and the error says so.
+    pub fn step(&mut self, batch: &Batch) -> anyhow::Result<f64> {
+        let snapshot = match self.snapshot() {
+            Ok(s) => s,
+            Err(e) => return Err(self.fail_after_step(e)),
+        };
+        let t0 = Instant::now();
+        match self.try_step(batch) {
+            Ok((lv, lr)) => {
+                self.step += 1;
+                self.train_seconds += t0.elapsed().as_secs_f64();
+                self.loss_acc.0 += lv;
+                self.loss_acc.1 += 1;
+                self.interval_steps += 1;
+                Ok(lr)
+            }
+            Err(failure) => {
+                if let Err(r) = self.restore(snapshot) {
+                    let StepFailure::Error(e) = failure else {
+                        return Err(r);
+                    };
+                    let _ = self.log.write(&LogRecord::Stopped {
+                        step: self.step,
+                        reason: format!("error: {e:#}"),
+                    });
+                    self.progress.finish();
+                    return Err(e.context(format!(
+                        "the state could not be rolled back ({r:#}); nothing was saved"
+                    )));
+                }
+                Err(self.fail_step(failure))
+            }
+        }
+    }
+
+    /// The fallible body of [`Trainer::step`]: `(loss, learning rate)`.
+    fn try_step(&mut self, batch: &Batch) -> Result<(f64, f64), StepFailure> {
+        let (x, y) = batch_tensors(batch, &self.device)?;
+        let dropout_seed = self.rng.next_u64();
+        let logits = self.built.model.forward_t_with(&x, true, dropout_seed)?;
+        let l = self.loss.forward(&logits, &y)?;
+        let lv = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        // The logits are checked too: a diverged model can produce NaN/inf logits on which a
+        // loss still returns a finite number (masked pixels).
+        let logit_sum = logits.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !lv.is_finite() || !logit_sum.is_finite() {
+            return Err(StepFailure::NonFiniteLoss(if lv.is_finite() {
+                logit_sum
+            } else {
+                lv
+            }));
+        }
+        // BatchNorm's running statistics were moved by the forward pass; a diverging model can
+        // make them infinite while the loss stays finite (what evaluation would then use).
+        let tensors: Vec<&Tensor> = self.buffers.iter().map(|(_, v)| v.as_tensor()).collect();
+        if let Some((k, count)) = crate::optim::first_non_finite(&tensors)? {
+            return Err(StepFailure::NonFiniteBuffer(k, count));
+        }
+        let grads = l.backward()?;
+        let lr = self.schedule.lr(self.step as usize);
+        match self.optimizer.step(&grads, lr)? {
+            StepOutcome::Applied => Ok((lv, lr)),
+            StepOutcome::Rejected(update) => Err(StepFailure::Rejected(update)),
+        }
+    }
+
+    fn snapshot(&self) -> candle_core::Result<StepSnapshot> {
+        Ok(StepSnapshot {
+            rng: self.rng.clone(),
+            loss_state: self.loss.state(),
+            buffers: self
+                .buffers
+                .iter()
+                .map(|(_, v)| Ok((v.clone(), v.as_tensor().copy()?)))
+                .collect::<candle_core::Result<_>>()?,
+        })
+    }
+
+    fn restore(&mut self, snapshot: StepSnapshot) -> anyhow::Result<()> {
+        self.rng = snapshot.rng;
+        if let Some(state) = snapshot.loss_state {
+            self.loss
+                .load_state(&state)
+                .map_err(|e| anyhow::anyhow!("restoring the loss state: {e}"))?;
+        }
+        for (var, t) in snapshot.buffers {
+            var.set(&t)?;
+        }
+        Ok(())
+    }
+
+    /// The error of a failed (and rolled back) step, after saving the last good state.
+    fn fail_step(&mut self, failure: StepFailure) -> anyhow::Error {
+        let at = self.step + 1;
+        match failure {
+            StepFailure::Error(e) => self.fail_in_step(e),
+            StepFailure::NonFiniteLoss(v) => {
+                let value = if v.is_nan() { "NaN" } else { "infinite" }.to_string();
+                let loss = self.loss_name.clone();
+                self.fail_saving(
+                    format!("non-finite loss or logits ({v}) at step {at}"),
+                    |checkpoint| {
+                        TrainError::NonFiniteLoss {
+                            step: at,
+                            value,
+                            loss,
+                            checkpoint,
+                        }
+                        .into()
+                    },
+                )
+            }
+            StepFailure::NonFiniteBuffer(k, count) => {
+                let tensor = self.buffers[k].0.clone();
+                self.fail_saving(format!("non-finite {tensor} at step {at}"), |checkpoint| {
+                    TrainError::NonFiniteBuffer {
+                        step: at,
+                        tensor,
+                        count,
+                        checkpoint,
+                    }
+                    .into()
+                })
+            }
+            StepFailure::Rejected(update) => self.fail_saving(
+                format!("non-finite update at step {at}: {update}"),
+                |checkpoint| {
+                    TrainError::NonFiniteUpdate {
+                        step: at,
+                        update,
+                        checkpoint,
+                    }
+                    .into()
+                },
+            ),
+        }
+    }
+
+    /// An error during a step (nothing of it applied).
+    fn fail_in_step(&mut self, e: anyhow::Error) -> anyhow::Error {
+        let at = self.step + 1;
+        let reason = format!("error: {e:#}");
+        self.fail_saving(reason, |saved| {
+            e.context(format!("training stopped at step {at}; {saved}"))
+        })
+    }
+
+    /// An error after a completed step (validation, logging, checkpoints): the state is good.
+    fn fail_after_step(&mut self, e: impl Into<anyhow::Error>) -> anyhow::Error {
+        let e: anyhow::Error = e.into();
+        let step = self.step;
+        let reason = format!("error: {e:#}");
+        self.fail_saving(reason, |saved| {
+            e.context(format!("training stopped after step {step}; {saved}"))
+        })
+    }
+
+    /// Ends the run with an error after saving the current (good) state to `last.safetensors`
+    /// when it holds steps not yet saved; `make` builds the error from the sentence saying what
+    /// was saved.
+    fn fail_saving(
+        &mut self,
+        reason: String,
+        make: impl FnOnce(String) -> anyhow::Error,
+    ) -> anyhow::Error {
+        let step = self.step;
+        let saved = if self.last_saved_step.is_none_or(|s| step > s) && step > 0 {
+            match self.checkpoint(&self.last_path) {
+                Ok(()) => {
+                    let _ = self.log.write(&LogRecord::Checkpoint {
+                        step,
+                        path: self.last_path.clone(),
+                        reason: "error".into(),
+                    });
+                    format!(
+                        "the state after step {step} was saved to {} (continue with --resume)",
+                        self.last_path.display()
+                    )
+                }
+                Err(e) => format!(
+                    "saving the state after step {step} to {} failed too ({e:#})",
+                    self.last_path.display()
+                ),
+            }
+        } else {
+            match self.last_saved_step {
+                Some(s) => format!(
+                    "the last checkpoint is {} (step {s})",
+                    self.last_path.display()
+                ),
+                None => "no checkpoint was written".to_string(),
+            }
+        };
+        let _ = self.log.write(&LogRecord::Stopped { step, reason });
+        self.progress.finish();
+        make(saved)
+    }
+
+    /// Logging, validation and checkpoints after a completed step that used learning rate
+    /// `lr`. Validation comes first (it decides the best), then `last` before `best`: when the
+    /// disk fills up, the state that matters for resuming is the one that was written. Each log
+    /// record is written after what it reports.
+    fn after_step(&mut self, lr: f64) -> anyhow::Result<()> {
+        match self.after_step_inner(lr) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail_after_step(e)),
+        }
+    }
+
+    fn after_step_inner(&mut self, lr: f64) -> anyhow::Result<()> {
+        let cfg = self.cfg;
+        let iters = cfg.train.iters as u64;
+        let step = self.step;
+        if step.is_multiple_of(cfg.train.log_every as u64) || step == iters {
+            let mean = self.loss_acc.0 / self.loss_acc.1.max(1) as f64;
+            let dt = self.interval_start.elapsed().as_secs_f64();
+            self.log.write(&LogRecord::Train {
+                step,
+                loss: mean,
+                lr,
+                steps_per_s: if dt > 0.0 {
+                    self.interval_steps as f64 / dt
+                } else {
+                    0.0
+                },
+                class_weights: finite_or_none(self.loss.last_class_weights()),
+            })?;
+            self.last_loss = Some(mean);
+            if !self.opts.quiet {
+                self.progress.update(step, mean, true);
+            }
+            self.loss_acc = (0.0, 0);
+            self.interval_start = Instant::now();
+            self.interval_steps = 0;
+        }
+        let val_now = (cfg.train.val_every > 0 && step.is_multiple_of(cfg.train.val_every as u64))
+            || step == iters;
+        let ck_now = (cfg.train.checkpoint_every > 0
+            && step.is_multiple_of(cfg.train.checkpoint_every as u64))
+            || step == iters;
+        let val_record = if val_now { self.validate()? } else { None };
+        if ck_now {
+            self.checkpoint(&self.last_path)?;
+            self.last_saved_step = Some(step);
+            self.log.write(&LogRecord::Checkpoint {
+                step,
+                path: self.last_path.clone(),
+                reason: if step == iters { "final" } else { "periodic" }.into(),
+            })?;
+        }
+        if let Some((rep, is_best)) = val_record {
+            if is_best {
+                self.checkpoint(&cfg.train.out_dir.join(files::BEST))?;
+            }
+            self.log.write(&LogRecord::Val {
+                step,
+                mean_accuracy: rep.mean_accuracy.value,
+                mean_iou: rep.mean_iou.value,
+                pixel_accuracy: rep.pixel_accuracy,
+                recall: rep.classes.iter().map(|c| c.recall).collect(),
+                iou: rep.classes.iter().map(|c| c.iou).collect(),
+                best: is_best,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Evaluates the model on the validation split (when the run has one) and offers its mean
+    /// IoU to the [`KeepBest`] strategy: the report and whether it is the new best.
+    pub fn validate(&mut self) -> anyhow::Result<Option<(Report, bool)>> {
+        let Some(vl) = &self.data.val else {
+            return Ok(None);
+        };
+        let EvalOutput { matrix, .. } = evaluate(&self.built.model, vl, &self.device, 0)?;
+        let rep = matrix.report_with_names(&self.data.classes.names)?;
+        let miou = rep.mean_iou.value.unwrap_or(0.0);
+        let is_best = self.keep_best.offer(miou, self.step);
+        if !self.opts.quiet {
+            self.progress.println(&format!(
+                "step {}: val mean acc {:.2}% mean IoU {:.2}%{}",
+                self.step,
+                100.0 * rep.mean_accuracy.value.unwrap_or(f64::NAN),
+                100.0 * miou,
+                if is_best { " (best)" } else { "" }
+            ));
+        }
+        self.interval_start = Instant::now();
+        Ok(Some((rep, is_best)))
+    }
+}
+
+/// The model tensors that are not trainable (BatchNorm running statistics), sorted by name.
+fn non_trainable_vars(built: &BuiltModel) -> anyhow::Result<Vec<(String, Var)>> {
+    let trainable: std::collections::HashSet<_> = built
+        .trainable
+        .iter()
+        .map(|nv| nv.var.as_tensor().id())
+        .collect();
+    let data = built
+        .varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the model's VarMap lock is poisoned"))?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    Ok(names
+        .into_iter()
+        .map(|n| (n.clone(), data[n].clone()))
+        .filter(|(_, v)| !trainable.contains(&v.as_tensor().id()))
+        .collect())
+}
+
+fn finite_or_none(w: Option<Vec<f32>>) -> Option<Vec<Option<f32>>> {
+    // Classes absent from the batch are NaN: logged as null (JSON has no NaN), left out of the
+    // normalisation and drawn as gaps in Fig. 4.
+    w.map(|v| v.into_iter().map(|x| x.is_finite().then_some(x)).collect())
+}
