@@ -106,31 +106,76 @@ fn default_tversky_beta() -> f64 {
     0.7
 }
 
-/// Accepted names and aliases, for `from_name` and its error message.
-const NAMES: &[(&str, &str)] = &[
-    ("cross_entropy", "cross_entropy"),
-    ("ce", "cross_entropy"),
-    ("crossentropy", "cross_entropy"),
-    ("weighted_ce", "weighted_ce"),
-    ("wce", "weighted_ce"),
-    ("weighted", "weighted_ce"),
-    ("balanced_ce", "balanced_ce"),
-    ("balanced", "balanced_ce"),
-    ("cb", "balanced_ce"),
-    ("focal", "focal"),
-    ("ohem", "ohem"),
-    ("soft_iou", "soft_iou"),
-    ("softiou", "soft_iou"),
-    ("iou", "soft_iou"),
-    ("lovasz", "lovasz"),
-    ("lovasz_softmax", "lovasz"),
-    ("dice", "dice"),
-    ("tversky", "tversky"),
-    ("recall_ce", "recall_ce"),
-    ("recall", "recall_ce"),
-    ("recallce", "recall_ce"),
-    ("precision_ce", "precision_ce"),
-    ("precision", "precision_ce"),
+/// A loss's names: the canonical one (the serde tag of [`LossConfig`]), the label the paper's
+/// tables use, and the aliases [`LossConfig::from_name`] accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LossName {
+    /// Canonical name, e.g. `"recall_ce"`.
+    pub name: &'static str,
+    /// The paper's label, e.g. `"Recall"`.
+    pub label: &'static str,
+    /// Other accepted spellings (lower case, `_` for `-`).
+    pub aliases: &'static [&'static str],
+}
+
+/// Every loss of the crate, in the order of [`LossConfig`]'s variants: the one table of loss
+/// names.
+pub const LOSS_NAMES: &[LossName] = &[
+    LossName {
+        name: "cross_entropy",
+        label: "CE",
+        aliases: &["ce", "crossentropy"],
+    },
+    LossName {
+        name: "weighted_ce",
+        label: "WeightedCE",
+        aliases: &["wce", "weighted"],
+    },
+    LossName {
+        name: "balanced_ce",
+        label: "BalancedCE",
+        aliases: &["balanced", "cb"],
+    },
+    LossName {
+        name: "focal",
+        label: "Focal",
+        aliases: &[],
+    },
+    LossName {
+        name: "ohem",
+        label: "OHEM",
+        aliases: &[],
+    },
+    LossName {
+        name: "soft_iou",
+        label: "SoftIoU",
+        aliases: &["softiou", "iou"],
+    },
+    LossName {
+        name: "lovasz",
+        label: "Lovasz",
+        aliases: &["lovasz_softmax"],
+    },
+    LossName {
+        name: "dice",
+        label: "Dice",
+        aliases: &[],
+    },
+    LossName {
+        name: "tversky",
+        label: "Tversky",
+        aliases: &[],
+    },
+    LossName {
+        name: "recall_ce",
+        label: "Recall",
+        aliases: &["recall", "recallce"],
+    },
+    LossName {
+        name: "precision_ce",
+        label: "PrecisionCE",
+        aliases: &["precision"],
+    },
 ];
 
 impl LossConfig {
@@ -139,13 +184,18 @@ impl LossConfig {
     /// `lovasz_softmax`, `recall`, `recallce`, `precision`.
     pub fn from_name(name: &str) -> Result<Self, LossError> {
         let key = name.trim().to_ascii_lowercase().replace('-', "_");
-        let canonical = NAMES
+        let canonical = LOSS_NAMES
             .iter()
-            .find(|(alias, _)| *alias == key)
-            .map(|(_, c)| *c)
+            .find(|n| n.name == key || n.aliases.contains(&key.as_str()))
+            .map(|n| n.name)
             .ok_or_else(|| LossError::UnknownLoss {
                 name: name.to_string(),
-                known: NAMES.iter().map(|(a, _)| *a).collect::<Vec<_>>().join(", "),
+                known: LOSS_NAMES
+                    .iter()
+                    .flat_map(|n| std::iter::once(&n.name).chain(n.aliases))
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })?;
         Ok(match canonical {
             "cross_entropy" => LossConfig::CrossEntropy {},
@@ -190,6 +240,15 @@ impl LossConfig {
             LossConfig::RecallCe { .. } => "recall_ce",
             LossConfig::PrecisionCe {} => "precision_ce",
         }
+    }
+
+    /// The label the paper's tables use (`"Recall"`, `"CE"`, …).
+    pub fn label(&self) -> &'static str {
+        let name = self.name();
+        LOSS_NAMES
+            .iter()
+            .find(|n| n.name == name)
+            .map_or(name, |n| n.label)
     }
 
     /// Whether building needs `LossContext::class_pixel_counts`.
@@ -318,5 +377,33 @@ impl LossConfig {
             },
             LossConfig::PrecisionCe {} => finish!(PrecisionCe::new(c)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_name_table_covers_every_loss_once() {
+        for n in LOSS_NAMES {
+            let c = LossConfig::from_name(n.name).unwrap();
+            assert_eq!(c.name(), n.name);
+            assert_eq!(c.label(), n.label);
+            for a in n.aliases {
+                assert_eq!(LossConfig::from_name(a).unwrap().name(), n.name, "{a}");
+            }
+        }
+        let mut all: Vec<&str> = LOSS_NAMES
+            .iter()
+            .flat_map(|n| std::iter::once(&n.name).chain(n.aliases))
+            .copied()
+            .collect();
+        let len = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), len, "a name or alias appears twice");
+        assert!(LossConfig::from_name("Recall-CE").is_ok());
+        assert!(LossConfig::from_name("nope").is_err());
     }
 }

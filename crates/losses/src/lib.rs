@@ -59,7 +59,7 @@ mod tversky;
 mod weighted_ce;
 
 pub use balanced_ce::BalancedCe;
-pub use config::{LossConfig, WeightMode};
+pub use config::{LossConfig, LossName, WeightMode, LOSS_NAMES};
 pub use cross_entropy::CrossEntropy;
 pub use dice::Dice;
 pub use error::LossError;

@@ -11,6 +11,7 @@ use crate::log::{read_log, LogRecord};
 use crate::report::{self, Comparison, ExampleRow, ExampleSet, RunSummary, Setting, WrittenReport};
 use crate::train::{self, load_for_inference, open_eval, TrainOptions};
 use recallseg_data::transform::resize_bilinear_rgb;
+use recallseg_losses::LossConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -22,46 +23,17 @@ use std::time::Instant;
 pub struct LossRun {
     /// The label used in tables and plots (`Recall`, `CE`, …).
     pub label: String,
-    /// The `[loss]` table (`name` and parameters).
-    pub loss: toml::Table,
+    /// The loss and its parameters.
+    pub loss: LossConfig,
 }
 
-/// The label the paper uses for a loss name.
-pub fn paper_label(name: &str) -> &'static str {
-    match name {
-        "cross_entropy" => "CE",
-        "weighted_ce" => "WeightedCE",
-        "balanced_ce" => "BalancedCE",
-        "focal" => "Focal",
-        "ohem" => "OHEM",
-        "soft_iou" => "SoftIoU",
-        "lovasz" => "Lovasz",
-        "dice" => "Dice",
-        "tversky" => "Tversky",
-        "recall_ce" => "Recall",
-        "precision_ce" => "PrecisionCE",
-        _ => "?",
-    }
-}
-
-/// A loss by name (aliases as in `recallseg_losses::LossConfig::from_name`) with the paper's
-/// parameters: Focal γ = 1, OHEM keeps 70%.
+/// A loss by name (aliases as in [`LossConfig::from_name`]) with its default parameters, which
+/// are the paper's (Focal γ = 1, OHEM keeps 70%), labelled as the paper's tables do.
 pub fn loss_run(name: &str) -> anyhow::Result<LossRun> {
-    let cfg = recallseg_losses::LossConfig::from_name(name)?;
-    let mut t = toml::Table::new();
-    t.insert("name".into(), toml::Value::String(cfg.name().into()));
-    match cfg.name() {
-        "focal" => {
-            t.insert("gamma".into(), toml::Value::Float(1.0));
-        }
-        "ohem" => {
-            t.insert("keep_ratio".into(), toml::Value::Float(0.7));
-        }
-        _ => {}
-    }
+    let loss = LossConfig::from_name(name)?;
     Ok(LossRun {
-        label: paper_label(cfg.name()).into(),
-        loss: t,
+        label: loss.label().into(),
+        loss,
     })
 }
 
@@ -182,12 +154,7 @@ pub fn run_config(plan: &ComparisonPlan, run: &LossRun) -> TrainConfig {
 
 /// `<out>/runs/<loss name>`.
 pub fn run_dir(plan: &ComparisonPlan, run: &LossRun) -> PathBuf {
-    let name = run
-        .loss
-        .get("name")
-        .and_then(|v| v.as_str())
-        .unwrap_or("loss");
-    plan.out_dir.join("runs").join(name)
+    plan.out_dir.join("runs").join(run.loss.name())
 }
 
 fn write_gray(path: &Path, data: &[u8], w: usize, h: usize) -> anyhow::Result<()> {
@@ -328,7 +295,7 @@ fn one_run(
             _ => None,
         })
         .collect();
-    let loss_config = serde_json::to_value(cfg.loss_config()?)?;
+    let loss_config = serde_json::to_value(&cfg.loss)?;
     let record = RunRecord {
         config_toml: cfg_toml,
         summary: RunSummary {
@@ -480,7 +447,7 @@ fn build_examples(
                 plan,
                 &LossRun {
                     label: c.summary.label.clone(),
-                    loss: toml::from_str(&format!("name = {:?}", c.summary.loss_name))?,
+                    loss: LossConfig::from_name(&c.summary.loss_name)?,
                 },
             );
             predictions.push(read_gray(&dir.join("examples").join(format!("{k}.png")))?);

@@ -8,6 +8,7 @@
 //! Overrides (`--set train.iters=200`) are applied to the parsed TOML table before it is turned
 //! into a [`TrainConfig`], so an override is type-checked exactly like the file.
 
+use recallseg_losses::LossConfig;
 use recallseg_models::{Backbone, Head, PretrainedSource};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -435,10 +436,10 @@ pub struct TrainConfig {
     pub data: DataConfig,
     /// `[model]`.
     pub model: ModelSection,
-    /// `[loss]`: a table with `name` (`cross_entropy`, `weighted_ce`, `balanced_ce`, `focal`,
-    /// `ohem`, `soft_iou`, `lovasz`, `dice`, `tversky`, `recall_ce`, `precision_ce`) and that loss's
-    /// parameters, passed to `recallseg_losses::LossConfig`.
-    pub loss: toml::Table,
+    /// `[loss]`: `name` (`cross_entropy`, `weighted_ce`, `balanced_ce`, `focal`, `ohem`,
+    /// `soft_iou`, `lovasz`, `dice`, `tversky`, `recall_ce`, `precision_ce`) and that loss's
+    /// parameters (`recallseg_losses::LossConfig`).
+    pub loss: LossConfig,
     /// `[optim]`.
     pub optim: OptimConfig,
     /// `[schedule]`.
@@ -447,21 +448,6 @@ pub struct TrainConfig {
     /// `[train]`.
     pub train: TrainSection,
 }
-
-/// The loss names the trainer knows.
-pub const LOSS_NAMES: &[&str] = &[
-    "cross_entropy",
-    "weighted_ce",
-    "balanced_ce",
-    "focal",
-    "ohem",
-    "soft_iou",
-    "lovasz",
-    "dice",
-    "tversky",
-    "recall_ce",
-    "precision_ce",
-];
 
 /// Built-in presets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -557,14 +543,7 @@ impl TrainConfig {
 
     /// The loss name (`loss.name`).
     pub fn loss_name(&self) -> &str {
-        self.loss.get("name").and_then(|v| v.as_str()).unwrap_or("")
-    }
-
-    /// The `[loss]` table as the losses crate's [`recallseg_losses::LossConfig`].
-    pub fn loss_config(&self) -> Result<recallseg_losses::LossConfig, ConfigError> {
-        toml::Value::Table(self.loss.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| invalid("loss", e.to_string().trim().to_string()))
+        self.loss.name()
     }
 
     /// Paths must be valid UTF-8: the configuration is stored as TOML text (in `config.toml` and
@@ -689,19 +668,7 @@ impl TrainConfig {
             Err(other) => return Err(invalid("model", other.to_string())),
         }
 
-        match self.loss.get("name") {
-            None => return Err(invalid("loss.name", "missing")),
-            Some(toml::Value::String(s)) if LOSS_NAMES.contains(&s.as_str()) => {}
-            Some(other) => {
-                return Err(invalid(
-                    "loss.name",
-                    format!("{other} is not one of {}", LOSS_NAMES.join(", ")),
-                ))
-            }
-        }
-
-        let loss = self.loss_config()?;
-        loss.validate().map_err(|e| match e {
+        self.loss.validate().map_err(|e| match e {
             recallseg_losses::LossError::InvalidParameter {
                 field,
                 value,
@@ -1021,7 +988,8 @@ mod tests {
         assert!(err_text(&["data.width=50"]).starts_with("data.width:"));
         assert!(err_text(&["train.device=gpu"]).starts_with("train.device:"));
         assert!(err_text(&["train.device=cuda:x"]).contains("ordinal"));
-        assert!(err_text(&["loss.name=\"nope\""]).starts_with("loss.name:"));
+        let e = err_text(&["loss.name=\"nope\""]);
+        assert!(e.contains("`loss.name`") && e.contains("recall_ce"), "{e}");
         let e = err_text(&["model.backbone=vgg"]);
         assert!(
             e.contains("`model.backbone`") && e.contains("resnet101"),
@@ -1043,7 +1011,7 @@ mod tests {
             "loss.gamma: -1 must be finite and >= 0"
         );
         let e = err_text(&["loss.name=focal", "loss.gama=1.0"]);
-        assert!(e.starts_with("loss:") && e.contains("gama"), "{e}");
+        assert!(e.contains("`loss`") && e.contains("gama"), "{e}");
     }
 
     #[test]
@@ -1076,7 +1044,7 @@ mod tests {
         assert_eq!(c.schedule.kind, ScheduleKind::Poly);
         assert_eq!(c.train.device, "cuda:1");
         assert_eq!(c.loss_name(), "focal");
-        assert_eq!(c.loss.get("gamma").and_then(|v| v.as_float()), Some(1.0));
+        assert_eq!(c.loss, LossConfig::Focal { gamma: 1.0 });
         let c = quick(&[
             "model.separable=true",
             "model.decoder_convs=1",

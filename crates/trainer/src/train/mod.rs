@@ -286,7 +286,7 @@ pub fn build_loss(
     classes: &ClassInfo,
     pixel_counts: &[u64],
 ) -> anyhow::Result<Box<dyn SegLoss>> {
-    let lc = cfg.loss_config()?;
+    let lc = &cfg.loss;
     let ctx = LossContext::new(classes.n_classes())
         .with_ignore_index(classes.ignore_index as u32)
         .with_class_pixel_counts(pixel_counts.to_vec());

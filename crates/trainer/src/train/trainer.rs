@@ -135,7 +135,6 @@ impl<'a> Trainer<'a> {
             crate::data::ensure_synthetic(&cfg.data, &crate::data::quick_synthetic_config())?;
         }
         let data = open_run_data(cfg)?;
-        let lossc = cfg.loss_config()?;
         let n_classes = data.classes.n_classes();
         let built = build_model(cfg, n_classes, &device, !resuming)?;
         let mut loss = build_loss(cfg, &data.classes, &data.class_pixel_counts)?;
@@ -198,7 +197,7 @@ impl<'a> Trainer<'a> {
         let label = opts
             .label
             .clone()
-            .unwrap_or_else(|| lossc.name().to_string());
+            .unwrap_or_else(|| cfg.loss.name().to_string());
         let progress = Progress::new(&label, step, iters, opts.progress_bar && !opts.quiet);
         if resuming && !opts.quiet {
             progress.println(&format!(
@@ -222,7 +221,7 @@ impl<'a> Trainer<'a> {
             data,
             built,
             loss,
-            loss_name: lossc.name().to_string(),
+            loss_name: cfg.loss.name().to_string(),
             optimizer,
             schedule,
             rng,
