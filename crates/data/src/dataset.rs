@@ -302,7 +302,7 @@ pub(crate) fn check_index(name: &str, index: usize, len: usize) -> Result<(), Da
 
 /// 64-bit FNV-1a, a stable hash for fingerprints (independent of the Rust version).
 #[derive(Debug, Clone, Copy)]
-pub struct Fnv64(u64);
+pub(crate) struct Fnv64(u64);
 
 impl Default for Fnv64 {
     fn default() -> Self {
@@ -312,23 +312,23 @@ impl Default for Fnv64 {
 
 impl Fnv64 {
     /// Feeds bytes.
-    pub fn write(&mut self, bytes: &[u8]) {
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.0 ^= b as u64;
             self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
     /// Feeds a string and a separator (so `["ab","c"]` and `["a","bc"]` differ).
-    pub fn write_str(&mut self, s: &str) {
+    pub(crate) fn write_str(&mut self, s: &str) {
         self.write(s.as_bytes());
         self.write(&[0xff]);
     }
     /// Feeds a u64.
-    pub fn write_u64(&mut self, v: u64) {
+    pub(crate) fn write_u64(&mut self, v: u64) {
         self.write(&v.to_le_bytes());
     }
     /// The hash value.
-    pub fn finish(&self) -> u64 {
+    pub(crate) fn finish(&self) -> u64 {
         self.0
     }
 }

@@ -22,6 +22,7 @@ mod error;
 pub mod folder;
 pub mod loader;
 pub mod png_io;
+pub mod prefix;
 pub mod split;
 pub mod stats;
 pub mod synthetic;
@@ -30,11 +31,12 @@ pub mod transform;
 
 pub use cityscapes::{CityscapesDataset, CityscapesOptions};
 pub use dataset::{
-    ClassInfo, Fnv64, LabelMap, Normalize, Sample, SegDataset, Split, DEFAULT_IGNORE_INDEX,
+    ClassInfo, LabelMap, Normalize, Sample, SegDataset, Split, DEFAULT_IGNORE_INDEX,
 };
 pub use error::DataError;
 pub use folder::{FolderDataset, FolderSpec};
 pub use loader::{Batch, EpochIter, Loader, LoaderConfig};
+pub use prefix::{prefix, Prefix};
 pub use synthetic::{generate_synthia, GenerateReport, SyntheticConfig};
 pub use synthia::{SynthiaDataset, SynthiaOptions};
 pub use transform::{Augment, ResizeMethod};

@@ -72,7 +72,7 @@ pub use soft_iou::SoftIou;
 pub use tversky::Tversky;
 pub use weighted_ce::WeightedCe;
 
-pub use candle_core::Tensor;
+use candle_core::Tensor;
 
 /// The default ignore index (void pixels), as in Cityscapes and Synthia train ids.
 pub const DEFAULT_IGNORE_INDEX: u32 = 255;

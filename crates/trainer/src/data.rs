@@ -182,92 +182,9 @@ pub fn eval_loader(
     Ok(Loader::new(ds, lc)?)
 }
 
-/// A dataset restricted to its first `max` items (`0` = all).
+/// A dataset restricted to its first `max` items (`0` = all); see [`recallseg_data::prefix`].
 pub fn limit(ds: Arc<dyn SegDataset>, max: usize) -> Arc<dyn SegDataset> {
-    if max == 0 || ds.len() <= max {
-        ds
-    } else {
-        Arc::new(Prefix {
-            inner: ds,
-            len: max,
-        })
-    }
-}
-
-struct Prefix {
-    inner: Arc<dyn SegDataset>,
-    len: usize,
-}
-
-impl SegDataset for Prefix {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn class_info(&self) -> &recallseg_data::ClassInfo {
-        self.inner.class_info()
-    }
-    fn get(&self, index: usize) -> Result<recallseg_data::Sample, recallseg_data::DataError> {
-        if index >= self.len {
-            return Err(recallseg_data::DataError::OutOfRange {
-                dataset: self.name().to_string(),
-                index,
-                len: self.len,
-            });
-        }
-        self.inner.get(index)
-    }
-    fn get_label(
-        &self,
-        index: usize,
-    ) -> Result<recallseg_data::LabelMap, recallseg_data::DataError> {
-        if index >= self.len {
-            return Err(recallseg_data::DataError::OutOfRange {
-                dataset: self.name().to_string(),
-                index,
-                len: self.len,
-            });
-        }
-        self.inner.get_label(index)
-    }
-    fn source(&self, index: usize) -> Option<std::path::PathBuf> {
-        (index < self.len)
-            .then(|| self.inner.source(index))
-            .flatten()
-    }
-    fn label_source(&self, index: usize) -> Option<std::path::PathBuf> {
-        (index < self.len)
-            .then(|| self.inner.label_source(index))
-            .flatten()
-    }
-    fn label_from_bytes(
-        &self,
-        index: usize,
-        bytes: &[u8],
-    ) -> Result<recallseg_data::LabelMap, recallseg_data::DataError> {
-        if index >= self.len {
-            return Err(recallseg_data::DataError::OutOfRange {
-                dataset: self.name().to_string(),
-                index,
-                len: self.len,
-            });
-        }
-        self.inner.label_from_bytes(index, bytes)
-    }
-    fn normalization(&self) -> recallseg_data::Normalize {
-        self.inner.normalization()
-    }
-    fn fingerprint(&self) -> u64 {
-        let mut h = recallseg_data::Fnv64::default();
-        h.write_u64(self.inner.fingerprint());
-        h.write_u64(self.len as u64);
-        h.finish()
-    }
-    fn cache_dir(&self) -> Option<std::path::PathBuf> {
-        self.inner.cache_dir()
-    }
+    recallseg_data::prefix(ds, max)
 }
 
 /// A batch as tensors on `device`: images `(N, 3, H, W)` f32 and labels `(N, H, W)` u8.

@@ -124,3 +124,20 @@ fn cache_does_not_change_batches() {
         "second pass (from the cache)"
     );
 }
+
+#[test]
+fn prefix_keeps_the_first_items_and_has_its_own_fingerprint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let n = ds.len();
+    assert!(n > 3);
+    assert!(Arc::ptr_eq(&recallseg_data::prefix(ds.clone(), 0), &ds));
+    assert!(Arc::ptr_eq(&recallseg_data::prefix(ds.clone(), n), &ds));
+    let p = recallseg_data::prefix(ds.clone(), 3);
+    assert_eq!(p.len(), 3);
+    assert_eq!(p.get(2).unwrap().image, ds.get(2).unwrap().image);
+    assert_eq!(p.source(1), ds.source(1));
+    assert!(p.get(3).is_err() && p.get_label(3).is_err() && p.source(3).is_none());
+    assert_ne!(p.fingerprint(), ds.fingerprint());
+    assert_ne!(p.fingerprint(), recallseg_data::prefix(ds, 2).fingerprint());
+}
