@@ -80,74 +80,23 @@ pub(crate) struct DynWeights {
     pub ema: Option<Vec<f32>>,
 }
 
-/// Computes the class weights of RecallCE / PrecisionCE from the batch statistics (shared by
-/// both implementations so they cannot drift apart).
+/// The class weights of a member from the batch statistics, shared by both implementations so
+/// they cannot drift apart: RecallCE's in [`crate::recall_ce::recall_weights`], PrecisionCE's in
+/// [`crate::precision_ce::precision_weights`], all ones for the others.
 pub(crate) fn dyn_weights(mode: &CeMode, st: &ClassStats, ema_prev: Option<&[f32]>) -> DynWeights {
     let c = st.count.len();
-    let mut w = vec![0.0f64; c];
-    let mut report = vec![f32::NAN; c];
-    let mut ema = None;
     match mode {
         CeMode::Recall {
-            paper_code: true, ..
-        } => {
-            // FN_c / N_c with both counters starting at 1 where the batch has none: a class
-            // without false negatives keeps 1 / N_c.
-            for k in 0..c {
-                if st.count[k] > 0.0 {
-                    let fneg = st.count[k] - st.tp[k];
-                    let v = if fneg > 0.0 { fneg } else { 1.0 } / st.count[k];
-                    w[k] = v;
-                    report[k] = v as f32;
-                }
-            }
-        }
-        CeMode::Recall { momentum, .. } => {
-            let mut smoothed: Vec<f32> = match ema_prev {
-                Some(p) => p.to_vec(),
-                None => vec![f32::NAN; c],
-            };
-            for k in 0..c {
-                if st.count[k] > 0.0 {
-                    let r = st.tp[k] / st.count[k];
-                    let rk = match momentum {
-                        Some(m) if !smoothed[k].is_nan() => {
-                            let m = *m as f64;
-                            m * smoothed[k] as f64 + (1.0 - m) * r
-                        }
-                        _ => r,
-                    };
-                    smoothed[k] = rk as f32;
-                    w[k] = 1.0 - rk;
-                    report[k] = (1.0 - rk) as f32;
-                }
-            }
-            if momentum.is_some() {
-                ema = Some(smoothed);
-            }
-        }
-        CeMode::Precision => {
-            for k in 0..c {
-                if st.count[k] > 0.0 {
-                    // A class that is never predicted has no precision yet: full weight 1.
-                    let v = if st.pred[k] > 0.0 {
-                        (st.pred[k] - st.tp[k]) / st.pred[k]
-                    } else {
-                        1.0
-                    };
-                    w[k] = v;
-                    report[k] = v as f32;
-                }
-            }
-        }
-        _ => {
-            for k in 0..c {
-                w[k] = 1.0;
-                report[k] = 1.0;
-            }
-        }
+            momentum,
+            paper_code,
+        } => crate::recall_ce::recall_weights(st, *momentum, *paper_code, ema_prev),
+        CeMode::Precision => crate::precision_ce::precision_weights(st),
+        _ => DynWeights {
+            w: vec![1.0; c],
+            report: vec![1.0; c],
+            ema: None,
+        },
     }
-    DynWeights { w, report, ema }
 }
 
 /// Shared state and behaviour of the cross-entropy family.

@@ -1,6 +1,6 @@
 //! The hypothetical precision loss of the paper's Eq. 9 (a counterexample).
 
-use crate::ce_family::{CeEngine, CeMode};
+use crate::ce_family::{CeEngine, CeMode, ClassStats, DynWeights};
 
 /// Cross entropy weighted by each class's false discovery rate in the batch (paper Eq. 9).
 ///
@@ -31,6 +31,31 @@ impl PrecisionCe {
                 CeMode::Precision,
             ),
         }
+    }
+}
+
+/// PrecisionCE's class weights from one batch's argmax statistics (both implementations use
+/// it): `w_c = FP_c / (TP_c + FP_c)` for classes present in the ground truth, 1 for a present
+/// class that is never predicted (no precision yet); absent classes weigh 0, reported `NaN`.
+pub(crate) fn precision_weights(st: &ClassStats) -> DynWeights {
+    let c = st.count.len();
+    let mut w = vec![0.0f64; c];
+    let mut report = vec![f32::NAN; c];
+    for k in 0..c {
+        if st.count[k] > 0.0 {
+            let v = if st.pred[k] > 0.0 {
+                (st.pred[k] - st.tp[k]) / st.pred[k]
+            } else {
+                1.0
+            };
+            w[k] = v;
+            report[k] = v as f32;
+        }
+    }
+    DynWeights {
+        w,
+        report,
+        ema: None,
     }
 }
 

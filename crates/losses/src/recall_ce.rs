@@ -1,6 +1,6 @@
 //! Recall loss (Tian et al., ICRA 2022, Eq. 5).
 
-use crate::ce_family::{CeEngine, CeMode};
+use crate::ce_family::{CeEngine, CeMode, ClassStats, DynWeights};
 use crate::LossError;
 
 /// Recall loss: cross entropy weighted by each class's false negative rate in the batch.
@@ -110,6 +110,62 @@ impl RecallCe {
     pub fn reset(&mut self) {
         self.engine.ema = None;
         self.engine.last = None;
+    }
+}
+
+/// Recall loss's class weights from one batch's argmax statistics (both implementations use
+/// it): `w_c = 1 − R_c` with `R_c = TP_c / N_c` (Eq. 5), or `1 − R̄_c` with the moving average
+/// `R̄_c ← m R̄_c + (1 − m) R_c` (`momentum = Some(m)`; the first observation initialises it),
+/// or with `paper_code` the public code's `FN_c / N_c` whose counters start at 1 (a class without
+/// false negatives keeps `1 / N_c`). Classes absent from the batch weigh 0 and are reported as
+/// `NaN`; `ema_prev` is the average before this batch.
+pub(crate) fn recall_weights(
+    st: &ClassStats,
+    momentum: Option<f32>,
+    paper_code: bool,
+    ema_prev: Option<&[f32]>,
+) -> DynWeights {
+    let c = st.count.len();
+    let mut w = vec![0.0f64; c];
+    let mut report = vec![f32::NAN; c];
+    if paper_code {
+        for k in 0..c {
+            if st.count[k] > 0.0 {
+                let fneg = st.count[k] - st.tp[k];
+                let v = if fneg > 0.0 { fneg } else { 1.0 } / st.count[k];
+                w[k] = v;
+                report[k] = v as f32;
+            }
+        }
+        return DynWeights {
+            w,
+            report,
+            ema: None,
+        };
+    }
+    let mut smoothed: Vec<f32> = match ema_prev {
+        Some(p) => p.to_vec(),
+        None => vec![f32::NAN; c],
+    };
+    for k in 0..c {
+        if st.count[k] > 0.0 {
+            let r = st.tp[k] / st.count[k];
+            let rk = match momentum {
+                Some(m) if !smoothed[k].is_nan() => {
+                    let m = m as f64;
+                    m * smoothed[k] as f64 + (1.0 - m) * r
+                }
+                _ => r,
+            };
+            smoothed[k] = rk as f32;
+            w[k] = 1.0 - rk;
+            report[k] = (1.0 - rk) as f32;
+        }
+    }
+    DynWeights {
+        w,
+        report,
+        ema: momentum.is_some().then_some(smoothed),
     }
 }
 
