@@ -159,6 +159,8 @@ impl CeEngine {
             self.kernel,
         )?;
         if p.empty {
+            // No weights were applied: report none rather than the previous batch's.
+            self.last = None;
             return crate::input::zero_loss(&p.logits);
         }
         let (loss, rep) = if p.fused {

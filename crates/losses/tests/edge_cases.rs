@@ -635,3 +635,20 @@ fn absurd_tversky_weights_are_refused() {
     };
     assert!(e.contains("alpha"), "{e}");
 }
+
+#[test]
+fn a_batch_without_valid_pixels_reports_no_stale_weights() {
+    for name in ["recall_ce", "precision_ce", "focal", "ohem"] {
+        for kernel in [Kernel::Fused, Kernel::Portable] {
+            let mut loss = build(name, 3, kernel, None);
+            let dev = Device::Cpu;
+            let logits = Tensor::new(&[[[[1f32, 0.0]], [[0.0, 1.0]], [[0.5, 0.5]]]], &dev).unwrap();
+            let labels = Tensor::new(&[[[0u8, 1]]], &dev).unwrap();
+            loss.forward(&logits, &labels).unwrap();
+            assert!(loss.last_class_weights().is_some(), "{name} {kernel:?}");
+            let ignored = Tensor::new(&[[[255u8, 255]]], &dev).unwrap();
+            loss.forward(&logits, &ignored).unwrap();
+            assert_eq!(loss.last_class_weights(), None, "{name} {kernel:?}");
+        }
+    }
+}
