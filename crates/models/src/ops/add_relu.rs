@@ -10,6 +10,7 @@
 use crate::ops::buffers::zeroed;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use recallseg_kernels::storage::contiguous_f32;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 15;
@@ -30,13 +31,6 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 struct AddRelu;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let (CpuStorage::F32(v), Some((o0, o1))) = (s, l.contiguous_offsets()) else {
-        candle_core::bail!("add_relu: expected contiguous f32 operands")
-    };
-    Ok(&v[o0..o1])
-}
-
 impl CustomOp2 for AddRelu {
     fn name(&self) -> &'static str {
         "recallseg-add-relu"
@@ -49,7 +43,10 @@ impl CustomOp2 for AddRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let (a, b) = (
+            contiguous_f32(s1, l1, "add_relu: a")?,
+            contiguous_f32(s2, l2, "add_relu: b")?,
+        );
         let mut y = zeroed(a.len());
         y.par_chunks_mut(CHUNK)
             .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
@@ -88,7 +85,10 @@ impl CustomOp2 for ReluMask {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (y, g) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let (y, g) = (
+            contiguous_f32(s1, l1, "add_relu backward: output")?,
+            contiguous_f32(s2, l2, "add_relu backward: gradient")?,
+        );
         let mut out = zeroed(y.len());
         out.par_chunks_mut(CHUNK)
             .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))

@@ -13,10 +13,12 @@
 //! agree.
 
 use crate::ops::buffers::zeroed;
-use crate::ops::simd::{dispatch, use_avx2};
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::{Arc, Mutex};
+use recallseg_kernels::storage::contiguous_f32;
+use recallseg_kernels::SavedState;
+use recallseg_kernels::{dispatch, simd::use_avx2};
+use std::sync::Arc;
 
 /// Whether [`batch_norm_train`] can run on `x`.
 pub fn supported(x: &Tensor) -> bool {
@@ -38,19 +40,9 @@ pub(crate) struct BnTrain {
     pub(crate) eps: f64,
     pub(crate) relu: bool,
     /// Where the forward pass leaves the batch statistics.
-    pub(crate) stats: Arc<Mutex<BatchStats>>,
+    pub(crate) stats: Arc<SavedState<BatchStats>>,
     /// Evaluation mode: normalise with these (running) statistics instead of the batch's.
     pub(crate) fixed: Option<BatchStats>,
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("fused batch norm: {what} must be f32")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("fused batch norm: {what} must be contiguous"),
-    }
 }
 
 impl CustomOp3 for BnTrain {
@@ -67,9 +59,9 @@ impl CustomOp3 for BnTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, "input")?;
-        let gamma = slice(s2, l2, "weight")?;
-        let beta = slice(s3, l3, "bias")?;
+        let x = contiguous_f32(s1, l1, "fused batch norm: input")?;
+        let gamma = contiguous_f32(s2, l2, "fused batch norm: weight")?;
+        let beta = contiguous_f32(s3, l3, "fused batch norm: bias")?;
         let (n, c, h, w) = l1.shape().dims4()?;
         let hw = h * w;
         let m = (n * hw) as f64;
@@ -112,9 +104,10 @@ impl CustomOp3 for BnTrain {
                 let (mu, s, b) = coef[plane % c];
                 normalize_plane(avx2, xp, yp, mu, s, b, relu);
             });
-        let mut st = self.stats.lock().expect("batch-norm stats lock");
-        st.mean = stats.iter().map(|s| s.0).collect();
-        st.var = stats.iter().map(|s| s.1).collect();
+        self.stats.put(BatchStats {
+            mean: stats.iter().map(|s| s.0).collect(),
+            var: stats.iter().map(|s| s.1).collect(),
+        })?;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -142,29 +135,19 @@ impl BnTrain {
         dy: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let (_, c, _, _) = x.dims4()?;
-        let (mean, var) = {
-            let st = self.stats.lock().expect("batch-norm stats lock");
-            (st.mean.clone(), st.var.clone())
-        };
+        let (mean, var) = self.stats.with(|st| (st.mean.clone(), st.var.clone()))?;
         let op = BnBackward {
             relu: self.relu,
             eval: self.fixed.is_some(),
             invstd: var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect(),
             mean,
             gamma: gamma.to_vec1()?,
-            param_grads: Mutex::new(None),
+            param_grads: SavedState::new(),
         };
         let g = dy.to_dtype(DType::F32)?.contiguous()?;
         // Reads x, g and y in place (no copies); dγ and dβ come out of the same passes.
         let dx = x.apply_op3_no_bwd(&g, &y.contiguous()?, &op)?;
-        let (dgamma, dbeta) = op
-            .param_grads
-            .lock()
-            .expect("batch-norm grads lock")
-            .take()
-            .ok_or_else(|| {
-                candle_core::Error::Msg("fused batch norm: no parameter gradients".into())
-            })?;
+        let (dgamma, dbeta) = op.param_grads.take()?;
         let dev = x.device();
         Ok((
             dx,
@@ -183,7 +166,7 @@ struct BnBackward {
     mean: Vec<f64>,
     invstd: Vec<f64>,
     gamma: Vec<f32>,
-    param_grads: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+    param_grads: SavedState<(Vec<f32>, Vec<f32>)>,
 }
 
 impl CustomOp3 for BnBackward {
@@ -200,9 +183,9 @@ impl CustomOp3 for BnBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let xs = slice(s1, l1, "input")?;
-        let g = slice(s2, l2, "gradient")?;
-        let ys = slice(s3, l3, "output")?;
+        let xs = contiguous_f32(s1, l1, "fused batch norm: input")?;
+        let g = contiguous_f32(s2, l2, "fused batch norm: gradient")?;
+        let ys = contiguous_f32(s3, l3, "fused batch norm: output")?;
         let (n, c, h, w) = l1.shape().dims4()?;
         let hw = h * w;
         if g.len() != xs.len() || ys.len() != xs.len() || self.mean.len() != c {
@@ -263,10 +246,10 @@ impl CustomOp3 for BnBackward {
                     relu,
                 );
             });
-        *self.param_grads.lock().expect("batch-norm grads lock") = Some((
+        self.param_grads.put((
             sums.iter().map(|s| s.1 as f32).collect(),
             sums.iter().map(|s| s.0 as f32).collect(),
-        ));
+        ))?;
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -286,7 +269,7 @@ pub fn batch_norm_train(
             x.dtype()
         )
     }
-    let stats = Arc::new(Mutex::new(BatchStats::default()));
+    let stats = Arc::new(SavedState::new());
     let op = BnTrain {
         eps,
         relu,
@@ -296,7 +279,7 @@ pub fn batch_norm_train(
     let y = x
         .contiguous()?
         .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
-    let s = stats.lock().expect("batch-norm stats lock").clone();
+    let s = stats.cloned()?;
     Ok((y, s))
 }
 
@@ -320,7 +303,7 @@ pub fn batch_norm_eval(
     let op = BnTrain {
         eps,
         relu,
-        stats: Arc::new(Mutex::new(stats.clone())),
+        stats: Arc::new(SavedState::holding(stats.clone())),
         fixed: Some(stats),
     };
     x.contiguous()?
@@ -329,7 +312,7 @@ pub fn batch_norm_eval(
 
 // Plane kernels: contiguous runs of one (image, channel) plane, in f64 per element. Sums keep
 // four independent f64 lanes (added in a fixed order at the end) so they vectorise; every
-// kernel also has an AVX2 build chosen at run time (`ops::simd`), with the same results.
+// kernel also has an AVX2 build chosen at run time (`recallseg_kernels::dispatch!`), with the same results.
 
 /// `Σ x` in f64.
 #[inline(always)]

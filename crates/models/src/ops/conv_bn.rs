@@ -17,7 +17,8 @@ use crate::ops::batch_norm_cpu::{BatchStats, BnTrain};
 use crate::ops::conv2d::cpu::Conv2dCpu;
 use crate::ops::conv2d::{dense_cpu_op, Conv2dGeometry};
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
-use std::sync::{Arc, Mutex};
+use recallseg_kernels::SavedState;
+use std::sync::Arc;
 
 /// `relu?(BN_train(conv(x, weight)))` with batch statistics, as one op, when the fused CPU path
 /// applies (CPU, `f32`, dense convolution, and `conv`, `batch_norm` and `conv_bn` enabled in
@@ -53,7 +54,7 @@ pub fn conv_bn_train(
             beta.dims()
         )
     }
-    let stats = Arc::new(Mutex::new(BatchStats::default()));
+    let stats = Arc::new(SavedState::new());
     let op = ConvBnTrain {
         conv,
         bn: BnTrain {
@@ -62,13 +63,13 @@ pub fn conv_bn_train(
             stats: stats.clone(),
             fixed: None,
         },
-        saved_z: Mutex::new(None),
+        saved_z: SavedState::new(),
     };
     let gamma_beta = Tensor::stack(&[gamma, beta], 0)?;
     let y = x
         .contiguous()?
         .apply_op3(&weight.contiguous()?, &gamma_beta, op)?;
-    let s = stats.lock().expect("conv-bn stats lock").clone();
+    let s = stats.cloned()?;
     Ok(Some((y, s)))
 }
 
@@ -76,7 +77,7 @@ struct ConvBnTrain {
     conv: Conv2dCpu,
     bn: BnTrain,
     /// The convolution's output `z`, kept from the forward pass for the backward pass.
-    saved_z: Mutex<Option<(Vec<f32>, Shape)>>,
+    saved_z: SavedState<(Vec<f32>, Shape)>,
 }
 
 impl CustomOp3 for ConvBnTrain {
@@ -106,7 +107,7 @@ impl CustomOp3 for ConvBnTrain {
         let beta = Layout::contiguous_with_offset(c, gbl.start_offset() + c);
         let y = self.bn.cpu_fwd(&z, &z_layout, gbs, &gamma, gbs, &beta)?;
         if let CpuStorage::F32(z) = z {
-            *self.saved_z.lock().expect("conv-bn saved lock") = Some((z, z_shape));
+            self.saved_z.put((z, z_shape))?;
         }
         Ok(y)
     }
@@ -119,7 +120,7 @@ impl CustomOp3 for ConvBnTrain {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let saved = self.saved_z.lock().expect("conv-bn saved lock").take();
+        let saved = self.saved_z.take_if_saved()?;
         let z = match saved {
             Some((z, shape)) => Tensor::from_vec(z, shape, x.device())?,
             // A second backward pass over the same graph: recompute the convolution.

@@ -20,7 +20,9 @@
 use crate::ops::buffers::zeroed;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::{Arc, Mutex};
+use recallseg_kernels::storage::contiguous_f32;
+use recallseg_kernels::SavedState;
+use std::sync::Arc;
 
 /// Output length of a pooling axis (floor mode, like PyTorch's default `ceil_mode=False`).
 pub fn pooled_len(len: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
@@ -54,7 +56,7 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
             stride,
             padding,
             out: (ho, wo),
-            winners: Mutex::new(None),
+            winners: SavedState::new(),
         };
         return x.contiguous()?.apply_op1(op);
     }
@@ -120,7 +122,7 @@ struct MaxPoolCpu {
     out: (usize, usize),
     /// Plane index of each output's first maximum, kept from the forward pass for the backward
     /// pass (which then scatters the gradient without reading the input again).
-    winners: Mutex<Option<Arc<Vec<u32>>>>,
+    winners: SavedState<Arc<Vec<u32>>>,
 }
 
 impl MaxPoolCpu {
@@ -157,13 +159,7 @@ impl CustomOp1 for MaxPoolCpu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(v) = storage else {
-            candle_core::bail!("max_pool2d CPU op needs f32")
-        };
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            candle_core::bail!("max_pool2d CPU op needs a contiguous input")
-        };
-        let x = &v[a..b];
+        let x = contiguous_f32(storage, layout, "max_pool2d CPU op: input")?;
         let (n, c, h, w) = layout.shape().dims4()?;
         let (ho, wo) = self.out;
         if h * w > u32::MAX as usize {
@@ -184,19 +180,14 @@ impl CustomOp1 for MaxPoolCpu {
                     }
                 }
             });
-        *self.winners.lock().expect("max-pool winners lock") = Some(Arc::new(winners));
+        self.winners.put(Arc::new(winners))?;
         Ok((CpuStorage::F32(y), Shape::from((n, c, ho, wo))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let (n, c, h, w) = arg.dims4()?;
         // The forward pass (which candle always runs before this) recorded every winner.
-        let winners = self
-            .winners
-            .lock()
-            .expect("max-pool winners lock")
-            .clone()
-            .ok_or_else(|| candle_core::Error::Msg("max_pool2d: backward before forward".into()))?;
+        let winners = self.winners.cloned()?;
         let scatter = MaxPoolScatter {
             winners,
             plane_in: h * w,
@@ -220,10 +211,7 @@ impl CustomOp1 for MaxPoolScatter {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(v), Some((a, b))) = (storage, layout.contiguous_offsets()) else {
-            candle_core::bail!("max_pool2d backward needs a contiguous f32 gradient")
-        };
-        let g = &v[a..b];
+        let g = contiguous_f32(storage, layout, "max_pool2d backward: gradient")?;
         if g.len() != self.winners.len() {
             candle_core::bail!(
                 "max_pool2d backward: {} gradients for {} outputs",

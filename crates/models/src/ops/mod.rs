@@ -8,7 +8,6 @@ pub mod conv_bn;
 mod kernel_choice;
 pub mod max_pool;
 pub mod resize;
-pub(crate) mod simd;
 #[cfg(test)]
 pub(crate) mod test_values;
 

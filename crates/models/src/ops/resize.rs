@@ -24,9 +24,9 @@
 //!   as the reference of the CPU op.
 
 use crate::ops::buffers::zeroed;
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use recallseg_kernels::storage::contiguous_f32;
 
 /// The interpolation taps of one output position along one axis: the output value is
 /// `w0 · in[i0] + w1 · in[i1]`. When both taps fall on the same input (`i0 == i1`, at the clamped
@@ -284,12 +284,7 @@ fn f32_planes<'a>(
     layout: &Layout,
     hw: (usize, usize),
 ) -> Result<(&'a [f32], (usize, usize))> {
-    let CpuStorage::F32(v) = storage else {
-        candle_core::bail!("{what}: needs f32, got {:?}", storage.dtype())
-    };
-    let Some((a, b)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{what}: needs a contiguous input")
-    };
+    let x = contiguous_f32(storage, layout, what)?;
     let (n, c, h, w) = layout.shape().dims4()?;
     if (h, w) != hw {
         candle_core::bail!(
@@ -299,7 +294,7 @@ fn f32_planes<'a>(
             hw.1
         )
     }
-    Ok((&v[a..b], (n, c)))
+    Ok((x, (n, c)))
 }
 
 /// The CPU f32 forward op of [`resize_bilinear`]; its backward is [`ResizeCpuAdjoint`].

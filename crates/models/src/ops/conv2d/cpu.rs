@@ -3,10 +3,10 @@
 //! without backward.
 
 use super::kernels::{self, ConvShape};
-use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
 };
+use recallseg_kernels::storage::contiguous_f32;
 
 /// The forward convolution (`apply_op2` without bias, `apply_op3` with bias).
 #[derive(Clone, Copy, Debug)]
@@ -48,20 +48,6 @@ impl Conv2dCpu {
     }
 }
 
-/// The `f32` data of a contiguous CPU tensor argument.
-fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        bail!(
-            "recallseg conv2d: the {what} must be f32 for the CPU kernel, got {:?}",
-            s.dtype()
-        )
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("recallseg conv2d: the {what} must be contiguous for the CPU kernel"),
-    }
-}
-
 impl Conv2dCpu {
     /// The forward convolution on CPU storage (bias optional, ReLU epilogue if `relu`).
     pub(crate) fn forward(
@@ -73,11 +59,11 @@ impl Conv2dCpu {
         bias: Option<(&CpuStorage, &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
         let s = self.shape(xl.dims(), wl.dims())?;
-        let x = f32_data(xs, xl, "input")?;
-        let w = f32_data(ws, wl, "weight")?;
+        let x = contiguous_f32(xs, xl, "recallseg conv2d: input")?;
+        let w = contiguous_f32(ws, wl, "recallseg conv2d: weight")?;
         let b = match bias {
             Some((bs, bl)) => {
-                let b = f32_data(bs, bl, "bias")?;
+                let b = contiguous_f32(bs, bl, "recallseg conv2d: bias")?;
                 if b.len() != s.c_out {
                     bail!(
                         "recallseg conv2d: bias has {} elements, expected {}",
@@ -218,8 +204,8 @@ impl CustomOp2 for InputGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = self.x_dims;
         let s = self.conv.shape(&[n, c, h, w], wl.dims())?;
-        let dy = f32_data(dys, dyl, "output gradient")?;
-        let wt = f32_data(ws, wl, "weight")?;
+        let dy = contiguous_f32(dys, dyl, "recallseg conv2d: output gradient")?;
+        let wt = contiguous_f32(ws, wl, "recallseg conv2d: weight")?;
         if dyl.dims() != [s.n, s.c_out, s.oh(), s.ow()] {
             bail!(
                 "recallseg conv2d: output gradient has shape {:?}, expected {:?}",
@@ -252,8 +238,8 @@ impl CustomOp2 for WeightGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (co, ci, kh, kw) = self.w_dims;
         let s = self.conv.shape(xl.dims(), &[co, ci, kh, kw])?;
-        let x = f32_data(xs, xl, "input")?;
-        let dy = f32_data(dys, dyl, "output gradient")?;
+        let x = contiguous_f32(xs, xl, "recallseg conv2d: input")?;
+        let dy = contiguous_f32(dys, dyl, "recallseg conv2d: output gradient")?;
         if dyl.dims() != [s.n, s.c_out, s.oh(), s.ow()] {
             bail!(
                 "recallseg conv2d: output gradient has shape {:?}, expected {:?}",
@@ -281,7 +267,7 @@ impl CustomOp1 for BiasGrad {
                 dyl.dims()
             )
         };
-        let dy = f32_data(dys, dyl, "output gradient")?;
+        let dy = contiguous_f32(dys, dyl, "recallseg conv2d: output gradient")?;
         let db = kernels::conv_bias_grad(n, c, h * w, dy);
         Ok((CpuStorage::F32(db), Shape::from(c)))
     }

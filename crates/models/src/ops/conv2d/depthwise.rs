@@ -27,10 +27,10 @@
 //! identical bits).
 
 use crate::ops::buffers::zeroed;
-use crate::ops::simd::{dispatch, use_avx2};
-use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use recallseg_kernels::storage::contiguous_f32;
+use recallseg_kernels::{dispatch, simd::use_avx2};
 
 /// Block length (elements) of the bias gradient's `f32` partial sums.
 const SUM_BLOCK: usize = 256;
@@ -441,11 +441,11 @@ impl DepthwiseCpu {
         bias: Option<(&CpuStorage, &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
         let s = self.shape(xl.dims(), wl.dims())?;
-        let x = f32_data(xs, xl, "input")?;
-        let w = f32_data(ws, wl, "weight")?;
+        let x = contiguous_f32(xs, xl, "recallseg depthwise conv2d: input")?;
+        let w = contiguous_f32(ws, wl, "recallseg depthwise conv2d: weight")?;
         let b = match bias {
             Some((bs, bl)) => {
-                let b = f32_data(bs, bl, "bias")?;
+                let b = contiguous_f32(bs, bl, "recallseg depthwise conv2d: bias")?;
                 s.check("bias", b.len(), s.c)?;
                 Some(b)
             }
@@ -506,22 +506,6 @@ impl DepthwiseCpu {
             None
         };
         Ok((dx, dw, db))
-    }
-}
-
-/// The `f32` data of a contiguous CPU tensor argument.
-fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        bail!(
-            "recallseg depthwise conv2d: the {what} must be f32 for the CPU kernel, got {:?}",
-            s.dtype()
-        )
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => {
-            bail!("recallseg depthwise conv2d: the {what} must be contiguous for the CPU kernel")
-        }
     }
 }
 
@@ -602,8 +586,8 @@ impl CustomOp2 for DwInputGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = self.x_dims;
         let s = self.conv.shape(&[n, c, h, w], wl.dims())?;
-        let dy = f32_data(dys, dyl, "output gradient")?;
-        let wt = f32_data(ws, wl, "weight")?;
+        let dy = contiguous_f32(dys, dyl, "recallseg depthwise conv2d: output gradient")?;
+        let wt = contiguous_f32(ws, wl, "recallseg depthwise conv2d: weight")?;
         if dyl.dims() != [s.n, s.c, s.oh(), s.ow()] {
             bail!(
                 "recallseg depthwise conv2d: output gradient has shape {:?}, expected {:?}",
@@ -638,8 +622,8 @@ impl CustomOp2 for DwWeightGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (c, one, kh, kw) = self.w_dims;
         let s = self.conv.shape(xl.dims(), &[c, one, kh, kw])?;
-        let x = f32_data(xs, xl, "input")?;
-        let dy = f32_data(dys, dyl, "output gradient")?;
+        let x = contiguous_f32(xs, xl, "recallseg depthwise conv2d: input")?;
+        let dy = contiguous_f32(dys, dyl, "recallseg depthwise conv2d: output gradient")?;
         if dyl.dims() != [s.n, s.c, s.oh(), s.ow()] {
             bail!(
                 "recallseg depthwise conv2d: output gradient has shape {:?}, expected {:?}",

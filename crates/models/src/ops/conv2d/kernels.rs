@@ -26,6 +26,7 @@
 
 use crate::ops::buffers::zeroed;
 use rayon::prelude::*;
+use recallseg_kernels::SyncPtr;
 use std::cell::RefCell;
 
 /// Target size in bytes of one im2col tile (`K × T` floats): small enough to stay in L2 while gemm
@@ -135,28 +136,6 @@ impl ConvShape {
 
 fn ceil_div(a: isize, b: isize) -> isize {
     (a + b - 1) / b
-}
-
-/// A raw pointer that tasks share; each task writes a disjoint part of the buffer.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: the kernels below only write through the pointer to regions no other running task
-// touches, and the buffer outlives the parallel section.
-unsafe impl Send for SyncPtr {}
-// SAFETY: shared references only copy the pointer; the writes through it are disjoint, as
-// for `Send` above.
-unsafe impl Sync for SyncPtr {}
-
-impl SyncPtr {
-    /// The pointer moved by `count` elements (a method, so closures capture the `Sync` wrapper and
-    /// not its raw field).
-    ///
-    /// # Safety
-    /// `count` must stay inside the allocation.
-    unsafe fn add(self, count: usize) -> *mut f32 {
-        // SAFETY: the caller upholds this function's `# Safety` contract.
-        unsafe { self.0.add(count) }
-    }
 }
 
 thread_local! {
@@ -419,7 +398,7 @@ pub(crate) fn conv_forward_im2col(
     }
     let rows = s.rows_per_tile();
     let tiles = oh.div_ceil(rows);
-    let yp = SyncPtr(y.as_mut_ptr());
+    let yp = SyncPtr::new(y.as_mut_ptr());
     (0..s.n * tiles).into_par_iter().for_each(|task| {
         let (b, t) = (task / tiles, task % tiles);
         let (r0, r1) = (t * rows, ((t + 1) * rows).min(oh));
@@ -648,7 +627,7 @@ fn input_grad_by_col2im(s: &ConvShape, dy: &[f32], weight: &[f32]) -> Vec<f32> {
     let reach = (s.dil * (s.kh - 1)).div_ceil(s.stride);
     let rows = s.rows_per_tile().max(reach).max(1);
     let tiles = oh.div_ceil(rows);
-    let dxp = SyncPtr(dx.as_mut_ptr());
+    let dxp = SyncPtr::new(dx.as_mut_ptr());
     for phase in 0..2 {
         let phase_tiles: Vec<usize> = (phase..tiles).step_by(2).collect();
         (0..s.n * phase_tiles.len())
@@ -678,7 +657,7 @@ fn input_grad_by_col2im(s: &ConvShape, dy: &[f32], weight: &[f32]) -> Vec<f32> {
                             plane,
                             1,
                         );
-                        col2im_rows(s, dcol, r0, r1, SyncPtr(dxp.add(b * s.in_plane())));
+                        col2im_rows(s, dcol, r0, r1, SyncPtr::new(dxp.add(b * s.in_plane())));
                     }
                 });
             });
@@ -869,7 +848,7 @@ mod tests {
             let c = data(col.len(), 3);
             let mut back = vec![0f32; s.in_plane()];
             // SAFETY: `back` holds one image's input plane and nothing else touches it.
-            unsafe { col2im_rows(&s, &c, 0, oh, SyncPtr(back.as_mut_ptr())) };
+            unsafe { col2im_rows(&s, &c, 0, oh, SyncPtr::new(back.as_mut_ptr())) };
             let lhs: f64 = col.iter().zip(&c).map(|(a, b)| *a as f64 * *b as f64).sum();
             let rhs: f64 = x[..s.in_plane()]
                 .iter()

@@ -33,6 +33,7 @@
 use super::kernels::ConvShape;
 use crate::ops::buffers::zeroed;
 use rayon::prelude::*;
+use recallseg_kernels::SyncPtr;
 use std::cell::RefCell;
 
 /// Smallest channel count (input and output) for which the transforms pay off (measured, process
@@ -181,7 +182,7 @@ fn transform_weights(s: &ConvShape, weight: &[f32]) -> Scratch {
     let us = xi_stride(ci * co);
     // Every U[ξ][o][c] is written below; the padding between the ξ matrices is never read.
     let mut u = Scratch::new(16 * us);
-    let up = Ptr(u.as_mut_ptr());
+    let up = SyncPtr::new(u.as_mut_ptr());
     (0..co).into_par_iter().for_each(|o| {
         let mut taps = [[0f32; WCHUNK]; 9];
         for c0 in (0..ci).step_by(WCHUNK) {
@@ -200,7 +201,7 @@ fn transform_weights(s: &ConvShape, weight: &[f32]) -> Scratch {
                 for (b, vals) in row.iter().enumerate() {
                     // SAFETY: task `o` alone writes U[ξ][o][..].
                     unsafe {
-                        let dst = up.at((a * 4 + b) * us + o * ci + c0);
+                        let dst = up.add((a * 4 + b) * us + o * ci + c0);
                         std::ptr::copy_nonoverlapping(vals.as_ptr(), dst, len);
                     }
                 }
@@ -336,25 +337,6 @@ impl Tiling {
     }
 }
 
-/// A raw pointer shared by tasks writing disjoint elements.
-#[derive(Clone, Copy)]
-struct Ptr(*mut f32);
-// SAFETY: tasks write disjoint elements (different channels, tiles or products) and the buffer
-// outlives the parallel section.
-unsafe impl Send for Ptr {}
-// SAFETY: shared references only copy the pointer; the writes through it are disjoint, as
-// for `Send` above.
-unsafe impl Sync for Ptr {}
-
-impl Ptr {
-    /// # Safety
-    /// `i` must be in bounds.
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        // SAFETY: the caller upholds this function's `# Safety` contract.
-        unsafe { self.0.add(i) }
-    }
-}
-
 /// Splits `0..len` into about `4 × threads` ranges of at least `min` elements. Only for the
 /// element-wise transforms (input, output-gradient and output transforms), whose results do not
 /// depend on the split; work whose summation order follows its cut must not use it.
@@ -379,7 +361,7 @@ fn transform_inputs(
     v: &mut [f32],
 ) {
     debug_assert!(v.len() >= 16 * xi_stride(nt * s.c_in));
-    let vp = Ptr(v.as_mut_ptr());
+    let vp = SyncPtr::new(v.as_mut_ptr());
     let img_len = s.c_in * s.h * s.w;
     ranges(nt, 8).into_par_iter().for_each(|(a, b)| {
         for seg in tiling.segments(g0 + a, g0 + b) {
@@ -402,7 +384,7 @@ unsafe fn input_transform(
     seg: Segment,
     base_at: usize,
     nt: usize,
-    v: Ptr,
+    v: SyncPtr,
 ) {
     // SAFETY: the caller upholds this function's `# Safety` contract.
     unsafe {
@@ -426,7 +408,7 @@ unsafe fn input_transform(
                 std::array::from_fn(|e| std::array::from_fn(|f| pixel(e, f)));
             let pos = base_at + seg.at + t - seg.t0;
             let vs = xi_stride(nt * ci);
-            let outs: [*mut f32; 16] = std::array::from_fn(|xi| v.at(xi * vs + pos * ci));
+            let outs: [*mut f32; 16] = std::array::from_fn(|xi| v.add(xi * vs + pos * ci));
             let mut c = 0;
             // The 16 input pointers address `ci` floats each and the 16 outputs are disjoint runs of
             // `ci` floats inside `v`; chunks stay below `ci`.
@@ -462,8 +444,8 @@ impl Products {
     /// # Safety
     /// The operands must be valid for the extents and strides given, and `dst` must not alias
     /// them.
-    unsafe fn run(&self, dst: Ptr, lhs: *const f32, rhs: *const f32) {
-        let (lhs, rhs) = (Ptr(lhs as *mut f32), Ptr(rhs as *mut f32));
+    unsafe fn run(&self, dst: SyncPtr, lhs: *const f32, rhs: *const f32) {
+        let (lhs, rhs) = (SyncPtr::new(lhs as *mut f32), SyncPtr::new(rhs as *mut f32));
         (0..16).into_par_iter().for_each(|xi| {
             // SAFETY: the ξ tasks write disjoint parts of `dst`; bounds per the caller.
             unsafe {
@@ -471,14 +453,14 @@ impl Products {
                     self.rows,
                     self.cols,
                     self.k,
-                    dst.at(xi * self.dst.0),
+                    dst.add(xi * self.dst.0),
                     self.dst.2 as isize,
                     self.dst.1 as isize,
                     self.accumulate,
-                    lhs.at(xi * self.lhs.0),
+                    lhs.add(xi * self.lhs.0),
                     self.lhs.2 as isize,
                     self.lhs.1 as isize,
-                    rhs.at(xi * self.rhs.0),
+                    rhs.add(xi * self.rhs.0),
                     self.rhs.2 as isize,
                     self.rhs.1 as isize,
                     1.0,
@@ -513,7 +495,7 @@ pub(crate) fn conv_forward_winograd(
     // V and M of each block are written (input transform, gemm) before they are read.
     let mut v = Scratch::new(16 * xi_stride(block * s.c_in));
     let mut m = Scratch::new(16 * xi_stride(block * s.c_out));
-    let out = Ptr(y.as_mut_ptr());
+    let out = SyncPtr::new(y.as_mut_ptr());
     for g0 in (0..tiling.total).step_by(block) {
         let nt = block.min(tiling.total - g0);
         transform_inputs(s, &xt, &tiling, g0, nt, &mut v);
@@ -529,7 +511,7 @@ pub(crate) fn conv_forward_winograd(
             accumulate: false,
         };
         // SAFETY: V, U and M hold 16 × (nt·C_in, C_in·C_out, nt·C_out) floats.
-        unsafe { products.run(Ptr(m.as_mut_ptr()), v.as_ptr(), u.as_ptr()) };
+        unsafe { products.run(SyncPtr::new(m.as_mut_ptr()), v.as_ptr(), u.as_ptr()) };
         let segs = tiling.segments(g0, g0 + nt);
         let m = &m[..16 * xi_stride(nt * s.c_out)];
         ranges(s.c_out, 4).into_par_iter().for_each(|(c0, c1)| {
@@ -563,7 +545,7 @@ pub(crate) fn conv_weight_grad_winograd(s: &ConvShape, x: &[f32], dy: &[f32]) ->
         let nt = block.min(tiling.total - g0);
         transform_inputs(s, &xt, &tiling, g0, nt, &mut v);
         let segs = tiling.segments(g0, g0 + nt);
-        let dmp = Ptr(dm.as_mut_ptr());
+        let dmp = SyncPtr::new(dm.as_mut_ptr());
         ranges(co, 4).into_par_iter().for_each(|(c0, c1)| {
             for seg in &segs {
                 // SAFETY: this task alone writes output channels c0..c1 of dM.
@@ -582,7 +564,7 @@ pub(crate) fn conv_weight_grad_winograd(s: &ConvShape, x: &[f32], dy: &[f32]) ->
             accumulate: bi > 0,
         };
         // SAFETY: dU, dM and V hold 16 × (C_out·C_in, nt·C_out, nt·C_in) floats.
-        unsafe { products.run(Ptr(du.as_mut_ptr()), dm.as_ptr(), v.as_ptr()) };
+        unsafe { products.run(SyncPtr::new(du.as_mut_ptr()), dm.as_ptr(), v.as_ptr()) };
     }
     weight_grad_from_transformed(s, &du)
 }
@@ -600,7 +582,7 @@ unsafe fn grad_transform(
     ph: Phase,
     seg: Segment,
     chans: std::ops::Range<usize>,
-    dm: Ptr,
+    dm: SyncPtr,
 ) {
     // SAFETY: the caller upholds this function's `# Safety` contract.
     unsafe {
@@ -609,7 +591,7 @@ unsafe fn grad_transform(
         for o in chans {
             let src = &dy[(seg.img * co + o) * plane..(seg.img * co + o + 1) * plane];
             let ms = xi_stride(nt * co);
-            let row = |xi: usize| dm.at(xi * ms + o * nt + seg.at);
+            let row = |xi: usize| dm.add(xi * ms + o * nt + seg.at);
             let dst: [*mut f32; 16] = std::array::from_fn(row);
             for t in seg.t0..seg.t1 {
                 let (ty, tx) = (t / ph.tiles_x, t % ph.tiles_x);
@@ -696,7 +678,7 @@ unsafe fn output_transform(
     seg: Segment,
     chans: std::ops::Range<usize>,
     bias: Option<&[f32]>,
-    out: Ptr,
+    out: SyncPtr,
 ) {
     // SAFETY: the caller upholds this function's `# Safety` contract.
     unsafe {
@@ -742,10 +724,10 @@ unsafe fn output_transform(
                     let at = dst + (ph.a + d * r) * ow + ph.b + d * c_lo;
                     // These output pixels are in bounds and belong to this task alone.
                     if d == 1 {
-                        std::ptr::copy_nonoverlapping(src.as_ptr(), out.at(at), src.len());
+                        std::ptr::copy_nonoverlapping(src.as_ptr(), out.add(at), src.len());
                     } else {
                         for (k, &v) in src.iter().enumerate() {
-                            *out.at(at + d * k) = v;
+                            *out.add(at + d * k) = v;
                         }
                     }
                 }
