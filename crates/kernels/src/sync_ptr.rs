@@ -5,11 +5,15 @@
 ///
 /// Creating one is safe; every access through it is `unsafe`, and the caller's `// SAFETY:`
 /// comment must say why no other running task touches the same elements and why the buffer
-/// outlives the parallel section. The pointer is read through methods ([`SyncPtr::get`],
-/// [`SyncPtr::add`]) rather than a public field, so that closures capture the `Send + Sync`
-/// wrapper and not the bare pointer (edition 2021 closures capture disjoint fields).
+/// outlives the parallel section. Inside closures, read the pointer through the methods
+/// ([`SyncPtr::get`], [`SyncPtr::add`]) rather than the field: edition 2021 closures capture
+/// the fields they name, and a bare `*mut T` is neither `Send` nor `Sync` (the closure would not
+/// compile).
 #[derive(Debug)]
-pub struct SyncPtr<T = f32>(*mut T);
+pub struct SyncPtr<T = f32>(
+    /// The pointer (construct with `SyncPtr(ptr)` or [`SyncPtr::new`]).
+    pub *mut T,
+);
 
 impl<T> Clone for SyncPtr<T> {
     fn clone(&self) -> Self {

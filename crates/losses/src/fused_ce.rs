@@ -23,8 +23,12 @@ use crate::ce_family::{dyn_weights, CeMode, ClassStats, StepReport};
 use crate::fast_math::{fast_exp, fast_ln, kernel_buffer};
 use crate::ohem::ohem_keep;
 use crate::LossError;
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::Result;
 use rayon::prelude::*;
+use recallseg_kernels::fused::FusedLoss;
+use recallseg_kernels::simd::use_avx2;
+use recallseg_kernels::storage::Label;
+use recallseg_kernels::{dispatch, fused_loss_op, SavedState, SyncPtr};
 use std::sync::{Arc, Mutex};
 
 /// Pixels per work item.
@@ -33,24 +37,6 @@ pub(crate) const BLOCK: usize = 256;
 /// Blocks accumulated together by one parallel task before the per-task sums are merged in task
 /// order (a shape-only constant: the reduction order never depends on the thread count).
 pub(crate) const TASKS_PER_GROUP: usize = 16;
-
-/// A raw pointer that work items write through at disjoint offsets.
-#[derive(Clone, Copy)]
-pub(crate) struct SyncPtr(pub *mut f32);
-// SAFETY: every user writes a disjoint set of indices (one pixel block each) and the owning
-// buffer outlives the parallel loop.
-unsafe impl Send for SyncPtr {}
-// SAFETY: shared references only copy the pointer; the writes through it are disjoint, as
-// for `Send` above.
-unsafe impl Sync for SyncPtr {}
-
-impl SyncPtr {
-    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
-    #[inline(always)]
-    pub(crate) fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// State the forward pass leaves for the backward pass and for the loss object.
 #[derive(Debug, Clone)]
@@ -79,7 +65,8 @@ pub(crate) struct FusedCe {
     pub mode: CeMode,
     /// The recall moving average before this step.
     pub ema_prev: Option<Vec<f32>>,
-    /// Filled by the forward pass.
+    /// Filled by the forward pass (a plain mutex because the loss object that builds the op
+    /// reads the step report from it; used through [`SavedState::from_mutex`]).
     pub out: Arc<Mutex<Option<FusedOut>>>,
     /// Keep the softmax for the backward pass (the logits take part in a graph).
     pub keep: bool,
@@ -145,98 +132,6 @@ pub(crate) fn focal_terms(ce: f32, gamma: f32) -> (f32, f32) {
         (m, m / q)
     };
     (m, m + gamma * m1 * p * ce)
-}
-
-/// Borrowed labels of any supported integer type.
-pub(crate) enum Labels<'a> {
-    U8(&'a [u8]),
-    U32(&'a [u32]),
-    I64(&'a [i64]),
-}
-
-pub(crate) fn labels_of<'a>(s: &'a CpuStorage, l: &Layout, len: usize) -> Result<Labels<'a>> {
-    if !l.is_contiguous() {
-        candle_core::bail!("fused loss: target must be contiguous");
-    }
-    let o = l.start_offset();
-    Ok(match s {
-        CpuStorage::U8(v) => Labels::U8(&v[o..o + len]),
-        CpuStorage::U32(v) => Labels::U32(&v[o..o + len]),
-        CpuStorage::I64(v) => Labels::I64(&v[o..o + len]),
-        _ => {
-            return Err(LossError::DType("target must be u8, u32 or i64".into()).into_candle());
-        }
-    })
-}
-
-pub(crate) fn logits_of<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], [usize; 4])> {
-    let d = match l.dims() {
-        &[n, c, h, w] => [n, c, h, w],
-        d => candle_core::bail!("fused loss: logits must be rank 4, got {d:?}"),
-    };
-    if !l.is_contiguous() {
-        candle_core::bail!("fused loss: logits must be contiguous");
-    }
-    let o = l.start_offset();
-    match s {
-        CpuStorage::F32(v) => Ok((&v[o..o + d.iter().product::<usize>()], d)),
-        _ => Err(LossError::DType("fused loss: logits must be f32".into()).into_candle()),
-    }
-}
-
-/// A fused loss whose forward pass reads f32 logits and integer labels on the CPU.
-pub(crate) trait FusedForward {
-    /// Number of classes the loss was built for.
-    fn n_classes(&self) -> usize;
-    /// The loss of one batch of contiguous logits `dims = [N, C, H, W]` and labels.
-    fn forward_pixels<L: Copy + Into<i64> + Sync>(
-        &self,
-        x: &[f32],
-        dims: [usize; 4],
-        t: &[L],
-    ) -> Result<f64>;
-}
-
-/// The `cpu_fwd` every fused loss shares: checks the class count, dispatches on the label
-/// type and returns the scalar loss.
-pub(crate) fn fused_cpu_fwd<K: FusedForward>(
-    kernel: &K,
-    s1: &CpuStorage,
-    l1: &Layout,
-    s2: &CpuStorage,
-    l2: &Layout,
-) -> Result<(CpuStorage, Shape)> {
-    let (x, dims) = logits_of(s1, l1)?;
-    if dims[1] != kernel.n_classes() {
-        return Err(LossError::Shape(format!(
-            "logits have {} channels, the loss has {} classes",
-            dims[1],
-            kernel.n_classes()
-        ))
-        .into_candle());
-    }
-    let npix = dims[0] * dims[2] * dims[3];
-    let loss = match labels_of(s2, l2, npix)? {
-        Labels::U8(t) => kernel.forward_pixels(x, dims, t)?,
-        Labels::U32(t) => kernel.forward_pixels(x, dims, t)?,
-        Labels::I64(t) => kernel.forward_pixels(x, dims, t)?,
-    };
-    Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
-}
-
-/// The incoming scalar gradient of a fused loss's backward pass, as f32 on the CPU.
-pub(crate) fn incoming_grad(grad_res: &Tensor) -> Result<f32> {
-    grad_res
-        .to_dtype(candle_core::DType::F32)?
-        .to_device(&candle_core::Device::Cpu)?
-        .to_scalar::<f32>()
-}
-
-/// Locks a fused loss's state kept between forward and backward.
-pub(crate) fn lock_state<T>(state: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
-    state
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))
 }
 
 /// Per-pixel maximum and argmax over classes of one block (first maximum on ties, as
@@ -323,16 +218,14 @@ struct FwdCtx<'a, L> {
     ce_ptr: SyncPtr,
 }
 
-/// The forward pass over one pixel block, compiled for AVX2 + FMA (8-wide `exp`).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn fwd_block_avx2<L: Copy + Into<i64>>(ctx: &FwdCtx<'_, L>, acc: &mut Acc, t: usize) {
-    fwd_block(ctx, acc, t)
-}
+// The forward pass over one pixel block, also compiled for AVX2 + FMA (8-wide `exp`) as
+// `fwd_block_avx2`.
+dispatch!(fwd_block_dispatch, fwd_block, fast = fwd_block_avx2, [L: Label],
+    (ctx: &FwdCtx<'_, L>, acc: &mut Acc, t: usize));
 
 /// The forward pass over one pixel block (work item `t`), accumulated into `acc`.
 #[inline(always)]
-fn fwd_block<L: Copy + Into<i64>>(ctx: &FwdCtx<'_, L>, acc: &mut Acc, t: usize) {
+fn fwd_block<L: Label>(ctx: &FwdCtx<'_, L>, acc: &mut Acc, t: usize) {
     let FwdCtx {
         x,
         labels,
@@ -433,12 +326,7 @@ fn fwd_block<L: Copy + Into<i64>>(ctx: &FwdCtx<'_, L>, acc: &mut Acc, t: usize) 
 }
 
 impl FusedCe {
-    fn forward_impl<L: Copy + Into<i64> + Sync>(
-        &self,
-        x: &[f32],
-        dims: [usize; 4],
-        labels: &[L],
-    ) -> Result<f64> {
+    fn forward_impl<L: Label>(&self, x: &[f32], dims: [usize; 4], labels: &[L]) -> Result<f64> {
         let [n, c, h, w] = dims;
         let hw = h * w;
         let nblk = hw.div_ceil(BLOCK);
@@ -479,8 +367,7 @@ impl FusedCe {
             fp,
             ce_ptr,
         };
-        #[cfg(target_arch = "x86_64")]
-        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        let avx2 = use_avx2();
         // Fixed groups of blocks, each accumulated in order, merged in group order: the f64 sums
         // do not depend on how rayon schedules the work or on the thread count.
         let tasks = n * nblk;
@@ -489,13 +376,7 @@ impl FusedCe {
             .map(|g| {
                 let mut acc = Acc::new(c);
                 for t in g * TASKS_PER_GROUP..((g + 1) * TASKS_PER_GROUP).min(tasks) {
-                    #[cfg(target_arch = "x86_64")]
-                    if avx2 {
-                        // SAFETY: the CPU supports AVX2 and FMA (checked above).
-                        unsafe { fwd_block_avx2(&ctx, &mut acc, t) };
-                        continue;
-                    }
-                    fwd_block(&ctx, &mut acc, t);
+                    fwd_block_dispatch(avx2, &ctx, &mut acc, t);
                 }
                 acc
             })
@@ -611,14 +492,13 @@ impl FusedCe {
                 out.focal_f = Some(focal_f);
             }
         }
-        let mut guard = lock_state(&self.out)?;
-        *guard = Some(out);
+        SavedState::from_mutex(&self.out).put(out)?;
         Ok(loss)
     }
 
     /// The backward pass over the softmax kept by the forward pass, in place:
     /// `probs[n, j] <- f_n (probs[n, j] - [j = y_n])`.
-    fn backward_in_place<L: Copy + Into<i64> + Sync>(
+    fn backward_in_place<L: Label>(
         &self,
         mut probs: Vec<f32>,
         dims: [usize; 4],
@@ -674,7 +554,7 @@ impl FusedCe {
         probs
     }
 
-    fn backward_impl<L: Copy + Into<i64> + Sync>(
+    fn backward_impl<L: Label>(
         &self,
         x: &[f32],
         dims: [usize; 4],
@@ -755,70 +635,37 @@ impl FusedCe {
     }
 }
 
-impl FusedForward for FusedCe {
+impl FusedLoss for FusedCe {
+    const NAME: &'static str = "recallseg-fused-ce";
+
     fn n_classes(&self) -> usize {
         self.n_classes
     }
-    fn forward_pixels<L: Copy + Into<i64> + Sync>(
+
+    fn forward<L: Label>(&self, x: &[f32], dims: [usize; 4], labels: &[L]) -> Result<f64> {
+        self.forward_impl(x, dims, labels)
+    }
+
+    fn backward<L: Label>(
         &self,
         x: &[f32],
         dims: [usize; 4],
-        t: &[L],
-    ) -> Result<f64> {
-        self.forward_impl(x, dims, t)
+        labels: &[L],
+        g0: f32,
+    ) -> Result<Vec<f32>> {
+        SavedState::from_mutex(&self.out).with(|out| {
+            // The kept softmax is consumed by the first backward pass; a second one recomputes.
+            let kept = out.probs.take();
+            let out = &*out;
+            match kept {
+                Some(p) => self.backward_in_place(p, dims, labels, g0, out),
+                None => self.backward_impl(x, dims, labels, g0, out),
+            }
+        })
     }
 }
 
-impl CustomOp2 for FusedCe {
-    fn name(&self) -> &'static str {
-        "recallseg-fused-ce"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        fused_cpu_fwd(self, s1, l1, s2, l2)
-    }
-
-    fn bwd(
-        &self,
-        arg1: &Tensor,
-        arg2: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g0 = incoming_grad(grad_res)?;
-        let mut guard = lock_state(&self.out)?;
-        let out = guard
-            .as_mut()
-            .ok_or_else(|| candle_core::Error::Msg("fused loss: backward before forward".into()))?;
-        // The kept softmax is consumed by the first backward pass; a second one recomputes.
-        let kept = out.probs.take();
-        let out = &*out;
-        let (s1, l1) = arg1.storage_and_layout();
-        let (s2, l2) = arg2.storage_and_layout();
-        let (s1, s2) = match (&*s1, &*s2) {
-            (candle_core::Storage::Cpu(a), candle_core::Storage::Cpu(b)) => (a, b),
-            _ => candle_core::bail!("fused loss: backward needs CPU tensors"),
-        };
-        let (x, dims) = logits_of(s1, l1)?;
-        let npix = dims[0] * dims[2] * dims[3];
-        let grad = match (labels_of(s2, l2, npix)?, kept) {
-            (Labels::U8(t), Some(p)) => self.backward_in_place(p, dims, t, g0, out),
-            (Labels::U32(t), Some(p)) => self.backward_in_place(p, dims, t, g0, out),
-            (Labels::I64(t), Some(p)) => self.backward_in_place(p, dims, t, g0, out),
-            (Labels::U8(t), None) => self.backward_impl(x, dims, t, g0, out),
-            (Labels::U32(t), None) => self.backward_impl(x, dims, t, g0, out),
-            (Labels::I64(t), None) => self.backward_impl(x, dims, t, g0, out),
-        };
-        let g = Tensor::from_vec(grad, arg1.shape(), arg1.device())?;
-        Ok((Some(g), None))
-    }
-}
+fused_loss_op!(FusedCe);
 
 #[cfg(test)]
 mod tests {

@@ -14,14 +14,13 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::fast_math::{fast_exp, kernel_buffer};
-use crate::fused_ce::{
-    block_max, class_of, fused_cpu_fwd, incoming_grad, lock_state, logits_of, FusedForward,
-    SyncPtr, BLOCK,
-};
+use crate::fused_ce::{block_max, class_of, BLOCK};
 use crate::LossError;
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::Result;
 use rayon::prelude::*;
-use std::sync::Mutex;
+use recallseg_kernels::fused::FusedLoss;
+use recallseg_kernels::storage::Label;
+use recallseg_kernels::{fused_loss_op, SavedState, SyncPtr};
 
 /// The fused Lovász-Softmax op (see the module documentation).
 pub(crate) struct FusedLovasz {
@@ -30,11 +29,11 @@ pub(crate) struct FusedLovasz {
     pub static_w: Vec<f64>,
     pub present_only: bool,
     /// `∂L/∂p` (`N·C·H·W`), left for the backward pass.
-    pub dldp: Mutex<Option<Vec<f32>>>,
+    pub dldp: SavedState<Vec<f32>>,
     /// Keep the softmax for the backward pass (the logits take part in a graph).
     pub keep: bool,
     /// The kept softmax (`N·C·H·W`), consumed by the backward pass.
-    pub probs: Mutex<Option<Vec<f32>>>,
+    pub probs: SavedState<Vec<f32>>,
 }
 
 /// Stable ascending sort of `v` by the upper 32 bits of each element.
@@ -64,12 +63,7 @@ pub(crate) fn radix_sort_hi32(v: &mut Vec<u64>, tmp: &mut Vec<u64>) {
 }
 
 impl FusedLovasz {
-    fn forward_impl<L: Copy + Into<i64> + Sync>(
-        &self,
-        x: &[f32],
-        dims: [usize; 4],
-        labels: &[L],
-    ) -> Result<f64> {
+    fn forward_impl<L: Label>(&self, x: &[f32], dims: [usize; 4], labels: &[L]) -> Result<f64> {
         let [n, c, h, w] = dims;
         let hw = h * w;
         let np = n * hw;
@@ -213,14 +207,9 @@ impl FusedLovasz {
         for (cls, l) in per_worker.into_iter().flatten() {
             losses[cls] = l;
         }
-        let mut guard = lock_state(&self.dldp)?;
-        *guard = Some(dldp);
+        self.dldp.put(dldp)?;
         if self.keep {
-            *self
-                .probs
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))? =
-                Some(prob);
+            self.probs.put(prob)?;
         }
         Ok(losses.iter().sum())
     }
@@ -314,62 +303,35 @@ impl FusedLovasz {
     }
 }
 
-impl FusedForward for FusedLovasz {
+impl FusedLoss for FusedLovasz {
+    const NAME: &'static str = "recallseg-fused-lovasz";
+
     fn n_classes(&self) -> usize {
         self.n_classes
     }
-    fn forward_pixels<L: Copy + Into<i64> + Sync>(
+
+    fn forward<L: Label>(&self, x: &[f32], dims: [usize; 4], labels: &[L]) -> Result<f64> {
+        self.forward_impl(x, dims, labels)
+    }
+
+    /// The backward pass needs no labels: they are folded into `∂L/∂p`.
+    fn backward<L: Label>(
         &self,
         x: &[f32],
         dims: [usize; 4],
-        t: &[L],
-    ) -> Result<f64> {
-        self.forward_impl(x, dims, t)
+        _labels: &[L],
+        g0: f32,
+    ) -> Result<Vec<f32>> {
+        self.dldp.with(|dldp| {
+            Ok(match self.probs.take_if_saved()? {
+                Some(p) => self.backward_in_place(p, dims, g0, dldp),
+                None => self.backward_impl(x, dims, g0, dldp),
+            })
+        })?
     }
 }
 
-impl CustomOp2 for FusedLovasz {
-    fn name(&self) -> &'static str {
-        "recallseg-fused-lovasz"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        fused_cpu_fwd(self, s1, l1, s2, l2)
-    }
-
-    fn bwd(
-        &self,
-        arg1: &Tensor,
-        _arg2: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g0 = incoming_grad(grad_res)?;
-        let guard = lock_state(&self.dldp)?;
-        let dldp = guard
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("fused loss: backward before forward".into()))?;
-        let kept = lock_state(&self.probs)?.take();
-        let (s1, l1) = arg1.storage_and_layout();
-        let s1 = match &*s1 {
-            candle_core::Storage::Cpu(a) => a,
-            _ => candle_core::bail!("fused loss: backward needs CPU tensors"),
-        };
-        let (x, dims) = logits_of(s1, l1)?;
-        let grad = match kept {
-            Some(p) => self.backward_in_place(p, dims, g0, dldp),
-            None => self.backward_impl(x, dims, g0, dldp),
-        };
-        let g = Tensor::from_vec(grad, arg1.shape(), arg1.device())?;
-        Ok((Some(g), None))
-    }
-}
+fused_loss_op!(FusedLovasz);
 
 #[cfg(test)]
 mod tests {

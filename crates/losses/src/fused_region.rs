@@ -12,15 +12,15 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::fast_math::{fast_exp, kernel_buffer};
-use crate::fused_ce::{
-    block_max, class_of, fused_cpu_fwd, incoming_grad, labels_of, lock_state, logits_of,
-    FusedForward, Labels, SyncPtr, BLOCK, TASKS_PER_GROUP,
-};
+use crate::fused_ce::{block_max, class_of, BLOCK, TASKS_PER_GROUP};
 use crate::region::{region_loss, RegionKind};
 use crate::LossError;
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::Result;
 use rayon::prelude::*;
-use std::sync::Mutex;
+use recallseg_kernels::fused::FusedLoss;
+use recallseg_kernels::simd::use_avx2;
+use recallseg_kernels::storage::Label;
+use recallseg_kernels::{dispatch, fused_loss_op, SavedState, SyncPtr};
 
 /// The fused overlap-loss op (see the module documentation).
 pub(crate) struct FusedRegion {
@@ -29,11 +29,11 @@ pub(crate) struct FusedRegion {
     pub static_w: Vec<f64>,
     pub kind: RegionKind,
     /// `(α, β)` per group × class, left by the forward pass for the backward pass.
-    pub coef: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+    pub coef: SavedState<(Vec<f32>, Vec<f32>)>,
     /// Keep the softmax for the backward pass (the logits take part in a graph).
     pub keep: bool,
     /// The kept softmax (`N·C·H·W`, zero at ignored pixels), consumed by the backward pass.
-    pub probs: Mutex<Option<Vec<f32>>>,
+    pub probs: SavedState<Vec<f32>>,
 }
 
 struct Sums {
@@ -76,22 +76,14 @@ struct RegCtx<'a, L> {
     pp: SyncPtr,
 }
 
-/// The forward pass over one pixel block, compiled for AVX2 + FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn region_block_avx2<L: Copy + Into<i64>>(
-    ctx: &RegCtx<'_, L>,
-    acc: &mut Sums,
-    e: &mut [f32],
-    t: usize,
-) {
-    region_block(ctx, acc, e, t)
-}
+// The forward pass over one pixel block, also compiled for AVX2 + FMA.
+dispatch!(region_block_dispatch, region_block, [L: Label],
+    (ctx: &RegCtx<'_, L>, acc: &mut Sums, e: &mut [f32], t: usize));
 
 /// The forward pass over one pixel block (work item `t`): softmax, soft sums into `acc`, the
 /// probabilities kept when asked; `e` is scratch of `C · BLOCK` floats.
 #[inline(always)]
-fn region_block<L: Copy + Into<i64>>(ctx: &RegCtx<'_, L>, acc: &mut Sums, e: &mut [f32], t: usize) {
+fn region_block<L: Label>(ctx: &RegCtx<'_, L>, acc: &mut Sums, e: &mut [f32], t: usize) {
     let RegCtx {
         x,
         labels,
@@ -181,12 +173,7 @@ impl FusedRegion {
         }
     }
 
-    fn forward_impl<L: Copy + Into<i64> + Sync>(
-        &self,
-        x: &[f32],
-        dims: [usize; 4],
-        labels: &[L],
-    ) -> Result<f64> {
+    fn forward_impl<L: Label>(&self, x: &[f32], dims: [usize; 4], labels: &[L]) -> Result<f64> {
         let [n, c, h, w] = dims;
         let hw = h * w;
         let nblk = hw.div_ceil(BLOCK);
@@ -210,8 +197,7 @@ impl FusedRegion {
             keep,
             pp,
         };
-        #[cfg(target_arch = "x86_64")]
-        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        let avx2 = use_avx2();
         // Fixed groups of blocks, merged in group order: the sums do not depend on scheduling.
         let tasks = n * nblk;
         let sums = (0..tasks.div_ceil(TASKS_PER_GROUP))
@@ -219,13 +205,7 @@ impl FusedRegion {
             .map(|g| {
                 let (mut acc, mut e) = (Sums::new(groups * c), vec![0f32; c * BLOCK]);
                 for t in g * TASKS_PER_GROUP..((g + 1) * TASKS_PER_GROUP).min(tasks) {
-                    #[cfg(target_arch = "x86_64")]
-                    if avx2 {
-                        // SAFETY: the CPU supports AVX2 and FMA (checked above).
-                        unsafe { region_block_avx2(&ctx, &mut acc, &mut e, t) };
-                        continue;
-                    }
-                    region_block(&ctx, &mut acc, &mut e, t);
+                    region_block_dispatch(avx2, &ctx, &mut acc, &mut e, t);
                 }
                 acc
             })
@@ -242,24 +222,19 @@ impl FusedRegion {
         }
         let (loss, alpha, beta) =
             region_loss(self.kind, &sums.i, &sums.p, &sums.g, &self.static_w, groups);
-        let mut guard = lock_state(&self.coef)?;
-        *guard = Some((
+        self.coef.put((
             alpha.iter().map(|&v| v as f32).collect(),
             beta.iter().map(|&v| v as f32).collect(),
-        ));
+        ))?;
         if keep {
-            *self
-                .probs
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))? =
-                Some(probs);
+            self.probs.put(probs)?;
         }
         Ok(loss)
     }
 
     /// The backward pass over the kept softmax, in place.
     #[allow(clippy::too_many_arguments)]
-    fn backward_in_place<L: Copy + Into<i64> + Sync>(
+    fn backward_in_place<L: Label>(
         &self,
         mut probs: Vec<f32>,
         dims: [usize; 4],
@@ -324,7 +299,7 @@ impl FusedRegion {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn backward_impl<L: Copy + Into<i64> + Sync>(
+    fn backward_impl<L: Label>(
         &self,
         x: &[f32],
         dims: [usize; 4],
@@ -412,65 +387,31 @@ impl FusedRegion {
     }
 }
 
-impl FusedForward for FusedRegion {
+impl FusedLoss for FusedRegion {
+    const NAME: &'static str = "recallseg-fused-region";
+
     fn n_classes(&self) -> usize {
         self.n_classes
     }
-    fn forward_pixels<L: Copy + Into<i64> + Sync>(
+
+    fn forward<L: Label>(&self, x: &[f32], dims: [usize; 4], labels: &[L]) -> Result<f64> {
+        self.forward_impl(x, dims, labels)
+    }
+
+    fn backward<L: Label>(
         &self,
         x: &[f32],
         dims: [usize; 4],
-        t: &[L],
-    ) -> Result<f64> {
-        self.forward_impl(x, dims, t)
+        labels: &[L],
+        g0: f32,
+    ) -> Result<Vec<f32>> {
+        self.coef.with(|(alpha, beta)| {
+            Ok(match self.probs.take_if_saved()? {
+                Some(p) => self.backward_in_place(p, dims, labels, g0, alpha, beta),
+                None => self.backward_impl(x, dims, labels, g0, alpha, beta),
+            })
+        })?
     }
 }
 
-impl CustomOp2 for FusedRegion {
-    fn name(&self) -> &'static str {
-        "recallseg-fused-region"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        fused_cpu_fwd(self, s1, l1, s2, l2)
-    }
-
-    fn bwd(
-        &self,
-        arg1: &Tensor,
-        arg2: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g0 = incoming_grad(grad_res)?;
-        let guard = lock_state(&self.coef)?;
-        let (alpha, beta) = guard
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("fused loss: backward before forward".into()))?;
-        let kept = lock_state(&self.probs)?.take();
-        let (s1, l1) = arg1.storage_and_layout();
-        let (s2, l2) = arg2.storage_and_layout();
-        let (s1, s2) = match (&*s1, &*s2) {
-            (candle_core::Storage::Cpu(a), candle_core::Storage::Cpu(b)) => (a, b),
-            _ => candle_core::bail!("fused loss: backward needs CPU tensors"),
-        };
-        let (x, dims) = logits_of(s1, l1)?;
-        let npix = dims[0] * dims[2] * dims[3];
-        let grad = match (labels_of(s2, l2, npix)?, kept) {
-            (Labels::U8(t), Some(p)) => self.backward_in_place(p, dims, t, g0, alpha, beta),
-            (Labels::U32(t), Some(p)) => self.backward_in_place(p, dims, t, g0, alpha, beta),
-            (Labels::I64(t), Some(p)) => self.backward_in_place(p, dims, t, g0, alpha, beta),
-            (Labels::U8(t), None) => self.backward_impl(x, dims, t, g0, alpha, beta),
-            (Labels::U32(t), None) => self.backward_impl(x, dims, t, g0, alpha, beta),
-            (Labels::I64(t), None) => self.backward_impl(x, dims, t, g0, alpha, beta),
-        };
-        let g = Tensor::from_vec(grad, arg1.shape(), arg1.device())?;
-        Ok((Some(g), None))
-    }
-}
+fused_loss_op!(FusedRegion);
