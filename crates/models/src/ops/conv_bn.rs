@@ -128,7 +128,7 @@ impl CustomOp3 for ConvBnTrain {
         };
         let gamma = gamma_beta.get(0)?;
         let (dz, dgamma, dbeta) = self.bn.backward(&z, &gamma, res, grad_res)?;
-        let (dx, dw) = self.conv.grads(x, w, &dz)?;
+        let (dx, dw, _) = self.conv.grads(x, w, &dz, false)?;
         Ok((dx, Some(dw), Some(Tensor::stack(&[dgamma, dbeta], 0)?)))
     }
 }

@@ -26,8 +26,10 @@
 //! second time for those features (wider vectors; no fused multiply-adds, so both versions give
 //! identical bits).
 
+use super::cpu::{expect_dims, Algo};
+use super::Conv2dGeometry;
 use crate::ops::buffers::zeroed;
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use recallseg_kernels::storage::contiguous_f32;
 use recallseg_kernels::{dispatch, simd::use_avx2};
@@ -35,18 +37,10 @@ use recallseg_kernels::{dispatch, simd::use_avx2};
 /// Block length (elements) of the bias gradient's `f32` partial sums.
 const SUM_BLOCK: usize = 256;
 
-/// The forward depthwise convolution (`apply_op2` without bias, `apply_op3` with bias).
+/// The depthwise convolution as a [`super::cpu::Algo`]: the glue of [`super::cpu`] around the
+/// kernels of this module.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct DepthwiseCpu {
-    /// Zero padding on each side.
-    pub padding: usize,
-    /// Stride.
-    pub stride: usize,
-    /// Dilation.
-    pub dilation: usize,
-    /// Apply a ReLU to the output (epilogue of the forward pass; the backward masks `dy`).
-    pub relu: bool,
-}
+pub(crate) struct Depthwise;
 
 /// Geometry of one depthwise convolution on contiguous NCHW buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,14 +88,6 @@ impl DwShape {
         (0..self.kw)
             .map(|j| TapRange::new(self.w, self.ow(), self.pad, self.stride, j * self.dil))
             .collect()
-    }
-
-    /// Checks the shape and the sizes of the buffers of a kernel call.
-    fn check(&self, what: &str, got: usize, want: usize) -> Result<()> {
-        if got != want {
-            bail!("recallseg depthwise conv2d: the {what} has {got} elements, expected {want} for {self:?}")
-        }
-        Ok(())
     }
 }
 
@@ -393,218 +379,78 @@ pub(crate) fn dw_weight_grad(s: &DwShape, x: &[f32], dy: &[f32], with_bias: bool
     out
 }
 
-impl DepthwiseCpu {
-    /// The convolution's shape from the input and weight dimensions.
-    fn shape(&self, x: &[usize], w: &[usize]) -> Result<DwShape> {
-        let (&[n, c, h, wd], &[c_out, one, kh, kw]) = (x, w) else {
-            bail!("recallseg depthwise conv2d: input {x:?} and weight {w:?} must both have rank 4")
-        };
-        if c_out != c || one != 1 {
-            bail!(
-                "recallseg depthwise conv2d: input has {c} channels, so the weight must be ({c}, 1, K_h, K_w), got {w:?}"
-            )
-        }
-        if self.stride == 0 || self.dilation == 0 || kh == 0 || kw == 0 {
-            bail!(
-                "recallseg depthwise conv2d: stride {}, dilation {} and kernel {kh}×{kw} must be non-zero",
-                self.stride,
-                self.dilation
-            )
-        }
-        let (reach_h, reach_w) = (self.dilation * (kh - 1) + 1, self.dilation * (kw - 1) + 1);
-        if reach_h > h + 2 * self.padding || reach_w > wd + 2 * self.padding {
-            bail!(
-                "recallseg depthwise conv2d: the {kh}×{kw} kernel with dilation {} does not fit the {h}×{wd} input padded by {}",
-                self.dilation,
-                self.padding
-            )
-        }
-        Ok(DwShape {
+impl Algo for Depthwise {
+    type Shape = DwShape;
+    const WHAT: &'static str = "recallseg depthwise conv2d";
+    const NAMES: [&'static str; 3] = [
+        "recallseg-depthwise-conv2d",
+        "recallseg-depthwise-conv2d-bias",
+        "recallseg-depthwise-conv2d-input-grad",
+    ];
+
+    fn shape(g: Conv2dGeometry, x: [usize; 4], w: [usize; 4]) -> DwShape {
+        let ([n, c, h, wd], [_, _, kh, kw]) = (x, w);
+        DwShape {
             n,
             c,
             h,
             w: wd,
             kh,
             kw,
-            stride: self.stride,
-            pad: self.padding,
-            dil: self.dilation,
-        })
-    }
-
-    fn forward(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-        bias: Option<(&CpuStorage, &Layout)>,
-    ) -> Result<(CpuStorage, Shape)> {
-        let s = self.shape(xl.dims(), wl.dims())?;
-        let x = contiguous_f32(xs, xl, "recallseg depthwise conv2d: input")?;
-        let w = contiguous_f32(ws, wl, "recallseg depthwise conv2d: weight")?;
-        let b = match bias {
-            Some((bs, bl)) => {
-                let b = contiguous_f32(bs, bl, "recallseg depthwise conv2d: bias")?;
-                s.check("bias", b.len(), s.c)?;
-                Some(b)
-            }
-            None => None,
-        };
-        let mut y = dw_forward(&s, x, w, b);
-        if self.relu {
-            y.par_iter_mut().for_each(|v| *v = v.max(0.0));
-        }
-        Ok((CpuStorage::F32(y), Shape::from((s.n, s.c, s.oh(), s.ow()))))
-    }
-
-    /// The output gradient as seen before the ReLU epilogue (if any), contiguous.
-    fn pre_relu_grad(&self, res: &Tensor, dy: &Tensor) -> Result<Tensor> {
-        if self.relu {
-            dy.mul(&res.gt(0f32)?.to_dtype(dy.dtype())?)?.contiguous()
-        } else {
-            dy.contiguous()
+            stride: g.stride,
+            pad: g.padding,
+            dil: g.dilation,
         }
     }
 
-    /// Input, weight and (when `with_bias`) bias gradients from the output gradient.
-    fn grads(
-        &self,
+    fn x_dims(s: &DwShape) -> [usize; 4] {
+        [s.n, s.c, s.h, s.w]
+    }
+
+    fn w_dims(s: &DwShape) -> [usize; 4] {
+        [s.c, 1, s.kh, s.kw]
+    }
+
+    fn y_dims(s: &DwShape) -> [usize; 4] {
+        [s.n, s.c, s.oh(), s.ow()]
+    }
+
+    fn forward(s: &DwShape, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        dw_forward(s, x, w, bias)
+    }
+
+    fn relu(y: &mut [f32]) {
+        y.par_iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+
+    fn input_grad(s: &DwShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
+        dw_input_grad(s, dy, w)
+    }
+
+    fn param_grads(
+        s: &DwShape,
         x: &Tensor,
-        w: &Tensor,
-        res: &Tensor,
         dy: &Tensor,
         with_bias: bool,
-    ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
-        let dy = self.pre_relu_grad(res, dy)?;
-        // An input that does not track gradients (the image itself) needs no input gradient.
-        let dx = if x.track_op() {
-            Some(dy.apply_op2_no_bwd(
-                w,
-                &DwInputGrad {
-                    conv: *self,
-                    x_dims: x.dims4()?,
-                },
-            )?)
-        } else {
-            None
-        };
-        let w_dims = w.dims4()?;
-        let flat = x.apply_op2_no_bwd(
-            &dy,
-            &DwWeightGrad {
-                conv: *self,
-                w_dims,
-                with_bias,
-            },
-        )?;
-        let (c, taps) = (w_dims.0, w_dims.2 * w_dims.3);
-        let dw = flat.narrow(0, 0, c * taps)?.reshape(w_dims)?;
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let flat = x.apply_op2_no_bwd(dy, &DwWeightGrad { s: *s, with_bias })?;
+        let (c, taps) = (s.c, s.kh * s.kw);
+        let dw = flat
+            .narrow(0, 0, c * taps)?
+            .reshape(Self::w_dims(s).to_vec())?;
         let db = if with_bias {
             Some(flat.narrow(0, c * taps, c)?)
         } else {
             None
         };
-        Ok((dx, dw, db))
-    }
-}
-
-impl CustomOp2 for DepthwiseCpu {
-    fn name(&self) -> &'static str {
-        "recallseg-depthwise-conv2d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.forward(xs, xl, ws, wl, None)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = self.grads(x, w, res, dy, false)?;
-        Ok((dx, Some(dw)))
-    }
-}
-
-impl CustomOp3 for DepthwiseCpu {
-    fn name(&self) -> &'static str {
-        "recallseg-depthwise-conv2d-bias"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.forward(xs, xl, ws, wl, Some((bs, bl)))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = self.grads(x, w, res, dy, true)?;
-        Ok((dx, Some(dw), db))
-    }
-}
-
-/// `dx` from (`dy`, `weight`).
-struct DwInputGrad {
-    conv: DepthwiseCpu,
-    x_dims: (usize, usize, usize, usize),
-}
-
-impl CustomOp2 for DwInputGrad {
-    fn name(&self) -> &'static str {
-        "recallseg-depthwise-conv2d-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        dys: &CpuStorage,
-        dyl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = self.x_dims;
-        let s = self.conv.shape(&[n, c, h, w], wl.dims())?;
-        let dy = contiguous_f32(dys, dyl, "recallseg depthwise conv2d: output gradient")?;
-        let wt = contiguous_f32(ws, wl, "recallseg depthwise conv2d: weight")?;
-        if dyl.dims() != [s.n, s.c, s.oh(), s.ow()] {
-            bail!(
-                "recallseg depthwise conv2d: output gradient has shape {:?}, expected {:?}",
-                dyl.dims(),
-                [s.n, s.c, s.oh(), s.ow()]
-            )
-        }
-        let dx = dw_input_grad(&s, dy, wt);
-        Ok((CpuStorage::F32(dx), Shape::from(self.x_dims)))
+        Ok((dw, db))
     }
 }
 
 /// `dW` (and `db`) from (`x`, `dy`), flattened: the `C·K_h·K_w` weight gradient, followed by
 /// the `C` bias gradient when `with_bias`.
 struct DwWeightGrad {
-    conv: DepthwiseCpu,
-    w_dims: (usize, usize, usize, usize),
+    s: DwShape,
     with_bias: bool,
 }
 
@@ -620,18 +466,12 @@ impl CustomOp2 for DwWeightGrad {
         dys: &CpuStorage,
         dyl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (c, one, kh, kw) = self.w_dims;
-        let s = self.conv.shape(xl.dims(), &[c, one, kh, kw])?;
+        let s = &self.s;
+        expect_dims::<Depthwise>("input", xl.dims(), Depthwise::x_dims(s))?;
+        expect_dims::<Depthwise>("output gradient", dyl.dims(), Depthwise::y_dims(s))?;
         let x = contiguous_f32(xs, xl, "recallseg depthwise conv2d: input")?;
         let dy = contiguous_f32(dys, dyl, "recallseg depthwise conv2d: output gradient")?;
-        if dyl.dims() != [s.n, s.c, s.oh(), s.ow()] {
-            bail!(
-                "recallseg depthwise conv2d: output gradient has shape {:?}, expected {:?}",
-                dyl.dims(),
-                [s.n, s.c, s.oh(), s.ow()]
-            )
-        }
-        let out = dw_weight_grad(&s, x, dy, self.with_bias);
+        let out = dw_weight_grad(s, x, dy, self.with_bias);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }

@@ -128,7 +128,7 @@ pub fn conv2d(
 enum CpuKernel {
     /// `groups == 1`: [`cpu::Conv2dCpu`].
     Dense,
-    /// `groups == C_in == C_out`: [`depthwise::DepthwiseCpu`].
+    /// `groups == C_in == C_out`: [`cpu::CpuConv`]`<`[`depthwise::Depthwise`]`>`.
     Depthwise,
 }
 
@@ -170,16 +170,10 @@ pub(crate) fn dense_cpu_op(
     geometry: Conv2dGeometry,
 ) -> Result<Option<cpu::Conv2dCpu>> {
     validate(input, weight, None, geometry)?;
-    Ok(
-        (cpu_kernel(input, weight, None, geometry) == Some(CpuKernel::Dense)).then_some(
-            cpu::Conv2dCpu {
-                padding: geometry.padding,
-                stride: geometry.stride,
-                dilation: geometry.dilation,
-                relu: false,
-            },
-        ),
-    )
+    if cpu_kernel(input, weight, None, geometry) != Some(CpuKernel::Dense) {
+        return Ok(None);
+    }
+    Ok(Some(cpu::Conv2dCpu::new(geometry, input, weight, false)?))
 }
 
 /// Runs a CPU custom op (the caller has validated the operands).
@@ -191,25 +185,24 @@ fn apply_cpu(
     geometry: Conv2dGeometry,
     relu: bool,
 ) -> Result<Tensor> {
-    let (x, w) = (input.contiguous()?, weight.contiguous()?);
-    if kind == CpuKernel::Depthwise {
-        let op = depthwise::DepthwiseCpu {
-            padding: geometry.padding,
-            stride: geometry.stride,
-            dilation: geometry.dilation,
-            relu,
-        };
-        return match bias {
-            Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
-            None => x.apply_op2(&w, op),
-        };
+    match kind {
+        CpuKernel::Dense => apply_op::<cpu::Dense>(input, weight, bias, geometry, relu),
+        CpuKernel::Depthwise => {
+            apply_op::<depthwise::Depthwise>(input, weight, bias, geometry, relu)
+        }
     }
-    let op = cpu::Conv2dCpu {
-        padding: geometry.padding,
-        stride: geometry.stride,
-        dilation: geometry.dilation,
-        relu,
-    };
+}
+
+/// Runs the CPU custom op of algorithm `A` (the caller has validated the operands).
+fn apply_op<A: cpu::Algo>(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    geometry: Conv2dGeometry,
+    relu: bool,
+) -> Result<Tensor> {
+    let (x, w) = (input.contiguous()?, weight.contiguous()?);
+    let op = cpu::CpuConv::<A>::new(geometry, &x, &w, relu)?;
     match bias {
         Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
         None => x.apply_op2(&w, op),
