@@ -48,7 +48,7 @@ impl<T> SyncPtr<T> {
     /// The pointer moved by `count` elements.
     ///
     /// # Safety
-    /// As [`pointer::add`]: the result must stay inside (or one past the end of) the
+    /// As for `<*mut T>::add`: the result must stay inside (or one past the end of) the
     /// allocation the pointer came from.
     #[inline(always)]
     pub unsafe fn add(self, count: usize) -> *mut T {
