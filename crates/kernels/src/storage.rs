@@ -8,9 +8,11 @@
 //! * `"{what}: expected a contiguous layout, got shape [..] with strides [..] (make the tensor
 //!   contiguous before the op)"` for a strided view.
 //!
-//! `what` names the op and operand, e.g. `"recallseg conv2d: input"`.
+//! `what` names the op and operand, e.g. `"recallseg conv2d: input"`; it is any [`Display`], so
+//! `format_args!("{op}: input")` builds it without an allocation (it is only formatted on error).
 
 use candle_core::{bail, CpuStorage, DType, Layout, Result};
+use std::fmt::Display;
 
 /// An element type a CPU kernel reads: it knows its [`CpuStorage`] variant.
 pub trait CpuElement: Copy + Send + Sync + 'static {
@@ -52,7 +54,7 @@ cpu_element!(i64, I64);
 pub fn contiguous<'a, T: CpuElement>(
     storage: &'a CpuStorage,
     layout: &Layout,
-    what: &str,
+    what: impl Display,
 ) -> Result<&'a [T]> {
     let Some(data) = T::buffer(storage) else {
         bail!(
@@ -80,7 +82,7 @@ pub fn contiguous<'a, T: CpuElement>(
 pub fn contiguous_f32<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
-    what: &str,
+    what: impl Display,
 ) -> Result<&'a [f32]> {
     contiguous(storage, layout, what)
 }
@@ -114,11 +116,11 @@ impl<'a> Labels<'a> {
     ///
     /// # Errors
     /// Another dtype, or a layout that is not contiguous.
-    pub fn of(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<Self> {
+    pub fn of(storage: &'a CpuStorage, layout: &Layout, what: impl Display) -> Result<Self> {
         Ok(match storage {
-            CpuStorage::U8(_) => Labels::U8(contiguous(storage, layout, what)?),
-            CpuStorage::U32(_) => Labels::U32(contiguous(storage, layout, what)?),
-            CpuStorage::I64(_) => Labels::I64(contiguous(storage, layout, what)?),
+            CpuStorage::U8(_) => Labels::U8(contiguous(storage, layout, &what)?),
+            CpuStorage::U32(_) => Labels::U32(contiguous(storage, layout, &what)?),
+            CpuStorage::I64(_) => Labels::I64(contiguous(storage, layout, &what)?),
             other => bail!(
                 "{what}: expected U8, U32 or I64 labels, got {:?}",
                 storage_dtype(other)

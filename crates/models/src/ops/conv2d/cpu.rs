@@ -100,13 +100,12 @@ impl<A: Algo> CpuConv<A> {
         let s = &self.s;
         expect_dims::<A>("input", xl.dims(), A::x_dims(s))?;
         expect_dims::<A>("weight", wl.dims(), A::w_dims(s))?;
-        let what = |operand: &str| format!("{}: {operand}", A::WHAT);
-        let x = contiguous_f32(xs, xl, &what("input"))?;
-        let w = contiguous_f32(ws, wl, &what("weight"))?;
+        let x = contiguous_f32(xs, xl, format_args!("{}: input", A::WHAT))?;
+        let w = contiguous_f32(ws, wl, format_args!("{}: weight", A::WHAT))?;
         let y_dims = A::y_dims(s);
         let b = match bias {
             Some((bs, bl)) => {
-                let b = contiguous_f32(bs, bl, &what("bias"))?;
+                let b = contiguous_f32(bs, bl, format_args!("{}: bias", A::WHAT))?;
                 if b.len() != y_dims[1] {
                     bail!(
                         "{}: bias has {} elements, expected {}",
@@ -240,8 +239,8 @@ impl<A: Algo> CustomOp2 for InputGrad<A> {
         let s = &self.s;
         expect_dims::<A>("output gradient", dyl.dims(), A::y_dims(s))?;
         expect_dims::<A>("weight", wl.dims(), A::w_dims(s))?;
-        let dy = contiguous_f32(dys, dyl, &format!("{}: output gradient", A::WHAT))?;
-        let wt = contiguous_f32(ws, wl, &format!("{}: weight", A::WHAT))?;
+        let dy = contiguous_f32(dys, dyl, format_args!("{}: output gradient", A::WHAT))?;
+        let wt = contiguous_f32(ws, wl, format_args!("{}: weight", A::WHAT))?;
         let dx = A::input_grad(s, dy, wt);
         Ok((CpuStorage::F32(dx), Shape::from(A::x_dims(s).to_vec())))
     }
