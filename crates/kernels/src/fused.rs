@@ -6,15 +6,14 @@
 //! What differs between them is the arithmetic of the two passes, the [`FusedLoss`] trait
 //! (generic in the label type, so each pass is compiled once per label type). Everything around
 //! it (borrowing the operands, checking their shapes, dispatching on the label type, reading the
-//! incoming gradient and wrapping the results) is [`cpu_fwd`] and [`bwd`], which
-//! [`fused_loss_op!`](crate::fused_loss_op) turns into the `CustomOp2` implementation.
+//! incoming gradient and wrapping the results) is [`cpu_fwd`] and [`bwd`], which [`FusedOp`]
+//! turns into the `CustomOp2` implementation.
 
 use crate::storage::{contiguous_f32, Label, Labels};
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor};
 
 /// A loss computed by one fused CPU kernel from `f32` logits `(N, C, H, W)` and integer labels
-/// `(N, H, W)`, with its own backward pass. Implement it and call
-/// [`fused_loss_op!`](crate::fused_loss_op) for the `CustomOp2`.
+/// `(N, H, W)`, with its own backward pass. Wrap it in [`FusedOp`] for the `CustomOp2`.
 pub trait FusedLoss: Send + Sync {
     /// The op's name in candle's graph.
     const NAME: &'static str;
@@ -126,42 +125,34 @@ pub fn bwd<K: FusedLoss>(
     Ok((Some(g), None))
 }
 
-/// Implements candle's `CustomOp2` for a [`FusedLoss`](crate::fused::FusedLoss) type through
-/// [`fused::cpu_fwd`](crate::fused::cpu_fwd) and [`fused::bwd`](crate::fused::bwd):
-/// `fused_loss_op!(MyLoss);`.
-#[macro_export]
-macro_rules! fused_loss_op {
-    ($t:ty) => {
-        impl $crate::__candle::CustomOp2 for $t {
-            fn name(&self) -> &'static str {
-                <$t as $crate::fused::FusedLoss>::NAME
-            }
+/// A [`FusedLoss`] as candle's `CustomOp2` (through [`cpu_fwd`] and [`bwd`]):
+/// `logits.apply_op2_arc(&target, Arc::new(Box::new(FusedOp(loss))))`.
+pub struct FusedOp<L>(pub L);
 
-            fn cpu_fwd(
-                &self,
-                s1: &$crate::__candle::CpuStorage,
-                l1: &$crate::__candle::Layout,
-                s2: &$crate::__candle::CpuStorage,
-                l2: &$crate::__candle::Layout,
-            ) -> $crate::__candle::Result<($crate::__candle::CpuStorage, $crate::__candle::Shape)>
-            {
-                $crate::fused::cpu_fwd(self, s1, l1, s2, l2)
-            }
+impl<L: FusedLoss> candle_core::CustomOp2 for FusedOp<L> {
+    fn name(&self) -> &'static str {
+        L::NAME
+    }
 
-            fn bwd(
-                &self,
-                logits: &$crate::__candle::Tensor,
-                target: &$crate::__candle::Tensor,
-                _res: &$crate::__candle::Tensor,
-                grad_res: &$crate::__candle::Tensor,
-            ) -> $crate::__candle::Result<(
-                Option<$crate::__candle::Tensor>,
-                Option<$crate::__candle::Tensor>,
-            )> {
-                $crate::fused::bwd(self, logits, target, grad_res)
-            }
-        }
-    };
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        cpu_fwd(&self.0, s1, l1, s2, l2)
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        target: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        bwd(&self.0, logits, target, grad_res)
+    }
 }
 
 #[cfg(test)]
@@ -214,7 +205,6 @@ mod tests {
             Ok(d)
         }
     }
-    crate::fused_loss_op!(Toy);
 
     #[test]
     fn the_adapter_runs_both_passes_for_every_label_type() {
@@ -225,7 +215,10 @@ mod tests {
                 .unwrap()
                 .to_dtype(dt)
                 .unwrap();
-            let loss = x.as_tensor().apply_op2(&t, Toy::default()).unwrap();
+            let loss = x
+                .as_tensor()
+                .apply_op2(&t, FusedOp(Toy::default()))
+                .unwrap();
             assert_eq!(loss.dims(), [0usize; 0]);
             assert_eq!(loss.to_scalar::<f32>().unwrap(), 36.0);
             let g = (loss * 2.0).unwrap().backward().unwrap();
@@ -245,10 +238,13 @@ mod tests {
         let dev = Device::Cpu;
         let t = Tensor::zeros((1, 2, 2), DType::U8, &dev).unwrap();
         let x = Tensor::zeros((1, 4, 2, 2), DType::F32, &dev).unwrap();
-        let e = x.apply_op2(&t, Toy::default()).unwrap_err().to_string();
+        let e = x
+            .apply_op2(&t, FusedOp(Toy::default()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("4 channels, the loss has 3 classes"), "{e}");
         let x = Tensor::zeros((1, 3, 2, 2), DType::F32, &dev).unwrap();
-        let e = x.apply_op2(&t.to_dtype(DType::F32).unwrap(), Toy::default());
+        let e = x.apply_op2(&t.to_dtype(DType::F32).unwrap(), FusedOp(Toy::default()));
         assert!(e
             .unwrap_err()
             .to_string()
@@ -257,7 +253,10 @@ mod tests {
             .unwrap()
             .transpose(2, 3)
             .unwrap();
-        let e = xt.apply_op2(&t, Toy::default()).unwrap_err().to_string();
+        let e = xt
+            .apply_op2(&t, FusedOp(Toy::default()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("expected a contiguous layout"), "{e}");
     }
 }

@@ -10,7 +10,7 @@
 //!   a panic) for a poisoned lock or a missing state;
 //! * [`simd`]: run-time selection of the AVX2 + FMA build of a kernel ([`dispatch!`]);
 //! * [`fused`]: the adapter that turns a fused loss over `(f32 logits, integer labels)` into a
-//!   candle `CustomOp2` ([`fused_loss_op!`]).
+//!   candle `CustomOp2` ([`fused::FusedOp`]).
 //!
 //! Nothing here changes what a kernel computes: the accessors only borrow, and the dispatch
 //! picks between two builds of the same code, which produce the same bits.
@@ -23,7 +23,3 @@ mod sync_ptr;
 
 pub use saved::SavedState;
 pub use sync_ptr::SyncPtr;
-
-/// candle, for the expansion of [`fused_loss_op!`] in crates that name it differently.
-#[doc(hidden)]
-pub use candle_core as __candle;

@@ -13,7 +13,6 @@ use std::sync::{Mutex, MutexGuard};
 /// [`candle_core::Error`] naming the state's type. The lock is held only while an accessor runs,
 /// so keep the work inside [`SavedState::with`] to what needs the state.
 #[derive(Debug)]
-#[repr(transparent)]
 pub struct SavedState<T>(Mutex<Option<T>>);
 
 impl<T> Default for SavedState<T> {
@@ -31,16 +30,6 @@ impl<T> SavedState<T> {
     /// A cell that already holds `value`.
     pub const fn holding(value: T) -> Self {
         Self(Mutex::new(Some(value)))
-    }
-
-    /// The accessors of this type on a plain `Mutex<Option<T>>`, for a cell whose type is fixed
-    /// by code outside the op (it is shared with the caller that built the op).
-    pub fn from_mutex(cell: &Mutex<Option<T>>) -> &Self {
-        let ptr = std::ptr::from_ref(cell).cast::<Self>();
-        // SAFETY: `SavedState<T>` is `#[repr(transparent)]` over `Mutex<Option<T>>`, so both
-        // types have the same layout and validity; the returned reference borrows `cell` for the
-        // same lifetime and allows only what `&Mutex<Option<T>>` allows (locking it).
-        unsafe { &*ptr }
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Option<T>>> {
@@ -111,7 +100,6 @@ impl<T> SavedState<T> {
 #[cfg(test)]
 mod tests {
     use super::SavedState;
-    use std::sync::Mutex;
 
     #[test]
     fn put_with_take() {
@@ -136,14 +124,5 @@ mod tests {
         let e = s.put(2).unwrap_err().to_string();
         assert!(e.contains("poisoned"), "{e}");
         assert!(s.take().is_err());
-    }
-
-    #[test]
-    fn a_plain_mutex_is_viewed_in_place() {
-        let m = Mutex::new(None);
-        SavedState::from_mutex(&m).put(7i64).unwrap();
-        assert_eq!(*m.lock().unwrap(), Some(7));
-        assert_eq!(SavedState::from_mutex(&m).take().unwrap(), 7);
-        assert!(m.lock().unwrap().is_none());
     }
 }

@@ -22,7 +22,9 @@ use crate::input::{
 use crate::ohem::{ohem_keep, OhemSelection};
 use crate::Kernel;
 use candle_core::{DType, Result, Tensor};
-use std::sync::{Arc, Mutex};
+use recallseg_kernels::fused::FusedOp;
+use recallseg_kernels::SavedState;
+use std::sync::Arc;
 
 /// Which member of the family.
 impl CeMode {
@@ -164,7 +166,7 @@ impl CeEngine {
             return crate::input::zero_loss(&p.logits);
         }
         let (loss, rep) = if p.fused {
-            let out = Arc::new(Mutex::new(None));
+            let out = Arc::new(SavedState::new());
             let op = FusedCe {
                 n_classes: self.n_classes,
                 ignore_index: self.ignore_index,
@@ -174,13 +176,10 @@ impl CeEngine {
                 out: out.clone(),
                 keep: p.logits.track_op(),
             };
-            let loss = p.logits.apply_op2_arc(&p.target, Arc::new(Box::new(op)))?;
-            let rep = out
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("fused loss state poisoned".into()))?
-                .as_ref()
-                .map(|o: &crate::fused_ce::FusedOut| o.step.clone())
-                .unwrap_or_default();
+            let loss = p
+                .logits
+                .apply_op2_arc(&p.target, Arc::new(Box::new(FusedOp(op))))?;
+            let rep = out.with(|o: &mut crate::fused_ce::FusedOut| o.step.clone())?;
             (loss, rep)
         } else {
             self.forward_portable(&p.logits, &p.target)?

@@ -28,8 +28,8 @@ use rayon::prelude::*;
 use recallseg_kernels::fused::FusedLoss;
 use recallseg_kernels::simd::use_avx2;
 use recallseg_kernels::storage::Label;
-use recallseg_kernels::{dispatch, fused_loss_op, SavedState, SyncPtr};
-use std::sync::{Arc, Mutex};
+use recallseg_kernels::{dispatch, SavedState, SyncPtr};
+use std::sync::Arc;
 
 /// Pixels per work item.
 pub(crate) const BLOCK: usize = 256;
@@ -65,9 +65,9 @@ pub(crate) struct FusedCe {
     pub mode: CeMode,
     /// The recall moving average before this step.
     pub ema_prev: Option<Vec<f32>>,
-    /// Filled by the forward pass (a plain mutex because the loss object that builds the op
-    /// reads the step report from it; used through [`SavedState::from_mutex`]).
-    pub out: Arc<Mutex<Option<FusedOut>>>,
+    /// Filled by the forward pass; the loss object that builds the op reads the step report
+    /// from it.
+    pub out: Arc<SavedState<FusedOut>>,
     /// Keep the softmax for the backward pass (the logits take part in a graph).
     pub keep: bool,
 }
@@ -492,7 +492,7 @@ impl FusedCe {
                 out.focal_f = Some(focal_f);
             }
         }
-        SavedState::from_mutex(&self.out).put(out)?;
+        self.out.put(out)?;
         Ok(loss)
     }
 
@@ -653,7 +653,7 @@ impl FusedLoss for FusedCe {
         labels: &[L],
         g0: f32,
     ) -> Result<Vec<f32>> {
-        SavedState::from_mutex(&self.out).with(|out| {
+        self.out.with(|out| {
             // The kept softmax is consumed by the first backward pass; a second one recomputes.
             let kept = out.probs.take();
             let out = &*out;
@@ -664,8 +664,6 @@ impl FusedLoss for FusedCe {
         })
     }
 }
-
-fused_loss_op!(FusedCe);
 
 #[cfg(test)]
 mod tests {

@@ -20,7 +20,7 @@ use candle_core::Result;
 use rayon::prelude::*;
 use recallseg_kernels::fused::FusedLoss;
 use recallseg_kernels::storage::Label;
-use recallseg_kernels::{fused_loss_op, SavedState, SyncPtr};
+use recallseg_kernels::{SavedState, SyncPtr};
 
 /// The fused Lovász-Softmax op (see the module documentation).
 pub(crate) struct FusedLovasz {
@@ -330,8 +330,6 @@ impl FusedLoss for FusedLovasz {
         })?
     }
 }
-
-fused_loss_op!(FusedLovasz);
 
 #[cfg(test)]
 mod tests {

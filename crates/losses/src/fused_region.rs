@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use recallseg_kernels::fused::FusedLoss;
 use recallseg_kernels::simd::use_avx2;
 use recallseg_kernels::storage::Label;
-use recallseg_kernels::{dispatch, fused_loss_op, SavedState, SyncPtr};
+use recallseg_kernels::{dispatch, SavedState, SyncPtr};
 
 /// The fused overlap-loss op (see the module documentation).
 pub(crate) struct FusedRegion {
@@ -413,5 +413,3 @@ impl FusedLoss for FusedRegion {
         })?
     }
 }
-
-fused_loss_op!(FusedRegion);

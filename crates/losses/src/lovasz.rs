@@ -4,6 +4,7 @@ use crate::fused_lovasz::FusedLovasz;
 use crate::input::{checked_labels_u32, one_hot, prepare};
 use crate::Kernel;
 use candle_core::{DType, Device, Result, Tensor};
+use recallseg_kernels::fused::FusedOp;
 use std::sync::Arc;
 
 /// The Lovász extension's gradient for the foreground flags of one class sorted by decreasing
@@ -182,7 +183,8 @@ impl crate::SegLoss for Lovasz {
                 keep: p.logits.track_op(),
                 probs: Default::default(),
             };
-            p.logits.apply_op2_arc(&p.target, Arc::new(Box::new(op)))
+            p.logits
+                .apply_op2_arc(&p.target, Arc::new(Box::new(FusedOp(op))))
         } else {
             self.forward_portable(&p.logits, &p.target)
         }

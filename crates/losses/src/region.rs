@@ -16,6 +16,7 @@ use crate::fused_region::FusedRegion;
 use crate::input::{checked_labels_u32, class_vector, one_hot, prepare};
 use crate::Kernel;
 use candle_core::{Result, Tensor};
+use recallseg_kernels::fused::FusedOp;
 use std::sync::Arc;
 
 /// Denominator floor of Dice and Tversky (segmentation_models_pytorch's `eps`).
@@ -156,7 +157,8 @@ impl RegionEngine {
                 keep: p.logits.track_op(),
                 probs: Default::default(),
             };
-            p.logits.apply_op2_arc(&p.target, Arc::new(Box::new(op)))
+            p.logits
+                .apply_op2_arc(&p.target, Arc::new(Box::new(FusedOp(op))))
         } else {
             self.forward_portable(&p.logits, &p.target)
         }
