@@ -357,6 +357,7 @@ impl CustomOp1 for ResizeCpuAdjoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::test_values::values;
     use candle_core::Var;
 
     #[test]
@@ -430,18 +431,6 @@ mod tests {
         assert!(resize_bilinear(&x3, 2, 4, false).is_err());
     }
 
-    fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
     /// `<A x, g> = <x, Aᵀ g>` for the forward op and its adjoint, summed in f64.
     #[test]
     fn adjoint_op_is_the_transpose() -> Result<()> {
@@ -452,12 +441,8 @@ mod tests {
             ((7, 7), (7, 3), true),
         ] {
             let plan = Plan::new((h, w), (ho, wo), ac);
-            let x = Tensor::from_vec(pseudo_random(2 * 3 * h * w, 1), (2, 3, h, w), &Device::Cpu)?;
-            let g = Tensor::from_vec(
-                pseudo_random(2 * 3 * ho * wo, 2),
-                (2, 3, ho, wo),
-                &Device::Cpu,
-            )?;
+            let x = Tensor::from_vec(values(2 * 3 * h * w, 1), (2, 3, h, w), &Device::Cpu)?;
+            let g = Tensor::from_vec(values(2 * 3 * ho * wo, 2), (2, 3, ho, wo), &Device::Cpu)?;
             let ax = x.apply_op1(ResizeCpu(plan.clone()))?;
             let atg = g.apply_op1(ResizeCpuAdjoint(plan))?;
             assert_eq!(atg.dims(), x.dims());
@@ -480,11 +465,11 @@ mod tests {
     fn adjoint_backward_is_the_forward_resize() -> Result<()> {
         let ((h, w), (ho, wo)) = ((4, 6), (9, 5));
         let g = Var::from_tensor(&Tensor::from_vec(
-            pseudo_random(2 * ho * wo, 3),
+            values(2 * ho * wo, 3),
             (1, 2, ho, wo),
             &Device::Cpu,
         )?)?;
-        let r = Tensor::from_vec(pseudo_random(2 * h * w, 4), (1, 2, h, w), &Device::Cpu)?;
+        let r = Tensor::from_vec(values(2 * h * w, 4), (1, 2, h, w), &Device::Cpu)?;
         let dx = g.apply_op1(ResizeCpuAdjoint(Plan::new((h, w), (ho, wo), false)))?;
         let grads = (dx * &r)?.sum_all()?.backward()?;
         let got = grads.get(&g).expect("gradient reaches g");

@@ -5,18 +5,11 @@
 use candle_core::{Device, Tensor, Var};
 use recallseg_models::ops::conv2d::Conv2dGeometry;
 
-/// Deterministic pseudo-random values in [-1, 1) (xorshift).
-pub(crate) fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+/// The crate's test-value generator (xorshift values in [-1, 1)), the same file the unit tests
+/// of the CPU kernels use.
+#[path = "../../src/ops/test_values.rs"]
+mod test_values;
+pub(crate) use test_values::values;
 
 /// A CPU tensor of [`values`].
 pub(crate) fn tensor(dims: &[usize], seed: u64) -> Tensor {

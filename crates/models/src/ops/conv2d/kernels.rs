@@ -668,6 +668,7 @@ fn input_grad_by_col2im(s: &ConvShape, dy: &[f32], weight: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::test_values::values;
 
     /// Direct-loop reference convolution (f64 accumulation).
     fn naive_forward(s: &ConvShape, x: &[f32], w: &[f32]) -> Vec<f32> {
@@ -702,22 +703,11 @@ mod tests {
         y
     }
 
-    fn data(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| {
-                let v = (i as u32)
-                    .wrapping_mul(2654435761)
-                    .wrapping_add(seed.wrapping_mul(97));
-                ((v >> 8) % 1000) as f32 / 500.0 - 1.0
-            })
-            .collect()
-    }
-
     /// Forward, weight and input gradients on a rayon pool of `threads` threads, as bits.
     fn all_passes_on(threads: usize, s: &ConvShape) -> [Vec<u32>; 3] {
-        let x = data(s.n * s.in_plane(), 11);
-        let w = data(s.c_out * s.k(), 12);
-        let dy = data(s.n * s.c_out * s.oh() * s.ow(), 13);
+        let x = values(s.n * s.in_plane(), 11);
+        let w = values(s.c_out * s.k(), 12);
+        let dy = values(s.n * s.c_out * s.oh() * s.ow(), 13);
         let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -801,7 +791,7 @@ mod tests {
         // slice ∘ expand keeps exactly the live taps.
         let full = s(3, 20, 12, 12);
         let live = LiveTaps::of(&full).unwrap();
-        let w = data(full.c_out * full.k(), 5);
+        let w = values(full.c_out * full.k(), 5);
         let back = live.expand(&full, &live.slice(&full, &w));
         for (idx, (a, b)) in w.iter().zip(&back).enumerate() {
             let i = (idx / 3) % 3;
@@ -834,8 +824,8 @@ mod tests {
                 pad_w: pad,
                 dil,
             };
-            let x = data(s.n * s.in_plane(), 1);
-            let wt = data(s.c_out * s.k(), 2);
+            let x = values(s.n * s.in_plane(), 1);
+            let wt = values(s.c_out * s.k(), 2);
             let y = conv_forward(&s, &x, &wt, None);
             let r = naive_forward(&s, &x, &wt);
             for (a, b) in y.iter().zip(&r) {
@@ -845,7 +835,7 @@ mod tests {
             let (oh, ow) = (s.oh(), s.ow());
             let mut col = vec![0f32; s.k() * oh * ow];
             im2col_rows(&s, &x[..s.in_plane()], 0, oh, &mut col);
-            let c = data(col.len(), 3);
+            let c = values(col.len(), 3);
             let mut back = vec![0f32; s.in_plane()];
             // SAFETY: `back` holds one image's input plane and nothing else touches it.
             unsafe { col2im_rows(&s, &c, 0, oh, SyncPtr::new(back.as_mut_ptr())) };

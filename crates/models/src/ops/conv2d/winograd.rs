@@ -763,17 +763,7 @@ fn to_channels_last(c: usize, h: usize, w: usize, x: &[f32]) -> Scratch {
 mod tests {
     use super::super::kernels::{conv_forward_im2col, conv_weight_grad_im2col};
     use super::*;
-
-    fn data(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| {
-                let v = (i as u32)
-                    .wrapping_mul(2654435761)
-                    .wrapping_add(seed.wrapping_mul(97));
-                ((v >> 8) % 1000) as f32 / 500.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::ops::test_values::values;
 
     /// Direct-loop weight gradient (f64 accumulation), independent of every kernel.
     fn naive_weight_grad(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
@@ -867,12 +857,12 @@ mod tests {
                 }
             });
             let s = shape(n, 6, 9, h, w, pad, dil);
-            let x = data(s.n * s.c_in * h * w, 4);
-            let wt = data(s.c_out * s.k(), 5);
+            let x = values(s.n * s.c_in * h * w, 4);
+            let wt = values(s.c_out * s.k(), 5);
             let y = conv_forward_winograd(&s, &x, &wt, None);
             let e = worst(&y, &conv_forward_im2col(&s, &x, &wt, None));
             assert!(e < 1e-5, "{s:?}: forward max |difference| {e}");
-            let dy = data(y.len(), 6);
+            let dy = values(y.len(), 6);
             let dw = conv_weight_grad_winograd(&s, &x, &dy);
             let e = worst(&dw, &naive_weight_grad(&s, &x, &dy));
             assert!(e < 1e-4, "{s:?}: weight gradient max |difference| {e}");
@@ -884,9 +874,9 @@ mod tests {
         // Called directly, below the size thresholds of `applies`.
         for &(n, h, w, pad, dil) in &SHAPES {
             let s = shape(n, 5, 11, h, w, pad, dil);
-            let x = data(s.n * s.c_in * h * w, 1);
-            let wt = data(s.c_out * s.k(), 2);
-            let b = data(s.c_out, 3);
+            let x = values(s.n * s.c_in * h * w, 1);
+            let wt = values(s.c_out * s.k(), 2);
+            let b = values(s.c_out, 3);
             let got = conv_forward_winograd(&s, &x, &wt, Some(&b));
             let want = conv_forward_im2col(&s, &x, &wt, Some(&b));
             let e = worst(&got, &want);
@@ -898,8 +888,8 @@ mod tests {
     fn weight_grad_matches_direct_loops_and_im2col() {
         for &(n, h, w, pad, dil) in &SHAPES {
             let s = shape(n, 6, 7, h, w, pad, dil);
-            let x = data(s.n * s.c_in * h * w, 4);
-            let dy = data(s.n * s.c_out * s.oh() * s.ow(), 5);
+            let x = values(s.n * s.c_in * h * w, 4);
+            let dy = values(s.n * s.c_out * s.oh() * s.ow(), 5);
             let got = conv_weight_grad_winograd(&s, &x, &dy);
             let want = naive_weight_grad(&s, &x, &dy);
             let scale = 1.0 + want.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -922,9 +912,9 @@ mod tests {
         let tiling = Tiling::new(&s);
         assert_eq!(tiling.total, 1200);
         assert_eq!(tiling.block(&s), 400);
-        let x = data(s.n * s.c_in * s.h * s.w, 6);
-        let wt = data(s.c_out * s.k(), 7);
-        let dy = data(s.n * s.c_out * s.oh() * s.ow(), 8);
+        let x = values(s.n * s.c_in * s.h * s.w, 6);
+        let wt = values(s.c_out * s.k(), 7);
+        let dy = values(s.n * s.c_out * s.oh() * s.ow(), 8);
         let want = conv_forward_im2col(&s, &x, &wt, None);
         let scale = 1.0 + want.iter().fold(0f32, |m, v| m.max(v.abs()));
         let e = worst(&conv_forward_winograd(&s, &x, &wt, None), &want);
