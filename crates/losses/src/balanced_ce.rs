@@ -2,6 +2,7 @@
 
 use crate::ce_family::{CeEngine, CeMode};
 use crate::class_weights::class_balanced;
+use crate::options::{EngineLoss, LossOptions};
 use crate::LossError;
 
 /// Cross entropy weighted by the inverse effective number of samples (Cui et al., CVPR 2019).
@@ -26,13 +27,21 @@ impl BalancedCe {
         Ok(Self {
             engine: CeEngine::new(
                 "balanced_ce",
-                w.len(),
-                crate::DEFAULT_IGNORE_INDEX,
-                Some(w),
+                LossOptions::new(w.len()).with_class_weights(w)?,
                 CeMode::Plain,
             ),
         })
     }
 }
 
-crate::ce_family::ce_loss_common!(BalancedCe);
+impl EngineLoss for BalancedCe {
+    type Engine = CeEngine;
+
+    fn engine(&self) -> &CeEngine {
+        &self.engine
+    }
+
+    fn engine_mut(&mut self) -> &mut CeEngine {
+        &mut self.engine
+    }
+}

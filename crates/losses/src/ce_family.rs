@@ -20,7 +20,7 @@ use crate::input::{
     checked_labels_u32, class_column, class_vector, one_hot, per_class_host, prepare,
 };
 use crate::ohem::{ohem_keep, OhemSelection};
-use crate::Kernel;
+use crate::options::{Engine, LossOptions};
 use candle_core::{DType, Result, Tensor};
 use recallseg_kernels::fused::FusedOp;
 use recallseg_kernels::SavedState;
@@ -105,12 +105,9 @@ pub(crate) fn dyn_weights(mode: &CeMode, st: &ClassStats, ema_prev: Option<&[f32
 #[derive(Debug, Clone)]
 pub(crate) struct CeEngine {
     pub name: &'static str,
-    pub n_classes: usize,
-    pub ignore_index: u32,
-    /// Static class weights `s` (`None` = all ones).
-    pub static_weights: Option<Vec<f32>>,
+    /// Class count, ignore index, static class weights `s` (`None` = all ones), kernel.
+    pub opts: LossOptions,
     pub mode: CeMode,
-    pub kernel: Kernel,
     /// Recall moving average (RecallCE with `ema`).
     pub ema: Option<Vec<f32>>,
     /// Weights reported by `last_class_weights`.
@@ -125,30 +122,13 @@ pub(crate) struct StepReport {
 }
 
 impl CeEngine {
-    pub(crate) fn new(
-        name: &'static str,
-        n_classes: usize,
-        ignore_index: u32,
-        static_weights: Option<Vec<f32>>,
-        mode: CeMode,
-    ) -> Self {
+    pub(crate) fn new(name: &'static str, opts: LossOptions, mode: CeMode) -> Self {
         Self {
             name,
-            n_classes,
-            ignore_index,
-            static_weights,
+            opts,
             mode,
-            kernel: Kernel::Auto,
             ema: None,
             last: None,
-        }
-    }
-
-    /// Static weights as `f64`, ones when none were given.
-    pub(crate) fn static_f64(&self) -> Vec<f64> {
-        match &self.static_weights {
-            Some(w) => w.iter().map(|&v| v as f64).collect(),
-            None => vec![1.0; self.n_classes],
         }
     }
 
@@ -156,9 +136,9 @@ impl CeEngine {
         let p = prepare(
             logits,
             target,
-            self.n_classes,
-            self.ignore_index,
-            self.kernel,
+            self.opts.n_classes(),
+            self.opts.ignore_index(),
+            self.opts.kernel(),
         )?;
         if p.empty {
             // No weights were applied: report none rather than the previous batch's.
@@ -168,9 +148,9 @@ impl CeEngine {
         let (loss, rep) = if p.fused {
             let out = Arc::new(SavedState::new());
             let op = FusedCe {
-                n_classes: self.n_classes,
-                ignore_index: self.ignore_index,
-                static_w: self.static_f64(),
+                n_classes: self.opts.n_classes(),
+                ignore_index: self.opts.ignore_index(),
+                static_w: self.opts.static_f64(),
                 mode: self.mode.clone(),
                 ema_prev: self.ema.clone(),
                 out: out.clone(),
@@ -193,19 +173,20 @@ impl CeEngine {
 
     /// The composed candle-ops implementation (any device; candle autograd).
     fn forward_portable(&self, logits: &Tensor, target: &Tensor) -> Result<(Tensor, StepReport)> {
-        let c = self.n_classes;
+        let c = self.opts.n_classes();
+        let ignore_index = self.opts.ignore_index();
         let dtype = logits.dtype();
         let dev = logits.device();
-        let labels = checked_labels_u32(target, c, self.ignore_index)?;
-        let oh = one_hot(&labels, c, self.ignore_index, dtype)?;
+        let labels = checked_labels_u32(target, c, ignore_index)?;
+        let oh = one_hot(&labels, c, ignore_index, dtype)?;
         let logp = candle_nn::ops::log_softmax(logits, 1)?;
         let count = per_class_host(&oh)?;
-        let s = self.static_f64();
+        let s = self.opts.static_f64();
         let z = self
             .mode
             .normaliser(&s, &count, logits.elem_count() / c.max(1));
         let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
-        let static_report = self.static_weights.clone();
+        let static_report = self.opts.class_weights().map(<[f32]>::to_vec);
         match &self.mode {
             CeMode::Plain | CeMode::Recall { .. } | CeMode::Precision => {
                 let (w, rep) = if self.mode == CeMode::Plain {
@@ -289,7 +270,7 @@ impl CeEngine {
                     .iter()
                     .zip(&lab)
                     .map(|(&v, &l)| {
-                        if l == self.ignore_index || l as usize >= c {
+                        if l == ignore_index || l as usize >= c {
                             f32::NEG_INFINITY
                         } else {
                             v
@@ -358,10 +339,10 @@ impl CeEngine {
                 reason: "this loss keeps no state across steps".into(),
             });
         }
-        if state.len() != self.n_classes {
+        if state.len() != self.opts.n_classes() {
             return Err(crate::LossError::ClassCountMismatch {
                 what: "loss state (recall moving average)",
-                expected: self.n_classes,
+                expected: self.opts.n_classes(),
                 got: state.len(),
             });
         }
@@ -379,83 +360,38 @@ impl CeEngine {
         self.ema = Some(state.to_vec());
         Ok(())
     }
+}
 
-    /// Weights reported by `SegLoss::last_class_weights`.
-    pub(crate) fn last_class_weights(&self) -> Option<Vec<f32>> {
+impl Engine for CeEngine {
+    fn options(&self) -> &LossOptions {
+        &self.opts
+    }
+
+    fn options_mut(&mut self) -> &mut LossOptions {
+        &mut self.opts
+    }
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn forward(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+        CeEngine::forward(self, logits, target)
+    }
+
+    /// The static weights for plain CE, the last step's dynamic weights otherwise.
+    fn last_class_weights(&self) -> Option<Vec<f32>> {
         match self.mode {
-            CeMode::Plain => self.static_weights.clone(),
+            CeMode::Plain => self.opts.class_weights().map(<[f32]>::to_vec),
             _ => self.last.clone(),
         }
     }
+
+    fn state(&self) -> Option<Vec<f32>> {
+        self.ema.clone()
+    }
+
+    fn load_state(&mut self, state: &[f32]) -> std::result::Result<(), crate::LossError> {
+        CeEngine::load_state(self, state)
+    }
 }
-
-/// Builder methods and the `SegLoss` implementation shared by the cross-entropy family.
-macro_rules! ce_loss_common {
-    ($t:ty) => {
-        impl $t {
-            /// Sets the ignore index (default 255): pixels with this label contribute nothing.
-            pub fn with_ignore_index(mut self, ignore_index: u32) -> Self {
-                self.engine.ignore_index = ignore_index;
-                self
-            }
-
-            /// Applies static per-class weights `s_c` (one per class, finite, `>= 0`),
-            /// multiplied onto any static weights the loss already has; the loss becomes a
-            /// weighted mean normalised by `Σ_{valid n} s_{y_n}`.
-            pub fn with_class_weights(
-                mut self,
-                weights: Vec<f32>,
-            ) -> Result<Self, $crate::LossError> {
-                $crate::check_weights(&weights, self.engine.n_classes)?;
-                self.engine.static_weights = Some(match self.engine.static_weights.take() {
-                    Some(e) => e.iter().zip(&weights).map(|(a, b)| a * b).collect(),
-                    None => weights,
-                });
-                Ok(self)
-            }
-
-            /// Chooses the implementation (default [`Kernel::Auto`](crate::Kernel::Auto)).
-            pub fn with_kernel(mut self, kernel: $crate::Kernel) -> Self {
-                self.engine.kernel = kernel;
-                self
-            }
-
-            /// The number of classes the loss was built for.
-            pub fn n_classes(&self) -> usize {
-                self.engine.n_classes
-            }
-
-            /// The static per-class weights, if any.
-            pub fn class_weights(&self) -> Option<&[f32]> {
-                self.engine.static_weights.as_deref()
-            }
-        }
-
-        impl $crate::SegLoss for $t {
-            fn forward(
-                &mut self,
-                logits: &candle_core::Tensor,
-                target: &candle_core::Tensor,
-            ) -> candle_core::Result<candle_core::Tensor> {
-                self.engine.forward(logits, target)
-            }
-
-            fn name(&self) -> &str {
-                self.engine.name
-            }
-
-            fn last_class_weights(&self) -> Option<Vec<f32>> {
-                self.engine.last_class_weights()
-            }
-
-            fn state(&self) -> Option<Vec<f32>> {
-                self.engine.ema.clone()
-            }
-
-            fn load_state(&mut self, state: &[f32]) -> std::result::Result<(), $crate::LossError> {
-                self.engine.load_state(state)
-            }
-        }
-    };
-}
-pub(crate) use ce_loss_common;

@@ -1,8 +1,8 @@
 //! Building losses by name: [`LossConfig`].
 
 use crate::{
-    BalancedCe, CrossEntropy, Dice, Focal, LossContext, LossError, Lovasz, Ohem, OhemSelection,
-    PrecisionCe, RecallCe, SegLoss, SoftIou, Tversky, WeightedCe,
+    BalancedCe, CrossEntropy, Dice, Focal, LossBuilder, LossContext, LossError, Lovasz, Ohem,
+    OhemSelection, PrecisionCe, RecallCe, SegLoss, SoftIou, Tversky, WeightedCe,
 };
 use serde::{Deserialize, Serialize};
 
@@ -341,43 +341,49 @@ impl LossConfig {
         self.validate()?;
         ctx.validate()?;
         let c = ctx.n_classes;
-        let ig = ctx.ignore_index;
         let counts = || {
             ctx.class_pixel_counts
                 .as_deref()
                 .ok_or(LossError::MissingPixelCounts { loss: self.name() })
         };
-        macro_rules! finish {
-            ($loss:expr) => {{
-                let mut l = $loss.with_ignore_index(ig);
-                if let Some(w) = &ctx.class_weights {
-                    l = l.with_class_weights(w.clone())?;
-                }
-                Ok(Box::new(l) as Box<dyn SegLoss>)
-            }};
-        }
         match *self {
-            LossConfig::CrossEntropy {} => finish!(CrossEntropy::new(c)),
-            LossConfig::WeightedCe { mode } => finish!(WeightedCe::from_counts(counts()?, mode)?),
-            LossConfig::BalancedCe { beta } => finish!(BalancedCe::from_counts(counts()?, beta)?),
-            LossConfig::Focal { gamma } => finish!(Focal::new(c, gamma)?),
+            LossConfig::CrossEntropy {} => finish(CrossEntropy::new(c), ctx),
+            LossConfig::WeightedCe { mode } => {
+                finish(WeightedCe::from_counts(counts()?, mode)?, ctx)
+            }
+            LossConfig::BalancedCe { beta } => {
+                finish(BalancedCe::from_counts(counts()?, beta)?, ctx)
+            }
+            LossConfig::Focal { gamma } => finish(Focal::new(c, gamma)?, ctx),
             LossConfig::Ohem { .. } => {
                 let sel = self
                     .ohem_selection()?
                     .unwrap_or(OhemSelection::KeepRatio(0.7));
-                finish!(Ohem::new(c, sel)?)
+                finish(Ohem::new(c, sel)?, ctx)
             }
-            LossConfig::SoftIou {} => finish!(SoftIou::new(c)),
-            LossConfig::Lovasz { present_only } => finish!(Lovasz::new(c, present_only)),
-            LossConfig::Dice {} => finish!(Dice::new(c)),
-            LossConfig::Tversky { alpha, beta } => finish!(Tversky::new(c, alpha, beta)?),
+            LossConfig::SoftIou {} => finish(SoftIou::new(c), ctx),
+            LossConfig::Lovasz { present_only } => finish(Lovasz::new(c, present_only), ctx),
+            LossConfig::Dice {} => finish(Dice::new(c), ctx),
+            LossConfig::Tversky { alpha, beta } => finish(Tversky::new(c, alpha, beta)?, ctx),
             LossConfig::RecallCe { ema, variant } => match (ema, variant) {
-                (Some(m), _) => finish!(RecallCe::new(c).with_ema(m)?),
-                (None, v) => finish!(RecallCe::new(c).with_variant(v)),
+                (Some(m), _) => finish(RecallCe::new(c).with_ema(m)?, ctx),
+                (None, v) => finish(RecallCe::new(c).with_variant(v), ctx),
             },
-            LossConfig::PrecisionCe {} => finish!(PrecisionCe::new(c)),
+            LossConfig::PrecisionCe {} => finish(PrecisionCe::new(c), ctx),
         }
     }
+}
+
+/// `loss` with the context's ignore index and static class weights, boxed.
+fn finish<L: LossBuilder + SegLoss + 'static>(
+    loss: L,
+    ctx: &LossContext,
+) -> Result<Box<dyn SegLoss>, LossError> {
+    let mut l = loss.with_ignore_index(ctx.ignore_index);
+    if let Some(w) = &ctx.class_weights {
+        l = l.with_class_weights(w.clone())?;
+    }
+    Ok(Box::new(l))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Plain cross entropy.
 
 use crate::ce_family::{CeEngine, CeMode};
+use crate::options::{EngineLoss, LossOptions};
 
 /// Softmax cross entropy, averaged over valid pixels.
 ///
@@ -22,15 +23,19 @@ impl CrossEntropy {
     /// Cross entropy over `n_classes` classes (ignore index 255, no weights).
     pub fn new(n_classes: usize) -> Self {
         Self {
-            engine: CeEngine::new(
-                "cross_entropy",
-                n_classes,
-                crate::DEFAULT_IGNORE_INDEX,
-                None,
-                CeMode::Plain,
-            ),
+            engine: CeEngine::new("cross_entropy", LossOptions::new(n_classes), CeMode::Plain),
         }
     }
 }
 
-crate::ce_family::ce_loss_common!(CrossEntropy);
+impl EngineLoss for CrossEntropy {
+    type Engine = CeEngine;
+
+    fn engine(&self) -> &CeEngine {
+        &self.engine
+    }
+
+    fn engine_mut(&mut self) -> &mut CeEngine {
+        &mut self.engine
+    }
+}

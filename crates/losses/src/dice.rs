@@ -1,5 +1,6 @@
 //! Soft Dice loss (Milletari et al. 2016; multi-class form of segmentation_models_pytorch).
 
+use crate::options::EngineLoss;
 use crate::region::{RegionEngine, RegionKind};
 
 /// Soft Dice loss over the batch, averaged over classes.
@@ -28,4 +29,14 @@ impl Dice {
     }
 }
 
-crate::region::region_loss_common!(Dice);
+impl EngineLoss for Dice {
+    type Engine = RegionEngine;
+
+    fn engine(&self) -> &RegionEngine {
+        &self.engine
+    }
+
+    fn engine_mut(&mut self) -> &mut RegionEngine {
+        &mut self.engine
+    }
+}

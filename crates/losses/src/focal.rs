@@ -1,6 +1,7 @@
 //! Focal loss (Lin et al. 2017), softmax form.
 
 use crate::ce_family::{CeEngine, CeMode};
+use crate::options::{EngineLoss, LossOptions};
 use crate::LossError;
 
 /// Softmax focal loss.
@@ -39,9 +40,7 @@ impl Focal {
         Ok(Self {
             engine: CeEngine::new(
                 "focal",
-                n_classes,
-                crate::DEFAULT_IGNORE_INDEX,
-                None,
+                LossOptions::new(n_classes),
                 CeMode::Focal {
                     gamma: gamma as f32,
                 },
@@ -56,4 +55,14 @@ impl Focal {
     }
 }
 
-crate::ce_family::ce_loss_common!(Focal);
+impl EngineLoss for Focal {
+    type Engine = CeEngine;
+
+    fn engine(&self) -> &CeEngine {
+        &self.engine
+    }
+
+    fn engine_mut(&mut self) -> &mut CeEngine {
+        &mut self.engine
+    }
+}

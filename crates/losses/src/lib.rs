@@ -16,8 +16,12 @@
 //! forces the portable path. Tests check that both agree in value and gradient.
 //!
 //! Losses are built by name with [`LossConfig`] (serde, tagged by `name`) and a
-//! [`LossContext`] (number of classes, ignore index, dataset statistics). The formulas, their
-//! normalisation and gradients are in `docs/losses.md`.
+//! [`LossContext`] (number of classes, ignore index, dataset statistics), or directly
+//! (`RecallCe::new(19)`); every loss has the options of [`LossOptions`] (ignore index, static
+//! class weights, [`Kernel`]) through the [`LossBuilder`] methods (`with_ignore_index`,
+//! `with_class_weights`, `with_kernel`). The losses without state across steps are also plain
+//! functions in [`functional`] (`functional::recall_ce(&logits, &target, &opts)`). The formulas,
+//! their normalisation and gradients are in `docs/losses.md`.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -39,10 +43,12 @@ pub mod class_weights;
 mod config;
 mod error;
 mod fast_math;
+pub mod functional;
 mod fused_ce;
 mod fused_lovasz;
 mod fused_region;
 mod input;
+mod options;
 
 mod balanced_ce;
 mod ce_family;
@@ -66,6 +72,7 @@ pub use error::LossError;
 pub use focal::Focal;
 pub use lovasz::Lovasz;
 pub use ohem::{Ohem, OhemSelection};
+pub use options::{LossBuilder, LossOptions};
 pub use precision_ce::PrecisionCe;
 pub use recall_ce::{RecallCe, RecallVariant};
 pub use soft_iou::SoftIou;

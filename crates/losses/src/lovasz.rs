@@ -2,7 +2,7 @@
 
 use crate::fused_lovasz::FusedLovasz;
 use crate::input::{checked_labels_u32, one_hot, prepare};
-use crate::Kernel;
+use crate::options::{Engine, EngineLoss, LossOptions};
 use candle_core::{DType, Device, Result, Tensor};
 use recallseg_kernels::fused::FusedOp;
 use std::sync::Arc;
@@ -47,56 +47,16 @@ pub(crate) fn lovasz_grad(fg_sorted: impl Iterator<Item = bool>, gts: f64, out: 
 /// portable path ranks the errors on the host (they are copied there once per step).
 #[derive(Debug, Clone)]
 pub struct Lovasz {
-    pub(crate) n_classes: usize,
-    pub(crate) ignore_index: u32,
+    pub(crate) opts: LossOptions,
     pub(crate) present_only: bool,
-    pub(crate) static_weights: Option<Vec<f32>>,
-    pub(crate) kernel: Kernel,
 }
 
 impl Lovasz {
     /// Lovász-Softmax over `n_classes` classes, averaging over present classes only or all.
     pub fn new(n_classes: usize, present_only: bool) -> Self {
         Self {
-            n_classes,
-            ignore_index: crate::DEFAULT_IGNORE_INDEX,
+            opts: LossOptions::new(n_classes),
             present_only,
-            static_weights: None,
-            kernel: Kernel::Auto,
-        }
-    }
-
-    /// Sets the ignore index (default 255).
-    pub fn with_ignore_index(mut self, ignore_index: u32) -> Self {
-        self.ignore_index = ignore_index;
-        self
-    }
-
-    /// Weights the per-class terms by static weights `s_c` (finite, `>= 0`).
-    pub fn with_class_weights(
-        mut self,
-        weights: Vec<f32>,
-    ) -> std::result::Result<Self, crate::LossError> {
-        crate::check_weights(&weights, self.n_classes)?;
-        self.static_weights = Some(weights);
-        Ok(self)
-    }
-
-    /// Chooses the implementation (default [`Kernel::Auto`]).
-    pub fn with_kernel(mut self, kernel: Kernel) -> Self {
-        self.kernel = kernel;
-        self
-    }
-
-    /// The number of classes the loss was built for.
-    pub fn n_classes(&self) -> usize {
-        self.n_classes
-    }
-
-    pub(crate) fn static_f64(&self) -> Vec<f64> {
-        match &self.static_weights {
-            Some(w) => w.iter().map(|&v| v as f64).collect(),
-            None => vec![1.0; self.n_classes],
         }
     }
 
@@ -111,11 +71,12 @@ impl Lovasz {
     }
 
     fn forward_portable(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-        let c = self.n_classes;
+        let c = self.opts.n_classes();
+        let ignore_index = self.opts.ignore_index();
         let dtype = logits.dtype();
         let dev = logits.device();
-        let labels = checked_labels_u32(target, c, self.ignore_index)?;
-        let oh = one_hot(&labels, c, self.ignore_index, dtype)?;
+        let labels = checked_labels_u32(target, c, ignore_index)?;
+        let oh = one_hot(&labels, c, ignore_index, dtype)?;
         let prob = candle_nn::ops::softmax(logits, 1)?;
         let errors = (&oh - &prob)?.abs()?;
         let (n, _, h, w) = logits.dims4()?;
@@ -127,13 +88,13 @@ impl Lovasz {
             .flatten_all()?
             .to_vec1::<f64>()?;
         let valid: Vec<usize> = (0..n * hw)
-            .filter(|&i| lab[i] != self.ignore_index && (lab[i] as usize) < c)
+            .filter(|&i| lab[i] != ignore_index && (lab[i] as usize) < c)
             .collect();
         let mut counts = vec![0.0; c];
         for &i in &valid {
             counts[lab[i] as usize] += 1.0;
         }
-        let s = self.static_f64();
+        let s = self.opts.static_f64();
         let (k, norm) = self.considered(&counts, &s);
         let mut wmap = vec![0.0f64; n * c * hw];
         let mut g = Vec::new();
@@ -161,23 +122,35 @@ impl Lovasz {
     }
 }
 
-impl crate::SegLoss for Lovasz {
+impl Engine for Lovasz {
+    fn options(&self) -> &LossOptions {
+        &self.opts
+    }
+
+    fn options_mut(&mut self) -> &mut LossOptions {
+        &mut self.opts
+    }
+
+    fn name(&self) -> &'static str {
+        "lovasz"
+    }
+
     fn forward(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
         let p = prepare(
             logits,
             target,
-            self.n_classes,
-            self.ignore_index,
-            self.kernel,
+            self.opts.n_classes(),
+            self.opts.ignore_index(),
+            self.opts.kernel(),
         )?;
         if p.empty {
             return crate::input::zero_loss(&p.logits);
         }
         if p.fused {
             let op = FusedLovasz {
-                n_classes: self.n_classes,
-                ignore_index: self.ignore_index,
-                static_w: self.static_f64(),
+                n_classes: self.opts.n_classes(),
+                ignore_index: self.opts.ignore_index(),
+                static_w: self.opts.static_f64(),
                 present_only: self.present_only,
                 dldp: Default::default(),
                 keep: p.logits.track_op(),
@@ -190,12 +163,20 @@ impl crate::SegLoss for Lovasz {
         }
     }
 
-    fn name(&self) -> &str {
-        "lovasz"
-    }
-
     /// The static class weights if any were given; Lovász has no dynamic per-class weights.
     fn last_class_weights(&self) -> Option<Vec<f32>> {
-        self.static_weights.clone()
+        self.opts.class_weights().map(<[f32]>::to_vec)
+    }
+}
+
+impl EngineLoss for Lovasz {
+    type Engine = Self;
+
+    fn engine(&self) -> &Self {
+        self
+    }
+
+    fn engine_mut(&mut self) -> &mut Self {
+        self
     }
 }

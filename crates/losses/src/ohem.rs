@@ -1,6 +1,7 @@
 //! Online hard example mining cross entropy (Shrivastava et al. 2016, as used for segmentation).
 
 use crate::ce_family::{CeEngine, CeMode};
+use crate::options::{EngineLoss, LossOptions};
 use crate::LossError;
 
 /// Which pixels OHEM keeps.
@@ -100,15 +101,19 @@ impl Ohem {
     pub fn new(n_classes: usize, selection: OhemSelection) -> Result<Self, LossError> {
         selection.validate()?;
         Ok(Self {
-            engine: CeEngine::new(
-                "ohem",
-                n_classes,
-                crate::DEFAULT_IGNORE_INDEX,
-                None,
-                CeMode::Ohem(selection),
-            ),
+            engine: CeEngine::new("ohem", LossOptions::new(n_classes), CeMode::Ohem(selection)),
         })
     }
 }
 
-crate::ce_family::ce_loss_common!(Ohem);
+impl EngineLoss for Ohem {
+    type Engine = CeEngine;
+
+    fn engine(&self) -> &CeEngine {
+        &self.engine
+    }
+
+    fn engine_mut(&mut self) -> &mut CeEngine {
+        &mut self.engine
+    }
+}

@@ -1,6 +1,7 @@
 //! The hypothetical precision loss of the paper's Eq. 9 (a counterexample).
 
 use crate::ce_family::{CeEngine, CeMode, ClassStats, DynWeights};
+use crate::options::{EngineLoss, LossOptions};
 
 /// Cross entropy weighted by each class's false discovery rate in the batch (paper Eq. 9).
 ///
@@ -25,9 +26,7 @@ impl PrecisionCe {
         Self {
             engine: CeEngine::new(
                 "precision_ce",
-                n_classes,
-                crate::DEFAULT_IGNORE_INDEX,
-                None,
+                LossOptions::new(n_classes),
                 CeMode::Precision,
             ),
         }
@@ -59,4 +58,14 @@ pub(crate) fn precision_weights(st: &ClassStats) -> DynWeights {
     }
 }
 
-crate::ce_family::ce_loss_common!(PrecisionCe);
+impl EngineLoss for PrecisionCe {
+    type Engine = CeEngine;
+
+    fn engine(&self) -> &CeEngine {
+        &self.engine
+    }
+
+    fn engine_mut(&mut self) -> &mut CeEngine {
+        &mut self.engine
+    }
+}

@@ -1,6 +1,7 @@
 //! Recall loss (Tian et al., ICRA 2022, Eq. 5).
 
 use crate::ce_family::{CeEngine, CeMode, ClassStats, DynWeights};
+use crate::options::{EngineLoss, LossOptions};
 use crate::LossError;
 
 /// Recall loss: cross entropy weighted by each class's false negative rate in the batch.
@@ -55,9 +56,7 @@ impl RecallCe {
         Self {
             engine: CeEngine::new(
                 "recall_ce",
-                n_classes,
-                crate::DEFAULT_IGNORE_INDEX,
-                None,
+                LossOptions::new(n_classes),
                 CeMode::Recall {
                     momentum: None,
                     paper_code: false,
@@ -169,4 +168,14 @@ pub(crate) fn recall_weights(
     }
 }
 
-crate::ce_family::ce_loss_common!(RecallCe);
+impl EngineLoss for RecallCe {
+    type Engine = CeEngine;
+
+    fn engine(&self) -> &CeEngine {
+        &self.engine
+    }
+
+    fn engine_mut(&mut self) -> &mut CeEngine {
+        &mut self.engine
+    }
+}

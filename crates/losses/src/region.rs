@@ -14,7 +14,7 @@
 
 use crate::fused_region::FusedRegion;
 use crate::input::{checked_labels_u32, class_vector, one_hot, prepare};
-use crate::Kernel;
+use crate::options::{Engine, LossOptions};
 use candle_core::{Result, Tensor};
 use recallseg_kernels::fused::FusedOp;
 use std::sync::Arc;
@@ -107,32 +107,20 @@ pub(crate) fn region_loss(
 }
 
 /// Shared state of SoftIoU, Dice and Tversky.
+/// The shared state of the region losses: their options and which loss.
 #[derive(Debug, Clone)]
 pub(crate) struct RegionEngine {
     pub name: &'static str,
-    pub n_classes: usize,
-    pub ignore_index: u32,
-    pub static_weights: Option<Vec<f32>>,
+    pub opts: LossOptions,
     pub kind: RegionKind,
-    pub kernel: Kernel,
 }
 
 impl RegionEngine {
     pub(crate) fn new(name: &'static str, n_classes: usize, kind: RegionKind) -> Self {
         Self {
             name,
-            n_classes,
-            ignore_index: crate::DEFAULT_IGNORE_INDEX,
-            static_weights: None,
+            opts: LossOptions::new(n_classes),
             kind,
-            kernel: Kernel::Auto,
-        }
-    }
-
-    pub(crate) fn static_f64(&self) -> Vec<f64> {
-        match &self.static_weights {
-            Some(w) => w.iter().map(|&v| v as f64).collect(),
-            None => vec![1.0; self.n_classes],
         }
     }
 
@@ -140,18 +128,18 @@ impl RegionEngine {
         let p = prepare(
             logits,
             target,
-            self.n_classes,
-            self.ignore_index,
-            self.kernel,
+            self.opts.n_classes(),
+            self.opts.ignore_index(),
+            self.opts.kernel(),
         )?;
         if p.empty {
             return crate::input::zero_loss(&p.logits);
         }
         if p.fused {
             let op = FusedRegion {
-                n_classes: self.n_classes,
-                ignore_index: self.ignore_index,
-                static_w: self.static_f64(),
+                n_classes: self.opts.n_classes(),
+                ignore_index: self.opts.ignore_index(),
+                static_w: self.opts.static_f64(),
                 kind: self.kind,
                 coef: Default::default(),
                 keep: p.logits.track_op(),
@@ -166,11 +154,11 @@ impl RegionEngine {
 
     /// The composed candle-ops implementation.
     fn forward_portable(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-        let c = self.n_classes;
+        let c = self.opts.n_classes();
         let dtype = logits.dtype();
         let dev = logits.device();
-        let labels = checked_labels_u32(target, c, self.ignore_index)?;
-        let oh = one_hot(&labels, c, self.ignore_index, dtype)?;
+        let labels = checked_labels_u32(target, c, self.opts.ignore_index())?;
+        let oh = one_hot(&labels, c, self.opts.ignore_index(), dtype)?;
         let valid = oh.sum_keepdim(1)?;
         let prob = candle_nn::ops::softmax(logits, 1)?.broadcast_mul(&valid)?;
         let (i, p, g) = if self.kind.per_image() {
@@ -187,7 +175,7 @@ impl RegionEngine {
             )
         };
         let groups = i.dim(0)?;
-        let s = self.static_f64();
+        let s = self.opts.static_f64();
         let ssum: f64 = s.iter().sum();
         match self.kind {
             RegionKind::SoftIou => {
@@ -226,58 +214,26 @@ impl RegionEngine {
     }
 }
 
-/// Builder methods and the `SegLoss` implementation shared by the region losses.
-macro_rules! region_loss_common {
-    ($t:ty) => {
-        impl $t {
-            /// Sets the ignore index (default 255): pixels with this label contribute nothing.
-            pub fn with_ignore_index(mut self, ignore_index: u32) -> Self {
-                self.engine.ignore_index = ignore_index;
-                self
-            }
+impl Engine for RegionEngine {
+    fn options(&self) -> &LossOptions {
+        &self.opts
+    }
 
-            /// Weights the per-class terms by static weights `s_c` (finite, `>= 0`); the class
-            /// average becomes `Σ_c s_c L_c / Σ_c s_c`.
-            pub fn with_class_weights(
-                mut self,
-                weights: Vec<f32>,
-            ) -> Result<Self, $crate::LossError> {
-                $crate::check_weights(&weights, self.engine.n_classes)?;
-                self.engine.static_weights = Some(weights);
-                Ok(self)
-            }
+    fn options_mut(&mut self) -> &mut LossOptions {
+        &mut self.opts
+    }
 
-            /// Chooses the implementation (default [`Kernel::Auto`](crate::Kernel::Auto)).
-            pub fn with_kernel(mut self, kernel: $crate::Kernel) -> Self {
-                self.engine.kernel = kernel;
-                self
-            }
+    fn name(&self) -> &'static str {
+        self.name
+    }
 
-            /// The number of classes the loss was built for.
-            pub fn n_classes(&self) -> usize {
-                self.engine.n_classes
-            }
-        }
+    fn forward(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+        RegionEngine::forward(self, logits, target)
+    }
 
-        impl $crate::SegLoss for $t {
-            fn forward(
-                &mut self,
-                logits: &candle_core::Tensor,
-                target: &candle_core::Tensor,
-            ) -> candle_core::Result<candle_core::Tensor> {
-                self.engine.forward(logits, target)
-            }
-
-            fn name(&self) -> &str {
-                self.engine.name
-            }
-
-            /// The static class weights if any were given; region losses have no per-class
-            /// dynamic weights.
-            fn last_class_weights(&self) -> Option<Vec<f32>> {
-                self.engine.static_weights.clone()
-            }
-        }
-    };
+    /// The static class weights if any were given; region losses have no per-class dynamic
+    /// weights.
+    fn last_class_weights(&self) -> Option<Vec<f32>> {
+        self.opts.class_weights().map(<[f32]>::to_vec)
+    }
 }
-pub(crate) use region_loss_common;

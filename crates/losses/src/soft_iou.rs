@@ -1,5 +1,6 @@
 //! SoftIoU loss (Rahman & Wang 2016).
 
+use crate::options::EngineLoss;
 use crate::region::{RegionEngine, RegionKind};
 
 /// Soft Jaccard loss, per image and class, averaged.
@@ -30,4 +31,14 @@ impl SoftIou {
     }
 }
 
-crate::region::region_loss_common!(SoftIou);
+impl EngineLoss for SoftIou {
+    type Engine = RegionEngine;
+
+    fn engine(&self) -> &RegionEngine {
+        &self.engine
+    }
+
+    fn engine_mut(&mut self) -> &mut RegionEngine {
+        &mut self.engine
+    }
+}

@@ -1,5 +1,6 @@
 //! Tversky loss (Salehi et al. 2017).
 
+use crate::options::EngineLoss;
 use crate::region::{RegionEngine, RegionKind};
 use crate::LossError;
 
@@ -51,4 +52,14 @@ impl Tversky {
     }
 }
 
-crate::region::region_loss_common!(Tversky);
+impl EngineLoss for Tversky {
+    type Engine = RegionEngine;
+
+    fn engine(&self) -> &RegionEngine {
+        &self.engine
+    }
+
+    fn engine_mut(&mut self) -> &mut RegionEngine {
+        &mut self.engine
+    }
+}

@@ -2,6 +2,7 @@
 
 use crate::ce_family::{CeEngine, CeMode};
 use crate::class_weights::{inverse_frequency, median_frequency};
+use crate::options::{EngineLoss, LossOptions};
 use crate::{LossError, WeightMode};
 
 /// Cross entropy weighted by class frequency over the training set (paper Eq. 2).
@@ -32,17 +33,24 @@ impl WeightedCe {
     }
 
     fn from_weights(w: Vec<f32>, name: &'static str) -> Result<Self, LossError> {
-        crate::check_weights(&w, w.len())?;
         Ok(Self {
             engine: CeEngine::new(
                 name,
-                w.len(),
-                crate::DEFAULT_IGNORE_INDEX,
-                Some(w),
+                LossOptions::new(w.len()).with_class_weights(w)?,
                 CeMode::Plain,
             ),
         })
     }
 }
 
-crate::ce_family::ce_loss_common!(WeightedCe);
+impl EngineLoss for WeightedCe {
+    type Engine = CeEngine;
+
+    fn engine(&self) -> &CeEngine {
+        &self.engine
+    }
+
+    fn engine_mut(&mut self) -> &mut CeEngine {
+        &mut self.engine
+    }
+}

@@ -6,6 +6,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
+use recallseg_losses::LossBuilder;
 use recallseg_losses::{
     BalancedCe, CrossEntropy, Focal, Kernel, Ohem, OhemSelection, PrecisionCe, RecallCe, SegLoss,
     WeightMode, WeightedCe,

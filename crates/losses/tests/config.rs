@@ -256,3 +256,29 @@ fn every_loss_builds_and_runs() {
     ce.forward(&x, &t).unwrap();
     assert_eq!(ce.last_class_weights(), None);
 }
+
+#[test]
+fn the_functions_equal_the_loss_objects() {
+    use recallseg_losses::{functional, LossBuilder, LossOptions, RecallCe, SegLoss};
+    let dev = candle_core::Device::Cpu;
+    let logits = candle_core::Tensor::new(
+        &[[[[2f32, -1.0, 0.5]], [[0.0, 1.5, 0.2]], [[-0.3, 0.1, 1.0]]]],
+        &dev,
+    )
+    .unwrap();
+    let target = candle_core::Tensor::new(&[[[0u8, 2, 255]]], &dev).unwrap();
+    let opts = LossOptions::new(3)
+        .with_class_weights(vec![1.0, 2.0, 0.5])
+        .unwrap();
+    let f = functional::recall_ce(&logits, &target, &opts).unwrap();
+    let mut l = RecallCe::new(3).with_options(&opts).unwrap();
+    let o = l.forward(&logits, &target).unwrap();
+    assert_eq!(
+        f.to_scalar::<f32>().unwrap().to_bits(),
+        o.to_scalar::<f32>().unwrap().to_bits()
+    );
+    assert_eq!(l.class_weights(), Some(&[1.0f32, 2.0, 0.5][..]));
+    // A class count that does not match is an error, not a silent mix.
+    assert!(RecallCe::new(4).with_options(&opts).is_err());
+    assert!(functional::focal(&logits, &target, -1.0, &opts).is_err());
+}

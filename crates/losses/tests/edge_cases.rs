@@ -18,6 +18,7 @@
 //! And bad input is an error naming the offending value, never a panic.
 
 use candle_core::{DType, Device, Tensor, Var};
+use recallseg_losses::LossBuilder;
 use recallseg_losses::{
     BalancedCe, CrossEntropy, Dice, Focal, Kernel, Lovasz, Ohem, OhemSelection, PrecisionCe,
     RecallCe, SegLoss, SoftIou, Tversky, WeightMode, WeightedCe,

@@ -8,6 +8,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::value_and_grad;
 use recallseg_losses::class_weights::{class_balanced, inverse_frequency, median_frequency};
+use recallseg_losses::LossBuilder;
 use recallseg_losses::{
     BalancedCe, CrossEntropy, Dice, Focal, Kernel, Lovasz, Ohem, OhemSelection, PrecisionCe,
     RecallCe, SegLoss, SoftIou, Tversky, WeightMode, WeightedCe,

@@ -7,6 +7,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{max_abs_diff, value_and_grad};
 use proptest::prelude::*;
+use recallseg_losses::LossBuilder;
 use recallseg_losses::{
     Dice, Focal, Kernel, Lovasz, Ohem, OhemSelection, RecallCe, SegLoss, SoftIou, Tversky,
 };

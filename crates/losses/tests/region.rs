@@ -5,6 +5,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
+use recallseg_losses::LossBuilder;
 use recallseg_losses::{Dice, Kernel, Lovasz, SegLoss, SoftIou, Tversky};
 
 const DIMS: (usize, usize, usize, usize) = (2, 4, 3, 5);

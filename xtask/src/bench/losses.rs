@@ -16,6 +16,7 @@ use super::{median_time, ms, BenchArgs, Figure};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use recallseg_losses::LossBuilder;
 use recallseg_losses::{
     BalancedCe, CrossEntropy, Dice, Focal, Kernel, Lovasz, Ohem, OhemSelection, PrecisionCe,
     RecallCe, SegLoss, SoftIou, Tversky, WeightMode, WeightedCe,

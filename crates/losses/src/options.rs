@@ -1,0 +1,209 @@
+//! [`LossOptions`]: what every loss has — its class count, the ignore index, static class
+//! weights and the implementation it runs — validated once where it is set; [`LossBuilder`]:
+//! the builder methods every loss gets from it.
+
+use crate::{Kernel, LossError, SegLoss};
+use candle_core::{Result, Tensor};
+
+/// The options every loss has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossOptions {
+    n_classes: usize,
+    ignore_index: u32,
+    class_weights: Option<Vec<f32>>,
+    kernel: Kernel,
+}
+
+impl LossOptions {
+    /// Options for `n_classes` classes: ignore index 255, no class weights, [`Kernel::Auto`].
+    pub fn new(n_classes: usize) -> Self {
+        Self {
+            n_classes,
+            ignore_index: crate::DEFAULT_IGNORE_INDEX,
+            class_weights: None,
+            kernel: Kernel::Auto,
+        }
+    }
+
+    /// Sets the ignore index: pixels with this label contribute nothing.
+    pub fn with_ignore_index(mut self, ignore_index: u32) -> Self {
+        self.ignore_index = ignore_index;
+        self
+    }
+
+    /// Multiplies static per-class weights `s_c` (one per class, finite, `>= 0`) onto the ones
+    /// already set (WeightedCE's and BalancedCE's frequency weights, or none).
+    pub fn with_class_weights(mut self, weights: Vec<f32>) -> std::result::Result<Self, LossError> {
+        self.multiply_class_weights(weights)?;
+        Ok(self)
+    }
+
+    /// Chooses the implementation (default [`Kernel::Auto`]).
+    pub fn with_kernel(mut self, kernel: Kernel) -> Self {
+        self.kernel = kernel;
+        self
+    }
+
+    /// The number of classes.
+    pub fn n_classes(&self) -> usize {
+        self.n_classes
+    }
+
+    /// The ignore index.
+    pub fn ignore_index(&self) -> u32 {
+        self.ignore_index
+    }
+
+    /// The static per-class weights, if any.
+    pub fn class_weights(&self) -> Option<&[f32]> {
+        self.class_weights.as_deref()
+    }
+
+    /// The implementation choice.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Checks `weights` (one per class, finite, `>= 0`) and multiplies them onto the class
+    /// weights.
+    fn multiply_class_weights(&mut self, weights: Vec<f32>) -> std::result::Result<(), LossError> {
+        crate::check_weights(&weights, self.n_classes)?;
+        self.class_weights = Some(match self.class_weights.take() {
+            Some(e) => e.iter().zip(&weights).map(|(a, b)| a * b).collect(),
+            None => weights,
+        });
+        Ok(())
+    }
+
+    /// Static weights as `f64`, ones when none were given.
+    pub(crate) fn static_f64(&self) -> Vec<f64> {
+        match &self.class_weights {
+            Some(w) => w.iter().map(|&v| v as f64).collect(),
+            None => vec![1.0; self.n_classes],
+        }
+    }
+}
+
+/// The builder methods every loss of the crate has, from its [`LossOptions`].
+pub trait LossBuilder: Sized {
+    /// The loss's options.
+    fn options(&self) -> &LossOptions;
+
+    /// The loss's options, to change them (the `with_*` methods use this).
+    fn options_mut(&mut self) -> &mut LossOptions;
+
+    /// Sets the ignore index (default 255): pixels with this label contribute nothing.
+    fn with_ignore_index(mut self, ignore_index: u32) -> Self {
+        self.options_mut().ignore_index = ignore_index;
+        self
+    }
+
+    /// Applies static per-class weights `s_c` (one per class, finite, `>= 0`), multiplied onto
+    /// any the loss already has (WeightedCE's, BalancedCE's). The cross-entropy family becomes a
+    /// weighted mean normalised by `Σ_{valid n} s_{y_n}`; the region losses and Lovász weight
+    /// their per-class terms, `Σ_c s_c L_c / Σ_c s_c`.
+    fn with_class_weights(mut self, weights: Vec<f32>) -> std::result::Result<Self, LossError> {
+        self.options_mut().multiply_class_weights(weights)?;
+        Ok(self)
+    }
+
+    /// Chooses the implementation (default [`Kernel::Auto`]).
+    fn with_kernel(mut self, kernel: Kernel) -> Self {
+        self.options_mut().kernel = kernel;
+        self
+    }
+
+    /// Applies `options`' ignore index, implementation and class weights (multiplied onto the
+    /// loss's own); its class count must be the loss's.
+    fn with_options(mut self, options: &LossOptions) -> std::result::Result<Self, LossError> {
+        let own = self.options_mut();
+        if options.n_classes != own.n_classes {
+            return Err(LossError::ClassCountMismatch {
+                what: "options",
+                expected: own.n_classes,
+                got: options.n_classes,
+            });
+        }
+        own.ignore_index = options.ignore_index;
+        own.kernel = options.kernel;
+        if let Some(w) = &options.class_weights {
+            own.multiply_class_weights(w.clone())?;
+        }
+        Ok(self)
+    }
+
+    /// The number of classes the loss was built for.
+    fn n_classes(&self) -> usize {
+        self.options().n_classes
+    }
+
+    /// The static per-class weights, if any.
+    fn class_weights(&self) -> Option<&[f32]> {
+        self.options().class_weights()
+    }
+}
+
+/// The computation behind a loss type: one engine per family (cross entropy, region, Lovász),
+/// shared by the types of that family.
+pub(crate) trait Engine: Send {
+    fn options(&self) -> &LossOptions;
+    fn options_mut(&mut self) -> &mut LossOptions;
+    fn name(&self) -> &'static str;
+    fn forward(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor>;
+    fn last_class_weights(&self) -> Option<Vec<f32>>;
+    fn state(&self) -> Option<Vec<f32>> {
+        None
+    }
+    fn load_state(&mut self, state: &[f32]) -> std::result::Result<(), LossError> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(LossError::InvalidParameter {
+                loss: self.name(),
+                field: "state",
+                value: format!("{} values", state.len()),
+                reason: "this loss keeps no state across steps".into(),
+            })
+        }
+    }
+}
+
+/// A loss type that is its engine plus its own constructors: it gets [`SegLoss`] and
+/// [`LossBuilder`] from the engine.
+pub(crate) trait EngineLoss: Send {
+    type Engine: Engine;
+    fn engine(&self) -> &Self::Engine;
+    fn engine_mut(&mut self) -> &mut Self::Engine;
+}
+
+impl<T: EngineLoss> SegLoss for T {
+    fn forward(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+        self.engine_mut().forward(logits, target)
+    }
+
+    fn name(&self) -> &str {
+        self.engine().name()
+    }
+
+    fn last_class_weights(&self) -> Option<Vec<f32>> {
+        self.engine().last_class_weights()
+    }
+
+    fn state(&self) -> Option<Vec<f32>> {
+        self.engine().state()
+    }
+
+    fn load_state(&mut self, state: &[f32]) -> std::result::Result<(), LossError> {
+        self.engine_mut().load_state(state)
+    }
+}
+
+impl<T: EngineLoss> LossBuilder for T {
+    fn options(&self) -> &LossOptions {
+        self.engine().options()
+    }
+
+    fn options_mut(&mut self) -> &mut LossOptions {
+        self.engine_mut().options_mut()
+    }
+}
