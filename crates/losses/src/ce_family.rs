@@ -19,7 +19,7 @@ use crate::fused_ce::FusedCe;
 use crate::input::{
     checked_labels_u32, class_column, class_vector, one_hot, per_class_host, prepare,
 };
-use crate::ohem::{ohem_keep, OhemSelection};
+use crate::ohem_selection::{ohem_keep, OhemSelection};
 use crate::options::{Engine, LossOptions};
 use candle_core::{DType, Result, Tensor};
 use recallseg_kernels::fused::FusedOp;

@@ -1,7 +1,8 @@
 //! Soft Dice loss (Milletari et al. 2016; multi-class form of segmentation_models_pytorch).
 
 use crate::options::EngineLoss;
-use crate::region::{RegionEngine, RegionKind};
+use crate::region::RegionEngine;
+use crate::region_loss::RegionKind;
 
 /// Soft Dice loss over the batch, averaged over classes.
 ///

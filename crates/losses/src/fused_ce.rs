@@ -19,9 +19,10 @@
 // Kernel loops index several equally long slices at once; that is the clearer form here.
 #![allow(clippy::needless_range_loop)]
 
+use crate::blocks::{block_max, block_max_only, class_of, BLOCK, TASKS_PER_GROUP};
 use crate::ce_family::{dyn_weights, CeMode, ClassStats, StepReport};
 use crate::fast_math::{fast_exp, fast_ln, kernel_buffer};
-use crate::ohem::ohem_keep;
+use crate::ohem_selection::ohem_keep;
 use crate::LossError;
 use candle_core::Result;
 use rayon::prelude::*;
@@ -30,13 +31,6 @@ use recallseg_kernels::simd::use_avx2;
 use recallseg_kernels::storage::Label;
 use recallseg_kernels::{dispatch, SavedState, SyncPtr};
 use std::sync::Arc;
-
-/// Pixels per work item.
-pub(crate) const BLOCK: usize = 256;
-
-/// Blocks accumulated together by one parallel task before the per-task sums are merged in task
-/// order (a shape-only constant: the reduction order never depends on the thread count).
-pub(crate) const TASKS_PER_GROUP: usize = 16;
 
 /// State the forward pass leaves for the backward pass and for the loss object.
 #[derive(Debug, Clone)]
@@ -134,44 +128,6 @@ pub(crate) fn focal_terms(ce: f32, gamma: f32) -> (f32, f32) {
     (m, m + gamma * m1 * p * ce)
 }
 
-/// Per-pixel maximum and argmax over classes of one block (first maximum on ties, as
-/// `argmax`). Branch-free so that it vectorises.
-#[inline(always)]
-pub(crate) fn block_max(
-    img: &[f32],
-    hw: usize,
-    c: usize,
-    a: usize,
-    mx: &mut [f32],
-    am: &mut [u32],
-) {
-    let l = mx.len();
-    mx.copy_from_slice(&img[a..a + l]);
-    am.iter_mut().for_each(|v| *v = 0);
-    for k in 1..c {
-        let row = &img[k * hw + a..k * hw + a + l];
-        let kk = k as u32;
-        for ((m, i), &v) in mx.iter_mut().zip(am.iter_mut()).zip(row) {
-            let better = (v > *m) as u32;
-            *i = (*i).wrapping_add(better.wrapping_mul(kk.wrapping_sub(*i)));
-            *m = if v > *m { v } else { *m };
-        }
-    }
-}
-
-/// Per-pixel maximum over classes of one block.
-#[inline(always)]
-pub(crate) fn block_max_only(img: &[f32], hw: usize, c: usize, a: usize, mx: &mut [f32]) {
-    let l = mx.len();
-    mx.copy_from_slice(&img[a..a + l]);
-    for k in 1..c {
-        let row = &img[k * hw + a..k * hw + a + l];
-        for (m, &v) in mx.iter_mut().zip(row) {
-            *m = if v > *m { v } else { *m };
-        }
-    }
-}
-
 /// Per-pixel `Σ_k exp(z_k - max)` of one block.
 #[inline(always)]
 fn block_sumexp(img: &[f32], hw: usize, c: usize, a: usize, mx: &[f32], sm: &mut [f32]) {
@@ -182,22 +138,6 @@ fn block_sumexp(img: &[f32], hw: usize, c: usize, a: usize, mx: &[f32], sm: &mut
         for p in 0..l {
             sm[p] += fast_exp(row[p] - mx[p]);
         }
-    }
-}
-
-/// Label of pixel `i` as `Some(class)`, `None` when ignored, or `Err(label)` when out of range.
-#[inline(always)]
-pub(crate) fn class_of(
-    label: i64,
-    ignore: i64,
-    c: usize,
-) -> std::result::Result<Option<usize>, i64> {
-    if label == ignore {
-        Ok(None)
-    } else if label < 0 || label >= c as i64 {
-        Err(label)
-    } else {
-        Ok(Some(label as usize))
     }
 }
 

@@ -13,8 +13,8 @@
 // Kernel loops index several equally long slices at once; that is the clearer form here.
 #![allow(clippy::needless_range_loop)]
 
+use crate::blocks::{block_max, class_of, BLOCK};
 use crate::fast_math::{fast_exp, kernel_buffer};
-use crate::fused_ce::{block_max, class_of, BLOCK};
 use crate::LossError;
 use candle_core::Result;
 use rayon::prelude::*;

@@ -4,16 +4,16 @@
 //! * Forward (one parallel pass over pixel blocks): softmax of every pixel, accumulated into the
 //!   soft intersections `I`, prediction sums `P` and target counts `G` per group and class; the
 //!   loss and the coefficients `α, β` of `∂L/∂p_{n,c} = α_{g,c} + β_{g,c} t_{n,c}` follow on the
-//!   host ([`crate::region::region_loss`]).
+//!   host ([`crate::region_loss::region_loss`]).
 //! * Backward (one parallel pass): recomputes the softmax and applies its Jacobian,
 //!   `∂L/∂z_{n,j} = g · p_j (G_j - Σ_k p_k G_k)` with `G_k = α_{g,k} + β_{g,k} [k = y_n]`.
 
 // Kernel loops index several equally long slices at once; that is the clearer form here.
 #![allow(clippy::needless_range_loop)]
 
+use crate::blocks::{block_max, class_of, BLOCK, TASKS_PER_GROUP};
 use crate::fast_math::{fast_exp, kernel_buffer};
-use crate::fused_ce::{block_max, class_of, BLOCK, TASKS_PER_GROUP};
-use crate::region::{region_loss, RegionKind};
+use crate::region_loss::{region_loss, RegionKind};
 use crate::LossError;
 use candle_core::Result;
 use rayon::prelude::*;

@@ -39,6 +39,7 @@
 
 #![warn(missing_docs)]
 
+mod blocks;
 pub mod class_weights;
 mod config;
 mod error;
@@ -57,9 +58,11 @@ mod dice;
 mod focal;
 mod lovasz;
 mod ohem;
+mod ohem_selection;
 mod precision_ce;
 mod recall_ce;
 mod region;
+mod region_loss;
 mod soft_iou;
 mod tversky;
 mod weighted_ce;
@@ -71,7 +74,8 @@ pub use dice::Dice;
 pub use error::LossError;
 pub use focal::Focal;
 pub use lovasz::Lovasz;
-pub use ohem::{Ohem, OhemSelection};
+pub use ohem::Ohem;
+pub use ohem_selection::OhemSelection;
 pub use options::{LossBuilder, LossOptions};
 pub use precision_ce::PrecisionCe;
 pub use recall_ce::{RecallCe, RecallVariant};

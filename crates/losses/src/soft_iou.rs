@@ -1,7 +1,8 @@
 //! SoftIoU loss (Rahman & Wang 2016).
 
 use crate::options::EngineLoss;
-use crate::region::{RegionEngine, RegionKind};
+use crate::region::RegionEngine;
+use crate::region_loss::RegionKind;
 
 /// Soft Jaccard loss, per image and class, averaged.
 ///

@@ -1,7 +1,8 @@
 //! Tversky loss (Salehi et al. 2017).
 
 use crate::options::EngineLoss;
-use crate::region::{RegionEngine, RegionKind};
+use crate::region::RegionEngine;
+use crate::region_loss::RegionKind;
 use crate::LossError;
 
 /// Soft Tversky loss over the batch, averaged over classes.
