@@ -40,7 +40,8 @@ pub(crate) struct ParityArgs {
     /// Losses: cross_entropy, recall_ce (the two the peer script implements).
     #[arg(long, value_delimiter = ',', default_values_t = ["cross_entropy".to_string(), "recall_ce".to_string()])]
     pub losses: Vec<String>,
-    /// Which side to train: ours, peer or both; the report uses whatever is finished.
+    /// Which side to train: ours, peer, both, or none (only the report); the report uses
+    /// whatever is finished.
     #[arg(long, default_value = "both")]
     pub side: String,
     /// The Python with torch and segmentation-models-pytorch (default `.venv-peer/bin/python`).
@@ -80,7 +81,8 @@ pub(crate) fn run(args: &ParityArgs) -> anyhow::Result<()> {
         "ours" => (true, false),
         "peer" => (false, true),
         "both" => (true, true),
-        other => anyhow::bail!("--side {other}: expected ours, peer or both"),
+        "none" => (false, false),
+        other => anyhow::bail!("--side {other}: expected ours, peer, both or none (report only)"),
     };
     for l in &args.losses {
         if l != "cross_entropy" && l != "recall_ce" {
