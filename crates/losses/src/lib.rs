@@ -110,6 +110,21 @@ pub trait SegLoss: Send {
     /// 1), again with a zero gradient that exists.
     fn forward(&mut self, logits: &Tensor, target: &Tensor) -> candle_core::Result<Tensor>;
 
+    /// [`SegLoss::forward`] with the per-class weights the step applied
+    /// ([`SegLoss::last_class_weights`] right after it), so a caller never reads weights left
+    /// by an earlier call.
+    fn forward_output(
+        &mut self,
+        logits: &Tensor,
+        target: &Tensor,
+    ) -> candle_core::Result<LossOutput> {
+        let loss = self.forward(logits, target)?;
+        Ok(LossOutput {
+            loss,
+            class_weights: self.last_class_weights(),
+        })
+    }
+
     /// The loss's name, as in [`LossConfig`] (`"recall_ce"`).
     fn name(&self) -> &str;
 
@@ -146,6 +161,17 @@ pub trait SegLoss: Send {
             })
         }
     }
+}
+
+/// What one step of a loss produced: the scalar that backpropagates and the per-class weights it
+/// applied (see [`SegLoss::last_class_weights`] for what they are per loss).
+#[derive(Debug, Clone)]
+pub struct LossOutput {
+    /// The loss value (a scalar tensor).
+    pub loss: Tensor,
+    /// Per-class weights of this step, `NaN` for classes absent from the batch, `None` where
+    /// the loss has none.
+    pub class_weights: Option<Vec<f32>>,
 }
 
 /// Which implementation a loss runs.

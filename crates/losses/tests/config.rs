@@ -282,3 +282,29 @@ fn the_functions_equal_the_loss_objects() {
     assert!(RecallCe::new(4).with_options(&opts).is_err());
     assert!(functional::focal(&logits, &target, -1.0, &opts).is_err());
 }
+
+#[test]
+fn forward_output_carries_this_steps_weights() {
+    use recallseg_losses::{RecallCe, SegLoss};
+    let dev = candle_core::Device::Cpu;
+    let logits =
+        candle_core::Tensor::new(&[[[[1f32, 0.0]], [[0.0, 1.0]], [[0.5, 0.5]]]], &dev).unwrap();
+    let mut loss = RecallCe::new(3);
+    let out = loss
+        .forward_output(
+            &logits,
+            &candle_core::Tensor::new(&[[[0u8, 0]]], &dev).unwrap(),
+        )
+        .unwrap();
+    // Class 0: one of its two pixels is predicted right: weight 1 − 1/2; classes 1, 2 absent.
+    let w = out.class_weights.unwrap();
+    assert_eq!(w[0], 0.5);
+    assert!(w[1].is_nan() && w[2].is_nan());
+    let none = loss
+        .forward_output(
+            &logits,
+            &candle_core::Tensor::new(&[[[255u8, 255]]], &dev).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(none.class_weights, None);
+}

@@ -60,10 +60,15 @@ pub struct Trainer<'a> {
     /// The step `last.safetensors` holds (when this run wrote it or resumed from it).
     last_saved_step: Option<u64>,
     last_loss: Option<f64>,
+    /// The per-class weights the loss applied on the last step (logged, Fig. 4).
+    class_weights: Option<Vec<f32>>,
     interval_start: Instant,
     interval_steps: u64,
     _lock: RunLock,
 }
+
+/// A completed step: its loss, the learning rate and the loss's per-class weights.
+type StepResult = (f64, f64, Option<Vec<f32>>);
 
 /// Why a step failed before its update was applied (the state is then rolled back).
 enum StepFailure {
@@ -239,6 +244,7 @@ impl<'a> Trainer<'a> {
             train_seconds: 0.0,
             last_saved_step: resuming.then_some(step),
             last_loss: None,
+            class_weights: None,
             interval_start: Instant::now(),
             interval_steps: 0,
             _lock: lock,
@@ -374,7 +380,8 @@ impl<'a> Trainer<'a> {
         };
         let t0 = Instant::now();
         match self.try_step(batch) {
-            Ok((lv, lr)) => {
+            Ok((lv, lr, class_weights)) => {
+                self.class_weights = class_weights;
                 self.step += 1;
                 self.train_seconds += t0.elapsed().as_secs_f64();
                 self.loss_acc.0 += lv;
@@ -401,12 +408,13 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// The fallible body of [`Trainer::step`]: `(loss, learning rate)`.
-    fn try_step(&mut self, batch: &Batch) -> Result<(f64, f64), StepFailure> {
+    /// The fallible body of [`Trainer::step`]: `(loss, learning rate, the loss's class weights)`.
+    fn try_step(&mut self, batch: &Batch) -> Result<StepResult, StepFailure> {
         let (x, y) = batch_tensors(batch, &self.device)?;
         let dropout_seed = self.rng.next_u64();
         let logits = self.built.model.forward_t_with(&x, true, dropout_seed)?;
-        let l = self.loss.forward(&logits, &y)?;
+        let out = self.loss.forward_output(&logits, &y)?;
+        let l = out.loss;
         let lv = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         // The logits are checked too: a diverged model can produce NaN/inf logits on which a
         // loss still returns a finite number (masked pixels).
@@ -427,7 +435,7 @@ impl<'a> Trainer<'a> {
         let grads = l.backward()?;
         let lr = self.schedule.lr(self.step as usize);
         match self.optimizer.step(&grads, lr)? {
-            StepOutcome::Applied => Ok((lv, lr)),
+            StepOutcome::Applied => Ok((lv, lr, out.class_weights)),
             StepOutcome::Rejected(update) => Err(StepFailure::Rejected(update)),
         }
     }
@@ -591,7 +599,7 @@ impl<'a> Trainer<'a> {
                 } else {
                     0.0
                 },
-                class_weights: finite_or_none(self.loss.last_class_weights()),
+                class_weights: finite_or_none(self.class_weights.clone()),
             })?;
             self.last_loss = Some(mean);
             if !self.opts.quiet {
