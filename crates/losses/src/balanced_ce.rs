@@ -1,6 +1,7 @@
 //! Class-balanced cross entropy (Cui et al. 2019).
 
-use crate::ce_family::{CeEngine, CeMode};
+use crate::ce_family::CeEngine;
+use crate::ce_mode::CeMode;
 use crate::class_weights::class_balanced;
 use crate::options::{EngineLoss, LossOptions};
 use crate::LossError;

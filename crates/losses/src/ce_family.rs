@@ -15,91 +15,17 @@
 //! pixels' `Σ s_{y_n}` instead). Class-level dynamic weights carry no gradient. When `Z = 0`
 //! (no valid pixel, or all weights zero) the loss is 0 with a zero gradient.
 
+use crate::ce_mode::{CeMode, ClassStats, StepReport};
 use crate::fused_ce::FusedCe;
 use crate::input::{
     checked_labels_u32, class_column, class_vector, one_hot, per_class_host, prepare,
 };
-use crate::ohem_selection::{ohem_keep, OhemSelection};
+use crate::ohem_selection::ohem_keep;
 use crate::options::{Engine, LossOptions};
 use candle_core::{DType, Result, Tensor};
 use recallseg_kernels::fused::FusedOp;
 use recallseg_kernels::SavedState;
 use std::sync::Arc;
-
-/// Which member of the family.
-impl CeMode {
-    /// The loss's denominator `Z`: the static-weighted count of valid pixels, or, for the paper
-    /// code's recall variant, every pixel of the batch (`pixels`, ignored ones included: its
-    /// `loss.mean()`).
-    pub(crate) fn normaliser(&self, s: &[f64], count: &[f64], pixels: usize) -> f64 {
-        match self {
-            CeMode::Recall {
-                paper_code: true, ..
-            } => pixels as f64,
-            _ => s.iter().zip(count).map(|(a, b)| a * b).sum(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum CeMode {
-    /// Plain (statically weighted) cross entropy.
-    Plain,
-    /// Weights `1 - recall_c` of the batch's argmax predictions, optionally smoothed by an EMA
-    /// with this momentum; `paper_code`: the public code's variant (counters from 1, mean over
-    /// all pixels, see [`crate::RecallVariant::PaperCode`]).
-    Recall {
-        momentum: Option<f32>,
-        paper_code: bool,
-    },
-    /// Weights `FP_c / (TP_c + FP_c)` (paper Eq. 9).
-    Precision,
-    /// Per-pixel modulation `(1 - p)^γ`.
-    Focal { gamma: f32 },
-    /// Online hard example mining.
-    Ohem(OhemSelection),
-}
-
-/// Argmax statistics of one batch over its valid pixels.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ClassStats {
-    /// Ground-truth pixels per class (`TP + FN`).
-    pub count: Vec<f64>,
-    /// Pixels of the class predicted as the class.
-    pub tp: Vec<f64>,
-    /// Pixels predicted as the class (`TP + FP`).
-    pub pred: Vec<f64>,
-}
-
-/// Dynamic class weights of one step.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct DynWeights {
-    /// Multiplier per class used in the loss (0 for classes without pixels).
-    pub w: Vec<f64>,
-    /// Reported weights (`NaN` for classes absent from the batch).
-    pub report: Vec<f32>,
-    /// The updated recall moving average, if one is kept.
-    pub ema: Option<Vec<f32>>,
-}
-
-/// The class weights of a member from the batch statistics, shared by both implementations so
-/// they cannot drift apart: RecallCE's in [`crate::recall_ce::recall_weights`], PrecisionCE's in
-/// [`crate::precision_ce::precision_weights`], all ones for the others.
-pub(crate) fn dyn_weights(mode: &CeMode, st: &ClassStats, ema_prev: Option<&[f32]>) -> DynWeights {
-    let c = st.count.len();
-    match mode {
-        CeMode::Recall {
-            momentum,
-            paper_code,
-        } => crate::recall_ce::recall_weights(st, *momentum, *paper_code, ema_prev),
-        CeMode::Precision => crate::precision_ce::precision_weights(st),
-        _ => DynWeights {
-            w: vec![1.0; c],
-            report: vec![1.0; c],
-            ema: None,
-        },
-    }
-}
 
 /// Shared state and behaviour of the cross-entropy family.
 #[derive(Debug, Clone)]
@@ -112,13 +38,6 @@ pub(crate) struct CeEngine {
     pub ema: Option<Vec<f32>>,
     /// Weights reported by `last_class_weights`.
     pub last: Option<Vec<f32>>,
-}
-
-/// What one forward pass reports back to the engine.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct StepReport {
-    pub report: Option<Vec<f32>>,
-    pub ema: Option<Vec<f32>>,
 }
 
 impl CeEngine {
@@ -151,7 +70,7 @@ impl CeEngine {
                 n_classes: self.opts.n_classes(),
                 ignore_index: self.opts.ignore_index(),
                 static_w: self.opts.static_f64(),
-                mode: self.mode.clone(),
+                mode: self.mode,
                 ema_prev: self.ema.clone(),
                 out: out.clone(),
                 keep: p.logits.track_op(),
@@ -188,8 +107,8 @@ impl CeEngine {
         let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
         let static_report = self.opts.class_weights().map(<[f32]>::to_vec);
         match &self.mode {
-            CeMode::Plain | CeMode::Recall { .. } | CeMode::Precision => {
-                let (w, rep) = if self.mode == CeMode::Plain {
+            CeMode::Plain | CeMode::ClassWeighted(_) => {
+                let (w, rep) = if matches!(self.mode, CeMode::Plain) {
                     (
                         s.clone(),
                         StepReport {
@@ -208,7 +127,7 @@ impl CeEngine {
                         tp,
                         pred,
                     };
-                    let d = dyn_weights(&self.mode, &st, self.ema.as_deref());
+                    let d = self.mode.class_weights(&st, self.ema.as_deref());
                     let w: Vec<f64> = s.iter().zip(&d.w).map(|(a, b)| a * b).collect();
                     (
                         w,
@@ -318,13 +237,7 @@ impl CeEngine {
         &mut self,
         state: &[f32],
     ) -> std::result::Result<(), crate::LossError> {
-        let keeps = matches!(
-            self.mode,
-            CeMode::Recall {
-                momentum: Some(_),
-                ..
-            }
-        );
+        let keeps = self.mode.keeps_average();
         if state.is_empty() {
             if keeps {
                 self.ema = None;

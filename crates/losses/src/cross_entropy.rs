@@ -1,6 +1,7 @@
 //! Plain cross entropy.
 
-use crate::ce_family::{CeEngine, CeMode};
+use crate::ce_family::CeEngine;
+use crate::ce_mode::CeMode;
 use crate::options::{EngineLoss, LossOptions};
 
 /// Softmax cross entropy, averaged over valid pixels.

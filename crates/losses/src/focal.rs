@@ -1,6 +1,7 @@
 //! Focal loss (Lin et al. 2017), softmax form.
 
-use crate::ce_family::{CeEngine, CeMode};
+use crate::ce_family::CeEngine;
+use crate::ce_mode::CeMode;
 use crate::options::{EngineLoss, LossOptions};
 use crate::LossError;
 

@@ -20,7 +20,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::blocks::{block_max, block_max_only, class_of, BLOCK, TASKS_PER_GROUP};
-use crate::ce_family::{dyn_weights, CeMode, ClassStats, StepReport};
+use crate::ce_mode::{CeMode, ClassStats, StepReport};
 use crate::fast_math::{fast_exp, fast_ln, kernel_buffer};
 use crate::ohem_selection::ohem_keep;
 use crate::LossError;
@@ -276,7 +276,7 @@ impl FusedCe {
             _ => None,
         };
         let ohem = matches!(self.mode, CeMode::Ohem(_));
-        let need_argmax = matches!(self.mode, CeMode::Recall { .. } | CeMode::Precision);
+        let need_argmax = matches!(self.mode, CeMode::ClassWeighted(_));
         let mut ce_pix = if ohem { vec![0f32; n * hw] } else { Vec::new() };
         let ce_ptr = SyncPtr(ce_pix.as_mut_ptr());
         let keep = self.keep;
@@ -336,8 +336,8 @@ impl FusedCe {
         let z = self.mode.normaliser(s, &count, n * hw);
         let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
         let (loss, out) = match &self.mode {
-            CeMode::Plain | CeMode::Recall { .. } | CeMode::Precision => {
-                let (wts, step) = if self.mode == CeMode::Plain {
+            CeMode::Plain | CeMode::ClassWeighted(_) => {
+                let (wts, step) = if matches!(self.mode, CeMode::Plain) {
                     (s.clone(), StepReport::default())
                 } else {
                     let st = ClassStats {
@@ -345,7 +345,7 @@ impl FusedCe {
                         tp: acc.tp.iter().map(|&v| v as f64).collect(),
                         pred: acc.pred.iter().map(|&v| v as f64).collect(),
                     };
-                    let d = dyn_weights(&self.mode, &st, self.ema_prev.as_deref());
+                    let d = self.mode.class_weights(&st, self.ema_prev.as_deref());
                     let w = s.iter().zip(&d.w).map(|(a, b)| a * b).collect();
                     (
                         w,

@@ -53,6 +53,7 @@ mod options;
 
 mod balanced_ce;
 mod ce_family;
+mod ce_mode;
 mod cross_entropy;
 mod dice;
 mod focal;

@@ -1,6 +1,7 @@
 //! Online hard example mining cross entropy (Shrivastava et al. 2016, as used for segmentation).
 
-use crate::ce_family::{CeEngine, CeMode};
+use crate::ce_family::CeEngine;
+use crate::ce_mode::CeMode;
 use crate::ohem_selection::OhemSelection;
 use crate::options::{EngineLoss, LossOptions};
 use crate::LossError;

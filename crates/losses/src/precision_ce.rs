@@ -1,6 +1,7 @@
 //! The hypothetical precision loss of the paper's Eq. 9 (a counterexample).
 
-use crate::ce_family::{CeEngine, CeMode, ClassStats, DynWeights};
+use crate::ce_family::CeEngine;
+use crate::ce_mode::{CeMode, ClassStats, ClassWeighting, DynWeights};
 use crate::options::{EngineLoss, LossOptions};
 
 /// Cross entropy weighted by each class's false discovery rate in the batch (paper Eq. 9).
@@ -27,7 +28,11 @@ impl PrecisionCe {
             engine: CeEngine::new(
                 "precision_ce",
                 LossOptions::new(n_classes),
-                CeMode::Precision,
+                CeMode::ClassWeighted(ClassWeighting {
+                    weights: precision_weights,
+                    momentum: None,
+                    paper_code: false,
+                }),
             ),
         }
     }
@@ -36,7 +41,11 @@ impl PrecisionCe {
 /// PrecisionCE's class weights from one batch's argmax statistics (both implementations use
 /// it): `w_c = FP_c / (TP_c + FP_c)` for classes present in the ground truth, 1 for a present
 /// class that is never predicted (no precision yet); absent classes weigh 0, reported `NaN`.
-pub(crate) fn precision_weights(st: &ClassStats) -> DynWeights {
+pub(crate) fn precision_weights(
+    _: &ClassWeighting,
+    st: &ClassStats,
+    _: Option<&[f32]>,
+) -> DynWeights {
     let c = st.count.len();
     let mut w = vec![0.0f64; c];
     let mut report = vec![f32::NAN; c];

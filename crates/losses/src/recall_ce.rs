@@ -1,6 +1,7 @@
 //! Recall loss (Tian et al., ICRA 2022, Eq. 5).
 
-use crate::ce_family::{CeEngine, CeMode, ClassStats, DynWeights};
+use crate::ce_family::CeEngine;
+use crate::ce_mode::{CeMode, ClassStats, ClassWeighting, DynWeights};
 use crate::options::{EngineLoss, LossOptions};
 use crate::LossError;
 
@@ -57,10 +58,7 @@ impl RecallCe {
             engine: CeEngine::new(
                 "recall_ce",
                 LossOptions::new(n_classes),
-                CeMode::Recall {
-                    momentum: None,
-                    paper_code: false,
-                },
+                recall_mode(None, false),
             ),
         }
     }
@@ -76,10 +74,7 @@ impl RecallCe {
                 reason: "the moving-average momentum must be in [0, 1)".into(),
             });
         }
-        self.engine.mode = CeMode::Recall {
-            momentum: Some(momentum as f32),
-            paper_code: false,
-        };
+        self.engine.mode = recall_mode(Some(momentum as f32), false);
         Ok(self)
     }
 
@@ -87,16 +82,7 @@ impl RecallCe {
     /// ([`RecallVariant::PaperCode`]); the code's variant has no moving average (it resets a
     /// `with_ema` setting).
     pub fn with_variant(mut self, variant: RecallVariant) -> Self {
-        self.engine.mode = match variant {
-            RecallVariant::Eq5 => CeMode::Recall {
-                momentum: None,
-                paper_code: false,
-            },
-            RecallVariant::PaperCode => CeMode::Recall {
-                momentum: None,
-                paper_code: true,
-            },
-        };
+        self.engine.mode = recall_mode(None, variant == RecallVariant::PaperCode);
         self
     }
 
@@ -112,6 +98,15 @@ impl RecallCe {
     }
 }
 
+/// The engine mode of Recall loss: its weights are [`recall_weights`].
+fn recall_mode(momentum: Option<f32>, paper_code: bool) -> CeMode {
+    CeMode::ClassWeighted(ClassWeighting {
+        weights: recall_weights,
+        momentum,
+        paper_code,
+    })
+}
+
 /// Recall loss's class weights from one batch's argmax statistics (both implementations use
 /// it): `w_c = 1 − R_c` with `R_c = TP_c / N_c` (Eq. 5), or `1 − R̄_c` with the moving average
 /// `R̄_c ← m R̄_c + (1 − m) R_c` (`momentum = Some(m)`; the first observation initialises it),
@@ -119,11 +114,11 @@ impl RecallCe {
 /// false negatives keeps `1 / N_c`). Classes absent from the batch weigh 0 and are reported as
 /// `NaN`; `ema_prev` is the average before this batch.
 pub(crate) fn recall_weights(
+    cw: &ClassWeighting,
     st: &ClassStats,
-    momentum: Option<f32>,
-    paper_code: bool,
     ema_prev: Option<&[f32]>,
 ) -> DynWeights {
+    let (momentum, paper_code) = (cw.momentum, cw.paper_code);
     let c = st.count.len();
     let mut w = vec![0.0f64; c];
     let mut report = vec![f32::NAN; c];

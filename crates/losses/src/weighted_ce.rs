@@ -1,6 +1,7 @@
 //! Frequency-weighted cross entropy.
 
-use crate::ce_family::{CeEngine, CeMode};
+use crate::ce_family::CeEngine;
+use crate::ce_mode::CeMode;
 use crate::class_weights::{inverse_frequency, median_frequency};
 use crate::options::{EngineLoss, LossOptions};
 use crate::{LossError, WeightMode};

@@ -1,0 +1,104 @@
+//! What distinguishes the members of the cross-entropy family ([`CeMode`]), the batch statistics
+//! their class weights come from ([`ClassStats`]) and what a step reports back ([`DynWeights`],
+//! [`StepReport`]). Shared by the engine ([`crate::ce_family`]), its fused kernel
+//! ([`crate::fused_ce`]) and the members' own files, which hold their formulas (RecallCE's
+//! weights in `recall_ce.rs`, PrecisionCE's in `precision_ce.rs`) and hand them to the engine
+//! through [`ClassWeighting`], so that nothing imports in a circle.
+
+use crate::ohem_selection::OhemSelection;
+
+/// Which member of the family.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum CeMode {
+    /// Plain (statically weighted) cross entropy.
+    Plain,
+    /// Per-class weights from the batch's argmax statistics (RecallCE, PrecisionCE).
+    ClassWeighted(ClassWeighting),
+    /// Per-pixel modulation `(1 - p)^γ`.
+    Focal { gamma: f32 },
+    /// Online hard example mining.
+    Ohem(OhemSelection),
+}
+
+/// A class-weighted member's formula and its parameters.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClassWeighting {
+    /// The weights from the batch statistics and the moving average before the batch
+    /// (`crate::recall_ce::recall_weights`, `crate::precision_ce::precision_weights`).
+    pub weights: fn(&ClassWeighting, &ClassStats, Option<&[f32]>) -> DynWeights,
+    /// Momentum of the recall moving average, if one is kept (RecallCE's `ema`).
+    pub momentum: Option<f32>,
+    /// The paper code's recall variant: counters from 1, mean over every pixel of the batch.
+    pub paper_code: bool,
+}
+
+impl CeMode {
+    /// The loss's denominator `Z`: the static-weighted count of valid pixels, or, for the paper
+    /// code's recall variant, every pixel of the batch (`pixels`, ignored ones included: its
+    /// `loss.mean()`).
+    pub(crate) fn normaliser(&self, s: &[f64], count: &[f64], pixels: usize) -> f64 {
+        match self {
+            CeMode::ClassWeighted(ClassWeighting {
+                paper_code: true, ..
+            }) => pixels as f64,
+            _ => s.iter().zip(count).map(|(a, b)| a * b).sum(),
+        }
+    }
+
+    /// The class weights of a member from the batch statistics, shared by both
+    /// implementations so they cannot drift apart: the member's formula for class-weighted
+    /// members, all ones for the others.
+    pub(crate) fn class_weights(&self, st: &ClassStats, ema_prev: Option<&[f32]>) -> DynWeights {
+        match self {
+            CeMode::ClassWeighted(cw) => (cw.weights)(cw, st, ema_prev),
+            _ => {
+                let c = st.count.len();
+                DynWeights {
+                    w: vec![1.0; c],
+                    report: vec![1.0; c],
+                    ema: None,
+                }
+            }
+        }
+    }
+
+    /// Whether the member keeps a moving average across steps (its checkpointed state).
+    pub(crate) fn keeps_average(&self) -> bool {
+        matches!(
+            self,
+            CeMode::ClassWeighted(ClassWeighting {
+                momentum: Some(_),
+                ..
+            })
+        )
+    }
+}
+
+/// Argmax statistics of one batch over its valid pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ClassStats {
+    /// Ground-truth pixels per class (`TP + FN`).
+    pub count: Vec<f64>,
+    /// Pixels of the class predicted as the class.
+    pub tp: Vec<f64>,
+    /// Pixels predicted as the class (`TP + FP`).
+    pub pred: Vec<f64>,
+}
+
+/// Dynamic class weights of one step.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DynWeights {
+    /// Multiplier per class used in the loss (0 for classes without pixels).
+    pub w: Vec<f64>,
+    /// Reported weights (`NaN` for classes absent from the batch).
+    pub report: Vec<f32>,
+    /// The updated recall moving average, if one is kept.
+    pub ema: Option<Vec<f32>>,
+}
+
+/// What one forward pass reports back to the engine.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StepReport {
+    pub report: Option<Vec<f32>>,
+    pub ema: Option<Vec<f32>>,
+}
