@@ -232,9 +232,9 @@ pub struct ModelSection {
     /// Default `false`, as the paper's code.
     #[serde(default)]
     pub aspp_conv: bool,
-    /// How the head's parameters start: `kaiming_fan_out` (default), `pytorch_default` (what
-    /// segmentation_models_pytorch's DeepLabV3+ starts from) or `paper_code`
-    /// (`recallseg_models::InitScheme`).
+    /// How the head's parameters start: `paper_code` (default; the paper's `kaiming_normal_`
+    /// fan-in head), `pytorch_default` (what segmentation_models_pytorch's DeepLabV3+ starts
+    /// from) or `kaiming_fan_out` (`recallseg_models::InitScheme`).
     #[serde(default)]
     pub init: recallseg_models::InitScheme,
 }
