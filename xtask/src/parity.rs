@@ -92,19 +92,15 @@ pub(crate) fn run(args: &ParityArgs) -> anyhow::Result<()> {
         }
     }
     let base = TrainConfig::from_toml_str(CONFIG, "xtask/peer/parity.toml", &args.set)?;
+    let peer_dir = args.out.join("peer");
     let synth = synthetic_config();
-    if !Path::new(DATA_ROOT)
-        .join(&synth.sequence)
-        .join("RGB")
-        .is_dir()
-    {
+    let generated = Path::new(DATA_ROOT).join(&synth.sequence).join("RGB");
+    if (ours || peer) && !generated.is_dir() {
         eprintln!("generating {DATA_ROOT} (480x384) ...");
         generate_synthia(Path::new(DATA_ROOT), &synth)?;
     }
-    let peer_dir = args.out.join("peer");
-    let split_json = write_peer_split(&base, &peer_dir)?;
-
     if peer {
+        let split_json = write_peer_split(&base, &peer_dir)?;
         let python = args
             .python
             .clone()

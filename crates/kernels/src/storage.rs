@@ -4,7 +4,7 @@
 //! Every CPU kernel of the workspace works on contiguous buffers of one element type. These
 //! accessors check both and report a violation with one message each:
 //!
-//! * `"{what}: expected f32 data, got U8"` for a wrong dtype;
+//! * `"{what}: expected F32 data, got U8"` for a wrong dtype;
 //! * `"{what}: expected a contiguous layout, got shape [..] with strides [..] (make the tensor
 //!   contiguous before the op)"` for a strided view.
 //!

@@ -668,7 +668,7 @@ mod tests {
             };
             let base = run(false);
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if use_avx2() {
                 let fast = run(true);
                 assert_eq!(base.0.count, fast.0.count);
                 assert_eq!(base.0.tp, fast.0.tp);

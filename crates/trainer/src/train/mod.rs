@@ -9,9 +9,10 @@
 //!
 //! Everything that influences the next step — model tensors (BatchNorm statistics included),
 //! optimiser moments, the step, the RNG — is in the checkpoint, so a resumed run continues bit
-//! for bit on the CPU. A NaN or infinite loss stops the run before the update, leaving the last
-//! checkpoint as it was. An interrupt (Ctrl-C, see [`interrupt_flag`]) writes `last.safetensors`
-//! and returns.
+//! for bit on the CPU. A NaN or infinite loss (or update) stops the run before the update, after
+//! saving the last good state to `last.safetensors`. An interrupt (Ctrl-C, see
+//! [`interrupt_flag`]) writes `last.safetensors` and returns. The loop itself is
+//! [`Trainer`] (`trainer.rs`); this module holds what it is built from.
 
 use crate::checkpoint::Checkpoint;
 use crate::config::TrainConfig;
@@ -318,6 +319,11 @@ pub fn same_run(a: &TrainConfig, b: &TrainConfig) -> bool {
         c.train.out_dir = PathBuf::new();
         c.data.workers = 0;
         c.schedule.kind = crate::config::ScheduleKind::Constant;
+        // How a fresh model starts does not matter to a run that continues from its
+        // checkpoint (every parameter comes from there); a config stored before `init` existed
+        // reads as today's default.
+        c.model.init = recallseg_models::InitScheme::default();
+        c.model.pretrained = None;
         c
     };
     // A poly schedule depends on iters, so changing iters with poly is not the same run.
@@ -360,4 +366,28 @@ pub fn open_eval(cfg: &TrainConfig, split: &str) -> anyhow::Result<(Arc<dyn SegD
     let ds = crate::data::limit(ds, cfg.data.max_eval_images);
     let loader = eval_loader(&cfg.data, ds.clone(), cfg.train.batch_size.max(4))?;
     Ok((ds, loader))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Preset;
+
+    #[test]
+    fn same_run_ignores_how_a_fresh_model_would_start() {
+        let a = Preset::SynthiaQuick.config(&[]).unwrap();
+        let mut b = a.clone();
+        b.model.init = recallseg_models::InitScheme::PytorchDefault;
+        assert!(same_run(&a, &b), "init only matters for a fresh start");
+        // A config stored before `init` existed (no key) is the same run as today's preset.
+        let old = a
+            .to_toml()
+            .unwrap()
+            .replace("init = \"kaiming_fan_out\"\n", "");
+        assert!(!old.contains("init ="));
+        let stored: TrainConfig = toml::from_str(&old).unwrap();
+        assert!(same_run(&stored, &a));
+        b.model.head_channels += 4;
+        assert!(!same_run(&a, &b));
+    }
 }

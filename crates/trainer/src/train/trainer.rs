@@ -251,11 +251,6 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Steps completed.
-    pub fn step_count(&self) -> u64 {
-        self.step
-    }
-
     /// Writes the run's current state (model, optimiser, loss state, RNG, counters) to `path`,
     /// atomically.
     pub fn checkpoint(&self, path: &Path) -> anyhow::Result<()> {
@@ -373,7 +368,7 @@ impl<'a> Trainer<'a> {
     /// the step count advances and the learning rate used is returned. On failure the state is
     /// rolled back to before the step, the last good state is saved when it holds unsaved
     /// steps, and the error says so.
-    pub fn step(&mut self, batch: &Batch) -> anyhow::Result<f64> {
+    fn step(&mut self, batch: &Batch) -> anyhow::Result<f64> {
         let snapshot = match self.snapshot() {
             Ok(s) => s,
             Err(e) => return Err(self.fail_after_step(e)),
@@ -643,7 +638,7 @@ impl<'a> Trainer<'a> {
 
     /// Evaluates the model on the validation split (when the run has one) and offers its mean
     /// IoU to the [`KeepBest`] strategy: the report and whether it is the new best.
-    pub fn validate(&mut self) -> anyhow::Result<Option<(Report, bool)>> {
+    fn validate(&mut self) -> anyhow::Result<Option<(Report, bool)>> {
         let Some(vl) = &self.data.val else {
             return Ok(None);
         };
