@@ -311,10 +311,23 @@ pub fn resize_nearest_window<T: Copy>(
     check_pad(pad.len(), channels)?;
     let xs = nearest_axis(sw, dw, x0, cw);
     let ys = nearest_axis(sh, dh, y0, ch);
-    let mut dst = Vec::with_capacity(cw * ch * channels);
-    for &sy in &ys {
+    Ok(gather(src, sw, channels, &xs, &ys, pad))
+}
+
+/// The pixels at source columns `xs` × rows `ys` of an interleaved buffer `sw` wide, `pad` where
+/// an index is `usize::MAX` (outside the image).
+fn gather<T: Copy>(
+    src: &[T],
+    sw: usize,
+    channels: usize,
+    xs: &[usize],
+    ys: &[usize],
+    pad: &[T],
+) -> Vec<T> {
+    let mut dst = Vec::with_capacity(xs.len() * ys.len() * channels);
+    for &sy in ys {
         if sy == usize::MAX {
-            for _ in 0..cw {
+            for _ in 0..xs.len() {
                 dst.extend_from_slice(pad);
             }
             continue;
@@ -326,7 +339,7 @@ pub fn resize_nearest_window<T: Copy>(
                     .map(|&sx| if sx == usize::MAX { pad[0] } else { row[sx] }),
             );
         } else {
-            for &sx in &xs {
+            for &sx in xs {
                 if sx == usize::MAX {
                     dst.extend_from_slice(pad);
                 } else {
@@ -335,7 +348,7 @@ pub fn resize_nearest_window<T: Copy>(
             }
         }
     }
-    Ok(dst)
+    dst
 }
 
 /// How the loader's base resize (`LoaderConfig::resize_method`) resamples an image and its
@@ -587,18 +600,8 @@ pub fn resize_nearest_centre<T: Copy>(
     }
     let xs = nearest_centre_axis(sw, dw);
     let ys = nearest_centre_axis(sh, dh);
-    let mut dst = Vec::with_capacity(dw * dh * channels);
-    for &sy in &ys {
-        let row = &src[sy * sw * channels..(sy + 1) * sw * channels];
-        if channels == 1 {
-            dst.extend(xs.iter().map(|&sx| row[sx]));
-        } else {
-            for &sx in &xs {
-                dst.extend_from_slice(&row[sx * channels..(sx + 1) * channels]);
-            }
-        }
-    }
-    Ok(dst)
+    // Every index lies inside the image: the pad is never used.
+    Ok(gather(src, sw, channels, &xs, &ys, &src[..channels]))
 }
 
 /// Mirrors an interleaved H×W×`channels` buffer left–right in place; a buffer that does not
