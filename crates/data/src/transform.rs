@@ -278,15 +278,34 @@ pub fn resize_nearest<T: Copy>(
     dh: usize,
     channels: usize,
 ) -> Result<Vec<T>, DataError> {
+    nearest_resize(src, [sw, sh, dw, dh], channels, |s, d| {
+        nearest_axis(s, d, 0, d)
+    })
+}
+
+/// The checks and the gather shared by the whole-image nearest resizes; `axis(src, dst)` gives
+/// the source index of every destination index along one axis.
+fn nearest_resize<T: Copy>(
+    src: &[T],
+    [sw, sh, dw, dh]: [usize; 4],
+    channels: usize,
+    axis: fn(usize, usize) -> Vec<usize>,
+) -> Result<Vec<T>, DataError> {
     check_buffer("resize source", src.len(), sw, sh, channels)?;
     check_target(dw, dh)?;
     check_output("resize target size", dw, dh)?;
     if sw == dw && sh == dh {
         return Ok(src.to_vec());
     }
-    // Never used (the whole window lies inside the image), but the window function wants one.
-    let pad = src[..channels].to_vec();
-    resize_nearest_window(src, sw, sh, dw, dh, channels, 0, 0, dw, dh, &pad)
+    // Every index lies inside the image: the pad is never used.
+    Ok(gather(
+        src,
+        sw,
+        channels,
+        &axis(sw, dw),
+        &axis(sh, dh),
+        &src[..channels],
+    ))
 }
 
 /// The `cw × ch` window at (`x0`, `y0`) of [`resize_nearest`]`(src, …, dw, dh, channels)`,
@@ -592,16 +611,7 @@ pub fn resize_nearest_centre<T: Copy>(
     dh: usize,
     channels: usize,
 ) -> Result<Vec<T>, DataError> {
-    check_buffer("resize source", src.len(), sw, sh, channels)?;
-    check_target(dw, dh)?;
-    check_output("resize target size", dw, dh)?;
-    if sw == dw && sh == dh {
-        return Ok(src.to_vec());
-    }
-    let xs = nearest_centre_axis(sw, dw);
-    let ys = nearest_centre_axis(sh, dh);
-    // Every index lies inside the image: the pad is never used.
-    Ok(gather(src, sw, channels, &xs, &ys, &src[..channels]))
+    nearest_resize(src, [sw, sh, dw, dh], channels, nearest_centre_axis)
 }
 
 /// Mirrors an interleaved H×W×`channels` buffer left–right in place; a buffer that does not
