@@ -4,7 +4,8 @@
 //! a TOML configuration, [`optim`] holds checkpointable Adam / AdamW / SGD, [`checkpoint`] writes
 //! safetensors checkpoints atomically and verifies them on load, [`run_dir`] locks a run's
 //! folder, [`signals`] turns SIGINT/SIGTERM/SIGHUP into a checkpoint and a clean stop, [`log`] writes progress and a JSON-lines log, and
-//! [`report`] turns finished runs into the paper-style report.
+//! [`report`] turns finished runs into the paper-style report (text drawn with the embedded font of
+//! [`font`]).
 
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod compare;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod font;
 pub mod log;
 pub mod optim;
 pub mod predict;

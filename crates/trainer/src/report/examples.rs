@@ -239,6 +239,7 @@ fn draw_texts(
     (width, height): (usize, usize),
     texts: &[(String, (i32, i32))],
 ) -> Result<(), String> {
+    crate::font::register_fonts()?;
     let root = BitMapBackend::with_buffer(buf, (width as u32, height as u32)).into_drawing_area();
     for (t, pos) in texts {
         root.draw(&Text::new(

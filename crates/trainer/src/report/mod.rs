@@ -252,7 +252,7 @@ impl Comparison {
     }
 }
 
-/// What [`write_report`] wrote, and the plots it could not draw (a missing system font, say).
+/// What [`write_report`] wrote, and the plots it could not draw (an unwritable file, say).
 #[derive(Debug, Clone, Default)]
 pub struct WrittenReport {
     /// Files written.

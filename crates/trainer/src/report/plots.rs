@@ -34,6 +34,7 @@ fn with_backend(
     draw: impl Fn(DrawingArea<SVGBackend, Shift>) -> PlotResult,
     draw_png: impl Fn(DrawingArea<BitMapBackend, Shift>) -> PlotResult,
 ) -> PlotResult {
+    crate::font::register_fonts()?;
     match path.extension().and_then(|x| x.to_str()) {
         Some("svg") => draw(SVGBackend::new(path, size).into_drawing_area()),
         Some("png") => draw_png(BitMapBackend::new(path, size).into_drawing_area()),
