@@ -15,13 +15,17 @@
 //! seed = 0                               # optional
 //! fractions = { train = 0.7, val = 0.1 } # optional
 //!
-//! # … or one pair per split (then `images`/`masks` above are left out):
+//! # … or one pair per split (then `images`/`masks` above are left out; opening a split
+//! # without its section is an error naming it):
 //! # [train]
 //! # images = "train/img"
 //! # masks = "train/mask"
 //! # [val]
 //! # images = "val/img"
 //! # masks = "val/mask"
+//! # [test]
+//! # images = "test/img"
+//! # masks = "test/mask"
 //!
 //! # Optional colour statistics (0–255 scale); default ImageNet.
 //! # normalize = { mean = [120.0, 115.0, 105.0], std = [58.0, 57.0, 57.0] }

@@ -252,6 +252,10 @@ pub struct CheckpointMeta {
     /// Seconds spent in training steps up to `step`, over every invocation of the run.
     #[serde(default)]
     pub train_seconds: f64,
+    /// Early stopping's state (`train.early_stop`): the best watched figure, its step and the
+    /// validations since it, so a resumed run counts on (and one that stopped stays stopped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stop: Option<crate::train::EarlyStopState>,
 }
 
 /// A checkpoint in memory.
@@ -606,6 +610,7 @@ mod tests {
                 loss_acc: (1.5, 2),
                 normalize: Some(recallseg_data::Normalize::IMAGENET),
                 train_seconds: 12.5,
+                early_stop: None,
             },
         }
     }

@@ -209,6 +209,7 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<i32> {
     eprintln!(
         "{} at step {}: {} (best validation mean IoU {})",
         match (o.finished, o.stop_signal) {
+            (true, _) if o.early_stopped => "stopped early (train.early_stop)".to_string(),
             (true, _) => "finished".to_string(),
             (false, Some(s)) => format!("stopped by {}", s.name()),
             (false, None) => "stopped".to_string(),

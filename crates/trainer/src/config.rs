@@ -237,6 +237,129 @@ pub struct ModelSection {
     /// from) or `kaiming_fan_out` (`recallseg_models::InitScheme`).
     #[serde(default)]
     pub init: recallseg_models::InitScheme,
+    /// A whole head layout in one word: `paper` (default: the fields as written) or `smp`
+    /// (segmentation_models_pytorch's `DeepLabV3Plus`, `recallseg_models::ModelConfig::smp_layout`:
+    /// separable ASPP and decoder, `aspp_conv`, one decoder convolution, rates 12/24/36, no
+    /// decoder dropout, `align_corners`; and `pytorch_default` init unless `init` is set to
+    /// another scheme than the default). With `smp`, those layout fields must be left out (or
+    /// hold smp's values) and `head` must be `deeplabv3plus`; the configuration a run writes
+    /// spells them out.
+    #[serde(default)]
+    pub layout: ModelLayout,
+}
+
+/// `[model] layout`: a named head layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelLayout {
+    /// The fields as written (their defaults are the paper code's model).
+    #[default]
+    Paper,
+    /// segmentation_models_pytorch's `DeepLabV3Plus` (`ModelConfig::smp_layout`).
+    Smp,
+}
+
+impl ModelLayout {
+    /// The name used in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelLayout::Paper => "paper",
+            ModelLayout::Smp => "smp",
+        }
+    }
+}
+
+impl ModelSection {
+    /// The section with its layout applied: for `layout = "smp"`, the fields
+    /// `ModelConfig::smp_layout` sets hold smp's values; otherwise unchanged.
+    pub fn resolved(&self) -> ModelSection {
+        let mut m = self.clone();
+        if m.layout == ModelLayout::Smp {
+            let smp = recallseg_models::ModelConfig::default().smp_layout();
+            m.head = smp.head;
+            m.separable = smp.separable;
+            m.aspp_conv = smp.aspp_conv;
+            m.decoder_convs = smp.decoder_convs;
+            m.aspp_rates = smp.aspp_rates;
+            m.decoder_dropout = smp.decoder_dropout;
+            m.align_corners = smp.align_corners;
+            // How the parameters start is not the layout: an explicit scheme is kept.
+            if m.init == recallseg_models::InitScheme::default() {
+                m.init = smp.init;
+            }
+        }
+        m
+    }
+
+    /// With `layout = "smp"`: the first field set to something other than its default or smp's
+    /// value (the error names it).
+    fn layout_conflict(&self) -> Result<(), ConfigError> {
+        if self.layout != ModelLayout::Smp {
+            return Ok(());
+        }
+        if self.head != Head::DeepLabV3Plus {
+            return Err(invalid(
+                "model.head",
+                format!(
+                    "`{}` conflicts with model.layout = \"smp\" (smp's layout is a DeepLabV3+); \
+                     set head = \"deeplabv3plus\" or layout = \"paper\"",
+                    self.head.name()
+                ),
+            ));
+        }
+        let smp = self.resolved();
+        let checks: [(&str, String, String, String); 6] = [
+            (
+                "separable",
+                self.separable.to_string(),
+                false.to_string(),
+                smp.separable.to_string(),
+            ),
+            (
+                "aspp_conv",
+                self.aspp_conv.to_string(),
+                false.to_string(),
+                smp.aspp_conv.to_string(),
+            ),
+            (
+                "decoder_convs",
+                self.decoder_convs.to_string(),
+                default_decoder_convs().to_string(),
+                smp.decoder_convs.to_string(),
+            ),
+            (
+                "aspp_rates",
+                format!("{:?}", self.aspp_rates),
+                format!("{:?}", None::<[usize; 3]>),
+                format!("{:?}", smp.aspp_rates),
+            ),
+            (
+                "decoder_dropout",
+                format!("{:?}", self.decoder_dropout),
+                format!("{:?}", default_decoder_dropout()),
+                format!("{:?}", smp.decoder_dropout),
+            ),
+            (
+                "align_corners",
+                self.align_corners.to_string(),
+                false.to_string(),
+                smp.align_corners.to_string(),
+            ),
+        ];
+        for (field, value, default, smp_value) in checks {
+            if value != default && value != smp_value {
+                return Err(invalid(
+                    &format!("model.{field}"),
+                    format!(
+                        "{value} conflicts with model.layout = \"smp\", which sets it to \
+                         {smp_value}; leave it out, or use layout = \"paper\" and set the \
+                         fields one by one"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[model] pretrained` in a config file: `"none"`, `"imagenet"`, a bare path string, or the
@@ -364,24 +487,46 @@ pub enum ScheduleKind {
     Constant,
     /// `lr · (1 − step/iters)^power` (DeepLab's poly decay).
     Poly,
+    /// Cosine annealing over the run: `min_lr + (lr − min_lr) · (1 + cos(π · step/iters)) / 2`
+    /// (`torch.optim.lr_scheduler.CosineAnnealingLR` with `T_max = train.iters`,
+    /// `eta_min = min_lr`, stepped every iteration as the paper's code does).
+    Cosine,
+    /// `lr · gamma^k` where `k` is the number of `milestones` at or below the step
+    /// (`torch.optim.lr_scheduler.MultiStepLR`, stepped every iteration as the paper's code does).
+    MultiStep,
 }
 
 /// `[schedule]`: how the learning rate changes over training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
-    /// `constant` or `poly`.
+    /// `constant`, `poly`, `cosine` or `multi_step`.
     pub kind: ScheduleKind,
     /// Exponent of the poly schedule.
     #[serde(default = "default_power")]
     pub power: f64,
-    /// Linear warm-up from 0 over this many steps (0 = none).
+    /// Linear warm-up from 0 over this many steps (0 = none): step `s < warmup_iters` uses
+    /// `lr · (s + 1) / warmup_iters`; the schedule then continues at step `warmup_iters` as if
+    /// there had been no warm-up (its clock counts from the first step).
     #[serde(default)]
     pub warmup_iters: usize,
+    /// The rate the cosine schedule ends at (`eta_min`; default 0). Must not exceed `optim.lr`.
+    #[serde(default)]
+    pub min_lr: f64,
+    /// Steps after which the multi-step schedule multiplies the rate by `gamma`: strictly
+    /// increasing, each in `1..train.iters` (e.g. `[60000, 80000]`).
+    #[serde(default)]
+    pub milestones: Vec<usize>,
+    /// The multi-step schedule's factor per milestone (default 0.1, PyTorch's).
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
 }
 
 fn default_power() -> f64 {
     0.9
+}
+fn default_gamma() -> f64 {
+    0.1
 }
 
 impl Default for ScheduleConfig {
@@ -390,6 +535,9 @@ impl Default for ScheduleConfig {
             kind: ScheduleKind::Constant,
             power: default_power(),
             warmup_iters: 0,
+            min_lr: 0.0,
+            milestones: Vec::new(),
+            gamma: default_gamma(),
         }
     }
 }
@@ -419,6 +567,58 @@ pub struct TrainSection {
     pub device: String,
     /// Output folder of the run (checkpoints, `log.jsonl`, `config.toml`).
     pub out_dir: PathBuf,
+    /// Stop before `iters` when the validation metric has not improved for `patience`
+    /// validations (`[train.early_stop]`; absent = never). Needs `val_every > 0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stop: Option<EarlyStopConfig>,
+}
+
+/// The validation figure early stopping watches (higher is better).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EarlyStopMetric {
+    /// Mean IoU over classes (what `best.safetensors` keeps; default).
+    #[default]
+    MeanIou,
+    /// Mean accuracy (mean per-class recall), the paper's headline figure.
+    MeanAccuracy,
+    /// Pixel accuracy.
+    PixelAccuracy,
+}
+
+impl EarlyStopMetric {
+    /// The name used in configs and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            EarlyStopMetric::MeanIou => "mean_iou",
+            EarlyStopMetric::MeanAccuracy => "mean_accuracy",
+            EarlyStopMetric::PixelAccuracy => "pixel_accuracy",
+        }
+    }
+
+    /// The figure in a validation report (`None` when undefined, e.g. no labelled pixel).
+    pub fn value(self, report: &recallseg_metrics::Report) -> Option<f64> {
+        match self {
+            EarlyStopMetric::MeanIou => report.mean_iou.value,
+            EarlyStopMetric::MeanAccuracy => report.mean_accuracy.value,
+            EarlyStopMetric::PixelAccuracy => report.pixel_accuracy,
+        }
+    }
+}
+
+/// `[train.early_stop]`: early stopping on a validation metric (Keras' / Lightning's rule).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopConfig {
+    /// Validations in a row without improvement after which the run stops (at least 1).
+    pub patience: usize,
+    /// The watched figure (default `mean_iou`).
+    #[serde(default)]
+    pub metric: EarlyStopMetric,
+    /// A validation improves when its figure exceeds the best so far by more than this
+    /// (default 0: any increase).
+    #[serde(default)]
+    pub min_delta: f64,
 }
 
 fn default_log_every() -> usize {
@@ -522,7 +722,7 @@ impl TrainConfig {
         for spec in overrides {
             apply_override(&mut table, spec)?;
         }
-        let cfg: TrainConfig =
+        let mut cfg: TrainConfig =
             toml::Value::Table(table)
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
@@ -530,6 +730,8 @@ impl TrainConfig {
                     message: e.to_string().trim().to_string(),
                 })?;
         cfg.validate()?;
+        // Spell out what a named layout sets, so `config.toml` shows the model that ran.
+        cfg.model = cfg.model.resolved();
         Ok(cfg)
     }
 
@@ -633,6 +835,7 @@ impl TrainConfig {
         }
 
         let m = &self.model;
+        m.layout_conflict()?;
         if m.backbone_width == 0 || !m.backbone_width.is_multiple_of(4) || m.backbone_width > 64 {
             return Err(invalid(
                 "model.backbone_width",
@@ -724,11 +927,60 @@ impl TrainConfig {
                 format!("{} is not below train.iters ({})", s.warmup_iters, t.iters),
             ));
         }
+        if !(s.min_lr.is_finite() && s.min_lr >= 0.0 && s.min_lr <= o.lr) {
+            return Err(invalid(
+                "schedule.min_lr",
+                format!("{} is not in [0, optim.lr = {}]", s.min_lr, o.lr),
+            ));
+        }
+        if !(s.gamma.is_finite() && s.gamma > 0.0) {
+            return Err(invalid(
+                "schedule.gamma",
+                format!("{} is not a positive number", s.gamma),
+            ));
+        }
+        if s.kind == ScheduleKind::MultiStep && s.milestones.is_empty() {
+            return Err(invalid(
+                "schedule.milestones",
+                "schedule.kind = \"multi_step\" needs at least one milestone, e.g. [60000, 80000]",
+            ));
+        }
+        for (i, &m) in s.milestones.iter().enumerate() {
+            if m == 0 || m >= t.iters {
+                return Err(invalid(
+                    "schedule.milestones",
+                    format!("{m} is not in 1..train.iters ({})", t.iters),
+                ));
+            }
+            if i > 0 && m <= s.milestones[i - 1] {
+                return Err(invalid(
+                    "schedule.milestones",
+                    format!("{:?} is not strictly increasing", s.milestones),
+                ));
+            }
+        }
         if t.batch_size == 0 {
             return Err(invalid("train.batch_size", "must be at least 1"));
         }
         if t.log_every == 0 {
             return Err(invalid("train.log_every", "must be at least 1"));
+        }
+        if let Some(es) = &t.early_stop {
+            if es.patience == 0 {
+                return Err(invalid("train.early_stop.patience", "must be at least 1"));
+            }
+            if !(es.min_delta.is_finite() && es.min_delta >= 0.0) {
+                return Err(invalid(
+                    "train.early_stop.min_delta",
+                    format!("{} is negative or not finite", es.min_delta),
+                ));
+            }
+            if t.val_every == 0 {
+                return Err(invalid(
+                    "train.early_stop",
+                    "needs train.val_every > 0 (it watches the periodic validations)",
+                ));
+            }
         }
         DeviceSpec::parse(&t.device).map_err(|m| invalid("train.device", m))?;
         if t.out_dir.as_os_str().is_empty() {
@@ -1003,6 +1255,105 @@ mod tests {
         );
         let e = err_text(&["loss.name=focal", "loss.gama=1.0"]);
         assert!(e.contains("`loss`") && e.contains("gama"), "{e}");
+    }
+
+    #[test]
+    fn schedule_and_early_stop_keys_are_checked() {
+        let e = err_text(&["schedule.kind=multi_step"]);
+        assert!(
+            e.starts_with("schedule.milestones:") && e.contains("at least one"),
+            "{e}"
+        );
+        let e = err_text(&["schedule.kind=multi_step", "schedule.milestones=[20, 10]"]);
+        assert!(e.contains("strictly increasing"), "{e}");
+        let e = err_text(&["schedule.milestones=[0]"]);
+        assert!(
+            e.starts_with("schedule.milestones: 0 is not in 1..train.iters"),
+            "{e}"
+        );
+        assert!(err_text(&["schedule.gamma=0.0"]).starts_with("schedule.gamma:"));
+        assert!(err_text(&["schedule.min_lr=1.0"]).starts_with("schedule.min_lr:"));
+        let c = quick(&[
+            "schedule.kind=multi_step",
+            "schedule.milestones=[300, 500]",
+            "schedule.gamma=0.5",
+        ])
+        .unwrap();
+        assert_eq!(c.schedule.kind, ScheduleKind::MultiStep);
+        assert_eq!(c.schedule.milestones, vec![300, 500]);
+        assert_eq!(
+            quick(&["schedule.kind=cosine"]).unwrap().schedule.kind,
+            ScheduleKind::Cosine
+        );
+
+        assert_eq!(
+            err_text(&["train.early_stop={ patience = 0 }"]),
+            "train.early_stop.patience: must be at least 1"
+        );
+        let e = err_text(&["train.early_stop={ patience = 3 }", "train.val_every=0"]);
+        assert!(
+            e.starts_with("train.early_stop:") && e.contains("val_every"),
+            "{e}"
+        );
+        let e = err_text(&["train.early_stop={ patience = 3, metric = \"miou\" }"]);
+        assert!(e.contains("mean_iou"), "{e}");
+        let c = quick(&["train.early_stop={ patience = 3 }"]).unwrap();
+        let es = c.train.early_stop.clone().unwrap();
+        assert_eq!(
+            (es.patience, es.metric, es.min_delta),
+            (3, EarlyStopMetric::MeanIou, 0.0)
+        );
+        let back = TrainConfig::from_toml_str(&c.to_toml().unwrap(), "round trip", &[]).unwrap();
+        assert_eq!(back, c);
+        assert!(!quick(&[])
+            .unwrap()
+            .to_toml()
+            .unwrap()
+            .contains("early_stop"));
+    }
+
+    #[test]
+    fn smp_layout_is_one_key() {
+        let c = quick(&["model.layout=smp"]).unwrap();
+        assert_eq!(c.model.layout, ModelLayout::Smp);
+        let m = crate::train::model_config(&c, 5);
+        let want =
+            crate::train::model_config(&quick(&["model.init=paper_code"]).unwrap(), 5).smp_layout();
+        // The quick preset sets init = "kaiming_fan_out", which the layout keeps.
+        assert_eq!(m.init, recallseg_models::InitScheme::KaimingFanOut);
+        assert_eq!(
+            m,
+            recallseg_models::ModelConfig {
+                init: m.init,
+                ..want.clone()
+            }
+        );
+        let c2 = quick(&["model.layout=smp", "model.init=paper_code"]).unwrap();
+        assert_eq!(crate::train::model_config(&c2, 5), want);
+        // The stored configuration spells the fields out and reads back the same.
+        let text = c.to_toml().unwrap();
+        assert!(text.contains("separable = true") && text.contains("layout = \"smp\""));
+        let back = TrainConfig::from_toml_str(&text, "round trip", &[]).unwrap();
+        assert_eq!(back, c);
+        // Fields the layout sets may repeat smp's values, not contradict them.
+        assert!(quick(&["model.layout=smp", "model.separable=true"]).is_ok());
+        let e = err_text(&[
+            "model.layout=smp",
+            "model.decoder_convs=1",
+            "model.aspp_rates=[6, 12, 18]",
+        ]);
+        assert!(
+            e.starts_with("model.aspp_rates: Some([6, 12, 18]) conflicts"),
+            "{e}"
+        );
+        let e = err_text(&["model.layout=smp", "model.head=deeplabv3"]);
+        assert!(
+            e.starts_with("model.head:") && e.contains("DeepLabV3+"),
+            "{e}"
+        );
+        assert!(err_text(&["model.layout=mmseg"]).contains("paper"));
+        // The default is the fields as written.
+        assert_eq!(quick(&[]).unwrap().model.layout, ModelLayout::Paper);
     }
 
     #[test]

@@ -338,3 +338,57 @@ fn eval_and_predict_from_a_checkpoint() {
         assert_eq!(p.0, palette[l.0[0] as usize]);
     }
 }
+
+/// `train.early_stop` with a `min_delta` no validation can beat: the first validation sets the
+/// best, the next `patience` do not improve, and the run stops there, finished, with
+/// `last.safetensors` at that step; resuming it trains no further.
+#[test]
+fn early_stopping_ends_the_run_and_stays_ended_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let out = dir.path().join("run");
+    let cfg = tiny_config(
+        &root,
+        &out,
+        &[
+            "train.iters=8",
+            "train.val_every=1",
+            "train.checkpoint_every=0",
+            "train.early_stop={ patience = 2, min_delta = 1.0, metric = \"mean_accuracy\" }",
+        ],
+    );
+    let o = train(&cfg, &quiet()).unwrap();
+    assert!(o.finished && o.early_stopped, "{o:?}");
+    assert_eq!(o.step, 3);
+    let ck = Checkpoint::load(&out.join("last.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(ck.meta.step, 3);
+    let es = ck.meta.early_stop.unwrap();
+    assert_eq!((es.best_step, es.since_best), (1, 2));
+    let log = read_log(&out.join("log.jsonl")).unwrap();
+    let reason = log
+        .iter()
+        .find_map(|r| match r {
+            LogRecord::Stopped { step: 3, reason } => Some(reason.clone()),
+            _ => None,
+        })
+        .expect("a stopped record");
+    assert!(
+        reason.contains("early stop") && reason.contains("mean_accuracy"),
+        "{reason}"
+    );
+    let resumed = TrainOptions {
+        resume: true,
+        ..quiet()
+    };
+    let again = train(&cfg, &resumed).unwrap();
+    assert!(again.finished && again.early_stopped);
+    assert_eq!(again.step, 3);
+    // Without early stopping the same run goes on to train.iters.
+    let mut plain = cfg.clone();
+    plain.train.early_stop = None;
+    plain.train.out_dir = dir.path().join("plain");
+    let p = train(&plain, &quiet()).unwrap();
+    assert!(p.finished && !p.early_stopped);
+    assert_eq!(p.step, 8);
+}

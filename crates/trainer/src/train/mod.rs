@@ -31,7 +31,7 @@ use std::sync::Arc;
 mod strategy;
 mod trainer;
 
-pub use strategy::{KeepBest, StopRule, Stopping};
+pub use strategy::{EarlyStop, EarlyStopState, KeepBest, StopRule, Stopping};
 pub use trainer::Trainer;
 
 /// Why a run ended without finishing.
@@ -143,11 +143,14 @@ pub struct TrainOutcome {
     pub last_loss: Option<f64>,
     /// The signal that stopped the run (when it was stopped by one, see [`crate::signals`]).
     pub stop_signal: Option<crate::signals::StopSignal>,
+    /// Early stopping ended the run before `train.iters` (`train.early_stop`); such a run
+    /// counts as `finished`, and resuming it trains no further.
+    pub early_stopped: bool,
 }
 
 /// The model configuration of a training configuration for a dataset of `n_classes` classes.
 pub fn model_config(cfg: &TrainConfig, n_classes: usize) -> ModelConfig {
-    let m = &cfg.model;
+    let m = &cfg.model.resolved();
     ModelConfig {
         backbone: m.backbone,
         head: m.head,
@@ -326,10 +329,13 @@ pub fn same_run(a: &TrainConfig, b: &TrainConfig) -> bool {
         c.model.pretrained = None;
         c
     };
-    // A poly schedule depends on iters, so changing iters with poly is not the same run.
-    let poly_ok =
-        a.schedule.kind != crate::config::ScheduleKind::Poly || a.train.iters == b.train.iters;
-    norm(a) == norm(b) && a.schedule.kind == b.schedule.kind && poly_ok
+    // Poly and cosine schedules depend on iters, so changing iters with them is not the same
+    // run (multi-step milestones are absolute steps).
+    let iters_ok = !matches!(
+        a.schedule.kind,
+        crate::config::ScheduleKind::Poly | crate::config::ScheduleKind::Cosine
+    ) || a.train.iters == b.train.iters;
+    norm(a) == norm(b) && a.schedule.kind == b.schedule.kind && iters_ok
 }
 
 /// Loads a checkpoint's model for evaluation or prediction: returns the model, its config and

@@ -2,7 +2,7 @@
 //! validation ([`Trainer::validate`]), checkpoints ([`Trainer::checkpoint`]) and the loop that
 //! strings them together ([`Trainer::run`]).
 
-use super::strategy::{KeepBest, StopRule, Stopping};
+use super::strategy::{EarlyStop, KeepBest, StopRule, Stopping};
 use super::{
     build_loss, build_model, files, loss_state_tensors, open_run_data, restore_loss_state,
     same_run, BuiltModel, RunData, TrainError, TrainOptions, TrainOutcome,
@@ -46,6 +46,7 @@ pub struct Trainer<'a> {
     /// fails before its update (`Var::set` writes in place, so these handles stay current).
     buffers: Vec<(String, Var)>,
     keep_best: KeepBest,
+    early_stop: Option<EarlyStop>,
     stop_rules: Vec<StopRule>,
     /// Steps completed.
     step: u64,
@@ -150,6 +151,7 @@ impl<'a> Trainer<'a> {
         let mut best: Option<(f64, u64)> = None;
         let mut loss_acc = (0.0f64, 0u64);
         let mut prior_seconds = 0.0f64;
+        let mut early_stop_state = None;
         let config_toml = cfg.to_toml()?;
 
         if resuming {
@@ -186,6 +188,7 @@ impl<'a> Trainer<'a> {
             best = ck.meta.best;
             loss_acc = ck.meta.loss_acc;
             prior_seconds = ck.meta.train_seconds;
+            early_stop_state = ck.meta.early_stop;
         }
         let log_path = out.join(files::LOG);
         let log = if resuming {
@@ -236,6 +239,11 @@ impl<'a> Trainer<'a> {
             label,
             buffers,
             keep_best: KeepBest::new(best),
+            early_stop: cfg
+                .train
+                .early_stop
+                .as_ref()
+                .map(|e| EarlyStop::new(e.patience, e.min_delta, early_stop_state)),
             stop_rules,
             step,
             start_step: step,
@@ -272,6 +280,7 @@ impl<'a> Trainer<'a> {
                 loss_acc: self.loss_acc,
                 normalize: Some(self.data.train.normalization()),
                 train_seconds: self.prior_seconds + self.train_seconds,
+                early_stop: self.early_stop.as_ref().and_then(EarlyStop::state),
             },
         };
         ck.save(path)?;
@@ -287,6 +296,11 @@ impl<'a> Trainer<'a> {
         let mut epoch = self.step / bpe;
         let mut batches = loader.epoch_from(epoch, (self.step % bpe) as usize);
         let mut finished = self.step >= iters;
+        if self.early_stopping() {
+            // A resumed run that early stopping had already ended.
+            self.progress.finish();
+            return Ok(self.outcome(true, None));
+        }
         while self.step < iters {
             match self.stopping() {
                 Some(Stopping::StepBudget) => break,
@@ -306,6 +320,8 @@ impl<'a> Trainer<'a> {
             self.after_step(lr)?;
             if self.step == iters {
                 finished = true;
+            } else if self.early_stopping() {
+                return self.stop_early();
             }
         }
         if !finished {
@@ -314,6 +330,47 @@ impl<'a> Trainer<'a> {
         }
         self.progress.finish();
         Ok(self.outcome(finished, None))
+    }
+
+    /// Whether early stopping (`train.early_stop`) says the run is over.
+    fn early_stopping(&self) -> bool {
+        self.early_stop.as_ref().is_some_and(EarlyStop::should_stop)
+    }
+
+    /// Early stopping fired: make sure `last.safetensors` holds this step, log why, and return
+    /// a finished outcome.
+    fn stop_early(mut self) -> anyhow::Result<TrainOutcome> {
+        let step = self.step;
+        if self.last_saved_step != Some(step) {
+            if let Err(e) = self.checkpoint(&self.last_path) {
+                return Err(self.fail_after_step(e));
+            }
+            self.last_saved_step = Some(step);
+            self.log.write(&LogRecord::Checkpoint {
+                step,
+                path: self.last_path.clone(),
+                reason: "early_stop".into(),
+            })?;
+        }
+        let es = self.cfg.train.early_stop.as_ref();
+        let metric = es.map_or("mean_iou", |e| e.metric.name());
+        let patience = es.map_or(0, |e| e.patience);
+        let best = self.early_stop.as_ref().and_then(EarlyStop::state);
+        let reason = format!(
+            "early stop: validation {metric} did not improve for {patience} validations (best \
+             {} at step {})",
+            best.map_or("-".to_string(), |b| format!("{:.4}", b.best)),
+            best.map_or(0, |b| b.best_step)
+        );
+        self.log.write(&LogRecord::Stopped {
+            step,
+            reason: reason.clone(),
+        })?;
+        self.progress.finish();
+        if !self.opts.quiet {
+            eprintln!("[{}] step {step}: {reason}", self.label);
+        }
+        Ok(self.outcome(true, None))
     }
 
     /// The first stop rule that fires now.
@@ -335,6 +392,7 @@ impl<'a> Trainer<'a> {
             train_seconds: self.prior_seconds + self.train_seconds,
             last_loss: self.last_loss,
             stop_signal,
+            early_stopped: self.early_stopping() && self.step < self.cfg.train.iters as u64,
         }
     }
 
@@ -646,6 +704,9 @@ impl<'a> Trainer<'a> {
         let rep = matrix.report_with_names(&self.data.classes.names)?;
         let miou = rep.mean_iou.value.unwrap_or(0.0);
         let is_best = self.keep_best.offer(miou, self.step);
+        if let (Some(es), Some(cfg)) = (&mut self.early_stop, &self.cfg.train.early_stop) {
+            es.offer(cfg.metric.value(&rep), self.step);
+        }
         if !self.opts.quiet {
             self.progress.println(&format!(
                 "step {}: val mean acc {:.2}% mean IoU {:.2}%{}",
