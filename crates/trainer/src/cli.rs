@@ -1,8 +1,10 @@
 //! The `recallseg` command line (clap): `train`, `eval`, `predict`, `preset`.
 
 use crate::config::{DeviceSpec, Preset, TrainConfig};
-use crate::eval::evaluate;
-use crate::train::{install_ctrlc, interrupt_flag, load_for_inference, open_eval, TrainOptions};
+use crate::eval::evaluate_with;
+use crate::inference::{InferenceConfig, InferenceMode};
+use crate::predict::{render_overlay, OverlayOptions, Predictor, PredictorOptions};
+use crate::train::{install_ctrlc, interrupt_flag, open_eval, TrainOptions};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -26,7 +28,7 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a checkpoint on a dataset split and print per-class accuracy and IoU.
     Eval(EvalArgs),
-    /// Segment images with a checkpoint and write colourised PNGs.
+    /// Segment images with a checkpoint: colour masks, overlays with a legend, label maps.
     Predict(PredictArgs),
     /// Print a preset configuration (synthia, synthia-quick, cityscapes) as commented TOML.
     Preset {
@@ -129,11 +131,12 @@ impl TrainArgs {
 
 /// `recallseg eval`.
 #[derive(Args, Debug, Clone)]
-#[command(
-    after_help = "Example:\n  recallseg eval --checkpoint runs/synthia/best.safetensors --split test\n"
-)]
+#[command(after_help = "Examples:\n  \
+    recallseg eval --checkpoint runs/synthia/best.safetensors --split test\n  \
+    recallseg eval --checkpoint runs/city/best.safetensors --split val --mode slide --hflip\n")]
 pub struct EvalArgs {
-    /// A checkpoint written by `recallseg train` (`last.safetensors` or `best.safetensors`).
+    /// A checkpoint written by `recallseg train` (`last.safetensors` or `best.safetensors`), or
+    /// a run folder (its best checkpoint, else its last).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Dataset root (default: the one the checkpoint was trained on).
@@ -151,15 +154,91 @@ pub struct EvalArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// How the model is run (default: the checkpoint's `[inference]`).
+    #[command(flatten)]
+    pub inference: InferenceArgs,
+}
+
+/// Test-time options of `eval` and `predict`; each one given replaces that field of the
+/// checkpoint's `[inference]` section.
+#[derive(Args, Debug, Clone, Default, PartialEq)]
+pub struct InferenceArgs {
+    /// Inference mode: whole (one pass over the resized image) or slide (sliding windows,
+    /// logits averaged where they overlap). --window or --stride alone imply slide.
+    #[arg(long, value_name = "whole|slide")]
+    pub mode: Option<String>,
+    /// Sliding window HxW in pixels of the network input (default: the training size).
+    #[arg(long, value_name = "HxW")]
+    pub window: Option<String>,
+    /// Step between sliding windows HxW (default: two thirds of the window).
+    #[arg(long, value_name = "HxW")]
+    pub stride: Option<String>,
+    /// Test-time augmentation: also segment the mirrored image and average the logits.
+    #[arg(long)]
+    pub hflip: bool,
+    /// Test-time augmentation: segment at these scales of the input and average, e.g.
+    /// `--scales 0.75,1,1.25`.
+    #[arg(long, value_name = "S,S,...", value_delimiter = ',')]
+    pub scales: Option<Vec<f64>>,
+}
+
+/// `HxW` or `H,W` as `[H, W]`.
+fn parse_hw(flag: &str, s: &str) -> anyhow::Result<[usize; 2]> {
+    let parts: Vec<&str> = s.split(['x', 'X', ',']).map(str::trim).collect();
+    match parts.as_slice() {
+        [h, w] => match (h.parse(), w.parse()) {
+            (Ok(h), Ok(w)) => Ok([h, w]),
+            _ => anyhow::bail!("{flag} {s:?}: expected HEIGHTxWIDTH, e.g. 512x1024"),
+        },
+        _ => anyhow::bail!("{flag} {s:?}: expected HEIGHTxWIDTH, e.g. 512x1024"),
+    }
+}
+
+impl InferenceArgs {
+    /// Whether any option is given.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `base` with the options given replacing its fields (checked when the predictor
+    /// resolves it).
+    pub fn apply(&self, base: &InferenceConfig) -> anyhow::Result<InferenceConfig> {
+        let mut c = base.clone();
+        if let Some(m) = &self.mode {
+            c.mode = InferenceMode::parse(m).map_err(|e| anyhow::anyhow!("--mode: {e}"))?;
+        } else if self.window.is_some() || self.stride.is_some() {
+            c.mode = InferenceMode::Slide;
+        }
+        if c.mode == InferenceMode::Whole {
+            c.window = None;
+            c.stride = None;
+        }
+        if let Some(w) = &self.window {
+            c.window = Some(parse_hw("--window", w)?);
+        }
+        if let Some(s) = &self.stride {
+            c.stride = Some(parse_hw("--stride", s)?);
+        }
+        if self.hflip {
+            c.hflip = true;
+        }
+        if let Some(s) = &self.scales {
+            c.scales = s.clone();
+        }
+        Ok(c)
+    }
 }
 
 /// `recallseg predict`.
 #[derive(Args, Debug, Clone)]
-#[command(
-    after_help = "Example:\n  recallseg predict --checkpoint runs/synthia/best.safetensors street.png -o out/\n"
-)]
+#[command(after_help = "Examples:\n  \
+    recallseg predict --checkpoint runs/synthia/best.safetensors street.png -o out/\n  \
+    recallseg predict --checkpoint runs/city street.png -o out/ --window 512x1024 --hflip --labels\n\n\
+    For each image: out/<stem>.png (colour mask), out/<stem>_overlay.png (image and mask blended,\n\
+    legend of the classes), with --labels out/<stem>_labels.png (train ids, grey levels).\n")]
 pub struct PredictArgs {
-    /// A checkpoint written by `recallseg train`.
+    /// A checkpoint written by `recallseg train`, or a run folder (its best checkpoint, else
+    /// its last).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Images to segment (PNG or JPEG, recognised by content whatever the extension).
@@ -172,9 +251,19 @@ pub struct PredictArgs {
     /// Device: cpu, cuda, cuda:N, metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Also write the raw train ids as a grey-level PNG (`<stem>_labels.png`).
+    /// Also write the raw train ids as a grey-level PNG (`<stem>_labels.png`), for programs.
     #[arg(long)]
     pub labels: bool,
+    /// Do not write the overlay (`<stem>_overlay.png`: the image blended with the colour mask,
+    /// a legend of the classes under it).
+    #[arg(long)]
+    pub no_overlay: bool,
+    /// Weight of the class colours in the overlay, 0 (image only) to 1 (mask only).
+    #[arg(long, default_value_t = 0.5)]
+    pub alpha: f32,
+    /// How the model is run (default: the checkpoint's `[inference]`).
+    #[command(flatten)]
+    pub inference: InferenceArgs,
 }
 
 /// Runs a parsed command line; returns the process exit status: 0 when the command completed,
@@ -252,7 +341,9 @@ pub fn eval_checkpoint(a: &EvalArgs) -> anyhow::Result<(recallseg_metrics::Repor
     let device = DeviceSpec::parse(&a.device)
         .map_err(|m| anyhow::anyhow!("--device: {m}"))?
         .open()?;
-    let (built, mut cfg, classes, _) = load_for_inference(&a.checkpoint, &device)?;
+    let p = open_predictor(&a.checkpoint, device.clone(), &a.inference)?;
+    let classes = p.classes().clone();
+    let mut cfg = p.config().clone();
     recallseg_data::png_io::set_max_pixels(cfg.data.max_image_pixels)?;
     if let Some(d) = &a.data {
         cfg.data.root = d.clone();
@@ -267,16 +358,57 @@ pub fn eval_checkpoint(a: &EvalArgs) -> anyhow::Result<(recallseg_metrics::Repor
             classes.names
         );
     }
-    let out = evaluate(&built.model, &loader, &device, 0)?;
+    let out = evaluate_with(p.model(), &loader, &device, 0, p.inference())?;
     let report = out.matrix.report_with_names(&classes.names)?;
     Ok((report, out.images))
 }
 
-/// The files `recallseg predict` writes for each input: the colour image and, with `--labels`,
-/// the label map. Refuses (before anything is computed) when two outputs would have the same
-/// path or an output would replace an input image.
-pub fn predict_outputs(a: &PredictArgs) -> anyhow::Result<Vec<(PathBuf, Option<PathBuf>)>> {
-    let outputs: Vec<(PathBuf, Option<PathBuf>)> = a
+/// Opens a checkpoint or run folder as a [`Predictor`] on `device`, with the inference options
+/// given on the command line replacing the stored ones.
+pub fn open_predictor(
+    checkpoint: &std::path::Path,
+    device: candle_core::Device,
+    inference: &InferenceArgs,
+) -> anyhow::Result<Predictor> {
+    let p = Predictor::open(
+        checkpoint,
+        &PredictorOptions {
+            device,
+            ..PredictorOptions::default()
+        },
+    )?;
+    if inference.is_empty() {
+        return Ok(p);
+    }
+    let cfg = inference.apply(&p.config().inference)?;
+    p.with_inference(&cfg)
+}
+
+/// The files `recallseg predict` writes for one input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PredictOutputs {
+    /// The colour mask, `<stem>.png`.
+    pub colour: PathBuf,
+    /// The overlay with its legend, `<stem>_overlay.png` (unless `--no-overlay`).
+    pub overlay: Option<PathBuf>,
+    /// The train ids, `<stem>_labels.png` (with `--labels`).
+    pub labels: Option<PathBuf>,
+}
+
+impl PredictOutputs {
+    /// Every path, colour mask first.
+    pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        std::iter::once(&self.colour)
+            .chain(self.overlay.as_ref())
+            .chain(self.labels.as_ref())
+    }
+}
+
+/// The files `recallseg predict` writes for each input ([`PredictOutputs`]). Refuses (before
+/// anything is computed) when two outputs would have the same path or an output would replace
+/// an input image.
+pub fn predict_outputs(a: &PredictArgs) -> anyhow::Result<Vec<PredictOutputs>> {
+    let outputs: Vec<PredictOutputs> = a
         .images
         .iter()
         .map(|path| {
@@ -289,7 +421,11 @@ pub fn predict_outputs(a: &PredictArgs) -> anyhow::Result<Vec<(PathBuf, Option<P
                 name.push(suffix);
                 a.out.join(name)
             };
-            (with(".png"), a.labels.then(|| with("_labels.png")))
+            PredictOutputs {
+                colour: with(".png"),
+                overlay: (!a.no_overlay).then(|| with("_overlay.png")),
+                labels: a.labels.then(|| with("_labels.png")),
+            }
         })
         .collect();
     // Compare canonical paths where the file exists (symbolic links, `./`), the plain path
@@ -310,8 +446,8 @@ pub fn predict_outputs(a: &PredictArgs) -> anyhow::Result<Vec<(PathBuf, Option<P
     for input in &a.images {
         seen.insert(canon(input), input);
     }
-    for (input, (colour, labels)) in a.images.iter().zip(&outputs) {
-        for out in std::iter::once(colour).chain(labels.as_ref()) {
+    for (input, outs) in a.images.iter().zip(&outputs) {
+        for out in outs.paths() {
             if let Some(other) = seen.insert(canon(out), input) {
                 if a.images.iter().any(|i| canon(i) == canon(out)) {
                     anyhow::bail!(
@@ -337,48 +473,45 @@ pub fn predict_outputs(a: &PredictArgs) -> anyhow::Result<Vec<(PathBuf, Option<P
 /// `recallseg predict`.
 pub fn predict(a: &PredictArgs) -> anyhow::Result<()> {
     let outputs = predict_outputs(a)?;
+    let overlay_opts = OverlayOptions {
+        alpha: a.alpha,
+        ..OverlayOptions::default()
+    };
+    if !(a.alpha.is_finite() && (0.0..=1.0).contains(&a.alpha)) {
+        anyhow::bail!("--alpha {}: must be between 0 and 1", a.alpha);
+    }
     let device = DeviceSpec::parse(&a.device)
         .map_err(|m| anyhow::anyhow!("--device: {m}"))?
         .open()?;
-    let (built, cfg, classes, norm) = load_for_inference(&a.checkpoint, &device)?;
-    recallseg_data::png_io::set_max_pixels(cfg.data.max_image_pixels)?;
-    let (net_h, net_w) = cfg.data.eval_size();
+    let p = open_predictor(&a.checkpoint, device, &a.inference)?;
+    recallseg_data::png_io::set_max_pixels(p.config().data.max_image_pixels)?;
     std::fs::create_dir_all(&a.out)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", a.out.display()))?;
-    for (path, (colour_path, labels_path)) in a.images.iter().zip(&outputs) {
+    let mut warned = false;
+    for (path, outs) in a.images.iter().zip(&outputs) {
         // By content (PNG or JPEG), whatever the extension; with the data crate's size limits.
-        let img = recallseg_data::png_io::decode_rgb8(path)?;
-        let (w, h) = (img.width, img.height);
-        let labels = crate::predict::predict_rgb(
-            &built.model,
-            &device,
-            &norm,
-            &img.data,
-            w,
-            h,
-            net_h,
-            net_w,
-        )?;
-        let colour = crate::report::colorize(&labels, &classes.palette);
+        let (img, labels) = p.predict_file(path)?;
+        let colour = labels.colorize(&p.classes().palette);
         image::save_buffer(
-            colour_path,
+            &outs.colour,
             &colour,
-            w as u32,
-            h as u32,
+            img.width as u32,
+            img.height as u32,
             image::ExtendedColorType::Rgb8,
         )
-        .map_err(|e| anyhow::anyhow!("{}: {e}", colour_path.display()))?;
-        if let Some(dst) = labels_path {
-            image::save_buffer(
-                dst,
-                &labels,
-                w as u32,
-                h as u32,
-                image::ExtendedColorType::L8,
-            )
-            .map_err(|e| anyhow::anyhow!("{}: {e}", dst.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: {e}", outs.colour.display()))?;
+        if let Some(dst) = &outs.overlay {
+            let pic = render_overlay(&img, &labels, p.classes(), &overlay_opts)?;
+            if !pic.text_drawn && !warned {
+                eprintln!("warning: no usable font; the overlay legends have no class names");
+                warned = true;
+            }
+            pic.save_png(dst)?;
         }
-        eprintln!("{} -> {}", path.display(), colour_path.display());
+        if let Some(dst) = &outs.labels {
+            labels.save_png(dst)?;
+        }
+        eprintln!("{} -> {}", path.display(), outs.colour.display());
     }
     Ok(())
 }
@@ -488,6 +621,46 @@ mod tests {
         };
         assert_eq!(p.images.len(), 2);
         assert_eq!(p.out, PathBuf::from("out"));
+        assert_eq!(p.alpha, 0.5);
+        assert!(!p.no_overlay && p.inference.is_empty());
+        // Inference flags replace the stored section's fields; a window implies slide.
+        let Command::Eval(e) = parse(&[
+            "eval",
+            "--checkpoint",
+            "c",
+            "--window",
+            "64x128",
+            "--hflip",
+            "--scales",
+            "0.5,1,1.5",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        let c = e.inference.apply(&InferenceConfig::default()).unwrap();
+        assert_eq!(c.mode, InferenceMode::Slide);
+        assert_eq!(c.window, Some([64, 128]));
+        assert_eq!(c.stride, None);
+        assert!(c.hflip);
+        assert_eq!(c.scales, vec![0.5, 1.0, 1.5]);
+        // `--mode whole` drops a stored window; bad values name the flag.
+        let whole = InferenceArgs {
+            mode: Some("whole".into()),
+            ..InferenceArgs::default()
+        };
+        assert_eq!(whole.apply(&c).unwrap().window, None);
+        let bad = InferenceArgs {
+            window: Some("64by128".into()),
+            ..InferenceArgs::default()
+        };
+        assert!(bad.apply(&c).unwrap_err().to_string().contains("--window"));
+        let bad = InferenceArgs {
+            mode: Some("tiles".into()),
+            ..InferenceArgs::default()
+        };
+        assert!(bad.apply(&c).unwrap_err().to_string().contains("--mode"));
         // An image is required.
         assert!(parse(&["predict", "--checkpoint", "c", "-o", "out"]).is_err());
         assert!(parse(&["eval"]).is_err());
@@ -572,6 +745,9 @@ mod tests {
             out: d.join(out),
             device: "cpu".into(),
             labels,
+            no_overlay: false,
+            alpha: 0.5,
+            inference: InferenceArgs::default(),
         };
         // -o is the input's folder: the output would replace the input.
         let e = predict_outputs(&args(&["a/street.png"], "a", false))
@@ -596,10 +772,19 @@ mod tests {
         // Distinct stems into a new folder: fine.
         let outs = predict_outputs(&args(&["a/street.png", "a/x.png"], "out", true)).unwrap();
         assert_eq!(outs.len(), 2);
-        assert_eq!(outs[1].0, d.join("out/x.png"));
+        assert_eq!(outs[1].colour, d.join("out/x.png"));
         assert_eq!(
-            outs[1].1.as_deref(),
+            outs[1].labels.as_deref(),
             Some(d.join("out/x_labels.png").as_path())
         );
+        assert_eq!(
+            outs[1].overlay.as_deref(),
+            Some(d.join("out/x_overlay.png").as_path())
+        );
+        // The overlay of `x.png` is protected like the labels.
+        let e = predict_outputs(&args(&["a/x.png", "a/x_overlay.png"], "a", false))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("over the input image"), "{e}");
     }
 }

@@ -6,10 +6,11 @@
 //! resumed; so an interrupted comparison continues where it stopped when started again.
 
 use crate::config::TrainConfig;
-use crate::eval::evaluate;
+use crate::eval::evaluate_with;
 use crate::log::{read_log, LogRecord};
+use crate::predict::{Predictor, PredictorOptions};
 use crate::report::{self, Comparison, ExampleRow, ExampleSet, RunSummary, Setting, WrittenReport};
-use crate::train::{self, load_for_inference, open_eval, TrainOptions};
+use crate::train::{self, open_eval, TrainOptions};
 use recallseg_data::transform::resize_bilinear_rgb;
 use recallseg_losses::LossConfig;
 use serde::{Deserialize, Serialize};
@@ -266,12 +267,17 @@ fn one_run(
             primary.display()
         );
     }
-    let (built, _, classes, _) = load_for_inference(&primary, &device)?;
-    let ev = evaluate(&built.model, &loader, &device, plan.examples)?;
+    let opts = PredictorOptions {
+        device: device.clone(),
+        ..PredictorOptions::default()
+    };
+    let p = Predictor::from_checkpoint(&primary, &opts)?;
+    let classes = p.classes().clone();
+    let ev = evaluate_with(p.model(), &loader, &device, plan.examples, p.inference())?;
     let test = ev.matrix.report_with_names(&classes.names)?;
     let test_other = if plan.evaluate == Evaluate::Both {
-        let (built, _, _, _) = load_for_inference(&weights("final"), &device)?;
-        let other = evaluate(&built.model, &loader, &device, 0)?;
+        let p = Predictor::from_checkpoint(&weights("final"), &opts)?;
+        let other = evaluate_with(p.model(), &loader, &device, 0, p.inference())?;
         Some(other.matrix.report_with_names(&classes.names)?)
     } else {
         None

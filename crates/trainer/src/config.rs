@@ -1,7 +1,8 @@
 //! Training configuration: a TOML file, validated up front, with command-line overrides.
 //!
-//! A configuration has six sections — `[data]`, `[model]`, `[loss]`, `[optim]`, `[schedule]`,
-//! `[train]` — each documented field by field below and in the commented preset files under
+//! A configuration has seven sections — `[data]`, `[model]`, `[loss]`, `[optim]`, `[schedule]`,
+//! `[train]` and the optional `[inference]` (how `eval` and `predict` run the model:
+//! [`crate::inference::InferenceConfig`]) — each documented field by field below and in the commented preset files under
 //! `crates/trainer/configs/`. Unknown keys are errors, and [`TrainConfig::validate`] rejects bad
 //! values with a message that names the field (`model.output_stride: must be 8 or 16 (or 32), got 12`).
 //!
@@ -647,6 +648,10 @@ pub struct TrainConfig {
     pub schedule: ScheduleConfig,
     /// `[train]`.
     pub train: TrainSection,
+    /// `[inference]`: whole-image or sliding-window inference and test-time augmentation for
+    /// `eval`, `predict` and a comparison's test evaluation (default: one whole-image pass).
+    #[serde(default)]
+    pub inference: crate::inference::InferenceConfig,
 }
 
 /// Built-in presets.
@@ -986,6 +991,9 @@ impl TrainConfig {
         if t.out_dir.as_os_str().is_empty() {
             return Err(invalid("train.out_dir", "must not be empty"));
         }
+        self.inference
+            .plan((d.height, d.width), self.model.align_corners)
+            .map_err(|(field, m)| invalid(&format!("inference.{field}"), m))?;
         Ok(())
     }
 }

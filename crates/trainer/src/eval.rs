@@ -1,6 +1,7 @@
 //! Evaluation: a model over a loader into a confusion matrix, and single-image prediction.
 
 use crate::data::batch_tensors;
+use crate::inference::Inference;
 use candle_core::{DType, Device, Tensor};
 use recallseg_data::Loader;
 use recallseg_metrics::ConfusionMatrix;
@@ -24,13 +25,25 @@ pub fn argmax_labels(logits: &Tensor) -> candle_core::Result<Vec<u8>> {
     pred.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()
 }
 
-/// Runs `model` in inference mode over every batch of `loader` and accumulates the confusion
-/// matrix; keeps the predictions of the first `keep` items.
+/// Runs `model` in inference mode over every batch of `loader` (one whole-image pass) and
+/// accumulates the confusion matrix; keeps the predictions of the first `keep` items.
 pub fn evaluate(
     model: &DeepLab,
     loader: &Loader,
     device: &Device,
     keep: usize,
+) -> anyhow::Result<EvalOutput> {
+    evaluate_with(model, loader, device, keep, &Inference::default())
+}
+
+/// [`evaluate`] with the model run as `inference` says (sliding window, flip and multi-scale
+/// averaging; [`crate::inference`]) on each batch at the loader's resolution.
+pub fn evaluate_with(
+    model: &DeepLab,
+    loader: &Loader,
+    device: &Device,
+    keep: usize,
+    inference: &Inference,
 ) -> anyhow::Result<EvalOutput> {
     let info = loader.dataset().class_info().clone();
     let mut matrix =
@@ -40,7 +53,7 @@ pub fn evaluate(
     for batch in loader.epoch(0) {
         let batch = batch?;
         let (x, _) = batch_tensors(&batch, device)?;
-        let logits = model.forward_t(&x, false)?;
+        let logits = inference.model_logits(model, &x)?;
         let pred = argmax_labels(&logits)?;
         matrix.update(&batch.labels, &pred)?;
         let hw = batch.height * batch.width;

@@ -16,6 +16,7 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod font;
+pub mod inference;
 pub mod log;
 pub mod optim;
 pub mod predict;

@@ -365,6 +365,9 @@ fn predict_decodes_by_content_and_never_overwrites_an_input() {
         out: out.to_path_buf(),
         device: "cpu".into(),
         labels: false,
+        no_overlay: false,
+        alpha: 0.5,
+        inference: Default::default(),
     };
     predict(&args(vec![disguised.clone()], &dir.path().join("pred"))).unwrap();
     assert!(dir.path().join("pred/street.png").is_file());

@@ -291,6 +291,7 @@ fn eval_and_predict_from_a_checkpoint() {
         device: "cpu".into(),
         max_images: 0,
         json: true,
+        inference: Default::default(),
     };
     let (report, images) = eval_checkpoint(&args).unwrap();
     assert_eq!(images, 2);
@@ -321,10 +322,13 @@ fn eval_and_predict_from_a_checkpoint() {
     let pred_dir = dir.path().join("pred");
     predict(&PredictArgs {
         checkpoint: ck,
-        images: vec![big],
+        images: vec![big.clone()],
         out: pred_dir.clone(),
         device: "cpu".into(),
         labels: true,
+        no_overlay: false,
+        alpha: 0.5,
+        inference: Default::default(),
     })
     .unwrap();
     let colour = image::open(pred_dir.join("street.png")).unwrap().to_rgb8();
@@ -337,6 +341,40 @@ fn eval_and_predict_from_a_checkpoint() {
         assert!(l.0[0] < 16);
         assert_eq!(p.0, palette[l.0[0] as usize]);
     }
+    // The overlay: the image blended half and half with the colours, a legend strip under it
+    // (at least 240 pixels wide).
+    let overlay = image::open(pred_dir.join("street_overlay.png"))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(overlay.width(), 240);
+    assert!(overlay.height() > 40 + 13, "{}", overlay.height());
+    let img = image::open(&big).unwrap().to_rgb8();
+    for y in 0..40 {
+        for x in 0..96 {
+            let (o, i, c) = (
+                overlay.get_pixel(x, y).0,
+                img.get_pixel(x, y).0,
+                colour.get_pixel(x, y).0,
+            );
+            for k in 0..3 {
+                let want = (0.5 * i[k] as f32 + 0.5 * c[k] as f32).round();
+                assert!(
+                    (o[k] as f32 - want).abs() <= 1.0,
+                    "({x}, {y}): {o:?} vs {i:?} + {c:?}"
+                );
+            }
+        }
+    }
+    // The library's Predictor gives the same labels as the command (which runs on it).
+    use recallseg_trainer::predict::{Predictor, PredictorOptions};
+    let p = Predictor::open(&out, &PredictorOptions::default()).unwrap();
+    // A run folder opens its best checkpoint (the final validation wrote one).
+    assert_eq!(p.checkpoint(), out.join("best.safetensors"));
+    let (_, map) = p.predict_file(&big).unwrap();
+    assert_eq!(map.labels, labels.into_raw());
+    // A folder without a checkpoint names both files.
+    let e = Predictor::open(dir.path(), &PredictorOptions::default()).unwrap_err();
+    assert!(format!("{e:#}").contains("best.safetensors"), "{e:#}");
 }
 
 /// `train.early_stop` with a `min_delta` no validation can beat: the first validation sets the

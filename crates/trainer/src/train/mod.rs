@@ -14,7 +14,6 @@
 //! [`interrupt_flag`]) writes `last.safetensors` and returns. The loop itself is
 //! [`Trainer`] (`trainer.rs`); this module holds what it is built from.
 
-use crate::checkpoint::Checkpoint;
 use crate::config::TrainConfig;
 use crate::data::{eval_loader, open_split, parse_split, train_loader};
 use crate::optim::NamedVar;
@@ -327,6 +326,8 @@ pub fn same_run(a: &TrainConfig, b: &TrainConfig) -> bool {
         // reads as today's default.
         c.model.init = recallseg_models::InitScheme::default();
         c.model.pretrained = None;
+        // How the model is run at test time does not change training.
+        c.inference = crate::inference::InferenceConfig::default();
         c
     };
     // Poly and cosine schedules depend on iters, so changing iters with them is not the same
@@ -336,34 +337,6 @@ pub fn same_run(a: &TrainConfig, b: &TrainConfig) -> bool {
         crate::config::ScheduleKind::Poly | crate::config::ScheduleKind::Cosine
     ) || a.train.iters == b.train.iters;
     norm(a) == norm(b) && a.schedule.kind == b.schedule.kind && iters_ok
-}
-
-/// Loads a checkpoint's model for evaluation or prediction: returns the model, its config and
-/// the dataset's class info stored in the checkpoint.
-pub fn load_for_inference(
-    path: &Path,
-    device: &Device,
-) -> anyhow::Result<(
-    BuiltModel,
-    TrainConfig,
-    ClassInfo,
-    recallseg_data::Normalize,
-)> {
-    let ck = Checkpoint::load(path, device)?;
-    let cfg: TrainConfig = toml::from_str(&ck.meta.config_toml)
-        .map_err(|e| anyhow::anyhow!("{}: stored config unreadable: {e}", path.display()))?;
-    let classes = ClassInfo {
-        names: ck.meta.class_names.clone(),
-        palette: ck.meta.palette.clone(),
-        ignore_index: ck.meta.ignore_index,
-    };
-    let built = build_model(&cfg, classes.names.len(), device, false)?;
-    ck.restore_varmap(&built.varmap, path)?;
-    let norm = ck
-        .meta
-        .normalize
-        .unwrap_or(recallseg_data::Normalize::IMAGENET);
-    Ok((built, cfg, classes, norm))
 }
 
 /// Opens the split `split` of the configured dataset for evaluation.
