@@ -546,7 +546,9 @@ fn draw_texts(
         root.draw(&Text::new(
             t.clone(),
             *pos,
-            (crate::font::FAMILY, font_px as f64).into_font().color(&BLACK),
+            (crate::font::FAMILY, font_px as f64)
+                .into_font()
+                .color(&BLACK),
         ))
         .map_err(|e| e.to_string())?;
     }
@@ -628,6 +630,13 @@ mod tests {
         assert_eq!(n(classes().palette[0]), 121);
         assert_eq!(n(classes().palette[2]), 121);
         assert_eq!(n(classes().palette[1]), 0, "road is not in the prediction");
+        // The names are drawn (the embedded font): dark ink right of the swatches.
+        assert!(pic.text_drawn);
+        let ink = (2..pic.height)
+            .flat_map(|y| (20..pic.width).map(move |x| (x, y)))
+            .filter(|&(x, y)| px(x, y)[0] < 100)
+            .count();
+        assert!(ink > 40, "{ink} dark pixels in the legend");
         // Without the legend: the blend alone.
         let bare = render_overlay(
             &image,
