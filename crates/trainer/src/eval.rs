@@ -4,6 +4,7 @@ use crate::data::batch_tensors;
 use crate::inference::Inference;
 use candle_core::{DType, Device, Tensor};
 use recallseg_data::Loader;
+use recallseg_losses::SegLoss;
 use recallseg_metrics::ConfusionMatrix;
 use recallseg_models::DeepLab;
 
@@ -17,6 +18,36 @@ pub struct EvalOutput {
     pub kept: Vec<(usize, String, Vec<u8>, Vec<u8>)>,
     /// Number of images evaluated.
     pub images: usize,
+}
+
+/// [`evaluate`] that also computes `loss` on every batch: returns the output and the mean of the
+/// per-batch losses weighted by their image counts (the validation loss of the training log;
+/// `None` for an empty loader). `state`, when given, is loaded into the loss before every batch,
+/// so a loss that carries state across steps (Recall loss's moving average) is measured in the
+/// training loss's current state and never updated by the evaluation.
+pub fn evaluate_with_loss(
+    model: &DeepLab,
+    loader: &Loader,
+    device: &Device,
+    keep: usize,
+    loss: &mut dyn SegLoss,
+    state: Option<&[f32]>,
+) -> anyhow::Result<(EvalOutput, Option<f64>)> {
+    let mut sum = (0.0f64, 0usize);
+    let plain = Inference::default();
+    let out = evaluate_inner(model, loader, device, keep, &plain, |logits, target, n| {
+        if let Some(s) = state {
+            loss.load_state(s)?;
+        }
+        let v = loss
+            .forward(logits, target)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        sum.0 += v * n as f64;
+        sum.1 += n;
+        Ok(())
+    })?;
+    Ok((out, (sum.1 > 0).then(|| sum.0 / sum.1 as f64)))
 }
 
 /// Per-pixel argmax of logits `(N, C, H, W)` as `u8` train ids `(N·H·W)`.
@@ -45,6 +76,18 @@ pub fn evaluate_with(
     keep: usize,
     inference: &Inference,
 ) -> anyhow::Result<EvalOutput> {
+    evaluate_inner(model, loader, device, keep, inference, |_, _, _| Ok(()))
+}
+
+/// The evaluation loop; `on_batch(logits, target, n)` sees every batch's logits.
+fn evaluate_inner(
+    model: &DeepLab,
+    loader: &Loader,
+    device: &Device,
+    keep: usize,
+    inference: &Inference,
+    mut on_batch: impl FnMut(&Tensor, &Tensor, usize) -> anyhow::Result<()>,
+) -> anyhow::Result<EvalOutput> {
     let info = loader.dataset().class_info().clone();
     let mut matrix =
         ConfusionMatrix::with_ignore_index(info.n_classes(), Some(info.ignore_index as u32));
@@ -52,8 +95,9 @@ pub fn evaluate_with(
     let mut images = 0;
     for batch in loader.epoch(0) {
         let batch = batch?;
-        let (x, _) = batch_tensors(&batch, device)?;
+        let (x, target) = batch_tensors(&batch, device)?;
         let logits = inference.model_logits(model, &x)?;
+        on_batch(&logits, &target, batch.n)?;
         let pred = argmax_labels(&logits)?;
         matrix.update(&batch.labels, &pred)?;
         let hw = batch.height * batch.width;

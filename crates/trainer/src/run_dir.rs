@@ -88,9 +88,10 @@ pub fn existing_run(dir: &Path) -> Option<String> {
     (!present.is_empty()).then(|| present.join(", "))
 }
 
-/// Removes the files of an earlier run (`last`, `best`, the log) before a run that replaces it.
+/// Removes the files of an earlier run (`last`, `best`, the log and `metrics.csv`) before a run
+/// that replaces it.
 pub fn remove_run_files(dir: &Path) -> anyhow::Result<()> {
-    for f in [files::LAST, files::BEST, files::LOG] {
+    for f in [files::LAST, files::BEST, files::LOG, files::METRICS] {
         let p = dir.join(f);
         match std::fs::remove_file(&p) {
             Ok(()) => {}

@@ -60,6 +60,35 @@ fn tiny_run_matches_pinned_results() {
         _ => None,
     });
     eprintln!("losses {losses:?}\nvals {vals:?}");
+    // The header names the classes once; every validation has its loss; metrics.csv has a row
+    // per validation with the same figures.
+    let Some(LogRecord::Header {
+        class_names, loss, ..
+    }) = log.first()
+    else {
+        panic!("no header line: {:?}", log.first())
+    };
+    assert_eq!((class_names.len(), loss.as_str()), (16, "recall_ce"));
+    let val_losses: Vec<f64> = log
+        .iter()
+        .filter_map(|r| match r {
+            LogRecord::Val { loss, .. } => *loss,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(val_losses.len(), 2);
+    assert!(val_losses.iter().all(|l| l.is_finite() && *l > 0.0));
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert_eq!(rows[0].len(), 10 + 2 * 16);
+    assert_eq!(rows[0][10], "recall_void");
+    for (row, (step, acc, iou)) in rows[1..].iter().zip(&vals) {
+        assert_eq!(row.len(), rows[0].len());
+        assert_eq!(row[0], step.to_string());
+        assert_eq!(row[7].parse::<f64>().unwrap(), *acc);
+        assert_eq!(row[8].parse::<f64>().unwrap(), *iou);
+    }
     // Recall loss reports one weight per class (1 - batch recall, null for absent classes).
     let w = weights.expect("recall_ce logs class weights");
     assert_eq!(w.len(), 16);
@@ -216,6 +245,31 @@ fn resume_with_recall_moving_average_is_bit_for_bit() {
         model_bytes(&b.join("last.safetensors"))
     );
     assert_eq!(train_losses(&a), train_losses(&b));
+    // The resumed run's log and metrics.csv continue consistently: the same rows as the
+    // uninterrupted run (validation loss included, measured with the moving average's state),
+    // but for the times.
+    let figures = |dir: &std::path::Path| -> Vec<String> {
+        let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        csv.lines()
+            .map(|l| {
+                let mut f: Vec<&str> = l.split(',').collect();
+                f.drain(1..3); // time, elapsed_s
+                f.join(",")
+            })
+            .collect()
+    };
+    let fa = figures(&a);
+    assert_eq!(fa.len(), 3, "{fa:?}");
+    assert_eq!(fa, figures(&b));
+    let entries = recallseg_trainer::log::read_log_entries(&b.join("log.jsonl")).unwrap();
+    assert!(entries
+        .iter()
+        .any(|e| e.record == LogRecord::Resumed { step: 2 }));
+    let elapsed: Vec<f64> = entries.iter().map(|e| e.elapsed_s.unwrap()).collect();
+    assert!(
+        elapsed.windows(2).all(|w| w[0] <= w[1]),
+        "elapsed seconds go back: {elapsed:?}"
+    );
 }
 
 #[test]

@@ -89,6 +89,8 @@ pub mod files {
     pub const BEST: &str = "best.safetensors";
     /// The JSON-lines log.
     pub const LOG: &str = "log.jsonl";
+    /// One row per validation, rewritten from the log after each (`crate::log::metrics_csv`).
+    pub const METRICS: &str = "metrics.csv";
     /// The configuration the run used.
     pub const CONFIG: &str = "config.toml";
 }

@@ -10,7 +10,7 @@ use super::{
 use crate::checkpoint::{Checkpoint, CheckpointMeta, RngState, FORMAT_VERSION};
 use crate::config::{DeviceSpec, TrainConfig};
 use crate::data::batch_tensors;
-use crate::eval::{evaluate, EvalOutput};
+use crate::eval::{evaluate_with_loss, EvalOutput};
 use crate::log::{JsonlLog, LogRecord, Progress};
 use crate::optim::{self, LrSchedule, Optimizer, StepOutcome};
 use crate::run_dir::RunLock;
@@ -194,8 +194,16 @@ impl<'a> Trainer<'a> {
         let log = if resuming {
             JsonlLog::resume(&log_path, step)?
         } else {
-            JsonlLog::create(&log_path)?
+            let mut log = JsonlLog::create(&log_path)?;
+            log.write(&LogRecord::Header {
+                class_names: data.classes.names.clone(),
+                loss: cfg.loss.name().to_string(),
+                iters: cfg.train.iters as u64,
+            })?;
+            log
         };
+        // The header row at the start, the rows up to the resumed step after a resume.
+        crate::log::write_metrics_csv(out)?;
         crate::checkpoint::write_atomic(&out.join(files::CONFIG), |f| {
             use std::io::Write;
             f.write_all(config_toml.as_bytes())
@@ -677,12 +685,13 @@ impl<'a> Trainer<'a> {
                 reason: if step == iters { "final" } else { "periodic" }.into(),
             })?;
         }
-        if let Some((rep, is_best)) = val_record {
+        if let Some((rep, is_best, val_loss)) = val_record {
             if is_best {
                 self.checkpoint(&cfg.train.out_dir.join(files::BEST))?;
             }
             self.log.write(&LogRecord::Val {
                 step,
+                loss: val_loss,
                 mean_accuracy: rep.mean_accuracy.value,
                 mean_iou: rep.mean_iou.value,
                 pixel_accuracy: rep.pixel_accuracy,
@@ -690,17 +699,29 @@ impl<'a> Trainer<'a> {
                 iou: rep.classes.iter().map(|c| c.iou).collect(),
                 best: is_best,
             })?;
+            crate::log::write_metrics_csv(&cfg.train.out_dir)?;
         }
         Ok(())
     }
 
     /// Evaluates the model on the validation split (when the run has one) and offers its mean
-    /// IoU to the [`KeepBest`] strategy: the report and whether it is the new best.
-    fn validate(&mut self) -> anyhow::Result<Option<(Report, bool)>> {
+    /// IoU to the [`KeepBest`] strategy: the report, whether it is the new best and the
+    /// validation loss. The loss is measured with a copy of the run's loss holding its current
+    /// state, so validation never changes what training does.
+    fn validate(&mut self) -> anyhow::Result<Option<(Report, bool, Option<f64>)>> {
         let Some(vl) = &self.data.val else {
             return Ok(None);
         };
-        let EvalOutput { matrix, .. } = evaluate(&self.built.model, vl, &self.device, 0)?;
+        let mut val_loss = build_loss(self.cfg, &self.data.classes, &self.data.class_pixel_counts)?;
+        let state = self.loss.state();
+        let (EvalOutput { matrix, .. }, loss) = evaluate_with_loss(
+            &self.built.model,
+            vl,
+            &self.device,
+            0,
+            val_loss.as_mut(),
+            state.as_deref(),
+        )?;
         let rep = matrix.report_with_names(&self.data.classes.names)?;
         let miou = rep.mean_iou.value.unwrap_or(0.0);
         let is_best = self.keep_best.offer(miou, self.step);
@@ -709,15 +730,16 @@ impl<'a> Trainer<'a> {
         }
         if !self.opts.quiet {
             self.progress.println(&format!(
-                "step {}: val mean acc {:.2}% mean IoU {:.2}%{}",
+                "step {}: val loss {:.4} mean acc {:.2}% mean IoU {:.2}%{}",
                 self.step,
+                loss.unwrap_or(f64::NAN),
                 100.0 * rep.mean_accuracy.value.unwrap_or(f64::NAN),
                 100.0 * miou,
                 if is_best { " (best)" } else { "" }
             ));
         }
         self.interval_start = Instant::now();
-        Ok(Some((rep, is_best)))
+        Ok(Some((rep, is_best, loss)))
     }
 }
 
