@@ -145,8 +145,8 @@ impl JsonlLog {
 
     /// Opens the log of a resumed run: keeps the lines up to `step` as they were (those after
     /// it belong to steps that will be run again, and `stopped` lines end an invocation),
-    /// continues the elapsed seconds from the last kept line and appends a
-    /// [`LogRecord::Resumed`] line.
+    /// and continues the elapsed seconds from the last kept line. The caller writes the
+    /// [`LogRecord::Resumed`] line when steps remain (a finished run reopened changes nothing).
     pub fn resume(path: &Path, step: u64) -> std::io::Result<Self> {
         let kept: Vec<LogEntry> = if path.exists() {
             read_log_entries(path)?
@@ -163,7 +163,6 @@ impl JsonlLog {
             log.write_entry(r)?;
         }
         log.elapsed_before = kept.iter().filter_map(|e| e.elapsed_s).fold(0.0, f64::max);
-        log.write(&LogRecord::Resumed { step })?;
         Ok(log)
     }
 
@@ -518,6 +517,7 @@ mod tests {
         assert!(text.lines().next().unwrap().contains("\"kind\":\"train\""));
         // Resuming from step 20 drops the records of steps 30 and says it resumed.
         let mut log = JsonlLog::resume(&path, 20).unwrap();
+        log.write(&LogRecord::Resumed { step: 20 }).unwrap();
         log.write(&train(30)).unwrap();
         let all = read_log(&path).unwrap();
         assert_eq!(
@@ -592,6 +592,7 @@ mod tests {
         assert!(lines[0].contains("\"kind\":\"header\",\"class_names\":[\"a\",\"b\"]"));
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
         let mut log = JsonlLog::resume(&path, 20).unwrap();
+        log.write(&LogRecord::Resumed { step: 20 }).unwrap();
         log.write(&train(30)).unwrap();
         let all = read_log_entries(&path).unwrap();
         assert_eq!(all.len(), 5);

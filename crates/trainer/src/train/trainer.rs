@@ -192,7 +192,11 @@ impl<'a> Trainer<'a> {
         }
         let log_path = out.join(files::LOG);
         let log = if resuming {
-            JsonlLog::resume(&log_path, step)?
+            let mut log = JsonlLog::resume(&log_path, step)?;
+            if step < cfg.train.iters as u64 {
+                log.write(&LogRecord::Resumed { step })?;
+            }
+            log
         } else {
             let mut log = JsonlLog::create(&log_path)?;
             log.write(&LogRecord::Header {
