@@ -82,4 +82,13 @@ pub enum MetricsError {
     /// Saved or serialised matrix data that is inconsistent (wrong count length, bad class count).
     #[error("invalid confusion matrix data: {0}")]
     InvalidData(String),
+    /// A metric option with a value outside its range (`beta`, `zero_division`, `average`,
+    /// `normalize`).
+    #[error("invalid `{option}`: {reason}")]
+    InvalidOption {
+        /// The option's name.
+        option: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
 }

@@ -12,6 +12,11 @@
 //!   pixel accuracy, mean accuracy, mean precision, mean IoU, mean Dice and frequency-weighted
 //!   IoU, NaN-aware like the `numpy.nanmean` of the paper's evaluation code, plus means over class
 //!   subsets. It serialises with serde and prints as an aligned table.
+//! * F-beta per class and its mean ([`Report::with_beta`]), and every score averaged as
+//!   torchmetrics names the modes ([`Report::average`] with an [`Averaging`]: [`Average`]
+//!   `macro` / `micro` / `weighted` / `none`, undefined scores left out or filled by
+//!   [`ZeroDivision`]). [`Averaging::NANMEAN`] is the paper's `nanmean` (the report's own means),
+//!   [`Averaging::TORCHMETRICS`] torchmetrics' default.
 //!
 //! ```
 //! use recallseg_metrics::ConfusionMatrix;
@@ -36,12 +41,14 @@
 
 #![warn(missing_docs)]
 
+mod average;
 mod confusion;
 mod error;
 mod kernel;
 mod label;
 mod report;
 
+pub use average::{Average, Averaged, AveragedScores, Averaging, Score, ZeroDivision};
 pub use confusion::{ConfusionMatrix, DEFAULT_IGNORE_INDEX, MAX_CLASSES};
 pub use error::{LabelSource, MetricsError};
 pub use label::Label;

@@ -5,6 +5,7 @@
 //! values like `numpy.nanmean` and say how many classes they cover. `docs/metrics.md` has the
 //! definitions.
 
+use crate::average::{Averaged, AveragedScores, Averaging, Score};
 use crate::confusion::ConfusionMatrix;
 use crate::error::MetricsError;
 use serde::{Deserialize, Serialize};
@@ -33,10 +34,28 @@ pub struct ClassScores {
     /// Dice / F1 `2·TP / (2·TP + FP + FN)`; `None` when the class is absent from both ground
     /// truth and prediction.
     pub dice: Option<f64>,
+    /// F-beta `(1 + β²)·TP / ((1 + β²)·TP + β²·FN + FP)` with the report's
+    /// [`beta`](Report::beta) (= Dice for β = 1); `None` when the class is absent from both
+    /// ground truth and prediction. Absent (`None`) in reports serialised before it existed.
+    #[serde(default)]
+    pub fbeta: Option<f64>,
+}
+
+impl ClassScores {
+    /// The value of `score` for this class (F-beta with the β the report was made with).
+    pub fn get(&self, score: Score) -> Option<f64> {
+        match score {
+            Score::Recall => self.recall,
+            Score::Precision => self.precision,
+            Score::Iou => self.iou,
+            Score::Dice => self.dice,
+            Score::FBeta => self.fbeta,
+        }
+    }
 }
 
 /// A mean over classes, NaN-aware: the average of the defined values only.
-#[derive(Copy, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Mean {
     /// The mean, `None` when no class has a defined value.
     pub value: Option<f64>,
@@ -101,14 +120,34 @@ pub struct Report {
     /// Frequency-weighted IoU `Σ_c (gt_c / pixels) · IoU_c` over classes with ground-truth pixels
     /// (`classes` = how many).
     pub frequency_weighted_iou: Mean,
+    /// The β of the F-beta scores (1 unless set with [`Report::with_beta`]).
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+    /// Mean F-beta over classes present in ground truth or prediction (mmseg's `mFscore`).
+    #[serde(default)]
+    pub mean_fbeta: Mean,
     /// Per-class scores, in class order.
     pub classes: Vec<ClassScores>,
     /// Subset means added with [`Report::with_subset`].
     pub subsets: Vec<SubsetMeans>,
+    /// Scores averaged in other modes, added with [`Report::with_averaging`] (serialised and
+    /// printed with the report).
+    #[serde(default)]
+    pub averages: Vec<AveragedScores>,
+}
+
+fn default_beta() -> f64 {
+    1.0
 }
 
 fn ratio(num: u64, den: u64) -> Option<f64> {
     (den > 0).then(|| num as f64 / den as f64)
+}
+
+/// F-beta of one class from its counts (`beta2` = β²).
+fn fbeta(tp: u64, gt: u64, pred: u64, beta2: f64) -> Option<f64> {
+    let (num, den) = Score::FBeta.fraction(tp, gt, pred, beta2);
+    (den > 0.0).then(|| num / den)
 }
 
 impl Report {
@@ -133,6 +172,7 @@ impl Report {
                     precision: ratio(tp[c], pred[c]),
                     iou: ratio(tp[c], union),
                     dice: ratio(2 * tp[c], gt[c] + pred[c]),
+                    fbeta: fbeta(tp[c], gt[c], pred[c], 1.0),
                 }
             })
             .collect();
@@ -156,9 +196,66 @@ impl Report {
                 value: (!fw_terms.is_empty()).then(|| fw_terms.iter().sum()),
                 classes: fw_terms.len(),
             },
+            beta: 1.0,
+            mean_fbeta: Mean::of(classes.iter().map(|c| c.fbeta)),
             classes,
             subsets: Vec::new(),
+            averages: Vec::new(),
         }
+    }
+
+    /// Sets the β of the F-beta scores (default 1, where F-beta = Dice) and recomputes them,
+    /// with any stored [`averages`](Self::averages).
+    ///
+    /// Fails with [`MetricsError::InvalidOption`] unless `beta` is finite and positive.
+    pub fn with_beta(mut self, beta: f64) -> Result<Self, MetricsError> {
+        if !(beta.is_finite() && beta > 0.0) {
+            return Err(MetricsError::InvalidOption {
+                option: "beta",
+                reason: format!("{beta} is not a finite number above 0"),
+            });
+        }
+        self.beta = beta;
+        let beta2 = beta * beta;
+        for c in &mut self.classes {
+            c.fbeta = fbeta(c.true_positives, c.gt_pixels, c.pred_pixels, beta2);
+        }
+        self.mean_fbeta = Mean::of(self.classes.iter().map(|c| c.fbeta));
+        for a in &mut self.averages {
+            a.fbeta = a.averaging.apply(Score::FBeta, &self.classes, beta2);
+        }
+        Ok(self)
+    }
+
+    /// `score` averaged as `averaging` says, computed from the per-class counts
+    /// (`docs/metrics.md` has the formulas). With the default [`Averaging`] (`macro`, `skip`)
+    /// this equals the report's own means (`mean_accuracy` for recall, `mean_iou` …).
+    pub fn average(&self, score: Score, averaging: Averaging) -> Averaged {
+        averaging.apply(score, &self.classes, self.beta * self.beta)
+    }
+
+    /// Every score averaged as `averaging` says.
+    pub fn averaged(&self, averaging: Averaging) -> AveragedScores {
+        let a = |s| self.average(s, averaging);
+        AveragedScores {
+            averaging,
+            recall: a(Score::Recall),
+            precision: a(Score::Precision),
+            iou: a(Score::Iou),
+            dice: a(Score::Dice),
+            fbeta: a(Score::FBeta),
+        }
+    }
+
+    /// Adds every score averaged as `averaging` says to [`averages`](Self::averages)
+    /// (serialised and printed with the report).
+    ///
+    /// Fails with [`MetricsError::InvalidOption`] for a fill value outside `[0, 1]`.
+    pub fn with_averaging(mut self, averaging: Averaging) -> Result<Self, MetricsError> {
+        averaging.zero_division.validate()?;
+        let a = self.averaged(averaging);
+        self.averages.push(a);
+        Ok(self)
     }
 
     /// Index of the class called `name`, if any.
@@ -274,16 +371,21 @@ impl fmt::Display for Report {
         };
         let gw = num_w("gt pixels", |c| c.gt_pixels);
         let pw = num_w("pred pixels", |c| c.pred_pixels);
-        let header = format!(
+        // F-beta gets a column only when it differs from Dice (β ≠ 1).
+        let fb_name = (self.beta != 1.0).then(|| format!("F{}", self.beta));
+        let mut header = format!(
             "{:<name_w$}  {:>gw$}  {:>pw$}  {:>7}  {:>9}  {:>7}  {:>7}",
             "class", "gt pixels", "pred pixels", "recall", "precision", "IoU", "Dice"
         );
+        if let Some(fb) = &fb_name {
+            header.push_str(&format!("  {fb:>7}"));
+        }
         writeln!(f, "{header}")?;
         writeln!(f, "{}", "-".repeat(header.len()))?;
         for c in &self.classes {
             // Pad by characters, so non-ASCII names keep the columns aligned.
             let pad = name_w - c.name.chars().count();
-            writeln!(
+            write!(
                 f,
                 "{}{}  {:>gw$}  {:>pw$}  {:>7}  {:>9}  {:>7}  {:>7}",
                 c.name,
@@ -295,6 +397,10 @@ impl fmt::Display for Report {
                 pct(c.iou),
                 pct(c.dice)
             )?;
+            if fb_name.is_some() {
+                write!(f, "  {:>7}", pct(c.fbeta))?;
+            }
+            writeln!(f)?;
         }
         writeln!(f, "{}", "-".repeat(header.len()))?;
         writeln!(
@@ -316,6 +422,36 @@ impl fmt::Display for Report {
         mean_line(f, "mean IoU", &self.mean_iou, n)?;
         mean_line(f, "mean Dice", &self.mean_dice, n)?;
         mean_line(f, "frequency-weighted IoU", &self.frequency_weighted_iou, n)?;
+        if let Some(fb) = &fb_name {
+            mean_line(f, &format!("mean {fb}"), &self.mean_fbeta, n)?;
+        }
+        for a in &self.averages {
+            let fb = fb_name.as_deref().unwrap_or("F1");
+            writeln!(f, "averaged ({}):", a.averaging.label())?;
+            for (label, s) in [
+                ("  recall", Score::Recall),
+                ("  precision", Score::Precision),
+                ("  IoU", Score::Iou),
+                ("  Dice", Score::Dice),
+            ]
+            .into_iter()
+            .chain((self.beta != 1.0).then_some(("", Score::FBeta)))
+            {
+                let label = if s == Score::FBeta {
+                    format!("  {fb}")
+                } else {
+                    label.to_string()
+                };
+                match a.get(s) {
+                    Averaged::Mean(m) => mean_line(f, &label, m, n)?,
+                    Averaged::PerClass(v) => writeln!(
+                        f,
+                        "{label:<24} {}",
+                        v.iter().map(|&x| pct(x)).collect::<Vec<_>>().join(" ")
+                    )?,
+                }
+            }
+        }
         for s in &self.subsets {
             let names: Vec<&str> = s
                 .classes

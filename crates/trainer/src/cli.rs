@@ -154,6 +154,19 @@ pub struct EvalArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also average the scores this way: macro, micro, weighted or none (torchmetrics' names;
+    /// default: the checkpoint configuration's `metrics.average`). The table's own means are
+    /// always the paper's nanmean.
+    #[arg(long)]
+    pub average: Option<recallseg_metrics::Average>,
+    /// What an undefined (0/0) score becomes in that average: "skip" (left out, numpy nanmean)
+    /// or a number in [0, 1] (torchmetrics' zero_division; default: `metrics.zero_division`).
+    #[arg(long)]
+    pub zero_division: Option<recallseg_metrics::ZeroDivision>,
+    /// β of the F-beta scores (default: `metrics.beta`, 1 unless set; with β ≠ 1 the table gets
+    /// an F-beta column).
+    #[arg(long)]
+    pub beta: Option<f64>,
     /// How the model is run (default: the checkpoint's `[inference]`).
     #[command(flatten)]
     pub inference: InferenceArgs,
@@ -358,8 +371,28 @@ pub fn eval_checkpoint(a: &EvalArgs) -> anyhow::Result<(recallseg_metrics::Repor
             classes.names
         );
     }
+    // The metric options, checked before the (long) evaluation.
+    let mut metrics = cfg.metrics;
+    metrics.beta = a.beta.unwrap_or(metrics.beta);
+    metrics.zero_division = a.zero_division.unwrap_or(metrics.zero_division);
+    metrics
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--beta / --zero-division: {e}"))?;
+    let (beta, zero_division) = (metrics.beta, metrics.zero_division);
+    // `none` is fine here (unlike in `[metrics]`, where it would be a headline mean): the
+    // per-class values are printed.
+    let averaging =
+        recallseg_metrics::Averaging::new(a.average.unwrap_or(metrics.average), zero_division);
     let out = evaluate_with(p.model(), &loader, &device, 0, p.inference())?;
-    let report = out.matrix.report_with_names(&classes.names)?;
+    let report = out
+        .matrix
+        .report_with_names(&classes.names)?
+        .with_beta(beta)?;
+    let report = if averaging == recallseg_metrics::Averaging::NANMEAN {
+        report
+    } else {
+        report.with_averaging(averaging)?
+    };
     Ok((report, out.images))
 }
 

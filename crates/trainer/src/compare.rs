@@ -180,7 +180,13 @@ fn one_run(
     cfg.validate()?;
     let dir = &cfg.train.out_dir;
     let summary_path = dir.join("summary.json");
-    let cfg_toml = cfg.to_toml()?;
+    // `[metrics]` changes only how the report averages, never what a run stores: a finished run
+    // is reused whatever it says.
+    let cfg_toml = TrainConfig {
+        metrics: Default::default(),
+        ..cfg.clone()
+    }
+    .to_toml()?;
     if summary_path.is_file() {
         let text = std::fs::read_to_string(&summary_path)?;
         let wanted = |r: &RunRecord| {
@@ -405,12 +411,29 @@ pub fn run_comparison(
         class_names: classes.names.clone(),
         palette: classes.palette.clone(),
         class_frequency,
-        runs: records.iter().map(|r| r.summary.clone()).collect(),
+        runs: records
+            .iter()
+            .map(|r| with_metrics(&plan.base.metrics, r.summary.clone()))
+            .collect::<anyhow::Result<_>>()?,
         wall_seconds: t0.elapsed().as_secs_f64(),
         notes: plan.notes.clone(),
+        metrics: plan.base.metrics,
     };
     let written = report::write_report(&plan.out_dir, &cmp, examples.as_ref())?;
     Ok(CompareOutcome::Done(Box::new(cmp), written))
+}
+
+/// `run`'s test reports with the F-beta β and, when not the default, the averaging of
+/// `[metrics]` (so that `results.json` holds the numbers the report shows).
+fn with_metrics(
+    metrics: &crate::config::MetricsSection,
+    mut run: RunSummary,
+) -> anyhow::Result<RunSummary> {
+    run.test = metrics.apply(run.test)?;
+    if let Some(t) = run.test_other.take() {
+        run.test_other = Some(metrics.apply(t)?);
+    }
+    Ok(run)
 }
 
 /// The Fig. 3 rows: the kept test images with ground truth and the predictions of CE,

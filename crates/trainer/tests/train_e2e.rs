@@ -346,11 +346,36 @@ fn eval_and_predict_from_a_checkpoint() {
         max_images: 0,
         json: true,
         inference: Default::default(),
+        average: None,
+        zero_division: None,
+        beta: None,
     };
     let (report, images) = eval_checkpoint(&args).unwrap();
     assert_eq!(images, 2);
     assert_eq!(report.n_classes, 16);
     assert_eq!(report.pixels + report.ignored_pixels, 2 * 64 * 32);
+    assert!(
+        report.averages.is_empty(),
+        "the default is the report's own nanmean"
+    );
+    // torchmetrics' averaging and an F2 column on request.
+    let (tm, _) = eval_checkpoint(&EvalArgs {
+        average: Some(recallseg_metrics::Average::Micro),
+        zero_division: Some(recallseg_metrics::ZeroDivision::Fill(0.0)),
+        beta: Some(2.0),
+        ..args.clone()
+    })
+    .unwrap();
+    assert_eq!(tm.beta, 2.0);
+    assert_eq!(tm.averages.len(), 1);
+    assert_eq!(tm.averages[0].recall.value(), tm.pixel_accuracy);
+    let e = eval_checkpoint(&EvalArgs {
+        beta: Some(-1.0),
+        ..args.clone()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("metrics.beta"), "{e}");
     // A dataset without the split is a clear error.
     let e = eval_checkpoint(&EvalArgs {
         data: Some(dir.path().join("nowhere")),

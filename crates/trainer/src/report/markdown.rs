@@ -3,7 +3,47 @@
 use super::paper::{same_class, PaperTable};
 use super::{Comparison, ExampleSet, RunSummary};
 use crate::log::fmt_secs;
+use recallseg_metrics::{Average, Score, ZeroDivision};
 use std::fmt::Write;
+
+/// The F-beta score's name: `F1`, `F2`, `F0.5`.
+pub(crate) fn fbeta_name(beta: f64) -> String {
+    format!("F{beta}")
+}
+
+/// One sentence on how the means of the report are taken.
+fn averaging_sentence(cmp: &Comparison) -> String {
+    let m = &cmp.metrics;
+    let how = match m.average {
+        Average::Macro => {
+            "Means are macro means over the classes present in the ground truth or \
+                           the prediction"
+        }
+        Average::Micro => {
+            "Means are micro averages (the score of the counts summed over \
+                           classes; micro recall is pixel accuracy)"
+        }
+        Average::Weighted => "Means are weighted by each class's ground-truth pixels",
+        Average::None => "Means are per class",
+    };
+    let undefined = match m.zero_division {
+        ZeroDivision::Skip => {
+            "; a class whose score is undefined (0/0, e.g. the recall of a class absent from the \
+             ground truth) is left out, like the paper's `numpy.nanmean`"
+                .to_string()
+        }
+        ZeroDivision::Fill(v) => format!(
+            "; a class whose score is undefined (0/0) counts as {v} (torchmetrics' \
+             `zero_division`{})",
+            if m.average == Average::Macro && v == 0.0 {
+                ", its default"
+            } else {
+                ""
+            }
+        ),
+    };
+    format!("{how}{undefined} (`[metrics]` in the configuration).")
+}
 
 fn pct(v: Option<f64>) -> String {
     v.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v))
@@ -139,23 +179,26 @@ pub fn render_markdown(
         md,
         "## Mean accuracy and mean IoU (test split, all classes)\n"
     );
+    let fb = fbeta_name(cmp.metrics.beta);
     let _ = writeln!(
         md,
         "Mean accuracy is the mean per-class recall TP/(TP+FN); mean IoU is the mean of \
-         TP/(TP+FN+FP). Δ columns are differences to cross entropy in percentage points; the \
-         quadrant says where the loss lies relative to CE in the Fig. 1 plot.\n"
+         TP/(TP+FN+FP); {fb} is the F-beta score (1+β²)·TP/((1+β²)·TP+β²·FN+FP) with β = {} \
+         (F1 = Dice). {} Δ columns are differences to cross entropy in percentage points; the \
+         quadrant says where the loss lies relative to CE in the Fig. 1 plot.\n",
+        cmp.metrics.beta,
+        averaging_sentence(cmp)
     );
     let _ = writeln!(
         md,
-        "| loss | mean acc. (%) | mean IoU (%) | Δ acc. | Δ IoU | quadrant vs CE | pixel acc. (%) | best val. mIoU (%) @ step | training time |"
+        "| loss | mean acc. (%) | mean IoU (%) | mean {fb} (%) | Δ acc. | Δ IoU | quadrant vs CE | pixel acc. (%) | best val. mIoU (%) @ step | training time |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|");
+    let acc = |r: &RunSummary| cmp.mean_pct(r, Score::Recall);
+    let iou = |r: &RunSummary| cmp.mean_pct(r, Score::Iou);
     for r in &cmp.runs {
         let (da, di) = match base {
-            Some(b) => (
-                r.mean_acc_pct() - b.mean_acc_pct(),
-                r.mean_iou_pct() - b.mean_iou_pct(),
-            ),
+            Some(b) => (acc(r) - acc(b), iou(r) - iou(b)),
             None => (f64::NAN, f64::NAN),
         };
         let quadrant = match base {
@@ -175,10 +218,11 @@ pub fn render_markdown(
             .map_or("-".to_string(), |(v, s)| format!("{:.2} @ {s}", 100.0 * v));
         let _ = writeln!(
             md,
-            "| {} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
             r.label,
-            r.mean_acc_pct(),
-            r.mean_iou_pct(),
+            acc(r),
+            iou(r),
+            cmp.mean_pct(r, Score::FBeta),
             signed(da),
             signed(di),
             quadrant,
@@ -211,16 +255,19 @@ pub fn render_markdown(
         );
         for r in &cmp.runs {
             let Some(t) = &r.test_other else { continue };
-            let acc = t.mean_accuracy.value.map(|v| 100.0 * v);
-            let iou = t.mean_iou.value.map(|v| 100.0 * v);
+            let of = |s| {
+                let v = Comparison::mean_pct_of(&cmp.metrics, t, s);
+                (!v.is_nan()).then_some(v)
+            };
+            let (acc_o, iou_o) = (of(Score::Recall), of(Score::Iou));
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} |",
                 r.label,
-                acc.map_or("-".into(), |v| format!("{v:.2}")),
-                iou.map_or("-".into(), |v| format!("{v:.2}")),
-                acc.map_or("-".into(), |v| signed(v - r.mean_acc_pct())),
-                iou.map_or("-".into(), |v| signed(v - r.mean_iou_pct())),
+                acc_o.map_or("-".into(), |v| format!("{v:.2}")),
+                iou_o.map_or("-".into(), |v| format!("{v:.2}")),
+                acc_o.map_or("-".into(), |v| signed(v - acc(r))),
+                iou_o.map_or("-".into(), |v| signed(v - iou(r))),
             );
         }
         md.push('\n');
@@ -318,7 +365,23 @@ pub fn render_markdown(
     // All classes.
     if !cmp.runs.is_empty() {
         let _ = writeln!(md, "## Per-class results (test split, all classes)\n");
-        for (what, get) in [("Accuracy (recall)", 0usize), ("IoU", 1usize)] {
+        let fb_what = format!("{fb} (F-beta, β = {})", cmp.metrics.beta);
+        // F-beta with the report's β (a stored report holds β = 1).
+        let tests: Vec<recallseg_metrics::Report> = cmp
+            .runs
+            .iter()
+            .map(|r| {
+                r.test
+                    .clone()
+                    .with_beta(cmp.metrics.beta)
+                    .unwrap_or_else(|_| r.test.clone())
+            })
+            .collect();
+        for (what, get) in [
+            ("Accuracy (recall)", Score::Recall),
+            ("IoU", Score::Iou),
+            (fb_what.as_str(), Score::FBeta),
+        ] {
             let _ = writeln!(md, "{what}, %:\n");
             let mut head = "| class |".to_string();
             let mut rule = "|---|".to_string();
@@ -336,9 +399,8 @@ pub fn render_markdown(
                 if let Some(f) = &cmp.class_frequency {
                     let _ = write!(md, " {:.3} |", 100.0 * f.get(c).copied().unwrap_or(0.0));
                 }
-                for r in &cmp.runs {
-                    let sc = &r.test.classes[c];
-                    let _ = write!(md, " {} |", pct(if get == 0 { sc.recall } else { sc.iou }));
+                for t in &tests {
+                    let _ = write!(md, " {} |", pct(t.classes[c].get(get)));
                 }
                 md.push('\n');
             }

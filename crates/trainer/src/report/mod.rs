@@ -22,7 +22,8 @@ pub use examples::{colorize, render_examples, zoom_window, ExampleRow, ExampleSe
 pub use markdown::render_markdown;
 pub use plots::{draw_fig1, draw_fig4};
 
-use recallseg_metrics::Report;
+use crate::config::MetricsSection;
+use recallseg_metrics::{Report, Score};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -191,9 +192,33 @@ pub struct Comparison {
     pub wall_seconds: f64,
     /// Free-form notes printed under the setting.
     pub notes: Vec<String>,
+    /// How the report averages scores (`[metrics]` of the configuration; absent in results
+    /// written before it existed, which read as the defaults).
+    #[serde(default)]
+    pub metrics: MetricsSection,
 }
 
 impl Comparison {
+    /// The test score `score` of `run` in percent, averaged as [`metrics`](Self::metrics) says
+    /// (the paper's `nanmean` by default: then mean accuracy and mean IoU are
+    /// [`RunSummary::mean_acc_pct`] and [`RunSummary::mean_iou_pct`]); F-beta with its β.
+    /// NaN when undefined.
+    pub fn mean_pct(&self, run: &RunSummary, score: Score) -> f64 {
+        Self::mean_pct_of(&self.metrics, &run.test, score)
+    }
+
+    /// Like [`mean_pct`](Self::mean_pct), for any report of the comparison.
+    pub fn mean_pct_of(metrics: &MetricsSection, report: &Report, score: Score) -> f64 {
+        let report = match report.clone().with_beta(metrics.beta) {
+            Ok(r) => r,
+            Err(_) => return f64::NAN,
+        };
+        report
+            .average(score, metrics.averaging())
+            .value()
+            .map_or(f64::NAN, |v| 100.0 * v)
+    }
+
     /// The cross-entropy run, the reference of the quadrant lines and of the minority classes.
     pub fn baseline(&self) -> Option<&RunSummary> {
         self.runs.iter().find(|r| r.loss_name == "cross_entropy")

@@ -3,6 +3,7 @@
 use super::Comparison;
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use recallseg_metrics::Score;
 use std::path::Path;
 
 type PlotResult = Result<(), String>;
@@ -64,7 +65,10 @@ fn fig1<DB: DrawingBackend>(cmp: &Comparison, root: DrawingArea<DB, Shift>) -> P
     let pts: Vec<(f64, f64, &str)> = cmp
         .runs
         .iter()
-        .map(|r| (r.mean_iou_pct(), r.mean_acc_pct(), r.label.as_str()))
+        .map(|r| {
+            let (iou, acc) = (cmp.mean_pct(r, Score::Iou), cmp.mean_pct(r, Score::Recall));
+            (iou, acc, r.label.as_str())
+        })
         .filter(|(x, y, _)| x.is_finite() && y.is_finite())
         .collect();
     let xr = padded_range(pts.iter().map(|p| p.0));
@@ -89,7 +93,7 @@ fn fig1<DB: DrawingBackend>(cmp: &Comparison, root: DrawingArea<DB, Shift>) -> P
         .draw()
         .map_err(e)?;
     if let Some(b) = cmp.baseline() {
-        let (bx, by) = (b.mean_iou_pct(), b.mean_acc_pct());
+        let (bx, by) = (cmp.mean_pct(b, Score::Iou), cmp.mean_pct(b, Score::Recall));
         if bx.is_finite() && by.is_finite() {
             let dash = ShapeStyle::from(&BLACK.mix(0.5)).stroke_width(1);
             chart

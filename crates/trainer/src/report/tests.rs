@@ -88,6 +88,7 @@ pub(crate) fn comparison(synthetic: bool) -> Comparison {
         ],
         wall_seconds: 61.0,
         notes: vec!["a note".into()],
+        metrics: Default::default(),
     }
 }
 
@@ -331,4 +332,56 @@ fn normalised_weights_sum_to_one() {
     // Gaps split a line into segments.
     let segs = plots::segments(&[Some((1.0, 0.5)), None, Some((3.0, 0.1)), Some((4.0, 0.2))]);
     assert_eq!(segs, vec![vec![(1.0, 0.5)], vec![(3.0, 0.1), (4.0, 0.2)]]);
+}
+
+#[test]
+fn headline_means_follow_the_metrics_section() {
+    use crate::config::MetricsSection;
+    use recallseg_metrics::{Average, ZeroDivision};
+    let headline = |md: &str, label: &str| -> Vec<String> {
+        md.lines()
+            .find(|l| l.starts_with(&format!("| {label} |")))
+            .unwrap()
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    let mut cmp = comparison(true);
+    let md = render_markdown(&cmp, &[], None);
+    assert!(md.contains("like the paper's `numpy.nanmean`"), "{md}");
+    assert!(md.contains("| mean F1 (%) |"), "{md}");
+    let ce = cmp.baseline().unwrap().test.clone();
+    let row = headline(&md, "CE");
+    // Default: the report's own nanmeans; F1 = mean Dice.
+    assert_eq!(
+        row[2],
+        format!("{:.2}", 100.0 * ce.mean_accuracy.value.unwrap())
+    );
+    assert_eq!(row[3], format!("{:.2}", 100.0 * ce.mean_iou.value.unwrap()));
+    assert_eq!(
+        row[4],
+        format!("{:.2}", 100.0 * ce.mean_dice.value.unwrap())
+    );
+
+    // Micro averaging: mean accuracy becomes pixel accuracy; β = 2 renames the F column and
+    // adds a per-class F2 table.
+    cmp.metrics = MetricsSection {
+        average: Average::Micro,
+        zero_division: ZeroDivision::Fill(0.0),
+        beta: 2.0,
+    };
+    let md = render_markdown(&cmp, &[], None);
+    let row = headline(&md, "CE");
+    assert_eq!(row[2], format!("{:.2}", 100.0 * ce.pixel_accuracy.unwrap()));
+    assert!(md.contains("| mean F2 (%) |"), "{md}");
+    assert!(md.contains("F2 (F-beta, β = 2), %:"), "{md}");
+    assert!(md.contains("Means are micro averages"), "{md}");
+    assert!(
+        md.contains("counts as 0 (torchmetrics' `zero_division`)"),
+        "{md}"
+    );
+    // torchmetrics' default is named as such.
+    cmp.metrics.average = Average::Macro;
+    let md = render_markdown(&cmp, &[], None);
+    assert!(md.contains("`zero_division`, its default"), "{md}");
 }

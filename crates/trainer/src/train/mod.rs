@@ -330,6 +330,8 @@ pub fn same_run(a: &TrainConfig, b: &TrainConfig) -> bool {
         c.model.pretrained = None;
         // How the model is run at test time does not change training.
         c.inference = crate::inference::InferenceConfig::default();
+        // What evaluation reports show is not part of the run.
+        c.metrics = crate::config::MetricsSection::default();
         c
     };
     // Poly and cosine schedules depend on iters, so changing iters with them is not the same
