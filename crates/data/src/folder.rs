@@ -310,6 +310,12 @@ impl FolderDataset {
     /// (relative folders are resolved against the file's folder).
     pub fn open(spec_path: impl AsRef<Path>, split: Split) -> Result<Self, DataError> {
         let spec_path = spec_path.as_ref();
+        if spec_path.is_dir() {
+            return Err(DataError::Parse {
+                path: spec_path.to_path_buf(),
+                reason: folder_given_hint(spec_path),
+            });
+        }
         if !spec_path.is_file() {
             return Err(DataError::MissingPath {
                 what: "folder dataset description".into(),
@@ -426,4 +432,35 @@ impl SegDataset for FolderDataset {
     fn cache_dir(&self) -> Option<PathBuf> {
         Some(self.base.join(".recallseg-cache"))
     }
+}
+
+/// The hint for a folder given where the description file is expected: the folder dataset is
+/// named by its `.toml` / `.json` description, and the candidates inside the folder are listed.
+fn folder_given_hint(dir: &Path) -> String {
+    let mut candidates: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_file()
+                        && p.extension().is_some_and(|x| {
+                            x.eq_ignore_ascii_case("toml") || x.eq_ignore_ascii_case("json")
+                        })
+                })
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.sort();
+    let mut reason = "is a folder, but a folder dataset is named by its description file (the \
+                      `.toml` or `.json` listing the classes and the image and mask folders; in a \
+                      training config, `data.root` points at that file)"
+        .to_string();
+    match candidates.len() {
+        0 => reason.push_str("; none was found in this folder (docs/data.md shows one)"),
+        1 => reason.push_str(&format!("; did you mean {}?", candidates[0])),
+        _ => reason.push_str(&format!("; candidates here: {}", candidates.join(", "))),
+    }
+    reason
 }

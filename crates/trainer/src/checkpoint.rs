@@ -108,8 +108,8 @@ impl safetensors::View for &RawTensor {
 /// Errors of checkpoint reading and writing.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    /// A file-system error.
-    #[error("{path}: {source}")]
+    /// A file-system error (reading or writing the checkpoint file).
+    #[error("checkpoint {path}: {source}")]
     Io {
         /// The file.
         path: PathBuf,

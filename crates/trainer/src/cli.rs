@@ -98,8 +98,11 @@ impl TrainArgs {
             Ok(toml::Value::String(s.to_string()).to_string())
         };
         if let Some(l) = &self.loss {
-            // Switching the loss drops the old loss's parameters.
-            o.push(format!("loss={{ name = {l:?} }}"));
+            // The same names and aliases as the library (`recall`, `ce`, …); switching the loss
+            // drops the old loss's parameters.
+            let name = recallseg_losses::LossConfig::from_name(l)
+                .map_err(|e| anyhow::anyhow!("--loss: {e}"))?;
+            o.push(format!("loss={{ name = {:?} }}", name.name()));
         }
         if let Some(d) = &self.data {
             o.push(format!("data.root={}", q("--data", d)?));
@@ -555,6 +558,27 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("recallseg").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn loss_flag_takes_the_library_names_and_aliases() {
+        for (given, canonical) in [
+            ("recall", "recall_ce"),
+            ("CE", "cross_entropy"),
+            ("wce", "weighted_ce"),
+        ] {
+            let cli = parse(&["train", "--preset", "synthia-quick", "--loss", given]).unwrap();
+            let Command::Train(a) = cli.command else {
+                panic!("not train")
+            };
+            assert_eq!(a.config().unwrap().loss_name(), canonical);
+        }
+        let cli = parse(&["train", "--preset", "synthia-quick", "--loss", "nope"]).unwrap();
+        let Command::Train(a) = cli.command else {
+            panic!("not train")
+        };
+        let e = a.config().unwrap_err().to_string();
+        assert!(e.starts_with("--loss:") && e.contains("nope"), "{e}");
     }
 
     #[test]

@@ -49,6 +49,17 @@ pub enum ConfigError {
         /// What is wrong with its value.
         message: String,
     },
+    /// A value error ([`ConfigError::Invalid`]) located at a line of the configuration text.
+    #[error("{origin}, line {line}: {error}")]
+    AtLine {
+        /// Where the text came from (file path or preset name).
+        origin: String,
+        /// 1-based line of the offending key.
+        line: usize,
+        /// The error itself.
+        #[source]
+        error: Box<ConfigError>,
+    },
     /// No preset of that name.
     #[error("unknown preset `{0}`; known presets: synthia, synthia-quick, cityscapes")]
     UnknownPreset(String),
@@ -806,24 +817,98 @@ impl TrainConfig {
         origin: &str,
         overrides: &[String],
     ) -> Result<Self, ConfigError> {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let file_table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_string(),
-            message: e.to_string(),
+            message: e.to_string().trim().to_string(),
         })?;
-        for spec in overrides {
-            apply_override(&mut table, spec)?;
+        let with_overrides = |skip: Option<usize>| -> Result<toml::Table, ConfigError> {
+            let mut table = file_table.clone();
+            for (i, spec) in overrides.iter().enumerate() {
+                if Some(i) != skip {
+                    apply_override(&mut table, spec)?;
+                }
+            }
+            Ok(table)
+        };
+        let schema = |table: toml::Table| -> Result<TrainConfig, toml::de::Error> {
+            toml::Value::Table(table).try_into()
+        };
+        let cfg = match schema(with_overrides(None)?) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                return Err(Self::schema_error(
+                    text,
+                    origin,
+                    overrides,
+                    e,
+                    with_overrides,
+                ))
+            }
+        };
+        if let Err(e) = cfg.validate() {
+            // Point at the line of the offending key when the file (not an override) set it.
+            if let ConfigError::Invalid { field, .. } = &e {
+                // A value set by `--set` is named by its field, as typed.
+                let overridden = overrides.iter().any(|spec| {
+                    spec.split_once('=')
+                        .is_some_and(|(k, _)| field.starts_with(k.trim()))
+                });
+                if !overridden {
+                    if let Some(line) = line_of_key(text, field) {
+                        return Err(ConfigError::AtLine {
+                            origin: origin.to_string(),
+                            line,
+                            error: Box::new(e),
+                        });
+                    }
+                }
+            }
+            return Err(e);
         }
-        let mut cfg: TrainConfig =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    origin: origin.to_string(),
-                    message: e.to_string().trim().to_string(),
-                })?;
-        cfg.validate()?;
         // Spell out what a named layout sets, so `config.toml` shows the model that ran.
+        let mut cfg = cfg;
         cfg.model = cfg.model.resolved();
         Ok(cfg)
+    }
+
+    /// The error for a configuration that does not match the schema: blamed on the file (with
+    /// its line and column, from parsing the text itself) when the file alone has the same
+    /// problem, otherwise on the `--set` override without which the problem goes away.
+    fn schema_error(
+        text: &str,
+        origin: &str,
+        overrides: &[String],
+        merged: toml::de::Error,
+        with_overrides: impl Fn(Option<usize>) -> Result<toml::Table, ConfigError>,
+    ) -> ConfigError {
+        let message = merged.message().trim().to_string();
+        let file_error = toml::from_str::<TrainConfig>(text).err();
+        let file_says_so = file_error
+            .as_ref()
+            .is_some_and(|fe| fe.message().trim() == message);
+        if overrides.is_empty() || file_says_so {
+            return ConfigError::Parse {
+                origin: origin.to_string(),
+                message: file_error
+                    .filter(|_| file_says_so)
+                    .map_or_else(|| merged.to_string(), |fe| fe.to_string())
+                    .trim()
+                    .to_string(),
+            };
+        }
+        // The override without which this error disappears (or changes) is the culprit.
+        let culprit = (0..overrides.len()).find(|&i| {
+            with_overrides(Some(i)).is_ok_and(|t| {
+                toml::Value::Table(t)
+                    .try_into::<TrainConfig>()
+                    .err()
+                    .is_none_or(|e| e.message().trim() != message)
+            })
+        });
+        ConfigError::Override {
+            spec: culprit.map_or_else(|| overrides.join(" "), |i| overrides[i].clone()),
+            message: merged.to_string().trim().to_string(),
+        }
     }
 
     /// The configuration as TOML text (what a run writes to `out_dir/config.toml`). Fails only
@@ -1099,6 +1184,23 @@ fn check_size(field: &str, v: usize) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The 1-based line of a dotted key (`model.output_stride`) in TOML text, if the text sets it.
+fn line_of_key(text: &str, dotted: &str) -> Option<usize> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut span = None;
+    for part in dotted.split('.') {
+        let (key, value) = table.iter().find(|(k, _)| k.get_ref().as_ref() == part)?;
+        span = Some(key.span());
+        match value.get_ref().as_table() {
+            Some(t) => table = t,
+            None => break,
+        }
+    }
+    let start = span?.start.min(text.len());
+    Some(text[..start].matches('\n').count() + 1)
+}
+
 /// Applies one `key=value` override to a TOML table.
 ///
 /// The key is a dotted path (`train.iters`, `loss.gamma`); the value is parsed as a TOML value
@@ -1335,7 +1437,7 @@ mod tests {
         );
         assert!(err_text(&["optim.beta2=1.0"]).starts_with("optim.beta2:"));
         assert!(err_text(&["optim.nesterov=true"]).starts_with("optim.nesterov:"));
-        assert!(err_text(&["model.pretrained=imagenet"]).starts_with("model.backbone_width:"));
+        assert!(err_text(&["model.pretrained=imagenet"]).contains("line 29: model.backbone_width:"));
         assert!(err_text(&["schedule.warmup_iters=100000"]).starts_with("schedule.warmup_iters:"));
         assert!(err_text(&["model.dropout=1.5"]).starts_with("model.dropout:"));
         assert!(err_text(&["model.head_channels=0"]).starts_with("model.head_channels:"));
@@ -1549,6 +1651,41 @@ mod tests {
         assert!(m.separable);
         assert_eq!(m.decoder_convs, 1);
         assert_eq!(m.atrous_rates(), [12, 24, 36]);
+    }
+
+    #[test]
+    fn errors_are_blamed_on_the_override_or_on_the_file_line() {
+        // An unknown key given by --set is the override's fault, not the file's.
+        let e = err_text(&["train.iters=5", "train.iterz=3"]);
+        assert!(e.starts_with("override `train.iterz=3`:"), "{e}");
+        // A bad value given by --set is named by its field, with no line.
+        let e = err_text(&["model.output_stride=12"]);
+        assert!(e.starts_with("model.output_stride:"), "{e}");
+        // The same mistakes in the file give its line.
+        let text = Preset::SynthiaQuick.toml();
+        let line = |key: &str| {
+            1 + text
+                .lines()
+                .position(|l| l.starts_with(key))
+                .expect("the preset sets the key")
+        };
+        let bad = text.replacen("output_stride = 16", "output_stride = 12", 1);
+        let e = TrainConfig::from_toml_str(&bad, "my.toml", &[])
+            .unwrap_err()
+            .to_string();
+        let want = format!(
+            "my.toml, line {}: model.output_stride:",
+            line("output_stride")
+        );
+        assert!(e.starts_with(&want), "{e}");
+        let bad = text.replacen("\niters =", "\niterz =", 1);
+        let e = TrainConfig::from_toml_str(&bad, "my.toml", &["train.iters=4".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("line {}", line("iters ="))) && e.contains("iterz"),
+            "{e}"
+        );
     }
 
     #[test]

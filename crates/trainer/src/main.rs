@@ -8,7 +8,10 @@ fn main() {
     match recallseg_trainer::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!(
+                "error: {}",
+                recallseg_trainer::error_text::error_chain_text(&e)
+            );
             std::process::exit(1);
         }
     }

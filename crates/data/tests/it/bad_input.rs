@@ -342,3 +342,17 @@ fn mutated_jpegs_never_panic_nor_allocate_their_claimed_size() {
     assert_eq!(decoded + refused, 300);
     assert!(refused > 0);
 }
+
+#[test]
+fn a_folder_given_for_the_folder_dataset_description_gets_a_hint() {
+    use recallseg_data::FolderDataset;
+    let dir = tempfile::tempdir().unwrap();
+    let e = FolderDataset::open(dir.path(), Split::Train).unwrap_err();
+    let m = msg(e);
+    assert!(m.contains("is a folder"), "{m}");
+    assert!(m.contains("none was found"), "{m}");
+    std::fs::write(dir.path().join("cracks.toml"), "classes = []\n").unwrap();
+    let m = msg(FolderDataset::open(dir.path(), Split::Train).unwrap_err());
+    assert!(m.contains("did you mean"), "{m}");
+    assert!(m.contains("cracks.toml"), "{m}");
+}
