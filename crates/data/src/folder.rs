@@ -155,6 +155,30 @@ impl FolderSpec {
 }
 
 /// One split of a folder dataset.
+///
+/// ```
+/// use recallseg_data::png_io::{write_gray8, write_rgb8, PngSpeed};
+/// use recallseg_data::{FolderDataset, SegDataset, Split};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// std::fs::write(
+///     dir.path().join("cracks.toml"),
+///     "classes = [{ name = \"background\" }, { name = \"crack\" }]\n\
+///      [train]\nimages = \"img\"\nmasks = \"mask\"\n",
+/// )?;
+/// // One 4×2 image and its mask (grey levels = class ids; 255 = ignore).
+/// write_rgb8(&dir.path().join("img/a.png"), 4, 2, &[90; 4 * 2 * 3], PngSpeed::Fast)?;
+/// write_gray8(&dir.path().join("mask/a.png"), 4, 2, &[0, 0, 1, 1, 0, 255, 1, 0], PngSpeed::Fast)?;
+///
+/// let train = FolderDataset::open(dir.path().join("cracks.toml"), Split::Train)?;
+/// assert_eq!(train.len(), 1);
+/// assert_eq!(train.class_info().names, ["background", "crack"]);
+/// let sample = train.get(0)?;
+/// assert_eq!(sample.label, [0, 0, 1, 1, 0, 255, 1, 0]);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct FolderDataset {
     skipped: Vec<SkippedFile>,

@@ -174,40 +174,89 @@ pub fn decode_image_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
     decode_image_bytes_with(bytes, &DecodeLimits::current())
 }
 
-/// Decodes JPEG bytes to 8-bit RGB (greyscale is replicated; CMYK and 16-bit are refused),
+/// Decodes JPEG bytes to 8-bit RGB (greyscale is replicated; CMYK is converted to RGB by the
+/// codec),
 /// within [`DecodeLimits::current`].
 pub fn decode_jpeg_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
     decode_jpeg_bytes_with(bytes, &DecodeLimits::current())
 }
 
 /// [`decode_jpeg_bytes`] within `limits`.
+///
+/// Decoded by `image`'s JPEG codec (zune-jpeg); its allocations are capped by `limits` as well,
+/// and the header's size is checked before any pixel buffer exists.
 pub fn decode_jpeg_bytes_with(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, String> {
-    use jpeg_decoder::PixelFormat;
-    let mut dec = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-    // At most 4 bytes a pixel (CMYK), so the decoder never allocates beyond the limit either.
-    dec.set_max_decoding_buffer_size(
-        usize::try_from(limits.max_pixels.saturating_mul(4)).unwrap_or(usize::MAX),
-    );
-    dec.read_info().map_err(|e| format!("JPEG: {e}"))?;
-    let info = dec.info().ok_or("JPEG: no image header")?;
-    limits.check_header(info.width as u64, info.height as u64)?;
-    let pixels = dec.decode().map_err(|e| format!("JPEG: {e}"))?;
-    let info = dec.info().ok_or("JPEG: no image header")?;
-    let (w, h) = (info.width as usize, info.height as usize);
-    let data = match info.pixel_format {
-        PixelFormat::RGB24 => pixels,
-        PixelFormat::L8 => pixels.iter().flat_map(|&g| [g, g, g]).collect(),
-        PixelFormat::L16 => return Err("JPEG: 16-bit lossless images are not supported".into()),
-        PixelFormat::CMYK32 => return Err("JPEG: CMYK images are not supported".into()),
-    };
-    if data.len() != w * h * 3 {
-        return Err("JPEG: truncated pixel data".into());
+    use image::{ColorType as ImgColor, ImageDecoder};
+    // The frame header's size is checked before the codec sees the data.
+    if let Some((w, h)) = jpeg_frame_size(bytes) {
+        limits.check_header(w as u64, h as u64)?;
     }
+    let mut dec = image::codecs::jpeg::JpegDecoder::new(Cursor::new(bytes))
+        .map_err(|e| format!("JPEG: {e}"))?;
+    let (w, h) = dec.dimensions();
+    limits.check_header(w as u64, h as u64)?;
+    let mut caps = image::Limits::default();
+    caps.max_image_width = Some(w);
+    caps.max_image_height = Some(h);
+    // At most 4 bytes a pixel (CMYK) besides the output, so the decoder stays within the limit.
+    caps.max_alloc = Some(limits.max_pixels.saturating_mul(4));
+    dec.set_limits(caps).map_err(|e| format!("JPEG: {e}"))?;
+    let color = dec.color_type();
+    let channels = match color {
+        ImgColor::Rgb8 => 3,
+        ImgColor::L8 => 1,
+        other => return Err(format!("JPEG: {other:?} output is not supported")),
+    };
+    let (w, h) = (w as usize, h as usize);
+    let mut pixels = vec![0u8; w * h * channels];
+    if dec.total_bytes() != pixels.len() as u64 {
+        return Err("JPEG: inconsistent image size".into());
+    }
+    dec.read_image(&mut pixels)
+        .map_err(|e| format!("JPEG: {e}"))?;
+    let data = if channels == 3 {
+        pixels
+    } else {
+        pixels.iter().flat_map(|&g| [g, g, g]).collect()
+    };
     Ok(RgbImage {
         data,
         width: w,
         height: h,
     })
+}
+
+/// The `(width, height)` of a JPEG's first frame header (SOF0–SOF15), read by walking the
+/// marker segments; `None` if none comes before the scan data or the bytes end first.
+fn jpeg_frame_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    let mut i = 2; // after SOI
+    loop {
+        // Markers are 0xFF followed by a code; extra 0xFF bytes are fill.
+        if *bytes.get(i)? != 0xFF {
+            return None;
+        }
+        while *bytes.get(i)? == 0xFF {
+            i += 1;
+        }
+        let code = *bytes.get(i)?;
+        i += 1;
+        match code {
+            0xD0..=0xD7 | 0x01 => continue, // standalone markers
+            0xD9 | 0xDA => return None,     // end of image or start of scan
+            _ => {}
+        }
+        let len = u16::from_be_bytes([*bytes.get(i)?, *bytes.get(i + 1)?]) as usize;
+        let is_frame = (0xC0..=0xCF).contains(&code) && !matches!(code, 0xC4 | 0xC8 | 0xCC);
+        if is_frame {
+            let h = u16::from_be_bytes([*bytes.get(i + 3)?, *bytes.get(i + 4)?]);
+            let w = u16::from_be_bytes([*bytes.get(i + 5)?, *bytes.get(i + 6)?]);
+            return Some((w as u32, h as u32));
+        }
+        if len < 2 {
+            return None;
+        }
+        i += len;
+    }
 }
 
 /// A PNG decoder that refuses images above `limits` before allocating their pixels.

@@ -30,6 +30,25 @@ use crate::LossError;
 /// initialises it), and the weights become `1 - R̄_c`. `last_class_weights` reports `1 - R_c`
 /// (or `1 - R̄_c`) per class, `NaN` for classes absent from the last batch; static class
 /// weights, if any, multiply on top and are not included.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use recallseg_losses::{RecallCe, SegLoss};
+///
+/// # fn main() -> candle_core::Result<()> {
+/// // Two pixels of class 0 (one predicted right, one wrong) and one of class 1 (right).
+/// let logits = Tensor::new(&[[[[2.0f32, -1.0, 3.0]], [[0.0f32, 1.0, 4.0]]]], &Device::Cpu)?;
+/// let target = Tensor::new(&[[[0u8, 0, 1]]], &Device::Cpu)?;
+/// let mut loss = RecallCe::new(2);
+/// let value = loss.forward(&logits, &target)?;
+/// // Class 0 has recall 1/2 (weight 0.5), class 1 recall 1 (weight 0).
+/// let weights = loss.last_class_weights().expect("recall weights");
+/// assert_eq!(weights, vec![0.5, 0.0]);
+/// assert!(value.to_scalar::<f32>()? > 0.0);
+/// let _gradients = value.backward()?; // differentiable like any candle op
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct RecallCe {
     pub(crate) engine: CeEngine,

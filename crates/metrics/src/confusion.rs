@@ -37,6 +37,20 @@ pub const DEFAULT_IGNORE_INDEX: u32 = 255;
 ///
 /// The matrix serialises (serde) as its settings plus the row-major `counts`; deserialising
 /// checks that the data is consistent.
+///
+/// ```
+/// use recallseg_metrics::ConfusionMatrix;
+///
+/// // Three classes, void = 255; ground truth and prediction of four pixels.
+/// let mut cm = ConfusionMatrix::with_ignore_index(3, Some(255));
+/// cm.update(&[0u8, 0, 1, 255], &[0u8, 1, 1, 2]).unwrap();
+/// assert_eq!(cm.ignored_pixels(), 1);
+/// let report = cm.report_with_names(&["road", "pole", "sign"]).unwrap();
+/// assert_eq!(report.classes[0].recall, Some(0.5)); // one of two road pixels found
+/// assert_eq!(report.classes[1].iou, Some(0.5)); // 1 TP, 1 FP
+/// assert_eq!(report.classes[2].recall, None); // no sign in the ground truth: left out
+/// assert_eq!(report.mean_accuracy.value, Some(0.75)); // mean over road and pole
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "MatrixData", into = "MatrixData")]
 pub struct ConfusionMatrix {

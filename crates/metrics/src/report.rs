@@ -95,6 +95,23 @@ pub struct SubsetMeans {
 }
 
 /// Every score of a confusion matrix; serialisable (serde), printable as a table (`Display`).
+///
+/// ```
+/// use recallseg_metrics::ConfusionMatrix;
+///
+/// let mut cm = ConfusionMatrix::new(3);
+/// cm.update(&[0u8, 0, 1, 2, 2], &[0u8, 0, 1, 2, 0]).unwrap();
+/// // The paper's minority-class means (Tables II/III): a named subset of classes.
+/// let report = cm
+///     .report_with_names(&["road", "pole", "sign"])
+///     .unwrap()
+///     .with_subset("minority", &[1, 2])
+///     .unwrap();
+/// assert_eq!(report.subsets[0].mean_accuracy.value, Some(0.75)); // pole 1, sign 1/2
+/// let json = serde_json::to_string(&report).unwrap(); // results.json
+/// assert!(json.contains("\"minority\""));
+/// println!("{report}"); // a per-class table
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// Number of classes.

@@ -80,7 +80,9 @@ pub enum DatasetKind {
     Synthia,
     /// Cityscapes layout (`leftImg8bit/`, `gtFine/`).
     Cityscapes,
-    /// A folder of `images/` and `labels/` PNGs with a `classes.toml`.
+    /// Your own data: `root` is the dataset's description file (`.toml` or `.json`, not its
+    /// folder) naming the classes and the image and mask folders, relative to the file
+    /// (`recallseg_data::FolderDataset`, docs/data.md).
     Folder,
 }
 

@@ -307,6 +307,40 @@ pub fn build_loss(
 /// an error after the first step (unreadable image, non-finite loss or update, failed
 /// validation) first writes the last good state to `last.safetensors`; checkpoints never hold
 /// non-finite tensors.
+///
+/// ```
+/// use recallseg_trainer::config::Preset;
+/// use recallseg_trainer::train::{train, TrainOptions};
+///
+/// # fn main() -> anyhow::Result<()> {
+/// let dir = tempfile::tempdir()?;
+/// let root = dir.path().join("synthetic");
+/// let out = dir.path().join("run");
+/// // A tiny generated dataset: 10 images of 64×32 in SYNTHIA's layout.
+/// let synthetic = recallseg_data::SyntheticConfig {
+///     width: 64, height: 32, frames_per_folder: 10,
+///     cameras: vec!["Omni_F".into()], sides: vec!["Stereo_Left".into()],
+///     ..Default::default()
+/// };
+/// recallseg_data::generate_synthia(&root, &synthetic)?;
+/// let q = |p: &std::path::Path| format!("{:?}", p.display().to_string()); // a TOML string
+/// // The quick preset, shrunk to a few seconds.
+/// let cfg = Preset::SynthiaQuick.config(&[
+///     format!("data.root={}", q(&root)),
+///     "data.generate_synthetic=false".into(),
+///     "data.height=32".into(), "data.width=64".into(),
+///     "model.backbone_width=4".into(), "model.head_channels=8".into(),
+///     "model.low_level_channels=4".into(),
+///     "loss.name=\"recall_ce\"".into(),
+///     "train.iters=2".into(), "train.batch_size=2".into(), "train.val_every=2".into(),
+///     format!("train.out_dir={}", q(&out)),
+/// ])?;
+/// let outcome = train(&cfg, &TrainOptions { quiet: true, ..TrainOptions::default() })?;
+/// assert!(outcome.finished && outcome.step == 2);
+/// assert!(out.join("best.safetensors").exists() && out.join("log.jsonl").exists());
+/// # Ok(())
+/// # }
+/// ```
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutcome> {
     Trainer::open(cfg, opts)?.run()
 }
