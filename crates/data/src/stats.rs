@@ -235,12 +235,27 @@ fn cache_text(c: &PixelCountCache) -> String {
     s
 }
 
+/// Writes the cache through a temporary file in the same folder (`tempfile`, removed if anything
+/// fails) that is synced and then renamed over `path`, so readers see the old file or the new
+/// one, never a part.
 fn write_atomic(path: &std::path::Path, text: &str) -> Result<(), DataError> {
-    let dir = path.parent().expect("cache path has a folder");
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-    let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
-    std::fs::write(&tmp, text).map_err(|e| DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".pixel-counts.")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| DataError::io(dir, e))?;
+    tmp.write_all(text.as_bytes())
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| DataError::io(tmp.path(), e))?;
+    tmp.persist(path)
+        .map_err(|e| DataError::io(path, e.error))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -38,7 +38,14 @@ fn with_backend(
     crate::font::register_fonts()?;
     match path.extension().and_then(|x| x.to_str()) {
         Some("svg") => draw(SVGBackend::new(path, size).into_drawing_area()),
-        Some("png") => draw_png(BitMapBackend::new(path, size).into_drawing_area()),
+        Some("png") => {
+            // Drawn into memory and encoded by `image` 0.25, so plotters' own encoder (and the
+            // second `image`/`png` versions it pulls in) is not needed.
+            let mut rgb = vec![255u8; size.0 as usize * size.1 as usize * 3];
+            draw_png(BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area())?;
+            image::save_buffer(path, &rgb, size.0, size.1, image::ExtendedColorType::Rgb8)
+                .map_err(|err| format!("{}: {err}", path.display()))
+        }
         other => Err(format!("unsupported plot format {other:?} (svg or png)")),
     }
 }
