@@ -242,6 +242,11 @@ pub struct ModelConfig {
     /// It moves every upsampled logit, hence the argmax and Recall loss's weights.
     #[serde(default)]
     pub align_corners: bool,
+    /// An auxiliary FCN head on layer3 for training (mmsegmentation's standard for DeepLabV3;
+    /// [`crate::aux_head`]); `None` (default) builds none. Its logits come from
+    /// `DeepLab::forward_t_with_aux`; inference ignores it.
+    #[serde(default)]
+    pub aux_head: Option<crate::aux_head::AuxHeadConfig>,
 }
 
 impl Default for ModelConfig {
@@ -266,6 +271,7 @@ impl Default for ModelConfig {
             init: InitScheme::PaperCode,
             init_seed: 0,
             align_corners: false,
+            aux_head: None,
         }
     }
 }
@@ -329,6 +335,17 @@ impl ModelConfig {
                 return Err(bad(
                     "decoder_dropout",
                     format!("each value must be in [0, 1), got {p}"),
+                ));
+            }
+        }
+        if let Some(aux) = &self.aux_head {
+            if aux.channels == 0 {
+                return Err(bad("aux_head.channels", "must be at least 1, got 0"));
+            }
+            if !p_ok(aux.dropout) {
+                return Err(bad(
+                    "aux_head.dropout",
+                    format!("must be in [0, 1), got {}", aux.dropout),
                 ));
             }
         }

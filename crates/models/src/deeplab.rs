@@ -1,5 +1,6 @@
 //! `DeepLab`: a ResNet backbone with a DeepLabV3 or DeepLabV3+ head.
 
+use crate::aux_head::AuxHead;
 use crate::config::{Head, ModelConfig, PretrainedSource};
 use crate::deeplabv3::DeepLabV3Head;
 use crate::deeplabv3plus::DeepLabV3PlusHead;
@@ -29,6 +30,7 @@ pub struct DeepLab {
     config: ModelConfig,
     backbone: ResNet,
     head: HeadImpl,
+    aux: Option<AuxHead>,
     vars: Vec<NamedVar>,
     dropout_seed: AtomicU64,
     dropout_calls: AtomicU64,
@@ -42,7 +44,7 @@ impl DeepLab {
         config.validate()?;
         let pb = ParamBuilder::new(vb, config.init_seed);
         let backbone = ResNet::new(&pb.pp("backbone"), config)?;
-        let [low, _, _, high] = backbone.channels();
+        let [low, _, mid, high] = backbone.channels();
         let hb = pb.clone().with_conv_init(config.init.head_conv());
         let head = match config.head {
             Head::DeepLabV3 => HeadImpl::V3(Box::new(DeepLabV3Head::new(&hb, config, high)?)),
@@ -50,11 +52,16 @@ impl DeepLab {
                 HeadImpl::V3Plus(Box::new(DeepLabV3PlusHead::new(&hb, config, low, high)?))
             }
         };
+        let aux = match &config.aux_head {
+            Some(a) => Some(AuxHead::new(&hb, config, a, mid, config.init)?),
+            None => None,
+        };
         let vars = pb.take_registry();
         Ok(Self {
             config: config.clone(),
             backbone,
             head,
+            aux,
             vars,
             dropout_seed: AtomicU64::new(config.init_seed),
             dropout_calls: AtomicU64::new(0),
@@ -85,12 +92,16 @@ impl DeepLab {
 
     /// Loads an ImageNet ResNet or a full DeepLab safetensors file (see [`crate::pretrained`]).
     pub fn load_safetensors(&self, path: &Path) -> std::result::Result<LoadReport, ModelError> {
-        pretrained::load_into(
-            &self.vars,
-            &self.classifier_param_names(),
-            path,
-            self.config.init_seed,
-        )
+        let mut classifier = self.classifier_param_names().to_vec();
+        if self.aux.is_some() {
+            classifier.extend(AuxHead::CLASSIFIER_PARAMS);
+        }
+        pretrained::load_into(&self.vars, &classifier, path, self.config.init_seed)
+    }
+
+    /// Whether the model has the auxiliary head ([`ModelConfig::aux_head`]).
+    pub fn has_aux_head(&self) -> bool {
+        self.aux.is_some()
     }
 
     /// The configuration the model was built from.
@@ -152,8 +163,31 @@ impl DeepLab {
     }
 
     /// Like [`DeepLab::forward_t`] with an explicit dropout seed: the masks are a pure function
-    /// of `dropout_seed` (the call counter is untouched).
+    /// of `dropout_seed` (the call counter is untouched). The auxiliary head, if any, is not run.
     pub fn forward_t_with(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
+        Ok(self.forward_impl(x, train, dropout_seed, false)?.0)
+    }
+
+    /// [`DeepLab::forward_t_with`] plus the auxiliary head's logits (upsampled to the input size
+    /// as the main logits are) when the model has one: what a training step needs. The main
+    /// logits are bitwise those of `forward_t_with` (the auxiliary head draws its own dropout
+    /// masks and reads layer3 without changing it).
+    pub fn forward_t_with_aux(
+        &self,
+        x: &Tensor,
+        train: bool,
+        dropout_seed: u64,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        self.forward_impl(x, train, dropout_seed, true)
+    }
+
+    fn forward_impl(
+        &self,
+        x: &Tensor,
+        train: bool,
+        dropout_seed: u64,
+        with_aux: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (_, c, h, w) = x.dims4()?;
         if c != 3 {
             candle_core::bail!(
@@ -168,7 +202,15 @@ impl DeepLab {
                 head.forward_t(&feats.low_level, &feats.out, train, dropout_seed)?
             }
         };
-        resize_bilinear(&logits, h, w, self.config.align_corners)
+        let logits = resize_bilinear(&logits, h, w, self.config.align_corners)?;
+        let aux = match (&self.aux, with_aux) {
+            (Some(aux), true) => {
+                let a = aux.forward_t(&feats.layer3, train, dropout_seed)?;
+                Some(resize_bilinear(&a, h, w, self.config.align_corners)?)
+            }
+            _ => None,
+        };
+        Ok((logits, aux))
     }
 }
 

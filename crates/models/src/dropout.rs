@@ -61,6 +61,20 @@ impl Dropout {
             .to_device(x.device())?;
         x * mask
     }
+
+    /// Channel dropout (PyTorch's `nn.Dropout2d`, what mmsegmentation's decode heads use): in
+    /// training, zeroes whole `(n, c)` feature maps of `(N, C, H, W)` with probability `p` and
+    /// scales the rest by `1/(1 − p)`; the `N × C` mask is a pure function of
+    /// `(seed, site, N, C)`. Identity in evaluation.
+    pub fn forward_channels_t(&self, x: &Tensor, train: bool, seed: u64) -> Result<Tensor> {
+        if !train || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        let (n, c, _, _) = x.dims4()?;
+        let ones = Tensor::ones((n, c, 1, 1), x.dtype(), x.device())?;
+        let mask = self.forward_t(&ones, true, seed)?;
+        x.broadcast_mul(&mask)
+    }
 }
 
 #[cfg(test)]
@@ -84,6 +98,39 @@ mod tests {
         assert!(a.iter().all(|&v| v == 0.0 || (v - 4.0 / 3.0).abs() < 1e-6));
         let e = d.forward_t(&x, false, 1)?.flatten_all()?.to_vec1::<f32>()?;
         assert!(e.iter().all(|&v| v == 1.0));
+        Ok(())
+    }
+
+    #[test]
+    fn channel_masks_drop_whole_maps() -> Result<()> {
+        let x = Tensor::ones((4, 32, 3, 5), DType::F32, &Device::Cpu)?;
+        let d = Dropout::new(0.5, "aux");
+        let y = d.forward_channels_t(&x, true, 9)?;
+        let maps: Vec<Vec<f32>> = y.flatten_from(2)?.flatten_to(1)?.to_vec2()?;
+        let mut dropped = 0;
+        for m in &maps {
+            // Each (n, c) map is all 0 or all 1/(1 - p).
+            assert!(
+                m.iter().all(|&v| v == m[0]) && (m[0] == 0.0 || m[0] == 2.0),
+                "{m:?}"
+            );
+            dropped += usize::from(m[0] == 0.0);
+        }
+        assert!(
+            (40..=88).contains(&dropped),
+            "{dropped} of 128 maps dropped"
+        );
+        assert_eq!(
+            y.flatten_all()?.to_vec1::<f32>()?,
+            d.forward_channels_t(&x, true, 9)?
+                .flatten_all()?
+                .to_vec1::<f32>()?
+        );
+        let e = d.forward_channels_t(&x, false, 9)?;
+        assert_eq!(
+            e.flatten_all()?.to_vec1::<f32>()?,
+            x.flatten_all()?.to_vec1::<f32>()?
+        );
         Ok(())
     }
 

@@ -25,6 +25,7 @@
 //! ```
 
 pub mod aspp;
+pub mod aux_head;
 pub mod batch_norm;
 pub mod config;
 pub mod conv;
@@ -39,6 +40,7 @@ pub mod pretrained;
 pub mod resnet;
 pub mod separable_conv;
 
+pub use aux_head::{AuxHead, AuxHeadConfig};
 pub use config::{Backbone, Head, HubFile, InitScheme, ModelConfig, PretrainedSource};
 pub use deeplab::DeepLab;
 pub use error::ModelError;

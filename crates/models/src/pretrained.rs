@@ -198,6 +198,15 @@ pub(crate) fn load_into(
             },
         };
         let expected = nv.var.dims().to_vec();
+        // A DeepLab file without an auxiliary head (it only trains) leaves the model's own
+        // auxiliary head as initialised.
+        if layout == CheckpointLayout::DeepLab
+            && nv.name.starts_with("aux_classifier.")
+            && !tensors.contains_key(file_name)
+        {
+            kept.push(nv.name.clone());
+            continue;
+        }
         let Some(t) = tensors.get(file_name) else {
             return Err(ModelError::MissingTensor {
                 path: path.to_path_buf(),

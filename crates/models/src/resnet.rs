@@ -88,6 +88,8 @@ impl Block {
 pub struct ResNetFeatures {
     /// Output of layer1 (stride 4): DeepLabV3+'s low-level features.
     pub low_level: Tensor,
+    /// Output of layer3 (stride 16, or 8 at output stride 8): the auxiliary head's input.
+    pub layer3: Tensor,
     /// Output of layer4 (stride 8 or 16).
     pub out: Tensor,
 }
@@ -225,16 +227,20 @@ impl ResNet {
         let x = self.bn1.forward_after_conv_t(&self.conv1, x, train, true)?;
         let mut x = max_pool2d(&x, 3, 2, 1)?;
         let mut low_level = None;
+        let mut layer3 = None;
         for (i, layer) in self.layers.iter().enumerate() {
             for block in layer {
                 x = block.forward_t(&x, train)?;
             }
-            if i == 0 {
-                low_level = Some(x.clone());
+            match i {
+                0 => low_level = Some(x.clone()),
+                2 => layer3 = Some(x.clone()),
+                _ => {}
             }
         }
         Ok(ResNetFeatures {
             low_level: low_level.expect("layer1 always runs"),
+            layer3: layer3.expect("layer3 always runs"),
             out: x,
         })
     }

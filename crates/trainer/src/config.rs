@@ -260,6 +260,49 @@ pub struct ModelSection {
     /// spells them out.
     #[serde(default)]
     pub layout: ModelLayout,
+    /// An auxiliary FCN head on layer3, trained with its own loss weight
+    /// (`[model.aux_head]`, mmsegmentation's standard for DeepLabV3; absent = none, the
+    /// default). `aux_head = {}` takes mmseg's values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aux_head: Option<AuxHeadSection>,
+}
+
+/// `[model.aux_head]`: the auxiliary FCN head (`recallseg_models::aux_head`) and its loss
+/// weight. The defaults are mmseg's `deeplabv3_r50-d8.py`: `channels = 256`, `dropout = 0.1`,
+/// `loss_weight = 0.4`. Training minimises `loss(main) + loss_weight · loss(aux)` with the same
+/// `[loss]` for both; evaluation and prediction ignore the head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuxHeadSection {
+    /// Channels of its 3×3 convolution.
+    #[serde(default = "default_aux_channels")]
+    pub channels: usize,
+    /// Channel-dropout probability before its classifier.
+    #[serde(default = "default_aux_dropout")]
+    pub dropout: f64,
+    /// Weight of its loss in the training objective.
+    #[serde(default = "default_aux_loss_weight")]
+    pub loss_weight: f64,
+}
+
+fn default_aux_channels() -> usize {
+    256
+}
+fn default_aux_dropout() -> f64 {
+    0.1
+}
+fn default_aux_loss_weight() -> f64 {
+    0.4
+}
+
+impl Default for AuxHeadSection {
+    fn default() -> Self {
+        Self {
+            channels: default_aux_channels(),
+            dropout: default_aux_dropout(),
+            loss_weight: default_aux_loss_weight(),
+        }
+    }
 }
 
 /// `[model] layout`: a named head layout.
@@ -1024,6 +1067,20 @@ impl TrainConfig {
                 ),
             ));
         }
+        if let Some(aux) = &m.aux_head {
+            if !(aux.loss_weight.is_finite() && aux.loss_weight >= 0.0) {
+                return Err(invalid(
+                    "model.aux_head.loss_weight",
+                    format!("{} is negative or not finite", aux.loss_weight),
+                ));
+            }
+            if aux.channels > 4096 {
+                return Err(invalid(
+                    "model.aux_head.channels",
+                    format!("{} is more than 4096", aux.channels),
+                ));
+            }
+        }
         for (field, v) in [
             ("model.head_channels", m.head_channels),
             ("model.low_level_channels", m.low_level_channels),
@@ -1509,6 +1566,26 @@ mod tests {
             .to_toml()
             .unwrap()
             .contains("early_stop"));
+    }
+
+    #[test]
+    fn aux_head_keys_are_checked() {
+        let c = quick(&["model.aux_head={}"]).unwrap();
+        assert_eq!(c.model.aux_head, Some(AuxHeadSection::default()));
+        let m = crate::train::model_config(&c, 5).aux_head.unwrap();
+        assert_eq!((m.channels, m.dropout), (256, 0.1));
+        let back = TrainConfig::from_toml_str(&c.to_toml().unwrap(), "round trip", &[]).unwrap();
+        assert_eq!(back, c);
+        assert!(quick(&[]).unwrap().model.aux_head.is_none());
+        assert!(err_text(&["model.aux_head={ loss_weight = -1.0 }"])
+            .starts_with("model.aux_head.loss_weight:"));
+        assert!(
+            err_text(&["model.aux_head={ dropout = 1.0 }"]).starts_with("model.aux_head.dropout:")
+        );
+        assert!(
+            err_text(&["model.aux_head={ channels = 0 }"]).starts_with("model.aux_head.channels:")
+        );
+        assert!(err_text(&["model.aux_head={ weight = 0.4 }"]).contains("weight"));
     }
 
     #[test]

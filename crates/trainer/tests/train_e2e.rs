@@ -509,3 +509,70 @@ fn early_stopping_ends_the_run_and_stays_ended_on_resume() {
     assert!(p.finished && !p.early_stopped);
     assert_eq!(p.step, 8);
 }
+
+/// `[model.aux_head]`: with weight 0 the run is bitwise the run without it (the head adds
+/// nothing but its term); with mmseg's 0.4 the first logged loss is the main loss plus 0.4 × a
+/// plausible auxiliary loss; the checkpoint holds the head and its loss's moving average, loads
+/// for inference (which ignores the head), and resumes bit for bit.
+#[test]
+fn aux_head_adds_its_weighted_loss_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let base = [
+        "train.checkpoint_every=0",
+        "loss.name=recall_ce",
+        "loss.ema=0.5",
+    ];
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let cfg = tiny_config(&root, &out, &args);
+        (cfg, out)
+    };
+    let (plain_cfg, plain) = run("plain", &[]);
+    train(&plain_cfg, &quiet()).unwrap();
+    let (zero_cfg, zero) = run("zero", &["model.aux_head={ loss_weight = 0.0 }"]);
+    train(&zero_cfg, &quiet()).unwrap();
+    assert_eq!(train_losses(&plain), train_losses(&zero));
+
+    let (aux_cfg, aux) = run("aux", &["model.aux_head={}"]);
+    assert_eq!(aux_cfg.model.aux_head.as_ref().unwrap().loss_weight, 0.4);
+    let o = train(&aux_cfg, &quiet()).unwrap();
+    assert!(o.finished);
+    let (lp, la) = (train_losses(&plain), train_losses(&aux));
+    assert!(la.iter().all(|(_, l)| l.is_finite()));
+    // Step 1: the same model and batch, so the difference is 0.4 × the auxiliary loss (Recall
+    // CE of an untrained 16-class head: a few nats).
+    let aux_loss = (la[0].1 - lp[0].1) / 0.4;
+    assert!((0.5..10.0).contains(&aux_loss), "auxiliary loss {aux_loss}");
+    assert_ne!(la[1].1, lp[1].1);
+
+    let ck = Checkpoint::load(&aux.join("last.safetensors"), &Device::Cpu).unwrap();
+    assert!(ck.model.contains_key("aux_classifier.4.weight"));
+    assert!(ck.extra.contains_key("loss.aux.state") && ck.extra.contains_key("loss.state"));
+    let (built, cfg, _, _) =
+        recallseg_trainer::train::load_for_inference(&aux.join("best.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert!(built.model.has_aux_head());
+    let (_, loader) = recallseg_trainer::train::open_eval(&cfg, "test").unwrap();
+    let ev = recallseg_trainer::eval::evaluate(&built.model, &loader, &Device::Cpu, 0).unwrap();
+    assert!(ev.images > 0);
+
+    let (b_cfg, b) = run("aux_resumed", &["model.aux_head={}"]);
+    let stop = TrainOptions {
+        stop_after: Some(2),
+        ..quiet()
+    };
+    assert_eq!(train(&b_cfg, &stop).unwrap().step, 2);
+    let resumed = TrainOptions {
+        resume: true,
+        ..quiet()
+    };
+    assert!(train(&b_cfg, &resumed).unwrap().finished);
+    assert_eq!(
+        model_bytes(&aux.join("last.safetensors")),
+        model_bytes(&b.join("last.safetensors"))
+    );
+    assert_eq!(train_losses(&aux), train_losses(&b));
+}

@@ -172,6 +172,13 @@ pub fn model_config(cfg: &TrainConfig, n_classes: usize) -> ModelConfig {
         init: m.init,
         init_seed: cfg.train.seed,
         align_corners: m.align_corners,
+        aux_head: m
+            .aux_head
+            .as_ref()
+            .map(|a| recallseg_models::AuxHeadConfig {
+                channels: a.channels,
+                dropout: a.dropout,
+            }),
     }
 }
 
@@ -257,16 +264,21 @@ pub fn open_run_data(cfg: &TrainConfig) -> anyhow::Result<RunData> {
 
 /// Checkpoint key of a stateful loss's state (RecallCE's moving-average recall).
 const LOSS_STATE_KEY: &str = "loss.state";
+/// Checkpoint key of the auxiliary head's loss state (`model.aux_head`; its own instance of the
+/// configured loss, so a moving average is kept per head).
+const AUX_LOSS_STATE_KEY: &str = "loss.aux.state";
 
-/// The loss's cross-step state as checkpoint tensors (empty for stateless losses).
-fn loss_state_tensors(loss: &dyn SegLoss) -> candle_core::Result<HashMap<String, Tensor>> {
+/// The losses' cross-step state as checkpoint tensors (empty for stateless losses).
+fn loss_state_tensors(
+    loss: &dyn SegLoss,
+    aux: Option<&dyn SegLoss>,
+) -> candle_core::Result<HashMap<String, Tensor>> {
     let mut extra = HashMap::new();
-    if let Some(state) = loss.state() {
-        let n = state.len();
-        extra.insert(
-            LOSS_STATE_KEY.to_string(),
-            Tensor::from_vec(state, n, &Device::Cpu)?,
-        );
+    for (key, l) in [(LOSS_STATE_KEY, Some(loss)), (AUX_LOSS_STATE_KEY, aux)] {
+        if let Some(state) = l.and_then(|l| l.state()) {
+            let n = state.len();
+            extra.insert(key.to_string(), Tensor::from_vec(state, n, &Device::Cpu)?);
+        }
     }
     Ok(extra)
 }
@@ -274,15 +286,23 @@ fn loss_state_tensors(loss: &dyn SegLoss) -> candle_core::Result<HashMap<String,
 /// Restores what [`loss_state_tensors`] stored, so a resumed stateful loss continues exactly.
 fn restore_loss_state(
     loss: &mut dyn SegLoss,
+    aux: Option<&mut dyn SegLoss>,
     extra: &HashMap<String, Tensor>,
     path: &Path,
 ) -> anyhow::Result<()> {
-    let state = match extra.get(LOSS_STATE_KEY) {
-        Some(t) => t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?,
-        None => Vec::new(),
+    let restore = |l: &mut dyn SegLoss, key: &str| -> anyhow::Result<()> {
+        let state = match extra.get(key) {
+            Some(t) => t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?,
+            None => Vec::new(),
+        };
+        l.load_state(&state)
+            .map_err(|e| anyhow::anyhow!("{}: {key}: {e}", path.display()))
     };
-    loss.load_state(&state)
-        .map_err(|e| anyhow::anyhow!("{}: {LOSS_STATE_KEY}: {e}", path.display()))
+    restore(loss, LOSS_STATE_KEY)?;
+    if let Some(a) = aux {
+        restore(a, AUX_LOSS_STATE_KEY)?;
+    }
+    Ok(())
 }
 
 /// Builds the configured loss for the dataset.

@@ -33,6 +33,9 @@ pub struct Trainer<'a> {
     data: RunData,
     built: BuiltModel,
     loss: Box<dyn SegLoss>,
+    /// The auxiliary head's loss (its own instance of the configured loss) and its weight
+    /// (`model.aux_head`).
+    aux_loss: Option<(Box<dyn SegLoss>, f64)>,
     loss_name: String,
     optimizer: Box<dyn Optimizer>,
     schedule: LrSchedule,
@@ -95,6 +98,7 @@ impl<E: Into<anyhow::Error>> From<E> for StepFailure {
 struct StepSnapshot {
     rng: ChaCha8Rng,
     loss_state: Option<Vec<f32>>,
+    aux_loss_state: Option<Vec<f32>>,
     /// Copies of the buffers.
     buffers: Vec<(Var, Tensor)>,
 }
@@ -144,6 +148,13 @@ impl<'a> Trainer<'a> {
         let n_classes = data.classes.n_classes();
         let built = build_model(cfg, n_classes, &device, !resuming)?;
         let mut loss = build_loss(cfg, &data.classes, &data.class_pixel_counts)?;
+        let mut aux_loss = match &cfg.model.aux_head {
+            Some(a) => Some((
+                build_loss(cfg, &data.classes, &data.class_pixel_counts)?,
+                a.loss_weight,
+            )),
+            None => None,
+        };
         let mut optimizer = optim::build(&cfg.optim, built.trainable.clone())?;
         let schedule = LrSchedule::new(cfg.optim.lr, cfg.train.iters, &cfg.schedule);
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed ^ 0x7261_6e64_5f74_726e);
@@ -178,7 +189,14 @@ impl<'a> Trainer<'a> {
             }
             ck.restore_varmap(&built.varmap, &last_path)?;
             optimizer.load_state(&ck.optim, ck.meta.optim_steps)?;
-            restore_loss_state(loss.as_mut(), &ck.extra, &last_path)?;
+            restore_loss_state(
+                loss.as_mut(),
+                aux_loss
+                    .as_mut()
+                    .map(|(l, _)| l.as_mut() as &mut dyn SegLoss),
+                &ck.extra,
+                &last_path,
+            )?;
             rng = ck
                 .meta
                 .rng
@@ -241,6 +259,7 @@ impl<'a> Trainer<'a> {
             data,
             built,
             loss,
+            aux_loss,
             loss_name: cfg.loss.name().to_string(),
             optimizer,
             schedule,
@@ -278,7 +297,10 @@ impl<'a> Trainer<'a> {
         let ck = Checkpoint {
             model: Checkpoint::model_from_varmap(&self.built.varmap)?,
             optim: optim_state,
-            extra: loss_state_tensors(self.loss.as_ref())?,
+            extra: loss_state_tensors(
+                self.loss.as_ref(),
+                self.aux_loss.as_ref().map(|(l, _)| l.as_ref()),
+            )?,
             meta: CheckpointMeta {
                 format_version: FORMAT_VERSION,
                 step: self.step,
@@ -477,13 +499,21 @@ impl<'a> Trainer<'a> {
     fn try_step(&mut self, batch: &Batch) -> Result<StepResult, StepFailure> {
         let (x, y) = batch_tensors(batch, &self.device)?;
         let dropout_seed = self.rng.next_u64();
-        let logits = self.built.model.forward_t_with(&x, true, dropout_seed)?;
+        let (logits, aux_logits) = self
+            .built
+            .model
+            .forward_t_with_aux(&x, true, dropout_seed)?;
         let out = self.loss.forward_output(&logits, &y)?;
-        let l = out.loss;
-        let lv = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let mut l = out.loss;
         // The logits are checked too: a diverged model can produce NaN/inf logits on which a
         // loss still returns a finite number (masked pixels).
-        let logit_sum = logits.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let mut logit_sum = logits.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if let (Some((aux_loss, weight)), Some(a)) = (&mut self.aux_loss, &aux_logits) {
+            // mmseg's objective: main loss + weight × auxiliary loss (same loss on both).
+            l = (l + (aux_loss.forward(a, &y)? * *weight)?)?;
+            logit_sum += a.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        }
+        let lv = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !lv.is_finite() || !logit_sum.is_finite() {
             return Err(StepFailure::NonFiniteLoss(if lv.is_finite() {
                 logit_sum
@@ -509,6 +539,7 @@ impl<'a> Trainer<'a> {
         Ok(StepSnapshot {
             rng: self.rng.clone(),
             loss_state: self.loss.state(),
+            aux_loss_state: self.aux_loss.as_ref().and_then(|(l, _)| l.state()),
             buffers: self
                 .buffers
                 .iter()
@@ -523,6 +554,10 @@ impl<'a> Trainer<'a> {
             self.loss
                 .load_state(&state)
                 .map_err(|e| anyhow::anyhow!("restoring the loss state: {e}"))?;
+        }
+        if let (Some(state), Some((aux, _))) = (snapshot.aux_loss_state, &mut self.aux_loss) {
+            aux.load_state(&state)
+                .map_err(|e| anyhow::anyhow!("restoring the auxiliary loss state: {e}"))?;
         }
         for (var, t) in snapshot.buffers {
             var.set(&t)?;
