@@ -551,12 +551,14 @@ fn aux_head_adds_its_weighted_loss_and_resumes() {
     let ck = Checkpoint::load(&aux.join("last.safetensors"), &Device::Cpu).unwrap();
     assert!(ck.model.contains_key("aux_classifier.4.weight"));
     assert!(ck.extra.contains_key("loss.aux.state") && ck.extra.contains_key("loss.state"));
-    let (built, cfg, _, _) =
-        recallseg_trainer::train::load_for_inference(&aux.join("best.safetensors"), &Device::Cpu)
-            .unwrap();
-    assert!(built.model.has_aux_head());
-    let (_, loader) = recallseg_trainer::train::open_eval(&cfg, "test").unwrap();
-    let ev = recallseg_trainer::eval::evaluate(&built.model, &loader, &Device::Cpu, 0).unwrap();
+    let p = recallseg_trainer::predict::Predictor::from_checkpoint(
+        &aux.join("best.safetensors"),
+        &recallseg_trainer::predict::PredictorOptions::default(),
+    )
+    .unwrap();
+    assert!(p.model().has_aux_head());
+    let (_, loader) = recallseg_trainer::train::open_eval(p.config(), "test").unwrap();
+    let ev = recallseg_trainer::eval::evaluate(p.model(), &loader, &Device::Cpu, 0).unwrap();
     assert!(ev.images > 0);
 
     let (b_cfg, b) = run("aux_resumed", &["model.aux_head={}"]);
