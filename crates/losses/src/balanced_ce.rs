@@ -22,6 +22,15 @@ pub struct BalancedCe {
 }
 
 impl BalancedCe {
+    /// Label smoothing `ε ∈ [0, 1)` (segmentation_models_pytorch's `SoftCrossEntropyLoss`
+    /// `smooth_factor`): each pixel's cross entropy is taken against `(1 − ε) onehot + ε / C`,
+    /// `(1 − ε)(−log p_y) + (ε / C) Σ_k (−log p_k)`; weights and normalisation unchanged. Runs on
+    /// the portable path.
+    pub fn with_label_smoothing(mut self, epsilon: f64) -> Result<Self, LossError> {
+        self.engine.set_label_smoothing(epsilon)?;
+        Ok(self)
+    }
+
     /// Class-balanced CE from the per-class pixel counts of the training split.
     pub fn from_counts(counts: &[u64], beta: Option<f64>) -> Result<Self, LossError> {
         let w = class_balanced(counts, beta)?;

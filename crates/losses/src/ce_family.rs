@@ -22,6 +22,7 @@ use crate::input::{
 };
 use crate::ohem_selection::ohem_keep;
 use crate::options::{Engine, LossOptions};
+use crate::{Kernel, LossError};
 use candle_core::{DType, Result, Tensor};
 use recallseg_kernels::fused::FusedOp;
 use recallseg_kernels::SavedState;
@@ -38,6 +39,12 @@ pub(crate) struct CeEngine {
     pub ema: Option<Vec<f32>>,
     /// Weights reported by `last_class_weights`.
     pub last: Option<Vec<f32>>,
+    /// Label smoothing `ε` (0 = none): the target distribution is `(1 − ε) onehot + ε / C`.
+    pub smoothing: f64,
+    /// Focal's per-class `α` (multiplies the numerator only), `None` = all ones.
+    pub focal_alpha: Option<Vec<f64>>,
+    /// The implementation the last forward pass ran.
+    pub last_kernel: Option<Kernel>,
 }
 
 impl CeEngine {
@@ -48,6 +55,45 @@ impl CeEngine {
             mode,
             ema: None,
             last: None,
+            smoothing: 0.0,
+            focal_alpha: None,
+            last_kernel: None,
+        }
+    }
+
+    /// Sets label smoothing `ε ∈ [0, 1)`; the members whose pixels are not plain (weighted)
+    /// cross entropy (Focal, OHEM) reject it.
+    pub(crate) fn set_label_smoothing(&mut self, eps: f64) -> std::result::Result<(), LossError> {
+        if !(eps.is_finite() && (0.0..1.0).contains(&eps)) {
+            return Err(LossError::InvalidParameter {
+                loss: self.name,
+                field: "label_smoothing",
+                value: eps.to_string(),
+                reason: "must be in [0, 1)".into(),
+            });
+        }
+        if eps > 0.0 && matches!(self.mode, CeMode::Focal { .. } | CeMode::Ohem(_)) {
+            return Err(LossError::InvalidParameter {
+                loss: self.name,
+                field: "label_smoothing",
+                value: eps.to_string(),
+                reason: "label smoothing applies to cross_entropy, weighted_ce, balanced_ce, \
+                         recall_ce and precision_ce only"
+                    .into(),
+            });
+        }
+        self.smoothing = eps;
+        Ok(())
+    }
+
+    /// The option the fused kernel does not cover, if the loss has one.
+    fn fused_gap(&self) -> Option<&'static str> {
+        if self.smoothing > 0.0 {
+            Some("label_smoothing")
+        } else if self.mode.per_image() {
+            Some("recall_ce variant = \"per_image\"")
+        } else {
+            None
         }
     }
 
@@ -58,18 +104,26 @@ impl CeEngine {
             self.opts.n_classes(),
             self.opts.ignore_index(),
             self.opts.kernel(),
+            self.fused_gap(),
         )?;
         if p.empty {
             // No weights were applied: report none rather than the previous batch's.
             self.last = None;
+            self.last_kernel = None;
             return crate::input::zero_loss(&p.logits);
         }
+        self.last_kernel = Some(if p.fused {
+            Kernel::Fused
+        } else {
+            Kernel::Portable
+        });
         let (loss, rep) = if p.fused {
             let out = Arc::new(SavedState::new());
             let op = FusedCe {
                 n_classes: self.opts.n_classes(),
                 ignore_index: self.opts.ignore_index(),
                 static_w: self.opts.static_f64(),
+                focal_alpha: self.focal_alpha.clone(),
                 mode: self.mode,
                 ema_prev: self.ema.clone(),
                 out: out.clone(),
@@ -101,12 +155,71 @@ impl CeEngine {
         let logp = candle_nn::ops::log_softmax(logits, 1)?;
         let count = per_class_host(&oh)?;
         let s = self.opts.static_f64();
-        let z = self
-            .mode
-            .normaliser(&s, &count, logits.elem_count() / c.max(1));
-        let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
+        let pixels = logits.elem_count() / c.max(1);
         let static_report = self.opts.class_weights().map(<[f32]>::to_vec);
+        let n_img = logits.dim(0)?;
+        // Each pixel's cross entropy against its (smoothed) target, summed per class (and per
+        // image with `per_image`): `(1 − ε)(−log p_y) + (ε/C) Σ_k (−log p_k)`.
+        let ce_sums = |dims: &[usize]| -> Result<Tensor> {
+            let nll = (&oh * &logp)?.sum(dims)?.neg()?;
+            if self.smoothing > 0.0 {
+                let eps = self.smoothing;
+                let all = oh.broadcast_mul(&logp.sum_keepdim(1)?)?.sum(dims)?.neg()?;
+                nll.affine(1.0 - eps, 0.0)? + all.affine(eps / c as f64, 0.0)?
+            } else {
+                Ok(nll)
+            }
+        };
         match &self.mode {
+            CeMode::ClassWeighted(cw) if cw.per_image => {
+                let am = logits.argmax_keepdim(1)?;
+                let pred_oh = am.broadcast_eq(&class_column(c, dev)?)?.to_dtype(dtype)?;
+                let valid = oh.sum_keepdim(1)?;
+                let host = |t: &Tensor| -> Result<Vec<f64>> {
+                    t.sum((2, 3))?
+                        .to_dtype(DType::F64)?
+                        .flatten_all()?
+                        .to_vec1::<f64>()
+                };
+                let cnt = host(&oh)?;
+                let tp = host(&(&pred_oh * &oh)?)?;
+                let pred = host(&pred_oh.broadcast_mul(&valid)?)?;
+                let mut wmat = vec![0.0f64; n_img * c];
+                let mut wsum = vec![0.0f64; c];
+                for i in 0..n_img {
+                    let r = i * c..(i + 1) * c;
+                    let st = ClassStats {
+                        count: cnt[r.clone()].to_vec(),
+                        tp: tp[r.clone()].to_vec(),
+                        pred: pred[r.clone()].to_vec(),
+                    };
+                    let d = self.mode.class_weights(&st, None);
+                    for k in 0..c {
+                        wsum[k] += d.w[k] * st.count[k];
+                    }
+                    let fw = self.mode.final_weights(&s, &d.w);
+                    wmat[i * c..(i + 1) * c].copy_from_slice(&fw);
+                }
+                let z = self.mode.normaliser(&s, &s, &count, pixels);
+                let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
+                wmat.iter_mut().for_each(|v| *v *= inv_z);
+                let report = wsum
+                    .iter()
+                    .zip(&count)
+                    .map(|(a, n)| if *n > 0.0 { (a / n) as f32 } else { f32::NAN })
+                    .collect();
+                let wt = Tensor::from_vec(wmat, (n_img, c), &candle_core::Device::Cpu)?
+                    .to_dtype(dtype)?
+                    .to_device(dev)?;
+                let loss = (ce_sums(&[2, 3])? * wt)?.sum_all()?;
+                Ok((
+                    loss,
+                    StepReport {
+                        report: Some(report),
+                        ema: None,
+                    },
+                ))
+            }
             CeMode::Plain | CeMode::ClassWeighted(_) => {
                 let (w, rep) = if matches!(self.mode, CeMode::Plain) {
                     (
@@ -128,7 +241,7 @@ impl CeEngine {
                         pred,
                     };
                     let d = self.mode.class_weights(&st, self.ema.as_deref());
-                    let w: Vec<f64> = s.iter().zip(&d.w).map(|(a, b)| a * b).collect();
+                    let w = self.mode.final_weights(&s, &d.w);
                     (
                         w,
                         StepReport {
@@ -137,15 +250,24 @@ impl CeEngine {
                         },
                     )
                 };
+                let z = self.mode.normaliser(&s, &w, &count, pixels);
+                let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
                 let scaled: Vec<f64> = w.iter().map(|v| v * inv_z).collect();
-                let per_class_ce = (&oh * &logp)?.sum((0, 2, 3))?.neg()?;
+                let per_class_ce = ce_sums(&[0, 2, 3])?;
                 let loss = (per_class_ce * class_vector(&scaled, dtype, dev)?)?.sum_all()?;
                 Ok((loss, rep))
             }
             CeMode::Focal { gamma } => {
                 let gamma = *gamma;
                 let logpt = (&oh * &logp)?.sum(1)?;
-                let s_col = class_vector(&s, dtype, dev)?.reshape((1, c, 1, 1))?;
+                let z = self.mode.normaliser(&s, &s, &count, pixels);
+                let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
+                // Focal's α multiplies the numerator only (Lin et al.'s α_t, mmseg's list).
+                let sa: Vec<f64> = match &self.focal_alpha {
+                    Some(a) => s.iter().zip(a).map(|(x, y)| x * y).collect(),
+                    None => s.clone(),
+                };
+                let s_col = class_vector(&sa, dtype, dev)?.reshape((1, c, 1, 1))?;
                 let s_map = oh.broadcast_mul(&s_col)?.sum(1)?;
                 let one_minus = logpt.exp()?.affine(-1.0, 1.0)?;
                 let modf = if gamma == 0.0 {
@@ -196,7 +318,7 @@ impl CeEngine {
                         }
                     })
                     .collect();
-                let keep = ohem_keep(&ce_marked, *sel);
+                let keep = ohem_keep(&ce_marked, *sel, n_img);
                 let mut kept = vec![0.0f64; c];
                 let mut factor = vec![0.0f64; lab.len()];
                 let mut zk = 0.0;
@@ -208,6 +330,8 @@ impl CeEngine {
                         zk += s[y];
                     }
                 }
+                let n_valid = count.iter().sum::<f64>();
+                let zk = sel.normaliser(zk, n_valid, pixels);
                 let inv = if zk > 0.0 { 1.0 / zk } else { 0.0 };
                 factor.iter_mut().for_each(|f| *f *= inv);
                 let f = Tensor::from_vec(factor, ce_map.shape(), &candle_core::Device::Cpu)?
@@ -298,6 +422,10 @@ impl Engine for CeEngine {
             CeMode::Plain => self.opts.class_weights().map(<[f32]>::to_vec),
             _ => self.last.clone(),
         }
+    }
+
+    fn last_kernel(&self) -> Option<Kernel> {
+        self.last_kernel
     }
 
     fn state(&self) -> Option<Vec<f32>> {

@@ -28,21 +28,84 @@ pub(crate) struct ClassWeighting {
     pub weights: fn(&ClassWeighting, &ClassStats, Option<&[f32]>) -> DynWeights,
     /// Momentum of the recall moving average, if one is kept (RecallCE's `ema`).
     pub momentum: Option<f32>,
-    /// The paper code's recall variant: counters from 1, mean over every pixel of the batch.
+    /// The paper code's counters: false negatives and pixels counted from 1, so a class present
+    /// without false negatives weighs `1 / N_c`.
     pub paper_code: bool,
+    /// What the weighted cross entropy is divided by.
+    pub norm: CeNorm,
+    /// The weights are `0.5 · dynamic + 0.5 · static` (the paper's `loss.py` with a `weight`)
+    /// instead of `static · dynamic`.
+    pub blend: bool,
+    /// The statistics (and so the weights) are per image instead of per batch (portable path).
+    pub per_image: bool,
+}
+
+impl ClassWeighting {
+    /// A member with batch statistics, no moving average, Eq. 5's normalisation.
+    pub(crate) fn plain(
+        weights: fn(&ClassWeighting, &ClassStats, Option<&[f32]>) -> DynWeights,
+    ) -> Self {
+        Self {
+            weights,
+            momentum: None,
+            paper_code: false,
+            norm: CeNorm::Valid,
+            blend: false,
+            per_image: false,
+        }
+    }
+}
+
+/// The denominator `Z` of a class-weighted member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CeNorm {
+    /// `Σ_{n valid} s_{y_n}`: the (static-weighted) count of valid pixels (Eq. 5).
+    Valid,
+    /// Every pixel of the batch, ignored ones included (the paper code's `loss.mean()`).
+    AllPixels,
+    /// `Σ_{n valid} W_{y_n}` with `W` the final weights: PyTorch's weighted mean
+    /// (`F.cross_entropy(weight=W)`, the paper's `loss.py`).
+    WeightSum,
 }
 
 impl CeMode {
-    /// The loss's denominator `Z`: the static-weighted count of valid pixels, or, for the paper
-    /// code's recall variant, every pixel of the batch (`pixels`, ignored ones included: its
-    /// `loss.mean()`).
-    pub(crate) fn normaliser(&self, s: &[f64], count: &[f64], pixels: usize) -> f64 {
+    /// The loss's denominator `Z` from the static weights `s`, the final per-class weights `w`
+    /// (`s` for the members without class weights), the pixel counts and the batch's pixel count
+    /// (ignored ones included).
+    pub(crate) fn normaliser(&self, s: &[f64], w: &[f64], count: &[f64], pixels: usize) -> f64 {
         match self {
             CeMode::ClassWeighted(ClassWeighting {
-                paper_code: true, ..
+                norm: CeNorm::AllPixels,
+                ..
             }) => pixels as f64,
+            CeMode::ClassWeighted(ClassWeighting {
+                norm: CeNorm::WeightSum,
+                ..
+            }) => w.iter().zip(count).map(|(a, b)| a * b).sum(),
             _ => s.iter().zip(count).map(|(a, b)| a * b).sum(),
         }
+    }
+
+    /// The final per-class weights from the static weights `s` and a step's dynamic weights
+    /// `d`: `s_c · d_c`, or `0.5 d_c + 0.5 s_c` for a blending member.
+    pub(crate) fn final_weights(&self, s: &[f64], d: &[f64]) -> Vec<f64> {
+        match self {
+            CeMode::ClassWeighted(ClassWeighting { blend: true, .. }) => {
+                s.iter().zip(d).map(|(a, b)| 0.5 * b + 0.5 * a).collect()
+            }
+            _ => s.iter().zip(d).map(|(a, b)| a * b).collect(),
+        }
+    }
+
+    /// Whether the class weights are per image (only the portable path has them).
+    pub(crate) fn per_image(&self) -> bool {
+        matches!(
+            self,
+            CeMode::ClassWeighted(ClassWeighting {
+                per_image: true,
+                ..
+            })
+        )
     }
 
     /// The class weights of a member from the batch statistics, shared by both

@@ -3,6 +3,7 @@
 use crate::ce_family::CeEngine;
 use crate::ce_mode::CeMode;
 use crate::options::{EngineLoss, LossOptions};
+use crate::LossError;
 
 /// Softmax cross entropy, averaged over valid pixels.
 ///
@@ -21,6 +22,15 @@ pub struct CrossEntropy {
 }
 
 impl CrossEntropy {
+    /// Label smoothing `ε ∈ [0, 1)` (segmentation_models_pytorch's `SoftCrossEntropyLoss`
+    /// `smooth_factor`): each pixel's cross entropy is taken against `(1 − ε) onehot + ε / C`,
+    /// `(1 − ε)(−log p_y) + (ε / C) Σ_k (−log p_k)`; weights and normalisation unchanged. Runs on
+    /// the portable path.
+    pub fn with_label_smoothing(mut self, epsilon: f64) -> Result<Self, LossError> {
+        self.engine.set_label_smoothing(epsilon)?;
+        Ok(self)
+    }
+
     /// Cross entropy over `n_classes` classes (ignore index 255, no weights).
     pub fn new(n_classes: usize) -> Self {
         Self {

@@ -4,6 +4,8 @@ use crate::options::EngineLoss;
 use crate::region::RegionEngine;
 use crate::region_loss::RegionKind;
 
+crate::region::region_options!(Dice);
+
 /// Soft Dice loss over the batch, averaged over classes.
 ///
 /// ```text

@@ -50,6 +50,38 @@ impl Focal {
         })
     }
 
+    /// Per-class balancing weights `α_c` (one per class, finite, `>= 0`): the loss becomes
+    /// `(1/Z) Σ_n s_{y_n} α_{y_n} (1 − p_n)^γ (−log p_n)` with `Z = Σ_n s_{y_n}` unchanged (α is
+    /// not in the normaliser, unlike static class weights). This is Lin et al.'s `α_t` per class,
+    /// as mmsegmentation's list-valued `alpha` weighs each class's foreground term (mmseg and
+    /// smp only have the sigmoid focal loss; this is its softmax form). Covered by the fused
+    /// kernel.
+    pub fn with_alpha(mut self, alpha: Vec<f32>) -> Result<Self, LossError> {
+        crate::check_weights(&alpha, self.engine.opts.n_classes()).map_err(|e| match e {
+            LossError::InvalidClassWeight { index, value } => LossError::InvalidParameter {
+                loss: "focal",
+                field: "alpha",
+                value: value.to_string(),
+                reason: format!("alpha[{index}] must be finite and >= 0"),
+            },
+            LossError::ClassCountMismatch { expected, got, .. } => {
+                LossError::ClassCountMismatch {
+                    what: "focal alpha",
+                    expected,
+                    got,
+                }
+            }
+            e => e,
+        })?;
+        self.engine.focal_alpha = Some(alpha.iter().map(|&v| v as f64).collect());
+        Ok(self)
+    }
+
+    /// The per-class α, if set.
+    pub fn alpha(&self) -> Option<&[f64]> {
+        self.engine.focal_alpha.as_deref()
+    }
+
     /// The focusing parameter γ.
     pub fn gamma(&self) -> f64 {
         self.gamma

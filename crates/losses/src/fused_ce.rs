@@ -56,6 +56,8 @@ pub(crate) struct FusedCe {
     pub ignore_index: u32,
     /// Static class weights (ones when none).
     pub static_w: Vec<f64>,
+    /// Focal's per-class `α` (numerator only), `None` = ones.
+    pub focal_alpha: Option<Vec<f64>>,
     pub mode: CeMode,
     /// The recall moving average before this step.
     pub ema_prev: Option<Vec<f32>>,
@@ -333,8 +335,7 @@ impl FusedCe {
         }
         let s = &self.static_w;
         let count: Vec<f64> = acc.count.iter().map(|&v| v as f64).collect();
-        let z = self.mode.normaliser(s, &count, n * hw);
-        let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
+        let pixels = n * hw;
         let (loss, out) = match &self.mode {
             CeMode::Plain | CeMode::ClassWeighted(_) => {
                 let (wts, step) = if matches!(self.mode, CeMode::Plain) {
@@ -346,7 +347,7 @@ impl FusedCe {
                         pred: acc.pred.iter().map(|&v| v as f64).collect(),
                     };
                     let d = self.mode.class_weights(&st, self.ema_prev.as_deref());
-                    let w = s.iter().zip(&d.w).map(|(a, b)| a * b).collect();
+                    let w = self.mode.final_weights(s, &d.w);
                     (
                         w,
                         StepReport {
@@ -355,6 +356,8 @@ impl FusedCe {
                         },
                     )
                 };
+                let z = self.mode.normaliser(s, &wts, &count, pixels);
+                let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
                 let loss: f64 = wts.iter().zip(&acc.ce).map(|(a, b)| a * b).sum::<f64>() * inv_z;
                 let out = FusedOut {
                     step,
@@ -367,7 +370,15 @@ impl FusedCe {
                 (loss, out)
             }
             CeMode::Focal { gamma } => {
-                let loss: f64 = s.iter().zip(&acc.focal_l).map(|(a, b)| a * b).sum::<f64>() * inv_z;
+                let z = self.mode.normaliser(s, s, &count, pixels);
+                let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
+                // α multiplies the numerator only.
+                let sa: Vec<f64> = match &self.focal_alpha {
+                    Some(a) => s.iter().zip(a).map(|(x, y)| x * y).collect(),
+                    None => s.clone(),
+                };
+                let loss: f64 =
+                    sa.iter().zip(&acc.focal_l).map(|(a, b)| a * b).sum::<f64>() * inv_z;
                 let report = acc
                     .focal_w
                     .iter()
@@ -379,7 +390,7 @@ impl FusedCe {
                         report: Some(report),
                         ema: None,
                     },
-                    class_factor: s.iter().map(|v| (v * inv_z) as f32).collect(),
+                    class_factor: sa.iter().map(|v| (v * inv_z) as f32).collect(),
                     pixel_factor: None,
                     gamma: Some(*gamma),
                     probs: None,
@@ -388,7 +399,7 @@ impl FusedCe {
                 (loss, out)
             }
             CeMode::Ohem(sel) => {
-                let keep = ohem_keep(&ce_pix, *sel);
+                let keep = ohem_keep(&ce_pix, *sel, n);
                 let mut kept = vec![0.0f64; c];
                 let mut zk = 0.0f64;
                 let mut lsum = 0.0f64;
@@ -402,6 +413,7 @@ impl FusedCe {
                         factor[i] = s[y] as f32;
                     }
                 }
+                let zk = sel.normaliser(zk, count.iter().sum(), pixels);
                 let inv = if zk > 0.0 { 1.0 / zk } else { 0.0 };
                 factor
                     .iter_mut()

@@ -28,6 +28,8 @@ pub(crate) struct FusedLovasz {
     pub ignore_index: u32,
     pub static_w: Vec<f64>,
     pub present_only: bool,
+    /// One loss per image, averaged (smp's `per_image=True`), instead of one over the batch.
+    pub per_image: bool,
     /// `∂L/∂p` (`N·C·H·W`), left for the backward pass.
     pub dldp: SavedState<Vec<f32>>,
     /// Keep the softmax for the backward pass (the logits take part in a graph).
@@ -134,48 +136,68 @@ impl FusedLovasz {
         // and their class. Sort payloads index these arrays.
         let mut vpos: Vec<u32> = Vec::new();
         let mut vy: Vec<u32> = Vec::new();
-        let mut counts = vec![0.0f64; c];
+        // Groups (each image, or the batch): their range in `vpos` and class counts.
+        let n_groups = if self.per_image { n } else { 1 };
+        let mut bounds = vec![0usize; n_groups + 1];
+        let mut counts = vec![0.0f64; n_groups * c];
         for (i, &y) in ys.iter().enumerate() {
             if y != u32::MAX {
+                let grp = if self.per_image { i / hw } else { 0 };
                 vpos.push(((i / hw) * c * hw + i % hw) as u32);
                 vy.push(y);
-                counts[y as usize] += 1.0;
+                counts[grp * c + y as usize] += 1.0;
+                bounds[grp + 1] = vpos.len();
             }
+        }
+        for grp in 1..=n_groups {
+            bounds[grp] = bounds[grp].max(bounds[grp - 1]);
         }
         let s = &self.static_w;
         let k: Vec<bool> = counts
             .iter()
             .map(|&g| !self.present_only || g > 0.0)
             .collect();
-        let norm: f64 = k.iter().zip(s).filter(|(k, _)| **k).map(|(_, s)| s).sum();
+        let norm: Vec<f64> = (0..n_groups)
+            .map(|grp| {
+                (0..c)
+                    .filter(|&cls| k[grp * c + cls])
+                    .map(|cls| s[cls])
+                    .sum()
+            })
+            .collect();
+        let div = n_groups as f64;
         let mut dldp = kernel_buffer(c * np);
         let dp = SyncPtr(dldp.as_mut_ptr());
         let prob_ref = &prob;
+        let jobs = n_groups * c;
         // One work item per thread, each with its own sort buffers, over a strided share of
-        // the classes (classes cost about the same).
-        let workers = rayon::current_num_threads().clamp(1, c.max(1));
-        // Per-class losses (each computed by one worker), summed in class order below, so the
+        // the (group, class) jobs (they cost about the same).
+        let workers = rayon::current_num_threads().clamp(1, jobs.max(1));
+        // Per-job losses (each computed by one worker), summed in job order below, so the
         // total does not depend on the number of threads or on scheduling.
         let per_worker: Vec<Vec<(usize, f64)>> = (0..workers)
             .into_par_iter()
             .map(|wid| {
                 let mut keys: Vec<u64> = Vec::with_capacity(vpos.len());
                 let mut tmp: Vec<u64> = Vec::with_capacity(vpos.len());
-                let class_loss = |cls: usize, keys: &mut Vec<u64>, tmp: &mut Vec<u64>| -> f64 {
-                    if !k[cls] || norm <= 0.0 || vpos.is_empty() {
+                let job_loss = |job: usize, keys: &mut Vec<u64>, tmp: &mut Vec<u64>| -> f64 {
+                    let (grp, cls) = (job / c, job % c);
+                    let range = bounds[grp]..bounds[grp + 1];
+                    if !k[job] || norm[grp] <= 0.0 || range.is_empty() {
                         return 0.0;
                     }
-                    let f = s[cls] / norm;
+                    let f = s[cls] / norm[grp] / div;
                     let plane = cls * hw;
                     keys.clear();
-                    keys.extend(vpos.iter().zip(&vy).enumerate().map(|(j, (&pos, &y))| {
+                    keys.extend(range.map(|j| {
+                        let (pos, y) = (vpos[j], vy[j]);
                         let p = prob_ref[pos as usize + plane];
                         let e = if y as usize == cls { 1.0 - p } else { p };
                         let e = e.max(0.0);
                         ((!e.to_bits()) as u64) << 32 | j as u64
                     }));
                     radix_sort_hi32(keys, tmp);
-                    let gts = counts[cls];
+                    let gts = counts[job];
                     let (mut cum_fg, mut cum_bg, mut prev) = (0.0f64, 0.0f64, 0.0f64);
                     let mut loss = 0.0f64;
                     for &key in keys.iter() {
@@ -192,20 +214,21 @@ impl FusedLovasz {
                         prev = jac;
                         loss += e * g;
                         let d = if fg { -f * g } else { f * g };
-                        // SAFETY: class `cls` alone writes the entries of its plane.
+                        // SAFETY: job (grp, cls) alone writes the entries of class `cls` of the
+                        // group's pixels.
                         unsafe { *dp.get().add(vpos[j] as usize + plane) = d as f32 };
                     }
                     f * loss
                 };
-                (wid..c)
+                (wid..jobs)
                     .step_by(workers)
-                    .map(|cls| (cls, class_loss(cls, &mut keys, &mut tmp)))
+                    .map(|job| (job, job_loss(job, &mut keys, &mut tmp)))
                     .collect()
             })
             .collect();
-        let mut losses = vec![0.0f64; c];
-        for (cls, l) in per_worker.into_iter().flatten() {
-            losses[cls] = l;
+        let mut losses = vec![0.0f64; jobs];
+        for (job, l) in per_worker.into_iter().flatten() {
+            losses[job] = l;
         }
         self.dldp.put(dldp)?;
         if self.keep {

@@ -13,7 +13,7 @@
 
 use crate::blocks::{block_max, class_of, BLOCK, TASKS_PER_GROUP};
 use crate::fast_math::{fast_exp, kernel_buffer};
-use crate::region_loss::{region_loss, RegionKind};
+use crate::region_loss::{RegionOpts, region_loss, RegionKind};
 use crate::LossError;
 use candle_core::Result;
 use rayon::prelude::*;
@@ -28,6 +28,8 @@ pub(crate) struct FusedRegion {
     pub ignore_index: u32,
     pub static_w: Vec<f64>,
     pub kind: RegionKind,
+    /// Smoothing and log form (Dice, Tversky, Jaccard).
+    pub ro: RegionOpts,
     /// `(α, β)` per group × class, left by the forward pass for the backward pass.
     pub coef: SavedState<(Vec<f32>, Vec<f32>)>,
     /// Keep the softmax for the backward pass (the logits take part in a graph).
@@ -221,7 +223,7 @@ impl FusedRegion {
             .into_candle());
         }
         let (loss, alpha, beta) =
-            region_loss(self.kind, &sums.i, &sums.p, &sums.g, &self.static_w, groups);
+            region_loss(self.kind, self.ro, &sums.i, &sums.p, &sums.g, &self.static_w, groups);
         self.coef.put((
             alpha.iter().map(|&v| v as f32).collect(),
             beta.iter().map(|&v| v as f32).collect(),

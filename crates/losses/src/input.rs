@@ -44,6 +44,10 @@ fn cpu_f32_all_finite(t: &Tensor) -> bool {
 /// Checks ranks, sizes and dtypes, converts half-precision logits to `f32`, and decides which
 /// implementation runs.
 ///
+/// `fused_gap` names an option of the loss that the fused kernel does not cover (e.g.
+/// `"label_smoothing"`): [`Kernel::Auto`] then runs the portable path (the choice is reported by
+/// `SegLoss::last_kernel`) and [`Kernel::Fused`] is an error naming the option.
+///
 /// Ignored pixels contribute nothing, whatever their logits: when the logits are not all finite,
 /// those of ignored pixels are replaced by 0 (a `where` select, so a NaN there cannot reach the
 /// loss or its gradient through a `0 · NaN`); a NaN on a valid pixel still propagates, as in
@@ -54,6 +58,7 @@ pub(crate) fn prepare(
     n_classes: usize,
     ignore_index: u32,
     kernel: Kernel,
+    fused_gap: Option<&str>,
 ) -> Result<Prepared> {
     let (n, c, h, w) = match logits.dims() {
         &[n, c, h, w] => (n, c, h, w),
@@ -138,8 +143,20 @@ pub(crate) fn prepare(
             finite = cpu_f32_all_finite(&logits);
         }
     }
+    if let (Kernel::Fused, Some(option)) = (kernel, fused_gap) {
+        return Err(LossError::InvalidParameter {
+            loss: "kernel",
+            field: "kernel",
+            value: "fused".into(),
+            reason: format!(
+                "the fused CPU kernel does not cover `{option}`; use Kernel::Auto (which falls \
+                 back to the portable path) or Kernel::Portable"
+            ),
+        }
+        .into_candle());
+    }
     let fused = match kernel {
-        Kernel::Auto => applicable && finite,
+        Kernel::Auto => applicable && finite && fused_gap.is_none(),
         Kernel::Portable => false,
         Kernel::Fused if finite => true,
         Kernel::Fused if applicable => {

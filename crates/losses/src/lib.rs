@@ -7,7 +7,8 @@
 //! * Cross-entropy family (per-pixel losses): [`CrossEntropy`], [`WeightedCe`], [`BalancedCe`],
 //!   [`RecallCe`] (the paper's Eq. 5), [`PrecisionCe`] (Eq. 9, a documented counterexample),
 //!   [`Focal`], [`Ohem`].
-//! * Region losses: [`SoftIou`], [`Lovasz`], [`Dice`], [`Tversky`].
+//! * Region losses: [`SoftIou`], [`Lovasz`], [`Dice`], [`Tversky`], [`Jaccard`].
+//! * A weighted sum of any of them: [`CombinedLoss`] (`name = "combined"`).
 //!
 //! Each loss has two implementations: a *portable* one built from candle ops (CPU, CUDA,
 //! Metal; autograd does the backward pass) and a *fused* CPU kernel (a candle custom op with
@@ -49,6 +50,8 @@ mod fused_ce;
 mod fused_lovasz;
 mod fused_region;
 mod input;
+mod jaccard;
+mod combined;
 mod options;
 
 mod balanced_ce;
@@ -69,11 +72,13 @@ mod tversky;
 mod weighted_ce;
 
 pub use balanced_ce::BalancedCe;
-pub use config::{LossConfig, LossName, WeightMode, LOSS_NAMES};
+pub use config::{CombinedTerm, LossConfig, LossName, WeightMode, LOSS_NAMES};
 pub use cross_entropy::CrossEntropy;
 pub use dice::Dice;
 pub use error::LossError;
+pub use combined::CombinedLoss;
 pub use focal::Focal;
+pub use jaccard::Jaccard;
 pub use lovasz::Lovasz;
 pub use ohem::Ohem;
 pub use ohem_selection::OhemSelection;
@@ -123,7 +128,24 @@ pub trait SegLoss: Send {
         Ok(LossOutput {
             loss,
             class_weights: self.last_class_weights(),
+            terms: self.last_terms(),
         })
+    }
+
+    /// Which implementation the last [`SegLoss::forward`] ran: [`Kernel::Fused`] or
+    /// [`Kernel::Portable`] (never [`Kernel::Auto`]); `None` before the first call, after a batch
+    /// without valid pixels, and for losses made of several terms (each term reports its own,
+    /// see [`CombinedLoss::term_kernels`]). Under [`Kernel::Auto`] an option the fused kernel
+    /// does not cover (label smoothing, per-image recall) makes the loss run the portable path,
+    /// and this says so.
+    fn last_kernel(&self) -> Option<Kernel> {
+        None
+    }
+
+    /// The unweighted value of each term of the last step for a loss made of several terms
+    /// ([`CombinedLoss`]); `None` for a single loss.
+    fn last_terms(&self) -> Option<Vec<LossTerm>> {
+        None
     }
 
     /// The loss's name, as in [`LossConfig`] (`"recall_ce"`).
@@ -173,6 +195,21 @@ pub struct LossOutput {
     /// Per-class weights of this step, `NaN` for classes absent from the batch, `None` where
     /// the loss has none.
     pub class_weights: Option<Vec<f32>>,
+    /// The terms of a combined loss ([`CombinedLoss`]) with their values this step; `None` for
+    /// a single loss.
+    pub terms: Option<Vec<LossTerm>>,
+}
+
+/// One term of a [`CombinedLoss`] step: its name, its weight and its unweighted value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossTerm {
+    /// The term's key: the loss's name (`"recall_ce"`), with `_2`, `_3`, … appended when the
+    /// same loss appears more than once.
+    pub name: String,
+    /// The term's weight in the sum.
+    pub weight: f64,
+    /// The term's value this step, before weighting.
+    pub value: f64,
 }
 
 /// Which implementation a loss runs.

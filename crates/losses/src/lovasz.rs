@@ -3,6 +3,7 @@
 use crate::fused_lovasz::FusedLovasz;
 use crate::input::{checked_labels_u32, one_hot, prepare};
 use crate::options::{Engine, EngineLoss, LossOptions};
+use crate::Kernel;
 use candle_core::{DType, Device, Result, Tensor};
 use recallseg_kernels::fused::FusedOp;
 use std::sync::Arc;
@@ -43,12 +44,19 @@ pub(crate) fn lovasz_grad(fg_sorted: impl Iterator<Item = bool>, gts: f64, out: 
 /// constant of the step, so `∂L/∂p_{i,c} = (s_c / Σ s) g_{rank(i)} sign(p_{i,c} - t_{i,c})`,
 /// propagated through the softmax.
 ///
-/// The fused CPU kernel sorts each class with a parallel radix sort (classes in parallel); the
-/// portable path ranks the errors on the host (they are copied there once per step).
+/// With [`Lovasz::with_per_image`] the loss is computed for each image on its own valid pixels
+/// (its present classes, its own sort) and averaged over the `N` images, an image without valid
+/// pixels counting 0: smp's and the authors' `per_image=True`. The paper's presets use the
+/// per-batch form (the default), as the paper's code calls `lovasz_softmax(…, per_image=False)`.
+///
+/// The fused CPU kernel sorts each class (of each image, per image) with a parallel radix sort;
+/// the portable path ranks the errors on the host (they are copied there once per step).
 #[derive(Debug, Clone)]
 pub struct Lovasz {
     pub(crate) opts: LossOptions,
     pub(crate) present_only: bool,
+    pub(crate) per_image: bool,
+    last_kernel: Option<Kernel>,
 }
 
 impl Lovasz {
@@ -57,7 +65,21 @@ impl Lovasz {
         Self {
             opts: LossOptions::new(n_classes),
             present_only,
+            per_image: false,
+            last_kernel: None,
         }
+    }
+
+    /// Computes the loss per image and averages over the images (smp's `per_image=True`);
+    /// default `false`, the per-batch form. Covered by the fused kernel.
+    pub fn with_per_image(mut self, per_image: bool) -> Self {
+        self.per_image = per_image;
+        self
+    }
+
+    /// Whether the loss is computed per image.
+    pub fn per_image(&self) -> bool {
+        self.per_image
     }
 
     /// Which classes enter the average, and the normaliser `Σ_{c∈K} s_c`.
@@ -87,32 +109,43 @@ impl Lovasz {
             .to_dtype(DType::F64)?
             .flatten_all()?
             .to_vec1::<f64>()?;
-        let valid: Vec<usize> = (0..n * hw)
-            .filter(|&i| lab[i] != ignore_index && (lab[i] as usize) < c)
-            .collect();
-        let mut counts = vec![0.0; c];
-        for &i in &valid {
-            counts[lab[i] as usize] += 1.0;
-        }
         let s = self.opts.static_f64();
-        let (k, norm) = self.considered(&counts, &s);
         let mut wmap = vec![0.0f64; n * c * hw];
         let mut g = Vec::new();
-        for cls in 0..c {
-            if !k[cls] || norm <= 0.0 {
+        // One group of pixels per image (per_image) or the whole batch; groups are averaged.
+        let (groups, div) = if self.per_image {
+            ((0..n).map(|i| i * hw..(i + 1) * hw).collect::<Vec<_>>(), n as f64)
+        } else {
+            (vec![0..n * hw], 1.0)
+        };
+        for range in groups {
+            let valid: Vec<usize> = range
+                .filter(|&i| lab[i] != ignore_index && (lab[i] as usize) < c)
+                .collect();
+            if valid.is_empty() {
                 continue;
             }
-            let at = |i: usize| (i / hw) * c * hw + cls * hw + i % hw;
-            let mut order = valid.clone();
-            order.sort_by(|&a, &b| err[at(b)].total_cmp(&err[at(a)]));
-            lovasz_grad(
-                order.iter().map(|&i| lab[i] as usize == cls),
-                counts[cls],
-                &mut g,
-            );
-            let f = s[cls] / norm;
-            for (r, &i) in order.iter().enumerate() {
-                wmap[at(i)] = f * g[r];
+            let mut counts = vec![0.0; c];
+            for &i in &valid {
+                counts[lab[i] as usize] += 1.0;
+            }
+            let (k, norm) = self.considered(&counts, &s);
+            for cls in 0..c {
+                if !k[cls] || norm <= 0.0 {
+                    continue;
+                }
+                let at = |i: usize| (i / hw) * c * hw + cls * hw + i % hw;
+                let mut order = valid.clone();
+                order.sort_by(|&a, &b| err[at(b)].total_cmp(&err[at(a)]));
+                lovasz_grad(
+                    order.iter().map(|&i| lab[i] as usize == cls),
+                    counts[cls],
+                    &mut g,
+                );
+                let f = s[cls] / norm / div;
+                for (r, &i) in order.iter().enumerate() {
+                    wmap[at(i)] = f * g[r];
+                }
             }
         }
         let wt = Tensor::from_vec(wmap, (n, c, h, w), &Device::Cpu)?
@@ -142,16 +175,24 @@ impl Engine for Lovasz {
             self.opts.n_classes(),
             self.opts.ignore_index(),
             self.opts.kernel(),
+            None,
         )?;
         if p.empty {
+            self.last_kernel = None;
             return crate::input::zero_loss(&p.logits);
         }
+        self.last_kernel = Some(if p.fused {
+            Kernel::Fused
+        } else {
+            Kernel::Portable
+        });
         if p.fused {
             let op = FusedLovasz {
                 n_classes: self.opts.n_classes(),
                 ignore_index: self.opts.ignore_index(),
                 static_w: self.opts.static_f64(),
                 present_only: self.present_only,
+                per_image: self.per_image,
                 dldp: Default::default(),
                 keep: p.logits.track_op(),
                 probs: Default::default(),
@@ -166,6 +207,10 @@ impl Engine for Lovasz {
     /// The static class weights if any were given; Lovász has no dynamic per-class weights.
     fn last_class_weights(&self) -> Option<Vec<f32>> {
         self.opts.class_weights().map(<[f32]>::to_vec)
+    }
+
+    fn last_kernel(&self) -> Option<Kernel> {
+        self.last_kernel
     }
 }
 

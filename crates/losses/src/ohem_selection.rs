@@ -12,8 +12,24 @@ pub enum OhemSelection {
     /// kept.
     KeepRatio(f64),
     /// Keep the valid pixels whose ground-truth probability is below `τ`, i.e. whose cross
-    /// entropy exceeds `-ln τ`.
+    /// entropy exceeds `-ln τ` (mmseg's selection with `min_kept = 0`, normalised over the kept
+    /// pixels).
     Threshold(f64),
+    /// mmsegmentation's `OHEMPixelSampler` followed by its `CrossEntropyLoss`, exactly: with
+    /// `threshold = Some(τ)`, keep the valid pixels whose ground-truth probability `p` is below
+    /// `max(τ, p_(k))`, `p_(k)` the `k`-th smallest probability (0-based) of the batch's valid
+    /// pixels, `k = min(min_kept · N, N_valid − 1)`; with `threshold = None`, keep the
+    /// `min_kept · N` valid pixels of largest cross entropy. The kept pixels' (static-weighted)
+    /// cross entropies are summed and divided by every pixel of the batch (mmseg's default
+    /// mean, ignored pixels included) or, with `avg_non_ignore`, by the valid pixels.
+    Mmseg {
+        /// Probability threshold `τ ∈ (0, 1]`, or `None` for the top-`min_kept` form.
+        threshold: Option<f64>,
+        /// Pixels kept at least, per image (mmseg's `min_kept`, default 100000 there).
+        min_kept: usize,
+        /// Divide by the valid pixels instead of all pixels (mmseg's `avg_non_ignore`).
+        avg_non_ignore: bool,
+    },
 }
 
 impl OhemSelection {
@@ -22,6 +38,26 @@ impl OhemSelection {
         let (field, v) = match *self {
             OhemSelection::KeepRatio(r) => ("keep_ratio", r),
             OhemSelection::Threshold(t) => ("threshold", t),
+            OhemSelection::Mmseg {
+                threshold: Some(t), ..
+            } => ("threshold", t),
+            OhemSelection::Mmseg {
+                threshold: None,
+                min_kept,
+                ..
+            } => {
+                if min_kept == 0 {
+                    return Err(LossError::InvalidParameter {
+                        loss: "ohem",
+                        field: "min_kept",
+                        value: "0".into(),
+                        reason: "without a threshold, min_kept pixels per image are kept; \
+                                 it must be >= 1"
+                            .into(),
+                    });
+                }
+                return Ok(());
+            }
         };
         if !(v > 0.0 && v <= 1.0) {
             return Err(LossError::InvalidParameter {
@@ -35,9 +71,58 @@ impl OhemSelection {
     }
 }
 
-/// Keep flags for per-pixel cross entropies `ce` (`-inf` marks ignored pixels, never kept).
-pub(crate) fn ohem_keep(ce: &[f32], sel: OhemSelection) -> Vec<bool> {
+impl OhemSelection {
+    /// The loss's denominator from the kept pixels' static-weight sum, the number of valid
+    /// pixels and the number of pixels of the batch.
+    pub(crate) fn normaliser(&self, kept_weight: f64, n_valid: f64, pixels: usize) -> f64 {
+        match *self {
+            OhemSelection::Mmseg {
+                avg_non_ignore: true,
+                ..
+            } => n_valid,
+            OhemSelection::Mmseg { .. } => pixels as f64,
+            _ => kept_weight,
+        }
+    }
+}
+
+/// Keep flags for per-pixel cross entropies `ce` (`-inf` marks ignored pixels, never kept) of a
+/// batch of `n_images` images.
+pub(crate) fn ohem_keep(ce: &[f32], sel: OhemSelection, n_images: usize) -> Vec<bool> {
     match sel {
+        OhemSelection::Mmseg {
+            threshold: Some(t),
+            min_kept,
+            ..
+        } => {
+            // mmseg compares probabilities: p = e^{-CE}.
+            let prob: Vec<f64> = ce
+                .iter()
+                .map(|&v| {
+                    if v == f32::NEG_INFINITY {
+                        f64::INFINITY
+                    } else {
+                        (-(v as f64)).exp()
+                    }
+                })
+                .collect();
+            let mut valid: Vec<f64> = prob.iter().copied().filter(|p| p.is_finite()).collect();
+            if valid.is_empty() {
+                return vec![false; ce.len()];
+            }
+            let k = (min_kept.saturating_mul(n_images)).min(valid.len() - 1);
+            let (_, kth, _) = valid.select_nth_unstable_by(k, |a, b| a.total_cmp(b));
+            let cut = kth.max(t);
+            prob.iter().map(|&p| p.is_finite() && p < cut).collect()
+        }
+        OhemSelection::Mmseg {
+            threshold: None,
+            min_kept,
+            ..
+        } => {
+            let n_valid = ce.iter().filter(|v| **v != f32::NEG_INFINITY).count();
+            keep_top(ce, min_kept.saturating_mul(n_images).min(n_valid))
+        }
         OhemSelection::Threshold(t) => {
             let cut = -(t as f32).ln();
             ce.iter()
@@ -45,13 +130,21 @@ pub(crate) fn ohem_keep(ce: &[f32], sel: OhemSelection) -> Vec<bool> {
                 .collect()
         }
         OhemSelection::KeepRatio(r) => {
+            let n_valid = ce.iter().filter(|v| **v != f32::NEG_INFINITY).count();
+            keep_top(ce, ((r * n_valid as f64).ceil() as usize).min(n_valid))
+        }
+    }
+}
+
+/// Keep flags for the `k` valid pixels (`k <= ` their number) of largest cross entropy; ties at
+/// the cut are kept in pixel order.
+fn keep_top(ce: &[f32], k: usize) -> Vec<bool> {
             let mut vals: Vec<f32> = ce
                 .iter()
                 .copied()
                 .filter(|v| *v != f32::NEG_INFINITY)
                 .collect();
             let n_valid = vals.len();
-            let k = ((r * n_valid as f64).ceil() as usize).min(n_valid);
             if k == 0 {
                 return vec![false; ce.len()];
             }
@@ -75,6 +168,4 @@ pub(crate) fn ohem_keep(ce: &[f32], sel: OhemSelection) -> Vec<bool> {
                     }
                 })
                 .collect()
-        }
-    }
 }

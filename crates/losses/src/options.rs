@@ -151,6 +151,7 @@ pub(crate) trait Engine: Send {
     fn name(&self) -> &'static str;
     fn forward(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor>;
     fn last_class_weights(&self) -> Option<Vec<f32>>;
+    fn last_kernel(&self) -> Option<crate::Kernel>;
     fn state(&self) -> Option<Vec<f32>> {
         None
     }
@@ -187,6 +188,10 @@ impl<T: EngineLoss> SegLoss for T {
 
     fn last_class_weights(&self) -> Option<Vec<f32>> {
         self.engine().last_class_weights()
+    }
+
+    fn last_kernel(&self) -> Option<crate::Kernel> {
+        self.engine().last_kernel()
     }
 
     fn state(&self) -> Option<Vec<f32>> {

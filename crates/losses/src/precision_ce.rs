@@ -3,6 +3,7 @@
 use crate::ce_family::CeEngine;
 use crate::ce_mode::{CeMode, ClassStats, ClassWeighting, DynWeights};
 use crate::options::{EngineLoss, LossOptions};
+use crate::LossError;
 
 /// Cross entropy weighted by each class's false discovery rate in the batch (paper Eq. 9).
 ///
@@ -22,17 +23,22 @@ pub struct PrecisionCe {
 }
 
 impl PrecisionCe {
+    /// Label smoothing `ε ∈ [0, 1)` (segmentation_models_pytorch's `SoftCrossEntropyLoss`
+    /// `smooth_factor`): each pixel's cross entropy is taken against `(1 − ε) onehot + ε / C`,
+    /// `(1 − ε)(−log p_y) + (ε / C) Σ_k (−log p_k)`; weights and normalisation unchanged. Runs on
+    /// the portable path.
+    pub fn with_label_smoothing(mut self, epsilon: f64) -> Result<Self, LossError> {
+        self.engine.set_label_smoothing(epsilon)?;
+        Ok(self)
+    }
+
     /// The precision-weighted CE over `n_classes` classes.
     pub fn new(n_classes: usize) -> Self {
         Self {
             engine: CeEngine::new(
                 "precision_ce",
                 LossOptions::new(n_classes),
-                CeMode::ClassWeighted(ClassWeighting {
-                    weights: precision_weights,
-                    momentum: None,
-                    paper_code: false,
-                }),
+                CeMode::ClassWeighted(ClassWeighting::plain(precision_weights)),
             ),
         }
     }

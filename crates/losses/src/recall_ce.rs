@@ -1,7 +1,7 @@
 //! Recall loss (Tian et al., ICRA 2022, Eq. 5).
 
 use crate::ce_family::CeEngine;
-use crate::ce_mode::{CeMode, ClassStats, ClassWeighting, DynWeights};
+use crate::ce_mode::{CeMode, CeNorm, ClassStats, ClassWeighting, DynWeights};
 use crate::options::{EngineLoss, LossOptions};
 use crate::LossError;
 
@@ -68,6 +68,36 @@ pub enum RecallVariant {
     /// the batch, ignored ones included (their term is 0). The code's remapping of the ignore
     /// label onto class 1 (an indexing bug) is not reproduced.
     PaperCode,
+    /// Eq. 5 with recall measured **per image**: `w_{n,c} = 1 − TP_{n,c} / N_{n,c}` from the
+    /// argmax statistics of image `n` alone, so a class's weight differs between the images of
+    /// a batch; mean over the valid pixels as Eq. 5. Runs on the portable path (the fused
+    /// kernel gathers batch statistics only). `last_class_weights` reports the pixel-weighted
+    /// mean weight `Σ_n w_{n,c} N_{n,c} / N_c`.
+    PerImage,
+    /// The paper repository's unused `RecallCrossEntropy` of `ptsemseg/loss/loss.py`:
+    /// `w_c = FN_c / N_c` with counters from 1 (as `paper_code`), handed to PyTorch's
+    /// `F.cross_entropy(weight=w, ignore_index=255)`, i.e. normalised by the weight sum
+    /// `Σ_{n valid} s_{y_n} w_{y_n}` instead of the pixel count. Static class weights multiply.
+    /// The file's remapping of the ignore label onto class 0 is not reproduced.
+    PaperLossPy,
+    /// [`RecallVariant::PaperLossPy`] with the file's `weight` argument: the class weights are
+    /// the blend `0.5 · FN_c / N_c + 0.5 · s_c` with the static class weights `s` (all 1 when
+    /// none are given) instead of their product; normalised by their sum.
+    PaperLossPyBlend,
+}
+
+impl RecallVariant {
+    /// The config spelling (`"eq5"`, `"paper_code"`, `"per_image"`, `"paper_loss_py"`,
+    /// `"paper_loss_py_blend"`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RecallVariant::Eq5 => "eq5",
+            RecallVariant::PaperCode => "paper_code",
+            RecallVariant::PerImage => "per_image",
+            RecallVariant::PaperLossPy => "paper_loss_py",
+            RecallVariant::PaperLossPyBlend => "paper_loss_py_blend",
+        }
+    }
 }
 
 impl RecallCe {
@@ -77,7 +107,7 @@ impl RecallCe {
             engine: CeEngine::new(
                 "recall_ce",
                 LossOptions::new(n_classes),
-                recall_mode(None, false),
+                recall_mode(None, RecallVariant::Eq5),
             ),
         }
     }
@@ -93,16 +123,22 @@ impl RecallCe {
                 reason: "the moving-average momentum must be in [0, 1)".into(),
             });
         }
-        self.engine.mode = recall_mode(Some(momentum as f32), false);
+        self.engine.mode = recall_mode(Some(momentum as f32), RecallVariant::Eq5);
         Ok(self)
     }
 
-    /// Which definition the loss computes: Eq. 5 (default) or the paper's public code
-    /// ([`RecallVariant::PaperCode`]); the code's variant has no moving average (it resets a
-    /// `with_ema` setting).
+    /// Which definition the loss computes: Eq. 5 (default) or one of the other
+    /// [`RecallVariant`]s; only Eq. 5 has a moving average (this resets a `with_ema` setting).
     pub fn with_variant(mut self, variant: RecallVariant) -> Self {
-        self.engine.mode = recall_mode(None, variant == RecallVariant::PaperCode);
+        self.engine.mode = recall_mode(None, variant);
         self
+    }
+
+    /// Label smoothing `ε ∈ [0, 1)` (segmentation_models_pytorch's `SoftCrossEntropyLoss`
+    /// `smooth_factor`): each pixel's cross entropy is taken against `(1 − ε) onehot + ε / C`.
+    pub fn with_label_smoothing(mut self, epsilon: f64) -> Result<Self, LossError> {
+        self.engine.set_label_smoothing(epsilon)?;
+        Ok(self)
     }
 
     /// The smoothed per-class recall (EMA option), `NaN` for classes not seen yet.
@@ -117,13 +153,25 @@ impl RecallCe {
     }
 }
 
-/// The engine mode of Recall loss: its weights are [`recall_weights`].
-fn recall_mode(momentum: Option<f32>, paper_code: bool) -> CeMode {
-    CeMode::ClassWeighted(ClassWeighting {
-        weights: recall_weights,
-        momentum,
-        paper_code,
-    })
+/// The engine mode of Recall loss: its weights are [`recall_weights`], its variant sets the
+/// counters, the normaliser, the blend and per-image statistics.
+fn recall_mode(momentum: Option<f32>, variant: RecallVariant) -> CeMode {
+    let mut cw = ClassWeighting::plain(recall_weights);
+    cw.momentum = momentum;
+    match variant {
+        RecallVariant::Eq5 => {}
+        RecallVariant::PaperCode => {
+            cw.paper_code = true;
+            cw.norm = CeNorm::AllPixels;
+        }
+        RecallVariant::PerImage => cw.per_image = true,
+        RecallVariant::PaperLossPy | RecallVariant::PaperLossPyBlend => {
+            cw.paper_code = true;
+            cw.norm = CeNorm::WeightSum;
+            cw.blend = variant == RecallVariant::PaperLossPyBlend;
+        }
+    }
+    CeMode::ClassWeighted(cw)
 }
 
 /// Recall loss's class weights from one batch's argmax statistics (both implementations use

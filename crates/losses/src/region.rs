@@ -15,10 +15,42 @@
 use crate::fused_region::FusedRegion;
 use crate::input::{checked_labels_u32, class_vector, one_hot, prepare};
 use crate::options::{Engine, LossOptions};
-use crate::region_loss::{RegionKind, DICE_EPS, IOU_EPS};
+use crate::region_loss::{RegionKind, RegionOpts, DICE_EPS, IOU_EPS};
+use crate::{Kernel, LossError};
 use candle_core::{Result, Tensor};
 use recallseg_kernels::fused::FusedOp;
 use std::sync::Arc;
+
+/// The builder methods of segmentation_models_pytorch's overlap-loss options (`smooth`,
+/// `log_loss`, `classes`) for a loss type whose `engine` is a [`RegionEngine`].
+macro_rules! region_options {
+    ($ty:ty) => {
+        impl $ty {
+            /// Adds `smooth` to the score's numerator and denominator (smp's `smooth`, default 0;
+            /// Dice: `(2I + smooth) / (P + G + smooth)`). Classes absent from the batch still
+            /// contribute 0 (smp's mask). Covered by the fused kernel.
+            pub fn with_smooth(mut self, smooth: f64) -> Result<Self, crate::LossError> {
+                self.engine.set_smooth(smooth)?;
+                Ok(self)
+            }
+
+            /// Uses `−ln max(score, 1e-7)` per class instead of `1 − score` (smp's `log_loss`).
+            /// Covered by the fused kernel.
+            pub fn with_log_loss(mut self, log_loss: bool) -> Self {
+                self.engine.ro.log_loss = log_loss;
+                self
+            }
+
+            /// Averages over these classes only (smp's `classes`: distinct indices `< C`): the
+            /// others get weight 0 and leave the normaliser. Covered by the fused kernel.
+            pub fn with_classes(mut self, classes: Vec<usize>) -> Result<Self, crate::LossError> {
+                self.engine.set_classes(classes)?;
+                Ok(self)
+            }
+        }
+    };
+}
+pub(crate) use region_options;
 
 /// The shared state of the region losses: their options and which loss.
 #[derive(Debug, Clone)]
@@ -26,6 +58,12 @@ pub(crate) struct RegionEngine {
     pub name: &'static str,
     pub opts: LossOptions,
     pub kind: RegionKind,
+    /// `smooth` and `log_loss` (Dice, Tversky, Jaccard).
+    pub ro: RegionOpts,
+    /// The classes the loss averages over (smp's `classes`), `None` = all.
+    pub classes: Option<Vec<usize>>,
+    /// The implementation the last forward pass ran.
+    pub last_kernel: Option<Kernel>,
 }
 
 impl RegionEngine {
@@ -34,7 +72,61 @@ impl RegionEngine {
             name,
             opts: LossOptions::new(n_classes),
             kind,
+            ro: RegionOpts::default(),
+            classes: None,
+            last_kernel: None,
         }
+    }
+
+    /// Sets smp's `smooth` (finite, `>= 0`).
+    pub(crate) fn set_smooth(&mut self, smooth: f64) -> std::result::Result<(), LossError> {
+        if !(smooth.is_finite() && smooth >= 0.0) {
+            return Err(LossError::InvalidParameter {
+                loss: self.name,
+                field: "smooth",
+                value: smooth.to_string(),
+                reason: "must be finite and >= 0".into(),
+            });
+        }
+        self.ro.smooth = smooth;
+        Ok(())
+    }
+
+    /// Sets smp's `classes`: the loss averages over these classes only (distinct, each `< C`,
+    /// at least one).
+    pub(crate) fn set_classes(&mut self, classes: Vec<usize>) -> std::result::Result<(), LossError> {
+        let c = self.opts.n_classes();
+        let bad = |value: String, reason: &str| LossError::InvalidParameter {
+            loss: self.name,
+            field: "classes",
+            value,
+            reason: reason.into(),
+        };
+        if classes.is_empty() {
+            return Err(bad("[]".into(), "give at least one class"));
+        }
+        let mut seen = vec![false; c];
+        for &k in &classes {
+            if k >= c {
+                return Err(bad(k.to_string(), &format!("a class index must be < {c}")));
+            }
+            if std::mem::replace(&mut seen[k], true) {
+                return Err(bad(k.to_string(), "a class appears twice"));
+            }
+        }
+        self.classes = Some(classes);
+        Ok(())
+    }
+
+    /// The static weights times the `classes` mask.
+    fn effective_static(&self) -> Vec<f64> {
+        let mut s = self.opts.static_f64();
+        if let Some(cl) = &self.classes {
+            let mut mask = vec![0.0; s.len()];
+            cl.iter().for_each(|&k| mask[k] = 1.0);
+            s.iter_mut().zip(&mask).for_each(|(a, m)| *a *= m);
+        }
+        s
     }
 
     pub(crate) fn forward(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
@@ -44,16 +136,24 @@ impl RegionEngine {
             self.opts.n_classes(),
             self.opts.ignore_index(),
             self.opts.kernel(),
+            None,
         )?;
         if p.empty {
+            self.last_kernel = None;
             return crate::input::zero_loss(&p.logits);
         }
+        self.last_kernel = Some(if p.fused {
+            Kernel::Fused
+        } else {
+            Kernel::Portable
+        });
         if p.fused {
             let op = FusedRegion {
                 n_classes: self.opts.n_classes(),
                 ignore_index: self.opts.ignore_index(),
-                static_w: self.opts.static_f64(),
+                static_w: self.effective_static(),
                 kind: self.kind,
+                ro: self.ro,
                 coef: Default::default(),
                 keep: p.logits.track_op(),
                 probs: Default::default(),
@@ -88,7 +188,7 @@ impl RegionEngine {
             )
         };
         let groups = i.dim(0)?;
-        let s = self.opts.static_f64();
+        let s = self.effective_static();
         let ssum: f64 = s.iter().sum();
         match self.kind {
             RegionKind::SoftIou => {
@@ -117,9 +217,19 @@ impl RegionEngine {
                     .zip(&s)
                     .map(|(gc, sc)| if *gc > 0.0 { sc * norm } else { 0.0 })
                     .collect();
-                let d = ((i.affine(1.0 - a - b, 0.0)? + p.affine(a, 0.0)?)? + g.affine(b, 0.0)?)?
-                    .maximum(DICE_EPS)?;
-                let score = (i / d)?.affine(-1.0, 1.0)?;
+                let sigma = self.ro.sigma(self.kind);
+                let d = ((i.affine(1.0 - a - b, 0.0)? + p.affine(a, 0.0)?)? + g.affine(b, 0.0)?)?;
+                let (num, d) = if sigma > 0.0 {
+                    (i.affine(1.0, sigma)?, d.affine(1.0, sigma)?)
+                } else {
+                    (i, d)
+                };
+                let ratio = (num / d.maximum(DICE_EPS)?)?;
+                let score = if self.ro.log_loss {
+                    ratio.maximum(DICE_EPS)?.log()?.neg()?
+                } else {
+                    ratio.affine(-1.0, 1.0)?
+                };
                 let wv = class_vector(&present, dtype, dev)?.unsqueeze(0)?;
                 score.broadcast_mul(&wv)?.sum_all()
             }
@@ -148,5 +258,9 @@ impl Engine for RegionEngine {
     /// weights.
     fn last_class_weights(&self) -> Option<Vec<f32>> {
         self.opts.class_weights().map(<[f32]>::to_vec)
+    }
+
+    fn last_kernel(&self) -> Option<Kernel> {
+        self.last_kernel
     }
 }

@@ -25,11 +25,35 @@ impl RegionKind {
     }
 }
 
+/// The options of the overlap losses Dice, Tversky and Jaccard (segmentation_models_pytorch's
+/// `smooth` and `log_loss`; its `classes` become a 0/1 mask on the static weights).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(crate) struct RegionOpts {
+    /// Added to numerator and denominator of the score (smp's `smooth`, default 0).
+    pub smooth: f64,
+    /// Per class `−ln max(score, 1e-7)` instead of `1 − score` (smp's `log_loss`).
+    pub log_loss: bool,
+}
+
+impl RegionOpts {
+    /// The smoothing term in this crate's normalised form `(I + σ) / (D + σ)`: smp's Dice is
+    /// `(2I + smooth) / (P + G + smooth)` with `D = (P + G) / 2`, so `σ = smooth / 2` for Dice
+    /// and `σ = smooth` for Tversky and Jaccard.
+    pub(crate) fn sigma(&self, kind: RegionKind) -> f64 {
+        match kind {
+            RegionKind::Dice => 0.5 * self.smooth,
+            _ => self.smooth,
+        }
+    }
+}
+
 /// Loss value and the gradient coefficients `α, β` (per group × class, row-major) from the sums.
 ///
-/// `s` are the static class weights, `groups` the number of groups (images or 1).
+/// `s` are the static class weights (times the `classes` mask), `groups` the number of groups
+/// (images or 1).
 pub(crate) fn region_loss(
     kind: RegionKind,
+    ro: RegionOpts,
     i: &[f64],
     p: &[f64],
     g: &[f64],
@@ -64,24 +88,38 @@ pub(crate) fn region_loss(
                 _ => (0.5, 0.5),
             };
             let norm = if ssum > 0.0 { 1.0 / ssum } else { 0.0 };
+            let sigma = ro.sigma(kind);
             for j in 0..groups * c {
                 if g[j] <= 0.0 {
                     continue;
                 }
                 let k = s[j % c] * norm;
-                let raw = (1.0 - a - b) * i[j] + a * p[j] + b * g[j];
+                let raw = (1.0 - a - b) * i[j] + a * p[j] + b * g[j] + sigma;
                 let (d, clamped) = if raw < DICE_EPS {
                     (DICE_EPS, true)
                 } else {
                     (raw, false)
                 };
-                loss += k * (1.0 - i[j] / d);
+                let num = i[j] + sigma;
+                let score = num / d;
+                // d loss / d score: −1, or −1/score for the log form (0 where it is clamped).
+                let dphi = if ro.log_loss {
+                    loss += k * -score.max(DICE_EPS).ln();
+                    if score > DICE_EPS {
+                        -1.0 / score
+                    } else {
+                        0.0
+                    }
+                } else {
+                    loss += k * (1.0 - score);
+                    -1.0
+                };
                 if clamped {
                     alpha[j] = 0.0;
-                    beta[j] = -k / d;
+                    beta[j] = k * dphi / d;
                 } else {
-                    alpha[j] = k * a * i[j] / (d * d);
-                    beta[j] = -k * (1.0 / d - (1.0 - a - b) * i[j] / (d * d));
+                    alpha[j] = -k * dphi * a * num / (d * d);
+                    beta[j] = k * dphi * (1.0 / d - (1.0 - a - b) * num / (d * d));
                 }
             }
         }

@@ -3,6 +3,8 @@
 use crate::options::EngineLoss;
 use crate::region::RegionEngine;
 use crate::region_loss::RegionKind;
+
+crate::region::region_options!(Tversky);
 use crate::LossError;
 
 /// Soft Tversky loss over the batch, averaged over classes.

@@ -1719,7 +1719,13 @@ mod tests {
         assert_eq!(c.schedule.kind, ScheduleKind::Poly);
         assert_eq!(c.train.device, "cuda:1");
         assert_eq!(c.loss_name(), "focal");
-        assert_eq!(c.loss, LossConfig::Focal { gamma: 1.0 });
+        assert_eq!(
+            c.loss,
+            LossConfig::Focal {
+                gamma: 1.0,
+                alpha: None
+            }
+        );
         let c = quick(&[
             "model.separable=true",
             "model.decoder_convs=1",
