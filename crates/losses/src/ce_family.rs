@@ -194,8 +194,8 @@ impl CeEngine {
                         pred: pred[r.clone()].to_vec(),
                     };
                     let d = self.mode.class_weights(&st, None);
-                    for k in 0..c {
-                        wsum[k] += d.w[k] * st.count[k];
+                    for ((acc, w), n) in wsum.iter_mut().zip(&d.w).zip(&st.count) {
+                        *acc += w * n;
                     }
                     let fw = self.mode.final_weights(&s, &d.w);
                     wmat[i * c..(i + 1) * c].copy_from_slice(&fw);

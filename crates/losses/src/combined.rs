@@ -78,7 +78,10 @@ impl CombinedLoss {
                 loss: "combined",
                 field: "weight",
                 value: weight.to_string(),
-                reason: format!("the weight of term `{}` must be finite and > 0", loss.name()),
+                reason: format!(
+                    "the weight of term `{}` must be finite and > 0",
+                    loss.name()
+                ),
             });
         }
         let base = loss.name().to_string();
@@ -94,7 +97,10 @@ impl CombinedLoss {
 
     /// The terms' keys and weights, in order.
     pub fn terms(&self) -> Vec<(&str, f64)> {
-        self.terms.iter().map(|(n, w, _)| (n.as_str(), *w)).collect()
+        self.terms
+            .iter()
+            .map(|(n, w, _)| (n.as_str(), *w))
+            .collect()
     }
 
     /// Which implementation each term ran on the last step ([`SegLoss::last_kernel`]).
@@ -122,9 +128,7 @@ impl SegLoss for CombinedLoss {
         let mut report = Vec::with_capacity(self.terms.len());
         for (name, weight, loss) in self.terms.iter_mut() {
             let l = loss.forward(logits, target)?;
-            let value = l
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
+            let value = l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             report.push(LossTerm {
                 name: name.clone(),
                 weight: *weight,
@@ -165,8 +169,7 @@ impl SegLoss for CombinedLoss {
     /// The terms' states, each as its length followed by its values (`[0]` for a term
     /// without state); `None` when no term has state.
     fn state(&self) -> Option<Vec<f32>> {
-        let states: Vec<Option<Vec<f32>>> =
-            self.terms.iter().map(|(_, _, l)| l.state()).collect();
+        let states: Vec<Option<Vec<f32>>> = self.terms.iter().map(|(_, _, l)| l.state()).collect();
         if states.iter().all(Option::is_none) {
             return None;
         }

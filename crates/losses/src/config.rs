@@ -486,7 +486,12 @@ impl LossConfig {
             _ => 0.0,
         };
         if !(smoothing.is_finite() && (0.0..1.0).contains(&smoothing)) {
-            return bad(self.name(), "label_smoothing", smoothing, "must be in [0, 1)");
+            return bad(
+                self.name(),
+                "label_smoothing",
+                smoothing,
+                "must be in [0, 1)",
+            );
         }
         match self {
             LossConfig::Dice { smooth, .. }
@@ -496,9 +501,7 @@ impl LossConfig {
             {
                 return bad(self.name(), "smooth", *smooth, "must be finite and >= 0")
             }
-            LossConfig::Focal {
-                alpha: Some(a), ..
-            } => {
+            LossConfig::Focal { alpha: Some(a), .. } => {
                 if let Some((i, v)) = a
                     .iter()
                     .enumerate()
@@ -612,7 +615,8 @@ impl LossConfig {
                 mode,
                 label_smoothing,
             } => finish(
-                WeightedCe::from_counts(counts()?, *mode)?.with_label_smoothing(*label_smoothing)?,
+                WeightedCe::from_counts(counts()?, *mode)?
+                    .with_label_smoothing(*label_smoothing)?,
                 ctx,
             ),
             LossConfig::BalancedCe {

@@ -64,13 +64,11 @@ impl Focal {
                 value: value.to_string(),
                 reason: format!("alpha[{index}] must be finite and >= 0"),
             },
-            LossError::ClassCountMismatch { expected, got, .. } => {
-                LossError::ClassCountMismatch {
-                    what: "focal alpha",
-                    expected,
-                    got,
-                }
-            }
+            LossError::ClassCountMismatch { expected, got, .. } => LossError::ClassCountMismatch {
+                what: "focal alpha",
+                expected,
+                got,
+            },
             e => e,
         })?;
         self.engine.focal_alpha = Some(alpha.iter().map(|&v| v as f64).collect());

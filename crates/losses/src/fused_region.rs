@@ -13,7 +13,7 @@
 
 use crate::blocks::{block_max, class_of, BLOCK, TASKS_PER_GROUP};
 use crate::fast_math::{fast_exp, kernel_buffer};
-use crate::region_loss::{RegionOpts, region_loss, RegionKind};
+use crate::region_loss::{region_loss, RegionKind, RegionOpts};
 use crate::LossError;
 use candle_core::Result;
 use rayon::prelude::*;
@@ -222,8 +222,15 @@ impl FusedRegion {
             }
             .into_candle());
         }
-        let (loss, alpha, beta) =
-            region_loss(self.kind, self.ro, &sums.i, &sums.p, &sums.g, &self.static_w, groups);
+        let (loss, alpha, beta) = region_loss(
+            self.kind,
+            self.ro,
+            &sums.i,
+            &sums.p,
+            &sums.g,
+            &self.static_w,
+            groups,
+        );
         self.coef.put((
             alpha.iter().map(|&v| v as f32).collect(),
             beta.iter().map(|&v| v as f32).collect(),

@@ -42,6 +42,7 @@
 
 mod blocks;
 pub mod class_weights;
+mod combined;
 mod config;
 mod error;
 mod fast_math;
@@ -51,7 +52,6 @@ mod fused_lovasz;
 mod fused_region;
 mod input;
 mod jaccard;
-mod combined;
 mod options;
 
 mod balanced_ce;
@@ -72,11 +72,11 @@ mod tversky;
 mod weighted_ce;
 
 pub use balanced_ce::BalancedCe;
+pub use combined::CombinedLoss;
 pub use config::{CombinedTerm, LossConfig, LossName, WeightMode, LOSS_NAMES};
 pub use cross_entropy::CrossEntropy;
 pub use dice::Dice;
 pub use error::LossError;
-pub use combined::CombinedLoss;
 pub use focal::Focal;
 pub use jaccard::Jaccard;
 pub use lovasz::Lovasz;

@@ -114,12 +114,15 @@ impl Lovasz {
         let mut g = Vec::new();
         // One group of pixels per image (per_image) or the whole batch; groups are averaged.
         let (groups, div) = if self.per_image {
-            ((0..n).map(|i| i * hw..(i + 1) * hw).collect::<Vec<_>>(), n as f64)
+            (
+                (0..n).map(|i| (i * hw, (i + 1) * hw)).collect::<Vec<_>>(),
+                n as f64,
+            )
         } else {
-            (vec![0..n * hw], 1.0)
+            (vec![(0, n * hw)], 1.0)
         };
-        for range in groups {
-            let valid: Vec<usize> = range
+        for (start, end) in groups {
+            let valid: Vec<usize> = (start..end)
                 .filter(|&i| lab[i] != ignore_index && (lab[i] as usize) < c)
                 .collect();
             if valid.is_empty() {

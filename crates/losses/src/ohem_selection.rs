@@ -139,33 +139,33 @@ pub(crate) fn ohem_keep(ce: &[f32], sel: OhemSelection, n_images: usize) -> Vec<
 /// Keep flags for the `k` valid pixels (`k <= ` their number) of largest cross entropy; ties at
 /// the cut are kept in pixel order.
 fn keep_top(ce: &[f32], k: usize) -> Vec<bool> {
-            let mut vals: Vec<f32> = ce
-                .iter()
-                .copied()
-                .filter(|v| *v != f32::NEG_INFINITY)
-                .collect();
-            let n_valid = vals.len();
-            if k == 0 {
-                return vec![false; ce.len()];
+    let mut vals: Vec<f32> = ce
+        .iter()
+        .copied()
+        .filter(|v| *v != f32::NEG_INFINITY)
+        .collect();
+    let n_valid = vals.len();
+    if k == 0 {
+        return vec![false; ce.len()];
+    }
+    if k == n_valid {
+        return ce.iter().map(|&v| v != f32::NEG_INFINITY).collect();
+    }
+    // k-th largest value: everything above is kept, ties at it fill up in pixel order.
+    let (_, kth, _) = vals.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let t = *kth;
+    let above = ce.iter().filter(|&&v| v > t).count();
+    let mut ties = k - above;
+    ce.iter()
+        .map(|&v| {
+            if v > t {
+                true
+            } else if v == t && ties > 0 {
+                ties -= 1;
+                true
+            } else {
+                false
             }
-            if k == n_valid {
-                return ce.iter().map(|&v| v != f32::NEG_INFINITY).collect();
-            }
-            // k-th largest value: everything above is kept, ties at it fill up in pixel order.
-            let (_, kth, _) = vals.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-            let t = *kth;
-            let above = ce.iter().filter(|&&v| v > t).count();
-            let mut ties = k - above;
-            ce.iter()
-                .map(|&v| {
-                    if v > t {
-                        true
-                    } else if v == t && ties > 0 {
-                        ties -= 1;
-                        true
-                    } else {
-                        false
-                    }
-                })
-                .collect()
+        })
+        .collect()
 }

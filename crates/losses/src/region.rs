@@ -94,7 +94,10 @@ impl RegionEngine {
 
     /// Sets smp's `classes`: the loss averages over these classes only (distinct, each `< C`,
     /// at least one).
-    pub(crate) fn set_classes(&mut self, classes: Vec<usize>) -> std::result::Result<(), LossError> {
+    pub(crate) fn set_classes(
+        &mut self,
+        classes: Vec<usize>,
+    ) -> std::result::Result<(), LossError> {
         let c = self.opts.n_classes();
         let bad = |value: String, reason: &str| LossError::InvalidParameter {
             loss: self.name,

@@ -36,14 +36,11 @@ pub(crate) struct RegionOpts {
 }
 
 impl RegionOpts {
-    /// The smoothing term in this crate's normalised form `(I + σ) / (D + σ)`: smp's Dice is
-    /// `(2I + smooth) / (P + G + smooth)` with `D = (P + G) / 2`, so `σ = smooth / 2` for Dice
-    /// and `σ = smooth` for Tversky and Jaccard.
-    pub(crate) fn sigma(&self, kind: RegionKind) -> f64 {
-        match kind {
-            RegionKind::Dice => 0.5 * self.smooth,
-            _ => self.smooth,
-        }
+    /// The smoothing term in this crate's normalised form `(I + σ) / (D + σ)`, `σ = smooth` for
+    /// every overlap loss: smp 0.6 computes Dice as Tversky(0.5, 0.5), `(I + smooth) /
+    /// ((P + G)/2 + smooth)` (i.e. `(2I + 2 smooth) / (P + G + 2 smooth)`).
+    pub(crate) fn sigma(&self, _kind: RegionKind) -> f64 {
+        self.smooth
     }
 }
 

@@ -39,30 +39,52 @@ fn names_and_aliases() {
 fn defaults_follow_the_paper() {
     assert_eq!(
         LossConfig::from_name("focal").unwrap(),
-        LossConfig::Focal { gamma: 1.0, alpha: None }
+        LossConfig::Focal {
+            gamma: 1.0,
+            alpha: None
+        }
     );
     assert_eq!(
         LossConfig::from_name("recall").unwrap(),
         LossConfig::RecallCe {
             ema: None,
-            variant: RecallVariant::Eq5, label_smoothing: 0.0 }
+            variant: RecallVariant::Eq5,
+            label_smoothing: 0.0
+        }
     );
     assert_eq!(
         LossConfig::from_name("wce").unwrap(),
         LossConfig::WeightedCe {
-            mode: WeightMode::MedianFrequency, label_smoothing: 0.0 }
+            mode: WeightMode::MedianFrequency,
+            label_smoothing: 0.0
+        }
     );
     let c: LossConfig = toml::from_str("name = \"ohem\"").unwrap();
     assert_eq!(
         c,
         LossConfig::Ohem {
             keep_ratio: None,
-            threshold: None, min_kept: None, avg_non_ignore: None }
+            threshold: None,
+            min_kept: None,
+            avg_non_ignore: None
+        }
     );
     let c: LossConfig = toml::from_str("name = \"lovasz\"").unwrap();
-    assert_eq!(c, LossConfig::Lovasz { present_only: true, per_image: false });
+    assert_eq!(
+        c,
+        LossConfig::Lovasz {
+            present_only: true,
+            per_image: false
+        }
+    );
     let c: LossConfig = toml::from_str("name = \"focal\"").unwrap();
-    assert_eq!(c, LossConfig::Focal { gamma: 1.0, alpha: None });
+    assert_eq!(
+        c,
+        LossConfig::Focal {
+            gamma: 1.0,
+            alpha: None
+        }
+    );
 }
 
 #[test]
@@ -72,7 +94,9 @@ fn serde_round_trip_and_errors() {
     assert_eq!(
         c,
         LossConfig::WeightedCe {
-            mode: WeightMode::InverseFrequency, label_smoothing: 0.0 }
+            mode: WeightMode::InverseFrequency,
+            label_smoothing: 0.0
+        }
     );
     let c: LossConfig = toml::from_str("name = \"recall_ce\"\nema = 0.9").unwrap();
     assert_eq!(
@@ -129,27 +153,55 @@ fn serde_round_trip_and_errors() {
 #[test]
 fn validation() {
     let bad = [
-        LossConfig::Focal { gamma: -1.0, alpha: None },
-        LossConfig::Focal { gamma: f64::NAN, alpha: None },
+        LossConfig::Focal {
+            gamma: -1.0,
+            alpha: None,
+        },
+        LossConfig::Focal {
+            gamma: f64::NAN,
+            alpha: None,
+        },
         LossConfig::Ohem {
             keep_ratio: Some(0.0),
-            threshold: None, min_kept: None, avg_non_ignore: None },
+            threshold: None,
+            min_kept: None,
+            avg_non_ignore: None,
+        },
         LossConfig::Ohem {
             keep_ratio: Some(0.5),
-            threshold: Some(0.5), min_kept: None, avg_non_ignore: None },
+            threshold: Some(0.5),
+            min_kept: None,
+            avg_non_ignore: None,
+        },
         LossConfig::Ohem {
             keep_ratio: None,
-            threshold: Some(2.0), min_kept: None, avg_non_ignore: None },
+            threshold: Some(2.0),
+            min_kept: None,
+            avg_non_ignore: None,
+        },
         LossConfig::Tversky {
             alpha: -0.1,
-            beta: 0.5, smooth: 0.0, log_loss: false, classes: None },
+            beta: 0.5,
+            smooth: 0.0,
+            log_loss: false,
+            classes: None,
+        },
         LossConfig::Tversky {
             alpha: 0.0,
-            beta: 0.0, smooth: 0.0, log_loss: false, classes: None },
+            beta: 0.0,
+            smooth: 0.0,
+            log_loss: false,
+            classes: None,
+        },
         LossConfig::RecallCe {
             ema: Some(1.0),
-            variant: RecallVariant::Eq5, label_smoothing: 0.0 },
-        LossConfig::BalancedCe { beta: Some(1.0), label_smoothing: 0.0 },
+            variant: RecallVariant::Eq5,
+            label_smoothing: 0.0,
+        },
+        LossConfig::BalancedCe {
+            beta: Some(1.0),
+            label_smoothing: 0.0,
+        },
     ];
     for c in bad {
         let e = c.validate().unwrap_err();
@@ -244,7 +296,9 @@ fn every_loss_builds_and_runs() {
     }
     // Static weights from the context multiply the frequency weights.
     let mut wce = LossConfig::WeightedCe {
-        mode: WeightMode::InverseFrequency, label_smoothing: 0.0 }
+        mode: WeightMode::InverseFrequency,
+        label_smoothing: 0.0,
+    }
     .build(&ctx.clone().with_class_weights(vec![2.0, 1.0, 0.0]))
     .unwrap();
     wce.forward(&x, &t).unwrap();

@@ -67,6 +67,11 @@ pub enum LogRecord {
         /// mean `(1 − p)^γ` for Focal loss; Fig. 4 of the paper), if the loss reports them;
         /// `null` for classes absent from the batch.
         class_weights: Option<Vec<Option<f32>>>,
+        /// The unweighted value of each term of a combined loss (`[loss] name = "combined"`) on
+        /// the last step, by term key (`"recall_ce"`, `"lovasz"`, `"dice_2"`); absent for a
+        /// single loss.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        loss_terms: Option<std::collections::BTreeMap<String, f64>>,
     },
     /// Validation figures.
     Val {
@@ -487,6 +492,7 @@ mod tests {
             lr: 1e-3,
             steps_per_s: 2.0,
             class_weights: Some(vec![Some(0.5), None]),
+            loss_terms: (step == 2).then(|| [("dice".to_string(), 0.25)].into()),
         }
     }
 

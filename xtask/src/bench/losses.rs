@@ -8,6 +8,12 @@
 //! times the composed candle-ops path of the same loss for comparison, and `recall_ce_fwd` the
 //! forward pass alone (evaluation).
 //!
+//! The loss options of issue 17 have their own rows (`focal_alpha`, `ce_smooth`,
+//! `recall_ce_smooth`, `recall_ce_per_image`, `recall_ce_loss_py`, `ohem_mmseg`,
+//! `dice_smooth_log`, `jaccard`, `lovasz_per_image`, `combined_recall_lovasz`): the options the
+//! fused kernels cover run fused, label smoothing and per-image recall run the portable path
+//! (their rows say so). `--only TEXT` runs the rows whose key contains TEXT.
+//!
 //! Peer figures (PyTorch 2.x CPU on the 2-core machine, `../shared/peer/README.md`): CE 80 ms,
 //! recall CE in PyTorch ops 181 ms, smp focal 787 ms, smp Dice 263 ms, smp Tversky 262 ms,
 //! smp Lovász 1366 ms.
@@ -18,8 +24,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use recallseg_losses::LossBuilder;
 use recallseg_losses::{
-    BalancedCe, CrossEntropy, Dice, Focal, Kernel, Lovasz, Ohem, OhemSelection, PrecisionCe,
-    RecallCe, SegLoss, SoftIou, Tversky, WeightMode, WeightedCe,
+    BalancedCe, CombinedLoss, CrossEntropy, Dice, Focal, Jaccard, Kernel, Lovasz, Ohem,
+    OhemSelection, PrecisionCe, RecallCe, RecallVariant, SegLoss, SoftIou, Tversky, WeightMode,
+    WeightedCe,
 };
 
 const N: usize = 4;
@@ -121,9 +128,85 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
             Box::new(Lovasz::new(C, true)),
             Some(1366.0),
         ),
+        (
+            "focal_alpha",
+            "focal (γ=1, per-class α)",
+            Box::new(
+                Focal::new(C, 1.0)?.with_alpha((0..C).map(|c| 0.25 + c as f32 * 0.03).collect())?,
+            ),
+            None,
+        ),
+        (
+            "ce_smooth",
+            "CE, label smoothing 0.1 (portable)",
+            Box::new(CrossEntropy::new(C).with_label_smoothing(0.1)?),
+            None,
+        ),
+        (
+            "recall_ce_smooth",
+            "recall CE, label smoothing 0.1 (portable)",
+            Box::new(RecallCe::new(C).with_label_smoothing(0.1)?),
+            None,
+        ),
+        (
+            "recall_ce_per_image",
+            "recall CE per image (portable)",
+            Box::new(RecallCe::new(C).with_variant(RecallVariant::PerImage)),
+            None,
+        ),
+        (
+            "recall_ce_loss_py",
+            "recall CE, paper loss.py form",
+            Box::new(RecallCe::new(C).with_variant(RecallVariant::PaperLossPy)),
+            None,
+        ),
+        (
+            "ohem_mmseg",
+            "OHEM mmseg (τ=0.7, min_kept=100000)",
+            Box::new(Ohem::new(
+                C,
+                OhemSelection::Mmseg {
+                    threshold: Some(0.7),
+                    min_kept: 100_000,
+                    avg_non_ignore: false,
+                },
+            )?),
+            None,
+        ),
+        (
+            "dice_smooth_log",
+            "Dice (smooth 1, log loss)",
+            Box::new(Dice::new(C).with_smooth(1.0)?.with_log_loss(true)),
+            None,
+        ),
+        (
+            "jaccard",
+            "Jaccard (smp, per batch)",
+            Box::new(Jaccard::new(C)),
+            None,
+        ),
+        (
+            "lovasz_per_image",
+            "Lovász-Softmax per image",
+            Box::new(Lovasz::new(C, true).with_per_image(true)),
+            None,
+        ),
+        (
+            "combined_recall_lovasz",
+            "0.5 recall CE + 0.5 Lovász",
+            Box::new(
+                CombinedLoss::new()
+                    .with_term(0.5, Box::new(RecallCe::new(C)))?
+                    .with_term(0.5, Box::new(Lovasz::new(C, true)))?,
+            ),
+            None,
+        ),
     ];
     let mut figures = Vec::new();
     for (key, label, loss, peer) in cases.iter_mut() {
+        if !args.wants(key) {
+            continue;
+        }
         eprintln!("losses: {label}");
         let d = median_time(args.reps, || {
             let l = loss.forward(x.as_tensor(), &t)?;
@@ -145,6 +228,9 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
             f = f.with_peer(*p);
         }
         figures.push(f);
+    }
+    if !args.wants("recall_ce_fwd") {
+        return Ok(figures);
     }
     let mut recall = RecallCe::new(C);
     let d = median_time(args.reps, || {

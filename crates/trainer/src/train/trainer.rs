@@ -66,13 +66,20 @@ pub struct Trainer<'a> {
     last_loss: Option<f64>,
     /// The per-class weights the loss applied on the last step (logged, Fig. 4).
     class_weights: Option<Vec<f32>>,
+    /// A combined loss's term values on the last step (logged).
+    loss_terms: Option<Vec<recallseg_losses::LossTerm>>,
     interval_start: Instant,
     interval_steps: u64,
     _lock: RunLock,
 }
 
-/// A completed step: its loss, the learning rate and the loss's per-class weights.
-type StepResult = (f64, f64, Option<Vec<f32>>);
+/// A completed step: its loss, the learning rate, the loss's per-class weights and its terms.
+type StepResult = (
+    f64,
+    f64,
+    Option<Vec<f32>>,
+    Option<Vec<recallseg_losses::LossTerm>>,
+);
 
 /// Why a step failed before its update was applied (the state is then rolled back).
 enum StepFailure {
@@ -284,6 +291,7 @@ impl<'a> Trainer<'a> {
             last_saved_step: resuming.then_some(step),
             last_loss: None,
             class_weights: None,
+            loss_terms: None,
             interval_start: Instant::now(),
             interval_steps: 0,
             _lock: lock,
@@ -467,8 +475,9 @@ impl<'a> Trainer<'a> {
         };
         let t0 = Instant::now();
         match self.try_step(batch) {
-            Ok((lv, lr, class_weights)) => {
+            Ok((lv, lr, class_weights, loss_terms)) => {
                 self.class_weights = class_weights;
+                self.loss_terms = loss_terms;
                 self.step += 1;
                 self.train_seconds += t0.elapsed().as_secs_f64();
                 self.loss_acc.0 += lv;
@@ -530,7 +539,7 @@ impl<'a> Trainer<'a> {
         let grads = l.backward()?;
         let lr = self.schedule.lr(self.step as usize);
         match self.optimizer.step(&grads, lr)? {
-            StepOutcome::Applied => Ok((lv, lr, out.class_weights)),
+            StepOutcome::Applied => Ok((lv, lr, out.class_weights, out.terms)),
             StepOutcome::Rejected(update) => Err(StepFailure::Rejected(update)),
         }
     }
@@ -700,6 +709,10 @@ impl<'a> Trainer<'a> {
                     0.0
                 },
                 class_weights: finite_or_none(self.class_weights.clone()),
+                loss_terms: self
+                    .loss_terms
+                    .as_ref()
+                    .map(|t| t.iter().map(|t| (t.name.clone(), t.value)).collect()),
             })?;
             self.last_loss = Some(mean);
             if !self.opts.quiet {
