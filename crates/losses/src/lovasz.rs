@@ -46,8 +46,9 @@ pub(crate) fn lovasz_grad(fg_sorted: impl Iterator<Item = bool>, gts: f64, out: 
 ///
 /// With [`Lovasz::with_per_image`] the loss is computed for each image on its own valid pixels
 /// (its present classes, its own sort) and averaged over the `N` images, an image without valid
-/// pixels counting 0: smp's and the authors' `per_image=True`. The paper's presets use the
-/// per-batch form (the default), as the paper's code calls `lovasz_softmax(…, per_image=False)`.
+/// pixels counting 0: smp's and the authors' `per_image=True`, and what the paper's code
+/// (`LovaszSoftmax` in `ptsemseg/loss/lovasz_loss.py`) computes. The presets in
+/// `crates/trainer/configs` use the per-batch default.
 ///
 /// The fused CPU kernel sorts each class (of each image, per image) with a parallel radix sort;
 /// the portable path ranks the errors on the host (they are copied there once per step).
