@@ -13,7 +13,7 @@
 # 2. unversioned `.so` links (libcublas.so → libcublas.so.13, …) so that the linker's `-l`
 #    finds the wheels' libraries;
 # 3. a link-time stub of the driver library, libcuda.so (soname libcuda.so.1), defining every
-#    driver entry point cudarc declares. candle 0.11 turns on cudarc's `dynamic-linking`, so the
+#    driver entry point cudarc declares (each returns CUDA_ERROR_NO_DEVICE). candle 0.11 turns on cudarc's `dynamic-linking`, so the
 #    binaries link against libcuda, which only an NVIDIA driver installation provides; the stub
 #    satisfies the linker (as the CUDA toolkit's lib/stubs/libcuda.so does) and the real driver's
 #    libcuda.so.1 is loaded when the program runs on a GPU machine. The stub is never shipped.
@@ -55,16 +55,22 @@ for _lib in cublas cublasLt cudart curand nvrtc; do
         ln -sf "$_real" "$_links/lib$_lib.so"
     fi
 done
-if [ ! -f "$_links/libcuda.so" ]; then
-    # Every `cu…` function cudarc's driver bindings declare, as an empty function.
+if [ ! -f "$_links/libcuda.so" ] || ! grep -q "return 100" "$_links/libcuda-stub.c" 2>/dev/null; then
+    # Every `cu…` function cudarc's driver bindings declare, returning CUDA_ERROR_NO_DEVICE
+    # (100): with the stub on LD_LIBRARY_PATH a CUDA build runs on a machine without a GPU and
+    # finds no device (how scripts/gpu-check.sh is rehearsed), instead of crashing.
     _cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | sort -V | tail -n 1 || true)"
     if [ -z "$_cudarc" ]; then
-        echo "cuda-env: cudarc's sources are not downloaded yet; run \`cargo fetch\` first" >&2
+        (cd "$_here" && cargo fetch --quiet) || true
+        _cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | sort -V | tail -n 1 || true)"
+    fi
+    if [ -z "$_cudarc" ]; then
+        echo "cuda-env: cudarc's sources could not be fetched (cargo fetch)" >&2
         return 1 2>/dev/null || exit 1
     fi
     grep -rhoE '\bpub (unsafe )?fn cu[A-Za-z0-9_]+' "$_cudarc/src/driver/sys" |
         sed -E 's/pub (unsafe )?fn //' | sort -u |
-        awk '{ printf "void %s(void) {}\n", $1 }' > "$_links/libcuda-stub.c"
+        awk '{ printf "int %s(void) { return 100; }\n", $1 }' > "$_links/libcuda-stub.c"
     cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$_links/libcuda.so" "$_links/libcuda-stub.c"
     echo "cuda-env: built the link-time driver stub ($(wc -l < "$_links/libcuda-stub.c") entry points)" >&2
 fi

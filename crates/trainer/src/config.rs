@@ -1342,7 +1342,15 @@ impl DeviceSpec {
             DeviceSpec::Cpu => Ok(candle_core::Device::Cpu),
             DeviceSpec::Cuda(n) => {
                 if cfg!(feature = "cuda") {
-                    candle_core::Device::new_cuda(n)
+                    // The driver's error without candle's backtrace: what to check, in one line.
+                    candle_core::Device::new_cuda(n).map_err(|e| {
+                        let cause = e.to_string();
+                        let cause = cause.lines().next().unwrap_or("").trim();
+                        candle_core::Error::Msg(format!(
+                            "cannot open CUDA device {n}: {cause} (is an NVIDIA driver installed \
+                             and the GPU visible, e.g. in nvidia-smi and CUDA_VISIBLE_DEVICES?)"
+                        ))
+                    })
                 } else {
                     Err(candle_core::Error::Msg(format!(
                         "device cuda:{n} needs recallseg built with the `cuda` feature \
