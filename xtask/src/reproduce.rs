@@ -1,12 +1,14 @@
 //! `cargo xtask reproduce synthia|cityscapes` : the paper's loss comparison.
 //!
-//! Only orchestration lives here: the presets, the comparison runner and the report are in
-//! `recallseg_trainer` (`config::Preset`, `compare::run_comparison`, `report`).
+//! Only orchestration lives here (which preset, folder and losses): the plan, the comparison
+//! runner and the report are in `recallseg_trainer` (`config::Preset`,
+//! `compare::ComparisonPlan::new`, `compare::run_comparison`, `report`), the same functions
+//! `recallseg compare --config my.toml` calls for any dataset.
 
 use clap::Args;
 use recallseg_trainer::compare::{
-    loss_run, paper_losses, quick_losses, run_comparison, CompareOptions, CompareOutcome,
-    ComparisonPlan, Evaluate,
+    paper_losses, parse_losses, quick_losses, run_comparison, summary_table, CompareOptions,
+    CompareOutcome, ComparisonPlan, Evaluate,
 };
 use recallseg_trainer::config::Preset;
 use recallseg_trainer::data::missing_dataset_help;
@@ -77,7 +79,11 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
             "--quick exists for synthia only (`cargo xtask reproduce synthia --quick`): the \
              synthetic generator writes the Synthia layout"
         ),
-        (other, _) => anyhow::bail!("unknown dataset `{other}`: expected synthia or cityscapes"),
+        (other, _) => anyhow::bail!(
+            "unknown dataset `{other}`: expected synthia or cityscapes (the paper's datasets); \
+             for any other dataset, a folder dataset too, run \
+             `recallseg compare --config my.toml --losses ce,weighted_ce,recall_ce`"
+        ),
     };
     let mut overrides = args.set.clone();
     if let Some(d) = &args.data {
@@ -114,10 +120,7 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
             paper_losses()
         }
     } else {
-        args.losses
-            .iter()
-            .map(|n| loss_run(n))
-            .collect::<anyhow::Result<Vec<_>>>()?
+        parse_losses(&args.losses)?
     };
     let mut name = args.dataset.clone();
     if args.quick {
@@ -130,53 +133,24 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("results").join(&name));
-    let synthetic = base.data.generate_synthetic;
-    let title = if synthetic {
-        "Loss comparison on synthetic Synthia-format data (quick, CPU)".to_string()
-    } else {
-        format!(
-            "Loss comparison on {} ({})",
-            args.dataset,
-            base.model.backbone.name()
-        )
-    };
-    let mut notes = vec![format!(
-        "Reproduce with `cargo xtask reproduce {}{}`; finished runs in `{}/runs/` are reused, \
-         an interrupted run resumes from its checkpoint.",
-        args.dataset,
-        if args.quick { " --quick" } else { "" },
-        out_dir.display()
-    )];
     let evaluate = args.evaluate.unwrap_or(if args.quick {
         Evaluate::Final
     } else {
         Evaluate::Both
     });
-    notes.push(format!(
-        "Every loss trains from the same seed, data order and initialisation; the test split is \
-         evaluated with {}.",
-        match evaluate {
-            Evaluate::Final =>
-                "the final weights (`--evaluate best` tests the best validation \
-                                checkpoint, as the paper's code does)",
-            Evaluate::Best =>
-                "the checkpoint of the best validation mean IoU, as the paper's \
-                               code does",
-            Evaluate::Both =>
-                "the checkpoint of the best validation mean IoU (the paper's \
-                               code) and, in a second table, the final weights",
-        }
-    ));
-    let plan = ComparisonPlan {
-        title,
-        base,
-        losses,
-        out_dir: out_dir.clone(),
-        examples: args.examples,
-        synthetic,
-        notes,
-        evaluate,
-    };
+    let mut plan = ComparisonPlan::new(base, losses, out_dir.clone()).with_evaluate(evaluate);
+    plan.examples = args.examples;
+    if plan.synthetic {
+        plan.title = "Loss comparison on synthetic Synthia-format data (quick, CPU)".to_string();
+    }
+    plan.notes.insert(
+        0,
+        format!(
+            "Reproduce with `cargo xtask reproduce {}{}`.",
+            args.dataset,
+            if args.quick { " --quick" } else { "" },
+        ),
+    );
     recallseg_trainer::train::install_ctrlc();
     let opts = CompareOptions {
         progress_bar: recallseg_trainer::log::Progress::stderr_is_terminal(),
@@ -198,20 +172,9 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
             for w in &written.warnings {
                 eprintln!("warning: {w}");
             }
+            println!("\n{}", summary_table(&cmp));
             println!(
-                "\n{:<12} {:>14} {:>12}",
-                "loss", "mean acc (%)", "mean IoU (%)"
-            );
-            for r in &cmp.runs {
-                println!(
-                    "{:<12} {:>14.2} {:>12.2}",
-                    r.label,
-                    r.mean_acc_pct(),
-                    r.mean_iou_pct()
-                );
-            }
-            println!(
-                "\nreport: {} ({:.0} s)",
+                "report: {} ({:.0} s)",
                 out_dir.join("report.md").display(),
                 t0.elapsed().as_secs_f64()
             );

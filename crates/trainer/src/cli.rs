@@ -1,4 +1,4 @@
-//! The `recallseg` command line (clap): `train`, `eval`, `predict`, `preset`.
+//! The `recallseg` command line (clap): `train`, `eval`, `predict`, `compare`, `preset`.
 
 use crate::config::{DeviceSpec, Preset, TrainConfig};
 use crate::eval::evaluate_with;
@@ -6,6 +6,9 @@ use crate::inference::{InferenceConfig, InferenceMode};
 use crate::predict::{render_overlay, OverlayOptions, Predictor, PredictorOptions};
 use crate::train::{install_ctrlc, interrupt_flag, open_eval, TrainOptions};
 use clap::{Args, Parser, Subcommand};
+
+mod runs;
+pub use runs::{compare, CompareArgs};
 use std::path::PathBuf;
 
 /// Train, evaluate and run DeepLab segmentation models with Recall loss (Tian et al., ICRA 2022).
@@ -30,6 +33,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Segment images with a checkpoint: colour masks, overlays with a legend, label maps.
     Predict(PredictArgs),
+    /// Compare losses on any dataset (a folder dataset too): one run per loss, each tested,
+    /// then the paper-style report with its tables and figures.
+    Compare(CompareArgs),
     /// Print a preset configuration (synthia, synthia-quick, cityscapes) as commented TOML.
     Preset {
         /// synthia (the paper's protocol), synthia-quick (minutes on a CPU), cityscapes.
@@ -290,6 +296,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Train(a) => train(&a),
         Command::Eval(a) => eval(&a).map(|()| 0),
         Command::Predict(a) => predict(&a).map(|()| 0),
+        Command::Compare(a) => compare(&a),
         Command::Preset { name } => {
             print!("{}", Preset::from_name(&name)?.toml());
             Ok(0)

@@ -1,5 +1,10 @@
-//! The paper's loss comparison: one training per loss with a common configuration, each
-//! evaluated on the test split, then the report ([`crate::report`]).
+//! The paper's loss comparison on any dataset: one training per loss with a common
+//! configuration, each evaluated on the test split, then the report ([`crate::report`]).
+//!
+//! [`ComparisonPlan::new`] makes a plan from any training configuration (Synthia, Cityscapes or
+//! a folder dataset of one's own) and a list of losses ([`parse_losses`]); [`run_comparison`]
+//! runs it. `recallseg compare --config my.toml --losses ce,weighted_ce,recall_ce` and
+//! `cargo xtask reproduce` are both thin shells over these.
 //!
 //! Runs live in `<out>/runs/<loss name>/`. A run whose `summary.json` exists for the same
 //! configuration is reused as is; a run with a `last.safetensors` of the same configuration is
@@ -119,6 +124,131 @@ pub struct ComparisonPlan {
     pub notes: Vec<String>,
     /// Which weights are evaluated on the test split.
     pub evaluate: Evaluate,
+}
+
+impl ComparisonPlan {
+    /// A plan comparing `losses` on the data and model of `base` (any dataset kind), written
+    /// into `out_dir`: titled after the dataset ([`default_title`]), 4 example rows, the final
+    /// weights evaluated, and the standard notes ([`standard_notes`]).
+    pub fn new(base: TrainConfig, losses: Vec<LossRun>, out_dir: PathBuf) -> Self {
+        let evaluate = Evaluate::Final;
+        Self {
+            title: default_title(&base),
+            synthetic: base.data.generate_synthetic,
+            notes: standard_notes(&out_dir, evaluate),
+            base,
+            losses,
+            out_dir,
+            examples: 4,
+            evaluate,
+        }
+    }
+
+    /// The same plan testing other weights (the evaluation note follows).
+    pub fn with_evaluate(mut self, evaluate: Evaluate) -> Self {
+        let old = evaluation_note(self.evaluate);
+        for n in &mut self.notes {
+            if *n == old {
+                *n = evaluation_note(evaluate);
+            }
+        }
+        self.evaluate = evaluate;
+        self
+    }
+}
+
+/// `Loss comparison on <dataset>`: Synthia, Cityscapes, or the folder dataset's class file.
+pub fn default_title(base: &TrainConfig) -> String {
+    let d = &base.data;
+    let what = match d.kind {
+        crate::config::DatasetKind::Synthia if d.generate_synthetic => {
+            "synthetic Synthia-format data".to_string()
+        }
+        crate::config::DatasetKind::Synthia => "Synthia".to_string(),
+        crate::config::DatasetKind::Cityscapes => "Cityscapes".to_string(),
+        crate::config::DatasetKind::Folder => format!("`{}`", d.root.display()),
+    };
+    format!("Loss comparison on {what} ({})", base.model.backbone.name())
+}
+
+/// The note saying which weights were tested.
+pub fn evaluation_note(evaluate: Evaluate) -> String {
+    format!(
+        "Every loss trains from the same seed, data order and initialisation; the test split is \
+         evaluated with {}.",
+        match evaluate {
+            Evaluate::Final => {
+                "the final weights (`--evaluate best` tests the best validation checkpoint, as \
+                 the paper's code does)"
+            }
+            Evaluate::Best => {
+                "the checkpoint of the best validation mean IoU, as the paper's code does"
+            }
+            Evaluate::Both => {
+                "the checkpoint of the best validation mean IoU (the paper's code) and, in a \
+                 second table, the final weights"
+            }
+        }
+    )
+}
+
+/// The notes every comparison report carries: how runs are reused and which weights are tested.
+pub fn standard_notes(out_dir: &Path, evaluate: Evaluate) -> Vec<String> {
+    vec![
+        format!(
+            "Finished runs in `{}/runs/` are reused when the comparison runs again; an \
+             interrupted run resumes from its checkpoint.",
+            out_dir.display()
+        ),
+        evaluation_note(evaluate),
+    ]
+}
+
+/// Losses by name (`ce`, `weighted_ce`, `recall_ce`, aliases as in [`LossConfig::from_name`]),
+/// each with its default parameters; a name given twice (also as two aliases of one loss) is an
+/// error, since both runs would share one folder.
+pub fn parse_losses<S: AsRef<str>>(names: &[S]) -> anyhow::Result<Vec<LossRun>> {
+    let mut out: Vec<LossRun> = Vec::new();
+    for n in names {
+        let n = n.as_ref().trim();
+        let run = loss_run(n).map_err(|e| anyhow::anyhow!("--losses: `{n}`: {e}"))?;
+        if let Some(prev) = out.iter().find(|r| r.loss.name() == run.loss.name()) {
+            anyhow::bail!(
+                "--losses: `{n}` is {} again (given as {}); each loss runs once",
+                run.loss.name(),
+                prev.label
+            );
+        }
+        out.push(run);
+    }
+    if out.is_empty() {
+        anyhow::bail!("--losses: no loss given");
+    }
+    Ok(out)
+}
+
+/// The per-loss summary printed at the end of a comparison: mean accuracy and mean IoU (%).
+pub fn summary_table(cmp: &Comparison) -> String {
+    let w = cmp
+        .runs
+        .iter()
+        .map(|r| r.label.chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut s = format!(
+        "{:<w$} {:>14} {:>12}\n",
+        "loss", "mean acc (%)", "mean IoU (%)"
+    );
+    for r in &cmp.runs {
+        s.push_str(&format!(
+            "{:<w$} {:>14.2} {:>12.2}\n",
+            r.label,
+            r.mean_acc_pct(),
+            r.mean_iou_pct()
+        ));
+    }
+    s
 }
 
 /// Options of [`run_comparison`].
@@ -436,8 +566,8 @@ fn with_metrics(
     Ok(run)
 }
 
-/// The Fig. 3 rows: the kept test images with ground truth and the predictions of CE,
-/// WeightedCE and Recall (those that ran; all runs if none of them did).
+/// The Fig. 3 rows: the kept test images with ground truth and the prediction of every run, in
+/// the order run.
 fn build_examples(
     plan: &ComparisonPlan,
     records: &[RunRecord],
@@ -447,14 +577,7 @@ fn build_examples(
     if plan.examples == 0 || records.is_empty() {
         return Ok(None);
     }
-    let preferred = ["cross_entropy", "weighted_ce", "recall_ce"];
-    let mut cols: Vec<&RunRecord> = preferred
-        .iter()
-        .filter_map(|n| records.iter().find(|r| r.summary.loss_name == *n))
-        .collect();
-    if cols.is_empty() {
-        cols = records.iter().collect();
-    }
+    let cols: Vec<&RunRecord> = records.iter().collect();
     let (ds, _) = open_eval(&plan.base, &plan.base.data.test_split)?;
     let mut rows = Vec::new();
     let first = &cols[0];

@@ -275,6 +275,20 @@ pub fn render_markdown(
 
     // Minority classes, Table II style.
     let minority = cmp.minority_classes();
+    if minority.is_empty() && !cmp.runs.is_empty() {
+        let _ = writeln!(md, "## Minority classes (Table II style)\n");
+        let _ = writeln!(
+            md,
+            "No class present in the test split has a test IoU below 80% with {} (the paper's † \
+             rule), so there is no minority-class table; the per-class tables below have every \
+             class.\n",
+            if base.is_some() {
+                "cross entropy"
+            } else {
+                "the first loss"
+            }
+        );
+    }
     if !minority.is_empty() && !cmp.runs.is_empty() {
         let names: Vec<&str> = minority
             .iter()
@@ -294,6 +308,14 @@ pub fn render_markdown(
             },
             names.join(", ")
         );
+        if minority.len() > MAX_WIDE_COLUMNS {
+            let _ = writeln!(
+                md,
+                "With {} minority classes the tables have a row per class and a column per \
+                 loss.\n",
+                minority.len()
+            );
+        }
         minority_table(&mut md, cmp, &minority, "accuracy", |r, c| {
             r.test.classes[c].recall
         });
@@ -395,7 +417,7 @@ pub fn render_markdown(
             }
             let _ = writeln!(md, "{head}\n{rule}");
             for (c, name) in cmp.class_names.iter().enumerate() {
-                let _ = write!(md, "| {name} |");
+                let _ = write!(md, "| {} |", cell(name));
                 if let Some(f) = &cmp.class_frequency {
                     let _ = write!(md, " {:.3} |", 100.0 * f.get(c).copied().unwrap_or(0.0));
                 }
@@ -410,6 +432,15 @@ pub fn render_markdown(
     md
 }
 
+/// Above this many minority classes the minority tables are transposed (a row per class), so
+/// a dataset with many classes still gives a readable table.
+const MAX_WIDE_COLUMNS: usize = 12;
+
+/// A class name as a Markdown table cell (`|` escaped).
+fn cell(name: &str) -> String {
+    name.replace('|', "\\|")
+}
+
 fn minority_table(
     md: &mut String,
     cmp: &Comparison,
@@ -417,21 +448,42 @@ fn minority_table(
     what: &str,
     get: impl Fn(&RunSummary, usize) -> Option<f64>,
 ) {
+    let ave = |r: &RunSummary| {
+        let def: Vec<f64> = minority.iter().filter_map(|&c| get(r, c)).collect();
+        (!def.is_empty()).then(|| def.iter().sum::<f64>() / def.len() as f64)
+    };
+    if minority.len() > MAX_WIDE_COLUMNS {
+        let _ = write!(md, "| {what} (%) |");
+        for r in &cmp.runs {
+            let _ = write!(md, " {} |", cell(&r.label));
+        }
+        let _ = writeln!(md, "\n|---|{}", "---:|".repeat(cmp.runs.len()));
+        for &c in minority {
+            let _ = write!(md, "| {} |", cell(&cmp.class_names[c]));
+            for r in &cmp.runs {
+                let _ = write!(md, " {} |", pct(get(r, c)));
+            }
+            md.push('\n');
+        }
+        let _ = write!(md, "| ave. |");
+        for r in &cmp.runs {
+            let _ = write!(md, " {} |", pct(ave(r)));
+        }
+        md.push_str("\n\n");
+        return;
+    }
     let _ = write!(md, "| {what} (%) |");
     for &c in minority {
-        let _ = write!(md, " {} |", cmp.class_names[c]);
+        let _ = write!(md, " {} |", cell(&cmp.class_names[c]));
     }
     let _ = writeln!(md, " ave. |");
     let _ = writeln!(md, "|---|{}---:|", "---:|".repeat(minority.len()));
     for r in &cmp.runs {
-        let vals: Vec<Option<f64>> = minority.iter().map(|&c| get(r, c)).collect();
-        let def: Vec<f64> = vals.iter().flatten().copied().collect();
-        let ave = (!def.is_empty()).then(|| def.iter().sum::<f64>() / def.len() as f64);
-        let _ = write!(md, "| {} |", r.label);
-        for v in vals {
-            let _ = write!(md, " {} |", pct(v));
+        let _ = write!(md, "| {} |", cell(&r.label));
+        for &c in minority {
+            let _ = write!(md, " {} |", pct(get(r, c)));
         }
-        let _ = writeln!(md, " {} |", pct(ave));
+        let _ = writeln!(md, " {} |", pct(ave(r)));
     }
     md.push('\n');
 }

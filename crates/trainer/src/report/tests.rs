@@ -385,3 +385,45 @@ fn headline_means_follow_the_metrics_section() {
     let md = render_markdown(&cmp, &[], None);
     assert!(md.contains("`zero_division`, its default"), "{md}");
 }
+
+/// A folder dataset with many classes (names with `|` and spaces): the minority tables turn to a
+/// row per class; a dataset where CE is good everywhere says there are no minority classes.
+#[test]
+fn minority_tables_work_for_any_class_set() {
+    let n = 15;
+    let names: Vec<String> = (0..n).map(|c| format!("class {c}|x")).collect();
+    // Class c: 20 pixels, the first `wrong` of them predicted as class 0.
+    let rep = |wrong: usize| {
+        let (mut gt, mut pred) = (Vec::new(), Vec::new());
+        for c in 0..n as u8 {
+            for i in 0..20 {
+                gt.push(c);
+                pred.push(if c > 0 && i < wrong { 0 } else { c });
+            }
+        }
+        let mut m = ConfusionMatrix::new(n);
+        m.update(&gt, &pred).unwrap();
+        m.report_with_names(&names).unwrap()
+    };
+    let mut cmp = comparison(false);
+    cmp.setting.dataset = "folder".into();
+    cmp.class_names = names.clone();
+    cmp.palette = (0..n).map(|c| [c as u8 * 10, 0, 0]).collect();
+    cmp.class_frequency = None;
+    cmp.runs = vec![
+        run("cross_entropy", "CE", rep(10), false),
+        run("recall_ce", "Recall", rep(2), false),
+    ];
+    // Every class but 0 has IoU 10/20 with CE; class 0 gets 140 false positives.
+    assert_eq!(cmp.minority_classes(), (0..n).collect::<Vec<_>>());
+    let md = render_markdown(&cmp, &[], None);
+    assert!(md.contains("a row per class and a column per loss"), "{md}");
+    assert!(md.contains("| accuracy (%) | CE | Recall |"), "{md}");
+    assert!(md.contains("| class 3\\|x | 50.00 | 90.00 |"), "{md}");
+    assert!(!md.contains("paper's numbers"), "{md}");
+    // CE perfect: no minority class, said so.
+    cmp.runs[0] = run("cross_entropy", "CE", rep(0), false);
+    assert!(cmp.minority_classes().is_empty());
+    let md = render_markdown(&cmp, &[], None);
+    assert!(md.contains("there is no minority-class table"), "{md}");
+}

@@ -77,3 +77,45 @@ pub(crate) fn model_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
     v.sort();
     v
 }
+
+/// A folder dataset of 12 generated 64×32 images in `root`: grey background, a blue band
+/// ("road stripe") and a small red square ("dot", rare), masks with those ids and a few
+/// ignored pixels. Returns the class file (`root/classes.toml`, split 70/10/20 by the folder
+/// dataset's shuffle).
+pub(crate) fn tiny_folder_dataset(root: &Path) -> std::path::PathBuf {
+    let (w, h) = (64u32, 32u32);
+    std::fs::create_dir_all(root.join("images")).unwrap();
+    std::fs::create_dir_all(root.join("masks")).unwrap();
+    for k in 0..12u32 {
+        let band = 8 + (k % 5) * 3;
+        let (dx, dy) = (5 + (k * 7) % 50, 2 + (k * 3) % 4);
+        let mut img = image::RgbImage::new(w, h);
+        let mut mask = image::GrayImage::new(w, h);
+        for y in 0..h {
+            for x in 0..w {
+                let noise = ((x * 31 + y * 17 + k * 13) % 23) as u8;
+                let (class, rgb) = if (dx..dx + 4).contains(&x) && (dy..dy + 4).contains(&y) {
+                    (2u8, [200 + noise, 30, 30])
+                } else if (band..band + 6).contains(&y) {
+                    (1, [40, 60, 180 + noise])
+                } else {
+                    (0, [110 + noise, 110 + noise, 110 + noise])
+                };
+                img.put_pixel(x, y, image::Rgb(rgb));
+                let ignored = x == 0 && y % 8 == 0;
+                mask.put_pixel(x, y, image::Luma([if ignored { 255 } else { class }]));
+            }
+        }
+        img.save(root.join(format!("images/{k:03}.png"))).unwrap();
+        mask.save(root.join(format!("masks/{k:03}.png"))).unwrap();
+    }
+    let classes = root.join("classes.toml");
+    std::fs::write(
+        &classes,
+        "classes = [\n  { name = \"background\", color = [128, 128, 128] },\n  \
+         { name = \"road stripe\", color = [0, 0, 255] },\n  { name = \"dot\" },\n]\n\
+         images = \"images\"\nmasks = \"masks\"\n",
+    )
+    .unwrap();
+    classes
+}

@@ -1,0 +1,145 @@
+//! `recallseg compare` (the loss comparison on any dataset) and `recallseg plot` (training
+//! curves of one or several runs).
+
+use super::TrainArgs;
+use crate::compare::{
+    parse_losses, quick_losses, run_comparison, summary_table, CompareOptions, CompareOutcome,
+    ComparisonPlan, Evaluate,
+};
+use crate::train::{install_ctrlc, interrupt_flag};
+use clap::Args;
+use std::path::PathBuf;
+
+/// `recallseg compare`.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Examples:\n  \
+    recallseg compare --config my.toml --losses ce,weighted_ce,recall_ce\n  \
+    recallseg compare --config my.toml --losses ce,focal,recall_ce --iters 2000 --out results/mine\n  \
+    recallseg compare --preset synthia-quick      # CE, WeightedCE, Focal, Recall on generated data\n\n\
+    Runs one training per loss with the configuration's data, model and schedule, evaluates each \
+    on data.test_split and writes report.md, results.json, fig1_acc_vs_iou, fig4_class_weights \
+    and examples.png into --out. Run the same command again to reuse finished runs and resume an \
+    interrupted one.")]
+pub struct CompareArgs {
+    /// The TOML configuration every run shares (its `[loss]` and `train.out_dir` are replaced).
+    #[arg(long, conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
+    /// A built-in configuration instead of a file: synthia, synthia-quick, cityscapes.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Override a config field, e.g. `--set optim.lr=1e-4` (repeatable; TOML values).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Comma-separated losses, run in this order (default: ce, weighted_ce, focal, recall_ce).
+    /// Names: cross_entropy (ce), weighted_ce, balanced_ce, focal, ohem, soft_iou, lovasz,
+    /// dice, tversky, recall_ce (recall), precision_ce; each with its default parameters.
+    #[arg(long, value_delimiter = ',')]
+    pub losses: Vec<String>,
+    /// Output folder: the report, and each loss's run in `runs/<loss>/` (default
+    /// `results/<config file stem or preset name>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Dataset root (shorthand for `--set data.root=…`; the class file for a folder dataset).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Training steps per loss (shorthand for `--set train.iters=…`).
+    #[arg(long)]
+    pub iters: Option<usize>,
+    /// Device: cpu, cuda, cuda:N, metal (shorthand for `--set train.device=…`).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Test images drawn side by side in examples.png (0 = none).
+    #[arg(long, default_value_t = 4)]
+    pub examples: usize,
+    /// Which weights are tested: final, best (best validation mean IoU, what the paper's test.py
+    /// evaluates) or both (best as the main result, final beside it).
+    #[arg(long, default_value = "final")]
+    pub evaluate: Evaluate,
+    /// Report title (default: "Loss comparison on <dataset> (<backbone>)").
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Plain log lines even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl CompareArgs {
+    /// The comparison these arguments describe (configuration validated, losses parsed).
+    pub fn plan(&self) -> anyhow::Result<ComparisonPlan> {
+        let as_train = TrainArgs {
+            config: self.config.clone(),
+            preset: self.preset.clone(),
+            set: self.set.clone(),
+            loss: None,
+            data: self.data.clone(),
+            out: None,
+            iters: self.iters,
+            device: self.device.clone(),
+            resume: false,
+            overwrite: false,
+            no_progress: self.no_progress,
+        };
+        let base = as_train.config()?;
+        let losses = if self.losses.is_empty() {
+            quick_losses()
+        } else {
+            parse_losses(&self.losses)?
+        };
+        let out = match &self.out {
+            Some(o) => o.clone(),
+            None => {
+                let stem = match (&self.config, &self.preset) {
+                    (Some(c), _) => c
+                        .file_stem()
+                        .map_or("compare".into(), |s| s.to_string_lossy().into_owned()),
+                    (None, Some(p)) => p.clone(),
+                    (None, None) => "compare".into(),
+                };
+                PathBuf::from("results").join(stem)
+            }
+        };
+        let mut plan = ComparisonPlan::new(base, losses, out).with_evaluate(self.evaluate);
+        plan.examples = self.examples;
+        if let Some(t) = &self.title {
+            plan.title = t.clone();
+        }
+        Ok(plan)
+    }
+}
+
+/// `recallseg compare`; returns the exit status (0, or `128 + signal` when interrupted: run the
+/// same command again to resume).
+pub fn compare(a: &CompareArgs) -> anyhow::Result<i32> {
+    let plan = a.plan()?;
+    install_ctrlc();
+    let opts = CompareOptions {
+        progress_bar: !a.no_progress && crate::log::Progress::stderr_is_terminal(),
+        interrupt: Some(interrupt_flag()),
+        quiet: false,
+    };
+    let t0 = std::time::Instant::now();
+    match run_comparison(&plan, &opts)? {
+        CompareOutcome::Interrupted(label) => {
+            eprintln!(
+                "interrupted during {label}; run the same command again to resume ({})",
+                plan.out_dir.display()
+            );
+            Ok(crate::signals::received_signal()
+                .map_or(crate::signals::StopSignal::Interrupt.exit_code(), |s| {
+                    s.exit_code()
+                }))
+        }
+        CompareOutcome::Done(cmp, written) => {
+            for w in &written.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("\n{}", summary_table(&cmp));
+            println!(
+                "report: {} ({:.0} s)",
+                plan.out_dir.join("report.md").display(),
+                t0.elapsed().as_secs_f64()
+            );
+            Ok(0)
+        }
+    }
+}
