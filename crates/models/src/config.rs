@@ -247,6 +247,14 @@ pub struct ModelConfig {
     /// `DeepLab::forward_t_with_aux`; inference ignores it.
     #[serde(default)]
     pub aux_head: Option<crate::aux_head::AuxHeadConfig>,
+    /// segmentation_models_pytorch's dilation rule for the backbone: every 3×3 convolution of a
+    /// dilated stage takes the stage's dilation, the first block's first one included (smp's
+    /// `replace_strides_with_dilation` on its encoders). `false` (default) is torchvision's and
+    /// timm's rule: that one convolution keeps the previous stage's dilation. Set by
+    /// [`ModelConfig::smp_layout`]; it changes the features of layer4 (and layer3 at output
+    /// stride 8), not the parameters.
+    #[serde(default)]
+    pub smp_dilation: bool,
 }
 
 impl Default for ModelConfig {
@@ -272,6 +280,7 @@ impl Default for ModelConfig {
             init_seed: 0,
             align_corners: false,
             aux_head: None,
+            smp_dilation: false,
         }
     }
 }
@@ -287,8 +296,10 @@ impl ModelConfig {
     /// segmentation_models_pytorch's `DeepLabV3Plus` on this config's backbone, output stride and
     /// classes: separable ASPP and decoder, the separable convolution after the ASPP, one
     /// decoder convolution, atrous rates 12/24/36, no decoder dropout, `align_corners`
-    /// upsampling and PyTorch's default head initialisation (what smp's model starts from). The same parameters, by count and shape, as
-    /// `smp.DeepLabV3Plus`.
+    /// upsampling, smp's backbone dilation rule (`smp_dilation`) and PyTorch's default head
+    /// initialisation (what smp's model starts from). The same parameters, by count and shape,
+    /// and the same function as `smp.DeepLabV3Plus` (checked through
+    /// [`crate::export`]'s golden).
     pub fn smp_layout(self) -> Self {
         Self {
             head: Head::DeepLabV3Plus,
@@ -298,6 +309,7 @@ impl ModelConfig {
             aspp_rates: Some([12, 24, 36]),
             decoder_dropout: [0.0, 0.0],
             align_corners: true,
+            smp_dilation: true,
             init: InitScheme::PytorchDefault,
             ..self
         }

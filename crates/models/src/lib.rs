@@ -34,6 +34,7 @@ pub mod deeplabv3;
 pub mod deeplabv3plus;
 pub mod dropout;
 mod error;
+pub mod export;
 pub mod init;
 pub mod ops;
 pub mod pretrained;

@@ -6,6 +6,8 @@
 //! layer4 dilation 4. The first block of a dilated stage uses the previous stage's dilation in
 //! its first 3×3 conv (basic: `conv1`; bottleneck: `conv2`), the other convs the new one. With
 //! multi-grid rates `g`, every layer4 block `i` uses dilation `d₄ · g[i]` in all its 3×3 convs.
+//! With `smp_dilation` (segmentation_models_pytorch's encoders) the first block's first 3×3 conv
+//! of a dilated stage takes the stage's dilation too.
 
 use crate::batch_norm::BatchNorm2d;
 use crate::config::{Backbone, ModelConfig};
@@ -144,6 +146,9 @@ impl ResNet {
                         dilation * grid[b],
                         if b == 0 { stride } else { 1 },
                     ),
+                    // torchvision and timm keep the previous dilation in the first block's first
+                    // 3×3 convolution; smp's encoders dilate it too.
+                    _ if b == 0 && cfg.smp_dilation => (dilation, dilation, stride),
                     _ if b == 0 => (previous_dilation, dilation, stride),
                     _ => (dilation, dilation, 1),
                 };

@@ -1,4 +1,5 @@
-//! The `recallseg` command line (clap): `train`, `eval`, `predict`, `compare`, `preset`.
+//! The `recallseg` command line (clap): `train`, `eval`, `predict`, `compare`, `export`,
+//! `preset`.
 
 use crate::config::{DeviceSpec, Preset, TrainConfig};
 use crate::eval::evaluate_with;
@@ -36,6 +37,9 @@ pub enum Command {
     /// Compare losses on any dataset (a folder dataset too): one run per loss, each tested,
     /// then the paper-style report with its tables and figures.
     Compare(CompareArgs),
+    /// Write a trained model's parameters under PyTorch names (smp's DeepLabV3Plus or
+    /// torchvision's deeplabv3_resnet50/101) as safetensors.
+    Export(ExportArgs),
     /// Print a preset configuration (synthia, synthia-quick, cityscapes) as commented TOML.
     Preset {
         /// synthia (the paper's protocol), synthia-quick (minutes on a CPU), cityscapes.
@@ -288,6 +292,48 @@ pub struct PredictArgs {
     pub inference: InferenceArgs,
 }
 
+/// `recallseg export`.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Examples:\n  \
+    recallseg export --checkpoint runs/smp --format smp --out model.safetensors\n  \
+    recallseg export --checkpoint runs/v3/best.safetensors --format torchvision --out m.safetensors\n\n\
+    In PyTorch (the file's metadata holds the constructor's arguments, the class names and the\n\
+    normalisation):\n  \
+    m = smp.DeepLabV3Plus(encoder_name=\"resnet18\", encoder_weights=None, classes=K, ...)\n  \
+    m.load_state_dict(safetensors.torch.load_file(\"model.safetensors\"), strict=True)\n")]
+pub struct ExportArgs {
+    /// A checkpoint written by `recallseg train`, or a run folder (its best checkpoint, else
+    /// its last).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// smp (segmentation_models_pytorch's DeepLabV3Plus: needs model.layout = "smp", width 64)
+    /// or torchvision (deeplabv3_resnet50/101: DeepLabV3 head, output stride 8).
+    #[arg(long)]
+    pub format: String,
+    /// The safetensors file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `recallseg export`.
+pub fn export(a: &ExportArgs) -> anyhow::Result<()> {
+    let format = recallseg_models::export::ExportFormat::parse(&a.format)
+        .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
+    let s = crate::export::export_checkpoint(&a.checkpoint, format, &a.out)?;
+    eprintln!(
+        "{} -> {} ({})",
+        s.checkpoint.display(),
+        a.out.display(),
+        s.metadata
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "class_names" | "mean" | "std"))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
 /// Runs a parsed command line; returns the process exit status: 0 when the command completed,
 /// `128 + signal` when a signal stopped a training run (130 for Ctrl-C, 143 for SIGTERM, 129 for
 /// SIGHUP; its checkpoint is written).
@@ -297,6 +343,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Eval(a) => eval(&a).map(|()| 0),
         Command::Predict(a) => predict(&a).map(|()| 0),
         Command::Compare(a) => compare(&a),
+        Command::Export(a) => export(&a).map(|()| 0),
         Command::Preset { name } => {
             print!("{}", Preset::from_name(&name)?.toml());
             Ok(0)
@@ -735,7 +782,7 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
         let help = Cli::command().render_long_help().to_string();
-        for w in ["train", "eval", "predict", "preset"] {
+        for w in ["train", "eval", "predict", "export", "preset"] {
             assert!(help.contains(w), "{w}");
         }
     }

@@ -251,10 +251,15 @@ pub struct ModelSection {
     /// from) or `kaiming_fan_out` (`recallseg_models::InitScheme`).
     #[serde(default)]
     pub init: recallseg_models::InitScheme,
+    /// segmentation_models_pytorch's backbone dilation rule: the first block of a dilated stage
+    /// dilates its first 3×3 convolution too (default `false`: torchvision's and timm's rule;
+    /// `recallseg_models::ModelConfig::smp_dilation`). Part of `layout = "smp"`.
+    #[serde(default)]
+    pub smp_dilation: bool,
     /// A whole head layout in one word: `paper` (default: the fields as written) or `smp`
     /// (segmentation_models_pytorch's `DeepLabV3Plus`, `recallseg_models::ModelConfig::smp_layout`:
     /// separable ASPP and decoder, `aspp_conv`, one decoder convolution, rates 12/24/36, no
-    /// decoder dropout, `align_corners`; and `pytorch_default` init unless `init` is set to
+    /// decoder dropout, `align_corners`, `smp_dilation`; and `pytorch_default` init unless `init` is set to
     /// another scheme than the default). With `smp`, those layout fields must be left out (or
     /// hold smp's values) and `head` must be `deeplabv3plus`; the configuration a run writes
     /// spells them out.
@@ -340,6 +345,7 @@ impl ModelSection {
             m.aspp_rates = smp.aspp_rates;
             m.decoder_dropout = smp.decoder_dropout;
             m.align_corners = smp.align_corners;
+            m.smp_dilation = smp.smp_dilation;
             // How the parameters start is not the layout: an explicit scheme is kept.
             if m.init == recallseg_models::InitScheme::default() {
                 m.init = smp.init;
@@ -365,7 +371,7 @@ impl ModelSection {
             ));
         }
         let smp = self.resolved();
-        let checks: [(&str, String, String, String); 6] = [
+        let checks: [(&str, String, String, String); 7] = [
             (
                 "separable",
                 self.separable.to_string(),
@@ -401,6 +407,12 @@ impl ModelSection {
                 self.align_corners.to_string(),
                 false.to_string(),
                 smp.align_corners.to_string(),
+            ),
+            (
+                "smp_dilation",
+                self.smp_dilation.to_string(),
+                false.to_string(),
+                smp.smp_dilation.to_string(),
             ),
         ];
         for (field, value, default, smp_value) in checks {

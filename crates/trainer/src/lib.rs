@@ -16,6 +16,7 @@ pub mod config;
 pub mod data;
 pub mod error_text;
 pub mod eval;
+pub mod export;
 pub mod font;
 pub mod inference;
 pub mod log;

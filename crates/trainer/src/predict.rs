@@ -123,6 +123,7 @@ pub struct Predictor {
     input_size: (usize, usize),
     inference: Inference,
     checkpoint: PathBuf,
+    step: u64,
 }
 
 impl std::fmt::Debug for Predictor {
@@ -202,6 +203,7 @@ impl Predictor {
             input_size,
             inference: Inference::default(),
             checkpoint: path.to_path_buf(),
+            step: ck.meta.step,
         };
         p.with_inference(opts.inference.as_ref().unwrap_or(&stored))
     }
@@ -262,6 +264,11 @@ impl Predictor {
     /// The checkpoint file the model was loaded from.
     pub fn checkpoint(&self) -> &Path {
         &self.checkpoint
+    }
+
+    /// The training step the checkpoint was written at.
+    pub fn step(&self) -> u64 {
+        self.step
     }
 
     /// Logits `(N, C, H, W)` of a batch of normalised images `(N, 3, H, W)` as they are (no

@@ -8,6 +8,7 @@ use common::{model_bytes, quiet, tiny_config, tiny_dataset, train_losses};
 use recallseg_trainer::checkpoint::Checkpoint;
 use recallseg_trainer::log::{read_log, LogRecord};
 use recallseg_trainer::train::{train, TrainOptions};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -577,4 +578,81 @@ fn aux_head_adds_its_weighted_loss_and_resumes() {
         model_bytes(&b.join("last.safetensors"))
     );
     assert_eq!(train_losses(&aux), train_losses(&b));
+}
+
+/// `recallseg export`: smp's names for an smp-layout model (the numerics against PyTorch are
+/// `recallseg-models`' export golden), the class table in the metadata, and a clear error for a
+/// model smp has no counterpart of.
+#[test]
+fn export_writes_smp_names_and_refuses_models_without_a_counterpart() {
+    use recallseg_models::export::{load_exported, ExportFormat};
+    use recallseg_trainer::cli::{export, ExportArgs};
+    use recallseg_trainer::predict::{Predictor, PredictorOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    // The tiny thin model: no smp counterpart, the error names the field.
+    let thin = dir.path().join("thin");
+    train(
+        &tiny_config(&root, &thin, &["train.iters=1", "train.val_every=0"]),
+        &quiet(),
+    )
+    .unwrap();
+    let args = |ck: &Path, format: &str, out: &Path| ExportArgs {
+        checkpoint: ck.to_path_buf(),
+        format: format.into(),
+        out: out.to_path_buf(),
+    };
+    let e = export(&args(&thin, "smp", &dir.path().join("x.safetensors"))).unwrap_err();
+    assert!(format!("{e:#}").contains("backbone_width"), "{e:#}");
+    let e = export(&args(&thin, "onnx", &dir.path().join("x.safetensors"))).unwrap_err();
+    assert!(e.to_string().contains("--format"), "{e}");
+    // smp's layout at the standard width, one step.
+    let run = dir.path().join("smp");
+    let cfg = tiny_config(
+        &root,
+        &run,
+        &[
+            "model.layout=\"smp\"",
+            "model.backbone_width=64",
+            "model.head_channels=16",
+            "model.low_level_channels=48",
+            "model.decoder_dropout=[0.0, 0.0]",
+            "data.height=32",
+            "data.width=32",
+            "train.iters=1",
+            "train.val_every=0",
+        ],
+    );
+    train(&cfg, &quiet()).unwrap();
+    let out = dir.path().join("exported/model.safetensors");
+    export(&args(&run, "smp", &out)).unwrap();
+    let p = Predictor::open(&run, &PredictorOptions::default()).unwrap();
+    let back = load_exported(&out, ExportFormat::Smp).unwrap();
+    assert_eq!(back.len(), p.model().named_vars().len());
+    for nv in p.model().named_vars() {
+        let a = back[&nv.name]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = nv.var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, b, "{}", nv.name);
+    }
+    let bytes = std::fs::read(&out).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    assert_eq!(meta["encoder_name"], "resnet18");
+    assert_eq!(meta["decoder_channels"], "16");
+    assert_eq!(meta["classes"], "16");
+    let names: Vec<String> = serde_json::from_str(&meta["class_names"]).unwrap();
+    assert_eq!(names, p.classes().names);
+    // The checkpoint itself is never the output.
+    let e = export(&args(
+        &run.join("last.safetensors"),
+        "smp",
+        &run.join("last.safetensors"),
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("checkpoint itself"), "{e}");
 }

@@ -179,6 +179,7 @@ pub fn model_config(cfg: &TrainConfig, n_classes: usize) -> ModelConfig {
                 channels: a.channels,
                 dropout: a.dropout,
             }),
+        smp_dilation: m.smp_dilation,
     }
 }
 
