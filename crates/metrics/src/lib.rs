@@ -17,6 +17,8 @@
 //!   `macro` / `micro` / `weighted` / `none`, undefined scores left out or filled by
 //!   [`ZeroDivision`]). [`Averaging::NANMEAN`] is the paper's `nanmean` (the report's own means),
 //!   [`Averaging::TORCHMETRICS`] torchmetrics' default.
+//! * [`ConfusionMatrix::normalized`]: the matrix over its rows (`true`), columns (`pred`) or total
+//!   (`all`), as sklearn's and torchmetrics' `normalize` ([`Normalize`], [`NormalizedMatrix`]).
 //!
 //! ```
 //! use recallseg_metrics::ConfusionMatrix;
@@ -46,10 +48,12 @@ mod confusion;
 mod error;
 mod kernel;
 mod label;
+mod normalize;
 mod report;
 
 pub use average::{Average, Averaged, AveragedScores, Averaging, Score, ZeroDivision};
 pub use confusion::{ConfusionMatrix, DEFAULT_IGNORE_INDEX, MAX_CLASSES};
 pub use error::{LabelSource, MetricsError};
 pub use label::Label;
+pub use normalize::{Normalize, NormalizedMatrix};
 pub use report::{ClassScores, Mean, Report, SubsetMeans};

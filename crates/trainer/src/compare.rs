@@ -451,6 +451,7 @@ fn one_run(
             iters: outcome.step,
             train_seconds: outcome.train_seconds,
             class_weights,
+            confusion: Some(ev.matrix.clone()),
         },
         test_images: ev.images,
         examples,

@@ -745,6 +745,11 @@ pub struct MetricsSection {
     /// `FBetaScore`).
     #[serde(default = "default_beta")]
     pub beta: f64,
+    /// How the comparison report's confusion matrices are normalised: `"true"` (default: over
+    /// the ground truth, rows sum to 1, the diagonal is recall), `"pred"`, `"all"` or `"none"`
+    /// (counts), as sklearn and torchmetrics name them.
+    #[serde(default)]
+    pub confusion_normalize: recallseg_metrics::Normalize,
 }
 
 fn default_beta() -> f64 {
@@ -757,6 +762,7 @@ impl Default for MetricsSection {
             average: Default::default(),
             zero_division: Default::default(),
             beta: default_beta(),
+            confusion_normalize: Default::default(),
         }
     }
 }
@@ -1676,8 +1682,13 @@ mod tests {
             "metrics.average=micro",
             "metrics.zero_division=0",
             "metrics.beta=0.5",
+            "metrics.confusion_normalize=pred",
         ])
         .unwrap();
+        assert_eq!(
+            t.metrics.confusion_normalize,
+            recallseg_metrics::Normalize::Pred
+        );
         assert_eq!(t.metrics.average, Average::Micro);
         assert_eq!(t.metrics.zero_division, ZeroDivision::Fill(0.0));
         assert_eq!(t.metrics.beta, 0.5);
@@ -1707,10 +1718,13 @@ mod tests {
             "metrics.zero_division=2",
             "metrics.zero_division=\"nan\"",
             "metrics.bogus=1",
+            "metrics.confusion_normalize=rows",
         ] {
             let e = err_text(&[o]);
             assert!(
-                e.contains("average") || e.contains("zero_division") || e.contains("bogus"),
+                ["average", "zero_division", "bogus", "confusion_normalize"]
+                    .iter()
+                    .any(|k| e.contains(k)),
                 "{o}: {e}"
             );
         }

@@ -84,8 +84,15 @@ fn comparison_writes_a_report_and_reuses_finished_runs() {
         "fig1_acc_vs_iou.png",
         "fig4_class_weights.png",
         "examples.png",
+        "confusion_cross_entropy.svg",
+        "confusion_recall_ce.png",
     ] {
         assert!(out.join(f).is_file(), "{f}");
+    }
+    // Each run keeps its test confusion matrix, the one its report was computed from.
+    for r in &cmp.runs {
+        let m = r.confusion.as_ref().expect("confusion matrix kept");
+        assert_eq!(m.report_with_names(&cmp.class_names).unwrap(), r.test);
     }
     let img = image::open(out.join("examples.png")).unwrap();
     // 5 columns of 64 px scaled ×3 (192 / 64); 2 rows of 96 px, each with its zoom row when a

@@ -384,6 +384,41 @@ pub fn render_markdown(
         );
     }
 
+    // Confusion matrices.
+    let with_matrix: Vec<&RunSummary> = cmp.runs.iter().filter(|r| r.confusion.is_some()).collect();
+    if !with_matrix.is_empty() {
+        let norm = cmp.metrics.confusion_normalize;
+        let _ = writeln!(md, "## Confusion matrices (test split)\n");
+        let _ = writeln!(
+            md,
+            "Rows are the ground truth, columns the prediction, {} (`[metrics] \
+             confusion_normalize = \"{}\"`). Classes absent from both the ground truth and the \
+             predictions are left out; a class absent from the ground truth only has an empty \
+             row (its name is grey in the figures).\n",
+            super::confusion::normalize_caption(norm),
+            norm
+        );
+        for r in with_matrix {
+            let stem = super::confusion_stem(r);
+            if figures.contains(&stem) {
+                let _ = writeln!(md, "![{} confusion matrix]({stem}.svg)\n", r.label);
+            }
+            if let Some(m) = &r.confusion {
+                let _ = writeln!(
+                    md,
+                    "<details><summary>{}: the matrix in numbers{}</summary>\n\n{}\n</details>\n",
+                    r.label,
+                    if norm == recallseg_metrics::Normalize::None {
+                        ""
+                    } else {
+                        " (%)"
+                    },
+                    super::confusion::markdown_table(m, &cmp.class_names, norm)
+                );
+            }
+        }
+    }
+
     // All classes.
     if !cmp.runs.is_empty() {
         let _ = writeln!(md, "## Per-class results (test split, all classes)\n");

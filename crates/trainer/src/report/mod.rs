@@ -12,7 +12,9 @@
 //! | `fig1_acc_vs_iou.svg` / `.png` | mean accuracy vs mean IoU, quadrant lines at CE's values |
 //! | `fig4_class_weights.svg` / `.png` | normalised per-class weights of Recall and Focal loss over training |
 //! | `examples.png` | image, ground truth and each loss's prediction, side by side |
+//! | `confusion_<loss>.svg` / `.png` | each run's test confusion matrix, normalised as `[metrics] confusion_normalize` says |
 
+pub mod confusion;
 mod examples;
 mod markdown;
 pub mod paper;
@@ -144,6 +146,10 @@ pub struct RunSummary {
     /// Per-class loss weights logged during training: `(step, weights)`, `None` for classes
     /// absent from that step's batch.
     pub class_weights: Vec<(u64, Vec<Option<f32>>)>,
+    /// The confusion matrix `test` was computed from (absent in runs recorded before it was
+    /// kept: their report has no confusion-matrix figure).
+    #[serde(default)]
+    pub confusion: Option<recallseg_metrics::ConfusionMatrix>,
 }
 
 fn final_weights() -> String {
@@ -272,6 +278,16 @@ impl Comparison {
                     n
                 )));
             }
+            if let Some(m) = &r.confusion {
+                if m.n_classes() != n {
+                    return Err(ReportError::Invalid(format!(
+                        "run {} has a {}-class confusion matrix, the comparison {} classes",
+                        r.loss_name,
+                        m.n_classes(),
+                        n
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -339,6 +355,36 @@ pub fn write_report(
             figures.push(stem.to_string());
         }
     }
+    // One confusion-matrix figure per run that kept its matrix.
+    for r in &cmp.runs {
+        let Some(m) = &r.confusion else { continue };
+        let stem = confusion_stem(r);
+        if m.total() == 0 {
+            continue;
+        }
+        let title = format!("{}: test confusion matrix", r.label);
+        let mut ok = true;
+        for ext in ["svg", "png"] {
+            let path = dir.join(format!("{stem}.{ext}"));
+            match confusion::draw_confusion(
+                m,
+                &cmp.class_names,
+                &cmp.palette,
+                cmp.metrics.confusion_normalize,
+                &title,
+                &path,
+            ) {
+                Ok(()) => out.files.push(path),
+                Err(e) => {
+                    ok = false;
+                    out.warnings.push(format!("{}: {e}", path.display()));
+                }
+            }
+        }
+        if ok {
+            figures.push(stem);
+        }
+    }
     let mut has_examples = false;
     if let Some(ex) = examples {
         let path = dir.join("examples.png");
@@ -359,6 +405,11 @@ pub fn write_report(
     let md = render_markdown(cmp, &figures, examples.filter(|_| has_examples));
     write("report.md", md.as_bytes(), &mut out)?;
     Ok(out)
+}
+
+/// The file stem of a run's confusion-matrix figure: `confusion_<loss name>`.
+pub fn confusion_stem(run: &RunSummary) -> String {
+    format!("confusion_{}", run.loss_name)
 }
 
 #[cfg(test)]

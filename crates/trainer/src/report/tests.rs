@@ -7,7 +7,7 @@ const NAMES: [&str; 4] = ["road", "car", "pole", "bicycle"];
 
 /// A report where predictions equal the ground truth except `wrong[c]` pixels of class c
 /// predicted as road, and `fp` road pixels predicted as bicycle.
-fn report(wrong: [usize; 4], fp: usize) -> Report {
+fn matrix(wrong: [usize; 4], fp: usize) -> ConfusionMatrix {
     let mut gt = Vec::new();
     let mut pred = Vec::new();
     for (c, n) in [(0u8, 200usize), (1, 60), (2, 30), (3, 10)] {
@@ -21,10 +21,13 @@ fn report(wrong: [usize; 4], fp: usize) -> Report {
     }
     let mut m = ConfusionMatrix::new(4);
     m.update(&gt, &pred).unwrap();
-    m.report_with_names(&NAMES).unwrap()
+    m
 }
 
-fn run(name: &str, label: &str, rep: Report, weights: bool) -> RunSummary {
+/// A run whose test report (and kept confusion matrix) is `matrix(wrong, fp)`'s.
+fn run(name: &str, label: &str, (wrong, fp): ([usize; 4], usize), weights: bool) -> RunSummary {
+    let m = matrix(wrong, fp);
+    let rep = m.report_with_names(&NAMES).unwrap();
     RunSummary {
         loss_name: name.into(),
         label: label.into(),
@@ -32,6 +35,7 @@ fn run(name: &str, label: &str, rep: Report, weights: bool) -> RunSummary {
         test: rep,
         evaluated: "final".into(),
         test_other: None,
+        confusion: Some(m),
         best_val: Some((0.5, 20)),
         iters: 30,
         train_seconds: 12.0,
@@ -52,6 +56,15 @@ fn run(name: &str, label: &str, rep: Report, weights: bool) -> RunSummary {
         } else {
             Vec::new()
         },
+    }
+}
+
+/// A run with the given test report and no confusion matrix.
+fn run_with(name: &str, label: &str, rep: Report, weights: bool) -> RunSummary {
+    RunSummary {
+        test: rep,
+        confusion: None,
+        ..run(name, label, ([0; 4], 0), weights)
     }
 }
 
@@ -81,10 +94,10 @@ pub(crate) fn comparison(synthetic: bool) -> Comparison {
         palette: vec![[128, 64, 128], [0, 0, 142], [153, 153, 153], [119, 11, 32]],
         class_frequency: Some(vec![0.6, 0.2, 0.15, 0.05]),
         runs: vec![
-            run("cross_entropy", "CE", report([0, 20, 3, 8], 0), false),
-            run("weighted_ce", "WeightedCE", report([0, 2, 0, 0], 40), false),
-            run("focal", "Focal", report([0, 18, 3, 7], 0), true),
-            run("recall_ce", "Recall", report([0, 8, 2, 2], 4), true),
+            run("cross_entropy", "CE", ([0, 20, 3, 8], 0), false),
+            run("weighted_ce", "WeightedCE", ([0, 2, 0, 0], 40), false),
+            run("focal", "Focal", ([0, 18, 3, 7], 0), true),
+            run("recall_ce", "Recall", ([0, 8, 2, 2], 4), true),
         ],
         wall_seconds: 61.0,
         notes: vec!["a note".into()],
@@ -369,6 +382,7 @@ fn headline_means_follow_the_metrics_section() {
         average: Average::Micro,
         zero_division: ZeroDivision::Fill(0.0),
         beta: 2.0,
+        ..Default::default()
     };
     let md = render_markdown(&cmp, &[], None);
     let row = headline(&md, "CE");
@@ -411,8 +425,8 @@ fn minority_tables_work_for_any_class_set() {
     cmp.palette = (0..n).map(|c| [c as u8 * 10, 0, 0]).collect();
     cmp.class_frequency = None;
     cmp.runs = vec![
-        run("cross_entropy", "CE", rep(10), false),
-        run("recall_ce", "Recall", rep(2), false),
+        run_with("cross_entropy", "CE", rep(10), false),
+        run_with("recall_ce", "Recall", rep(2), false),
     ];
     // Every class but 0 has IoU 10/20 with CE; class 0 gets 140 false positives.
     assert_eq!(cmp.minority_classes(), (0..n).collect::<Vec<_>>());
@@ -422,8 +436,113 @@ fn minority_tables_work_for_any_class_set() {
     assert!(md.contains("| class 3\\|x | 50.00 | 90.00 |"), "{md}");
     assert!(!md.contains("paper's numbers"), "{md}");
     // CE perfect: no minority class, said so.
-    cmp.runs[0] = run("cross_entropy", "CE", rep(0), false);
+    cmp.runs[0] = run_with("cross_entropy", "CE", rep(0), false);
     assert!(cmp.minority_classes().is_empty());
     let md = render_markdown(&cmp, &[], None);
     assert!(md.contains("there is no minority-class table"), "{md}");
+}
+
+#[test]
+fn confusion_matrices_are_drawn_and_tabled_per_run() {
+    use recallseg_metrics::Normalize;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmp = comparison(true);
+    // A run recorded before matrices were kept has no figure.
+    cmp.runs[2].confusion = None;
+    let written = write_report(dir.path(), &cmp, None).unwrap();
+    assert!(written.warnings.is_empty(), "{:?}", written.warnings);
+    for stem in [
+        "confusion_cross_entropy",
+        "confusion_weighted_ce",
+        "confusion_recall_ce",
+    ] {
+        for ext in ["svg", "png"] {
+            assert!(
+                dir.path().join(format!("{stem}.{ext}")).is_file(),
+                "{stem}.{ext}"
+            );
+        }
+    }
+    assert!(!dir.path().join("confusion_focal.png").exists());
+    if let Ok(keep) = std::env::var("KEEP_CONFUSION_FIGURE") {
+        std::fs::copy(dir.path().join("confusion_weighted_ce.png"), &keep).unwrap();
+    }
+    let png = image::open(dir.path().join("confusion_cross_entropy.png"))
+        .unwrap()
+        .to_rgb8();
+    // The darkest blue of the scale is there (road's diagonal cell, 100%), and the class
+    // colours of the palette (the swatches beside the names).
+    let has = |c: [u8; 3]| png.pixels().any(|p| p.0 == c);
+    assert!(has([8, 48, 107]));
+    for c in &cmp.palette {
+        assert!(has(*c), "{c:?}");
+    }
+    let svg = std::fs::read_to_string(dir.path().join("confusion_weighted_ce.svg")).unwrap();
+    for name in NAMES {
+        assert!(svg.contains(name), "{name}");
+    }
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("## Confusion matrices (test split)"), "{md}");
+    assert!(
+        md.contains("![CE confusion matrix](confusion_cross_entropy.svg)"),
+        "{md}"
+    );
+    assert!(!md.contains("![Focal confusion matrix]"), "{md}");
+    // CE: 20 of 60 cars predicted as road -> row car: 33.3 road, 66.7 car.
+    assert!(md.contains("| car | 33.3 | 66.7 | 0.0 | 0.0 |"), "{md}");
+    // Over the predictions: WeightedCE's 40 road pixels predicted as bicycle are 80% of the
+    // bicycle column (40 of 50).
+    cmp.metrics.confusion_normalize = Normalize::Pred;
+    let md = render_markdown(&cmp, &[], None);
+    assert!(md.contains("the diagonal is precision"), "{md}");
+    assert!(md.contains("| road | 98.8 | 0.0 | 0.0 | 80.0 |"), "{md}");
+    // A matrix of another class count is refused.
+    cmp.runs[0].confusion = Some(ConfusionMatrix::new(3));
+    let e = write_report(dir.path(), &cmp, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("3-class confusion matrix"), "{e}");
+}
+
+#[test]
+fn many_classes_draw_without_cell_values() {
+    // 40 classes: too many to write values; the figure still draws, names and all.
+    let n = 40;
+    let mut m = ConfusionMatrix::new(n);
+    let gt: Vec<u8> = (0..4000).map(|i| (i % n) as u8).collect();
+    let pred: Vec<u8> = (0..4000).map(|i| ((i * 7 / 5) % n) as u8).collect();
+    m.update(&gt, &pred).unwrap();
+    let names: Vec<String> = (0..n).map(|c| format!("class {c}")).collect();
+    let palette: Vec<[u8; 3]> = (0..n)
+        .map(|c| [c as u8 * 6, 100, 200 - c as u8 * 4])
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    for ext in ["png", "svg"] {
+        let path = dir.path().join(format!("m.{ext}"));
+        confusion::draw_confusion(&m, &names, &palette, Default::default(), "t", &path).unwrap();
+        if let Ok(keep) = std::env::var("KEEP_CONFUSION_FIGURE") {
+            std::fs::copy(&path, format!("{keep}.40.{ext}")).unwrap();
+        }
+        assert!(path.is_file());
+    }
+    let e = confusion::draw_confusion(
+        &m,
+        &names[..3],
+        &palette,
+        Default::default(),
+        "t",
+        &dir.path().join("x.png"),
+    )
+    .unwrap_err();
+    assert!(e.contains("3 class names"), "{e}");
+    let e = confusion::draw_confusion(
+        &ConfusionMatrix::new(n),
+        &names,
+        &palette,
+        Default::default(),
+        "t",
+        &dir.path().join("x.png"),
+    )
+    .unwrap_err();
+    assert!(e.contains("empty"), "{e}");
 }
