@@ -114,7 +114,13 @@ pub fn draw_confusion(
     let size = spec.layout.size(text_w);
     match path.extension().and_then(|x| x.to_str()) {
         Some("svg") => spec.draw(SVGBackend::new(path, size).into_drawing_area()),
-        Some("png") => spec.draw(BitMapBackend::new(path, size).into_drawing_area()),
+        Some("png") => {
+            // Drawn into memory and encoded by `image`, as the other report figures are.
+            let mut rgb = vec![255u8; size.0 as usize * size.1 as usize * 3];
+            spec.draw(BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area())?;
+            image::save_buffer(path, &rgb, size.0, size.1, image::ExtendedColorType::Rgb8)
+                .map_err(|err| format!("{}: {err}", path.display()))
+        }
         other => Err(format!("unsupported plot format {other:?} (svg or png)")),
     }
 }
