@@ -363,6 +363,7 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<i32> {
         quiet: false,
         label: None,
         stop_after: None,
+        skip_test: false,
     };
     let o = crate::train::train(&cfg, &opts)?;
     eprintln!(

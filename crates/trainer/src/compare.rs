@@ -381,6 +381,8 @@ fn one_run(
             quiet: opts.quiet,
             label: Some(run.label.clone()),
             stop_after: None,
+            // The comparison evaluates the weights it chose on the test split itself.
+            skip_test: true,
         },
     )?;
     if !outcome.finished {

@@ -104,7 +104,8 @@ pub struct DataConfig {
     /// Split validated on during training (best checkpoint by mean IoU).
     #[serde(default = "default_val_split")]
     pub val_split: String,
-    /// Split evaluated on after training.
+    /// Split evaluated with the final weights when `recallseg train` ends (`test.json` and a
+    /// `test` log line; skipped with a note when the dataset has no such split).
     #[serde(default = "default_test_split")]
     pub test_split: String,
     /// Network input height in pixels: images are resized to `height × width` (Synthia), or

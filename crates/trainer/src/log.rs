@@ -110,6 +110,26 @@ pub enum LogRecord {
         /// Why.
         reason: String,
     },
+    /// The test split (`data.test_split`) evaluated with the final weights when the run ended
+    /// (also in `test.json`).
+    Test {
+        /// Steps completed (the weights of `last.safetensors`).
+        step: u64,
+        /// The split's name.
+        split: String,
+        /// Images evaluated.
+        images: usize,
+        /// Mean accuracy (mean recall) over classes.
+        mean_accuracy: Option<f64>,
+        /// Mean IoU over classes.
+        mean_iou: Option<f64>,
+        /// Pixel accuracy.
+        pixel_accuracy: Option<f64>,
+        /// Per-class recall.
+        recall: Vec<Option<f64>>,
+        /// Per-class IoU.
+        iou: Vec<Option<f64>>,
+    },
 }
 
 impl LogRecord {
@@ -121,7 +141,8 @@ impl LogRecord {
             | LogRecord::Train { step, .. }
             | LogRecord::Val { step, .. }
             | LogRecord::Checkpoint { step, .. }
-            | LogRecord::Stopped { step, .. } => *step,
+            | LogRecord::Stopped { step, .. }
+            | LogRecord::Test { step, .. } => *step,
         }
     }
 }

@@ -655,4 +655,84 @@ fn export_writes_smp_names_and_refuses_models_without_a_counterpart() {
     ))
     .unwrap_err();
     assert!(e.to_string().contains("checkpoint itself"), "{e}");
+
+/// `data.test_split` is evaluated when a run ends: the outcome, a `test` log line and
+/// `test.json` hold the report of the final weights, the same as evaluating
+/// `last.safetensors` on the split afterwards; an unfinished invocation and `skip_test` leave
+/// it out.
+#[test]
+fn the_test_split_is_evaluated_when_the_run_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let out = dir.path().join("run");
+    let cfg = tiny_config(&root, &out, &[]);
+    let stop = TrainOptions {
+        stop_after: Some(2),
+        ..quiet()
+    };
+    let first = train(&cfg, &stop).unwrap();
+    assert!(first.test.is_none() && !out.join("test.json").exists());
+    let resumed = TrainOptions {
+        resume: true,
+        ..quiet()
+    };
+    let o = train(&cfg, &resumed).unwrap();
+    assert!(o.finished);
+    let rep = o.test.expect("the test split was evaluated");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("test.json")).unwrap()).unwrap();
+    assert_eq!(json["split"], "test");
+    assert_eq!(json["step"], 4);
+    assert_eq!(json["images"], 2);
+    assert_eq!(json["report"], serde_json::to_value(&rep).unwrap());
+    let log = read_log(&out.join("log.jsonl")).unwrap();
+    let logged = log
+        .iter()
+        .find_map(|r| match r {
+            LogRecord::Test {
+                step: 4,
+                images,
+                mean_iou,
+                ..
+            } => Some((*images, *mean_iou)),
+            _ => None,
+        })
+        .expect("a test line");
+    assert_eq!(logged, (2, rep.mean_iou.value));
+    // The same numbers as evaluating the saved final weights on the split.
+    let p = recallseg_trainer::predict::Predictor::from_checkpoint(
+        &out.join("last.safetensors"),
+        &recallseg_trainer::predict::PredictorOptions::default(),
+    )
+    .unwrap();
+    let (_, loader) = recallseg_trainer::train::open_eval(p.config(), "test").unwrap();
+    let ev =
+        recallseg_trainer::eval::evaluate_with(p.model(), &loader, &Device::Cpu, 0, p.inference())
+            .unwrap();
+    assert_eq!(
+        ev.matrix.report_with_names(&p.classes().names).unwrap(),
+        rep
+    );
+    // Reopening the finished run evaluates nothing again; skip_test evaluates nothing.
+    assert!(train(&cfg, &resumed).unwrap().test.is_none());
+    let skip = dir.path().join("skip");
+    let o = train(
+        &tiny_config(&root, &skip, &[]),
+        &TrainOptions {
+            skip_test: true,
+            ..quiet()
+        },
+    )
+    .unwrap();
+    assert!(o.finished && o.test.is_none() && !skip.join("test.json").exists());
+    // A misspelt split is an error before training.
+    let bad = dir.path().join("bad");
+    let e = train(
+        &tiny_config(&root, &bad, &["data.test_split=tset"]),
+        &quiet(),
+    )
+    .err()
+    .unwrap();
+    assert!(format!("{e:#}").contains("data.test_split"), "{e:#}");
 }

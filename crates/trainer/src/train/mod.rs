@@ -93,6 +93,8 @@ pub mod files {
     pub const METRICS: &str = "metrics.csv";
     /// The configuration the run used.
     pub const CONFIG: &str = "config.toml";
+    /// The test split's report, written when the run ends (`data.test_split`).
+    pub const TEST: &str = "test.json";
 }
 
 pub use crate::signals::interrupt_flag;
@@ -124,6 +126,10 @@ pub struct TrainOptions {
     /// Stop after this many steps of this invocation (tests of resuming); `None` = run to
     /// `train.iters`.
     pub stop_after: Option<u64>,
+    /// Do not evaluate `data.test_split` when the run ends (the comparison evaluates the
+    /// weights it chose itself). Default `false`: a run that ends in this invocation reports
+    /// the test split (log, `test.json`, [`TrainOutcome::test`]).
+    pub skip_test: bool,
 }
 
 /// What a finished (or interrupted) run produced.
@@ -147,6 +153,9 @@ pub struct TrainOutcome {
     /// Early stopping ended the run before `train.iters` (`train.early_stop`); such a run
     /// counts as `finished`, and resuming it trains no further.
     pub early_stopped: bool,
+    /// The test split evaluated with the final weights when the run ended in this invocation
+    /// (`None`: skipped, not ended, or the dataset has no such split).
+    pub test: Option<recallseg_metrics::Report>,
 }
 
 /// The model configuration of a training configuration for a dataset of `n_classes` classes.

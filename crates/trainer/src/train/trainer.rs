@@ -10,7 +10,7 @@ use super::{
 use crate::checkpoint::{Checkpoint, CheckpointMeta, RngState, FORMAT_VERSION};
 use crate::config::{DeviceSpec, TrainConfig};
 use crate::data::batch_tensors;
-use crate::eval::{evaluate_with_loss, EvalOutput};
+use crate::eval::{evaluate_with, evaluate_with_loss, EvalOutput};
 use crate::log::{JsonlLog, LogRecord, Progress};
 use crate::optim::{self, LrSchedule, Optimizer, StepOutcome};
 use crate::run_dir::RunLock;
@@ -50,6 +50,8 @@ pub struct Trainer<'a> {
     buffers: Vec<(String, Var)>,
     keep_best: KeepBest,
     early_stop: Option<EarlyStop>,
+    /// The test split's report, once evaluated at the end of the run.
+    test_report: Option<Report>,
     stop_rules: Vec<StopRule>,
     /// Steps completed.
     step: u64,
@@ -150,6 +152,10 @@ impl<'a> Trainer<'a> {
         }
         if cfg.data.generate_synthetic {
             crate::data::ensure_synthetic(&cfg.data, &crate::data::quick_synthetic_config())?;
+        }
+        if !opts.skip_test {
+            // A misspelt split name is an error now, not after training.
+            crate::data::parse_split("data.test_split", &cfg.data.test_split)?;
         }
         let data = open_run_data(cfg)?;
         let n_classes = data.classes.n_classes();
@@ -282,6 +288,7 @@ impl<'a> Trainer<'a> {
                 .early_stop
                 .as_ref()
                 .map(|e| EarlyStop::new(e.patience, e.min_delta, early_stop_state)),
+            test_report: None,
             stop_rules,
             step,
             start_step: step,
@@ -371,7 +378,86 @@ impl<'a> Trainer<'a> {
             self.checkpoint(&self.last_path)?;
         }
         self.progress.finish();
+        if finished && self.step > self.start_step {
+            self.test_at_end()?;
+        }
         Ok(self.outcome(finished, None))
+    }
+
+    /// Evaluates `data.test_split` with the final weights (the model in memory, which
+    /// `last.safetensors` holds) through the configured `[inference]`, as `recallseg eval
+    /// --split test` on `last.safetensors` would, and reports it: a `test` line in `log.jsonl`,
+    /// `test.json` in the run folder, and a summary on stderr. A dataset without that split
+    /// (a folder dataset with no `[test]` section, an empty split) is reported and skipped; an
+    /// error while evaluating fails the run (its checkpoints are already written).
+    fn test_at_end(&mut self) -> anyhow::Result<()> {
+        if self.opts.skip_test {
+            return Ok(());
+        }
+        let cfg = self.cfg;
+        let split = cfg.data.test_split.clone();
+        let loader = match super::open_eval(cfg, &split) {
+            Ok((_, loader)) => loader,
+            Err(e) => {
+                if !self.opts.quiet {
+                    eprintln!("[{}] test split `{split}` not evaluated: {e:#}", self.label);
+                }
+                return Ok(());
+            }
+        };
+        let context = || {
+            format!(
+                "evaluating the test split `{split}` after step {} (the run itself ended and its \
+                 checkpoints are written)",
+                self.step
+            )
+        };
+        let inference = cfg
+            .inference
+            .plan((cfg.data.height, cfg.data.width), cfg.model.align_corners)
+            .map_err(|(field, m)| anyhow::anyhow!("inference.{field}: {m}"))?;
+        let ev = evaluate_with(&self.built.model, &loader, &self.device, 0, &inference)
+            .map_err(|e| e.context(context()))?;
+        let rep = ev.matrix.report_with_names(&self.data.classes.names)?;
+        let json = serde_json::json!({
+            "split": split,
+            "step": self.step,
+            "weights": "final",
+            "checkpoint": files::LAST,
+            "images": ev.images,
+            "report": &rep,
+        });
+        let path = cfg.train.out_dir.join(files::TEST);
+        crate::checkpoint::write_atomic(&path, |f| {
+            use std::io::Write;
+            f.write_all(serde_json::to_string_pretty(&json)?.as_bytes())?;
+            f.write_all(b"\n")
+        })
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        self.log.write(&LogRecord::Test {
+            step: self.step,
+            split: split.clone(),
+            images: ev.images,
+            mean_accuracy: rep.mean_accuracy.value,
+            mean_iou: rep.mean_iou.value,
+            pixel_accuracy: rep.pixel_accuracy,
+            recall: rep.classes.iter().map(|c| c.recall).collect(),
+            iou: rep.classes.iter().map(|c| c.iou).collect(),
+        })?;
+        if !self.opts.quiet {
+            eprintln!(
+                "[{}] test split `{split}` ({} images, weights after step {}): mean acc {:.2}% \
+                 mean IoU {:.2}% ({})",
+                self.label,
+                ev.images,
+                self.step,
+                100.0 * rep.mean_accuracy.value.unwrap_or(f64::NAN),
+                100.0 * rep.mean_iou.value.unwrap_or(f64::NAN),
+                path.display()
+            );
+        }
+        self.test_report = Some(rep);
+        Ok(())
     }
 
     /// Whether early stopping (`train.early_stop`) says the run is over.
@@ -412,6 +498,7 @@ impl<'a> Trainer<'a> {
         if !self.opts.quiet {
             eprintln!("[{}] step {step}: {reason}", self.label);
         }
+        self.test_at_end()?;
         Ok(self.outcome(true, None))
     }
 
@@ -435,6 +522,7 @@ impl<'a> Trainer<'a> {
             last_loss: self.last_loss,
             stop_signal,
             early_stopped: self.early_stopping() && self.step < self.cfg.train.iters as u64,
+            test: self.test_report.clone(),
         }
     }
 
