@@ -1,4 +1,6 @@
-//! Per-class pixel counts over a dataset split (the statistics WeightedCE and BalancedCE use).
+//! Per-class pixel counts over a dataset split (the statistics WeightedCE and BalancedCE use),
+//! and [`dataset_stats`]: per-channel colour mean / standard deviation with the class pixel
+//! counts, in the same parallel pass (what `recallseg stats` prints).
 //!
 //! Counts are taken on the label maps as the dataset returns them (stored resolution, train
 //! ids), ignored pixels excluded, in one parallel pass over the items. The result is cached as
@@ -102,28 +104,35 @@ fn count_items<D: SegDataset + ?Sized>(
     cached: Option<&[ItemCounts]>,
 ) -> Result<Vec<(ItemCounts, bool)>, DataError> {
     let n = ds.class_info().n_classes();
-    (0..ds.len())
-        .into_par_iter()
-        .map(|i| {
-            let prev = cached.and_then(|c| c.get(i));
-            let Some(path) = ds.label_source(i) else {
-                if let Some(p) = prev.filter(|p| p.hash.is_none()) {
-                    return Ok((p.clone(), false));
-                }
-                let l = ds.get_label(i)?;
-                let counts = count(&l.label, n);
-                return Ok((ItemCounts { hash: None, counts }, true));
-            };
-            let bytes = std::fs::read(&path).map_err(|e| DataError::io(&path, e))?;
-            let hash = Some(hash_bytes(&bytes));
-            if let Some(p) = prev.filter(|p| p.hash == hash) {
+    par_items(ds.len(), |i| {
+        let prev = cached.and_then(|c| c.get(i));
+        let Some(path) = ds.label_source(i) else {
+            if let Some(p) = prev.filter(|p| p.hash.is_none()) {
                 return Ok((p.clone(), false));
             }
-            let l = ds.label_from_bytes(i, &bytes)?;
+            let l = ds.get_label(i)?;
             let counts = count(&l.label, n);
-            Ok((ItemCounts { hash, counts }, true))
-        })
-        .collect()
+            return Ok((ItemCounts { hash: None, counts }, true));
+        };
+        let bytes = std::fs::read(&path).map_err(|e| DataError::io(&path, e))?;
+        let hash = Some(hash_bytes(&bytes));
+        if let Some(p) = prev.filter(|p| p.hash == hash) {
+            return Ok((p.clone(), false));
+        }
+        let l = ds.label_from_bytes(i, &bytes)?;
+        let counts = count(&l.label, n);
+        Ok((ItemCounts { hash, counts }, true))
+    })
+}
+
+/// The parallel pass over the items every statistic here uses: `f(i)` for each item, run in
+/// parallel, the results collected in item order (so sums over them, taken in that order, do not
+/// depend on scheduling); an error of a failing item is returned.
+fn par_items<T: Send>(
+    n: usize,
+    f: impl Fn(usize) -> Result<T, DataError> + Sync + Send,
+) -> Result<Vec<T>, DataError> {
+    (0..n).into_par_iter().map(f).collect()
 }
 
 /// A hash of the bytes of every label file of `ds` (`None` when its labels are not files): each
@@ -146,6 +155,141 @@ pub fn label_content_hash<D: SegDataset + ?Sized>(ds: &D) -> Result<Option<u64>,
         all.write_str(&h);
     }
     Ok(Some(all.finish()))
+}
+
+/// Colour and class statistics of a dataset split ([`dataset_stats`]): what `recallseg stats`
+/// prints.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DatasetStats {
+    /// Items (images) counted.
+    pub images: usize,
+    /// Image pixels counted (over all items, at stored resolution).
+    pub pixels: u64,
+    /// Per-channel (R, G, B) mean on the 0–255 scale.
+    pub mean: [f64; 3],
+    /// Per-channel (R, G, B) population standard deviation (`ddof = 0`, numpy's default) on the
+    /// 0–255 scale, over every pixel of every image.
+    pub std: [f64; 3],
+    /// Labelled pixels per train id (ignored pixels excluded), as
+    /// [`class_pixel_counts`] gives.
+    pub class_pixels: Vec<u64>,
+    /// Pixels whose label is the ignore index (or any value outside the classes).
+    pub ignored_pixels: u64,
+}
+
+impl DatasetStats {
+    /// Each class's share of the labelled pixels (0 when nothing is labelled).
+    pub fn class_shares(&self) -> Vec<f64> {
+        let total: u64 = self.class_pixels.iter().sum();
+        self.class_pixels
+            .iter()
+            .map(|&c| {
+                if total == 0 {
+                    0.0
+                } else {
+                    c as f64 / total as f64
+                }
+            })
+            .collect()
+    }
+
+    /// The statistics as a [`Normalize`](crate::Normalize) (`f32`, 0–255 scale), e.g. for a
+    /// folder dataset's `normalize` entry.
+    pub fn normalize(&self) -> crate::Normalize {
+        crate::Normalize {
+            mean: self.mean.map(|v| v as f32),
+            std: self.std.map(|v| v as f32),
+        }
+    }
+}
+
+/// Exact integer sums of one item: per-channel `Σx` and `Σx²`, pixels, per-class counts.
+struct ItemSums {
+    sum: [u64; 3],
+    sum_sq: [u64; 3],
+    pixels: u64,
+    counts: Vec<u64>,
+    labelled: u64,
+}
+
+/// Per-channel mean and standard deviation of the images and per-class pixel counts of the
+/// labels of `ds`, at stored resolution, in one pass over the items.
+///
+/// The pass is the one the pixel counts use: items are decoded in parallel and their results
+/// collected in item order. Each item contributes exact integer sums (`Σx`, `Σx²` per channel,
+/// class counts), added in item order, so the result does not depend on scheduling; mean and
+/// variance come from those sums in 128-bit integers (`var = (n·Σx² − (Σx)²) / n²`), so they are
+/// exact up to the final division. The standard deviation is the population one (`ddof = 0`).
+pub fn dataset_stats<D: SegDataset + ?Sized>(ds: &D) -> Result<DatasetStats, DataError> {
+    let n_classes = ds.class_info().n_classes();
+    let items: Vec<ItemSums> = par_items(ds.len(), |i| {
+        let s = ds.get(i)?;
+        let px = s.width * s.height;
+        if s.image.len() != px * 3 || s.label.len() != px {
+            return Err(DataError::config(
+                "item",
+                &s.id,
+                format!(
+                    "image of {} bytes and label of {} for {}×{} pixels",
+                    s.image.len(),
+                    s.label.len(),
+                    s.width,
+                    s.height
+                ),
+            ));
+        }
+        let mut sum = [0u64; 3];
+        let mut sum_sq = [0u64; 3];
+        for p in s.image.chunks_exact(3) {
+            for c in 0..3 {
+                let v = p[c] as u64;
+                sum[c] += v;
+                sum_sq[c] += v * v;
+            }
+        }
+        let counts = count(&s.label, n_classes);
+        let labelled = counts.iter().sum();
+        Ok(ItemSums {
+            sum,
+            sum_sq,
+            pixels: px as u64,
+            counts,
+            labelled,
+        })
+    })?;
+    let mut sum = [0u128; 3];
+    let mut sum_sq = [0u128; 3];
+    let mut pixels = 0u64;
+    let mut labelled = 0u64;
+    let mut class_pixels = vec![0u64; n_classes];
+    for it in &items {
+        for c in 0..3 {
+            sum[c] += it.sum[c] as u128;
+            sum_sq[c] += it.sum_sq[c] as u128;
+        }
+        pixels += it.pixels;
+        labelled += it.labelled;
+        for (t, c) in class_pixels.iter_mut().zip(&it.counts) {
+            *t += c;
+        }
+    }
+    let n = pixels as u128;
+    let (mut mean, mut std) = ([0f64; 3], [0f64; 3]);
+    if n > 0 {
+        for c in 0..3 {
+            mean[c] = sum[c] as f64 / n as f64;
+            let num = n * sum_sq[c] - sum[c] * sum[c];
+            std[c] = (num as f64 / (n as f64 * n as f64)).sqrt();
+        }
+    }
+    Ok(DatasetStats {
+        images: items.len(),
+        pixels,
+        mean,
+        std,
+        class_pixels,
+        ignored_pixels: pixels - labelled,
+    })
 }
 
 /// Where the cache of `ds` lives, if it has a cache folder.

@@ -1,5 +1,5 @@
 //! The `recallseg` command line (clap): `train`, `eval`, `predict`, `compare`, `export`,
-//! `preset`.
+//! `stats`, `preset`.
 
 use crate::config::{DeviceSpec, Preset, TrainConfig};
 use crate::eval::evaluate_with;
@@ -40,6 +40,9 @@ pub enum Command {
     /// Write a trained model's parameters under PyTorch names (smp's DeepLabV3Plus or
     /// torchvision's deeplabv3_resnet50/101) as safetensors.
     Export(ExportArgs),
+    /// Measure a dataset split: per-channel mean/std and class pixel shares, with the
+    /// `normalize` line to paste into a folder dataset's description.
+    Stats(StatsArgs),
     /// Print a preset configuration (synthia, synthia-quick, cityscapes) as commented TOML.
     Preset {
         /// synthia (the paper's protocol), synthia-quick (minutes on a CPU), cityscapes.
@@ -140,6 +143,188 @@ impl TrainArgs {
             ),
         })
     }
+}
+
+/// `recallseg stats`.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Examples:\n  \
+    recallseg stats --config my.toml\n  \
+    recallseg stats --data data/cracks/cracks.toml          # a folder dataset, no config\n  \
+    recallseg stats --preset synthia-quick --split val --json\n")]
+pub struct StatsArgs {
+    /// The TOML configuration whose dataset to measure.
+    #[arg(long, conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
+    /// A built-in configuration instead of a file: synthia, synthia-quick, cityscapes.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Override a config field, e.g. `--set data.max_train_images=100` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Dataset root (shorthand for `--set data.root=…`); alone, without --config or --preset, a
+    /// folder dataset's description file (`.toml` / `.json`).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Split to measure (default: the configuration's `data.train_split`, else `train`).
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Print the statistics as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `recallseg stats` measured: the dataset's name, its class table, the statistics and
+/// whether it is a folder dataset (whose description file takes a `normalize` entry).
+pub struct StatsReport {
+    /// The dataset split's name (`cracks-train`).
+    pub name: String,
+    /// Its classes.
+    pub classes: recallseg_data::ClassInfo,
+    /// The statistics (`recallseg_data::stats::dataset_stats`).
+    pub stats: recallseg_data::stats::DatasetStats,
+    /// Whether the dataset is a folder dataset.
+    pub folder: bool,
+}
+
+impl StatsReport {
+    /// The `normalize` line of a folder dataset's description file (0–255 scale).
+    pub fn normalize_line(&self) -> String {
+        let f = |v: [f64; 3]| format!("[{:.3}, {:.3}, {:.3}]", v[0], v[1], v[2]);
+        format!(
+            "normalize = {{ mean = {}, std = {} }}",
+            f(self.stats.mean),
+            f(self.stats.std)
+        )
+    }
+
+    /// The text `recallseg stats` prints: channel statistics, class pixel shares and the line
+    /// to paste.
+    pub fn text(&self) -> String {
+        let s = &self.stats;
+        let mut t = format!(
+            "{}: {} images, {} pixels at stored resolution\n\nchannel     mean      std   (0-255 scale, std over all pixels, ddof 0)\n",
+            self.name, s.images, s.pixels
+        );
+        for (c, name) in ["R", "G", "B"].iter().enumerate() {
+            t += &format!("{name:<7} {:>8.3} {:>8.3}\n", s.mean[c], s.std[c]);
+        }
+        let width = self
+            .classes
+            .names
+            .iter()
+            .map(|n| n.chars().count())
+            .max()
+            .unwrap_or(5)
+            .max(7);
+        t += &format!("\n{:<width$} {:>14} {:>8}\n", "class", "pixels", "share");
+        for ((name, px), share) in self
+            .classes
+            .names
+            .iter()
+            .zip(&s.class_pixels)
+            .zip(s.class_shares())
+        {
+            t += &format!("{name:<width$} {px:>14} {:>7.3}%\n", 100.0 * share);
+        }
+        t += &format!(
+            "{:<width$} {:>14}   (ignore index {} or not a class)\n",
+            "ignored", s.ignored_pixels, self.classes.ignore_index
+        );
+        t += "\nColour statistics to paste into the dataset's description file (folder datasets; \
+              the default is ImageNet's):\n";
+        if !self.folder {
+            t += "(this dataset kind normalises with ImageNet statistics and has no such entry; \
+                  the line applies to a folder dataset of these images)\n";
+        }
+        t += &self.normalize_line();
+        t.push('\n');
+        t
+    }
+}
+
+/// Measures the dataset `recallseg stats` is pointed at (see [`StatsArgs`]).
+pub fn stats_report(a: &StatsArgs) -> anyhow::Result<StatsReport> {
+    use recallseg_data::SegDataset;
+    let (ds, folder): (std::sync::Arc<dyn SegDataset>, bool) = if a.config.is_none()
+        && a.preset.is_none()
+    {
+        let Some(spec) = &a.data else {
+            anyhow::bail!(
+                "give --config FILE, --preset NAME, or --data FILE (a folder dataset's \
+                 description)"
+            );
+        };
+        if !a.set.is_empty() {
+            anyhow::bail!("--set needs --config or --preset");
+        }
+        if spec.is_dir() {
+            anyhow::bail!(
+                "--data {}: a folder; alone, --data takes a folder dataset's description file \
+                 (.toml or .json); for a Synthia or Cityscapes folder give --config or --preset \
+                 as well",
+                spec.display()
+            );
+        }
+        let split = crate::data::parse_split("--split", a.split.as_deref().unwrap_or("train"))?;
+        let ds = recallseg_data::FolderDataset::open(spec, split)?;
+        (std::sync::Arc::new(ds), true)
+    } else {
+        let t = TrainArgs {
+            config: a.config.clone(),
+            preset: a.preset.clone(),
+            set: a.set.clone(),
+            loss: None,
+            data: a.data.clone(),
+            out: None,
+            iters: None,
+            device: None,
+            resume: false,
+            overwrite: false,
+            no_progress: true,
+        };
+        let cfg = t.config()?;
+        recallseg_data::png_io::set_max_pixels(cfg.data.max_image_pixels)?;
+        if cfg.data.generate_synthetic {
+            crate::data::ensure_synthetic(&cfg.data, &crate::data::quick_synthetic_config())?;
+        }
+        let name = a.split.as_deref().unwrap_or(&cfg.data.train_split);
+        let ds = crate::data::open_split(&cfg.data, crate::data::parse_split("--split", name)?)?;
+        let is_train = name == cfg.data.train_split;
+        let max = if is_train {
+            cfg.data.max_train_images
+        } else {
+            cfg.data.max_eval_images
+        };
+        (
+            crate::data::limit(ds, max),
+            cfg.data.kind == crate::config::DatasetKind::Folder,
+        )
+    };
+    let stats = recallseg_data::stats::dataset_stats(ds.as_ref())?;
+    Ok(StatsReport {
+        name: ds.name().to_string(),
+        classes: ds.class_info().clone(),
+        stats,
+        folder,
+    })
+}
+
+/// `recallseg stats`.
+pub fn stats(a: &StatsArgs) -> anyhow::Result<()> {
+    let r = stats_report(a)?;
+    if a.json {
+        let json = serde_json::json!({
+            "dataset": r.name,
+            "class_names": r.classes.names,
+            "stats": r.stats,
+            "class_shares": r.stats.class_shares(),
+            "normalize": r.stats.normalize(),
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        print!("{}", r.text());
+    }
+    Ok(())
 }
 
 /// `recallseg eval`.
@@ -344,6 +529,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Predict(a) => predict(&a).map(|()| 0),
         Command::Compare(a) => compare(&a),
         Command::Export(a) => export(&a).map(|()| 0),
+        Command::Stats(a) => stats(&a).map(|()| 0),
         Command::Preset { name } => {
             print!("{}", Preset::from_name(&name)?.toml());
             Ok(0)

@@ -655,6 +655,7 @@ fn export_writes_smp_names_and_refuses_models_without_a_counterpart() {
     ))
     .unwrap_err();
     assert!(e.to_string().contains("checkpoint itself"), "{e}");
+}
 
 /// `data.test_split` is evaluated when a run ends: the outcome, a `test` log line and
 /// `test.json` hold the report of the final weights, the same as evaluating
@@ -735,4 +736,69 @@ fn the_test_split_is_evaluated_when_the_run_ends() {
     .err()
     .unwrap();
     assert!(format!("{e:#}").contains("data.test_split"), "{e:#}");
+}
+
+/// `recallseg stats` on a generated dataset: the training split's statistics (those of
+/// `recallseg_data::stats::dataset_stats`, checked against numpy in the data crate), and a
+/// `normalize` line that a folder dataset's description file reads back.
+#[test]
+fn stats_measures_the_training_split_and_prints_a_line_to_paste() {
+    use recallseg_trainer::cli::{stats_report, StatsArgs};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let args = StatsArgs {
+        config: None,
+        preset: Some("synthia-quick".into()),
+        set: vec!["data.generate_synthetic=false".into()],
+        data: Some(root.clone()),
+        split: None,
+        json: false,
+    };
+    let r = stats_report(&args).unwrap();
+    assert!(!r.folder);
+    assert_eq!(r.stats.images, 7, "the training split");
+    assert_eq!(r.stats.pixels, 7 * 64 * 32);
+    let cfg = tiny_config(&root, &dir.path().join("unused"), &[]);
+    let train =
+        recallseg_trainer::data::open_split(&cfg.data, recallseg_data::Split::Train).unwrap();
+    assert_eq!(
+        r.stats,
+        recallseg_data::stats::dataset_stats(train.as_ref()).unwrap()
+    );
+    assert_eq!(r.stats.class_pixels, train.class_pixel_counts().unwrap());
+    let text = r.text();
+    assert!(
+        text.contains("sky") && text.contains("normalize = { mean = ["),
+        "{text}"
+    );
+    // The pasted line is valid in a folder dataset's description file.
+    let line = r.normalize_line();
+    let spec: recallseg_data::FolderSpec = toml::from_str(&format!(
+        "classes = [ {{ name = \"a\" }} ]\nimages = \"i\"\nmasks = \"m\"\n{line}\n"
+    ))
+    .unwrap();
+    let n = spec.normalize.expect("normalize read back");
+    for c in 0..3 {
+        assert!((n.mean[c] as f64 - r.stats.mean[c]).abs() < 1e-3);
+        assert!((n.std[c] as f64 - r.stats.std[c]).abs() < 1e-3);
+    }
+    // The validation split on request; a folder given alone is refused with a hint.
+    let val = stats_report(&StatsArgs {
+        split: Some("val".into()),
+        ..args.clone()
+    })
+    .unwrap();
+    assert_eq!(val.stats.images, 1);
+    let e = stats_report(&StatsArgs {
+        config: None,
+        preset: None,
+        set: vec![],
+        data: Some(root.clone()),
+        split: None,
+        json: false,
+    })
+    .err()
+    .unwrap();
+    assert!(format!("{e:#}").contains("description file"), "{e:#}");
 }

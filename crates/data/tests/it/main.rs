@@ -5,6 +5,7 @@ mod formats;
 mod loader;
 mod other_datasets;
 mod resize_antialias;
+mod stats;
 mod synthia;
 mod transforms;
 mod util;
