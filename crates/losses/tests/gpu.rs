@@ -25,9 +25,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use recallseg_losses::{
-    LossConfig, LossContext, RecallVariant, SegLoss, WeightMode, LOSS_NAMES,
-};
+use recallseg_losses::{LossConfig, LossContext, RecallVariant, SegLoss, WeightMode, LOSS_NAMES};
 
 /// The CUDA device, or `None` after printing why `test` is skipped (a panic instead when
 /// `RECALLSEG_REQUIRE_CUDA=1`). The same helper sits in each crate's `tests/gpu.rs`, so that every
@@ -195,7 +193,10 @@ fn compare(cfg: &LossConfig, ctx: &LossContext, dev: &Device) {
             g.value
         );
         let scale = c.grad.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        assert!(scale > 0.0, "{what}: zero gradient, the comparison means nothing");
+        assert!(
+            scale > 0.0,
+            "{what}: zero gradient, the comparison means nothing"
+        );
         let (k, d) = c
             .grad
             .iter()
@@ -243,14 +244,25 @@ fn u32_and_i64_targets_on_cuda_match_u8_ones() {
     let t8 = labels(8, 5);
     for name in ["cross_entropy", "recall_ce", "lovasz", "dice"] {
         let cfg = LossConfig::from_name(name).unwrap();
-        let base = step(cfg.build(&ctx).unwrap().as_mut(), &x, &t8.to_device(&dev).unwrap());
+        let base = step(
+            cfg.build(&ctx).unwrap().as_mut(),
+            &x,
+            &t8.to_device(&dev).unwrap(),
+        );
         for dt in [DType::U32, DType::I64] {
             let t = t8.to_dtype(dt).unwrap().to_device(&dev).unwrap();
             let s = step(cfg.build(&ctx).unwrap().as_mut(), &x, &t);
             // The same device and arithmetic, only the label dtype differs: equal up to a
             // reduction order candle might pick differently (a few ulps).
-            assert!((s.value - base.value).abs() <= 1e-6 * base.value.abs().max(1.0), "{name} {dt:?}");
-            let d = s.grad.iter().zip(&base.grad).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                (s.value - base.value).abs() <= 1e-6 * base.value.abs().max(1.0),
+                "{name} {dt:?}"
+            );
+            let d = s
+                .grad
+                .iter()
+                .zip(&base.grad)
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
             assert!(d <= 1e-7, "{name} {dt:?}: gradients differ by {d:e}");
         }
     }

@@ -135,7 +135,10 @@ fn max_diff(a: &[f64], b: &[f64]) -> (usize, f64) {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .enumerate()
-        .fold((0, 0.0), |m, (k, d)| if d > m.1 || d.is_nan() { (k, d) } else { m })
+        .fold(
+            (0, 0.0),
+            |m, (k, d)| if d > m.1 || d.is_nan() { (k, d) } else { m },
+        )
 }
 
 /// The model of `cfg` on the CPU and on `dev`, with the same parameters.
@@ -168,7 +171,9 @@ fn pair(cfg: &ModelConfig, dev: &Device) -> ((DeepLab, VarMap), (DeepLab, VarMap
         if x.kind != ParamKind::Weight {
             x.var.set(&t).unwrap();
         }
-        y.var.set(&t.copy().unwrap().to_device(dev).unwrap()).unwrap();
+        y.var
+            .set(&t.copy().unwrap().to_device(dev).unwrap())
+            .unwrap();
     }
     (cpu, gpu)
 }
@@ -181,9 +186,19 @@ fn run(
     model: &DeepLab,
     x: &Tensor,
     r: &Tensor,
-) -> (Vec<f64>, Vec<(String, Vec<f64>)>, Vec<(String, Vec<f64>)>, Vec<f64>) {
+) -> (
+    Vec<f64>,
+    Vec<(String, Vec<f64>)>,
+    Vec<(String, Vec<f64>)>,
+    Vec<f64>,
+) {
     let logits = model.forward_t_with(x, true, 11).unwrap();
-    let grads = (&logits * r).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = (&logits * r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     let trainable: Vec<Var> = model.trainable_vars();
     let mut g = Vec::new();
     let mut stats = Vec::new();
@@ -218,7 +233,10 @@ fn compare(cfg: &ModelConfig, dev: &Device) {
     let (l_g, g_g, s_g, e_g) = on_device(dev, || {
         run(&gpu, &x.to_device(dev).unwrap(), &r.to_device(dev).unwrap())
     });
-    for (name, c, g) in [("training logits", &l_c, &l_g), ("evaluation logits", &e_c, &e_g)] {
+    for (name, c, g) in [
+        ("training logits", &l_c, &l_g),
+        ("evaluation logits", &e_c, &e_g),
+    ] {
         let scale = max_abs(c);
         assert!(scale > 0.0, "{what}: {name} all zero");
         let (k, d) = max_diff(c, g);
@@ -268,8 +286,7 @@ fn deeplabv3_forward_and_backward_on_cuda_match_the_cpu() {
 
 #[test]
 fn deeplabv3plus_forward_and_backward_on_cuda_match_the_cpu() {
-    let Some(dev) = cuda_or_skip("deeplabv3plus_forward_and_backward_on_cuda_match_the_cpu")
-    else {
+    let Some(dev) = cuda_or_skip("deeplabv3plus_forward_and_backward_on_cuda_match_the_cpu") else {
         return;
     };
     for os in [8, 16] {
