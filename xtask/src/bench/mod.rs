@@ -42,6 +42,22 @@ pub(crate) struct BenchArgs {
     /// for profiling one case. Benches with a single case ignore it.
     #[arg(long)]
     pub only: Option<String>,
+    /// Device of `bench models`: `cpu` (default), `cuda` or `cuda:N` (needs xtask built with
+    /// `--features cuda`). The other benches run on the CPU only.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// `bench models`: images per step (default 2).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// `bench models`: image height (default 192).
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// `bench models`: image width (default 384).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// `bench models`: number of classes (default 16).
+    #[arg(long)]
+    pub classes: Option<usize>,
 }
 
 impl BenchArgs {
@@ -114,6 +130,14 @@ pub(crate) fn ms(d: Duration) -> f64 {
 
 /// Entry point of `cargo xtask bench`.
 pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let shaped = args.batch.is_some()
+        || args.height.is_some()
+        || args.width.is_some()
+        || args.classes.is_some();
+    anyhow::ensure!(
+        args.name == BenchName::Models || (args.device == "cpu" && !shaped),
+        "--device, --batch, --height, --width and --classes apply to `bench models` only"
+    );
     let figures = match args.name {
         BenchName::Metrics => metrics::run(args)?,
         BenchName::Losses => losses::run(args)?,
