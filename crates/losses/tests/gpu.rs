@@ -25,14 +25,15 @@
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use recallseg_losses::{LossConfig, LossContext, RecallVariant, SegLoss, WeightMode, LOSS_NAMES};
+use recallseg_losses::{LossConfig, LossContext, SegLoss, LOSS_NAMES};
 
 /// The CUDA device, or `None` after printing why `test` is skipped (a panic instead when
 /// `RECALLSEG_REQUIRE_CUDA=1`). The same helper sits in each crate's `tests/gpu.rs`, so that every
 /// crate's tests build on their own.
 ///
-/// `RECALLSEG_GPU_TESTS_ON_CPU=1` runs the test with the CPU standing in for the device: a
-/// rehearsal of the test's plumbing (`scripts/gpu-check.sh --cpu`), not a GPU check.
+/// `RECALLSEG_GPU_TESTS_ON_CPU=1` runs the test with the CPU standing in for the device (the
+/// portable path there, see [`step`]): a rehearsal (`scripts/gpu-check.sh --cpu`), not a GPU
+/// check.
 fn cuda_or_skip(test: &str) -> Option<Device> {
     if std::env::var("RECALLSEG_GPU_TESTS_ON_CPU").as_deref() == Ok("1") {
         println!("{test}: rehearsal: the CPU stands in for the CUDA device");
@@ -95,9 +96,26 @@ struct Step {
     state: Option<Vec<f32>>,
 }
 
-fn step(loss: &mut dyn SegLoss, x: &Tensor, t: &Tensor) -> Step {
+/// One step of `loss` on `(x, t)`. On the CPU rehearsal's "device" side the logits are handed
+/// over as a strided (non-contiguous) view of the same values, which makes the loss take its
+/// portable candle-ops path, the one CUDA runs: the rehearsal then compares the fused CPU kernels
+/// with the portable path in `f32`, a real check of the tolerances.
+fn step(loss: &mut dyn SegLoss, x: &Tensor, t: &Tensor, strided: bool) -> Step {
     let var = Var::from_tensor(x).unwrap();
-    let out = loss.forward_output(var.as_tensor(), t).unwrap();
+    let logits = if strided {
+        let v = var
+            .as_tensor()
+            .transpose(2, 3)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let v = v.transpose(2, 3).unwrap();
+        assert!(!v.is_contiguous());
+        v
+    } else {
+        var.as_tensor().clone()
+    };
+    let out = loss.forward_output(&logits, t).unwrap();
     let grads = out.loss.backward().unwrap();
     let grad = grads
         .get(var.as_tensor())
@@ -142,34 +160,41 @@ fn close_f32(what: &str, cpu: &Option<Vec<f32>>, gpu: &Option<Vec<f32>>) {
     }
 }
 
-/// The configurations checked: every name of [`LOSS_NAMES`] with its defaults, and the
-/// non-default parameters that change the computation.
+/// Non-default parameters that change the computation, as in a trainer config's `[loss]`.
+const VARIANTS: &[&str] = &[
+    "name = 'cross_entropy'\nlabel_smoothing = 0.1",
+    "name = 'weighted_ce'\nmode = 'inverse_frequency'",
+    "name = 'focal'\ngamma = 2.0",
+    "name = 'focal'\nalpha = [0.25, 0.5, 1.0, 1.0, 0.75]",
+    "name = 'ohem'\nthreshold = 0.6",
+    "name = 'ohem'\nthreshold = 0.6\nmin_kept = 10",
+    "name = 'lovasz'\npresent_only = false",
+    "name = 'lovasz'\nper_image = true",
+    "name = 'dice'\nsmooth = 1.0\nlog_loss = true",
+    "name = 'tversky'\nclasses = [0, 2, 4]",
+    "name = 'jaccard'\nsmooth = 1.0",
+    "name = 'recall_ce'\nema = 0.9",
+    "name = 'recall_ce'\nvariant = 'paper_code'",
+    "name = 'recall_ce'\nvariant = 'per_image'",
+    "name = 'recall_ce'\nvariant = 'paper_loss_py'",
+    "name = 'recall_ce'\nvariant = 'paper_loss_py_blend'",
+    "name = 'recall_ce'\nlabel_smoothing = 0.1",
+    "name = 'combined'\n[[terms]]\nweight = 0.5\nname = 'recall_ce'\n\
+     [[terms]]\nweight = 0.5\nname = 'lovasz'",
+];
+
+/// The configurations checked: every name of [`LOSS_NAMES`] with its defaults, and
+/// [`VARIANTS`].
 fn configs() -> Vec<LossConfig> {
     let mut v: Vec<LossConfig> = LOSS_NAMES
         .iter()
         .map(|n| LossConfig::from_name(n.name).unwrap())
         .collect();
-    v.extend([
-        LossConfig::WeightedCe {
-            mode: WeightMode::InverseFrequency,
-        },
-        LossConfig::Focal { gamma: 2.0 },
-        LossConfig::Ohem {
-            keep_ratio: None,
-            threshold: Some(0.6),
-        },
-        LossConfig::Lovasz {
-            present_only: false,
-        },
-        LossConfig::RecallCe {
-            ema: Some(0.9),
-            variant: RecallVariant::Eq5,
-        },
-        LossConfig::RecallCe {
-            ema: None,
-            variant: RecallVariant::PaperCode,
-        },
-    ]);
+    v.extend(
+        VARIANTS
+            .iter()
+            .map(|t| toml::from_str(t).unwrap_or_else(|e| panic!("{t}: {e}"))),
+    );
     v
 }
 
@@ -181,11 +206,12 @@ fn compare(cfg: &LossConfig, ctx: &LossContext, dev: &Device) {
     for (s, used) in [(0u64, 4u8), (1, 5)] {
         let what = format!("{cfg:?} (weights {:?}) step {s}", ctx.class_weights);
         let (x, t) = (logits(100 + s), labels(200 + s, used));
-        let c = step(cpu.as_mut(), &x, &t);
+        let c = step(cpu.as_mut(), &x, &t, false);
         let g = step(
             gpu.as_mut(),
             &x.to_device(dev).unwrap(),
             &t.to_device(dev).unwrap(),
+            dev.is_cpu(),
         );
         assert!(
             (c.value - g.value).abs() <= VALUE_RTOL * c.value.abs().max(1.0) + ATOL,
@@ -249,10 +275,11 @@ fn u32_and_i64_targets_on_cuda_match_u8_ones() {
             cfg.build(&ctx).unwrap().as_mut(),
             &x,
             &t8.to_device(&dev).unwrap(),
+            dev.is_cpu(),
         );
         for dt in [DType::U32, DType::I64] {
             let t = t8.to_dtype(dt).unwrap().to_device(&dev).unwrap();
-            let s = step(cfg.build(&ctx).unwrap().as_mut(), &x, &t);
+            let s = step(cfg.build(&ctx).unwrap().as_mut(), &x, &t, dev.is_cpu());
             // The same device and arithmetic, only the label dtype differs: equal up to a
             // reduction order candle might pick differently (a few ulps).
             assert!(

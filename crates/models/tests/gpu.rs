@@ -234,6 +234,8 @@ fn compare(cfg: &ModelConfig, dev: &Device) {
     let (l_g, g_g, s_g, e_g) = on_device(dev, || {
         run(&gpu, &x.to_device(dev).unwrap(), &r.to_device(dev).unwrap())
     });
+    // The largest error as a fraction of its tolerance, per kind, printed for calibration.
+    let mut worst = [0.0f64; 3];
     for (name, c, g) in [
         ("training logits", &l_c, &l_g),
         ("evaluation logits", &e_c, &e_g),
@@ -241,6 +243,7 @@ fn compare(cfg: &ModelConfig, dev: &Device) {
         let scale = max_abs(c);
         assert!(scale > 0.0, "{what}: {name} all zero");
         let (k, d) = max_diff(c, g);
+        worst[0] = worst[0].max(d / (lt * scale));
         assert!(
             d <= lt * scale,
             "{what}: {name}[{k}]: CPU {} device {} (max |logit| {scale:e}, tolerance {lt:e})",
@@ -254,6 +257,7 @@ fn compare(cfg: &ModelConfig, dev: &Device) {
     for ((name, c), (_, g)) in g_c.iter().zip(&g_g) {
         let (k, d) = max_diff(c, g);
         let tol = gt * max_abs(c) + floor_t * global;
+        worst[1] = worst[1].max(d / tol);
         assert!(
             d <= tol,
             "{what}: gradient of {name}[{k}]: CPU {} device {} (tolerance {tol:e})",
@@ -264,6 +268,7 @@ fn compare(cfg: &ModelConfig, dev: &Device) {
     for ((name, c), (_, g)) in s_c.iter().zip(&s_g) {
         let (k, d) = max_diff(c, g);
         let tol = st * max_abs(c) + 1e-6;
+        worst[2] = worst[2].max(d / tol);
         assert!(
             d <= tol,
             "{what}: {name}[{k}] after the step: CPU {} device {}",
@@ -271,6 +276,10 @@ fn compare(cfg: &ModelConfig, dev: &Device) {
             g[k]
         );
     }
+    println!(
+        "{what}: largest error / tolerance: logits {:.3}, gradients {:.3}, statistics {:.3}",
+        worst[0], worst[1], worst[2]
+    );
 }
 
 #[test]
