@@ -19,6 +19,8 @@
 //!   [`Averaging::TORCHMETRICS`] torchmetrics' default.
 //! * [`ConfusionMatrix::normalized`]: the matrix over its rows (`true`), columns (`pred`) or total
 //!   (`all`), as sklearn's and torchmetrics' `normalize` ([`Normalize`], [`NormalizedMatrix`]).
+//! * [`PerImageIou`]: IoU per image (torchmetrics' `MeanIoU` / `mean_iou` per sample): the mean
+//!   of the per-image mean IoUs, torchmetrics' pooled mean and per-class means over images.
 //!
 //! ```
 //! use recallseg_metrics::ConfusionMatrix;
@@ -49,6 +51,7 @@ mod error;
 mod kernel;
 mod label;
 mod normalize;
+mod per_image;
 mod report;
 
 pub use average::{Average, Averaged, AveragedScores, Averaging, Score, ZeroDivision};
@@ -56,4 +59,5 @@ pub use confusion::{ConfusionMatrix, DEFAULT_IGNORE_INDEX, MAX_CLASSES};
 pub use error::{LabelSource, MetricsError};
 pub use label::Label;
 pub use normalize::{Normalize, NormalizedMatrix};
+pub use per_image::{PerImageIou, PerImageScores};
 pub use report::{ClassScores, Mean, Report, SubsetMeans};
