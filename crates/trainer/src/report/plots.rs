@@ -86,16 +86,18 @@ fn fig1<DB: DrawingBackend>(cmp: &Comparison, root: DrawingArea<DB, Shift>) -> P
         format!("Mean accuracy vs mean IoU ({})", cmp.setting.dataset)
     };
     let mut chart = ChartBuilder::on(&root)
-        .caption(caption, ("sans-serif", 22))
+        .caption(caption, ("sans-serif", 24))
         .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
+        .x_label_area_size(55)
+        .y_label_area_size(75)
         .build_cartesian_2d(xr.clone(), yr.clone())
         .map_err(e)?;
     chart
         .configure_mesh()
         .x_desc("mean IoU (%)")
         .y_desc("mean accuracy (%)")
+        .label_style(("sans-serif", 16))
+        .axis_desc_style(("sans-serif", 18))
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .map_err(e)?;
@@ -152,9 +154,14 @@ fn fig1<DB: DrawingBackend>(cmp: &Comparison, root: DrawingArea<DB, Shift>) -> P
 /// Height of a Fig. 1 label in pixels (17 px font).
 const LABEL_H: i32 = 18;
 
-/// Width estimate of a Fig. 1 label in pixels (17 px sans-serif: about 9.5 px a character).
+/// Width of a Fig. 1 label in pixels, measured with the embedded font (17 px), plus a margin.
 fn label_width(label: &str) -> i32 {
-    (label.chars().count() as f64 * 9.5).ceil() as i32 + 2
+    let measured = ("sans-serif", 17)
+        .into_font()
+        .box_size(label)
+        .map(|(w, _)| w as i32);
+    // Without a font (it is registered first, so only if that failed) a generous estimate.
+    measured.unwrap_or((label.chars().count() as f64 * 10.5).ceil() as i32) + 4
 }
 
 /// Offsets (from each point, top-left corner of the text) for labels of `sizes` (width, height)
@@ -246,7 +253,7 @@ pub fn draw_fig4(cmp: &Comparison, path: &Path) -> PlotResult {
     let n = panels(cmp).len() as u32;
     with_backend(
         path,
-        (520 * n.max(1), 460),
+        (520 * n.max(1) + LEGEND_W, 480),
         |a| fig4(cmp, a),
         |a| fig4(cmp, a),
     )
@@ -293,10 +300,63 @@ fn panels(cmp: &Comparison) -> Vec<(String, Series)> {
     out
 }
 
+/// Width of Fig. 4's legend column (right of the panels, so it never covers a curve).
+const LEGEND_W: u32 = 190;
+
+/// Line colours of Fig. 4: mostly Kelly's colours of maximum contrast (without white; a few
+/// near-duplicates swapped for brighter hues), every pair at least 40 apart in some channel, so
+/// neighbouring classes are told apart; a class beyond them repeats the cycle, dashed.
+const LINE_COLOURS: [RGBColor; 20] = [
+    RGBColor(0, 103, 165),
+    RGBColor(243, 132, 0),
+    RGBColor(0, 136, 86),
+    RGBColor(190, 0, 50),
+    RGBColor(135, 86, 146),
+    RGBColor(34, 34, 34),
+    RGBColor(161, 202, 241),
+    RGBColor(243, 195, 0),
+    RGBColor(132, 132, 130),
+    RGBColor(230, 143, 172),
+    RGBColor(0, 170, 170),
+    RGBColor(141, 182, 0),
+    RGBColor(136, 45, 23),
+    RGBColor(194, 178, 128),
+    RGBColor(249, 147, 121),
+    RGBColor(179, 68, 108),
+    RGBColor(100, 255, 100),
+    RGBColor(60, 60, 255),
+    RGBColor(226, 88, 34),
+    RGBColor(200, 0, 200),
+];
+
+/// Colour and dash of the `k`-th line of Fig. 4.
+pub(crate) fn line_style(k: usize) -> (RGBColor, bool) {
+    (
+        LINE_COLOURS[k % LINE_COLOURS.len()],
+        k >= LINE_COLOURS.len(),
+    )
+}
+
+/// A tick label of a step axis: whole numbers, no ".0".
+pub(crate) fn step_label(x: &f64) -> String {
+    format!("{:.0}", x)
+}
+
 fn fig4<DB: DrawingBackend>(cmp: &Comparison, root: DrawingArea<DB, Shift>) -> PlotResult {
     root.fill(&WHITE).map_err(e)?;
     let panels = panels(cmp);
-    let areas = root.split_evenly((1, panels.len().max(1)));
+    let (w, _) = root.dim_in_pixel();
+    let (plots, legend) = root.split_horizontally(w.saturating_sub(LEGEND_W));
+    let areas = plots.split_evenly((1, panels.len().max(1)));
+    // The classes drawn (present in some panel), in train-id order, for the legend.
+    let n = cmp.class_names.len();
+    let drawn: Vec<usize> = (0..n)
+        .filter(|&c| {
+            panels
+                .iter()
+                .any(|(_, s)| s.get(c).is_some_and(|p| p.iter().any(|v| v.is_some())))
+        })
+        .collect();
     for ((title, series), area) in panels.iter().zip(areas) {
         let xmax = series
             .iter()
@@ -313,52 +373,81 @@ fn fig4<DB: DrawingBackend>(cmp: &Comparison, root: DrawingArea<DB, Shift>) -> P
             .fold(0.0f64, f64::max)
             .max(1e-3)
             * 1.1;
+        let ratio = title.contains("ratio");
         let mut chart = ChartBuilder::on(&area)
             .caption(title.as_str(), ("sans-serif", 18))
             .margin(10)
-            .x_label_area_size(35)
-            .y_label_area_size(50)
+            .x_label_area_size(45)
+            .y_label_area_size(65)
             .build_cartesian_2d(0.0..xmax, 0.0..ymax)
             .map_err(e)?;
         chart
             .configure_mesh()
             .x_desc("step")
+            .y_desc(if ratio {
+                "weight ratio (recall / focal)"
+            } else {
+                "share of the summed class weights"
+            })
+            .x_label_formatter(&step_label)
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 14))
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(e)?;
         for (c, pts) in series.iter().enumerate() {
             let segs = segments(pts);
-            if segs.is_empty() {
+            let Some(k) = drawn.iter().position(|&d| d == c) else {
                 continue; // a class never present (Synthia's reserved ids)
-            }
-            let p = cmp.palette[c];
-            let colour = RGBColor(p[0], p[1], p[2]);
-            for (k, seg) in segs.iter().enumerate() {
-                let drawn = if seg.len() == 1 {
+            };
+            let (colour, dashed) = line_style(k);
+            for seg in &segs {
+                if seg.len() == 1 {
                     chart
                         .draw_series(std::iter::once(Circle::new(seg[0], 2, colour.filled())))
-                        .map_err(e)?
+                        .map_err(e)?;
+                } else if dashed {
+                    chart
+                        .draw_series(DashedLineSeries::new(
+                            seg.iter().copied(),
+                            6,
+                            4,
+                            colour.stroke_width(2),
+                        ))
+                        .map_err(e)?;
                 } else {
                     chart
                         .draw_series(LineSeries::new(seg.iter().copied(), colour.stroke_width(2)))
-                        .map_err(e)?
-                };
-                if k == 0 {
-                    drawn
-                        .label(cmp.class_names[c].clone())
-                        .legend(move |(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(3))
-                        });
+                        .map_err(e)?;
                 }
             }
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK.mix(0.3))
-            .label_font(("sans-serif", 11))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
+    }
+    // The legend, beside the panels: one swatch line and name per class drawn.
+    let top = 40;
+    let row = 20;
+    for (k, &c) in drawn.iter().enumerate() {
+        let y = top + k as i32 * row;
+        let (colour, dashed) = line_style(k);
+        let style = colour.stroke_width(3);
+        if dashed {
+            legend
+                .draw(&PathElement::new(vec![(8, y), (16, y)], style))
+                .map_err(e)?;
+            legend
+                .draw(&PathElement::new(vec![(22, y), (30, y)], style))
+                .map_err(e)?;
+        } else {
+            legend
+                .draw(&PathElement::new(vec![(8, y), (30, y)], style))
+                .map_err(e)?;
+        }
+        legend
+            .draw(&Text::new(
+                cmp.class_names[c].clone(),
+                (38, y - 7),
+                ("sans-serif", 14).into_font().color(&BLACK),
+            ))
             .map_err(e)?;
     }
     root.present().map_err(e)

@@ -546,3 +546,23 @@ fn many_classes_draw_without_cell_values() {
     .unwrap_err();
     assert!(e.contains("empty"), "{e}");
 }
+
+#[test]
+fn fig4_lines_are_distinct_and_steps_whole() {
+    use super::plots::line_style;
+    let first: Vec<_> = (0..20).map(line_style).collect();
+    for (i, (a, da)) in first.iter().enumerate() {
+        assert!(!da);
+        for (b, _) in &first[i + 1..] {
+            // Every pair differs by a clearly visible amount in some channel.
+            let d = [(a.0, b.0), (a.1, b.1), (a.2, b.2)]
+                .iter()
+                .map(|&(x, y)| (x as i32 - y as i32).abs())
+                .max()
+                .unwrap();
+            assert!(d >= 40, "{a:?} vs {b:?}");
+        }
+    }
+    assert_eq!(line_style(20), (first[0].0, true));
+    assert_eq!(super::plots::step_label(&50.0), "50");
+}
