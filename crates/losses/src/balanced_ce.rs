@@ -24,8 +24,8 @@ pub struct BalancedCe {
 impl BalancedCe {
     /// Label smoothing `ε ∈ [0, 1)` (segmentation_models_pytorch's `SoftCrossEntropyLoss`
     /// `smooth_factor`): each pixel's cross entropy is taken against `(1 − ε) onehot + ε / C`,
-    /// `(1 − ε)(−log p_y) + (ε / C) Σ_k (−log p_k)`; weights and normalisation unchanged. Runs on
-    /// the portable path.
+    /// `(1 − ε)(−log p_y) + (ε / C) Σ_k (−log p_k)`; weights and normalisation unchanged. Covered
+    /// by the fused kernel.
     pub fn with_label_smoothing(mut self, epsilon: f64) -> Result<Self, LossError> {
         self.engine.set_label_smoothing(epsilon)?;
         Ok(self)

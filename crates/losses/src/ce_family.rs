@@ -88,9 +88,7 @@ impl CeEngine {
 
     /// The option the fused kernel does not cover, if the loss has one.
     fn fused_gap(&self) -> Option<&'static str> {
-        if self.smoothing > 0.0 {
-            Some("label_smoothing")
-        } else if self.mode.per_image() {
+        if self.mode.per_image() {
             Some("recall_ce variant = \"per_image\"")
         } else {
             None
@@ -124,6 +122,7 @@ impl CeEngine {
                 ignore_index: self.opts.ignore_index(),
                 static_w: self.opts.static_f64(),
                 focal_alpha: self.focal_alpha.clone(),
+                smoothing: self.smoothing,
                 mode: self.mode,
                 ema_prev: self.ema.clone(),
                 out: out.clone(),

@@ -43,6 +43,8 @@ pub(crate) struct FusedOut {
     pixel_factor: Option<Vec<f32>>,
     /// Focal: γ.
     gamma: Option<f32>,
+    /// Label smoothing `ε` (0 = none): the gradient is `f (p − (1 − ε) onehot − ε/C)`.
+    smoothing: f32,
     /// Softmax probabilities (`N·C·H·W`), kept when a gradient will be asked for; the backward
     /// pass turns them into the gradient in place.
     probs: Option<Vec<f32>>,
@@ -58,6 +60,8 @@ pub(crate) struct FusedCe {
     pub static_w: Vec<f64>,
     /// Focal's per-class `α` (numerator only), `None` = ones.
     pub focal_alpha: Option<Vec<f64>>,
+    /// Label smoothing `ε` (Plain and class-weighted members; 0 = none).
+    pub smoothing: f64,
     pub mode: CeMode,
     /// The recall moving average before this step.
     pub ema_prev: Option<Vec<f32>>,
@@ -77,6 +81,8 @@ struct Acc {
     ce: Vec<f64>,
     focal_w: Vec<f64>,
     focal_l: Vec<f64>,
+    /// Label smoothing: per class, `Σ_n Σ_k (−log p_{n,k})`.
+    smooth: Vec<f64>,
     bad: Option<i64>,
 }
 
@@ -89,6 +95,7 @@ impl Acc {
             ce: vec![0.0; c],
             focal_w: vec![0.0; c],
             focal_l: vec![0.0; c],
+            smooth: vec![0.0; c],
             bad: None,
         }
     }
@@ -100,6 +107,7 @@ impl Acc {
             self.ce[k] += o.ce[k];
             self.focal_w[k] += o.focal_w[k];
             self.focal_l[k] += o.focal_l[k];
+            self.smooth[k] += o.smooth[k];
         }
         self.bad = self.bad.or(o.bad);
         self
@@ -155,6 +163,7 @@ struct FwdCtx<'a, L> {
     ohem: bool,
     need_argmax: bool,
     keep: bool,
+    smooth: bool,
     pp: SyncPtr,
     fp: SyncPtr,
     ce_ptr: SyncPtr,
@@ -179,6 +188,7 @@ fn fwd_block<L: Label>(ctx: &FwdCtx<'_, L>, acc: &mut Acc, t: usize) {
         ohem,
         need_argmax,
         keep,
+        smooth,
         pp,
         fp,
         ce_ptr,
@@ -227,6 +237,16 @@ fn fwd_block<L: Label>(ctx: &FwdCtx<'_, L>, acc: &mut Acc, t: usize) {
     for p in 0..l {
         lse[p] = fast_ln(sm[p]);
     }
+    // Label smoothing: Σ_k z_k per pixel, so that Σ_k (−log p_k) = C (max + lse) − Σ_k z_k.
+    let mut zsum = [0f32; BLOCK];
+    if smooth {
+        for k in 0..c {
+            let row = &img[k * hw + a..k * hw + a + l];
+            for p in 0..l {
+                zsum[p] += row[p];
+            }
+        }
+    }
     for p in 0..l {
         let y = match class_of(lab[p].into(), ignore, c) {
             Ok(Some(y)) => y,
@@ -246,6 +266,9 @@ fn fwd_block<L: Label>(ctx: &FwdCtx<'_, L>, acc: &mut Acc, t: usize) {
         let ce = ce.max(0.0);
         acc.count[y] += 1;
         acc.ce[y] += ce as f64;
+        if smooth {
+            acc.smooth[y] += (c as f32 * (mx[p] + lse[p]) - zsum[p]).max(0.0) as f64;
+        }
         let pk = am[p] as usize;
         acc.pred[pk] += 1;
         if pk == y {
@@ -305,6 +328,7 @@ impl FusedCe {
             ohem,
             need_argmax,
             keep,
+            smooth: self.smoothing > 0.0,
             pp,
             fp,
             ce_ptr,
@@ -358,12 +382,24 @@ impl FusedCe {
                 };
                 let z = self.mode.normaliser(s, &wts, &count, pixels);
                 let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
-                let loss: f64 = wts.iter().zip(&acc.ce).map(|(a, b)| a * b).sum::<f64>() * inv_z;
+                let eps = self.smoothing;
+                let loss: f64 = if eps > 0.0 {
+                    // (1 − ε) CE + (ε/C) Σ_k (−log p_k), per class.
+                    let ec = eps / c as f64;
+                    wts.iter()
+                        .zip(acc.ce.iter().zip(&acc.smooth))
+                        .map(|(a, (ce, sm))| a * ((1.0 - eps) * ce + ec * sm))
+                        .sum::<f64>()
+                        * inv_z
+                } else {
+                    wts.iter().zip(&acc.ce).map(|(a, b)| a * b).sum::<f64>() * inv_z
+                };
                 let out = FusedOut {
                     step,
                     class_factor: wts.iter().map(|v| (v * inv_z) as f32).collect(),
                     pixel_factor: None,
                     gamma: None,
+                    smoothing: eps as f32,
                     probs: None,
                     focal_f: None,
                 };
@@ -393,6 +429,7 @@ impl FusedCe {
                     class_factor: sa.iter().map(|v| (v * inv_z) as f32).collect(),
                     pixel_factor: None,
                     gamma: Some(*gamma),
+                    smoothing: 0.0,
                     probs: None,
                     focal_f: None,
                 };
@@ -431,6 +468,7 @@ impl FusedCe {
                     class_factor: vec![0.0; c],
                     pixel_factor: Some(factor),
                     gamma: None,
+                    smoothing: 0.0,
                     probs: None,
                     focal_f: None,
                 };
@@ -463,6 +501,8 @@ impl FusedCe {
         let nblk = hw.div_ceil(BLOCK);
         let ignore = self.ignore_index as i64;
         let gp = SyncPtr(probs.as_mut_ptr());
+        // Label smoothing: ∂/∂z_j = f (p_j − ε/C − (1 − ε)[j = y]).
+        let (ec, one_m) = (out.smoothing / c as f32, 1.0 - out.smoothing);
         (0..n * nblk).into_par_iter().for_each(|t| {
             let (img_i, b) = (t / nblk, t % nblk);
             let a = b * BLOCK;
@@ -492,14 +532,20 @@ impl FusedCe {
                 // SAFETY: this block owns probs[gbase + k*hw + a .. + l] for every k.
                 let row =
                     unsafe { std::slice::from_raw_parts_mut(gp.get().add(gbase + k * hw + a), l) };
-                for p in 0..l {
-                    row[p] *= fct[p];
+                if ec > 0.0 {
+                    for p in 0..l {
+                        row[p] = (row[p] - ec) * fct[p];
+                    }
+                } else {
+                    for p in 0..l {
+                        row[p] *= fct[p];
+                    }
                 }
             }
             for p in 0..l {
                 if fct[p] != 0.0 {
                     // SAFETY: as above.
-                    unsafe { *gp.get().add(gbase + ys[p] * hw + a + p) -= fct[p] };
+                    unsafe { *gp.get().add(gbase + ys[p] * hw + a + p) -= one_m * fct[p] };
                 }
             }
         });
@@ -520,6 +566,7 @@ impl FusedCe {
         let ignore = self.ignore_index as i64;
         let mut grad = kernel_buffer(n * c * hw);
         let gp = SyncPtr(grad.as_mut_ptr());
+        let (ec, one_m) = (out.smoothing / c as f32, 1.0 - out.smoothing);
         (0..n * nblk).into_par_iter().for_each(|t| {
             let (img_i, b) = (t / nblk, t % nblk);
             let a = b * BLOCK;
@@ -572,14 +619,20 @@ impl FusedCe {
                 // SAFETY: as above.
                 let grow =
                     unsafe { std::slice::from_raw_parts_mut(gp.get().add(gbase + k * hw + a), l) };
-                for p in 0..l {
-                    grow[p] *= scale[p];
+                if ec > 0.0 {
+                    for p in 0..l {
+                        grow[p] = grow[p] * scale[p] - ec * fct[p];
+                    }
+                } else {
+                    for p in 0..l {
+                        grow[p] *= scale[p];
+                    }
                 }
             }
             for p in 0..l {
                 if fct[p] != 0.0 {
                     // SAFETY: as above.
-                    unsafe { *gp.get().add(gbase + ys[p] * hw + a + p) -= fct[p] };
+                    unsafe { *gp.get().add(gbase + ys[p] * hw + a + p) -= one_m * fct[p] };
                 }
             }
         });
@@ -661,6 +714,7 @@ mod tests {
                     ohem: true,
                     need_argmax: true,
                     keep: true,
+                    smooth: true,
                     pp: SyncPtr(probs.as_mut_ptr()),
                     fp: SyncPtr(ff.as_mut_ptr()),
                     ce_ptr: SyncPtr(ce.as_mut_ptr()),
@@ -690,6 +744,10 @@ mod tests {
                     assert!(
                         (base.0.focal_l[k] - fast.0.focal_l[k]).abs()
                             < 1e-4 * base.0.focal_l[k].max(1.0)
+                    );
+                    assert!(
+                        (base.0.smooth[k] - fast.0.smooth[k]).abs()
+                            < 1e-4 * base.0.smooth[k].max(1.0)
                     );
                 }
                 let d = |a: &[f32], b: &[f32]| {

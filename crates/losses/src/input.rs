@@ -45,7 +45,7 @@ fn cpu_f32_all_finite(t: &Tensor) -> bool {
 /// implementation runs.
 ///
 /// `fused_gap` names an option of the loss that the fused kernel does not cover (e.g.
-/// `"label_smoothing"`): [`Kernel::Auto`] then runs the portable path (the choice is reported by
+/// recall's `variant = "per_image"`): [`Kernel::Auto`] then runs the portable path (the choice is reported by
 /// `SegLoss::last_kernel`) and [`Kernel::Fused`] is an error naming the option.
 ///
 /// Ignored pixels contribute nothing, whatever their logits: when the logits are not all finite,

@@ -136,7 +136,7 @@ pub trait SegLoss: Send {
     /// [`Kernel::Portable`] (never [`Kernel::Auto`]); `None` before the first call, after a batch
     /// without valid pixels, and for losses made of several terms (each term reports its own,
     /// see [`CombinedLoss::term_kernels`]). Under [`Kernel::Auto`] an option the fused kernel
-    /// does not cover (label smoothing, per-image recall) makes the loss run the portable path,
+    /// does not cover (recall's `variant = "per_image"`) makes the loss run the portable path,
     /// and this says so.
     fn last_kernel(&self) -> Option<Kernel> {
         None

@@ -6,7 +6,7 @@ mod common;
 
 use common::{check_fused_matches_portable, check_gradient, labels, logits};
 use recallseg_losses::{
-    Dice, Focal, Jaccard, Kernel, LossBuilder, LossConfig, LossContext, Lovasz, Ohem,
+    CrossEntropy, Dice, Focal, Jaccard, Kernel, LossBuilder, LossConfig, LossContext, Lovasz, Ohem,
     OhemSelection, RecallCe, RecallVariant, SegLoss, Tversky,
 };
 
@@ -52,8 +52,8 @@ fn option_gradients_match_finite_differences() {
     }
 }
 
-/// The fused kernels cover focal α, Lovász per image, mmseg's OHEM, the Dice/Tversky/Jaccard
-/// options and the `paper_loss_py` recall variants: same value and gradient as the portable path.
+/// The fused kernels cover focal α, label smoothing, Lovász per image, mmseg's OHEM, the
+/// Dice/Tversky/Jaccard options and the `paper_loss_py` recall variants: same value and gradient as the portable path.
 #[test]
 fn fused_kernels_cover_the_new_options() {
     let x = logits(43, (2, 4, 5, 6), 3.0);
@@ -116,6 +116,25 @@ fn fused_kernels_cover_the_new_options() {
             )
         }),
     ];
+    let mut makers = makers;
+    makers.push(Box::new(|k| {
+        Box::new(
+            RecallCe::new(4)
+                .with_label_smoothing(0.2)
+                .unwrap()
+                .with_class_weights(vec![1.0, 2.0, 0.5, 1.0])
+                .unwrap()
+                .with_kernel(k),
+        )
+    }));
+    makers.push(Box::new(|k| {
+        Box::new(
+            CrossEntropy::new(4)
+                .with_label_smoothing(0.1)
+                .unwrap()
+                .with_kernel(k),
+        )
+    }));
     for make in &makers {
         check_fused_matches_portable(make.as_ref(), &x, &t, 2e-5);
     }

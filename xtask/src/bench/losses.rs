@@ -11,8 +11,8 @@
 //! The loss options of issue 17 have their own rows (`focal_alpha`, `ce_smooth`,
 //! `recall_ce_smooth`, `recall_ce_per_image`, `recall_ce_loss_py`, `ohem_mmseg`,
 //! `dice_smooth_log`, `jaccard`, `lovasz_per_image`, `combined_recall_lovasz`): the options the
-//! fused kernels cover run fused, label smoothing and per-image recall run the portable path
-//! (their rows say so). `--only TEXT` runs the rows whose key contains TEXT.
+//! fused kernels cover run fused, per-image recall runs the portable path (its row says so).
+//! `--only TEXT` runs the rows whose key contains TEXT.
 //!
 //! Peer figures (PyTorch 2.x CPU on the 2-core machine, `../shared/peer/README.md`): CE 80 ms,
 //! recall CE in PyTorch ops 181 ms, smp focal 787 ms, smp Dice 263 ms, smp Tversky 262 ms,
@@ -138,13 +138,13 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
         ),
         (
             "ce_smooth",
-            "CE, label smoothing 0.1 (portable)",
+            "CE, label smoothing 0.1",
             Box::new(CrossEntropy::new(C).with_label_smoothing(0.1)?),
             None,
         ),
         (
             "recall_ce_smooth",
-            "recall CE, label smoothing 0.1 (portable)",
+            "recall CE, label smoothing 0.1",
             Box::new(RecallCe::new(C).with_label_smoothing(0.1)?),
             None,
         ),

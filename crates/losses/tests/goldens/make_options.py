@@ -265,12 +265,12 @@ add("focal_alpha", 'name = "focal"\ngamma = 2.0\nalpha = [0.25, 0.5, 1.0, 0.75]'
 add("focal_alpha_static", 'name = "focal"\ngamma = 1.0\nalpha = [0.25, 0.5, 1.0, 0.75]',
     focal_alpha(1.0, ALPHA, SW), 2, "fused", ctx={"class_weights": SW})
 add("ce_smooth_smp", 'name = "cross_entropy"\nlabel_smoothing = 0.1',
-    smp_soft_ce(0.1), 3, "portable", ignored=0.0)
+    smp_soft_ce(0.1), 3, "fused", ignored=0.0)
 add("ce_smooth_ignored", 'name = "cross_entropy"\nlabel_smoothing = 0.2',
-    torch_ls_ce(0.2), 4, "portable")
+    torch_ls_ce(0.2), 4, "fused")
 add("wce_smooth", 'name = "weighted_ce"\nlabel_smoothing = 0.1',
-    weighted_ls(0.1, median_frequency(COUNTS)), 5, "portable", ctx={"counts": COUNTS})
-add("recall_smooth", 'name = "recall_ce"\nlabel_smoothing = 0.1', recall_ls(0.1), 6, "portable")
+    weighted_ls(0.1, median_frequency(COUNTS)), 5, "fused", ctx={"counts": COUNTS})
+add("recall_smooth", 'name = "recall_ce"\nlabel_smoothing = 0.1', recall_ls(0.1), 6, "fused")
 add("lovasz_per_image", 'name = "lovasz"\nper_image = true', lovasz_ref(True), 7, "fused", f32=True)
 add("lovasz_per_image_blank", 'name = "lovasz"\nper_image = true', lovasz_blank, 8, "fused",
     blank_image=True, f32=True)
