@@ -2,7 +2,7 @@
 //! `stats`, `preset`.
 
 use crate::config::{DeviceSpec, Preset, TrainConfig};
-use crate::eval::evaluate_with;
+use crate::eval::{evaluate_per_image, evaluate_with};
 use crate::inference::{InferenceConfig, InferenceMode};
 use crate::predict::{render_overlay, OverlayOptions, Predictor, PredictorOptions};
 use crate::train::{install_ctrlc, interrupt_flag, open_eval, TrainOptions};
@@ -365,6 +365,10 @@ pub struct EvalArgs {
     /// an F-beta column).
     #[arg(long)]
     pub beta: Option<f64>,
+    /// Also score each image on its own (torchmetrics' `MeanIoU` per sample) and print the
+    /// mean over images of each image's mean IoU (with --json: every image's figure too).
+    #[arg(long)]
+    pub per_image: bool,
     /// How the model is run (default: the checkpoint's `[inference]`).
     #[command(flatten)]
     pub inference: InferenceArgs,
@@ -579,9 +583,13 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<i32> {
 
 /// `recallseg eval`.
 pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
-    let (report, images) = eval_checkpoint(a)?;
+    let (report, images, per_image) = eval_checkpoint_per_image(a)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if let (Some(p), Some(obj)) = (&per_image, v.as_object_mut()) {
+            obj.insert("per_image".into(), serde_json::to_value(p)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
             "{} ({} split, {images} images):\n",
@@ -589,12 +597,43 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
             a.split
         );
         print!("{report}");
+        if let Some(p) = &per_image {
+            println!("\n{}", per_image_line(p));
+        }
     }
     Ok(())
 }
 
+/// The `eval --per-image` line: the mean over images of each image's mean IoU.
+pub fn per_image_line(p: &recallseg_metrics::PerImageScores) -> String {
+    match p.mean_of_images.value {
+        Some(v) => format!(
+            "mean per-image IoU: {:.2} % (over {} of {} images)",
+            100.0 * v,
+            p.mean_of_images.classes,
+            p.images
+        ),
+        None => format!(
+            "mean per-image IoU: n/a (no counted pixel in {} images)",
+            p.images
+        ),
+    }
+}
+
 /// Evaluates a checkpoint as `recallseg eval` does; returns the report and the image count.
 pub fn eval_checkpoint(a: &EvalArgs) -> anyhow::Result<(recallseg_metrics::Report, usize)> {
+    let (report, images, _) = eval_checkpoint_per_image(a)?;
+    Ok((report, images))
+}
+
+/// [`eval_checkpoint`] that also returns the per-image scores when `a.per_image` is set.
+pub fn eval_checkpoint_per_image(
+    a: &EvalArgs,
+) -> anyhow::Result<(
+    recallseg_metrics::Report,
+    usize,
+    Option<recallseg_metrics::PerImageScores>,
+)> {
     let device = DeviceSpec::parse(&a.device)
         .map_err(|m| anyhow::anyhow!("--device: {m}"))?
         .open()?;
@@ -627,7 +666,11 @@ pub fn eval_checkpoint(a: &EvalArgs) -> anyhow::Result<(recallseg_metrics::Repor
     // per-class values are printed.
     let averaging =
         recallseg_metrics::Averaging::new(a.average.unwrap_or(metrics.average), zero_division);
-    let out = evaluate_with(p.model(), &loader, &device, 0, p.inference())?;
+    let out = if a.per_image {
+        evaluate_per_image(p.model(), &loader, &device, 0, p.inference())?
+    } else {
+        evaluate_with(p.model(), &loader, &device, 0, p.inference())?
+    };
     let report = out
         .matrix
         .report_with_names(&classes.names)?
@@ -637,7 +680,7 @@ pub fn eval_checkpoint(a: &EvalArgs) -> anyhow::Result<(recallseg_metrics::Repor
     } else {
         report.with_averaging(averaging)?
     };
-    Ok((report, out.images))
+    Ok((report, out.images, out.per_image.map(|p| p.scores())))
 }
 
 /// Opens a checkpoint or run folder as a [`Predictor`] on `device`, with the inference options
@@ -903,6 +946,14 @@ mod tests {
         };
         assert_eq!(e.split, "test");
         assert_eq!(e.device, "cpu");
+        assert!(!e.per_image);
+        let Command::Eval(e) = parse(&["eval", "--checkpoint", "c", "--per-image"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert!(e.per_image);
         let Command::Predict(p) = parse(&[
             "predict",
             "--checkpoint",

@@ -5,7 +5,7 @@ use crate::inference::Inference;
 use candle_core::{DType, Device, Tensor};
 use recallseg_data::Loader;
 use recallseg_losses::SegLoss;
-use recallseg_metrics::ConfusionMatrix;
+use recallseg_metrics::{ConfusionMatrix, PerImageIou};
 use recallseg_models::DeepLab;
 
 /// What [`evaluate`] returns.
@@ -18,6 +18,9 @@ pub struct EvalOutput {
     pub kept: Vec<(usize, String, Vec<u8>, Vec<u8>)>,
     /// Number of images evaluated.
     pub images: usize,
+    /// Each image's per-class IoU (torchmetrics' `MeanIoU` per sample), in loader order: only
+    /// when asked for ([`evaluate_per_image`]), `None` otherwise.
+    pub per_image: Option<PerImageIou>,
 }
 
 /// [`evaluate`] that also computes `loss` on every batch: returns the output and the mean of the
@@ -35,18 +38,26 @@ pub fn evaluate_with_loss(
 ) -> anyhow::Result<(EvalOutput, Option<f64>)> {
     let mut sum = (0.0f64, 0usize);
     let plain = Inference::default();
-    let out = evaluate_inner(model, loader, device, keep, &plain, |logits, target, n| {
-        if let Some(s) = state {
-            loss.load_state(s)?;
-        }
-        let v = loss
-            .forward(logits, target)?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
-        sum.0 += v * n as f64;
-        sum.1 += n;
-        Ok(())
-    })?;
+    let out = evaluate_inner(
+        model,
+        loader,
+        device,
+        keep,
+        &plain,
+        false,
+        |logits, target, n| {
+            if let Some(s) = state {
+                loss.load_state(s)?;
+            }
+            let v = loss
+                .forward(logits, target)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            sum.0 += v * n as f64;
+            sum.1 += n;
+            Ok(())
+        },
+    )?;
     Ok((out, (sum.1 > 0).then(|| sum.0 / sum.1 as f64)))
 }
 
@@ -76,21 +87,48 @@ pub fn evaluate_with(
     keep: usize,
     inference: &Inference,
 ) -> anyhow::Result<EvalOutput> {
-    evaluate_inner(model, loader, device, keep, inference, |_, _, _| Ok(()))
+    evaluate_inner(model, loader, device, keep, inference, false, |_, _, _| {
+        Ok(())
+    })
 }
 
-/// The evaluation loop; `on_batch(logits, target, n)` sees every batch's logits.
+/// [`evaluate_with`] that also collects each image's IoU ([`PerImageIou`], in
+/// [`EvalOutput::per_image`]) alongside the dataset-wide matrix (which is the same as
+/// [`evaluate_with`]'s).
+pub fn evaluate_per_image(
+    model: &DeepLab,
+    loader: &Loader,
+    device: &Device,
+    keep: usize,
+    inference: &Inference,
+) -> anyhow::Result<EvalOutput> {
+    evaluate_inner(model, loader, device, keep, inference, true, |_, _, _| {
+        Ok(())
+    })
+}
+
+/// The evaluation loop; `on_batch(logits, target, n)` sees every batch's logits; `per_image`
+/// also collects [`PerImageIou`].
 fn evaluate_inner(
     model: &DeepLab,
     loader: &Loader,
     device: &Device,
     keep: usize,
     inference: &Inference,
+    per_image: bool,
     mut on_batch: impl FnMut(&Tensor, &Tensor, usize) -> anyhow::Result<()>,
 ) -> anyhow::Result<EvalOutput> {
     let info = loader.dataset().class_info().clone();
     let mut matrix =
         ConfusionMatrix::with_ignore_index(info.n_classes(), Some(info.ignore_index as u32));
+    let mut per = if per_image {
+        Some(PerImageIou::new(
+            info.n_classes(),
+            Some(info.ignore_index as u32),
+        )?)
+    } else {
+        None
+    };
     let mut kept = Vec::new();
     let mut images = 0;
     for batch in loader.epoch(0) {
@@ -99,8 +137,12 @@ fn evaluate_inner(
         let logits = inference.model_logits(model, &x)?;
         on_batch(&logits, &target, batch.n)?;
         let pred = argmax_labels(&logits)?;
-        matrix.update(&batch.labels, &pred)?;
         let hw = batch.height * batch.width;
+        match per.as_mut() {
+            // Counted image by image; their sum is the batch's matrix.
+            Some(pi) => matrix.merge(&pi.update(&batch.labels, &pred, hw)?)?,
+            None => matrix.update(&batch.labels, &pred)?,
+        }
         for i in 0..batch.n {
             if kept.len() < keep {
                 kept.push((
@@ -117,5 +159,6 @@ fn evaluate_inner(
         matrix,
         kept,
         images,
+        per_image: per,
     })
 }

@@ -350,6 +350,7 @@ fn eval_and_predict_from_a_checkpoint() {
         average: None,
         zero_division: None,
         beta: None,
+        per_image: false,
     };
     let (report, images) = eval_checkpoint(&args).unwrap();
     assert_eq!(images, 2);
@@ -359,6 +360,58 @@ fn eval_and_predict_from_a_checkpoint() {
         report.averages.is_empty(),
         "the default is the report's own nanmean"
     );
+    // --per-image: the same dataset-wide report (default output unchanged), plus per-image
+    // figures equal to PerImageIou fed the same predictions image by image.
+    {
+        use recallseg_trainer::cli::{eval_checkpoint_per_image, open_predictor};
+        use recallseg_trainer::eval::argmax_labels;
+        let (plain_report, _, none) =
+            recallseg_trainer::cli::eval_checkpoint_per_image(&args).unwrap();
+        assert!(none.is_none());
+        let (r2, n2, scores) = eval_checkpoint_per_image(&EvalArgs {
+            per_image: true,
+            ..args.clone()
+        })
+        .unwrap();
+        assert_eq!(n2, 2);
+        assert_eq!(
+            serde_json::to_value(&r2).unwrap(),
+            serde_json::to_value(&plain_report).unwrap()
+        );
+        let scores = scores.unwrap();
+        assert_eq!(scores.images, 2);
+        let p = open_predictor(&ck, Device::Cpu, &Default::default()).unwrap();
+        let mut pcfg = p.config().clone();
+        pcfg.data.max_eval_images = 0;
+        let (ds, loader) = recallseg_trainer::train::open_eval(&pcfg, "test").unwrap();
+        let info = ds.class_info();
+        let mut direct =
+            recallseg_metrics::PerImageIou::new(info.n_classes(), Some(info.ignore_index as u32))
+                .unwrap();
+        for batch in loader.epoch(0) {
+            let batch = batch.unwrap();
+            let (x, _) = recallseg_trainer::data::batch_tensors(&batch, &Device::Cpu).unwrap();
+            let logits = p.inference().model_logits(p.model(), &x).unwrap();
+            let pred = argmax_labels(&logits).unwrap();
+            let hw = batch.height * batch.width;
+            for i in 0..batch.n {
+                let mut m = recallseg_metrics::ConfusionMatrix::with_ignore_index(
+                    info.n_classes(),
+                    Some(info.ignore_index as u32),
+                );
+                m.update(
+                    &batch.labels[i * hw..(i + 1) * hw],
+                    &pred[i * hw..(i + 1) * hw],
+                )
+                .unwrap();
+                direct.push_matrix(&m).unwrap();
+            }
+        }
+        assert_eq!(scores, direct.scores());
+        assert!(scores.mean_of_images.value.is_some());
+        let line = recallseg_trainer::cli::per_image_line(&scores);
+        assert!(line.starts_with("mean per-image IoU: "), "{line}");
+    }
     // torchmetrics' averaging and an F2 column on request.
     let (tm, _) = eval_checkpoint(&EvalArgs {
         average: Some(recallseg_metrics::Average::Micro),
