@@ -43,11 +43,37 @@ pub enum Command {
     /// Measure a dataset split: per-channel mean/std and class pixel shares, with the
     /// `normalize` line to paste into a folder dataset's description.
     Stats(StatsArgs),
+    /// Draw training curves of one or several runs (loss, learning rate, validation mean
+    /// accuracy / mean IoU, per-class recall) into `training.svg` and `training.png`.
+    Plot(PlotArgs),
     /// Print a preset configuration (synthia, synthia-quick, cityscapes) as commented TOML.
     Preset {
         /// synthia (the paper's protocol), synthia-quick (minutes on a CPU), cityscapes.
         name: String,
     },
+}
+
+/// `recallseg plot`.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Examples:\n  \
+    recallseg plot runs/recall                     # writes runs/recall/training.svg and .png\n  \
+    recallseg plot runs/ce runs/focal runs/recall --out runs/curves\n")]
+pub struct PlotArgs {
+    /// Run folders (each with its `log.jsonl`); each is one colour, named by its folder.
+    #[arg(required = true, value_name = "RUN_DIR")]
+    pub runs: Vec<PathBuf>,
+    /// Folder to write `training.svg` and `training.png` into (default: the first run folder).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `recallseg plot`: draws the runs' training curves and prints the files written.
+pub fn plot(a: &PlotArgs) -> anyhow::Result<()> {
+    let out = a.out.clone().unwrap_or_else(|| a.runs[0].clone());
+    for f in crate::report::training_curves::draw_training_curves(&a.runs, &out)? {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
 }
 
 /// `recallseg train`.
@@ -534,6 +560,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Compare(a) => compare(&a),
         Command::Export(a) => export(&a).map(|()| 0),
         Command::Stats(a) => stats(&a).map(|()| 0),
+        Command::Plot(a) => plot(&a).map(|()| 0),
         Command::Preset { name } => {
             print!("{}", Preset::from_name(&name)?.toml());
             Ok(0)

@@ -19,6 +19,7 @@ mod examples;
 mod markdown;
 pub mod paper;
 mod plots;
+pub mod training_curves;
 
 pub use examples::{colorize, render_examples, zoom_window, ExampleRow, ExampleSet};
 pub use markdown::render_markdown;

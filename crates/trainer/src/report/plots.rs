@@ -6,7 +6,7 @@ use plotters::prelude::*;
 use recallseg_metrics::Score;
 use std::path::Path;
 
-type PlotResult = Result<(), String>;
+pub(super) type PlotResult = Result<(), String>;
 
 fn e<T: std::fmt::Display>(err: T) -> String {
     err.to_string()
@@ -29,7 +29,7 @@ fn series_colour(i: usize) -> RGBColor {
     C[i % C.len()]
 }
 
-fn with_backend(
+pub(super) fn with_backend(
     path: &Path,
     size: (u32, u32),
     draw: impl Fn(DrawingArea<SVGBackend, Shift>) -> PlotResult,
@@ -298,6 +298,11 @@ fn panels(cmp: &Comparison) -> Vec<(String, Series)> {
         out.push(("recall / focal weight ratio".to_string(), ratio));
     }
     out
+}
+
+/// The `i`-th colour of the 20-colour line palette (cycles beyond it).
+pub(super) fn line_colour(i: usize) -> RGBColor {
+    LINE_COLOURS[i % LINE_COLOURS.len()]
 }
 
 /// Width of Fig. 4's legend column (right of the panels, so it never covers a curve).
