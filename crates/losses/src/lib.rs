@@ -67,6 +67,7 @@ mod precision_ce;
 mod recall_ce;
 mod region;
 mod region_loss;
+mod sharding;
 mod soft_iou;
 mod tversky;
 mod weighted_ce;
@@ -85,6 +86,7 @@ pub use ohem_selection::OhemSelection;
 pub use options::{LossBuilder, LossOptions};
 pub use precision_ce::PrecisionCe;
 pub use recall_ce::{RecallCe, RecallVariant};
+pub use sharding::{ShardStatistics, Sharding};
 pub use soft_iou::SoftIou;
 pub use tversky::Tversky;
 pub use weighted_ce::WeightedCe;
@@ -162,6 +164,56 @@ pub trait SegLoss: Send {
     /// [`BalancedCe`], [`CrossEntropy`] and the region losses built with `class_weights`) are
     /// reported for every class; unweighted [`CrossEntropy`] and region losses report `None`.
     fn last_class_weights(&self) -> Option<Vec<f32>>;
+
+    /// How the loss behaves when a batch is split into shards (data-parallel ranks, gradient
+    /// accumulation): [`Sharding::Exact`] losses reproduce the whole batch's loss from additive
+    /// statistics ([`SegLoss::shard_statistics`], [`SegLoss::prepare_step`],
+    /// [`SegLoss::forward_shard`]); [`Sharding::PerShard`] losses (the default) compute each
+    /// shard's loss on its own. `docs/losses.md` lists which is which.
+    fn sharding(&self) -> Sharding {
+        Sharding::PerShard
+    }
+
+    /// This shard's additive statistics (an [`Sharding::Exact`] loss): what the step's
+    /// batch-level quantities are computed from once they are summed over every shard. Reads
+    /// the logits only when `needs_logits` of [`Sharding::Exact`] says so (otherwise they may be any
+    /// tensor of the right shape). An error for a [`Sharding::PerShard`] loss.
+    fn shard_statistics(
+        &self,
+        logits: &Tensor,
+        target: &Tensor,
+    ) -> candle_core::Result<ShardStatistics> {
+        let _ = (logits, target);
+        candle_core::bail!(
+            "loss {} has no shard statistics (it is per shard)",
+            self.name()
+        )
+    }
+
+    /// Fixes the step's batch-level quantities (class weights, normaliser, the moving average,
+    /// which moves once per step) from the statistics summed over every shard of the batch.
+    fn prepare_step(&mut self, batch: &ShardStatistics) -> candle_core::Result<()> {
+        let _ = batch;
+        candle_core::bail!(
+            "loss {} has no shard statistics (it is per shard)",
+            self.name()
+        )
+    }
+
+    /// This shard's share of the loss of the whole batch, with the quantities of the last
+    /// [`SegLoss::prepare_step`]: summed over the shards, the values and the gradients are those
+    /// of [`SegLoss::forward_output`] on the concatenated batch.
+    fn forward_shard(
+        &mut self,
+        logits: &Tensor,
+        target: &Tensor,
+    ) -> candle_core::Result<LossOutput> {
+        let _ = (logits, target);
+        candle_core::bail!(
+            "loss {} has no shard statistics (it is per shard)",
+            self.name()
+        )
+    }
 
     /// The state the loss carries across steps, for checkpoints: [`RecallCe`] with a moving
     /// average returns its per-class smoothed recall (`NaN` for classes not seen yet, once it has
