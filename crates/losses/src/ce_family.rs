@@ -16,13 +16,14 @@
 //! (no valid pixel, or all weights zero) the loss is 0 with a zero gradient.
 
 use crate::ce_mode::{CeMode, ClassStats, StepReport};
+use crate::ce_shard::CeStep;
 use crate::fused_ce::FusedCe;
 use crate::input::{
     checked_labels_u32, class_column, class_vector, one_hot, per_class_host, prepare,
 };
 use crate::ohem_selection::ohem_keep;
 use crate::options::{Engine, LossOptions};
-use crate::{Kernel, LossError};
+use crate::{Kernel, LossError, ShardStatistics};
 use candle_core::{DType, Result, Tensor};
 use recallseg_kernels::fused::FusedOp;
 use recallseg_kernels::SavedState;
@@ -45,6 +46,8 @@ pub(crate) struct CeEngine {
     pub focal_alpha: Option<Vec<f64>>,
     /// The implementation the last forward pass ran.
     pub last_kernel: Option<Kernel>,
+    /// The batch-level quantities of the current sharded step (`SegLoss::prepare_step`).
+    pub step: Option<CeStep>,
 }
 
 impl CeEngine {
@@ -58,6 +61,7 @@ impl CeEngine {
             smoothing: 0.0,
             focal_alpha: None,
             last_kernel: None,
+            step: None,
         }
     }
 
@@ -87,7 +91,7 @@ impl CeEngine {
     }
 
     /// The option the fused kernel does not cover, if the loss has one.
-    fn fused_gap(&self) -> Option<&'static str> {
+    pub(crate) fn fused_gap(&self) -> Option<&'static str> {
         if self.mode.per_image() {
             Some("recall_ce variant = \"per_image\"")
         } else {
@@ -115,7 +119,22 @@ impl CeEngine {
         } else {
             Kernel::Portable
         });
-        let (loss, rep) = if p.fused {
+        let (loss, rep) = self.run(&p, None)?;
+        if rep.ema.is_some() {
+            self.ema = rep.ema;
+        }
+        self.last = rep.report;
+        Ok(loss)
+    }
+
+    /// Runs the implementation `p` chose on prepared, non-empty inputs. With `fixed` (a shard of
+    /// a sharded step) the class weights and `1/Z` are the step's instead of the batch's own.
+    pub(crate) fn run(
+        &self,
+        p: &crate::input::Prepared,
+        fixed: Option<&CeStep>,
+    ) -> Result<(Tensor, StepReport)> {
+        if p.fused {
             let out = Arc::new(SavedState::new());
             let op = FusedCe {
                 n_classes: self.opts.n_classes(),
@@ -125,6 +144,7 @@ impl CeEngine {
                 smoothing: self.smoothing,
                 mode: self.mode,
                 ema_prev: self.ema.clone(),
+                fixed: fixed.map(CeStep::factors),
                 out: out.clone(),
                 keep: p.logits.track_op(),
             };
@@ -132,19 +152,20 @@ impl CeEngine {
                 .logits
                 .apply_op2_arc(&p.target, Arc::new(Box::new(FusedOp(op))))?;
             let rep = out.with(|o: &mut crate::fused_ce::FusedOut| o.step.clone())?;
-            (loss, rep)
+            Ok((loss, rep))
         } else {
-            self.forward_portable(&p.logits, &p.target)?
-        };
-        if rep.ema.is_some() {
-            self.ema = rep.ema;
+            self.forward_portable(&p.logits, &p.target, fixed)
         }
-        self.last = rep.report;
-        Ok(loss)
     }
 
-    /// The composed candle-ops implementation (any device; candle autograd).
-    fn forward_portable(&self, logits: &Tensor, target: &Tensor) -> Result<(Tensor, StepReport)> {
+    /// The composed candle-ops implementation (any device; candle autograd); `fixed` as in
+    /// [`CeEngine::run`].
+    fn forward_portable(
+        &self,
+        logits: &Tensor,
+        target: &Tensor,
+        fixed: Option<&CeStep>,
+    ) -> Result<(Tensor, StepReport)> {
         let c = self.opts.n_classes();
         let ignore_index = self.opts.ignore_index();
         let dtype = logits.dtype();
@@ -199,8 +220,10 @@ impl CeEngine {
                     let fw = self.mode.final_weights(&s, &d.w);
                     wmat[i * c..(i + 1) * c].copy_from_slice(&fw);
                 }
-                let z = self.mode.normaliser(&s, &s, &count, pixels);
-                let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
+                let inv_z = match fixed {
+                    Some(f) => f.inv_z,
+                    None => inv(self.mode.normaliser(&s, &s, &count, pixels)),
+                };
                 wmat.iter_mut().for_each(|v| *v *= inv_z);
                 let report = wsum
                     .iter()
@@ -216,16 +239,19 @@ impl CeEngine {
                     StepReport {
                         report: Some(report),
                         ema: None,
+                        sums: Some((wsum, count)),
                     },
                 ))
             }
             CeMode::Plain | CeMode::ClassWeighted(_) => {
-                let (w, rep) = if matches!(self.mode, CeMode::Plain) {
+                let (w, rep) = if let Some(f) = fixed {
+                    (f.w.clone(), StepReport::default())
+                } else if matches!(self.mode, CeMode::Plain) {
                     (
                         s.clone(),
                         StepReport {
                             report: static_report,
-                            ema: None,
+                            ..Default::default()
                         },
                     )
                 } else {
@@ -246,11 +272,14 @@ impl CeEngine {
                         StepReport {
                             report: Some(d.report),
                             ema: d.ema,
+                            sums: None,
                         },
                     )
                 };
-                let z = self.mode.normaliser(&s, &w, &count, pixels);
-                let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
+                let inv_z = match fixed {
+                    Some(f) => f.inv_z,
+                    None => inv(self.mode.normaliser(&s, &w, &count, pixels)),
+                };
                 let scaled: Vec<f64> = w.iter().map(|v| v * inv_z).collect();
                 let per_class_ce = ce_sums(&[0, 2, 3])?;
                 let loss = (per_class_ce * class_vector(&scaled, dtype, dev)?)?.sum_all()?;
@@ -259,8 +288,10 @@ impl CeEngine {
             CeMode::Focal { gamma } => {
                 let gamma = *gamma;
                 let logpt = (&oh * &logp)?.sum(1)?;
-                let z = self.mode.normaliser(&s, &s, &count, pixels);
-                let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
+                let inv_z = match fixed {
+                    Some(f) => f.inv_z,
+                    None => inv(self.mode.normaliser(&s, &s, &count, pixels)),
+                };
                 // Focal's α multiplies the numerator only (Lin et al.'s α_t, mmseg's list).
                 let sa: Vec<f64> = match &self.focal_alpha {
                     Some(a) => s.iter().zip(a).map(|(x, y)| x * y).collect(),
@@ -295,6 +326,7 @@ impl CeEngine {
                     StepReport {
                         report: Some(report),
                         ema: None,
+                        sums: Some((fsum, count)),
                     },
                 ))
             }
@@ -346,11 +378,20 @@ impl CeEngine {
                     loss,
                     StepReport {
                         report: Some(report),
-                        ema: None,
+                        ..Default::default()
                     },
                 ))
             }
         }
+    }
+}
+
+/// `1/z`, or 0 when `z = 0` (no valid pixel, or every weight 0: the loss is 0).
+pub(crate) fn inv(z: f64) -> f64 {
+    if z > 0.0 {
+        1.0 / z
+    } else {
+        0.0
     }
 }
 
@@ -433,5 +474,21 @@ impl Engine for CeEngine {
 
     fn load_state(&mut self, state: &[f32]) -> std::result::Result<(), crate::LossError> {
         CeEngine::load_state(self, state)
+    }
+
+    fn sharding(&self) -> crate::Sharding {
+        CeEngine::sharding(self)
+    }
+
+    fn shard_statistics(&self, logits: &Tensor, target: &Tensor) -> Result<ShardStatistics> {
+        CeEngine::shard_statistics(self, logits, target)
+    }
+
+    fn prepare_step(&mut self, batch: &ShardStatistics) -> Result<()> {
+        CeEngine::prepare_step(self, batch)
+    }
+
+    fn forward_shard(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+        CeEngine::forward_shard(self, logits, target)
     }
 }

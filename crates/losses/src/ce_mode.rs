@@ -164,4 +164,7 @@ pub(crate) struct DynWeights {
 pub(crate) struct StepReport {
     pub report: Option<Vec<f32>>,
     pub ema: Option<Vec<f32>>,
+    /// The report's per-class numerator and pixel count over this batch (Focal: `Σ (1 − p)^γ`;
+    /// per-image Recall: `Σ_n w_{n,c} N_{n,c}`), which a sharded step accumulates over its shards.
+    pub sums: Option<(Vec<f64>, Vec<f64>)>,
 }

@@ -1,6 +1,6 @@
 //! A weighted sum of losses: [`CombinedLoss`].
 
-use crate::{Kernel, LossError, LossTerm, SegLoss};
+use crate::{Kernel, LossError, LossOutput, LossTerm, SegLoss, ShardStatistics, Sharding};
 use candle_core::{Result, Tensor};
 
 /// A weighted sum of losses, `L = Σ_i w_i L_i` (mmsegmentation's list of `loss_decode`, e.g.
@@ -147,6 +147,119 @@ impl SegLoss for CombinedLoss {
 
     fn name(&self) -> &str {
         "combined"
+    }
+
+    /// Exact when every term is ([`Sharding::Exact`], reading the logits when any term does);
+    /// per shard otherwise.
+    fn sharding(&self) -> Sharding {
+        let mut needs = false;
+        for (_, _, l) in &self.terms {
+            match l.sharding() {
+                Sharding::Exact { needs_logits } => needs |= needs_logits,
+                Sharding::PerShard => return Sharding::PerShard,
+            }
+        }
+        if self.terms.is_empty() {
+            return Sharding::PerShard;
+        }
+        Sharding::Exact {
+            needs_logits: needs,
+        }
+    }
+
+    /// The terms' statistics one after the other, each preceded by its length, the whole
+    /// preceded by 1: summed over `k` shards the first value is `k` and each length `k` times
+    /// the length, so [`SegLoss::prepare_step`] can split the sum without knowing the terms'
+    /// layouts.
+    fn shard_statistics(&self, logits: &Tensor, target: &Tensor) -> Result<ShardStatistics> {
+        if !matches!(self.sharding(), Sharding::Exact { .. }) {
+            return Err(crate::options::per_shard_error("combined"));
+        }
+        let mut out = vec![1.0];
+        for (_, _, l) in &self.terms {
+            let st = l.shard_statistics(logits, target)?;
+            out.push(st.0.len() as f64);
+            out.extend(st.0);
+        }
+        Ok(ShardStatistics(out))
+    }
+
+    fn prepare_step(&mut self, batch: &ShardStatistics) -> Result<()> {
+        if !matches!(self.sharding(), Sharding::Exact { .. }) {
+            return Err(crate::options::per_shard_error("combined"));
+        }
+        let b = &batch.0;
+        let bad = |reason: String| {
+            LossError::InvalidParameter {
+                loss: "combined",
+                field: "shard statistics",
+                value: format!("{} values", b.len()),
+                reason,
+            }
+            .into_candle()
+        };
+        let shards = *b
+            .first()
+            .ok_or_else(|| bad("they are empty (not from shard_statistics)".into()))?;
+        if !(shards >= 1.0 && shards.fract() == 0.0) {
+            return Err(bad(format!("the shard count {shards} is not a count")));
+        }
+        let mut at = 1;
+        let mut parts = Vec::with_capacity(self.terms.len());
+        for (name, _, _) in &self.terms {
+            let len = *b
+                .get(at)
+                .ok_or_else(|| bad(format!("they end before term `{name}`")))?
+                / shards;
+            if !(len >= 0.0 && len.fract() == 0.0) {
+                return Err(bad(format!("term `{name}` has a bad length")));
+            }
+            let len = len as usize;
+            let part = b
+                .get(at + 1..at + 1 + len)
+                .ok_or_else(|| bad(format!("they end inside term `{name}`")))?;
+            parts.push(ShardStatistics(part.to_vec()));
+            at += 1 + len;
+        }
+        if at != b.len() {
+            return Err(bad("values are left over after the last term".into()));
+        }
+        for ((_, _, l), part) in self.terms.iter_mut().zip(&parts) {
+            l.prepare_step(part)?;
+        }
+        self.last = None;
+        Ok(())
+    }
+
+    /// `Σ_i w_i` times each term's share; the terms' values in [`LossOutput::terms`] are their
+    /// shares.
+    fn forward_shard(&mut self, logits: &Tensor, target: &Tensor) -> Result<LossOutput> {
+        if !matches!(self.sharding(), Sharding::Exact { .. }) {
+            return Err(crate::options::per_shard_error("combined"));
+        }
+        let mut total: Option<Tensor> = None;
+        let mut report = Vec::with_capacity(self.terms.len());
+        for (name, weight, loss) in self.terms.iter_mut() {
+            let l = loss.forward_shard(logits, target)?.loss;
+            let value = l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            report.push(LossTerm {
+                name: name.clone(),
+                weight: *weight,
+                value,
+            });
+            let wl = l.affine(*weight, 0.0)?;
+            total = Some(match total {
+                None => wl,
+                Some(t) => (t + wl)?,
+            });
+        }
+        self.last = Some(report);
+        let loss = total.ok_or_else(|| candle_core::Error::Msg("no terms".into()))?;
+        Ok(LossOutput {
+            loss,
+            class_weights: self.last_class_weights(),
+            terms: self.last.clone(),
+        })
     }
 
     fn last_class_weights(&self) -> Option<Vec<f32>> {

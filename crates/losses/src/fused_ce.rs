@@ -65,6 +65,10 @@ pub(crate) struct FusedCe {
     pub mode: CeMode,
     /// The recall moving average before this step.
     pub ema_prev: Option<Vec<f32>>,
+    /// A shard of a sharded step: the per-class factors `W_c / Z` (Focal: `s_c α_c / Z`) fixed
+    /// by the step's statistics, used instead of the shard's own weights and normaliser (the
+    /// value is then this shard's numerator over the batch's `Z`, and no argmax is needed).
+    pub fixed: Option<Vec<f64>>,
     /// Filled by the forward pass; the loss object that builds the op reads the step report
     /// from it.
     pub out: Arc<SavedState<FusedOut>>,
@@ -301,7 +305,7 @@ impl FusedCe {
             _ => None,
         };
         let ohem = matches!(self.mode, CeMode::Ohem(_));
-        let need_argmax = matches!(self.mode, CeMode::ClassWeighted(_));
+        let need_argmax = matches!(self.mode, CeMode::ClassWeighted(_)) && self.fixed.is_none();
         let mut ce_pix = if ohem { vec![0f32; n * hw] } else { Vec::new() };
         let ce_ptr = SyncPtr(ce_pix.as_mut_ptr());
         let keep = self.keep;
@@ -361,6 +365,29 @@ impl FusedCe {
         let count: Vec<f64> = acc.count.iter().map(|&v| v as f64).collect();
         let pixels = n * hw;
         let (loss, out) = match &self.mode {
+            CeMode::Plain | CeMode::ClassWeighted(_) if self.fixed.is_some() => {
+                let f = self.fixed.as_deref().unwrap_or_default();
+                let eps = self.smoothing;
+                let loss: f64 = if eps > 0.0 {
+                    let ec = eps / c as f64;
+                    f.iter()
+                        .zip(acc.ce.iter().zip(&acc.smooth))
+                        .map(|(a, (ce, sm))| a * ((1.0 - eps) * ce + ec * sm))
+                        .sum::<f64>()
+                } else {
+                    f.iter().zip(&acc.ce).map(|(a, b)| a * b).sum::<f64>()
+                };
+                let out = FusedOut {
+                    step: StepReport::default(),
+                    class_factor: f.iter().map(|&v| v as f32).collect(),
+                    pixel_factor: None,
+                    gamma: None,
+                    smoothing: eps as f32,
+                    probs: None,
+                    focal_f: None,
+                };
+                (loss, out)
+            }
             CeMode::Plain | CeMode::ClassWeighted(_) => {
                 let (wts, step) = if matches!(self.mode, CeMode::Plain) {
                     (s.clone(), StepReport::default())
@@ -377,6 +404,7 @@ impl FusedCe {
                         StepReport {
                             report: Some(d.report),
                             ema: d.ema,
+                            sums: None,
                         },
                     )
                 };
@@ -406,15 +434,25 @@ impl FusedCe {
                 (loss, out)
             }
             CeMode::Focal { gamma } => {
-                let z = self.mode.normaliser(s, s, &count, pixels);
-                let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
                 // α multiplies the numerator only.
                 let sa: Vec<f64> = match &self.focal_alpha {
                     Some(a) => s.iter().zip(a).map(|(x, y)| x * y).collect(),
                     None => s.clone(),
                 };
-                let loss: f64 =
-                    sa.iter().zip(&acc.focal_l).map(|(a, b)| a * b).sum::<f64>() * inv_z;
+                let (factor, loss): (Vec<f64>, f64) = match &self.fixed {
+                    Some(f) => (
+                        f.clone(),
+                        f.iter().zip(&acc.focal_l).map(|(a, b)| a * b).sum(),
+                    ),
+                    None => {
+                        let z = self.mode.normaliser(s, s, &count, pixels);
+                        let inv_z = crate::ce_family::inv(z);
+                        (
+                            sa.iter().map(|v| v * inv_z).collect(),
+                            sa.iter().zip(&acc.focal_l).map(|(a, b)| a * b).sum::<f64>() * inv_z,
+                        )
+                    }
+                };
                 let report = acc
                     .focal_w
                     .iter()
@@ -425,8 +463,9 @@ impl FusedCe {
                     step: StepReport {
                         report: Some(report),
                         ema: None,
+                        sums: Some((acc.focal_w.clone(), count.clone())),
                     },
-                    class_factor: sa.iter().map(|v| (v * inv_z) as f32).collect(),
+                    class_factor: factor.iter().map(|&v| v as f32).collect(),
                     pixel_factor: None,
                     gamma: Some(*gamma),
                     smoothing: 0.0,
@@ -463,7 +502,7 @@ impl FusedCe {
                 let out = FusedOut {
                     step: StepReport {
                         report: Some(report),
-                        ema: None,
+                        ..Default::default()
                     },
                     class_factor: vec![0.0; c],
                     pixel_factor: Some(factor),

@@ -41,25 +41,14 @@ fn cpu_f32_all_finite(t: &Tensor) -> bool {
     }
 }
 
-/// Checks ranks, sizes and dtypes, converts half-precision logits to `f32`, and decides which
-/// implementation runs.
-///
-/// `fused_gap` names an option of the loss that the fused kernel does not cover (e.g.
-/// recall's `variant = "per_image"`): [`Kernel::Auto`] then runs the portable path (the choice is reported by
-/// `SegLoss::last_kernel`) and [`Kernel::Fused`] is an error naming the option.
-///
-/// Ignored pixels contribute nothing, whatever their logits: when the logits are not all finite,
-/// those of ignored pixels are replaced by 0 (a `where` select, so a NaN there cannot reach the
-/// loss or its gradient through a `0 · NaN`); a NaN on a valid pixel still propagates, as in
-/// PyTorch. Finite logits on the CPU (the fused kernels' case) are not copied.
-pub(crate) fn prepare(
+/// Checks the shapes and dtypes of a `(logits, target)` pair without reading any value:
+/// logits `(N, C, H, W)` with `C = n_classes` (at least 1) in `f32`/`f64`/`f16`/`bf16`, target
+/// `(N, H, W)` of `u8`/`u32`/`i64`. Returns `(N, C, H, W)`.
+pub(crate) fn check_inputs(
     logits: &Tensor,
     target: &Tensor,
     n_classes: usize,
-    ignore_index: u32,
-    kernel: Kernel,
-    fused_gap: Option<&str>,
-) -> Result<Prepared> {
+) -> Result<(usize, usize, usize, usize)> {
     let (n, c, h, w) = match logits.dims() {
         &[n, c, h, w] => (n, c, h, w),
         d => {
@@ -97,6 +86,35 @@ pub(crate) fn prepare(
             .into_candle())
         }
     }
+    match logits.dtype() {
+        DType::F32 | DType::F64 | DType::F16 | DType::BF16 => Ok((n, c, h, w)),
+        d => Err(
+            LossError::DType(format!("logits must be f32, f64, f16 or bf16, got {d:?}"))
+                .into_candle(),
+        ),
+    }
+}
+
+/// Checks ranks, sizes and dtypes, converts half-precision logits to `f32`, and decides which
+/// implementation runs.
+///
+/// `fused_gap` names an option of the loss that the fused kernel does not cover (e.g.
+/// recall's `variant = "per_image"`): [`Kernel::Auto`] then runs the portable path (the choice is reported by
+/// `SegLoss::last_kernel`) and [`Kernel::Fused`] is an error naming the option.
+///
+/// Ignored pixels contribute nothing, whatever their logits: when the logits are not all finite,
+/// those of ignored pixels are replaced by 0 (a `where` select, so a NaN there cannot reach the
+/// loss or its gradient through a `0 · NaN`); a NaN on a valid pixel still propagates, as in
+/// PyTorch. Finite logits on the CPU (the fused kernels' case) are not copied.
+pub(crate) fn prepare(
+    logits: &Tensor,
+    target: &Tensor,
+    n_classes: usize,
+    ignore_index: u32,
+    kernel: Kernel,
+    fused_gap: Option<&str>,
+) -> Result<Prepared> {
+    let (n, _, h, w) = check_inputs(logits, target, n_classes)?;
     let logits = match logits.dtype() {
         DType::F32 | DType::F64 => logits.clone(),
         DType::F16 | DType::BF16 => logits.to_dtype(DType::F32)?,

@@ -57,6 +57,7 @@ mod options;
 mod balanced_ce;
 mod ce_family;
 mod ce_mode;
+mod ce_shard;
 mod cross_entropy;
 mod dice;
 mod focal;

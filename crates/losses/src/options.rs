@@ -2,7 +2,7 @@
 //! weights and the implementation it runs — validated once where it is set; [`LossBuilder`]:
 //! the builder methods every loss gets from it.
 
-use crate::{Kernel, LossError, SegLoss};
+use crate::{Kernel, LossError, SegLoss, ShardStatistics, Sharding};
 use candle_core::{Result, Tensor};
 
 /// The options every loss has.
@@ -167,6 +167,32 @@ pub(crate) trait Engine: Send {
             })
         }
     }
+    /// See [`SegLoss::sharding`]; per shard unless the engine says otherwise.
+    fn sharding(&self) -> Sharding {
+        Sharding::PerShard
+    }
+    /// See [`SegLoss::shard_statistics`].
+    fn shard_statistics(&self, logits: &Tensor, target: &Tensor) -> Result<ShardStatistics> {
+        let _ = (logits, target);
+        Err(per_shard_error(self.name()))
+    }
+    /// See [`SegLoss::prepare_step`].
+    fn prepare_step(&mut self, batch: &ShardStatistics) -> Result<()> {
+        let _ = batch;
+        Err(per_shard_error(self.name()))
+    }
+    /// See [`SegLoss::forward_shard`]: the share's scalar.
+    fn forward_shard(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+        let _ = (logits, target);
+        Err(per_shard_error(self.name()))
+    }
+}
+
+/// The error of the sharding calls on a [`Sharding::PerShard`] loss.
+pub(crate) fn per_shard_error(name: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "loss {name} has no shard statistics (it is per shard)"
+    ))
 }
 
 /// A loss type that is its engine plus its own constructors: it gets [`SegLoss`] and
@@ -200,6 +226,27 @@ impl<T: EngineLoss> SegLoss for T {
 
     fn load_state(&mut self, state: &[f32]) -> std::result::Result<(), LossError> {
         self.engine_mut().load_state(state)
+    }
+
+    fn sharding(&self) -> Sharding {
+        self.engine().sharding()
+    }
+
+    fn shard_statistics(&self, logits: &Tensor, target: &Tensor) -> Result<ShardStatistics> {
+        self.engine().shard_statistics(logits, target)
+    }
+
+    fn prepare_step(&mut self, batch: &ShardStatistics) -> Result<()> {
+        self.engine_mut().prepare_step(batch)
+    }
+
+    fn forward_shard(&mut self, logits: &Tensor, target: &Tensor) -> Result<crate::LossOutput> {
+        let loss = self.engine_mut().forward_shard(logits, target)?;
+        Ok(crate::LossOutput {
+            loss,
+            class_weights: self.last_class_weights(),
+            terms: None,
+        })
     }
 }
 
