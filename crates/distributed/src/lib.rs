@@ -35,8 +35,10 @@
 //! assert_eq!(sums, vec![vec![3.0, 20.0], vec![3.0, 20.0]]);
 //! ```
 
+mod autograd;
 mod local;
 
+pub use autograd::all_reduce_sum_autograd;
 pub use local::{LocalComm, LocalGroup};
 
 use candle_core::{DType, Result, Tensor};
