@@ -5,6 +5,11 @@
 //!   `running_var ← (1 − m)·running_var + m·var·n/(n − 1)` (unbiased), `m = 0.1`.
 //! * Evaluation (or frozen): `y = x·s + (β − μ·s)`, `s = γ / √(σ² + ε)` with running statistics.
 //! * Frozen: running statistics in training too, `γ`, `β` detached (not trained).
+//! * Synchronised (SyncBatchNorm, [`BatchNorm2d::with_communicator`] with more than one rank):
+//!   in training (not frozen) the mean and variance are those of the *global* batch, the
+//!   concatenation of every rank's batch, and the running statistics move towards them
+//!   (unbiased with the global count), so they stay identical on every rank. See
+//!   [`BatchNorm2d::with_communicator`].
 //!
 //! Parameter names are PyTorch's: `weight`, `bias`, `running_mean`, `running_var`.
 
@@ -13,6 +18,8 @@ use crate::init::{ParamBuilder, ParamInit, ParamKind};
 use crate::ops::{batch_norm_cpu, conv_bn};
 use crate::ModelError;
 use candle_core::{DType, Result, Tensor, Var};
+use candle_nn::VarBuilder;
+use recallseg_distributed::{all_reduce_sum_autograd, SharedCommunicator};
 
 /// PyTorch's default BatchNorm epsilon.
 pub const BN_EPS: f64 = 1e-5;
@@ -28,10 +35,12 @@ pub struct BatchNorm2d {
     running_var: Var,
     channels: usize,
     frozen: bool,
+    sync: Option<SharedCommunicator>,
 }
 
 impl BatchNorm2d {
-    /// Creates the four tensors under the builder's prefix (γ = 1, β = 0, μ = 0, σ² = 1).
+    /// Creates the four tensors under the builder's prefix (γ = 1, β = 0, μ = 0, σ² = 1),
+    /// synchronised over the builder's SyncBatchNorm communicator if it has one.
     pub(crate) fn new(
         pb: &ParamBuilder,
         channels: usize,
@@ -45,7 +54,49 @@ impl BatchNorm2d {
             running_var: pb.param("running_var", &c, ParamKind::BnStat, ParamInit::Const(1.0))?,
             channels,
             frozen,
+            sync: pb.sync_batch_norm().cloned(),
         })
+    }
+
+    /// A stand-alone layer of `channels` channels whose four tensors (`weight` γ = 1, `bias`
+    /// β = 0, `running_mean` 0, `running_var` 1) are created under `vb`'s prefix; `vb` must be
+    /// backed by a `VarMap` (the running statistics are updated in place). `frozen`: running
+    /// statistics in training too. Not synchronised: see [`BatchNorm2d::with_communicator`].
+    pub fn from_var_builder(
+        vb: VarBuilder,
+        channels: usize,
+        frozen: bool,
+    ) -> std::result::Result<Self, ModelError> {
+        Self::new(&ParamBuilder::new(vb, 0), channels, frozen)
+    }
+
+    /// This layer synchronised over `comm` (SyncBatchNorm), or per process with `None`.
+    ///
+    /// With a communicator of more than one rank, training mode (not frozen) normalises with the
+    /// mean and biased variance of the global batch: each rank contributes its per-channel sum
+    /// `Σx`, centred sum of squares `Σ(x − x̄_r)²`, `(Σx)²/n_r` and element count `n_r` in one
+    /// all-reduce through [`all_reduce_sum_autograd`], so the backward pass is exact (the
+    /// gradient of the global loss, summed over ranks, reaches each rank's input). Every rank
+    /// must then run the layer, forward and backward, in the same order (as data-parallel
+    /// training does). The running statistics move towards the global moments, unbiased with
+    /// the global count, and stay identical on every rank. Evaluation, frozen layers and a
+    /// single rank are unchanged (the fused CPU paths included).
+    pub fn with_communicator(mut self, comm: Option<SharedCommunicator>) -> Self {
+        self.sync = comm;
+        self
+    }
+
+    /// The communicator the layer synchronises over, if any.
+    pub fn communicator(&self) -> Option<&SharedCommunicator> {
+        self.sync.as_ref()
+    }
+
+    /// The communicator when training statistics are synchronised in this call.
+    fn synced(&self, train: bool) -> Option<&SharedCommunicator> {
+        match &self.sync {
+            Some(c) if train && !self.frozen && c.size() > 1 => Some(c),
+            _ => None,
+        }
     }
 
     /// The running mean (a view of the variable).
@@ -79,7 +130,12 @@ impl BatchNorm2d {
         train: bool,
         relu: bool,
     ) -> Result<Tensor> {
-        if train && !self.frozen && !conv.has_bias() && crate::ops::cpu_kernels().batch_norm {
+        if train
+            && !self.frozen
+            && self.synced(train).is_none()
+            && !conv.has_bias()
+            && crate::ops::cpu_kernels().batch_norm
+        {
             let fused = conv_bn::conv_bn_train(
                 x,
                 conv.weight().as_tensor(),
@@ -112,10 +168,13 @@ impl BatchNorm2d {
         self.running_var.set(&new_var)
     }
 
-    /// The portable (candle ops) path, whatever the device: used off the CPU and by the tests
-    /// that check the fused CPU op against it.
+    /// The portable (candle ops) path, whatever the device: used off the CPU, for synchronised
+    /// training statistics, and by the tests that check the fused CPU op against it.
     pub fn forward_portable_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
-        let y = self.forward_candle(x, train)?;
+        let y = match self.synced(train) {
+            Some(comm) => self.forward_sync(comm, x)?,
+            None => self.forward_candle(x, train)?,
+        };
         if relu {
             y.relu()
         } else {
@@ -125,6 +184,9 @@ impl BatchNorm2d {
 
     fn forward_impl(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let (n, _, h, w) = x.dims4()?;
+        if self.synced(train).is_some() {
+            return self.forward_portable_t(x, train, relu);
+        }
         if train
             && !self.frozen
             && crate::ops::cpu_kernels().batch_norm
@@ -170,6 +232,75 @@ impl BatchNorm2d {
             return batch_norm_cpu::batch_norm_eval(x, &gamma, &beta, stats, BN_EPS, relu);
         }
         self.forward_portable_t(x, train, relu)
+    }
+
+    /// Training with the global batch's statistics (see [`BatchNorm2d::with_communicator`]).
+    fn forward_sync(&self, comm: &SharedCommunicator, x: &Tensor) -> Result<Tensor> {
+        self.check_channels(x)?;
+        let (n, c, h, w) = x.dims4()?;
+        let local = n * h * w;
+        // Statistics in f32 at least (f64 for f64 models): the count must be exact.
+        let stat_dtype = if x.dtype() == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let xs = x.to_dtype(stat_dtype)?;
+        let sum = xs.sum_keepdim((0, 2, 3))?;
+        // Centred on this rank's mean: Σ(x − x̄_r)² has no cancellation; the spread of the
+        // ranks' means comes back through Σ_r (Σx)_r² / n_r − (Σx)² / n.
+        let local_mean = (&sum / local.max(1) as f64)?;
+        let m2 = xs
+            .broadcast_sub(&local_mean)?
+            .sqr()?
+            .sum_keepdim((0, 2, 3))?;
+        let q = (sum.sqr()? / local.max(1) as f64)?;
+        let count = Tensor::new(&[local as f32], x.device())?.to_dtype(stat_dtype)?;
+        let packed = Tensor::cat(
+            &[
+                sum.flatten_all()?,
+                m2.flatten_all()?,
+                q.flatten_all()?,
+                count,
+            ],
+            0,
+        )?;
+        let global = all_reduce_sum_autograd(comm, &packed)?;
+        let total = global
+            .narrow(0, 3 * c, 1)?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?[0];
+        if total < 2.0 {
+            candle_core::bail!(
+                "batch norm in training mode needs more than one value per channel over all {} \
+                 ranks, got input {:?} here and {total} values in all",
+                comm.size(),
+                x.dims()
+            )
+        }
+        let g_sum = global.narrow(0, 0, c)?;
+        let g_m2 = global.narrow(0, c, c)?;
+        let g_q = global.narrow(0, 2 * c, c)?;
+        let mean = (&g_sum / total)?;
+        let var = ((((g_m2 + g_q)? - (g_sum.sqr()? / total)?)?) / total)?;
+        let shape = (1, c, 1, 1);
+        let gamma = self.weight.as_tensor().to_dtype(stat_dtype)?;
+        let beta = self.bias.as_tensor().to_dtype(stat_dtype)?;
+        let scale = (var.affine(1.0, BN_EPS)?.sqrt()?.recip()? * gamma)?;
+        let y = xs
+            .broadcast_sub(&mean.reshape(shape)?)?
+            .broadcast_mul(&scale.reshape(shape)?)?
+            .broadcast_add(&beta.reshape(shape)?)?
+            .to_dtype(x.dtype())?;
+        let m = BN_MOMENTUM;
+        let rm = self.running_mean.as_tensor();
+        let rv = self.running_var.as_tensor();
+        let new_mean = ((rm.detach() * (1.0 - m))? + (mean.detach().to_dtype(rm.dtype())? * m)?)?;
+        let new_var = ((rv.detach() * (1.0 - m))?
+            + (var.detach().to_dtype(rv.dtype())? * (m * total / (total - 1.0)))?)?;
+        self.running_mean.set(&new_mean)?;
+        self.running_var.set(&new_var)?;
+        Ok(y)
     }
 
     fn check_channels(&self, x: &Tensor) -> Result<()> {

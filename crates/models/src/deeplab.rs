@@ -11,6 +11,7 @@ use crate::resnet::{ResNet, ResNetFeatures};
 use crate::ModelError;
 use candle_core::{Result, Tensor, Var};
 use candle_nn::VarBuilder;
+use recallseg_distributed::SharedCommunicator;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,6 +19,33 @@ use std::sync::atomic::{AtomicU64, Ordering};
 enum HeadImpl {
     V3(Box<DeepLabV3Head>),
     V3Plus(Box<DeepLabV3PlusHead>),
+}
+
+/// How a model is built beyond its [`ModelConfig`]: run-time choices that change neither the
+/// parameters nor the checkpoints. The default is today's plain build.
+///
+/// ```
+/// use recallseg_models::BuildOptions;
+///
+/// let comm = recallseg_distributed::single_process();
+/// let opts = BuildOptions::default().with_sync_batch_norm(Some(comm));
+/// assert!(opts.sync_batch_norm.is_some());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// SyncBatchNorm: every BatchNorm layer of the model (backbone, head, auxiliary head)
+    /// normalises with the statistics of the global batch over this communicator's ranks in
+    /// training mode (see [`crate::batch_norm::BatchNorm2d::with_communicator`]). `None` (the
+    /// default), a single rank, evaluation and frozen BatchNorm: per-process statistics.
+    pub sync_batch_norm: Option<SharedCommunicator>,
+}
+
+impl BuildOptions {
+    /// These options with [`BuildOptions::sync_batch_norm`] set to `comm`.
+    pub fn with_sync_batch_norm(mut self, comm: Option<SharedCommunicator>) -> Self {
+        self.sync_batch_norm = comm;
+        self
+    }
 }
 
 /// A DeepLabV3 / DeepLabV3+ segmentation model.
@@ -32,6 +60,7 @@ pub struct DeepLab {
     head: HeadImpl,
     aux: Option<AuxHead>,
     vars: Vec<NamedVar>,
+    options: BuildOptions,
     dropout_seed: AtomicU64,
     dropout_calls: AtomicU64,
 }
@@ -41,8 +70,19 @@ impl DeepLab {
     /// `VarMap` behind `vb` with seeded initialisation (`config.init`, `config.init_seed`).
     /// Pretrained weights are not loaded: see [`DeepLab::from_pretrained`].
     pub fn new(config: &ModelConfig, vb: VarBuilder) -> std::result::Result<Self, ModelError> {
+        Self::new_with(config, vb, &BuildOptions::default())
+    }
+
+    /// [`DeepLab::new`] with build `options` (e.g. SyncBatchNorm). The parameters are the same
+    /// as `new`'s.
+    pub fn new_with(
+        config: &ModelConfig,
+        vb: VarBuilder,
+        options: &BuildOptions,
+    ) -> std::result::Result<Self, ModelError> {
         config.validate()?;
-        let pb = ParamBuilder::new(vb, config.init_seed);
+        let pb = ParamBuilder::new(vb, config.init_seed)
+            .with_sync_batch_norm(options.sync_batch_norm.clone());
         let backbone = ResNet::new(&pb.pp("backbone"), config)?;
         let [low, _, mid, high] = backbone.channels();
         let hb = pb.clone().with_conv_init(config.init.head_conv());
@@ -63,6 +103,7 @@ impl DeepLab {
             head,
             aux,
             vars,
+            options: options.clone(),
             dropout_seed: AtomicU64::new(config.init_seed),
             dropout_calls: AtomicU64::new(0),
         })
@@ -73,7 +114,16 @@ impl DeepLab {
         config: &ModelConfig,
         vb: VarBuilder,
     ) -> std::result::Result<(Self, Option<LoadReport>), ModelError> {
-        let model = Self::new(config, vb)?;
+        Self::from_pretrained_with(config, vb, &BuildOptions::default())
+    }
+
+    /// [`DeepLab::from_pretrained`] with build `options` (e.g. SyncBatchNorm).
+    pub fn from_pretrained_with(
+        config: &ModelConfig,
+        vb: VarBuilder,
+        options: &BuildOptions,
+    ) -> std::result::Result<(Self, Option<LoadReport>), ModelError> {
+        let model = Self::new_with(config, vb, options)?;
         let report = match &config.pretrained {
             Some(source) => Some(model.load_pretrained(source)?),
             None => None,
@@ -102,6 +152,11 @@ impl DeepLab {
     /// Whether the model has the auxiliary head ([`ModelConfig::aux_head`]).
     pub fn has_aux_head(&self) -> bool {
         self.aux.is_some()
+    }
+
+    /// The build options the model was built with.
+    pub fn build_options(&self) -> &BuildOptions {
+        &self.options
     }
 
     /// The configuration the model was built from.

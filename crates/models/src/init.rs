@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use recallseg_distributed::SharedCommunicator;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -148,6 +149,7 @@ pub(crate) struct ParamBuilder<'a> {
     vb: VarBuilder<'a>,
     seed: u64,
     conv_init: ParamInit,
+    sync_batch_norm: Option<SharedCommunicator>,
     registry: Rc<RefCell<Vec<NamedVar>>>,
 }
 
@@ -157,6 +159,7 @@ impl<'a> ParamBuilder<'a> {
             vb,
             seed,
             conv_init: ParamInit::KaimingNormalFanOut,
+            sync_batch_norm: None,
             registry: Rc::new(RefCell::new(Vec::new())),
         }
     }
@@ -166,6 +169,18 @@ impl<'a> ParamBuilder<'a> {
     pub(crate) fn with_conv_init(mut self, init: ParamInit) -> Self {
         self.conv_init = init;
         self
+    }
+
+    /// This builder with the communicator over which the BatchNorm layers created through it
+    /// and its sub-builders synchronise their training statistics (`None`: per process).
+    pub(crate) fn with_sync_batch_norm(mut self, comm: Option<SharedCommunicator>) -> Self {
+        self.sync_batch_norm = comm;
+        self
+    }
+
+    /// The communicator of SyncBatchNorm, if any.
+    pub(crate) fn sync_batch_norm(&self) -> Option<&SharedCommunicator> {
+        self.sync_batch_norm.as_ref()
     }
 
     /// How convolution weights created through this builder start.
@@ -179,6 +194,7 @@ impl<'a> ParamBuilder<'a> {
             vb: self.vb.pp(name),
             seed: self.seed,
             conv_init: self.conv_init,
+            sync_batch_norm: self.sync_batch_norm.clone(),
             registry: self.registry.clone(),
         }
     }

@@ -2,7 +2,9 @@
 //!
 //! * [`ModelConfig`] chooses backbone, head, output stride, classes and pretrained source;
 //! * [`DeepLab::new`] builds the model on a `VarMap`-backed `VarBuilder` with seeded
-//!   initialisation; [`DeepLab::forward_t`] maps `(N, 3, H, W)` to logits `(N, C, H, W)`;
+//!   initialisation ([`DeepLab::new_with`] adds [`BuildOptions`] such as SyncBatchNorm over a
+//!   `recallseg_distributed` communicator); [`DeepLab::forward_t`] maps `(N, 3, H, W)` to
+//!   logits `(N, C, H, W)`;
 //! * [`DeepLab::trainable_vars`] is what the optimiser updates; the `VarMap` holds everything to
 //!   checkpoint, BatchNorm running statistics included;
 //! * [`ops`] holds the differentiable bilinear resize and max-pool candle lacks, and the single
@@ -43,6 +45,6 @@ pub mod separable_conv;
 
 pub use aux_head::{AuxHead, AuxHeadConfig};
 pub use config::{Backbone, Head, HubFile, InitScheme, ModelConfig, PretrainedSource};
-pub use deeplab::DeepLab;
+pub use deeplab::{BuildOptions, DeepLab};
 pub use error::ModelError;
 pub use pretrained::{CheckpointLayout, LoadReport};
