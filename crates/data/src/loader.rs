@@ -62,6 +62,41 @@ pub struct LoaderConfig {
     /// Skip items that fail to load, with a warning on stderr, instead of stopping with the
     /// error; [`Loader::skipped`] counts them. A batch then holds fewer items.
     pub skip_bad: bool,
+    /// Which part of every batch this loader yields (data-parallel training: each rank loads
+    /// its own shard of the same global batches). The default, shard 0 of 1, is the whole
+    /// batch. Batch numbering, the shuffle and each item's augmentation (drawn from the seed,
+    /// the epoch and the item's position in it) do not depend on the shard, so the shards of a
+    /// batch put together are exactly the unsharded batch.
+    pub shard: Shard,
+}
+
+/// Shard `index` of `count` of every batch: the items at positions
+/// `⌊len·index/count⌋ .. ⌊len·(index+1)/count⌋` of a batch of `len` items (contiguous slices,
+/// in order, sizes differing by at most one). A batch shorter than `count` leaves some shards
+/// empty: those load a batch of 0 items, which the epoch iterators leave out, so a data-parallel
+/// caller keeps every global batch at least `count` items long (full batches, `drop_last`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    /// This shard, `0..count`.
+    pub index: usize,
+    /// Number of shards.
+    pub count: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { index: 0, count: 1 }
+    }
+}
+
+impl Shard {
+    /// The positions of a batch covering positions `start..end` that this shard holds.
+    pub fn range(&self, start: usize, end: usize) -> std::ops::Range<usize> {
+        let len = end.saturating_sub(start);
+        let count = self.count.max(1);
+        start + len * self.index / count..start + len * (self.index + 1) / count
+    }
 }
 
 impl Default for LoaderConfig {
@@ -79,6 +114,7 @@ impl Default for LoaderConfig {
             prefetch: 2,
             cache_resized: false,
             skip_bad: false,
+            shard: Shard::default(),
         }
     }
 }
@@ -109,6 +145,13 @@ impl LoaderConfig {
                     "width and height must be > 0",
                 ));
             }
+        }
+        if self.shard.count == 0 || self.shard.index >= self.shard.count {
+            return Err(DataError::config(
+                "shard",
+                format!("{}/{}", self.shard.index, self.shard.count),
+                "needs count ≥ 1 and index < count",
+            ));
         }
         if let Some(a) = &self.augment {
             a.validate()?;
@@ -395,8 +438,9 @@ impl Inner {
                 format!("epoch has {} item(s)", order.len()),
             ));
         }
+        let positions = self.cfg.shard.range(start, end);
         let prepared: Vec<_> = self.pool.install(|| {
-            (start..end)
+            positions
                 .into_par_iter()
                 .map(|pos| (order[pos], self.prepare(order[pos], epoch, pos)))
                 .collect()

@@ -163,6 +163,7 @@ pub fn train_loader(
         prefetch: 2,
         cache_resized: !cfg.crop && (cfg.width * cfg.height <= 512 * 256),
         skip_bad: false,
+        shard: recallseg_data::Shard::default(),
     };
     Ok(Loader::new(ds, lc)?)
 }

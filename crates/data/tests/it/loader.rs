@@ -141,3 +141,42 @@ fn prefix_keeps_the_first_items_and_has_its_own_fingerprint() {
     assert_ne!(p.fingerprint(), ds.fingerprint());
     assert_ne!(p.fingerprint(), recallseg_data::prefix(ds, 2).fingerprint());
 }
+
+#[test]
+fn shards_of_a_batch_put_together_are_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dataset(dir.path());
+    let whole = collect(Loader::new(ds.clone(), train_cfg(1)).unwrap().epoch(3));
+    for count in [2usize, 3] {
+        let shards: Vec<Vec<Batch>> = (0..count)
+            .map(|index| {
+                let cfg = LoaderConfig {
+                    shard: recallseg_data::Shard { index, count },
+                    ..train_cfg(1)
+                };
+                let l = Loader::new(ds.clone(), cfg).unwrap();
+                assert_eq!(l.batches_per_epoch(), whole.len());
+                collect(l.epoch(3))
+            })
+            .collect();
+        for (b, full) in whole.iter().enumerate() {
+            let parts: Vec<&Batch> = shards.iter().map(|s| &s[b]).collect();
+            // Batches of 3 items: one item per shard (3 shards) or 1 + 2 (2 shards).
+            let sizes: Vec<usize> = parts.iter().map(|p| p.n).collect();
+            let expect: Vec<usize> = if count == 2 { vec![1, 2] } else { vec![1, 1, 1] };
+            assert_eq!(sizes, expect);
+            let images: Vec<f32> = parts.iter().flat_map(|p| p.images.clone()).collect();
+            let labels: Vec<u8> = parts.iter().flat_map(|p| p.labels.clone()).collect();
+            let indices: Vec<usize> = parts.iter().flat_map(|p| p.indices.clone()).collect();
+            assert_eq!(images, full.images, "batch {b}, {count} shards");
+            assert_eq!(labels, full.labels);
+            assert_eq!(indices, full.indices);
+        }
+    }
+    let bad = LoaderConfig {
+        shard: recallseg_data::Shard { index: 2, count: 2 },
+        ..train_cfg(1)
+    };
+    let err = Loader::new(ds, bad).err().expect("shard 2 of 2 is refused");
+    assert!(err.to_string().contains("shard"), "{err}");
+}
