@@ -35,7 +35,7 @@ pub use dataset::{
 };
 pub use error::DataError;
 pub use folder::{FolderDataset, FolderSpec};
-pub use loader::{Batch, EpochIter, Loader, LoaderConfig, Shard};
+pub use loader::{mix_seed, Batch, EpochIter, Loader, LoaderConfig, Shard};
 pub use prefix::{prefix, Prefix};
 pub use synthetic::{generate_synthia, GenerateReport, SyntheticConfig};
 pub use synthia::{SynthiaDataset, SynthiaOptions};

@@ -581,6 +581,7 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<i32> {
         label: None,
         stop_after: None,
         skip_test: false,
+        communicator: None,
     };
     let o = crate::train::train(&cfg, &opts)?;
     eprintln!(

@@ -383,6 +383,7 @@ fn one_run(
             stop_after: None,
             // The comparison evaluates the weights it chose on the test split itself.
             skip_test: true,
+            communicator: None,
         },
     )?;
     if !outcome.finished {

@@ -641,6 +641,36 @@ pub struct TrainSection {
     /// validations (`[train.early_stop]`; absent = never). Needs `val_every > 0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stop: Option<EarlyStopConfig>,
+    /// Gradient accumulation: each step's batch is computed as this many micro-batches (on
+    /// each data-parallel rank) whose gradients are summed before the one update. The batch
+    /// (`batch_size`, the global batch over every rank) must divide into `ranks × accumulate`
+    /// equal micro-batches. BatchNorm sees one micro-batch at a time, as it sees one rank's
+    /// shard under data parallelism; batch statistics of the loss span the whole batch where
+    /// the loss is exact under sharding (`docs/losses.md`). Default 1.
+    #[serde(default = "default_accumulate", skip_serializing_if = "is_one")]
+    pub accumulate: usize,
+    /// SyncBatchNorm under data parallelism: BatchNorm's batch moments are summed over every
+    /// rank, so normalisation uses the whole batch rather than each rank's shard. No effect on
+    /// one process. Default false (per-rank statistics, as PyTorch DDP).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sync_batch_norm: bool,
+    /// Under data parallelism, check every this many steps that all ranks hold bit-identical
+    /// model and optimiser states (a digest compared across ranks; an error names the step).
+    /// `0` (the default) checks at every checkpoint only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub check_replicas_every: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+fn default_accumulate() -> usize {
+    1
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 /// The validation figure early stopping watches (higher is better).
@@ -1216,6 +1246,15 @@ impl TrainConfig {
         }
         if t.batch_size == 0 {
             return Err(invalid("train.batch_size", "must be at least 1"));
+        }
+        if t.accumulate == 0 || !t.batch_size.is_multiple_of(t.accumulate) {
+            return Err(invalid(
+                "train.accumulate",
+                format!(
+                    "{} does not divide train.batch_size = {} into equal micro-batches",
+                    t.accumulate, t.batch_size
+                ),
+            ));
         }
         if t.log_every == 0 {
             return Err(invalid("train.log_every", "must be at least 1"));

@@ -121,12 +121,14 @@ pub fn open_split(cfg: &DataConfig, split: Split) -> anyhow::Result<Arc<dyn SegD
 }
 
 /// The training loader: resize to `width × height` (or random crops with `crop`), optional
-/// flips, shuffled per epoch from `seed`, incomplete last batch dropped.
+/// flips, shuffled per epoch from `seed`, incomplete last batch dropped; `shard` of every batch
+/// (the whole batch by default, one rank's part under data parallelism).
 pub fn train_loader(
     cfg: &DataConfig,
     ds: Arc<dyn SegDataset>,
     batch_size: usize,
     seed: u64,
+    shard: recallseg_data::Shard,
 ) -> anyhow::Result<Loader> {
     let ds = limit(ds, cfg.max_train_images);
     if ds.len() < batch_size {
@@ -163,7 +165,7 @@ pub fn train_loader(
         prefetch: 2,
         cache_resized: !cfg.crop && (cfg.width * cfg.height <= 512 * 256),
         skip_bad: false,
-        shard: recallseg_data::Shard::default(),
+        shard,
     };
     Ok(Loader::new(ds, lc)?)
 }

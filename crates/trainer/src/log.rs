@@ -151,7 +151,8 @@ impl LogRecord {
 /// seconds ([`LogEntry`]).
 pub struct JsonlLog {
     path: PathBuf,
-    file: std::fs::File,
+    /// `None`: a log that writes nothing ([`JsonlLog::discard`]).
+    file: Option<std::fs::File>,
     start: Instant,
     /// Elapsed seconds of the earlier invocations (the last kept line's `elapsed_s`).
     elapsed_before: f64,
@@ -163,10 +164,21 @@ impl JsonlLog {
         let file = std::fs::File::create(path)?;
         Ok(Self {
             path: path.to_path_buf(),
-            file,
+            file: Some(file),
             start: Instant::now(),
             elapsed_before: 0.0,
         })
+    }
+
+    /// A log that writes nothing (the data-parallel ranks other than rank 0, which alone
+    /// writes the run's log).
+    pub fn discard(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            file: None,
+            start: Instant::now(),
+            elapsed_before: 0.0,
+        }
     }
 
     /// Opens the log of a resumed run: keeps the lines up to `step` as they were (those after
@@ -209,9 +221,12 @@ impl JsonlLog {
     }
 
     fn write_entry(&mut self, entry: &LogEntry) -> std::io::Result<()> {
+        let Some(file) = &mut self.file else {
+            return Ok(());
+        };
         let line = serde_json::to_string(entry).map_err(std::io::Error::other)?;
-        writeln!(self.file, "{line}")?;
-        self.file.flush()
+        writeln!(file, "{line}")?;
+        file.flush()
     }
 
     /// The file.

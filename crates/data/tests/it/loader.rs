@@ -163,7 +163,11 @@ fn shards_of_a_batch_put_together_are_the_batch() {
             let parts: Vec<&Batch> = shards.iter().map(|s| &s[b]).collect();
             // Batches of 3 items: one item per shard (3 shards) or 1 + 2 (2 shards).
             let sizes: Vec<usize> = parts.iter().map(|p| p.n).collect();
-            let expect: Vec<usize> = if count == 2 { vec![1, 2] } else { vec![1, 1, 1] };
+            let expect: Vec<usize> = if count == 2 {
+                vec![1, 2]
+            } else {
+                vec![1, 1, 1]
+            };
             assert_eq!(sizes, expect);
             let images: Vec<f32> = parts.iter().flat_map(|p| p.images.clone()).collect();
             let labels: Vec<u8> = parts.iter().flat_map(|p| p.labels.clone()).collect();

@@ -130,6 +130,10 @@ pub struct TrainOptions {
     /// weights it chose itself). Default `false`: a run that ends in this invocation reports
     /// the test split (log, `test.json`, [`TrainOutcome::test`]).
     pub skip_test: bool,
+    /// The data-parallel group this process is a rank of (`None`: one process). Every rank
+    /// runs the same configuration on its shard of each batch; rank 0 alone writes the run
+    /// folder (checkpoints, logs, reports) and prints.
+    pub communicator: Option<recallseg_distributed::SharedCommunicator>,
 }
 
 /// What a finished (or interrupted) run produced.
@@ -256,12 +260,21 @@ pub struct RunData {
 
 /// Opens the training and validation data of `cfg`.
 pub fn open_run_data(cfg: &TrainConfig) -> anyhow::Result<RunData> {
+    open_run_data_shard(cfg, recallseg_data::Shard::default())
+}
+
+/// [`open_run_data`] for one data-parallel rank: its training loader yields `shard` of every
+/// batch (`train.batch_size` is the global batch).
+pub fn open_run_data_shard(
+    cfg: &TrainConfig,
+    shard: recallseg_data::Shard,
+) -> anyhow::Result<RunData> {
     let d = &cfg.data;
     let train_ds = open_split(d, parse_split("data.train_split", &d.train_split)?)?;
     let classes = train_ds.class_info().clone();
     let train_ds = crate::data::limit(train_ds, d.max_train_images);
     let class_pixel_counts = train_ds.class_pixel_counts()?;
-    let train = train_loader(d, train_ds, cfg.train.batch_size, cfg.train.seed)?;
+    let train = train_loader(d, train_ds, cfg.train.batch_size, cfg.train.seed, shard)?;
     let val_ds = open_split(d, parse_split("data.val_split", &d.val_split)?)?;
     let val = Some(eval_loader(d, val_ds, cfg.train.batch_size.max(4))?);
     Ok(RunData {
@@ -386,6 +399,11 @@ pub fn same_run(a: &TrainConfig, b: &TrainConfig) -> bool {
         c.train.device = String::new();
         c.train.out_dir = PathBuf::new();
         c.data.workers = 0;
+        // How each batch is spread over micro-batches and ranks is how the run executes, not
+        // what it computes: a run may resume with another number of ranks.
+        c.train.accumulate = 1;
+        c.train.sync_batch_norm = false;
+        c.train.check_replicas_every = 0;
         c.schedule.kind = crate::config::ScheduleKind::Constant;
         // How a fresh model starts does not matter to a run that continues from its
         // checkpoint (every parameter comes from there); a config stored before `init` existed

@@ -4,7 +4,7 @@
 
 use super::strategy::{EarlyStop, KeepBest, StopRule, Stopping};
 use super::{
-    build_loss, build_model, files, loss_state_tensors, open_run_data, restore_loss_state,
+    build_loss, build_model, files, loss_state_tensors, open_run_data_shard, restore_loss_state,
     same_run, BuiltModel, RunData, TrainError, TrainOptions, TrainOutcome,
 };
 use crate::checkpoint::{Checkpoint, CheckpointMeta, RngState, FORMAT_VERSION};
@@ -18,10 +18,15 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use recallseg_data::Batch;
+use recallseg_distributed::SharedCommunicator;
 use recallseg_losses::SegLoss;
+use recallseg_losses::{ShardStatistics, Sharding};
 use recallseg_metrics::Report;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// Mixed into the step's dropout seed for the micro-batches after the first.
+const MICRO_BATCH_TAG: u64 = 0x4d49_4352_4f42_4154; // "MICROBAT"
 
 /// A training run, opened by [`Trainer::open`] (folder locked, data, model, loss and optimiser
 /// built, a checkpoint resumed) and driven by [`Trainer::run`] or step by step.
@@ -72,7 +77,12 @@ pub struct Trainer<'a> {
     loss_terms: Option<Vec<recallseg_losses::LossTerm>>,
     interval_start: Instant,
     interval_steps: u64,
-    _lock: RunLock,
+    /// The data-parallel group (a single process by default); rank 0 alone writes.
+    comm: SharedCommunicator,
+    /// Some rank was interrupted during the last step (every rank stops after the same step).
+    group_interrupted: bool,
+    /// The run folder's lock (rank 0 only).
+    _lock: Option<RunLock>,
 }
 
 /// A completed step: its loss, the learning rate, the loss's per-class weights and its terms.
@@ -122,42 +132,53 @@ impl<'a> Trainer<'a> {
             .map_err(|m| anyhow::anyhow!("train.device: {m}"))?
             .open()?;
         let out = &cfg.train.out_dir;
-        std::fs::create_dir_all(out)
-            .map_err(|e| anyhow::anyhow!("creating {}: {e}", out.display()))?;
-        let lock = RunLock::acquire(out)?;
-        // Holding the lock, no other process writes here: temporary files are leftovers of
-        // killed writes.
-        let stale = crate::checkpoint::remove_stale_temp_files(out).map_err(|e| {
-            anyhow::anyhow!("{}: removing stale temporary files: {e}", out.display())
-        })?;
-        if !stale.is_empty() && !opts.quiet {
-            eprintln!(
-                "removed {} temporary file(s) of interrupted checkpoint writes from {}",
-                stale.len(),
-                out.display()
+        let comm = opts
+            .communicator
+            .clone()
+            .unwrap_or_else(recallseg_distributed::single_process);
+        let (world, lead) = (comm.size(), comm.rank() == 0);
+        let shards = world * cfg.train.accumulate;
+        if !cfg.train.batch_size.is_multiple_of(shards) {
+            anyhow::bail!(
+                "train.batch_size: {} does not divide into {world} rank(s) × train.accumulate = \
+                 {} equal micro-batches",
+                cfg.train.batch_size,
+                cfg.train.accumulate
             );
         }
         let last_path = out.join(files::LAST);
-        let resuming = opts.resume && last_path.exists();
-        if !resuming {
-            match crate::run_dir::existing_run(out) {
-                Some(what) if !opts.overwrite && !opts.resume => anyhow::bail!(
-                    "{} holds a run ({what}); continue it with --resume, replace it with \
-                     --overwrite, or choose another train.out_dir",
-                    out.display()
+        // Rank 0 prepares the folder (lock, leftovers, an earlier run, generated data) and
+        // tells the others whether the run resumes; their error is rank 0's.
+        let (lock, resuming) = if world == 1 {
+            let (lock, resuming) = prepare_run_dir(cfg, opts)?;
+            (Some(lock), resuming)
+        } else {
+            let prepared = lead.then(|| prepare_run_dir(cfg, opts));
+            let mut status = match &prepared {
+                Some(Ok((_, resuming))) => vec![1, *resuming as u8],
+                Some(Err(e)) => [&[0u8][..], format!("{e:#}").as_bytes()].concat(),
+                None => Vec::new(),
+            };
+            comm.broadcast_bytes(&mut status, 0)?;
+            match prepared {
+                Some(Ok((lock, resuming))) => (Some(lock), resuming),
+                Some(Err(e)) => return Err(e),
+                None if status.first() == Some(&1) => (None, status.get(1) == Some(&1)),
+                None => anyhow::bail!(
+                    "rank 0 could not open the run: {}",
+                    String::from_utf8_lossy(status.get(1..).unwrap_or(&[]))
                 ),
-                Some(_) => crate::run_dir::remove_run_files(out)?,
-                None => {}
             }
-        }
-        if cfg.data.generate_synthetic {
-            crate::data::ensure_synthetic(&cfg.data, &crate::data::quick_synthetic_config())?;
-        }
+        };
         if !opts.skip_test {
             // A misspelt split name is an error now, not after training.
             crate::data::parse_split("data.test_split", &cfg.data.test_split)?;
         }
-        let data = open_run_data(cfg)?;
+        let shard = recallseg_data::Shard {
+            index: comm.rank(),
+            count: world,
+        };
+        let data = open_run_data_shard(cfg, shard)?;
         let n_classes = data.classes.n_classes();
         let built = build_model(cfg, n_classes, &device, !resuming)?;
         let mut loss = build_loss(cfg, &data.classes, &data.class_pixel_counts)?;
@@ -222,7 +243,9 @@ impl<'a> Trainer<'a> {
             early_stop_state = ck.meta.early_stop;
         }
         let log_path = out.join(files::LOG);
-        let log = if resuming {
+        let log = if !lead {
+            JsonlLog::discard(&log_path)
+        } else if resuming {
             let mut log = JsonlLog::resume(&log_path, step)?;
             if step < cfg.train.iters as u64 {
                 log.write(&LogRecord::Resumed { step })?;
@@ -237,20 +260,23 @@ impl<'a> Trainer<'a> {
             })?;
             log
         };
-        // The header row at the start, the rows up to the resumed step after a resume.
-        crate::log::write_metrics_csv(out)?;
-        crate::checkpoint::write_atomic(&out.join(files::CONFIG), |f| {
-            use std::io::Write;
-            f.write_all(config_toml.as_bytes())
-        })?;
+        if lead {
+            // The header row at the start, the rows up to the resumed step after a resume.
+            crate::log::write_metrics_csv(out)?;
+            crate::checkpoint::write_atomic(&out.join(files::CONFIG), |f| {
+                use std::io::Write;
+                f.write_all(config_toml.as_bytes())
+            })?;
+        }
 
         let iters = cfg.train.iters as u64;
         let label = opts
             .label
             .clone()
             .unwrap_or_else(|| cfg.loss.name().to_string());
-        let progress = Progress::new(&label, step, iters, opts.progress_bar && !opts.quiet);
-        if resuming && !opts.quiet {
+        let quiet = opts.quiet || !lead;
+        let progress = Progress::new(&label, step, iters, opts.progress_bar && !quiet);
+        if resuming && !quiet {
             progress.println(&format!(
                 "resumed from {} at step {step}",
                 last_path.display()
@@ -301,13 +327,30 @@ impl<'a> Trainer<'a> {
             loss_terms: None,
             interval_start: Instant::now(),
             interval_steps: 0,
+            comm,
+            group_interrupted: false,
             _lock: lock,
         })
     }
 
+    /// Whether this process writes the run folder and prints (rank 0, or a single process).
+    fn is_lead(&self) -> bool {
+        self.comm.rank() == 0
+    }
+
+    /// Whether to print nothing but errors (asked for, or not rank 0).
+    fn quiet(&self) -> bool {
+        self.opts.quiet || !self.is_lead()
+    }
+
     /// Writes the run's current state (model, optimiser, loss state, RNG, counters) to `path`,
     /// atomically.
+    /// Under data parallelism only rank 0 writes (every rank holds the same state); the other
+    /// ranks return at once.
     pub fn checkpoint(&self, path: &Path) -> anyhow::Result<()> {
+        if !self.is_lead() {
+            return Ok(());
+        }
         let (optim_state, optim_steps) = self.optimizer.state();
         let ck = Checkpoint {
             model: Checkpoint::model_from_varmap(&self.built.varmap)?,
@@ -391,7 +434,7 @@ impl<'a> Trainer<'a> {
     /// (a folder dataset with no `[test]` section, an empty split) is reported and skipped; an
     /// error while evaluating fails the run (its checkpoints are already written).
     fn test_at_end(&mut self) -> anyhow::Result<()> {
-        if self.opts.skip_test {
+        if self.opts.skip_test || !self.is_lead() {
             return Ok(());
         }
         let cfg = self.cfg;
@@ -399,7 +442,7 @@ impl<'a> Trainer<'a> {
         let loader = match super::open_eval(cfg, &split) {
             Ok((_, loader)) => loader,
             Err(e) => {
-                if !self.opts.quiet {
+                if !self.quiet() {
                     eprintln!("[{}] test split `{split}` not evaluated: {e:#}", self.label);
                 }
                 return Ok(());
@@ -444,7 +487,7 @@ impl<'a> Trainer<'a> {
             recall: rep.classes.iter().map(|c| c.recall).collect(),
             iou: rep.classes.iter().map(|c| c.iou).collect(),
         })?;
-        if !self.opts.quiet {
+        if !self.quiet() {
             eprintln!(
                 "[{}] test split `{split}` ({} images, weights after step {}): mean acc {:.2}% \
                  mean IoU {:.2}% ({})",
@@ -495,7 +538,7 @@ impl<'a> Trainer<'a> {
             reason: reason.clone(),
         })?;
         self.progress.finish();
-        if !self.opts.quiet {
+        if !self.quiet() {
             eprintln!("[{}] step {step}: {reason}", self.label);
         }
         self.test_at_end()?;
@@ -505,6 +548,18 @@ impl<'a> Trainer<'a> {
     /// The first stop rule that fires now.
     fn stopping(&self) -> Option<Stopping> {
         let done = self.step - self.start_step;
+        if self.comm.size() > 1 {
+            // Every rank stops after the same step: an interrupt counts once the step's
+            // all-reduce has told every rank about it.
+            if self.group_interrupted {
+                return Some(Stopping::Interrupted);
+            }
+            return self
+                .stop_rules
+                .iter()
+                .filter(|r| !matches!(r, StopRule::Interrupt(_)))
+                .find_map(|r| r.check(done));
+        }
         self.stop_rules.iter().find_map(|r| r.check(done))
     }
 
@@ -541,7 +596,7 @@ impl<'a> Trainer<'a> {
             reason: format!("interrupted ({what})"),
         })?;
         self.progress.finish();
-        if !self.opts.quiet {
+        if !self.quiet() {
             eprintln!(
                 "[{}] {what}: stopped at step {}; resume with --resume ({})",
                 self.label,
@@ -562,7 +617,12 @@ impl<'a> Trainer<'a> {
             Err(e) => return Err(self.fail_after_step(e)),
         };
         let t0 = Instant::now();
-        match self.try_step(batch) {
+        let result = if self.comm.size() == 1 && self.cfg.train.accumulate == 1 {
+            self.try_step(batch)
+        } else {
+            self.try_step_sharded(batch)
+        };
+        match result {
             Ok((lv, lr, class_weights, loss_terms)) => {
                 self.class_weights = class_weights;
                 self.loss_terms = loss_terms;
@@ -630,6 +690,281 @@ impl<'a> Trainer<'a> {
             StepOutcome::Applied => Ok((lv, lr, out.class_weights, out.terms)),
             StepOutcome::Rejected(update) => Err(StepFailure::Rejected(update)),
         }
+    }
+
+    /// One step over shards of the batch: `train.accumulate` micro-batches on this rank, and
+    /// the other ranks' shards under data parallelism (`(loss, learning rate, class weights,
+    /// terms)` as [`Trainer::try_step`]).
+    ///
+    /// The batch is cut into `ranks × accumulate` equal micro-batches; global micro-batch
+    /// `j = rank · accumulate + i` runs with dropout seed `mix(seed, j)` (the step's seed itself
+    /// for `j = 0`), so the same global batch gives the same computation whatever the ranks.
+    /// A loss exact under sharding ([`Sharding::Exact`]) sums its shard statistics over every
+    /// micro-batch and rank first (one `f64` all-reduce of a few numbers per class; the micro-
+    /// batches' predictions come from a first forward pass without gradients when there are
+    /// several and the statistics read the logits), then each micro-batch's share of the
+    /// whole batch's loss is backpropagated. Another loss averages its per-micro-batch values.
+    /// The summed gradients, with the BatchNorm running statistics to be averaged, travel in
+    /// one flat `f32` all-reduce, so every rank applies the same update.
+    fn try_step_sharded(&mut self, batch: &Batch) -> Result<StepResult, StepFailure> {
+        let k = self.cfg.train.accumulate;
+        let (world, rank) = (self.comm.size(), self.comm.rank());
+        let (x, y) = batch_tensors(batch, &self.device)?;
+        let n = x.dim(0)?;
+        if n == 0 || !n.is_multiple_of(k) {
+            return Err(StepFailure::Error(anyhow::anyhow!(
+                "rank {rank} got {n} images, which do not divide into train.accumulate = {k} \
+                 micro-batches"
+            )));
+        }
+        let m = n / k;
+        let base_seed = self.rng.next_u64();
+        let seed_of = |i: usize| {
+            let j = (rank * k + i) as u64;
+            if j == 0 {
+                base_seed
+            } else {
+                recallseg_data::mix_seed(base_seed, MICRO_BATCH_TAG, j)
+            }
+        };
+        let micro = |i: usize| -> candle_core::Result<(Tensor, Tensor)> {
+            Ok((x.narrow(0, i * m, m)?, y.narrow(0, i * m, m)?))
+        };
+        let shares = (world * k) as f64;
+        let mut grads: Option<candle_core::backprop::GradStore> = None;
+        let (mut lv, mut logit_sum) = (0.0f64, 0.0f64);
+        let (mut class_weights, mut terms) = (None, None);
+        let mut add_grads = |g: candle_core::backprop::GradStore| -> candle_core::Result<()> {
+            match &mut grads {
+                Some(acc) => acc.extend(g),
+                None => {
+                    grads = Some(g);
+                    Ok(())
+                }
+            }
+        };
+        let sum_of = |t: &Tensor| -> candle_core::Result<f64> {
+            t.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
+        };
+        match self.loss.sharding() {
+            Sharding::Exact { needs_logits } => {
+                let aux_weight = self.aux_loss.as_ref().map(|(_, w)| *w);
+                let mut kept: Vec<Option<(Tensor, Option<Tensor>)>> = vec![None; k];
+                let mut stats = ShardStatistics::default();
+                let mut aux_stats = ShardStatistics::default();
+                let add_stats = |acc: &mut ShardStatistics, s: ShardStatistics| {
+                    if acc.0.is_empty() {
+                        *acc = s;
+                        Ok(())
+                    } else {
+                        acc.add(&s)
+                    }
+                };
+                if needs_logits {
+                    // With several micro-batches, a first pass predicts them all (BatchNorm's
+                    // running statistics are put back: the second pass moves them).
+                    let saved = if k > 1 {
+                        self.buffers
+                            .iter()
+                            .map(|(_, v)| v.as_tensor().copy())
+                            .collect::<candle_core::Result<Vec<_>>>()?
+                    } else {
+                        Vec::new()
+                    };
+                    for (i, slot) in kept.iter_mut().enumerate() {
+                        let (xi, yi) = micro(i)?;
+                        let (lg, al) =
+                            self.built.model.forward_t_with_aux(&xi, true, seed_of(i))?;
+                        add_stats(&mut stats, self.loss.shard_statistics(&lg, &yi)?)?;
+                        if let (Some((aux, _)), Some(a)) = (&self.aux_loss, &al) {
+                            add_stats(&mut aux_stats, aux.shard_statistics(a, &yi)?)?;
+                        }
+                        if k == 1 {
+                            *slot = Some((lg, al));
+                        }
+                    }
+                    for ((_, v), t) in self.buffers.iter().zip(&saved) {
+                        v.set(t)?;
+                    }
+                } else {
+                    let c = self.data.classes.n_classes();
+                    for i in 0..k {
+                        let (_, yi) = micro(i)?;
+                        let (_, h, w) = yi.dims3()?;
+                        let shape = Tensor::zeros((m, c, h, w), DType::F32, &self.device)?;
+                        add_stats(&mut stats, self.loss.shard_statistics(&shape, &yi)?)?;
+                        if let Some((aux, _)) = &self.aux_loss {
+                            add_stats(&mut aux_stats, aux.shard_statistics(&shape, &yi)?)?;
+                        }
+                    }
+                }
+                if world > 1 {
+                    let split = stats.0.len();
+                    let mut both = [stats.0.as_slice(), aux_stats.0.as_slice()].concat();
+                    self.comm.all_reduce_sum_f64(&mut both)?;
+                    aux_stats.0 = both.split_off(split);
+                    stats.0 = both;
+                }
+                self.loss.prepare_step(&stats)?;
+                if let Some((aux, _)) = &mut self.aux_loss {
+                    aux.prepare_step(&aux_stats)?;
+                }
+                for (i, slot) in kept.iter_mut().enumerate() {
+                    let (xi, yi) = micro(i)?;
+                    let (lg, al) = match slot.take() {
+                        Some(pair) => pair,
+                        None => self.built.model.forward_t_with_aux(&xi, true, seed_of(i))?,
+                    };
+                    let out = self.loss.forward_shard(&lg, &yi)?;
+                    let mut l = out.loss;
+                    logit_sum += sum_of(&lg)?;
+                    if let (Some((aux, _)), Some(a), Some(w)) =
+                        (&mut self.aux_loss, &al, aux_weight)
+                    {
+                        l = (l + (aux.forward_shard(a, &yi)?.loss * w)?)?;
+                        logit_sum += sum_of(a)?;
+                    }
+                    lv += l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    add_grads(l.backward()?)?;
+                    class_weights = out.class_weights;
+                    terms = out.terms;
+                }
+            }
+            Sharding::PerShard => {
+                for i in 0..k {
+                    let (xi, yi) = micro(i)?;
+                    let (lg, al) = self.built.model.forward_t_with_aux(&xi, true, seed_of(i))?;
+                    let out = self.loss.forward_output(&lg, &yi)?;
+                    let mut l = out.loss;
+                    logit_sum += sum_of(&lg)?;
+                    if let (Some((aux, w)), Some(a)) = (&mut self.aux_loss, &al) {
+                        l = (l + (aux.forward(a, &yi)? * *w)?)?;
+                        logit_sum += sum_of(a)?;
+                    }
+                    let l = (l / shares)?;
+                    lv += l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    add_grads(l.backward()?)?;
+                    class_weights = out.class_weights;
+                    terms = out.terms;
+                }
+            }
+        }
+        let mut grads = grads.ok_or_else(|| anyhow::anyhow!("a step without micro-batches"))?;
+        // The loss, the logits' sum and whether this rank was interrupted, summed over ranks.
+        let interrupted = self.stop_rules.iter().any(|r| {
+            matches!(r, StopRule::Interrupt(_)) && r.check(0) == Some(Stopping::Interrupted)
+        });
+        let mut scalars = [lv, logit_sum, interrupted as u8 as f64];
+        if world > 1 {
+            self.comm.all_reduce_sum_f64(&mut scalars)?;
+            self.all_reduce_gradients_and_buffers(&mut grads)?;
+        }
+        let [lv, logit_sum, interrupted] = scalars;
+        self.group_interrupted = interrupted > 0.0;
+        if !lv.is_finite() || !logit_sum.is_finite() {
+            return Err(StepFailure::NonFiniteLoss(if lv.is_finite() {
+                logit_sum
+            } else {
+                lv
+            }));
+        }
+        let tensors: Vec<&Tensor> = self.buffers.iter().map(|(_, v)| v.as_tensor()).collect();
+        if let Some((k, count)) = crate::optim::first_non_finite(&tensors)? {
+            return Err(StepFailure::NonFiniteBuffer(k, count));
+        }
+        let lr = self.schedule.lr(self.step as usize);
+        match self.optimizer.step(&grads, lr)? {
+            StepOutcome::Applied => Ok((lv, lr, class_weights, terms)),
+            StepOutcome::Rejected(update) => Err(StepFailure::Rejected(update)),
+        }
+    }
+
+    /// Checks that every rank holds the same model and optimiser state (bit for bit), as data
+    /// parallelism promises: rank 0's digest is broadcast, each rank compares its own, and the
+    /// count of differing ranks is summed so that every rank fails together. A difference means
+    /// a non-deterministic kernel or ranks launched with different settings.
+    fn check_replicas(&self) -> anyhow::Result<()> {
+        let mut digest = StateDigest::default();
+        let varmap = self
+            .built
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the model's VarMap lock is poisoned"))?;
+        let mut names: Vec<&String> = varmap.keys().collect();
+        names.sort();
+        for name in names {
+            digest.tensor(name, varmap[name].as_tensor())?;
+        }
+        drop(varmap);
+        let (state, steps) = self.optimizer.state();
+        let mut keys: Vec<&String> = state.keys().collect();
+        keys.sort();
+        for key in keys {
+            digest.tensor(key, &state[key])?;
+        }
+        digest.bytes(&steps.to_le_bytes());
+        let mine = digest.finish().to_le_bytes().to_vec();
+        let mut lead = mine.clone();
+        self.comm.broadcast_bytes(&mut lead, 0)?;
+        let mut differ = [(lead != mine) as u64];
+        self.comm.all_reduce_sum_u64(&mut differ)?;
+        if differ[0] > 0 {
+            anyhow::bail!(
+                "after step {}: the model or optimiser state of {} rank(s) differs from rank 0's \
+                 (this rank {}: {}); data-parallel replicas must stay identical (ranks launched \
+                 with different settings, or a non-deterministic kernel)",
+                self.step,
+                differ[0],
+                self.comm.rank(),
+                if lead == mine { "same" } else { "differs" }
+            );
+        }
+        Ok(())
+    }
+
+    /// Sums the gradients of the trainable parameters over every rank and averages the
+    /// BatchNorm running statistics, in one all-reduce of one flat `f32` buffer (parameters in
+    /// the model's fixed order; a parameter without a gradient has none on any rank, since
+    /// every rank runs the same graph).
+    fn all_reduce_gradients_and_buffers(
+        &self,
+        grads: &mut candle_core::backprop::GradStore,
+    ) -> candle_core::Result<()> {
+        let mut parts = Vec::new();
+        let mut with_grad = Vec::new();
+        for nv in &self.built.trainable {
+            if let Some(g) = grads.get(nv.var.as_tensor()) {
+                parts.push(g.to_dtype(DType::F32)?.flatten_all()?);
+                with_grad.push(nv.var.as_tensor().clone());
+            }
+        }
+        for (_, v) in &self.buffers {
+            parts.push(v.as_tensor().to_dtype(DType::F32)?.flatten_all()?);
+        }
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let bucket = self.comm.all_reduce_sum(&Tensor::cat(&parts, 0)?)?;
+        let mut offset = 0;
+        for t in &with_grad {
+            let n = t.elem_count();
+            let g = bucket
+                .narrow(0, offset, n)?
+                .reshape(t.shape())?
+                .to_dtype(t.dtype())?;
+            grads.insert(t, g);
+            offset += n;
+        }
+        let inv = 1.0 / self.comm.size() as f64;
+        for (_, v) in &self.buffers {
+            let t = v.as_tensor();
+            let n = t.elem_count();
+            let mean = (bucket.narrow(0, offset, n)?.reshape(t.shape())? * inv)?;
+            v.set(&mean.to_dtype(t.dtype())?)?;
+            offset += n;
+        }
+        Ok(())
     }
 
     fn snapshot(&self) -> candle_core::Result<StepSnapshot> {
@@ -803,7 +1138,7 @@ impl<'a> Trainer<'a> {
                     .map(|t| t.iter().map(|t| (t.name.clone(), t.value)).collect()),
             })?;
             self.last_loss = Some(mean);
-            if !self.opts.quiet {
+            if !self.quiet() {
                 self.progress.update(step, mean, true);
             }
             self.loss_acc = (0.0, 0);
@@ -815,6 +1150,11 @@ impl<'a> Trainer<'a> {
         let ck_now = (cfg.train.checkpoint_every > 0
             && step.is_multiple_of(cfg.train.checkpoint_every as u64))
             || step == iters;
+        let check_every = cfg.train.check_replicas_every as u64;
+        if self.comm.size() > 1 && (ck_now || (check_every > 0 && step.is_multiple_of(check_every)))
+        {
+            self.check_replicas()?;
+        }
         let val_record = if val_now { self.validate()? } else { None };
         if ck_now {
             self.checkpoint(&self.last_path)?;
@@ -868,7 +1208,7 @@ impl<'a> Trainer<'a> {
         if let (Some(es), Some(cfg)) = (&mut self.early_stop, &self.cfg.train.early_stop) {
             es.offer(cfg.metric.value(&rep), self.step);
         }
-        if !self.opts.quiet {
+        if !self.quiet() {
             self.progress.println(&format!(
                 "step {}: val loss {:.4} mean acc {:.2}% mean IoU {:.2}%{}",
                 self.step,
@@ -881,6 +1221,42 @@ impl<'a> Trainer<'a> {
         self.interval_start = Instant::now();
         Ok(Some((rep, is_best, loss)))
     }
+}
+
+/// Rank 0's preparation of the run folder: creates and locks it, removes leftovers of killed
+/// writes, refuses (or, with `overwrite`, clears) a folder holding another run, generates the
+/// synthetic dataset when asked; returns the lock and whether the run resumes.
+fn prepare_run_dir(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<(RunLock, bool)> {
+    let out = &cfg.train.out_dir;
+    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("creating {}: {e}", out.display()))?;
+    let lock = RunLock::acquire(out)?;
+    // Holding the lock, no other process writes here: temporary files are leftovers of
+    // killed writes.
+    let stale = crate::checkpoint::remove_stale_temp_files(out)
+        .map_err(|e| anyhow::anyhow!("{}: removing stale temporary files: {e}", out.display()))?;
+    if !stale.is_empty() && !opts.quiet {
+        eprintln!(
+            "removed {} temporary file(s) of interrupted checkpoint writes from {}",
+            stale.len(),
+            out.display()
+        );
+    }
+    let resuming = opts.resume && out.join(files::LAST).exists();
+    if !resuming {
+        match crate::run_dir::existing_run(out) {
+            Some(what) if !opts.overwrite && !opts.resume => anyhow::bail!(
+                "{} holds a run ({what}); continue it with --resume, replace it with \
+                 --overwrite, or choose another train.out_dir",
+                out.display()
+            ),
+            Some(_) => crate::run_dir::remove_run_files(out)?,
+            None => {}
+        }
+    }
+    if cfg.data.generate_synthetic {
+        crate::data::ensure_synthetic(&cfg.data, &crate::data::quick_synthetic_config())?;
+    }
+    Ok((lock, resuming))
 }
 
 /// The model tensors that are not trainable (BatchNorm running statistics), sorted by name.
@@ -908,4 +1284,30 @@ fn finite_or_none(w: Option<Vec<f32>>) -> Option<Vec<Option<f32>>> {
     // Classes absent from the batch are NaN: logged as null (JSON has no NaN), left out of the
     // normalisation and drawn as gaps in Fig. 4.
     w.map(|v| v.into_iter().map(|x| x.is_finite().then_some(x)).collect())
+}
+
+/// A CRC-32 over named tensors' bytes (in the order given) for comparing replicas.
+#[derive(Default)]
+struct StateDigest(crc32fast::Hasher);
+
+impl StateDigest {
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.update(b);
+    }
+
+    /// The name, the shape and the values' bits.
+    fn tensor(&mut self, name: &str, t: &Tensor) -> candle_core::Result<()> {
+        self.bytes(name.as_bytes());
+        for d in t.dims() {
+            self.bytes(&(*d as u64).to_le_bytes());
+        }
+        let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.bytes(&raw);
+        Ok(())
+    }
+
+    fn finish(self) -> u32 {
+        self.0.finalize()
+    }
 }

@@ -1,0 +1,253 @@
+//! Data-parallel training with ranks as threads of this process (`LocalGroup`): two ranks give
+//! the same model as one process accumulating two micro-batches of the same global batch, the
+//! recall weights come from the whole batch, a run resumes with another number of ranks, an
+//! interrupt on one rank stops every rank after the same step, and diverged replicas are caught.
+//! The same code runs over MPI (`tests/mpi.rs`, feature `mpi`).
+
+mod common;
+
+use candle_core::Device;
+use common::{quiet, tiny_config, tiny_dataset};
+use recallseg_distributed::{LocalGroup, SharedCommunicator};
+use recallseg_trainer::checkpoint::Checkpoint;
+use recallseg_trainer::config::TrainConfig;
+use recallseg_trainer::log::{read_log, LogRecord};
+use recallseg_trainer::train::{train, TrainOptions, TrainOutcome};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+const RUN: &[&str] = &[
+    "loss.name=recall_ce",
+    "optim.kind=sgd",
+    "optim.lr=0.01",
+    "optim.momentum=0.9",
+    "train.batch_size=4",
+    "train.iters=3",
+    "train.val_every=3",
+    "train.checkpoint_every=1",
+];
+
+fn config(root: &Path, out: &Path, extra: &[&str]) -> TrainConfig {
+    let all: Vec<&str> = RUN.iter().chain(extra).copied().collect();
+    tiny_config(root, out, &all)
+}
+
+/// Trains `cfgs[r]` on rank `r` of an in-process group, each rank on its own thread.
+fn train_ranks(
+    cfgs: Vec<TrainConfig>,
+    opts: impl Fn(usize) -> TrainOptions + Sync,
+) -> Vec<anyhow::Result<TrainOutcome>> {
+    let ranks = LocalGroup::new(cfgs.len());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .zip(cfgs)
+            .enumerate()
+            .map(|(r, (comm, cfg))| {
+                let opts = &opts;
+                s.spawn(move || {
+                    let comm: SharedCommunicator = Arc::new(comm);
+                    let o = TrainOptions {
+                        communicator: Some(comm),
+                        ..opts(r)
+                    };
+                    train(&cfg, &o)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// The trained parameters of a checkpoint. BatchNorm's running statistics are left out: one
+/// process accumulating moves them once per micro-batch, ranks once per step (then averaged);
+/// training never reads them.
+fn model(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let ck = Checkpoint::load(path, &Device::Cpu).unwrap();
+    let mut v: Vec<(String, Vec<f32>)> = ck
+        .model
+        .iter()
+        .filter(|(k, _)| !k.ends_with(".running_mean") && !k.ends_with(".running_var"))
+        .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Largest difference between two models relative to the largest magnitude of the tensor.
+fn max_rel_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0.0f32;
+    for ((na, va), (nb, vb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        let scale = va.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
+        for (x, y) in va.iter().zip(vb) {
+            worst = worst.max((x - y).abs() / scale);
+        }
+    }
+    worst
+}
+
+fn train_records(out: &Path) -> Vec<(u64, f64, Option<Vec<Option<f32>>>)> {
+    read_log(&out.join("log.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            LogRecord::Train {
+                step,
+                loss,
+                class_weights,
+                ..
+            } => Some((step, loss, class_weights)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn two_ranks_equal_one_process_accumulating_two_micro_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let (single, dp) = (dir.path().join("single"), dir.path().join("dp"));
+    let o = train(&config(&root, &single, &["train.accumulate=2"]), &quiet()).unwrap();
+    assert!(o.finished && o.step == 3);
+    let cfg = config(&root, &dp, &["train.check_replicas_every=1"]);
+    let outs = train_ranks(vec![cfg.clone(), cfg], |_| quiet());
+    for o in &outs {
+        let o = o.as_ref().unwrap();
+        assert!(o.finished && o.step == 3);
+    }
+    let diff = max_rel_diff(
+        &model(&single.join("last.safetensors")),
+        &model(&dp.join("last.safetensors")),
+    );
+    assert!(
+        diff < 1e-5,
+        "2 ranks vs accumulate = 2: relative difference {diff}"
+    );
+    // The recall weights come from the counts of the whole batch, summed over the ranks: the
+    // same as one process measuring them on its two micro-batches, exactly.
+    let (a, b) = (train_records(&single), train_records(&dp));
+    assert_eq!(a.len(), 3);
+    for ((sa, la, wa), (sb, lb, wb)) in a.iter().zip(&b) {
+        assert_eq!(sa, sb);
+        assert!(
+            (la - lb).abs() <= 1e-5 * la.abs(),
+            "step {sa}: loss {la} vs {lb}"
+        );
+        assert!(wa.is_some());
+        assert_eq!(wa, wb, "step {sa}: recall weights");
+    }
+    // Only rank 0 wrote: one log, whose header is there once.
+    let headers = read_log(&dp.join("log.jsonl"))
+        .unwrap()
+        .iter()
+        .filter(|r| matches!(r, LogRecord::Header { .. }))
+        .count();
+    assert_eq!(headers, 1);
+}
+
+#[test]
+fn a_run_resumes_with_another_number_of_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
+    train(&config(&root, &whole, &["train.accumulate=2"]), &quiet()).unwrap();
+    // Two steps on two ranks, then the last step on one process accumulating two.
+    let cfg = config(&root, &split, &[]);
+    let outs = train_ranks(vec![cfg.clone(), cfg], |_| TrainOptions {
+        stop_after: Some(2),
+        ..quiet()
+    });
+    for o in outs {
+        let o = o.unwrap();
+        assert!(!o.finished && o.step == 2);
+    }
+    let resumed = TrainOptions {
+        resume: true,
+        ..quiet()
+    };
+    let o = train(&config(&root, &split, &["train.accumulate=2"]), &resumed).unwrap();
+    assert!(o.finished && o.step == 3);
+    let diff = max_rel_diff(
+        &model(&whole.join("last.safetensors")),
+        &model(&split.join("last.safetensors")),
+    );
+    assert!(
+        diff < 1e-5,
+        "resumed on another rank count: relative difference {diff}"
+    );
+}
+
+#[test]
+fn an_interrupt_on_one_rank_stops_every_rank_after_the_same_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let out = dir.path().join("run");
+    let cfg = config(&root, &out, &["train.checkpoint_every=0"]);
+    let outs = train_ranks(vec![cfg.clone(), cfg], |r| TrainOptions {
+        // Rank 1 is interrupted before it starts (a signal); rank 0 is not.
+        interrupt: Some(Arc::new(AtomicBool::new(r == 1))),
+        ..quiet()
+    });
+    for o in outs {
+        let o = o.unwrap();
+        assert!(!o.finished);
+        assert_eq!(o.step, 1, "both ranks stop after the step that told them");
+    }
+    let ck = Checkpoint::load(&out.join("last.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(ck.meta.step, 1);
+}
+
+#[test]
+fn replicas_that_diverge_are_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let out = dir.path().join("run");
+    // Rank 1 was launched with another learning rate: the same gradients, other updates.
+    let cfgs = vec![
+        config(&root, &out, &["train.check_replicas_every=1"]),
+        config(
+            &root,
+            &out,
+            &["train.check_replicas_every=1", "optim.lr=0.02"],
+        ),
+    ];
+    for o in train_ranks(cfgs, |_| quiet()) {
+        let e = format!("{:#}", o.unwrap_err());
+        assert!(
+            e.contains("differs from rank 0") && e.contains("after step 1"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_batch_that_does_not_divide_over_the_ranks_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let out = dir.path().join("run");
+    let cfg = config(&root, &out, &["train.batch_size=3"]);
+    for o in train_ranks(vec![cfg.clone(), cfg], |_| quiet()) {
+        let e = format!("{:#}", o.unwrap_err());
+        assert!(
+            e.contains("train.batch_size: 3") && e.contains("2 rank(s)"),
+            "{e}"
+        );
+    }
+    let overrides = [
+        "train.batch_size=4".to_string(),
+        "train.accumulate=3".into(),
+    ];
+    let e = recallseg_trainer::config::Preset::SynthiaQuick
+        .config(&overrides)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("train.accumulate"), "{e}");
+}
