@@ -89,7 +89,10 @@ fn max_rel_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
     worst
 }
 
-fn train_records(out: &Path) -> Vec<(u64, f64, Option<Vec<Option<f32>>>)> {
+/// A `train` log line: step, loss, the class weights applied.
+type TrainRecord = (u64, f64, Option<Vec<Option<f32>>>);
+
+fn train_records(out: &Path) -> Vec<TrainRecord> {
     read_log(&out.join("log.jsonl"))
         .unwrap()
         .into_iter()

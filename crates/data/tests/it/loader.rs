@@ -181,6 +181,8 @@ fn shards_of_a_batch_put_together_are_the_batch() {
         shard: recallseg_data::Shard { index: 2, count: 2 },
         ..train_cfg(1)
     };
-    let err = Loader::new(ds, bad).err().expect("shard 2 of 2 is refused");
+    let Err(err) = Loader::new(ds, bad) else {
+        panic!("shard 2 of 2 is refused")
+    };
     assert!(err.to_string().contains("shard"), "{err}");
 }
