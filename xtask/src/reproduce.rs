@@ -4,15 +4,20 @@
 //! runner and the report are in `recallseg_trainer` (`config::Preset`,
 //! `compare::ComparisonPlan::new`, `compare::run_comparison`, `report`), the same functions
 //! `recallseg compare --config my.toml` calls for any dataset.
+//!
+//! `--emit slurm` writes the same sweep as a Slurm job array instead of running it
+//! (`recallseg_trainer::sweep::write_slurm`), and `--report-only` collects runs trained
+//! elsewhere into the report (`compare::collect_comparison`).
 
 use clap::Args;
 use recallseg_trainer::compare::{
-    paper_losses, parse_losses, quick_losses, run_comparison, summary_table, CompareOptions,
-    CompareOutcome, ComparisonPlan, Evaluate,
+    collect_comparison, paper_losses, parse_losses, quick_losses, run_comparison, summary_table,
+    CompareOptions, CompareOutcome, ComparisonPlan, Evaluate, LossRun,
 };
 use recallseg_trainer::config::Preset;
 use recallseg_trainer::data::missing_dataset_help;
-use std::path::PathBuf;
+use recallseg_trainer::sweep::{write_slurm, After, ReportStep, SlurmOptions};
+use std::path::{Path, PathBuf};
 
 /// Arguments of `cargo xtask reproduce`.
 #[derive(Args, Debug)]
@@ -20,7 +25,9 @@ use std::path::PathBuf;
     cargo xtask reproduce synthia --quick                       # minutes on a CPU, synthetic data\n  \
     cargo xtask reproduce synthia --data /data/SYNTHIA --device cuda\n  \
     cargo xtask reproduce synthia --losses ce,recall --iters 20000 --backbone resnet101\n  \
-    cargo xtask reproduce cityscapes --data /data/cityscapes --device cuda")]
+    cargo xtask reproduce cityscapes --data /data/cityscapes --device cuda\n  \
+    cargo xtask reproduce synthia --backbone resnet18,resnet101 --device cuda --emit slurm \\\n      \
+    --partition gpu --time 12:00:00     # then: bash results/synthia/slurm/submit.sh")]
 pub(crate) struct ReproduceArgs {
     /// Dataset: `synthia` or `cityscapes`.
     pub dataset: String,
@@ -40,13 +47,15 @@ pub(crate) struct ReproduceArgs {
     /// Training steps per loss (default: the preset's).
     #[arg(long)]
     pub iters: Option<usize>,
-    /// Backbone: resnet18 (default) or resnet101.
-    #[arg(long)]
-    pub backbone: Option<String>,
+    /// Backbone: resnet18 (default) or resnet101; several, comma-separated, make one
+    /// comparison per backbone (loss × backbone runs, one report per backbone).
+    #[arg(long, value_delimiter = ',')]
+    pub backbone: Vec<String>,
     /// Device: cpu, cuda, cuda:N, metal.
     #[arg(long)]
     pub device: Option<String>,
-    /// Output folder (default `results/<dataset>[-quick][-<backbone>]`).
+    /// Output folder (default `results/<dataset>[-quick][-<backbone>]`; with several
+    /// backbones, `<out>/<backbone>` each).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Further config overrides, e.g. `--set train.batch_size=4` (repeatable).
@@ -60,6 +69,62 @@ pub(crate) struct ReproduceArgs {
     /// Default: both for the paper's protocols, final with --quick.
     #[arg(long)]
     pub evaluate: Option<recallseg_trainer::compare::Evaluate>,
+    /// Train nothing: collect the finished runs of the output folder(s) (trained by the Slurm
+    /// array of --emit slurm, or by an earlier reproduce) into the report; runs that have not
+    /// finished are named in it and make the exit status 1.
+    #[arg(long, conflicts_with = "emit")]
+    pub report_only: bool,
+    /// Write the sweep as scripts instead of running it: `slurm` = a Slurm job array (one task
+    /// per loss × backbone run), a report job after it and submit.sh.
+    #[arg(long, value_name = "KIND")]
+    pub emit: Option<Emit>,
+    #[command(flatten)]
+    pub slurm: SlurmArgs,
+}
+
+/// What `--emit` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Emit {
+    /// A Slurm job array, its report job and `submit.sh`.
+    Slurm,
+}
+
+/// Options of `--emit slurm`.
+#[derive(Args, Debug)]
+pub(crate) struct SlurmArgs {
+    /// Slurm partition (--emit slurm).
+    #[arg(long, requires = "emit")]
+    pub partition: Option<String>,
+    /// Slurm account (--emit slurm).
+    #[arg(long, requires = "emit")]
+    pub account: Option<String>,
+    /// Time limit of each run and of the report job, in Slurm's format, e.g. 12:00:00
+    /// (--emit slurm).
+    #[arg(long, requires = "emit")]
+    pub time: Option<String>,
+    /// CPUs per task, i.e. per rank (--emit slurm).
+    #[arg(long, requires = "emit")]
+    pub cpus_per_task: Option<usize>,
+    /// GPUs per run (--emit slurm): 0 = none (CPU nodes), 1 = one process, N > 1 = N ranks by
+    /// `srun --ntasks=N`, one GPU each (data parallel). Default 1 with a CUDA device, else 0.
+    #[arg(long, requires = "emit")]
+    pub gpus_per_run: Option<usize>,
+    /// Seconds before the time limit at which Slurm sends SIGTERM, on which recallseg writes a
+    /// checkpoint and stops (--emit slurm).
+    #[arg(long, default_value_t = 120, requires = "emit")]
+    pub signal_seconds: u32,
+    /// When the report job runs (--emit slurm): `any` = once every array task has ended
+    /// (afterany; unfinished runs are named in the report), `ok` = only if all succeeded.
+    #[arg(long, default_value = "any", requires = "emit")]
+    pub after: After,
+    /// Folder of the scripts (--emit slurm; default `<out>/slurm`; without --out, in the
+    /// first backbone's output folder).
+    #[arg(long, requires = "emit")]
+    pub scripts: Option<PathBuf>,
+    /// The recallseg binary the array tasks run (--emit slurm; default: the one next to this
+    /// xtask binary, `cargo build --release -p recallseg-trainer` builds it).
+    #[arg(long, requires = "emit")]
+    pub recallseg: Option<PathBuf>,
 }
 
 /// Entry point of `cargo xtask reproduce`.
@@ -70,7 +135,70 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
     std::env::set_current_dir(&root)?;
+    let plans = plans(args, &root)?;
+    if args.emit == Some(Emit::Slurm) {
+        return emit_slurm(args, &plans, &root);
+    }
+    recallseg_trainer::train::install_ctrlc();
+    let opts = CompareOptions {
+        progress_bar: recallseg_trainer::log::Progress::stderr_is_terminal(),
+        interrupt: Some(recallseg_trainer::train::interrupt_flag()),
+        quiet: false,
+    };
+    let mut missing = 0;
+    for plan in &plans {
+        let t0 = std::time::Instant::now();
+        let out_dir = &plan.out_dir;
+        if args.report_only {
+            let c = collect_comparison(plan, &opts)?;
+            for w in &c.written.warnings {
+                eprintln!("warning: {w}");
+            }
+            for m in &c.missing {
+                eprintln!(
+                    "not finished: {} ({}): {}",
+                    m.label,
+                    m.dir.display(),
+                    m.reason
+                );
+            }
+            missing += c.missing.len();
+            println!("\n{}", summary_table(&c.comparison));
+            println!("report: {}", out_dir.join("report.md").display());
+            continue;
+        }
+        match run_comparison(plan, &opts)? {
+            CompareOutcome::Interrupted(label) => {
+                eprintln!(
+                    "interrupted during {label}; run the same command again to resume ({})",
+                    out_dir.display()
+                );
+                std::process::exit(
+                    recallseg_trainer::signals::received_signal().map_or(130, |s| s.exit_code()),
+                );
+            }
+            CompareOutcome::Done(cmp, written) => {
+                for w in &written.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!("\n{}", summary_table(&cmp));
+                println!(
+                    "report: {} ({:.0} s)",
+                    out_dir.join("report.md").display(),
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    if missing > 0 {
+        eprintln!("{missing} run(s) have not finished: the report leaves them out");
+        std::process::exit(1);
+    }
+    Ok(())
+}
 
+/// The comparisons `reproduce` runs with these arguments: one per backbone, in order.
+fn plans(args: &ReproduceArgs, root: &Path) -> anyhow::Result<Vec<ComparisonPlan>> {
     let preset = match (args.dataset.as_str(), args.quick) {
         ("synthia", true) => Preset::SynthiaQuick,
         ("synthia", false) => Preset::Synthia,
@@ -99,19 +227,8 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
     if let Some(n) = args.iters {
         overrides.push(format!("train.iters={n}"));
     }
-    if let Some(b) = &args.backbone {
-        overrides.push(format!("model.backbone={b:?}"));
-    }
     if let Some(d) = &args.device {
         overrides.push(format!("train.device={d:?}"));
-    }
-    let base = preset.config(&overrides)?;
-    if !base.data.generate_synthetic && !base.data.root.exists() {
-        eprintln!(
-            "{}",
-            missing_dataset_help(base.data.kind, &root.join(&base.data.root))
-        );
-        std::process::exit(2);
     }
     let losses = if args.losses.is_empty() {
         if args.quick {
@@ -122,23 +239,65 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
     } else {
         parse_losses(&args.losses)?
     };
-    let mut name = args.dataset.clone();
-    if args.quick {
-        name.push_str("-quick");
+    // No --backbone: the preset's.
+    let backbones: Vec<Option<&String>> = if args.backbone.is_empty() {
+        vec![None]
+    } else {
+        args.backbone.iter().map(Some).collect()
+    };
+    let mut plans: Vec<ComparisonPlan> = Vec::new();
+    for b in &backbones {
+        let mut o = overrides.clone();
+        if let Some(b) = b {
+            o.push(format!("model.backbone={:?}", b.trim()));
+        }
+        let base = preset.config(&o)?;
+        if plans
+            .iter()
+            .any(|p| p.base.model.backbone == base.model.backbone)
+        {
+            anyhow::bail!(
+                "--backbone: {} is given twice; each backbone runs once",
+                base.model.backbone.name()
+            );
+        }
+        if !base.data.generate_synthetic && !base.data.root.exists() {
+            eprintln!(
+                "{}",
+                missing_dataset_help(base.data.kind, &root.join(&base.data.root))
+            );
+            std::process::exit(2);
+        }
+        let mut name = args.dataset.clone();
+        if args.quick {
+            name.push_str("-quick");
+        }
+        if base.model.backbone != recallseg_models::Backbone::Resnet18 {
+            name = format!("{name}-{}", base.model.backbone.name());
+        }
+        let out_dir = match &args.out {
+            Some(o) if backbones.len() > 1 => o.join(base.model.backbone.name()),
+            Some(o) => o.clone(),
+            None => PathBuf::from("results").join(&name),
+        };
+        plans.push(plan(args, base, losses.clone(), out_dir));
     }
-    if base.model.backbone != recallseg_models::Backbone::Resnet18 {
-        name = format!("{name}-{}", base.model.backbone.name());
-    }
-    let out_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("results").join(&name));
+    Ok(plans)
+}
+
+/// The comparison of `losses` on `base`, titled and annotated as `reproduce` reports it.
+fn plan(
+    args: &ReproduceArgs,
+    base: recallseg_trainer::config::TrainConfig,
+    losses: Vec<LossRun>,
+    out_dir: PathBuf,
+) -> ComparisonPlan {
     let evaluate = args.evaluate.unwrap_or(if args.quick {
         Evaluate::Final
     } else {
         Evaluate::Both
     });
-    let mut plan = ComparisonPlan::new(base, losses, out_dir.clone()).with_evaluate(evaluate);
+    let mut plan = ComparisonPlan::new(base, losses, out_dir).with_evaluate(evaluate);
     plan.examples = args.examples;
     if plan.synthetic {
         plan.title = "Loss comparison on synthetic Synthia-format data (quick, CPU)".to_string();
@@ -151,34 +310,109 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
             if args.quick { " --quick" } else { "" },
         ),
     );
-    recallseg_trainer::train::install_ctrlc();
-    let opts = CompareOptions {
-        progress_bar: recallseg_trainer::log::Progress::stderr_is_terminal(),
-        interrupt: Some(recallseg_trainer::train::interrupt_flag()),
-        quiet: false,
+    plan
+}
+
+/// The arguments of this command that pick the sweep, for the report job's
+/// `reproduce … --report-only`.
+fn sweep_arguments(args: &ReproduceArgs, plans: &[ComparisonPlan]) -> anyhow::Result<Vec<String>> {
+    let utf8 = |flag: &str, p: &Path| -> anyhow::Result<String> {
+        p.to_str()
+            .map(String::from)
+            .ok_or_else(|| anyhow::anyhow!("{flag}: {p:?} is not valid UTF-8"))
     };
-    let t0 = std::time::Instant::now();
-    match run_comparison(&plan, &opts)? {
-        CompareOutcome::Interrupted(label) => {
-            eprintln!(
-                "interrupted during {label}; run the same command again to resume ({})",
-                out_dir.display()
-            );
-            std::process::exit(
-                recallseg_trainer::signals::received_signal().map_or(130, |s| s.exit_code()),
-            );
-        }
-        CompareOutcome::Done(cmp, written) => {
-            for w in &written.warnings {
-                eprintln!("warning: {w}");
-            }
-            println!("\n{}", summary_table(&cmp));
-            println!(
-                "report: {} ({:.0} s)",
-                out_dir.join("report.md").display(),
-                t0.elapsed().as_secs_f64()
-            );
-        }
+    let mut a = vec!["reproduce".to_string(), args.dataset.clone()];
+    if args.quick {
+        a.push("--quick".into());
     }
+    if let Some(d) = &args.data {
+        a.extend(["--data".into(), utf8("--data", d)?]);
+    }
+    // The losses as planned (the defaults spelled out), so the report collects exactly them.
+    let losses: Vec<&str> = plans[0].losses.iter().map(|l| l.loss.name()).collect();
+    a.extend(["--losses".into(), losses.join(",")]);
+    if let Some(n) = args.iters {
+        a.extend(["--iters".into(), n.to_string()]);
+    }
+    if !args.backbone.is_empty() {
+        let b: Vec<&str> = plans.iter().map(|p| p.base.model.backbone.name()).collect();
+        a.extend(["--backbone".into(), b.join(",")]);
+    }
+    if let Some(d) = &args.device {
+        a.extend(["--device".into(), d.clone()]);
+    }
+    if let Some(o) = &args.out {
+        a.extend(["--out".into(), utf8("--out", o)?]);
+    }
+    for s in &args.set {
+        a.extend(["--set".into(), s.clone()]);
+    }
+    a.extend(["--examples".into(), args.examples.to_string()]);
+    if let Some(e) = args.evaluate {
+        a.extend(["--evaluate".into(), e.name().into()]);
+    }
+    a.push("--report-only".into());
+    Ok(a)
+}
+
+/// `--emit slurm`: the sweep as a Slurm job array, its report job and `submit.sh`.
+fn emit_slurm(args: &ReproduceArgs, plans: &[ComparisonPlan], root: &Path) -> anyhow::Result<()> {
+    let s = &args.slurm;
+    let me = std::env::current_exe()?;
+    let recallseg = match &s.recallseg {
+        Some(p) => std::path::absolute(p)?,
+        None => me.with_file_name(format!("recallseg{}", std::env::consts::EXE_SUFFIX)),
+    };
+    if !recallseg.is_file() {
+        eprintln!(
+            "warning: {} does not exist yet: build it before submitting (`cargo build --release \
+             -p recallseg-trainer`, with `--features cuda` for GPUs), or give --recallseg",
+            recallseg.display()
+        );
+    }
+    let cuda = plans[0].base.train.device.starts_with("cuda");
+    let gpus = s.gpus_per_run.unwrap_or(usize::from(cuda));
+    if gpus > 0 && !cuda {
+        eprintln!(
+            "warning: --gpus-per-run {gpus} with train.device = {:?}: the runs will not use the \
+             GPUs (add --device cuda)",
+            plans[0].base.train.device
+        );
+    }
+    let mut o = SlurmOptions::new(
+        format!(
+            "recallseg-{}{}",
+            args.dataset,
+            if args.quick { "-quick" } else { "" }
+        ),
+        recallseg,
+        root.to_path_buf(),
+        ReportStep {
+            program: me,
+            args: sweep_arguments(args, plans)?,
+        },
+    );
+    o.partition = s.partition.clone();
+    o.account = s.account.clone();
+    o.time = s.time.clone();
+    o.cpus_per_task = s.cpus_per_task;
+    o.gpus_per_run = gpus;
+    o.signal_seconds = s.signal_seconds;
+    o.after = s.after;
+    let dir = s
+        .scripts
+        .clone()
+        .unwrap_or_else(|| args.out.as_ref().unwrap_or(&plans[0].out_dir).join("slurm"));
+    let files = write_slurm(plans, &o, &dir)?;
+    for (k, r) in files.runs.iter().enumerate() {
+        println!("array task {k}: {} in {}", r.label, r.dir.display());
+    }
+    println!(
+        "wrote {}, {} and {}\nsubmit with: bash {}",
+        files.array.display(),
+        files.report.display(),
+        files.submit.display(),
+        files.submit.display()
+    );
     Ok(())
 }

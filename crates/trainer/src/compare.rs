@@ -9,6 +9,11 @@
 //! Runs live in `<out>/runs/<loss name>/`. A run whose `summary.json` exists for the same
 //! configuration is reused as is; a run with a `last.safetensors` of the same configuration is
 //! resumed; so an interrupted comparison continues where it stopped when started again.
+//!
+//! The runs may also be trained elsewhere, each by `recallseg train --config <its config>
+//! --resume` ([`run_config`]; e.g. as a Slurm job array, [`crate::sweep`]):
+//! [`collect_comparison`] then evaluates the finished ones and writes the same report, training
+//! nothing.
 
 use crate::config::TrainConfig;
 use crate::eval::evaluate_with;
@@ -96,6 +101,15 @@ impl std::str::FromStr for Evaluate {
 }
 
 impl Evaluate {
+    /// The name `--evaluate` takes: `final`, `best` or `both`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Evaluate::Final => "final",
+            Evaluate::Best => "best",
+            Evaluate::Both => "both",
+        }
+    }
+
     /// The weights of the main result: `"final"` or `"best"`.
     pub fn primary(self) -> &'static str {
         match self {
@@ -300,12 +314,34 @@ fn read_gray(path: &Path) -> anyhow::Result<Vec<u8>> {
         .into_raw())
 }
 
-/// Trains (or reuses, or resumes) and evaluates one run. Returns `None` when interrupted.
+/// What [`one_run`] may do with a run whose training has not finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunMode {
+    /// Train it (from its checkpoint when there is one): [`run_comparison`].
+    Train,
+    /// Leave it as it is and say why it is missing: [`collect_comparison`].
+    Collect,
+}
+
+/// What [`one_run`] ended with.
+enum RunState {
+    /// Trained (or reused) and evaluated.
+    Done(Box<RunRecord>),
+    /// Interrupted while training.
+    Interrupted,
+    /// Not finished and not trained ([`RunMode::Collect`]): why.
+    Missing(String),
+}
+
+/// Trains (or reuses, or resumes) and evaluates one run; with [`RunMode::Collect`] it trains
+/// nothing and deletes nothing: a finished training is evaluated, anything else is reported as
+/// missing.
 fn one_run(
     plan: &ComparisonPlan,
     run: &LossRun,
     opts: &CompareOptions,
-) -> anyhow::Result<Option<RunRecord>> {
+    mode: RunMode,
+) -> anyhow::Result<RunState> {
     let cfg = run_config(plan, run);
     cfg.validate()?;
     let dir = &cfg.train.out_dir;
@@ -332,7 +368,10 @@ fn one_run(
                         dir.display()
                     );
                 }
-                return Ok(Some(r));
+                return Ok(RunState::Done(Box::new(r)));
+            }
+            _ if mode == RunMode::Collect => {
+                // Replaced below (atomically) if the training is finished; kept otherwise.
             }
             _ => {
                 if !opts.quiet {
@@ -349,8 +388,15 @@ fn one_run(
     // A checkpoint of another configuration (or beyond the schedule) would refuse to resume:
     // start over then. One of the same run with fewer steps is continued (`--iters` raised).
     let last = dir.join(train::files::LAST);
+    if mode == RunMode::Collect && !last.is_file() {
+        return Ok(RunState::Missing(format!(
+            "not started ({} does not exist)",
+            last.display()
+        )));
+    }
     if last.is_file() {
-        let why_not = match crate::checkpoint::Checkpoint::load(&last, &candle_core::Device::Cpu) {
+        let ck = crate::checkpoint::Checkpoint::load(&last, &candle_core::Device::Cpu);
+        let why_not = match &ck {
             Err(e) => Some(format!("it cannot be used ({e})")),
             Ok(ck) if ck.meta.step > cfg.train.iters as u64 => {
                 Some(format!("it is beyond {} steps", cfg.train.iters))
@@ -360,15 +406,35 @@ fn one_run(
                 _ => Some("it belongs to another configuration".to_string()),
             },
         };
-        if let Some(why) = why_not {
-            if !opts.quiet {
-                eprintln!(
-                    "[{}] starting over: {} is not resumed because {why}",
-                    run.label,
+        match (why_not, mode) {
+            (Some(why), RunMode::Collect) => {
+                return Ok(RunState::Missing(format!(
+                    "{} is not this run's: {why}",
                     last.display()
-                );
+                )))
             }
-            std::fs::remove_file(&last)?;
+            (Some(why), RunMode::Train) => {
+                if !opts.quiet {
+                    eprintln!(
+                        "[{}] starting over: {} is not resumed because {why}",
+                        run.label,
+                        last.display()
+                    );
+                }
+                std::fs::remove_file(&last)?;
+            }
+            (None, RunMode::Collect) => {
+                let step = ck.as_ref().map_or(0, |c| c.meta.step);
+                // A run stopped early by `train.early_stop` is finished below its step count:
+                // the trainer tells (without a step) when early stopping is configured.
+                if step < cfg.train.iters as u64 && cfg.train.early_stop.is_none() {
+                    return Ok(RunState::Missing(format!(
+                        "stopped at step {step} of {} (its checkpoint resumes it)",
+                        cfg.train.iters
+                    )));
+                }
+            }
+            (None, RunMode::Train) => {}
         }
     }
     let outcome = train::train(
@@ -377,17 +443,25 @@ fn one_run(
             resume: true,
             overwrite: false,
             interrupt: opts.interrupt.clone(),
-            progress_bar: opts.progress_bar,
-            quiet: opts.quiet,
+            progress_bar: opts.progress_bar && mode == RunMode::Train,
+            // Collecting only reads the checkpoint back: no "resumed from" line.
+            quiet: opts.quiet || mode == RunMode::Collect,
             label: Some(run.label.clone()),
-            stop_after: None,
+            // Collecting trains no step: a finished run's outcome comes from its checkpoint.
+            stop_after: (mode == RunMode::Collect).then_some(0),
             // The comparison evaluates the weights it chose on the test split itself.
             skip_test: true,
             communicator: None,
         },
     )?;
     if !outcome.finished {
-        return Ok(None);
+        return Ok(match mode {
+            RunMode::Train => RunState::Interrupted,
+            RunMode::Collect => RunState::Missing(format!(
+                "stopped at step {} of {} (its checkpoint resumes it)",
+                outcome.step, cfg.train.iters
+            )),
+        });
     }
     // Evaluate the chosen weights on the test split (the examples come from the main ones).
     let device = crate::config::DeviceSpec::parse(&cfg.train.device)
@@ -464,7 +538,7 @@ fn one_run(
         use std::io::Write;
         f.write_all(json.as_bytes())
     })?;
-    Ok(Some(record))
+    Ok(RunState::Done(Box::new(record)))
 }
 
 /// The outcome of [`run_comparison`].
@@ -487,11 +561,107 @@ pub fn run_comparison(
     }
     let mut records = Vec::new();
     for run in &plan.losses {
-        match one_run(plan, run, opts)? {
-            Some(r) => records.push(r),
-            None => return Ok(CompareOutcome::Interrupted(run.label.clone())),
+        match one_run(plan, run, opts, RunMode::Train)? {
+            RunState::Done(r) => records.push(*r),
+            RunState::Interrupted | RunState::Missing(_) => {
+                return Ok(CompareOutcome::Interrupted(run.label.clone()))
+            }
         }
     }
+    let (cmp, written) = write_comparison(plan, &records, t0, Vec::new())?;
+    Ok(CompareOutcome::Done(cmp, written))
+}
+
+/// A run of the plan that [`collect_comparison`] found unfinished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingRun {
+    /// Its label (`Recall`, `CE`, …).
+    pub label: String,
+    /// Its folder (`<out>/runs/<loss name>`).
+    pub dir: PathBuf,
+    /// Why it is not in the report (not started, stopped at step k of n, …).
+    pub reason: String,
+}
+
+/// What [`collect_comparison`] wrote.
+#[derive(Debug)]
+pub struct Collected {
+    /// The comparison of the finished runs, as written into the report.
+    pub comparison: Box<Comparison>,
+    /// The report files.
+    pub written: WrittenReport,
+    /// The runs left out of the report, in plan order (empty when every run had finished).
+    pub missing: Vec<MissingRun>,
+}
+
+/// The report of runs trained elsewhere (by `recallseg train` in a Slurm job array, see
+/// [`crate::sweep`], or by an earlier [`run_comparison`]): trains nothing and removes nothing.
+///
+/// Every run of the plan whose training has finished in its folder (`<out>/runs/<loss name>`,
+/// with the plan's configuration, see [`run_config`]) is evaluated as [`run_comparison`]
+/// evaluates it (a `summary.json` of the same configuration is reused), so the report is the
+/// one [`run_comparison`] writes for the same plan, bar the wall time. Runs not started, stopped
+/// before their last step, or whose folder holds another configuration's checkpoint are left
+/// out, named in [`Collected::missing`] and in a note of the report; an error when no run has
+/// finished.
+pub fn collect_comparison(
+    plan: &ComparisonPlan,
+    opts: &CompareOptions,
+) -> anyhow::Result<Collected> {
+    let t0 = Instant::now();
+    let mut records = Vec::new();
+    let mut missing = Vec::new();
+    for run in &plan.losses {
+        match one_run(plan, run, opts, RunMode::Collect)? {
+            RunState::Done(r) => records.push(*r),
+            RunState::Interrupted => anyhow::bail!("interrupted while collecting {}", run.label),
+            RunState::Missing(reason) => missing.push(MissingRun {
+                label: run.label.clone(),
+                dir: run_dir(plan, run),
+                reason,
+            }),
+        }
+    }
+    if records.is_empty() {
+        anyhow::bail!(
+            "no run of {} has finished: {}",
+            plan.out_dir.display(),
+            missing
+                .iter()
+                .map(|m| format!("{} ({}): {}", m.label, m.dir.display(), m.reason))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    let mut notes = vec![
+        "The runs were trained separately (e.g. one Slurm array task per run) and collected \
+         into this report; the wall time above is that of collecting them."
+            .to_string(),
+    ];
+    for m in &missing {
+        notes.push(format!(
+            "Not in this report: {} (`{}`): {}.",
+            m.label,
+            m.dir.display(),
+            m.reason
+        ));
+    }
+    let (comparison, written) = write_comparison(plan, &records, t0, notes)?;
+    Ok(Collected {
+        comparison,
+        written,
+        missing,
+    })
+}
+
+/// Builds the comparison of `records` (the plan's finished runs, in plan order) and writes its
+/// report into `plan.out_dir`; `extra_notes` follow the plan's notes.
+fn write_comparison(
+    plan: &ComparisonPlan,
+    records: &[RunRecord],
+    t0: Instant,
+    extra_notes: Vec<String>,
+) -> anyhow::Result<(Box<Comparison>, WrittenReport)> {
     // Dataset facts for the report.
     let d = &plan.base.data;
     let train_ds = crate::data::open_split(
@@ -506,7 +676,7 @@ pub fn run_comparison(
         (total > 0).then(|| counts.iter().map(|&c| c as f64 / total as f64).collect());
 
     let (eh, ew) = d.eval_size();
-    let examples = build_examples(plan, &records, eh, ew)?;
+    let examples = build_examples(plan, records, eh, ew)?;
     let b = &plan.base;
     let cmp = Comparison {
         title: plan.title.clone(),
@@ -550,11 +720,11 @@ pub fn run_comparison(
             .map(|r| with_metrics(&plan.base.metrics, r.summary.clone()))
             .collect::<anyhow::Result<_>>()?,
         wall_seconds: t0.elapsed().as_secs_f64(),
-        notes: plan.notes.clone(),
+        notes: plan.notes.iter().cloned().chain(extra_notes).collect(),
         metrics: plan.base.metrics,
     };
     let written = report::write_report(&plan.out_dir, &cmp, examples.as_ref())?;
-    Ok(CompareOutcome::Done(Box::new(cmp), written))
+    Ok((Box::new(cmp), written))
 }
 
 /// `run`'s test reports with the F-beta β and, when not the default, the averaging of

@@ -26,4 +26,5 @@ pub mod report;
 pub mod run_dir;
 pub mod runtime;
 pub mod signals;
+pub mod sweep;
 pub mod train;
