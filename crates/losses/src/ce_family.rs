@@ -362,8 +362,11 @@ impl CeEngine {
                     }
                 }
                 let n_valid = count.iter().sum::<f64>();
-                let zk = sel.normaliser(zk, n_valid, pixels);
-                let inv = if zk > 0.0 { 1.0 / zk } else { 0.0 };
+                // A shard of a sharded step (threshold selection): the step's `1/Z`.
+                let inv = match fixed {
+                    Some(f) => f.inv_z,
+                    None => inv(sel.normaliser(zk, n_valid, pixels)),
+                };
                 factor.iter_mut().for_each(|f| *f *= inv);
                 let f = Tensor::from_vec(factor, ce_map.shape(), &candle_core::Device::Cpu)?
                     .to_dtype(dtype)?
@@ -378,7 +381,8 @@ impl CeEngine {
                     loss,
                     StepReport {
                         report: Some(report),
-                        ..Default::default()
+                        ema: None,
+                        sums: Some((kept, count)),
                     },
                 ))
             }

@@ -2,7 +2,10 @@
 //! accumulation): the additive statistics of a shard, the step's batch-level quantities
 //! ([`CeStep`]) and each shard's share of the batch's loss. See `SegLoss::sharding`.
 //!
-//! Every member but OHEM is exact. The loss of the batch is `(1/Z) Σ_c W_c · CE_c` (Focal:
+//! Every member is exact but OHEM with a ranking selection (`keep_ratio`, mmseg's `min_kept`),
+//! whose kept set spans the batch; OHEM with a `threshold` keeps each pixel on its own cross
+//! entropy and is exact with statistics `[N_0 … N_{C−1}, K_0 … K_{C−1}, pixels]` (`K_c` kept
+//! pixels of class `c`, from a forward pass without graph), `Z = Σ_c s_c K_c`. The loss of the batch is `(1/Z) Σ_c W_c · CE_c` (Focal:
 //! `(1/Z) Σ_n s_{y_n} α_{y_n} (1 − p_n)^γ CE_n`; per-image Recall: weights per image), where
 //! only `W` (Recall, Precision: from the batch's argmax counts) and `Z` (the static-weighted
 //! valid pixel count, every pixel for `paper_code`, `Σ W_c N_c` for `paper_loss_py`) span the
@@ -21,7 +24,9 @@
 use crate::ce_family::{inv, CeEngine};
 use crate::ce_mode::{CeMode, ClassStats};
 use crate::input::{check_inputs, checked_labels_u32, prepare, zero_loss};
-use crate::{LossError, ShardStatistics, Sharding};
+use crate::sharding::check_statistics;
+use crate::OhemSelection;
+use crate::{ShardStatistics, Sharding};
 use candle_core::{Result, Tensor};
 
 /// The batch-level quantities of one sharded step, fixed by `prepare_step`.
@@ -47,11 +52,12 @@ impl CeStep {
 }
 
 impl CeEngine {
-    /// Exact for every member but OHEM, whose ranking spans the batch; the statistics read the
-    /// logits for the members whose weights come from the batch's argmax (Recall but per-image,
-    /// Precision).
+    /// Exact for every member but OHEM with a ranking selection, which spans the batch; the
+    /// statistics read the logits for the members whose weights come from the batch's argmax
+    /// (Recall but per-image, Precision) and for OHEM's threshold selection.
     pub(crate) fn sharding(&self) -> Sharding {
         match self.mode {
+            CeMode::Ohem(OhemSelection::Threshold(_)) => Sharding::Exact { needs_logits: true },
             CeMode::Ohem(_) => Sharding::PerShard,
             CeMode::ClassWeighted(_) if !self.mode.per_image() => {
                 Sharding::Exact { needs_logits: true }
@@ -72,10 +78,10 @@ impl CeEngine {
     /// The length of the statistics vector.
     fn stats_len(&self, needs_logits: bool) -> usize {
         let c = self.opts.n_classes();
-        if needs_logits {
-            3 * c + 1
-        } else {
-            c + 1
+        match self.mode {
+            CeMode::Ohem(_) => 2 * c + 1,
+            _ if needs_logits => 3 * c + 1,
+            _ => c + 1,
         }
     }
 
@@ -95,6 +101,27 @@ impl CeEngine {
         let last = st.len() - 1;
         st[last] = (n * h * w) as f64;
         if n * h * w == 0 {
+            return Ok(ShardStatistics(st));
+        }
+        if let CeMode::Ohem(_) = self.mode {
+            // The threshold selection keeps a pixel on its own cross entropy: this shard's kept
+            // pixels per class come from a forward pass without graph (the same kernel as the
+            // shares, so the same pixels are kept).
+            let p = prepare(
+                &logits.detach(),
+                target,
+                c,
+                ignore,
+                self.opts.kernel(),
+                self.fused_gap(),
+            )?;
+            if !p.empty {
+                let (_, rep) = self.run(&p, None)?;
+                if let Some((kept, count)) = rep.sums {
+                    st[..c].copy_from_slice(&count);
+                    st[c..2 * c].copy_from_slice(&kept);
+                }
+            }
             return Ok(ShardStatistics(st));
         }
         let labels = checked_labels_u32(target, c, ignore)?
@@ -130,27 +157,8 @@ impl CeEngine {
         };
         let c = self.opts.n_classes();
         let len = self.stats_len(needs_logits);
+        check_statistics(self.name, batch, len)?;
         let b = &batch.0;
-        if b.len() != len {
-            return Err(LossError::InvalidParameter {
-                loss: self.name,
-                field: "shard statistics",
-                value: format!("{} values", b.len()),
-                reason: format!(
-                    "this loss's statistics have {len} values (from its shard_statistics)"
-                ),
-            }
-            .into_candle());
-        }
-        if let Some(v) = b.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
-            return Err(LossError::InvalidParameter {
-                loss: self.name,
-                field: "shard statistics",
-                value: v.to_string(),
-                reason: "statistics are counts: finite and >= 0".into(),
-            }
-            .into_candle());
-        }
         let count = b[..c].to_vec();
         let pixels = b[len - 1] as usize;
         let s = self.opts.static_f64();
@@ -200,7 +208,18 @@ impl CeEngine {
                 };
                 (sa, self.mode.normaliser(&s, &s, &count, pixels), zero_acc())
             }
-            CeMode::Ohem(_) => return Err(self.per_shard_error()),
+            CeMode::Ohem(sel) => {
+                let kept = &b[c..2 * c];
+                let zk: f64 = s.iter().zip(kept).map(|(a, k)| a * k).sum();
+                let z = sel.normaliser(zk, count.iter().sum(), pixels);
+                self.last = Some(
+                    kept.iter()
+                        .zip(&count)
+                        .map(|(k, n)| if *n > 0.0 { (k / n) as f32 } else { f32::NAN })
+                        .collect(),
+                );
+                (s.clone(), z, None)
+            }
         };
         self.step = Some(CeStep {
             w,

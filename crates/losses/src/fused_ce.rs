@@ -480,20 +480,36 @@ impl FusedCe {
                 let mut zk = 0.0f64;
                 let mut lsum = 0.0f64;
                 let mut factor = vec![0f32; n * hw];
+                // A shard of a sharded step (threshold selection): the kept pixels' factors are
+                // the step's `s_y / Z`.
+                let fixed = self.fixed.as_deref();
                 for (i, &k) in keep.iter().enumerate() {
                     if k {
                         let y = labels[i].into() as usize;
                         kept[y] += 1.0;
                         zk += s[y];
-                        lsum += s[y] * ce_pix[i] as f64;
-                        factor[i] = s[y] as f32;
+                        match fixed {
+                            Some(f) => {
+                                lsum += f[y] * ce_pix[i] as f64;
+                                factor[i] = f[y] as f32;
+                            }
+                            None => {
+                                lsum += s[y] * ce_pix[i] as f64;
+                                factor[i] = s[y] as f32;
+                            }
+                        }
                     }
                 }
-                let zk = sel.normaliser(zk, count.iter().sum(), pixels);
-                let inv = if zk > 0.0 { 1.0 / zk } else { 0.0 };
-                factor
-                    .iter_mut()
-                    .for_each(|f| *f = (*f as f64 * inv) as f32);
+                let loss = if fixed.is_some() {
+                    lsum
+                } else {
+                    let zk = sel.normaliser(zk, count.iter().sum(), pixels);
+                    let inv = if zk > 0.0 { 1.0 / zk } else { 0.0 };
+                    factor
+                        .iter_mut()
+                        .for_each(|f| *f = (*f as f64 * inv) as f32);
+                    lsum * inv
+                };
                 let report = kept
                     .iter()
                     .zip(&count)
@@ -502,7 +518,8 @@ impl FusedCe {
                 let out = FusedOut {
                     step: StepReport {
                         report: Some(report),
-                        ..Default::default()
+                        ema: None,
+                        sums: Some((kept, count.clone())),
                     },
                     class_factor: vec![0.0; c],
                     pixel_factor: Some(factor),
@@ -511,7 +528,7 @@ impl FusedCe {
                     probs: None,
                     focal_f: None,
                 };
-                (lsum * inv, out)
+                (loss, out)
             }
         };
         let mut out = out;

@@ -21,6 +21,7 @@ use recallseg_kernels::fused::FusedLoss;
 use recallseg_kernels::simd::use_avx2;
 use recallseg_kernels::storage::Label;
 use recallseg_kernels::{dispatch, SavedState, SyncPtr};
+use std::sync::Arc;
 
 /// The fused overlap-loss op (see the module documentation).
 pub(crate) struct FusedRegion {
@@ -36,6 +37,12 @@ pub(crate) struct FusedRegion {
     pub keep: bool,
     /// The kept softmax (`N·C·H·W`, zero at ignored pixels), consumed by the backward pass.
     pub probs: SavedState<Vec<f32>>,
+    /// A shard of a sharded step (batch kinds): the step's `(α, β, constant)`; the value is then
+    /// the linearisation `Σ_c α_c P_c + β_c I_c + constant` of the batch's loss at the batch's
+    /// sums, whose gradient is the batch's (see `crate::region_shard`).
+    pub fixed: Option<(Vec<f64>, Vec<f64>, f64)>,
+    /// Where to leave the sums `(I, P, G)` of the pass (a shard's statistics), if asked.
+    pub sums_out: Option<Arc<SavedState<[Vec<f64>; 3]>>>,
 }
 
 struct Sums {
@@ -222,15 +229,27 @@ impl FusedRegion {
             }
             .into_candle());
         }
-        let (loss, alpha, beta) = region_loss(
-            self.kind,
-            self.ro,
-            &sums.i,
-            &sums.p,
-            &sums.g,
-            &self.static_w,
-            groups,
-        );
+        let (loss, alpha, beta) = match &self.fixed {
+            Some((alpha, beta, constant)) => {
+                let lin: f64 = (0..groups * c)
+                    .map(|j| alpha[j % c] * sums.p[j] + beta[j % c] * sums.i[j])
+                    .sum();
+                let rep = |v: &[f64]| (0..groups * c).map(|j| v[j % c]).collect::<Vec<f64>>();
+                (lin + constant, rep(alpha), rep(beta))
+            }
+            None => region_loss(
+                self.kind,
+                self.ro,
+                &sums.i,
+                &sums.p,
+                &sums.g,
+                &self.static_w,
+                groups,
+            ),
+        };
+        if let Some(out) = &self.sums_out {
+            out.put([sums.i.clone(), sums.p.clone(), sums.g.clone()])?;
+        }
         self.coef.put((
             alpha.iter().map(|&v| v as f32).collect(),
             beta.iter().map(|&v| v as f32).collect(),

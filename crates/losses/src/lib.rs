@@ -68,6 +68,7 @@ mod precision_ce;
 mod recall_ce;
 mod region;
 mod region_loss;
+mod region_shard;
 mod sharding;
 mod soft_iou;
 mod tversky;

@@ -2,8 +2,10 @@
 
 use crate::fused_lovasz::FusedLovasz;
 use crate::input::{checked_labels_u32, one_hot, prepare};
-use crate::options::{Engine, EngineLoss, LossOptions};
+use crate::options::{per_shard_error, Engine, EngineLoss, LossOptions};
+use crate::sharding::ImageMeanStep;
 use crate::Kernel;
+use crate::{ShardStatistics, Sharding};
 use candle_core::{DType, Device, Result, Tensor};
 use recallseg_kernels::fused::FusedOp;
 use std::sync::Arc;
@@ -58,6 +60,8 @@ pub struct Lovasz {
     pub(crate) present_only: bool,
     pub(crate) per_image: bool,
     last_kernel: Option<Kernel>,
+    /// The current sharded step (`per_image`: a mean over images).
+    step: Option<ImageMeanStep>,
 }
 
 impl Lovasz {
@@ -68,6 +72,7 @@ impl Lovasz {
             present_only,
             per_image: false,
             last_kernel: None,
+            step: None,
         }
     }
 
@@ -215,6 +220,56 @@ impl Engine for Lovasz {
 
     fn last_kernel(&self) -> Option<Kernel> {
         self.last_kernel
+    }
+
+    /// Exact with `per_image` (a mean over images of per-image terms: a shard of `N_s` whole
+    /// images contributes `N_s / N` times its own loss; statistics `[images, valid pixels]`
+    /// from the labels); per shard over the batch, whose sort of each class's errors spans the
+    /// batch.
+    fn sharding(&self) -> Sharding {
+        if self.per_image {
+            Sharding::Exact {
+                needs_logits: false,
+            }
+        } else {
+            Sharding::PerShard
+        }
+    }
+
+    fn shard_statistics(&self, logits: &Tensor, target: &Tensor) -> Result<ShardStatistics> {
+        if !self.per_image {
+            return Err(per_shard_error("lovasz"));
+        }
+        ImageMeanStep::statistics(
+            logits,
+            target,
+            self.opts.n_classes(),
+            self.opts.ignore_index(),
+        )
+    }
+
+    fn prepare_step(&mut self, batch: &ShardStatistics) -> Result<()> {
+        if !self.per_image {
+            return Err(per_shard_error("lovasz"));
+        }
+        self.step = Some(ImageMeanStep::from_statistics("lovasz", batch)?);
+        Ok(())
+    }
+
+    fn forward_shard(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+        if !self.per_image {
+            return Err(per_shard_error("lovasz"));
+        }
+        let Some(step) = self.step else {
+            return Err(candle_core::Error::Msg(
+                "loss lovasz: forward_shard needs the step's statistics first (prepare_step)"
+                    .into(),
+            ));
+        };
+        let (n_s, _, _, _) = crate::input::check_inputs(logits, target, self.opts.n_classes())?;
+        // An image without valid pixels counts 0, as in `forward`.
+        let l = Engine::forward(self, logits, target)?;
+        step.share(Some(l.clone()), || Ok(l), n_s, 0.0)
     }
 }
 

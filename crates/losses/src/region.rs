@@ -16,6 +16,8 @@ use crate::fused_region::FusedRegion;
 use crate::input::{checked_labels_u32, class_vector, one_hot, prepare};
 use crate::options::{Engine, LossOptions};
 use crate::region_loss::{RegionKind, RegionOpts, DICE_EPS, IOU_EPS};
+use crate::region_shard::{Linear, RegionStep};
+use crate::ShardStatistics;
 use crate::{Kernel, LossError};
 use candle_core::{Result, Tensor};
 use recallseg_kernels::fused::FusedOp;
@@ -64,6 +66,8 @@ pub(crate) struct RegionEngine {
     pub classes: Option<Vec<usize>>,
     /// The implementation the last forward pass ran.
     pub last_kernel: Option<Kernel>,
+    /// The batch-level quantities of the current sharded step (`SegLoss::prepare_step`).
+    pub step: Option<RegionStep>,
 }
 
 impl RegionEngine {
@@ -75,6 +79,7 @@ impl RegionEngine {
             ro: RegionOpts::default(),
             classes: None,
             last_kernel: None,
+            step: None,
         }
     }
 
@@ -122,7 +127,7 @@ impl RegionEngine {
     }
 
     /// The static weights times the `classes` mask.
-    fn effective_static(&self) -> Vec<f64> {
+    pub(crate) fn effective_static(&self) -> Vec<f64> {
         let mut s = self.opts.static_f64();
         if let Some(cl) = &self.classes {
             let mut mask = vec![0.0; s.len()];
@@ -133,6 +138,18 @@ impl RegionEngine {
     }
 
     pub(crate) fn forward(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+        Ok(self.run(logits, target, None)?.0)
+    }
+
+    /// The loss of `(logits, target)`, or with `fixed` (a shard of a sharded step, batch kinds)
+    /// the linearisation of the batch's loss; also whether the input had no valid pixel (the
+    /// loss is then 0 with a zero gradient).
+    pub(crate) fn run(
+        &mut self,
+        logits: &Tensor,
+        target: &Tensor,
+        fixed: Option<&Linear>,
+    ) -> Result<(Tensor, bool)> {
         let p = prepare(
             logits,
             target,
@@ -143,14 +160,14 @@ impl RegionEngine {
         )?;
         if p.empty {
             self.last_kernel = None;
-            return crate::input::zero_loss(&p.logits);
+            return Ok((crate::input::zero_loss(&p.logits)?, true));
         }
         self.last_kernel = Some(if p.fused {
             Kernel::Fused
         } else {
             Kernel::Portable
         });
-        if p.fused {
+        let loss = if p.fused {
             let op = FusedRegion {
                 n_classes: self.opts.n_classes(),
                 ignore_index: self.opts.ignore_index(),
@@ -160,16 +177,24 @@ impl RegionEngine {
                 coef: Default::default(),
                 keep: p.logits.track_op(),
                 probs: Default::default(),
+                fixed: fixed.map(|f| (f.alpha.clone(), f.beta.clone(), f.constant)),
+                sums_out: None,
             };
             p.logits
-                .apply_op2_arc(&p.target, Arc::new(Box::new(FusedOp(op))))
+                .apply_op2_arc(&p.target, Arc::new(Box::new(FusedOp(op))))?
         } else {
-            self.forward_portable(&p.logits, &p.target)
-        }
+            self.forward_portable(&p.logits, &p.target, fixed)?
+        };
+        Ok((loss, false))
     }
 
-    /// The composed candle-ops implementation.
-    fn forward_portable(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    /// The composed candle-ops implementation; `fixed` as in [`RegionEngine::run`].
+    fn forward_portable(
+        &self,
+        logits: &Tensor,
+        target: &Tensor,
+        fixed: Option<&Linear>,
+    ) -> Result<Tensor> {
         let c = self.opts.n_classes();
         let dtype = logits.dtype();
         let dev = logits.device();
@@ -177,6 +202,13 @@ impl RegionEngine {
         let oh = one_hot(&labels, c, self.opts.ignore_index(), dtype)?;
         let valid = oh.sum_keepdim(1)?;
         let prob = candle_nn::ops::softmax(logits, 1)?.broadcast_mul(&valid)?;
+        if let Some(f) = fixed {
+            let p = prob.sum((0, 2, 3))?;
+            let i = (&prob * &oh)?.sum((0, 2, 3))?;
+            let lin = ((p * class_vector(&f.alpha, dtype, dev)?)?.sum_all()?
+                + (i * class_vector(&f.beta, dtype, dev)?)?.sum_all()?)?;
+            return lin.affine(1.0, f.constant);
+        }
         let (i, p, g) = if self.kind.per_image() {
             (
                 (&prob * &oh)?.sum((2, 3))?,
@@ -265,5 +297,21 @@ impl Engine for RegionEngine {
 
     fn last_kernel(&self) -> Option<Kernel> {
         self.last_kernel
+    }
+
+    fn sharding(&self) -> crate::Sharding {
+        RegionEngine::sharding(self)
+    }
+
+    fn shard_statistics(&self, logits: &Tensor, target: &Tensor) -> Result<ShardStatistics> {
+        RegionEngine::shard_statistics(self, logits, target)
+    }
+
+    fn prepare_step(&mut self, batch: &ShardStatistics) -> Result<()> {
+        RegionEngine::prepare_step(self, batch)
+    }
+
+    fn forward_shard(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+        RegionEngine::forward_shard(self, logits, target)
     }
 }

@@ -43,3 +43,108 @@ impl ShardStatistics {
         Ok(())
     }
 }
+
+/// The step of a loss that is a mean over the images of the batch of a per-image loss (SoftIoU,
+/// Lovász with `per_image`): each image's term depends on that image alone, so only the image
+/// count `N` spans the batch, and a shard of `N_s` whole images contributes `N_s / N` times its
+/// own loss. Statistics: `[images, valid pixels]` (labels only).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ImageMeanStep {
+    /// Images in the batch.
+    pub images: f64,
+    /// The batch has no valid pixel: every share is 0 (as `forward` of the whole batch).
+    pub empty: bool,
+}
+
+impl ImageMeanStep {
+    /// A shard's statistics `[images, valid pixels]`, from the labels alone.
+    pub(crate) fn statistics(
+        logits: &candle_core::Tensor,
+        target: &candle_core::Tensor,
+        n_classes: usize,
+        ignore_index: u32,
+    ) -> candle_core::Result<ShardStatistics> {
+        let (n, _, _, _) = crate::input::check_inputs(logits, target, n_classes)?;
+        let valid = valid_pixels(target, n_classes, ignore_index)?;
+        Ok(ShardStatistics(vec![n as f64, valid as f64]))
+    }
+
+    /// The step from the summed statistics.
+    pub(crate) fn from_statistics(
+        loss: &'static str,
+        batch: &ShardStatistics,
+    ) -> candle_core::Result<Self> {
+        check_statistics(loss, batch, 2)?;
+        Ok(Self {
+            images: batch.0[0],
+            empty: batch.0[1] == 0.0,
+        })
+    }
+
+    /// The share of a shard of `shard_images` images whose own loss is `own` (`None` when the
+    /// shard has no valid pixel: `zero` is then its zero loss, connected to its logits, and each
+    /// of its images counts `empty_image`, the loss of an image without valid pixels).
+    pub(crate) fn share(
+        &self,
+        own: Option<candle_core::Tensor>,
+        zero: impl FnOnce() -> candle_core::Result<candle_core::Tensor>,
+        shard_images: usize,
+        empty_image: f64,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        if self.empty || shard_images == 0 {
+            return zero();
+        }
+        let f = shard_images as f64 / self.images;
+        match own {
+            Some(l) => l.affine(f, 0.0),
+            None if empty_image == 0.0 => zero(),
+            None => zero()?.affine(1.0, f * empty_image),
+        }
+    }
+}
+
+/// The valid pixels of a target (labels that are a class and not the ignore index), checked as
+/// `forward` checks them.
+pub(crate) fn valid_pixels(
+    target: &candle_core::Tensor,
+    n_classes: usize,
+    ignore_index: u32,
+) -> candle_core::Result<usize> {
+    if target.elem_count() == 0 {
+        return Ok(0);
+    }
+    let labels = crate::input::checked_labels_u32(target, n_classes, ignore_index)?
+        .flatten_all()?
+        .to_vec1::<u32>()?;
+    Ok(labels
+        .iter()
+        .filter(|&&l| l != ignore_index && (l as usize) < n_classes)
+        .count())
+}
+
+/// Checks summed statistics: the loss's length, finite non-negative values where `counts`.
+pub(crate) fn check_statistics(
+    loss: &'static str,
+    batch: &ShardStatistics,
+    len: usize,
+) -> candle_core::Result<()> {
+    if batch.0.len() != len {
+        return Err(crate::LossError::InvalidParameter {
+            loss,
+            field: "shard statistics",
+            value: format!("{} values", batch.0.len()),
+            reason: format!("this loss's statistics have {len} values (from its shard_statistics)"),
+        }
+        .into_candle());
+    }
+    if let Some(v) = batch.0.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
+        return Err(crate::LossError::InvalidParameter {
+            loss,
+            field: "shard statistics",
+            value: v.to_string(),
+            reason: "statistics are sums of counts and probabilities: finite and >= 0".into(),
+        }
+        .into_candle());
+    }
+    Ok(())
+}

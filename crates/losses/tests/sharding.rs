@@ -271,6 +271,121 @@ fn exact_losses() -> Vec<(&'static str, bool, Make)> {
             }),
         ),
         (
+            "ohem threshold weights",
+            true,
+            Box::new(|k| {
+                Box::new(
+                    Ohem::new(C, OhemSelection::Threshold(0.3))
+                        .unwrap()
+                        .with_class_weights(sw())
+                        .unwrap()
+                        .with_kernel(k),
+                )
+            }),
+        ),
+        (
+            "soft_iou",
+            false,
+            Box::new(|k| Box::new(SoftIou::new(C).with_kernel(k))),
+        ),
+        (
+            "soft_iou weights",
+            false,
+            Box::new(|k| {
+                Box::new(
+                    SoftIou::new(C)
+                        .with_class_weights(sw())
+                        .unwrap()
+                        .with_kernel(k),
+                )
+            }),
+        ),
+        (
+            "lovasz per_image",
+            false,
+            Box::new(|k| {
+                Box::new(
+                    Lovasz::new(C, true)
+                        .with_per_image(true)
+                        .with_class_weights(sw())
+                        .unwrap()
+                        .with_kernel(k),
+                )
+            }),
+        ),
+        (
+            "lovasz per_image all classes",
+            false,
+            Box::new(|k| Box::new(Lovasz::new(C, false).with_per_image(true).with_kernel(k))),
+        ),
+        (
+            "dice",
+            true,
+            Box::new(|k| Box::new(Dice::new(C).with_kernel(k))),
+        ),
+        (
+            "dice smooth log classes",
+            true,
+            Box::new(|k| {
+                Box::new(
+                    Dice::new(C)
+                        .with_smooth(1.0)
+                        .unwrap()
+                        .with_log_loss(true)
+                        .with_classes(vec![0, 2, 3])
+                        .unwrap()
+                        .with_kernel(k),
+                )
+            }),
+        ),
+        (
+            "tversky weights",
+            true,
+            Box::new(|k| {
+                Box::new(
+                    Tversky::new(C, 0.3, 0.7)
+                        .unwrap()
+                        .with_class_weights(sw())
+                        .unwrap()
+                        .with_kernel(k),
+                )
+            }),
+        ),
+        (
+            "jaccard smooth",
+            true,
+            Box::new(|k| Box::new(Jaccard::new(C).with_smooth(0.5).unwrap().with_kernel(k))),
+        ),
+        (
+            "combined recall + lovasz per_image",
+            true,
+            Box::new(|k| {
+                Box::new(
+                    CombinedLoss::new()
+                        .with_term(0.5, Box::new(RecallCe::new(C).with_kernel(k)))
+                        .unwrap()
+                        .with_term(
+                            0.5,
+                            Box::new(Lovasz::new(C, true).with_per_image(true).with_kernel(k)),
+                        )
+                        .unwrap(),
+                )
+            }),
+        ),
+        (
+            "combined ce + dice",
+            true,
+            Box::new(|k| {
+                Box::new(
+                    CombinedLoss::new()
+                        .with_term(1.0, Box::new(CrossEntropy::new(C).with_kernel(k)))
+                        .unwrap()
+                        .with_term(2.0, Box::new(Dice::new(C).with_kernel(k)))
+                        .unwrap(),
+                )
+            }),
+        ),
+        (
             "combined recall + ce",
             true,
             Box::new(|k| {
@@ -383,11 +498,18 @@ fn per_shard_losses_say_so_and_refuse_statistics() {
     let (x, t) = batch(9);
     let per_shard: Vec<Box<dyn SegLoss>> = vec![
         Box::new(Ohem::new(C, OhemSelection::KeepRatio(0.7)).unwrap()),
+        Box::new(
+            Ohem::new(
+                C,
+                OhemSelection::Mmseg {
+                    threshold: Some(0.7),
+                    min_kept: 10,
+                    avg_non_ignore: false,
+                },
+            )
+            .unwrap(),
+        ),
         Box::new(Lovasz::new(C, true)),
-        Box::new(Dice::new(C)),
-        Box::new(Tversky::new(C, 0.3, 0.7).unwrap()),
-        Box::new(Jaccard::new(C)),
-        Box::new(SoftIou::new(C)),
         Box::new(
             CombinedLoss::new()
                 .with_term(1.0, Box::new(RecallCe::new(C)))
