@@ -11,9 +11,11 @@ pub enum Sharding {
     /// normaliser, moving average), and each shard's share ([`crate::SegLoss::forward_shard`])
     /// sums over the shards to the loss of the concatenated batch, in value and gradient.
     Exact {
-        /// Whether the statistics read the logits (the argmax: Recall, Precision) or only the
-        /// labels (the normaliser of plain and weighted cross entropy). A caller holding
-        /// micro-batches one at a time needs a prediction pass first only in the first case.
+        /// Whether the statistics read the logits (Recall's and Precision's argmax counts, the
+        /// soft sums of Dice/Tversky/Jaccard, OHEM's kept pixels) or only the labels (the
+        /// normaliser of plain, weighted and focal cross entropy, per-image Recall, the image
+        /// count of SoftIoU and per-image Lovász). A caller holding micro-batches one at a time
+        /// needs a prediction pass first only in the first case.
         needs_logits: bool,
     },
     /// Statistics that span the batch (OHEM's ranking, Lovász's sorted errors, …) are taken
