@@ -416,3 +416,105 @@ fn emit_slurm(args: &ReproduceArgs, plans: &[ComparisonPlan], root: &Path) -> an
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ReproduceArgs,
+    }
+
+    fn parse(args: &[&str]) -> ReproduceArgs {
+        Cli::try_parse_from(std::iter::once("reproduce").chain(args.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    /// The report job's `reproduce … --report-only` names the sweep that was emitted: the same
+    /// runs (configurations and folders), titles, notes and tested weights.
+    #[test]
+    fn the_report_step_collects_exactly_the_emitted_sweep() {
+        let root = Path::new(".");
+        for argv in [
+            &[
+                "synthia",
+                "--quick",
+                "--losses",
+                "ce,recall",
+                "--backbone",
+                "resnet18,resnet34",
+                "--iters",
+                "7",
+                "--out",
+                "/tmp/it's a sweep",
+                "--set",
+                "train.batch_size=3",
+                "--set",
+                "data.root=\"elsewhere/x y\"",
+                "--evaluate",
+                "best",
+                "--emit",
+                "slurm",
+                "--partition",
+                "gpu",
+            ][..],
+            &["synthia", "--quick", "--emit", "slurm"][..],
+        ] {
+            let emitted = parse(argv);
+            let plans_emitted = plans(&emitted, root).unwrap();
+            let report_args = sweep_arguments(&emitted, &plans_emitted).unwrap();
+            assert_eq!(
+                report_args.last().map(String::as_str),
+                Some("--report-only")
+            );
+            let report = parse(
+                &report_args[1..]
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+            );
+            assert!(report.report_only && report.emit.is_none());
+            let plans_report = plans(&report, root).unwrap();
+            assert_eq!(plans_report.len(), plans_emitted.len());
+            for (a, b) in plans_emitted.iter().zip(&plans_report) {
+                assert_eq!(a.out_dir, b.out_dir);
+                assert_eq!(a.title, b.title);
+                assert_eq!(a.notes, b.notes);
+                assert_eq!(a.evaluate, b.evaluate);
+                assert_eq!(a.examples, b.examples);
+                assert_eq!(a.losses, b.losses);
+                for l in &a.losses {
+                    let (ca, cb) = (
+                        recallseg_trainer::compare::run_config(a, l),
+                        recallseg_trainer::compare::run_config(b, l),
+                    );
+                    assert_eq!(ca.to_toml().unwrap(), cb.to_toml().unwrap());
+                }
+            }
+        }
+        // One comparison per backbone, each in its own folder under --out.
+        let two = plans(
+            &parse(&[
+                "synthia",
+                "--quick",
+                "--backbone",
+                "resnet18,resnet34",
+                "--out",
+                "o",
+            ]),
+            root,
+        )
+        .unwrap();
+        assert_eq!(two[0].out_dir, Path::new("o/resnet18"));
+        assert_eq!(two[1].base.model.backbone.name(), "resnet34");
+        let twice = plans(
+            &parse(&["synthia", "--quick", "--backbone", "resnet18,resnet18"]),
+            root,
+        );
+        assert!(twice.unwrap_err().to_string().contains("given twice"));
+    }
+}

@@ -11,7 +11,8 @@
 //!   continues there too. `#SBATCH --signal=B:TERM@S` has the scheduler send SIGTERM to the
 //!   batch shell S seconds before the time limit; the shell forwards it to `recallseg`, which
 //!   writes a checkpoint and stops (exit status 143). With several GPUs per run the task runs
-//!   `srun --ntasks=N … recallseg train …`, one rank per GPU;
+//!   `srun --ntasks=N … recallseg train …`, one rank per GPU (`SRUN_ARGS` in the environment
+//!   adds site options such as `--mpi=pmix`);
 //! * `report.sbatch`: the report step, the command given in [`SlurmOptions::report`] (for
 //!   `cargo xtask reproduce` its `--report-only` form, which calls
 //!   [`collect_comparison`](crate::compare::collect_comparison));
@@ -289,8 +290,9 @@ pub fn array_script(runs: &[SweepRun], o: &SlurmOptions, dir: &Path) -> anyhow::
         "  *) echo \"array task $task: no such run (0-{last})\" >&2; exit 2 ;;\nesac"
     );
     let launch = if o.gpus_per_run > 1 {
+        // `SRUN_ARGS` adds what the site needs (e.g. `--mpi=pmix`) without editing the script.
         let mut l = format!(
-            "srun --ntasks={} --gpus-per-task=1 --kill-on-bad-exit=1",
+            "srun ${{SRUN_ARGS:-}} --ntasks={} --gpus-per-task=1 --kill-on-bad-exit=1",
             o.gpus_per_run
         );
         if let Some(c) = o.cpus_per_task {
@@ -426,4 +428,95 @@ pub fn write_slurm(
         true,
     )?;
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting_keeps_every_string_one_word() {
+        assert_eq!(
+            shell_quote("results/synthia-quick"),
+            "results/synthia-quick"
+        );
+        assert_eq!(shell_quote("train.lr=1e-4"), "train.lr=1e-4");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("$HOME;rm"), "'$HOME;rm'");
+    }
+
+    #[test]
+    fn bad_sbatch_values_are_errors_naming_the_option() {
+        let o = SlurmOptions::new(
+            "j",
+            PathBuf::from("/bin/recallseg"),
+            PathBuf::from("/w"),
+            ReportStep {
+                program: PathBuf::from("/bin/xtask"),
+                args: vec![],
+            },
+        );
+        assert!(common_header(&o).unwrap().is_empty());
+        let cases: [(fn(&mut SlurmOptions), &str); 3] = [
+            (|o| o.partition = Some("gpu a100".into()), "--partition"),
+            (|o| o.account = Some("x\"y".into()), "--account"),
+            (|o| o.time = Some(String::new()), "--time"),
+        ];
+        for (set, flag) in cases {
+            let mut bad = o.clone();
+            set(&mut bad);
+            let e = common_header(&bad).unwrap_err().to_string();
+            assert!(e.contains(flag), "{e}");
+        }
+        let mut bad = o.clone();
+        bad.job_name = "two words".into();
+        let e = report_script(&bad, Path::new("/s"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--job-name"), "{e}");
+        assert!(sweep_runs(&[]).unwrap_err().to_string().contains("no run"));
+    }
+
+    #[test]
+    fn gpus_per_run_choose_the_launch() {
+        let base = crate::config::Preset::SynthiaQuick.config(&[]).unwrap();
+        let plan = ComparisonPlan::new(
+            base,
+            crate::compare::quick_losses(),
+            PathBuf::from("results/q"),
+        );
+        let runs = sweep_runs(&[plan]).unwrap();
+        assert_eq!(runs[3].config_file, "3-resnet18-recall_ce.toml");
+        assert_eq!(runs[3].dir, Path::new("results/q/runs/recall_ce"));
+        let mut o = SlurmOptions::new(
+            "j",
+            PathBuf::from("/bin/recallseg"),
+            PathBuf::from("/w"),
+            ReportStep {
+                program: PathBuf::from("/bin/xtask"),
+                args: vec![],
+            },
+        );
+        let dir = Path::new("/s");
+        o.gpus_per_run = 0;
+        let cpu = array_script(&runs, &o, dir).unwrap();
+        assert!(!cpu.contains("gpu") && !cpu.contains("srun"), "{cpu}");
+        assert!(cpu.contains("#SBATCH --ntasks=1\n"));
+        assert!(cpu.contains("\n\"$RECALLSEG\" train --config \"$config\" --resume"));
+        o.gpus_per_run = 4;
+        o.cpus_per_task = Some(8);
+        let dp = array_script(&runs, &o, dir).unwrap();
+        assert!(dp.contains(
+            "#SBATCH --ntasks=4\n#SBATCH --cpus-per-task=8\n#SBATCH --gpus-per-task=1\n"
+        ));
+        assert!(
+            dp.contains(
+                "\nsrun ${SRUN_ARGS:-} --ntasks=4 --gpus-per-task=1 --kill-on-bad-exit=1 \
+             --cpus-per-task=8 \"$RECALLSEG\" train --config"
+            ),
+            "{dp}"
+        );
+    }
 }
