@@ -459,7 +459,8 @@ mod tests {
             },
         );
         assert!(common_header(&o).unwrap().is_empty());
-        let cases: [(fn(&mut SlurmOptions), &str); 3] = [
+        type Spoil = fn(&mut SlurmOptions);
+        let cases: [(Spoil, &str); 3] = [
             (|o| o.partition = Some("gpu a100".into()), "--partition"),
             (|o| o.account = Some("x\"y".into()), "--account"),
             (|o| o.time = Some(String::new()), "--time"),
