@@ -79,8 +79,13 @@ impl BatchNorm2d {
     /// gradient of the global loss, summed over ranks, reaches each rank's input). Every rank
     /// must then run the layer, forward and backward, in the same order (as data-parallel
     /// training does). The running statistics move towards the global moments, unbiased with
-    /// the global count, and stay identical on every rank. Evaluation, frozen layers and a
-    /// single rank are unchanged (the fused CPU paths included).
+    /// the global count, and stay identical on every rank. On the CPU in f32 the fused kernels
+    /// ([`crate::ops::batch_norm_cpu::batch_norm_train_synced`],
+    /// [`crate::ops::conv_bn::conv_bn_train_synced`]) do the same with f64 sums and one f64
+    /// all-reduce each way; elsewhere (or with those kernels switched off) candle ops do it. All
+    /// ranks must take the same path (same device, dtype and [`crate::ops::cpu_kernels`]), as
+    /// ranks of one data-parallel run do. Evaluation, frozen layers and a single rank are
+    /// unchanged.
     pub fn with_communicator(mut self, comm: Option<SharedCommunicator>) -> Self {
         self.sync = comm;
         self
@@ -130,13 +135,9 @@ impl BatchNorm2d {
         train: bool,
         relu: bool,
     ) -> Result<Tensor> {
-        if train
-            && !self.frozen
-            && self.synced(train).is_none()
-            && !conv.has_bias()
-            && crate::ops::cpu_kernels().batch_norm
-        {
-            let fused = conv_bn::conv_bn_train(
+        if train && !self.frozen && !conv.has_bias() && crate::ops::cpu_kernels().batch_norm {
+            let sync = self.synced(train);
+            let fused = conv_bn::conv_bn_train_synced(
                 x,
                 conv.weight().as_tensor(),
                 self.weight.as_tensor(),
@@ -144,11 +145,14 @@ impl BatchNorm2d {
                 conv.geometry(),
                 BN_EPS,
                 relu,
+                sync,
             )?;
-            if let Some((y, stats)) = fused {
-                self.check(&y)?;
-                let (n, _, h, w) = y.dims4()?;
-                self.update_running(&stats, (n * h * w) as f64)?;
+            if let Some((y, stats, count)) = fused {
+                match sync {
+                    None => self.check(&y)?,
+                    Some(comm) => self.check_global(comm, &y, count)?,
+                }
+                self.update_running(&stats, count)?;
                 return Ok(y);
             }
         }
@@ -168,8 +172,8 @@ impl BatchNorm2d {
         self.running_var.set(&new_var)
     }
 
-    /// The portable (candle ops) path, whatever the device: used off the CPU, for synchronised
-    /// training statistics, and by the tests that check the fused CPU op against it.
+    /// The portable (candle ops) path, whatever the device (synchronised too): used off the CPU
+    /// and by the tests that check the fused CPU ops against it.
     pub fn forward_portable_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let y = match self.synced(train) {
             Some(comm) => self.forward_sync(comm, x)?,
@@ -183,24 +187,28 @@ impl BatchNorm2d {
     }
 
     fn forward_impl(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
-        let (n, _, h, w) = x.dims4()?;
-        if self.synced(train).is_some() {
-            return self.forward_portable_t(x, train, relu);
-        }
         if train
             && !self.frozen
             && crate::ops::cpu_kernels().batch_norm
             && batch_norm_cpu::supported(x)
         {
-            self.check(x)?;
-            let (y, stats) = batch_norm_cpu::batch_norm_train(
+            let sync = self.synced(train);
+            match sync {
+                None => self.check(x)?,
+                Some(_) => self.check_channels(x)?,
+            }
+            let (y, stats, count) = batch_norm_cpu::batch_norm_train_synced(
                 x,
                 self.weight.as_tensor(),
                 self.bias.as_tensor(),
                 BN_EPS,
                 relu,
+                sync,
             )?;
-            self.update_running(&stats, (n * h * w) as f64)?;
+            if let Some(comm) = sync {
+                self.check_global(comm, x, count)?;
+            }
+            self.update_running(&stats, count)?;
             return Ok(y);
         }
         if crate::ops::cpu_kernels().batch_norm && batch_norm_cpu::supported(x) {
@@ -270,14 +278,7 @@ impl BatchNorm2d {
             .narrow(0, 3 * c, 1)?
             .to_dtype(DType::F64)?
             .to_vec1::<f64>()?[0];
-        if total < 2.0 {
-            candle_core::bail!(
-                "batch norm in training mode needs more than one value per channel over all {} \
-                 ranks, got input {:?} here and {total} values in all",
-                comm.size(),
-                x.dims()
-            )
-        }
+        self.check_global(comm, x, total)?;
         let g_sum = global.narrow(0, 0, c)?;
         let g_m2 = global.narrow(0, c, c)?;
         let g_q = global.narrow(0, 2 * c, c)?;
@@ -301,6 +302,20 @@ impl BatchNorm2d {
         self.running_mean.set(&new_mean)?;
         self.running_var.set(&new_var)?;
         Ok(y)
+    }
+
+    /// The training-mode check of a synchronised layer: more than one value per channel over
+    /// all ranks (`total`), whatever this rank holds.
+    fn check_global(&self, comm: &SharedCommunicator, x: &Tensor, total: f64) -> Result<()> {
+        if total < 2.0 {
+            candle_core::bail!(
+                "batch norm in training mode needs more than one value per channel over all {} \
+                 ranks, got input {:?} here and {total} values in all",
+                comm.size(),
+                x.dims()
+            )
+        }
+        Ok(())
     }
 
     fn check_channels(&self, x: &Tensor) -> Result<()> {

@@ -11,10 +11,18 @@
 //! `CpuKernels { batch_norm: false, .. }` is in effect, see [`crate::ops::with_cpu_kernels`]);
 //! other devices and dtypes use the portable candle-ops path, and the tests check that both
 //! agree.
+//!
+//! Synchronised over ranks (SyncBatchNorm, [`batch_norm_train_synced`]): the forward pass
+//! all-reduces each channel's `Σx`, `Σ(x − x̄_r)²` (about this rank's mean), `(Σx)²/M_r` and
+//! `M_r` (one f64 collective) and normalises with the global moments
+//! `μ = Σx/M`, `σ² = (Σ_r Σ(x − x̄_r)² + Σ_r (Σx)_r²/M_r − (Σx)²/M)/M`, `M = Σ_r M_r`; the
+//! backward pass all-reduces `Σg` and `Σg·x̂` (one more) for `∂x`, while `∂γ`, `∂β` stay this
+//! rank's sums (data-parallel training sums them with the other gradients).
 
 use crate::ops::buffers::zeroed;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use recallseg_distributed::SharedCommunicator;
 use recallseg_kernels::storage::contiguous_f32;
 use recallseg_kernels::SavedState;
 use recallseg_kernels::{dispatch, simd::use_avx2};
@@ -34,15 +42,52 @@ pub struct BatchStats {
     pub var: Vec<f64>,
 }
 
+/// What a forward pass leaves: the statistics it normalised with and the number of values per
+/// channel they were taken over (over every rank when synchronised).
+pub(crate) type SavedStats = (BatchStats, f64);
+
 /// The fused BatchNorm (+ ReLU) op; also the second half of the fused convolution + BatchNorm
 /// op of [`crate::ops::conv_bn`].
 pub(crate) struct BnTrain {
     pub(crate) eps: f64,
     pub(crate) relu: bool,
     /// Where the forward pass leaves the batch statistics.
-    pub(crate) stats: Arc<SavedState<BatchStats>>,
+    pub(crate) stats: Arc<SavedState<SavedStats>>,
     /// Evaluation mode: normalise with these (running) statistics instead of the batch's.
     pub(crate) fixed: Option<BatchStats>,
+    /// Training statistics of the global batch over these ranks (never with `fixed`).
+    pub(crate) sync: Option<SharedCommunicator>,
+}
+
+/// `(μ, σ²)` per channel and the global count from this rank's per-channel `(Σx, Σ(x − x̄)²)`
+/// over `m` values each, summed over every rank in one f64 all-reduce.
+fn global_moments(
+    comm: &SharedCommunicator,
+    local: &[(f64, f64)],
+    m: f64,
+) -> Result<(Vec<(f64, f64)>, f64)> {
+    let c = local.len();
+    let mut buf = Vec::with_capacity(3 * c + 1);
+    buf.extend(local.iter().map(|l| l.0));
+    buf.extend(local.iter().map(|l| l.1));
+    buf.extend(
+        local
+            .iter()
+            .map(|l| if m > 0.0 { l.0 * l.0 / m } else { 0.0 }),
+    );
+    buf.push(m);
+    comm.all_reduce_sum_f64(&mut buf)?;
+    let total = buf[3 * c];
+    let moments = (0..c)
+        .map(|ci| {
+            let (sum, m2, q) = (buf[ci], buf[c + ci], buf[2 * c + ci]);
+            let mean = sum / total;
+            // Σ_r M2_r + Σ_r S_r²/M_r − S²/M: the second difference is the ranks' spread.
+            let var = ((m2 + (q - sum * sum / total)) / total).max(0.0);
+            (mean, var)
+        })
+        .collect();
+    Ok((moments, total))
 }
 
 impl CustomOp3 for BnTrain {
@@ -66,18 +111,29 @@ impl CustomOp3 for BnTrain {
         let hw = h * w;
         let m = (n * hw) as f64;
         let avx2 = use_avx2();
-        let stats: Vec<(f64, f64)> = match &self.fixed {
-            Some(f) => f.mean.iter().copied().zip(f.var.iter().copied()).collect(),
-            None => (0..c)
-                .into_par_iter()
-                .map(|ci| {
-                    let planes = || (0..n).map(|ni| &x[(ni * c + ci) * hw..(ni * c + ci + 1) * hw]);
-                    let sum: f64 = planes().map(|p| sum_plane(avx2, p)).sum();
-                    let mean = sum / m;
-                    let sq: f64 = planes().map(|p| sq_dev_plane(avx2, p, mean)).sum();
-                    (mean, sq / m)
-                })
-                .collect(),
+        let (stats, count): (Vec<(f64, f64)>, f64) = match &self.fixed {
+            Some(f) => (
+                f.mean.iter().copied().zip(f.var.iter().copied()).collect(),
+                m,
+            ),
+            None => {
+                // Per channel (Σx, Σ(x − x̄)²) over this rank's values.
+                let local: Vec<(f64, f64)> = (0..c)
+                    .into_par_iter()
+                    .map(|ci| {
+                        let planes =
+                            || (0..n).map(|ni| &x[(ni * c + ci) * hw..(ni * c + ci + 1) * hw]);
+                        let sum: f64 = planes().map(|p| sum_plane(avx2, p)).sum();
+                        let mean = sum / m;
+                        let sq: f64 = planes().map(|p| sq_dev_plane(avx2, p, mean)).sum();
+                        (sum, sq)
+                    })
+                    .collect();
+                match &self.sync {
+                    Some(comm) => global_moments(comm, &local, m)?,
+                    None => (local.iter().map(|&(s, q)| (s / m, q / m)).collect(), m),
+                }
+            }
         };
         if stats.len() != c {
             candle_core::bail!(
@@ -104,10 +160,13 @@ impl CustomOp3 for BnTrain {
                 let (mu, s, b) = coef[plane % c];
                 normalize_plane(avx2, xp, yp, mu, s, b, relu);
             });
-        self.stats.put(BatchStats {
-            mean: stats.iter().map(|s| s.0).collect(),
-            var: stats.iter().map(|s| s.1).collect(),
-        })?;
+        self.stats.put((
+            BatchStats {
+                mean: stats.iter().map(|s| s.0).collect(),
+                var: stats.iter().map(|s| s.1).collect(),
+            },
+            count,
+        ))?;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -135,10 +194,17 @@ impl BnTrain {
         dy: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let (_, c, _, _) = x.dims4()?;
-        let (mean, var) = self.stats.with(|st| (st.mean.clone(), st.var.clone()))?;
+        let (mean, var, count) = self
+            .stats
+            .with(|(st, count)| (st.mean.clone(), st.var.clone(), *count))?;
+        let sync = match (&self.sync, &self.fixed) {
+            (Some(comm), None) => Some((comm.clone(), count)),
+            _ => None,
+        };
         let op = BnBackward {
             relu: self.relu,
             eval: self.fixed.is_some(),
+            sync,
             invstd: var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect(),
             mean,
             gamma: gamma.to_vec1()?,
@@ -163,6 +229,9 @@ impl BnTrain {
 struct BnBackward {
     relu: bool,
     eval: bool,
+    /// Synchronised training: the ranks and the global count; `Σg`, `Σg·x̂` of `∂x` are summed
+    /// over the ranks.
+    sync: Option<(SharedCommunicator, f64)>,
     mean: Vec<f64>,
     invstd: Vec<f64>,
     gamma: Vec<f32>,
@@ -216,12 +285,22 @@ impl CustomOp3 for BnBackward {
                 (sg, sgx * self.invstd[ci])
             })
             .collect();
+        // ∂x needs the sums over the whole batch: every rank's when synchronised.
+        let (global, m) = match &self.sync {
+            Some((comm, total)) => {
+                let mut buf: Vec<f64> = sums.iter().flat_map(|s| [s.0, s.1]).collect();
+                comm.all_reduce_sum_f64(&mut buf)?;
+                (buf.chunks_exact(2).map(|p| (p[0], p[1])).collect(), *total)
+            }
+            None => (Vec::new(), m),
+        };
+        let global: &[(f64, f64)] = if self.sync.is_some() { &global } else { &sums };
         let mut dx = zeroed(xs.len());
         dx.par_chunks_mut(hw.max(1))
             .enumerate()
             .for_each(|(plane, dp)| {
                 let ci = plane % c;
-                let (sg, sgx) = sums[ci];
+                let (sg, sgx) = global[ci];
                 let k = self.gamma[ci] as f64 * self.invstd[ci];
                 let (mu, is) = (self.mean[ci], self.invstd[ci]);
                 let base = plane * hw;
@@ -263,6 +342,23 @@ pub fn batch_norm_train(
     eps: f64,
     relu: bool,
 ) -> Result<(Tensor, BatchStats)> {
+    let (y, stats, _) = batch_norm_train_synced(x, gamma, beta, eps, relu, None)?;
+    Ok((y, stats))
+}
+
+/// [`batch_norm_train`] with the statistics of the global batch over the ranks of `sync`
+/// (SyncBatchNorm; see the module documentation). Every rank must call it, and reach its
+/// backward pass, in the same order. Returns the output, the global statistics and the number
+/// of values per channel they were taken over (all ranks together). `None`: `batch_norm_train`,
+/// with this rank's count.
+pub fn batch_norm_train_synced(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+    sync: Option<&SharedCommunicator>,
+) -> Result<(Tensor, BatchStats, f64)> {
     if !supported(x) || !matches!(x.device(), Device::Cpu) {
         candle_core::bail!(
             "fused batch norm needs a CPU f32 input, got {:?}",
@@ -275,12 +371,13 @@ pub fn batch_norm_train(
         relu,
         stats: stats.clone(),
         fixed: None,
+        sync: sync.cloned(),
     };
     let y = x
         .contiguous()?
         .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
-    let s = stats.cloned()?;
-    Ok((y, s))
+    let (s, count) = stats.cloned()?;
+    Ok((y, s, count))
 }
 
 /// Evaluation-mode batch norm (then ReLU when `relu`) of CPU f32 `x` `(N, C, H, W)` with the given
@@ -300,11 +397,13 @@ pub fn batch_norm_eval(
             x.dtype()
         )
     }
+    let (n, _, h, w) = x.dims4()?;
     let op = BnTrain {
         eps,
         relu,
-        stats: Arc::new(SavedState::holding(stats.clone())),
+        stats: Arc::new(SavedState::holding((stats.clone(), (n * h * w) as f64))),
         fixed: Some(stats),
+        sync: None,
     };
     x.contiguous()?
         .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)

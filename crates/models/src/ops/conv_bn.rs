@@ -17,6 +17,7 @@ use crate::ops::batch_norm_cpu::{BatchStats, BnTrain};
 use crate::ops::conv2d::cpu::Conv2dCpu;
 use crate::ops::conv2d::{dense_cpu_op, Conv2dGeometry};
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use recallseg_distributed::SharedCommunicator;
 use recallseg_kernels::SavedState;
 use std::sync::Arc;
 
@@ -37,6 +38,29 @@ pub fn conv_bn_train(
     eps: f64,
     relu: bool,
 ) -> Result<Option<(Tensor, BatchStats)>> {
+    Ok(
+        conv_bn_train_synced(x, weight, gamma, beta, geometry, eps, relu, None)?
+            .map(|(y, stats, _)| (y, stats)),
+    )
+}
+
+/// [`conv_bn_train`] with the BatchNorm statistics of the global batch over the ranks of `sync`
+/// (SyncBatchNorm, see [`crate::ops::batch_norm_cpu`]); also returns the number of values per
+/// channel the statistics were taken over (all ranks together). Every rank must call it, and
+/// reach its backward pass, in the same order, and all must take the fused path or none (the
+/// choice depends only on the device, dtypes, geometry and the thread's
+/// [`crate::ops::cpu_kernels`], the same on every rank of a data-parallel run).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_train_synced(
+    x: &Tensor,
+    weight: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    geometry: Conv2dGeometry,
+    eps: f64,
+    relu: bool,
+    sync: Option<&SharedCommunicator>,
+) -> Result<Option<(Tensor, BatchStats, f64)>> {
     let cpu_f32 = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
     let k = crate::ops::cpu_kernels();
     if !(k.conv_bn && k.batch_norm && cpu_f32(gamma) && cpu_f32(beta)) {
@@ -62,6 +86,7 @@ pub fn conv_bn_train(
             relu,
             stats: stats.clone(),
             fixed: None,
+            sync: sync.cloned(),
         },
         saved_z: SavedState::new(),
     };
@@ -69,8 +94,8 @@ pub fn conv_bn_train(
     let y = x
         .contiguous()?
         .apply_op3(&weight.contiguous()?, &gamma_beta, op)?;
-    let s = stats.cloned()?;
-    Ok(Some((y, s)))
+    let (s, count) = stats.cloned()?;
+    Ok(Some((y, s, count)))
 }
 
 struct ConvBnTrain {
