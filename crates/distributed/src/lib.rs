@@ -10,7 +10,8 @@
 //! * [`LocalGroup`]: `n` ranks as threads of one process, summing in rank order (results never
 //!   depend on thread scheduling). For tests and for checking multi-rank logic on one machine.
 //! * `MpiCommunicator` (feature `mpi`): MPI through rsmpi, one process per rank, launched by
-//!   `mpirun -np N …` or Slurm's `srun`.
+//!   `mpirun -np N …` or Slurm's `srun`; [`launched_by_mpi`] (any build) says from the
+//!   environment whether this process is such a rank.
 //!
 //! Every backend sums in a fixed order, so every rank receives bit-identical results: replicas
 //! that start equal and apply the same update stay equal.
@@ -36,10 +37,16 @@
 //! ```
 
 mod autograd;
+mod launch;
 mod local;
+#[cfg(feature = "mpi")]
+mod mpi_backend;
 
 pub use autograd::all_reduce_sum_autograd;
+pub use launch::{launched_by_mpi, launched_by_mpi_with};
 pub use local::{LocalComm, LocalGroup};
+#[cfg(feature = "mpi")]
+pub use mpi_backend::MpiCommunicator;
 
 use candle_core::{DType, Result, Tensor};
 use std::fmt;
