@@ -31,6 +31,25 @@ pub fn launched_by_mpi_with(var: impl Fn(&str) -> Option<String>) -> bool {
         .is_some_and(|n| n > 1)
 }
 
+/// This rank's index among the ranks on the same machine, from the launcher's environment
+/// (`OMPI_COMM_WORLD_LOCAL_RANK` of Open MPI, `MPI_LOCALRANKID` of MPICH, `SLURM_LOCALID` of
+/// `srun`), or `None` outside a launcher: the usual choice of GPU, `cuda:{local_rank}`, when
+/// every rank drives one GPU.
+pub fn local_rank() -> Option<usize> {
+    local_rank_with(|k| std::env::var(k).ok())
+}
+
+/// [`local_rank`] on an environment given as a lookup function.
+pub fn local_rank_with(var: impl Fn(&str) -> Option<String>) -> Option<usize> {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "SLURM_LOCALID",
+    ]
+    .iter()
+    .find_map(|k| var(k).and_then(|v| v.trim().parse().ok()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +75,16 @@ mod tests {
         assert!(!launched_by_mpi_with(env(&[("SLURM_NTASKS", "8")])));
         assert!(!launched_by_mpi_with(env(&[("OMPI_COMM_WORLD_SIZE", "")])));
         assert!(!launched_by_mpi_with(env(&[("SLURM_STEP_NUM_TASKS", "x")])));
+    }
+
+    #[test]
+    fn local_rank_comes_from_the_launcher() {
+        assert_eq!(local_rank_with(env(&[])), None);
+        assert_eq!(
+            local_rank_with(env(&[("OMPI_COMM_WORLD_LOCAL_RANK", "3")])),
+            Some(3)
+        );
+        assert_eq!(local_rank_with(env(&[("SLURM_LOCALID", "1")])), Some(1));
+        assert_eq!(local_rank_with(env(&[("MPI_LOCALRANKID", "x")])), None);
     }
 }

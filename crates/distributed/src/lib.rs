@@ -43,7 +43,7 @@ mod local;
 mod mpi_backend;
 
 pub use autograd::all_reduce_sum_autograd;
-pub use launch::{launched_by_mpi, launched_by_mpi_with};
+pub use launch::{launched_by_mpi, launched_by_mpi_with, local_rank, local_rank_with};
 pub use local::{LocalComm, LocalGroup};
 #[cfg(feature = "mpi")]
 pub use mpi_backend::MpiCommunicator;
@@ -86,22 +86,31 @@ pub trait Communicator: Send + Sync + fmt::Debug {
     /// `f64`; other dtypes are summed in `f32`). The default goes through host memory; a
     /// device-native backend (NCCL) overrides it.
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
-        if self.size() == 1 {
-            return Ok(t.clone());
-        }
-        let shape = t.shape().clone();
-        let flat = t.flatten_all()?;
-        let summed = if t.dtype() == DType::F64 {
-            let mut v = flat.to_vec1::<f64>()?;
-            self.all_reduce_sum_f64(&mut v)?;
-            Tensor::from_vec(v, shape, t.device())?
-        } else {
-            let mut v = flat.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-            self.all_reduce_sum_f32(&mut v)?;
-            Tensor::from_vec(v, shape, t.device())?.to_dtype(t.dtype())?
-        };
-        Ok(summed)
+        all_reduce_sum_through_host(self, t)
     }
+}
+
+/// [`Communicator::all_reduce_sum`]'s default: the tensor's values go to host memory, are
+/// summed with the host-buffer all-reduce, and come back to the tensor's device and dtype.
+pub(crate) fn all_reduce_sum_through_host<C: Communicator + ?Sized>(
+    comm: &C,
+    t: &Tensor,
+) -> Result<Tensor> {
+    if comm.size() == 1 {
+        return Ok(t.clone());
+    }
+    let shape = t.shape().clone();
+    let flat = t.flatten_all()?;
+    let summed = if t.dtype() == DType::F64 {
+        let mut v = flat.to_vec1::<f64>()?;
+        comm.all_reduce_sum_f64(&mut v)?;
+        Tensor::from_vec(v, shape, t.device())?
+    } else {
+        let mut v = flat.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        comm.all_reduce_sum_f32(&mut v)?;
+        Tensor::from_vec(v, shape, t.device())?.to_dtype(t.dtype())?
+    };
+    Ok(summed)
 }
 
 /// One process, one rank: every collective leaves its buffer as it is.

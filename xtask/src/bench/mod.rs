@@ -3,6 +3,7 @@
 //! Progress goes to stderr; stdout holds either a human table or, with `--json`, exactly one JSON
 //! object whose keys carry their unit (`"recall_ce_fwd_bwd_ms"`), so scripts can compare runs.
 
+mod allreduce;
 mod conv;
 mod data;
 mod losses;
@@ -25,6 +26,8 @@ pub(crate) enum BenchName {
     Data,
     /// conv3x3 forward/backward micro-benchmark.
     Conv,
+    /// MPI all-reduce time of one step's gradient (runs `mpirun`; needs an MPI library).
+    Allreduce,
 }
 
 /// Arguments of `cargo xtask bench`.
@@ -58,6 +61,16 @@ pub(crate) struct BenchArgs {
     /// `bench models`: number of classes (default 16).
     #[arg(long)]
     pub classes: Option<usize>,
+    /// `bench allreduce`: MPI ranks (processes) to start (default 2).
+    #[arg(long)]
+    pub ranks: Option<usize>,
+    /// `bench allreduce`: floats per all-reduce (default: the trainable parameters of
+    /// DeepLabV3+-ResNet-18).
+    #[arg(long)]
+    pub floats: Option<usize>,
+    /// `bench allreduce`: timed all-reduces (default 20; the median is reported).
+    #[arg(long)]
+    pub iters: Option<usize>,
 }
 
 impl BenchArgs {
@@ -138,12 +151,18 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         args.name == BenchName::Models || (args.device == "cpu" && !shaped),
         "--device, --batch, --height, --width and --classes apply to `bench models` only"
     );
+    anyhow::ensure!(
+        args.name == BenchName::Allreduce
+            || (args.ranks.is_none() && args.floats.is_none() && args.iters.is_none()),
+        "--ranks, --floats and --iters apply to `bench allreduce` only"
+    );
     let figures = match args.name {
         BenchName::Metrics => metrics::run(args)?,
         BenchName::Losses => losses::run(args)?,
         BenchName::Models => models::run(args)?,
         BenchName::Data => data::run(args)?,
         BenchName::Conv => conv::run(args)?,
+        BenchName::Allreduce => allreduce::run(args)?,
     };
     if args.json {
         let obj: serde_json::Map<String, serde_json::Value> = figures
