@@ -33,7 +33,7 @@ pub fn launched_by_mpi_with(var: impl Fn(&str) -> Option<String>) -> bool {
 
 /// This rank's index among the ranks on the same machine, from the launcher's environment
 /// (`OMPI_COMM_WORLD_LOCAL_RANK` of Open MPI, `MPI_LOCALRANKID` of MPICH, `SLURM_LOCALID` of
-/// `srun`), or `None` outside a launcher: the usual choice of GPU, `cuda:{local_rank}`, when
+/// `srun`, `PMIX_LOCAL_RANK` of PMIx launchers), or `None` outside a launcher: the usual choice of GPU, `cuda:{local_rank}`, when
 /// every rank drives one GPU.
 pub fn local_rank() -> Option<usize> {
     local_rank_with(|k| std::env::var(k).ok())
