@@ -118,6 +118,11 @@ pub struct TrainArgs {
     /// Plain log lines even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+    /// Data-parallel training: `auto` joins the MPI job that launched this process (`mpirun
+    /// -np N recallseg train …`, `srun`; needs the `mpi` feature) and otherwise trains alone;
+    /// `off` always trains alone; `mpi` always initialises MPI.
+    #[arg(long, value_enum, default_value_t = crate::distributed::DistributedBackend::Auto)]
+    pub distributed: crate::distributed::DistributedBackend,
 }
 
 impl TrainArgs {
@@ -572,6 +577,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 pub fn train(a: &TrainArgs) -> anyhow::Result<i32> {
     let cfg = a.config()?;
     install_ctrlc();
+    let group = crate::distributed::join(a.distributed)?;
     let opts = TrainOptions {
         resume: a.resume,
         overwrite: a.overwrite,
@@ -581,9 +587,22 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<i32> {
         label: None,
         stop_after: None,
         skip_test: false,
-        communicator: None,
+        communicator: group.communicator.clone(),
     };
     let o = crate::train::train(&cfg, &opts)?;
+    group.finish()?;
+    let status = if o.finished {
+        0
+    } else {
+        o.stop_signal
+            .map_or(crate::signals::StopSignal::Interrupt.exit_code(), |s| {
+                s.exit_code()
+            })
+    };
+    if group.rank() != 0 {
+        // Rank 0 reports the run.
+        return Ok(status);
+    }
     eprintln!(
         "{} at step {}: {} (best validation mean IoU {})",
         match (o.finished, o.stop_signal) {
@@ -599,14 +618,7 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<i32> {
             100.0 * v
         ))
     );
-    Ok(if o.finished {
-        0
-    } else {
-        o.stop_signal
-            .map_or(crate::signals::StopSignal::Interrupt.exit_code(), |s| {
-                s.exit_code()
-            })
-    })
+    Ok(status)
 }
 
 /// `recallseg eval`.

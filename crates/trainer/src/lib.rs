@@ -14,6 +14,7 @@ pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod error_text;
 pub mod eval;
 pub mod export;

@@ -254,3 +254,37 @@ fn a_batch_that_does_not_divide_over_the_ranks_is_refused() {
         .to_string();
     assert!(e.starts_with("train.accumulate"), "{e}");
 }
+
+#[test]
+fn sync_batch_norm_ranks_equal_one_process_on_the_whole_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let (single, dp) = (dir.path().join("single"), dir.path().join("dp"));
+    // Without dropout, the only difference left between one process on the batch of 4 and
+    // two ranks on 2 + 2 is BatchNorm's statistics, which SyncBatchNorm takes over both ranks.
+    let no_dropout = ["model.dropout=0.0", "model.decoder_dropout=[0.0, 0.0]"];
+    train(&config(&root, &single, &no_dropout), &quiet()).unwrap();
+    let mut sync = no_dropout.to_vec();
+    sync.push("train.sync_batch_norm=true");
+    let cfg = config(&root, &dp, &sync);
+    for o in train_ranks(vec![cfg.clone(), cfg], |_| quiet()) {
+        assert!(o.unwrap().finished);
+    }
+    let diff = max_rel_diff(
+        &model(&single.join("last.safetensors")),
+        &model(&dp.join("last.safetensors")),
+    );
+    assert!(diff < 1e-5, "SyncBatchNorm on 2 ranks vs 1 process: relative difference {diff}");
+    // Per-rank statistics (the default) are another computation.
+    let per_rank = dir.path().join("per_rank");
+    let cfg = config(&root, &per_rank, &no_dropout);
+    for o in train_ranks(vec![cfg.clone(), cfg], |_| quiet()) {
+        assert!(o.unwrap().finished);
+    }
+    let diff = max_rel_diff(
+        &model(&single.join("last.safetensors")),
+        &model(&per_rank.join("last.safetensors")),
+    );
+    assert!(diff > 1e-4, "per-rank BatchNorm should differ, got {diff}");
+}

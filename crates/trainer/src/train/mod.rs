@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use recallseg_data::{ClassInfo, Loader, SegDataset};
 use recallseg_losses::{LossContext, SegLoss};
-use recallseg_models::{DeepLab, ModelConfig};
+use recallseg_models::{BuildOptions, DeepLab, ModelConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -213,17 +213,28 @@ pub fn build_model(
     device: &Device,
     load_pretrained: bool,
 ) -> anyhow::Result<BuiltModel> {
+    build_model_with(cfg, n_classes, device, load_pretrained, &BuildOptions::default())
+}
+
+/// [`build_model`] with the models' build options (SyncBatchNorm over a data-parallel group).
+pub fn build_model_with(
+    cfg: &TrainConfig,
+    n_classes: usize,
+    device: &Device,
+    load_pretrained: bool,
+    options: &BuildOptions,
+) -> anyhow::Result<BuiltModel> {
     let mc = model_config(cfg, n_classes);
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     let model = if load_pretrained {
-        let (model, report) = DeepLab::from_pretrained(&mc, vb)?;
+        let (model, report) = DeepLab::from_pretrained_with(&mc, vb, options)?;
         if let Some(r) = report {
             eprintln!("pretrained weights: {r:?}");
         }
         model
     } else {
-        DeepLab::new(&mc, vb)?
+        DeepLab::new_with(&mc, vb, options)?
     };
     let trainable_ids: std::collections::HashSet<_> = model
         .trainable_vars()

@@ -4,7 +4,7 @@
 
 use super::strategy::{EarlyStop, KeepBest, StopRule, Stopping};
 use super::{
-    build_loss, build_model, files, loss_state_tensors, open_run_data_shard, restore_loss_state,
+    build_loss, build_model_with, files, loss_state_tensors, open_run_data_shard, restore_loss_state,
     same_run, BuiltModel, RunData, TrainError, TrainOptions, TrainOutcome,
 };
 use crate::checkpoint::{Checkpoint, CheckpointMeta, RngState, FORMAT_VERSION};
@@ -128,15 +128,23 @@ impl<'a> Trainer<'a> {
     pub fn open(cfg: &'a TrainConfig, opts: &'a TrainOptions) -> anyhow::Result<Self> {
         cfg.validate()?;
         recallseg_data::png_io::set_max_pixels(cfg.data.max_image_pixels)?;
-        let device = DeviceSpec::parse(&cfg.train.device)
-            .map_err(|m| anyhow::anyhow!("train.device: {m}"))?
-            .open()?;
         let out = &cfg.train.out_dir;
         let comm = opts
             .communicator
             .clone()
             .unwrap_or_else(recallseg_distributed::single_process);
         let (world, lead) = (comm.size(), comm.rank() == 0);
+        // Under data parallelism `cuda` means each rank's own GPU: `cuda:<local rank>`.
+        let device_text = match cfg.train.device.as_str() {
+            "cuda" if world > 1 => format!(
+                "cuda:{}",
+                crate::distributed::local_rank().unwrap_or(comm.rank())
+            ),
+            d => d.to_string(),
+        };
+        let device = DeviceSpec::parse(&device_text)
+            .map_err(|m| anyhow::anyhow!("train.device: {m}"))?
+            .open()?;
         let shards = world * cfg.train.accumulate;
         if !cfg.train.batch_size.is_multiple_of(shards) {
             anyhow::bail!(
@@ -180,7 +188,14 @@ impl<'a> Trainer<'a> {
         };
         let data = open_run_data_shard(cfg, shard)?;
         let n_classes = data.classes.n_classes();
-        let built = build_model(cfg, n_classes, &device, !resuming)?;
+        let sync = (cfg.train.sync_batch_norm && world > 1).then(|| comm.clone());
+        let built = build_model_with(
+            cfg,
+            n_classes,
+            &device,
+            !resuming,
+            &recallseg_models::BuildOptions::default().with_sync_batch_norm(sync),
+        )?;
         let mut loss = build_loss(cfg, &data.classes, &data.class_pixel_counts)?;
         let mut aux_loss = match &cfg.model.aux_head {
             Some(a) => Some((
