@@ -312,6 +312,7 @@ pub fn stats_report(a: &StatsArgs) -> anyhow::Result<StatsReport> {
             resume: false,
             overwrite: false,
             no_progress: true,
+            distributed: crate::distributed::DistributedBackend::Off,
         };
         let cfg = t.config()?;
         recallseg_data::png_io::set_max_pixels(cfg.data.max_image_pixels)?;

@@ -64,7 +64,7 @@ pub fn join(choice: DistributedBackend) -> anyhow::Result<Group> {
 #[cfg(feature = "mpi")]
 fn join_mpi() -> anyhow::Result<Group> {
     let m = Arc::new(recallseg_distributed::MpiCommunicator::init()?);
-    if m.size() == 1 {
+    if recallseg_distributed::Communicator::size(m.as_ref()) == 1 {
         // One rank: train as a single process (the communicator stays alive to finalise MPI).
         return Ok(Group {
             communicator: None,

@@ -6,6 +6,7 @@
 mod allreduce;
 mod conv;
 mod data;
+mod data_parallel;
 mod losses;
 mod metrics;
 mod models;
@@ -28,6 +29,8 @@ pub(crate) enum BenchName {
     Conv,
     /// MPI all-reduce time of one step's gradient (runs `mpirun`; needs an MPI library).
     Allreduce,
+    /// Training steps/s on one process and on two MPI ranks (`recallseg` built with `mpi`).
+    DataParallel,
 }
 
 /// Arguments of `cargo xtask bench`.
@@ -163,6 +166,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         BenchName::Data => data::run(args)?,
         BenchName::Conv => conv::run(args)?,
         BenchName::Allreduce => allreduce::run(args)?,
+        BenchName::DataParallel => data_parallel::run(args)?,
     };
     if args.json {
         let obj: serde_json::Map<String, serde_json::Value> = figures

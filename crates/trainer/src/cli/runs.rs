@@ -78,6 +78,7 @@ impl CompareArgs {
             resume: false,
             overwrite: false,
             no_progress: self.no_progress,
+            distributed: crate::distributed::DistributedBackend::Off,
         };
         let base = as_train.config()?;
         let losses = if self.losses.is_empty() {
