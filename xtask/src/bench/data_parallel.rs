@@ -1,7 +1,7 @@
 //! `cargo xtask bench data-parallel`: training steps per second of one model on one process and
 //! on two MPI ranks, on this machine.
 //!
-//! Builds `recallseg` with the `mpi` feature (release; needs an MPI library, e.g. Debian's
+//! Builds `recallseg` with the `mpi` feature (in xtask's own profile: release under `cargo xtask`; needs an MPI library, e.g. Debian's
 //! `libopenmpi-dev openmpi-bin libclang-dev`) and trains the `synthia-quick` preset (DeepLabV3+
 //! on a width-16 ResNet-18, 256×128 images, batch 8, generated data) for `--iters` steps in four
 //! ways: one process with 2 threads and with 1 thread, one process with 2 threads accumulating 2
@@ -23,18 +23,24 @@ const ITERS: usize = 12;
 /// Builds `recallseg` with MPI and returns its path (next to this xtask).
 fn recallseg_with_mpi() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("bench data-parallel: building recallseg (release, feature mpi)");
-    let ok = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "recallseg-trainer",
-            "--features",
-            "mpi",
-            "--bin",
-            "recallseg",
-        ])
+    let exe = std::env::current_exe()?;
+    // The profile this xtask was built with (`cargo xtask` is release).
+    let release = exe.components().any(|c| c.as_os_str() == "release");
+    eprintln!("bench data-parallel: building recallseg (feature mpi, release: {release})");
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "-p",
+        "recallseg-trainer",
+        "--features",
+        "mpi",
+        "--bin",
+        "recallseg",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    let ok = cmd
         .status()
         .context("running cargo build")?
         .success();
@@ -43,7 +49,6 @@ fn recallseg_with_mpi() -> anyhow::Result<PathBuf> {
         "building recallseg with MPI failed (apt-get install libopenmpi-dev openmpi-bin \
          libclang-dev)"
     );
-    let exe = std::env::current_exe()?;
     Ok(exe
         .parent()
         .context("xtask has no folder")?
