@@ -87,17 +87,3 @@ fn join_mpi() -> anyhow::Result<Group> {
          process with --distributed off"
     )
 }
-
-/// The rank of this process among the ranks on its machine, from the launcher's environment
-/// (Open MPI, MPICH, Slurm); `None` when no launcher says. Each rank uses GPU `cuda:local_rank`
-/// when the configuration says `cuda` without an index.
-pub fn local_rank() -> Option<usize> {
-    [
-        "OMPI_COMM_WORLD_LOCAL_RANK",
-        "MPI_LOCALRANKID",
-        "SLURM_LOCALID",
-        "PMIX_LOCAL_RANK",
-    ]
-    .iter()
-    .find_map(|k| std::env::var(k).ok()?.trim().parse().ok())
-}

@@ -277,7 +277,10 @@ fn sync_batch_norm_ranks_equal_one_process_on_the_whole_batch() {
     );
     // SyncBatchNorm sums the moments in another order than one process's fused BatchNorm
     // kernel: round-off, grown by three momentum steps.
-    assert!(diff < 1e-4, "SyncBatchNorm on 2 ranks vs 1 process: relative difference {diff}");
+    assert!(
+        diff < 1e-4,
+        "SyncBatchNorm on 2 ranks vs 1 process: relative difference {diff}"
+    );
     // Per-rank statistics (the default) are another computation.
     let per_rank = dir.path().join("per_rank");
     let cfg = config(&root, &per_rank, &no_dropout);

@@ -40,7 +40,14 @@ fn mpirun() -> Option<PathBuf> {
 /// `mpirun -np 2 recallseg train --config CONFIG`, one thread per rank.
 fn launch(mpirun: &Path, config: &Path) -> Child {
     Command::new(mpirun)
-        .args(["-np", "2", "--oversubscribe", "-x", "RAYON_NUM_THREADS=1", RECALLSEG])
+        .args([
+            "-np",
+            "2",
+            "--oversubscribe",
+            "-x",
+            "RAYON_NUM_THREADS=1",
+            RECALLSEG,
+        ])
         .args(["train", "--no-progress", "--config"])
         .arg(config)
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -151,7 +158,10 @@ fn two_processes_train_the_model_of_one_accumulating_process() {
         &params(&single.join("last.safetensors")),
         &params(&dp.join("last.safetensors")),
     );
-    assert!(diff < 1e-5, "2 processes vs accumulate = 2: relative difference {diff}");
+    assert!(
+        diff < 1e-5,
+        "2 processes vs accumulate = 2: relative difference {diff}"
+    );
     let (a, b) = (class_weights(&single), class_weights(&dp));
     assert_eq!(a.len(), 3);
     assert_eq!(a, b, "recall weights from the all-reduced counts");
@@ -216,7 +226,11 @@ fn killing_one_rank_stops_the_job_with_the_last_checkpoint_intact() {
     // mpirun ended, so every rank is gone; the last checkpoint loads and the run resumes on
     // one process.
     let ck = Checkpoint::load(&last, &Device::Cpu).expect("last checkpoint intact");
-    assert!(ck.meta.step >= 1 && ck.meta.step < 400, "step {}", ck.meta.step);
+    assert!(
+        ck.meta.step >= 1 && ck.meta.step < 400,
+        "step {}",
+        ck.meta.step
+    );
     let o = train(
         &tiny_config(&root, &out, &run),
         &TrainOptions {

@@ -40,10 +40,7 @@ fn recallseg_with_mpi() -> anyhow::Result<PathBuf> {
     if release {
         cmd.arg("--release");
     }
-    let ok = cmd
-        .status()
-        .context("running cargo build")?
-        .success();
+    let ok = cmd.status().context("running cargo build")?.success();
     anyhow::ensure!(
         ok,
         "building recallseg with MPI failed (apt-get install libopenmpi-dev openmpi-bin \
@@ -120,7 +117,14 @@ pub(crate) fn run(_args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let bin = recallseg_with_mpi()?;
     let work = std::env::current_dir()?.join("target/bench-data-parallel");
     std::fs::create_dir_all(&work)?;
-    let mpirun = ["mpirun", "-np", "2", "--oversubscribe", "-x", "RAYON_NUM_THREADS"];
+    let mpirun = [
+        "mpirun",
+        "-np",
+        "2",
+        "--oversubscribe",
+        "-x",
+        "RAYON_NUM_THREADS",
+    ];
     let cases: [(&str, &str, &[&str], usize, &[&str]); 4] = [
         ("one_process_2_threads", "1 process, 2 threads", &[], 2, &[]),
         ("one_process_1_thread", "1 process, 1 thread", &[], 1, &[]),

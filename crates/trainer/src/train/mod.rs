@@ -213,7 +213,13 @@ pub fn build_model(
     device: &Device,
     load_pretrained: bool,
 ) -> anyhow::Result<BuiltModel> {
-    build_model_with(cfg, n_classes, device, load_pretrained, &BuildOptions::default())
+    build_model_with(
+        cfg,
+        n_classes,
+        device,
+        load_pretrained,
+        &BuildOptions::default(),
+    )
 }
 
 /// [`build_model`] with the models' build options (SyncBatchNorm over a data-parallel group).

@@ -4,8 +4,8 @@
 
 use super::strategy::{EarlyStop, KeepBest, StopRule, Stopping};
 use super::{
-    build_loss, build_model_with, files, loss_state_tensors, open_run_data_shard, restore_loss_state,
-    same_run, BuiltModel, RunData, TrainError, TrainOptions, TrainOutcome,
+    build_loss, build_model_with, files, loss_state_tensors, open_run_data_shard,
+    restore_loss_state, same_run, BuiltModel, RunData, TrainError, TrainOptions, TrainOutcome,
 };
 use crate::checkpoint::{Checkpoint, CheckpointMeta, RngState, FORMAT_VERSION};
 use crate::config::{DeviceSpec, TrainConfig};
@@ -138,7 +138,7 @@ impl<'a> Trainer<'a> {
         let device_text = match cfg.train.device.as_str() {
             "cuda" if world > 1 => format!(
                 "cuda:{}",
-                crate::distributed::local_rank().unwrap_or(comm.rank())
+                recallseg_distributed::local_rank().unwrap_or(comm.rank())
             ),
             d => d.to_string(),
         };
