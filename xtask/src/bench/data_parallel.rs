@@ -112,6 +112,9 @@ fn run_case(
         .with_context(|| format!("{name}: no training line in its log"))
 }
 
+/// One way of running: figure key, label, launcher, threads per process, config overrides.
+type Case<'a> = (&'a str, &'a str, &'a [&'a str], usize, &'a [&'a str]);
+
 /// Runs the benchmark.
 pub(crate) fn run(_args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let bin = recallseg_with_mpi()?;
@@ -125,7 +128,7 @@ pub(crate) fn run(_args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
         "-x",
         "RAYON_NUM_THREADS",
     ];
-    let cases: [(&str, &str, &[&str], usize, &[&str]); 4] = [
+    let cases: [Case; 4] = [
         ("one_process_2_threads", "1 process, 2 threads", &[], 2, &[]),
         ("one_process_1_thread", "1 process, 1 thread", &[], 1, &[]),
         (
