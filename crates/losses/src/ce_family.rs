@@ -145,6 +145,7 @@ impl CeEngine {
                 mode: self.mode,
                 ema_prev: self.ema.clone(),
                 fixed: fixed.map(CeStep::factors),
+                stats_only: false,
                 out: out.clone(),
                 keep: p.logits.track_op(),
             };
@@ -240,6 +241,7 @@ impl CeEngine {
                         report: Some(report),
                         ema: None,
                         sums: Some((wsum, count)),
+                        stats: None,
                     },
                 ))
             }
@@ -273,6 +275,7 @@ impl CeEngine {
                             report: Some(d.report),
                             ema: d.ema,
                             sums: None,
+                            stats: None,
                         },
                     )
                 };
@@ -327,6 +330,7 @@ impl CeEngine {
                         report: Some(report),
                         ema: None,
                         sums: Some((fsum, count)),
+                        stats: None,
                     },
                 ))
             }
@@ -383,6 +387,7 @@ impl CeEngine {
                         report: Some(report),
                         ema: None,
                         sums: Some((kept, count)),
+                        stats: None,
                     },
                 ))
             }

@@ -167,4 +167,6 @@ pub(crate) struct StepReport {
     /// The report's per-class numerator and pixel count over this batch (Focal: `Σ (1 − p)^γ`;
     /// per-image Recall: `Σ_n w_{n,c} N_{n,c}`), which a sharded step accumulates over its shards.
     pub sums: Option<(Vec<f64>, Vec<f64>)>,
+    /// The argmax statistics of the valid pixels (the fused kernel's `stats_only` pass).
+    pub stats: Option<ClassStats>,
 }

@@ -23,11 +23,15 @@
 
 use crate::ce_family::{inv, CeEngine};
 use crate::ce_mode::{CeMode, ClassStats};
+use crate::fused_ce::{FusedCe, FusedOut};
 use crate::input::{check_inputs, checked_labels_u32, prepare, zero_loss};
 use crate::sharding::check_statistics;
 use crate::OhemSelection;
 use crate::{ShardStatistics, Sharding};
 use candle_core::{Result, Tensor};
+use recallseg_kernels::fused::FusedOp;
+use recallseg_kernels::SavedState;
+use std::sync::Arc;
 
 /// The batch-level quantities of one sharded step, fixed by `prepare_step`.
 #[derive(Debug, Clone)]
@@ -124,6 +128,46 @@ impl CeEngine {
             }
             return Ok(ShardStatistics(st));
         }
+        if needs_logits {
+            // The argmax counts: on the CPU one parallel pass of the fused kernel (argmax and
+            // counts only), elsewhere candle's argmax.
+            let p = prepare(
+                &logits.detach(),
+                target,
+                c,
+                ignore,
+                self.opts.kernel(),
+                self.fused_gap(),
+            )?;
+            if p.empty {
+                return Ok(ShardStatistics(st));
+            }
+            if p.fused {
+                let out = Arc::new(SavedState::new());
+                let op = FusedCe {
+                    n_classes: c,
+                    ignore_index: ignore,
+                    static_w: self.opts.static_f64(),
+                    focal_alpha: None,
+                    smoothing: 0.0,
+                    mode: self.mode,
+                    ema_prev: None,
+                    fixed: None,
+                    stats_only: true,
+                    out: out.clone(),
+                    keep: false,
+                };
+                p.logits
+                    .apply_op2_arc(&p.target, Arc::new(Box::new(FusedOp(op))))?;
+                let cs = out
+                    .with(|o: &mut FusedOut| o.step.stats.clone())?
+                    .ok_or_else(|| candle_core::Error::Msg("no statistics".into()))?;
+                st[..c].copy_from_slice(&cs.count);
+                st[c..2 * c].copy_from_slice(&cs.tp);
+                st[2 * c..3 * c].copy_from_slice(&cs.pred);
+                return Ok(ShardStatistics(st));
+            }
+        }
         let labels = checked_labels_u32(target, c, ignore)?
             .flatten_all()?
             .to_vec1::<u32>()?;
@@ -136,6 +180,7 @@ impl CeEngine {
         }
         if needs_logits {
             // First maximum on ties, as the fused kernel's and the portable path's argmax.
+            // Ignored pixels are not counted, so their logits (NaN included) do not matter.
             let am = logits.argmax(1)?.flatten_all()?.to_vec1::<u32>()?;
             for (&l, &p) in labels.iter().zip(&am) {
                 if let Some(y) = class(l) {

@@ -69,6 +69,9 @@ pub(crate) struct FusedCe {
     /// by the step's statistics, used instead of the shard's own weights and normaliser (the
     /// value is then this shard's numerator over the batch's `Z`, and no argmax is needed).
     pub fixed: Option<Vec<f64>>,
+    /// Only count the argmax statistics of the valid pixels (`StepReport::stats`; the value is
+    /// 0 and there is no gradient): a shard's statistics in one parallel pass.
+    pub stats_only: bool,
     /// Filled by the forward pass; the loss object that builds the op reads the step report
     /// from it.
     pub out: Arc<SavedState<FusedOut>>,
@@ -166,6 +169,8 @@ struct FwdCtx<'a, L> {
     gamma: Option<f32>,
     ohem: bool,
     need_argmax: bool,
+    /// Count only (`count`, `tp`, `pred`): a shard's statistics, no cross entropy.
+    stats_only: bool,
     keep: bool,
     smooth: bool,
     pp: SyncPtr,
@@ -191,6 +196,7 @@ fn fwd_block<L: Label>(ctx: &FwdCtx<'_, L>, acc: &mut Acc, t: usize) {
         gamma,
         ohem,
         need_argmax,
+        stats_only,
         keep,
         smooth,
         pp,
@@ -209,6 +215,23 @@ fn fwd_block<L: Label>(ctx: &FwdCtx<'_, L>, acc: &mut Acc, t: usize) {
         block_max(img, hw, c, a, &mut mx[..l], &mut am[..l]);
     } else {
         block_max_only(img, hw, c, a, &mut mx[..l]);
+    }
+    if stats_only {
+        for p in 0..l {
+            match class_of(lab[p].into(), ignore, c) {
+                Ok(Some(y)) => {
+                    let pk = am[p] as usize;
+                    acc.count[y] += 1;
+                    acc.pred[pk] += 1;
+                    if pk == y {
+                        acc.tp[y] += 1;
+                    }
+                }
+                Ok(None) => {}
+                Err(bad) => acc.bad = acc.bad.or(Some(bad)),
+            }
+        }
+        return;
     }
     if keep {
         let base = img_i * c * hw;
@@ -305,7 +328,8 @@ impl FusedCe {
             _ => None,
         };
         let ohem = matches!(self.mode, CeMode::Ohem(_));
-        let need_argmax = matches!(self.mode, CeMode::ClassWeighted(_)) && self.fixed.is_none();
+        let need_argmax = self.stats_only
+            || (matches!(self.mode, CeMode::ClassWeighted(_)) && self.fixed.is_none());
         let mut ce_pix = if ohem { vec![0f32; n * hw] } else { Vec::new() };
         let ce_ptr = SyncPtr(ce_pix.as_mut_ptr());
         let keep = self.keep;
@@ -331,6 +355,7 @@ impl FusedCe {
             gamma,
             ohem,
             need_argmax,
+            stats_only: self.stats_only,
             keep,
             smooth: self.smoothing > 0.0,
             pp,
@@ -363,6 +388,25 @@ impl FusedCe {
         }
         let s = &self.static_w;
         let count: Vec<f64> = acc.count.iter().map(|&v| v as f64).collect();
+        if self.stats_only {
+            self.out.put(FusedOut {
+                step: StepReport {
+                    stats: Some(ClassStats {
+                        count,
+                        tp: acc.tp.iter().map(|&v| v as f64).collect(),
+                        pred: acc.pred.iter().map(|&v| v as f64).collect(),
+                    }),
+                    ..Default::default()
+                },
+                class_factor: Vec::new(),
+                pixel_factor: None,
+                gamma: None,
+                smoothing: 0.0,
+                probs: None,
+                focal_f: None,
+            })?;
+            return Ok(0.0);
+        }
         let pixels = n * hw;
         let (loss, out) = match &self.mode {
             CeMode::Plain | CeMode::ClassWeighted(_) if self.fixed.is_some() => {
@@ -405,6 +449,7 @@ impl FusedCe {
                             report: Some(d.report),
                             ema: d.ema,
                             sums: None,
+                            stats: None,
                         },
                     )
                 };
@@ -464,6 +509,7 @@ impl FusedCe {
                         report: Some(report),
                         ema: None,
                         sums: Some((acc.focal_w.clone(), count.clone())),
+                        stats: None,
                     },
                     class_factor: factor.iter().map(|&v| v as f32).collect(),
                     pixel_factor: None,
@@ -520,6 +566,7 @@ impl FusedCe {
                         report: Some(report),
                         ema: None,
                         sums: Some((kept, count.clone())),
+                        stats: None,
                     },
                     class_factor: vec![0.0; c],
                     pixel_factor: Some(factor),
@@ -769,6 +816,7 @@ mod tests {
                     gamma,
                     ohem: true,
                     need_argmax: true,
+                    stats_only: false,
                     keep: true,
                     smooth: true,
                     pp: SyncPtr(probs.as_mut_ptr()),

@@ -568,3 +568,35 @@ fn shares_take_the_fused_kernel_on_the_cpu() {
         assert_eq!(loss.last_kernel(), Some(want), "{}", loss.name());
     }
 }
+
+/// The argmax statistics are the same from the fused kernel's counting pass (CPU) and from
+/// candle's argmax (the portable path), ties included (first maximum), over several pixel blocks.
+#[test]
+fn fused_and_portable_statistics_agree() {
+    // Logits rounded to integers in [-2, 2]: many ties between classes.
+    let x = (logits(21, (2, C, 17, 19), 2.5).round().unwrap())
+        .to_dtype(DType::F32)
+        .unwrap();
+    let t = labels(21, (2, 17, 19), C as u8, 0.1);
+    let makes: Vec<Box<dyn Fn(Kernel) -> Box<dyn SegLoss>>> = vec![
+        Box::new(|k| Box::new(RecallCe::new(C).with_kernel(k))),
+        Box::new(|k| Box::new(PrecisionCe::new(C).with_kernel(k))),
+        Box::new(|k| Box::new(Dice::new(C).with_kernel(k))),
+    ];
+    for make in makes {
+        let f = make(Kernel::Fused).shard_statistics(&x, &t).unwrap();
+        let p = make(Kernel::Portable).shard_statistics(&x, &t).unwrap();
+        let name = make(Kernel::Auto).name().to_string();
+        assert_eq!(f.0.len(), p.0.len());
+        for (a, b) in f.0.iter().zip(&p.0) {
+            assert!(
+                (a - b).abs() <= 1e-9 + 1e-6 * a.abs(),
+                "{name}: {f:?} vs {p:?}"
+            );
+        }
+        // Recall's and Precision's counts are integers and equal exactly.
+        if name != "dice" {
+            assert_eq!(f, p, "{name}");
+        }
+    }
+}
