@@ -578,7 +578,7 @@ fn fused_and_portable_statistics_agree() {
         .to_dtype(DType::F32)
         .unwrap();
     let t = labels(21, (2, 17, 19), C as u8, 0.1);
-    let makes: Vec<Box<dyn Fn(Kernel) -> Box<dyn SegLoss>>> = vec![
+    let makes: Vec<Make> = vec![
         Box::new(|k| Box::new(RecallCe::new(C).with_kernel(k))),
         Box::new(|k| Box::new(PrecisionCe::new(C).with_kernel(k))),
         Box::new(|k| Box::new(Dice::new(C).with_kernel(k))),
