@@ -7,9 +7,9 @@
 # What it does (docs/training.md, "GPU"):
 # 1. a Python virtual environment (RECALLSEG_CUDA_VENV, default .cuda-venv/) with NVIDIA's CUDA
 #    13.0 wheels: nvcc, NVVM, the CRT headers, CCCL (nvcc stops at `#include <nv/target>`
-#    without it), the runtime, cuBLAS, cuRAND and NVRTC. 13.0 is pinned to match driver 580 of
-#    the GPU machines at hand: a newer nvcc emits PTX that driver cannot load, and an unpinned
-#    NVVM makes ptxas reject PTX `.version 9.5`;
+#    without it), the runtime, cuBLAS, cuRAND, NVRTC, and NCCL 2.30 (feature `nccl`). 13.0 is
+#    pinned to match driver 580 of the GPU machines at hand: a newer nvcc emits PTX that
+#    driver cannot load, and an unpinned NVVM makes ptxas reject PTX `.version 9.5`;
 # 2. unversioned `.so` links (libcublas.so → libcublas.so.13, …) so that the linker's `-l`
 #    finds the wheels' libraries;
 # 3. a link-time stub of the driver library, libcuda.so (soname libcuda.so.1), defining every
@@ -40,6 +40,12 @@ if ! "$_venv/bin/python" -c "import nvidia" 2>/dev/null || [ ! -x "$(ls -d "$_ve
         "nvidia-cuda-cccl==13.0.*" "nvidia-cuda-runtime==13.0.*" "nvidia-cublas==13.*" \
         "nvidia-curand==10.*" "nvidia-cuda-nvrtc==13.0.*"
 fi
+# NCCL for the `nccl` feature (data parallelism on GPUs): 2.30, the API version cudarc's `nccl`
+# bindings are generated for.
+if [ ! -f "$(ls -d "$_venv"/lib/python3*/site-packages 2>/dev/null | head -n 1)/nvidia/nccl/lib/libnccl.so.2" ]; then
+    echo "cuda-env: installing NCCL 2.30 (about 300 MB)" >&2
+    "$_venv/bin/pip" install -q "nvidia-nccl-cu13==2.30.*"
+fi
 
 CUDA_ROOT="$(ls -d "$_venv"/lib/python3*/site-packages/nvidia/cu13 | head -n 1)"
 export CUDA_ROOT CUDA_PATH="$CUDA_ROOT"
@@ -55,6 +61,7 @@ for _lib in cublas cublasLt cudart curand nvrtc; do
         ln -sf "$_real" "$_links/lib$_lib.so"
     fi
 done
+ln -sf "$(ls -d "$_venv"/lib/python3*/site-packages | head -n 1)/nvidia/nccl/lib/libnccl.so.2" "$_links/libnccl.so"
 if [ ! -f "$_links/libcuda.so" ] || ! grep -q "return 100" "$_links/libcuda-stub.c" 2>/dev/null; then
     # Every `cu…` function cudarc's driver bindings declare, returning CUDA_ERROR_NO_DEVICE
     # (100): with the stub on LD_LIBRARY_PATH a CUDA build runs on a machine without a GPU and

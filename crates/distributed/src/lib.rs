@@ -12,6 +12,9 @@
 //! * `MpiCommunicator` (feature `mpi`): MPI through rsmpi, one process per rank, launched by
 //!   `mpirun -np N …` or Slurm's `srun`; [`launched_by_mpi`] (any build) says from the
 //!   environment whether this process is such a rank.
+//! * `NcclCommunicator` (feature `nccl`, which includes `mpi` and candle's CUDA): one process
+//!   per GPU; tensors on the rank's GPU are summed by NCCL on the device, the rest (and the
+//!   launch) goes through MPI. [`Communicator::device`] names the GPU it is bound to.
 //!
 //! Every backend sums in a fixed order, so every rank receives bit-identical results: replicas
 //! that start equal and apply the same update stay equal.
@@ -41,14 +44,18 @@ mod launch;
 mod local;
 #[cfg(feature = "mpi")]
 mod mpi_backend;
+#[cfg(feature = "nccl")]
+mod nccl_backend;
 
 pub use autograd::all_reduce_sum_autograd;
 pub use launch::{launched_by_mpi, launched_by_mpi_with, local_rank, local_rank_with};
 pub use local::{LocalComm, LocalGroup};
 #[cfg(feature = "mpi")]
 pub use mpi_backend::MpiCommunicator;
+#[cfg(feature = "nccl")]
+pub use nccl_backend::NcclCommunicator;
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use std::fmt;
 use std::sync::Arc;
 
@@ -87,6 +94,15 @@ pub trait Communicator: Send + Sync + fmt::Debug {
     /// device-native backend (NCCL) overrides it.
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
         all_reduce_sum_through_host(self, t)
+    }
+
+    /// The device this communicator is bound to, for backends that reduce tensors on one
+    /// device natively (NCCL: this rank's GPU). A trainer given such a communicator trains on
+    /// that [`Device`] (candle tells devices apart by handle, so tensors must live on this very
+    /// one to take the native path). `None` (the default): tensors of any device are summed
+    /// through host memory.
+    fn device(&self) -> Option<Device> {
+        None
     }
 }
 

@@ -578,7 +578,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 pub fn train(a: &TrainArgs) -> anyhow::Result<i32> {
     let cfg = a.config()?;
     install_ctrlc();
-    let group = crate::distributed::join(a.distributed)?;
+    let group = crate::distributed::join(a.distributed, &cfg.train.device)?;
     let opts = TrainOptions {
         resume: a.resume,
         overwrite: a.overwrite,

@@ -1,5 +1,6 @@
 //! How `recallseg train` joins a data-parallel group: the `--distributed` choice, the MPI
-//! communicator when launched by `mpirun`/`srun` (feature `mpi`), and the GPU of each rank.
+//! communicator when launched by `mpirun`/`srun` (feature `mpi`), the NCCL communicator on each
+//! rank's GPU (feature `nccl`), and which GPU each rank trains on.
 
 use recallseg_distributed::SharedCommunicator;
 #[cfg(feature = "mpi")]
@@ -16,6 +17,29 @@ pub enum DistributedBackend {
     Off,
     /// MPI (needs the `mpi` feature); one rank when run without a launcher.
     Mpi,
+    /// NCCL on each rank's GPU for the gradient all-reduce, MPI to launch the processes and for
+    /// the small host collectives (needs the `nccl` feature and `train.device = "cuda"`, one
+    /// process per GPU). `auto` picks it in a build with `nccl` when `train.device` is CUDA.
+    Nccl,
+}
+
+/// The device a rank trains on: under data parallelism (`world > 1`) `cuda` means the rank's
+/// own GPU, `cuda:<local rank>` (the launcher's node-local rank, else the global rank); any
+/// other text, and every text in a world of one, is taken as written.
+pub fn rank_device(device: &str, world: usize, rank: usize) -> String {
+    rank_device_with(
+        device,
+        world,
+        recallseg_distributed::local_rank().unwrap_or(rank),
+    )
+}
+
+/// [`rank_device`] with the node-local rank given.
+fn rank_device_with(device: &str, world: usize, local_rank: usize) -> String {
+    match device {
+        "cuda" if world > 1 => format!("cuda:{local_rank}"),
+        d => d.to_string(),
+    }
 }
 
 /// The group this process trains in, from [`join`].
@@ -25,6 +49,8 @@ pub struct Group {
     pub communicator: Option<SharedCommunicator>,
     #[cfg(feature = "mpi")]
     mpi: Option<Arc<recallseg_distributed::MpiCommunicator>>,
+    #[cfg(feature = "nccl")]
+    nccl: Option<Arc<recallseg_distributed::NcclCommunicator>>,
 }
 
 impl Group {
@@ -37,6 +63,12 @@ impl Group {
     /// MPI is finalised instead of the job being aborted). Without it, a rank that ends with an
     /// error takes the whole job down at once rather than leaving the others waiting.
     pub fn finish(&self) -> anyhow::Result<()> {
+        #[cfg(feature = "nccl")]
+        if let Some(n) = &self.nccl {
+            // The GPU's queued work first, then MPI's barrier.
+            n.finish()?;
+            return Ok(());
+        }
         #[cfg(feature = "mpi")]
         if let Some(m) = &self.mpi {
             m.finish()?;
@@ -45,20 +77,69 @@ impl Group {
     }
 }
 
-/// Joins the data-parallel group `choice` asks for. `Auto` uses MPI when an MPI launcher
-/// started this process; a launcher-started process of a build without the `mpi` feature is an
-/// error (every rank would otherwise train the same run on its own).
-pub fn join(choice: DistributedBackend) -> anyhow::Result<Group> {
+/// Joins the data-parallel group `choice` asks for; `device` is `train.device`. `Auto` uses
+/// MPI when an MPI launcher started this process, with NCCL on top in a build with the `nccl`
+/// feature when `device` is CUDA. A launcher-started process of a build without the `mpi`
+/// feature is an error (every rank would otherwise train the same run on its own).
+pub fn join(choice: DistributedBackend, device: &str) -> anyhow::Result<Group> {
     let launched = recallseg_distributed::launched_by_mpi();
-    let use_mpi = match choice {
-        DistributedBackend::Off => false,
-        DistributedBackend::Mpi => true,
-        DistributedBackend::Auto => launched,
+    let on_gpu = device == "cuda" || device.starts_with("cuda:");
+    let backend = match choice {
+        DistributedBackend::Auto if !launched => DistributedBackend::Off,
+        DistributedBackend::Auto if cfg!(feature = "nccl") && on_gpu => DistributedBackend::Nccl,
+        DistributedBackend::Auto => DistributedBackend::Mpi,
+        other => other,
     };
-    if !use_mpi {
-        return Ok(Group::default());
+    match backend {
+        DistributedBackend::Off | DistributedBackend::Auto => Ok(Group::default()),
+        DistributedBackend::Mpi => join_mpi(),
+        DistributedBackend::Nccl => join_nccl(device),
     }
-    join_mpi()
+}
+
+#[cfg(feature = "nccl")]
+fn join_nccl(device: &str) -> anyhow::Result<Group> {
+    use recallseg_distributed::Communicator;
+    let m = Arc::new(recallseg_distributed::MpiCommunicator::init()?);
+    let text = rank_device(device, m.size(), m.rank());
+    let spec = crate::config::DeviceSpec::parse(&text)
+        .map_err(|e| anyhow::anyhow!("train.device: {e}"))?;
+    if !matches!(spec, crate::config::DeviceSpec::Cuda(_)) {
+        anyhow::bail!(
+            "train.device: `{device}`, but the NCCL backend needs a GPU per rank (train.device = \
+             \"cuda\"); use --distributed mpi to train on CPUs"
+        );
+    }
+    let gpu = spec
+        .open()
+        .map_err(|e| anyhow::anyhow!("rank {}: {text}: {e}", m.rank()))?;
+    if m.size() == 1 {
+        // One rank: train as a single process (the communicator stays alive to finalise MPI).
+        return Ok(Group {
+            communicator: None,
+            mpi: Some(m),
+            nccl: None,
+        });
+    }
+    let n = Arc::new(recallseg_distributed::NcclCommunicator::new(
+        m.clone(),
+        &gpu,
+    )?);
+    let communicator: SharedCommunicator = n.clone();
+    Ok(Group {
+        communicator: Some(communicator),
+        mpi: Some(m),
+        nccl: Some(n),
+    })
+}
+
+#[cfg(not(feature = "nccl"))]
+fn join_nccl(_device: &str) -> anyhow::Result<Group> {
+    anyhow::bail!(
+        "this recallseg was built without NCCL (--distributed nccl): rebuild it with `cargo \
+         build --release -p recallseg-trainer --features nccl` (needs CUDA, an MPI library and \
+         libnccl; scripts/cuda-env.sh brings CUDA and NCCL), or use --distributed mpi"
+    )
 }
 
 #[cfg(feature = "mpi")]
@@ -69,12 +150,16 @@ fn join_mpi() -> anyhow::Result<Group> {
         return Ok(Group {
             communicator: None,
             mpi: Some(m),
+            #[cfg(feature = "nccl")]
+            nccl: None,
         });
     }
     let communicator: SharedCommunicator = m.clone();
     Ok(Group {
         communicator: Some(communicator),
         mpi: Some(m),
+        #[cfg(feature = "nccl")]
+        nccl: None,
     })
 }
 
@@ -86,4 +171,42 @@ fn join_mpi() -> anyhow::Result<Group> {
          --features mpi` (needs an MPI library, e.g. Debian's libopenmpi-dev), or run one \
          process with --distributed off"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_means_each_ranks_own_gpu_under_data_parallelism() {
+        assert_eq!(rank_device_with("cuda", 4, 3), "cuda:3");
+        assert_eq!(rank_device_with("cuda", 1, 3), "cuda");
+        assert_eq!(rank_device_with("cuda:1", 4, 3), "cuda:1");
+        assert_eq!(rank_device_with("cpu", 4, 3), "cpu");
+    }
+
+    #[test]
+    fn off_and_auto_without_a_launcher_train_alone() {
+        if recallseg_distributed::launched_by_mpi() {
+            return; // this test process was itself started by a launcher
+        }
+        for choice in [DistributedBackend::Off, DistributedBackend::Auto] {
+            let g = join(choice, "cuda").unwrap();
+            assert!(g.communicator.is_none());
+            assert_eq!(g.rank(), 0);
+            g.finish().unwrap();
+        }
+    }
+
+    #[cfg(not(feature = "nccl"))]
+    #[test]
+    fn nccl_in_a_build_without_it_says_how_to_build_it() {
+        let e = join(DistributedBackend::Nccl, "cuda")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("without NCCL") && e.contains("--features nccl"),
+            "{e}"
+        );
+    }
 }

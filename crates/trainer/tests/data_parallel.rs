@@ -7,7 +7,7 @@
 mod common;
 
 use candle_core::Device;
-use common::{quiet, tiny_config, tiny_dataset};
+use common::{max_rel_diff, quiet, tiny_config, tiny_dataset, train_records, trained_params};
 use recallseg_distributed::{LocalGroup, SharedCommunicator};
 use recallseg_trainer::checkpoint::Checkpoint;
 use recallseg_trainer::config::TrainConfig;
@@ -60,54 +60,6 @@ fn train_ranks(
     })
 }
 
-/// The trained parameters of a checkpoint. BatchNorm's running statistics are left out: one
-/// process accumulating moves them once per micro-batch, ranks once per step (then averaged);
-/// training never reads them.
-fn model(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let ck = Checkpoint::load(path, &Device::Cpu).unwrap();
-    let mut v: Vec<(String, Vec<f32>)> = ck
-        .model
-        .iter()
-        .filter(|(k, _)| !k.ends_with(".running_mean") && !k.ends_with(".running_var"))
-        .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_vec1().unwrap()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-/// Largest difference between two models relative to the largest magnitude of the tensor.
-fn max_rel_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let mut worst = 0.0f32;
-    for ((na, va), (nb, vb)) in a.iter().zip(b) {
-        assert_eq!(na, nb);
-        let scale = va.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
-        for (x, y) in va.iter().zip(vb) {
-            worst = worst.max((x - y).abs() / scale);
-        }
-    }
-    worst
-}
-
-/// A `train` log line: step, loss, the class weights applied.
-type TrainRecord = (u64, f64, Option<Vec<Option<f32>>>);
-
-fn train_records(out: &Path) -> Vec<TrainRecord> {
-    read_log(&out.join("log.jsonl"))
-        .unwrap()
-        .into_iter()
-        .filter_map(|r| match r {
-            LogRecord::Train {
-                step,
-                loss,
-                class_weights,
-                ..
-            } => Some((step, loss, class_weights)),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn two_ranks_equal_one_process_accumulating_two_micro_batches() {
     let dir = tempfile::tempdir().unwrap();
@@ -123,8 +75,8 @@ fn two_ranks_equal_one_process_accumulating_two_micro_batches() {
         assert!(o.finished && o.step == 3);
     }
     let diff = max_rel_diff(
-        &model(&single.join("last.safetensors")),
-        &model(&dp.join("last.safetensors")),
+        &trained_params(&single.join("last.safetensors")),
+        &trained_params(&dp.join("last.safetensors")),
     );
     assert!(
         diff < 1e-5,
@@ -176,8 +128,8 @@ fn a_run_resumes_with_another_number_of_ranks() {
     let o = train(&config(&root, &split, &["train.accumulate=2"]), &resumed).unwrap();
     assert!(o.finished && o.step == 3);
     let diff = max_rel_diff(
-        &model(&whole.join("last.safetensors")),
-        &model(&split.join("last.safetensors")),
+        &trained_params(&whole.join("last.safetensors")),
+        &trained_params(&split.join("last.safetensors")),
     );
     assert!(
         diff < 1e-5,
@@ -272,8 +224,8 @@ fn sync_batch_norm_ranks_equal_one_process_on_the_whole_batch() {
         assert!(o.unwrap().finished);
     }
     let diff = max_rel_diff(
-        &model(&single.join("last.safetensors")),
-        &model(&dp.join("last.safetensors")),
+        &trained_params(&single.join("last.safetensors")),
+        &trained_params(&dp.join("last.safetensors")),
     );
     // SyncBatchNorm sums the moments in another order than one process's fused BatchNorm
     // kernel: round-off, grown by three momentum steps.
@@ -288,8 +240,67 @@ fn sync_batch_norm_ranks_equal_one_process_on_the_whole_batch() {
         assert!(o.unwrap().finished);
     }
     let diff = max_rel_diff(
-        &model(&single.join("last.safetensors")),
-        &model(&per_rank.join("last.safetensors")),
+        &trained_params(&single.join("last.safetensors")),
+        &trained_params(&per_rank.join("last.safetensors")),
     );
     assert!(diff > 1e-2, "per-rank BatchNorm should differ, got {diff}");
+}
+
+/// One rank whose communicator says it is bound to the CPU (as NCCL's is bound to a GPU).
+#[derive(Debug)]
+struct BoundToCpu;
+
+impl recallseg_distributed::Communicator for BoundToCpu {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn backend(&self) -> &'static str {
+        "bound-to-cpu"
+    }
+    fn all_reduce_sum_f32(&self, _: &mut [f32]) -> candle_core::Result<()> {
+        Ok(())
+    }
+    fn all_reduce_sum_f64(&self, _: &mut [f64]) -> candle_core::Result<()> {
+        Ok(())
+    }
+    fn all_reduce_sum_u64(&self, _: &mut [u64]) -> candle_core::Result<()> {
+        Ok(())
+    }
+    fn broadcast_bytes(&self, _: &mut Vec<u8>, _: usize) -> candle_core::Result<()> {
+        Ok(())
+    }
+    fn barrier(&self) -> candle_core::Result<()> {
+        Ok(())
+    }
+    fn device(&self) -> Option<Device> {
+        Some(Device::Cpu)
+    }
+}
+
+#[test]
+fn a_communicator_bound_to_a_device_decides_where_the_run_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let opts = || TrainOptions {
+        communicator: Some(Arc::new(BoundToCpu) as SharedCommunicator),
+        ..quiet()
+    };
+    // train.device names another device than the communicator's: refused before anything runs.
+    let out = dir.path().join("elsewhere");
+    let cfg = config(&root, &out, &["train.device=cuda:1", "train.iters=1"]);
+    let e = format!("{:#}", train(&cfg, &opts()).unwrap_err());
+    assert!(
+        e.contains("train.device: `cuda:1`")
+            && e.contains("bound-to-cpu communicator is bound to Cpu"),
+        "{e}"
+    );
+    // The same device: the run trains there.
+    let out = dir.path().join("run");
+    let cfg = config(&root, &out, &["train.iters=1", "train.val_every=1"]);
+    let o = train(&cfg, &opts()).unwrap();
+    assert!(o.finished && o.step == 1);
 }

@@ -10,9 +10,8 @@
 mod common;
 
 use candle_core::Device;
-use common::{quiet, tiny_config, tiny_dataset};
+use common::{max_rel_diff, quiet, tiny_config, tiny_dataset, train_records, trained_params};
 use recallseg_trainer::checkpoint::Checkpoint;
-use recallseg_trainer::log::{read_log, LogRecord};
 use recallseg_trainer::train::{train, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -89,42 +88,6 @@ fn write_config(root: &Path, out: &Path, extra: &[&str], path: &Path) {
     std::fs::write(path, cfg.to_toml().unwrap()).unwrap();
 }
 
-fn params(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let ck = Checkpoint::load(path, &Device::Cpu).unwrap();
-    let mut v: Vec<(String, Vec<f32>)> = ck
-        .model
-        .iter()
-        .filter(|(k, _)| !k.ends_with(".running_mean") && !k.ends_with(".running_var"))
-        .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_vec1().unwrap()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-fn max_rel_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let mut worst = 0.0f32;
-    for ((na, va), (nb, vb)) in a.iter().zip(b) {
-        assert_eq!(na, nb);
-        let scale = va.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
-        for (x, y) in va.iter().zip(vb) {
-            worst = worst.max((x - y).abs() / scale);
-        }
-    }
-    worst
-}
-
-fn class_weights(out: &Path) -> Vec<Option<Vec<Option<f32>>>> {
-    read_log(&out.join("log.jsonl"))
-        .unwrap()
-        .into_iter()
-        .filter_map(|r| match r {
-            LogRecord::Train { class_weights, .. } => Some(class_weights),
-            _ => None,
-        })
-        .collect()
-}
-
 const RUN: &[&str] = &[
     "loss.name=recall_ce",
     "optim.kind=sgd",
@@ -155,14 +118,15 @@ fn two_processes_train_the_model_of_one_accumulating_process() {
     // Rank 0 alone reported the run.
     assert_eq!(text.matches("finished at step 3").count(), 1, "{text}");
     let diff = max_rel_diff(
-        &params(&single.join("last.safetensors")),
-        &params(&dp.join("last.safetensors")),
+        &trained_params(&single.join("last.safetensors")),
+        &trained_params(&dp.join("last.safetensors")),
     );
     assert!(
         diff < 1e-5,
         "2 processes vs accumulate = 2: relative difference {diff}"
     );
-    let (a, b) = (class_weights(&single), class_weights(&dp));
+    let weights = |out: &Path| -> Vec<_> { train_records(out).into_iter().map(|r| r.2).collect() };
+    let (a, b) = (weights(&single), weights(&dp));
     assert_eq!(a.len(), 3);
     assert_eq!(a, b, "recall weights from the all-reduced counts");
 }

@@ -134,17 +134,34 @@ impl<'a> Trainer<'a> {
             .clone()
             .unwrap_or_else(recallseg_distributed::single_process);
         let (world, lead) = (comm.size(), comm.rank() == 0);
-        // Under data parallelism `cuda` means each rank's own GPU: `cuda:<local rank>`.
-        let device_text = match cfg.train.device.as_str() {
-            "cuda" if world > 1 => format!(
-                "cuda:{}",
-                recallseg_distributed::local_rank().unwrap_or(comm.rank())
-            ),
-            d => d.to_string(),
+        // Under data parallelism `cuda` means each rank's own GPU: `cuda:<local rank>`. A
+        // communicator bound to a device (NCCL) brings the very handle to train on.
+        let device_text = crate::distributed::rank_device(&cfg.train.device, world, comm.rank());
+        let spec =
+            DeviceSpec::parse(&device_text).map_err(|m| anyhow::anyhow!("train.device: {m}"))?;
+        let device = match comm.device() {
+            Some(bound) => {
+                let same = match (spec, bound.location()) {
+                    (DeviceSpec::Cuda(n), candle_core::DeviceLocation::Cuda { gpu_id }) => {
+                        n == gpu_id
+                    }
+                    (DeviceSpec::Cpu, candle_core::DeviceLocation::Cpu) => true,
+                    (DeviceSpec::Metal, candle_core::DeviceLocation::Metal { .. }) => true,
+                    _ => false,
+                };
+                if !same {
+                    anyhow::bail!(
+                        "train.device: `{device_text}` on rank {}, but its {} communicator is \
+                         bound to {:?}",
+                        comm.rank(),
+                        comm.backend(),
+                        bound.location()
+                    );
+                }
+                bound
+            }
+            None => spec.open()?,
         };
-        let device = DeviceSpec::parse(&device_text)
-            .map_err(|m| anyhow::anyhow!("train.device: {m}"))?
-            .open()?;
         let shards = world * cfg.train.accumulate;
         if !cfg.train.batch_size.is_multiple_of(shards) {
             anyhow::bail!(
@@ -686,23 +703,43 @@ impl<'a> Trainer<'a> {
             logit_sum += a.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         }
         let lv = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !lv.is_finite() || !logit_sum.is_finite() {
-            return Err(StepFailure::NonFiniteLoss(if lv.is_finite() {
+        // Checked before the backward pass, which a non-finite loss would only waste.
+        self.check_forward(lv, logit_sum)?;
+        let grads = l.backward()?;
+        self.apply_update(&grads, lv, out.class_weights, out.terms)
+    }
+
+    /// Refuses a step whose loss or logits' sum is not finite (a diverged model can produce
+    /// NaN/inf logits on which a loss still returns a finite number: masked pixels) or whose
+    /// forward pass made a BatchNorm running statistic non-finite (what evaluation would then
+    /// use; the loss can stay finite meanwhile).
+    fn check_forward(&self, loss: f64, logit_sum: f64) -> Result<(), StepFailure> {
+        if !loss.is_finite() || !logit_sum.is_finite() {
+            return Err(StepFailure::NonFiniteLoss(if loss.is_finite() {
                 logit_sum
             } else {
-                lv
+                loss
             }));
         }
-        // BatchNorm's running statistics were moved by the forward pass; a diverging model can
-        // make them infinite while the loss stays finite (what evaluation would then use).
         let tensors: Vec<&Tensor> = self.buffers.iter().map(|(_, v)| v.as_tensor()).collect();
         if let Some((k, count)) = crate::optim::first_non_finite(&tensors)? {
             return Err(StepFailure::NonFiniteBuffer(k, count));
         }
-        let grads = l.backward()?;
+        Ok(())
+    }
+
+    /// The optimiser's update with this step's learning rate; a rejected update (non-finite
+    /// gradient or result) fails the step.
+    fn apply_update(
+        &mut self,
+        grads: &candle_core::backprop::GradStore,
+        loss: f64,
+        class_weights: Option<Vec<f32>>,
+        terms: Option<Vec<recallseg_losses::LossTerm>>,
+    ) -> Result<StepResult, StepFailure> {
         let lr = self.schedule.lr(self.step as usize);
-        match self.optimizer.step(&grads, lr)? {
-            StepOutcome::Applied => Ok((lv, lr, out.class_weights, out.terms)),
+        match self.optimizer.step(grads, lr)? {
+            StepOutcome::Applied => Ok((loss, lr, class_weights, terms)),
             StepOutcome::Rejected(update) => Err(StepFailure::Rejected(update)),
         }
     }
@@ -802,11 +839,14 @@ impl<'a> Trainer<'a> {
                         v.set(t)?;
                     }
                 } else {
+                    // The statistics read the labels and only the logits' shape: a broadcast
+                    // zero stands in for the logits, without allocating them.
                     let c = self.data.classes.n_classes();
+                    let zero = Tensor::zeros((1, 1, 1, 1), DType::F32, &self.device)?;
                     for i in 0..k {
                         let (_, yi) = micro(i)?;
                         let (_, h, w) = yi.dims3()?;
-                        let shape = Tensor::zeros((m, c, h, w), DType::F32, &self.device)?;
+                        let shape = zero.broadcast_as((m, c, h, w))?;
                         add_stats(&mut stats, self.loss.shard_statistics(&shape, &yi)?)?;
                         if let Some((aux, _)) = &self.aux_loss {
                             add_stats(&mut aux_stats, aux.shard_statistics(&shape, &yi)?)?;
@@ -876,22 +916,8 @@ impl<'a> Trainer<'a> {
         }
         let [lv, logit_sum, interrupted] = scalars;
         self.group_interrupted = interrupted > 0.0;
-        if !lv.is_finite() || !logit_sum.is_finite() {
-            return Err(StepFailure::NonFiniteLoss(if lv.is_finite() {
-                logit_sum
-            } else {
-                lv
-            }));
-        }
-        let tensors: Vec<&Tensor> = self.buffers.iter().map(|(_, v)| v.as_tensor()).collect();
-        if let Some((k, count)) = crate::optim::first_non_finite(&tensors)? {
-            return Err(StepFailure::NonFiniteBuffer(k, count));
-        }
-        let lr = self.schedule.lr(self.step as usize);
-        match self.optimizer.step(&grads, lr)? {
-            StepOutcome::Applied => Ok((lv, lr, class_weights, terms)),
-            StepOutcome::Rejected(update) => Err(StepFailure::Rejected(update)),
-        }
+        self.check_forward(lv, logit_sum)?;
+        self.apply_update(&grads, lv, class_weights, terms)
     }
 
     /// Checks that every rank holds the same model and optimiser state (bit for bit), as data

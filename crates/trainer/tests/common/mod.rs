@@ -119,3 +119,52 @@ pub(crate) fn tiny_folder_dataset(root: &Path) -> std::path::PathBuf {
     .unwrap();
     classes
 }
+
+/// The trained parameters of a checkpoint, by name. BatchNorm's running statistics are left
+/// out: one process accumulating moves them once per micro-batch, ranks once per step (then
+/// averaged); training never reads them.
+pub(crate) fn trained_params(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let ck = Checkpoint::load(path, &Device::Cpu).unwrap();
+    let mut v: Vec<(String, Vec<f32>)> = ck
+        .model
+        .iter()
+        .filter(|(k, _)| !k.ends_with(".running_mean") && !k.ends_with(".running_var"))
+        .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Largest difference between two models, relative to the largest magnitude of each tensor.
+pub(crate) fn max_rel_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0.0f32;
+    for ((na, va), (nb, vb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        let scale = va.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
+        for (x, y) in va.iter().zip(vb) {
+            worst = worst.max((x - y).abs() / scale);
+        }
+    }
+    worst
+}
+
+/// A `train` log line: step, loss, the class weights applied.
+pub(crate) type TrainRecord = (u64, f64, Option<Vec<Option<f32>>>);
+
+/// The `train` lines of a run's log.
+pub(crate) fn train_records(out: &Path) -> Vec<TrainRecord> {
+    read_log(&out.join("log.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            LogRecord::Train {
+                step,
+                loss,
+                class_weights,
+                ..
+            } => Some((step, loss, class_weights)),
+            _ => None,
+        })
+        .collect()
+}
