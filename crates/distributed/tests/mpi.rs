@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{mpirun, run_with_deadline, text};
+use common::{assert_all_passed, mpirun, run_with_deadline, text};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -23,30 +23,12 @@ fn mpirun_selftest(mpirun: &Path, ranks: usize, args: &[&str]) -> Output {
     )
 }
 
-/// Every rank reports that no check failed anywhere, and the job succeeded.
-fn assert_all_passed(out: &Output, ranks: usize) {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let good = (0..ranks)
-        .filter(|r| {
-            stdout.lines().any(|l| {
-                l.starts_with(&format!("mpi_selftest: rank {r} of {ranks}: "))
-                    && l.contains(" 0 failed on all ranks")
-            })
-        })
-        .count();
-    assert!(
-        out.status.success() && good == ranks,
-        "{ranks} ranks: {}",
-        text(out)
-    );
-}
-
 #[test]
 fn every_collective_on_two_and_three_ranks() {
     let Some(mpirun) = mpirun() else { return };
     for ranks in [2, 3] {
         let out = mpirun_selftest(&mpirun, ranks, &[]);
-        assert_all_passed(&out, ranks);
+        assert_all_passed(&out, ranks, "mpi_selftest");
     }
 }
 
@@ -59,7 +41,7 @@ fn a_process_without_a_launcher_is_a_world_of_one() {
         Command::new(SELFTEST),
         "recallseg-mpi-selftest as a singleton",
     );
-    assert_all_passed(&out, 1);
+    assert_all_passed(&out, 1, "mpi_selftest");
 }
 
 #[test]

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{mpirun, run_with_deadline, text};
+use common::{assert_all_passed, mpirun, run_with_deadline};
 use std::process::Command;
 
 const SELFTEST: &str = env!("CARGO_BIN_EXE_recallseg-nccl-selftest");
@@ -45,19 +45,6 @@ fn every_operation_on_one_rank_per_gpu() {
     let mut cmd = Command::new(mpirun);
     cmd.args(["-np", &ranks.to_string(), SELFTEST]);
     let out = run_with_deadline(cmd, &format!("mpirun -np {ranks} recallseg-nccl-selftest"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let good = (0..ranks)
-        .filter(|r| {
-            stdout.lines().any(|l| {
-                l.starts_with(&format!("nccl_selftest: rank {r} of {ranks} "))
-                    && l.contains(" 0 failed on all ranks")
-            })
-        })
-        .count();
-    assert!(
-        out.status.success() && good == ranks,
-        "{ranks} ranks: {}",
-        text(&out)
-    );
-    print!("{stdout}");
+    assert_all_passed(&out, ranks, "nccl_selftest");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -246,6 +246,45 @@ fn sync_batch_norm_ranks_equal_one_process_on_the_whole_batch() {
     assert!(diff > 1e-2, "per-rank BatchNorm should differ, got {diff}");
 }
 
+#[test]
+fn statistics_from_the_labels_alone_shard_exactly_too() {
+    // Cross entropy with class-balanced weights: its statistics are label counts only (the
+    // logits' shape stands in for the logits), summed over micro-batches and ranks.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let (single, dp) = (dir.path().join("single"), dir.path().join("dp"));
+    let extra = [
+        "loss.name=balanced_ce",
+        "train.iters=2",
+        "train.val_every=2",
+    ];
+    let one: Vec<&str> = extra
+        .iter()
+        .copied()
+        .chain(["train.accumulate=2"])
+        .collect();
+    train(&config(&root, &single, &one), &quiet()).unwrap();
+    let cfg = config(&root, &dp, &extra);
+    for o in train_ranks(vec![cfg.clone(), cfg], |_| quiet()) {
+        assert!(o.unwrap().finished);
+    }
+    let diff = max_rel_diff(
+        &trained_params(&single.join("last.safetensors")),
+        &trained_params(&dp.join("last.safetensors")),
+    );
+    assert!(diff < 1e-5, "relative difference {diff}");
+    let (a, b) = (train_records(&single), train_records(&dp));
+    assert_eq!(a.len(), 2);
+    for ((sa, la, wa), (_, lb, wb)) in a.iter().zip(&b) {
+        assert!(
+            (la - lb).abs() <= 1e-5 * la.abs(),
+            "step {sa}: loss {la} vs {lb}"
+        );
+        assert_eq!(wa, wb, "step {sa}: class weights");
+    }
+}
+
 /// One rank whose communicator says it is bound to the CPU (as NCCL's is bound to a GPU).
 #[derive(Debug)]
 struct BoundToCpu;

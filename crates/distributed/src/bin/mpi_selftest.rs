@@ -26,6 +26,10 @@
 //! Prints one line per rank; the exit status is 0 on every rank if every check passed on every
 //! rank, 1 otherwise (the ranks agree on it with a last all-reduce). An MPI error aborts the job.
 
+mod selftest;
+
+use selftest::Checks;
+
 use candle_core::{DType, Device, Tensor};
 use recallseg_distributed::{Communicator, MpiCommunicator};
 
@@ -56,33 +60,9 @@ impl SplitMix {
 /// decision: recursive doubling below ~10 kB, ring, segmented ring above ~1 MB per rank).
 const LENGTHS: [usize; 6] = [1, 5, 2_500, 40_000, 300_000, 1_100_000];
 
-struct Checks {
-    rank: usize,
-    passed: usize,
-    failed: Vec<String>,
-}
-
-impl Checks {
-    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
-        if ok {
-            self.passed += 1;
-        } else {
-            let w = what();
-            eprintln!("mpi_selftest: rank {}: FAILED: {w}", self.rank);
-            self.failed.push(w);
-        }
-    }
-}
-
 /// Ends the job if a collective returned an error where none was expected.
 fn ok<T>(comm: &MpiCommunicator, r: candle_core::Result<T>, what: &str) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("mpi_selftest: rank {}: {what}: {e}", comm.rank());
-            comm.abort(1)
-        }
-    }
+    selftest::ok_or_abort("mpi_selftest", comm, r, what)
 }
 
 /// Rank 0's bytes of `bits` (its result) compared with this rank's.
@@ -351,11 +331,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let mut c = Checks {
-        rank: comm.rank(),
-        passed: 0,
-        failed: Vec::new(),
-    };
+    let mut c = Checks::new("mpi_selftest", comm.rank());
     c.check(comm.backend() == "mpi" && comm.rank() < comm.size(), || {
         "rank and size".into()
     });

@@ -23,6 +23,10 @@
 //! Prints one line per rank (with the median time of the 12M-float all-reduce); the exit status
 //! is 0 on every rank if every check passed on every rank, 1 otherwise. An error aborts the job.
 
+mod selftest;
+
+use selftest::Checks;
+
 use candle_core::backend::BackendDevice;
 use candle_core::{DType, Device, Tensor, Var};
 use recallseg_distributed::{
@@ -34,33 +38,9 @@ use std::time::Instant;
 /// The trainable parameters of DeepLabV3+ with a ResNet-18 backbone, about.
 const R18_GRADIENT: usize = 12_000_000;
 
-struct Checks {
-    rank: usize,
-    passed: usize,
-    failed: Vec<String>,
-}
-
-impl Checks {
-    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
-        if ok {
-            self.passed += 1;
-        } else {
-            let w = what();
-            eprintln!("nccl_selftest: rank {}: FAILED: {w}", self.rank);
-            self.failed.push(w);
-        }
-    }
-}
-
 /// Ends the job if an operation returned an error.
 fn ok<T>(comm: &NcclCommunicator, r: candle_core::Result<T>, what: &str) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("nccl_selftest: rank {}: {what}: {e}", comm.rank());
-            comm.mpi().abort(1)
-        }
-    }
+    selftest::ok_or_abort("nccl_selftest", comm.mpi(), r, what)
 }
 
 /// A deterministic value in [-1, 1) for (seed, rank, index).
@@ -303,11 +283,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let mut c = Checks {
-        rank: comm.rank(),
-        passed: 0,
-        failed: Vec::new(),
-    };
+    let mut c = Checks::new("nccl_selftest", comm.rank());
     c.check(
         comm.backend() == "nccl"
             && comm

@@ -69,3 +69,22 @@ pub(crate) fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// The job succeeded and every rank printed its summary line (`{prefix}: rank r of {ranks}…`)
+/// saying that no check failed on any rank.
+pub(crate) fn assert_all_passed(out: &Output, ranks: usize, prefix: &str) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let good = (0..ranks)
+        .filter(|r| {
+            stdout.lines().any(|l| {
+                l.starts_with(&format!("{prefix}: rank {r} of {ranks}"))
+                    && l.contains(" 0 failed on all ranks")
+            })
+        })
+        .count();
+    assert!(
+        out.status.success() && good == ranks,
+        "{ranks} ranks: {}",
+        text(out)
+    );
+}
