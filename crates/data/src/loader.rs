@@ -97,6 +97,20 @@ impl Shard {
         let count = self.count.max(1);
         start + len * self.index / count..start + len * (self.index + 1) / count
     }
+
+    /// The items of this shard when whole batches are dealt out instead of cut: of the
+    /// batches of `batch_size` consecutive items of `0..len` (the last one possibly shorter),
+    /// batch `b` goes to shard `b mod count`. Evaluation shards this way: each batch is then
+    /// evaluated whole on one rank (a batch's loss is the one-process value), and a loader over
+    /// [`subset`](crate::subset)`(ds, items)` with the same batch size yields exactly this
+    /// shard's batches.
+    pub fn whole_batches(&self, len: usize, batch_size: usize) -> Vec<usize> {
+        let (bs, count) = (batch_size.max(1), self.count.max(1));
+        (0..len.div_ceil(bs))
+            .filter(|b| b % count == self.index)
+            .flat_map(|b| b * bs..((b + 1) * bs).min(len))
+            .collect()
+    }
 }
 
 impl Default for LoaderConfig {

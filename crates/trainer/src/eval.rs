@@ -36,7 +36,22 @@ pub fn evaluate_with_loss(
     loss: &mut dyn SegLoss,
     state: Option<&[f32]>,
 ) -> anyhow::Result<(EvalOutput, Option<f64>)> {
-    let mut sum = (0.0f64, 0usize);
+    let (out, sum) = evaluate_with_loss_sum(model, loader, device, keep, loss, state)?;
+    let images = out.images;
+    Ok((out, (images > 0).then(|| sum / images as f64)))
+}
+
+/// [`evaluate_with_loss`] returning the sum of the per-batch losses times their image counts
+/// instead of the mean (what shards of a split add up before dividing by all their images).
+pub fn evaluate_with_loss_sum(
+    model: &DeepLab,
+    loader: &Loader,
+    device: &Device,
+    keep: usize,
+    loss: &mut dyn SegLoss,
+    state: Option<&[f32]>,
+) -> anyhow::Result<(EvalOutput, f64)> {
+    let mut sum = 0.0f64;
     let plain = Inference::default();
     let out = evaluate_inner(
         model,
@@ -53,12 +68,11 @@ pub fn evaluate_with_loss(
                 .forward(logits, target)?
                 .to_dtype(DType::F64)?
                 .to_scalar::<f64>()?;
-            sum.0 += v * n as f64;
-            sum.1 += n;
+            sum += v * n as f64;
             Ok(())
         },
     )?;
-    Ok((out, (sum.1 > 0).then(|| sum.0 / sum.1 as f64)))
+    Ok((out, sum))
 }
 
 /// Per-pixel argmax of logits `(N, C, H, W)` as `u8` train ids `(N·H·W)`.

@@ -285,6 +285,75 @@ fn statistics_from_the_labels_alone_shard_exactly_too() {
     }
 }
 
+#[test]
+fn ranks_validate_their_share_and_log_the_whole_splits_metrics() {
+    use recallseg_trainer::eval::{evaluate, evaluate_with_loss};
+    use recallseg_trainer::predict::{Predictor, PredictorOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let out = dir.path().join("dp");
+    // The 7 training images as validation split: 2 batches of 4 (and 3) images, one per rank.
+    let cfg = config(&root, &out, &["data.val_split=train"]);
+    for (rank, images) in [(0, 4), (1, 3)] {
+        let shard = recallseg_data::Shard {
+            index: rank,
+            count: 2,
+        };
+        let d = recallseg_trainer::train::open_run_data_shard(&cfg, shard).unwrap();
+        assert!(d.val_sharded);
+        assert_eq!(d.val.unwrap().dataset().len(), images);
+    }
+    for o in train_ranks(vec![cfg.clone(), cfg.clone()], |_| quiet()) {
+        assert!(o.unwrap().finished);
+    }
+    let logged = read_log(&out.join("log.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            LogRecord::Val {
+                step: 3,
+                loss,
+                mean_iou,
+                iou,
+                recall,
+                ..
+            } => Some((loss.unwrap(), mean_iou, iou, recall)),
+            _ => None,
+        })
+        .next()
+        .expect("a validation at step 3");
+    // The final model evaluated on the whole split by one process.
+    let p = Predictor::open(&out.join("last.safetensors"), &PredictorOptions::default()).unwrap();
+    let d = recallseg_trainer::train::open_run_data(&cfg).unwrap();
+    let whole = d.val.unwrap();
+    assert_eq!(whole.dataset().len(), 7);
+    let rep = evaluate(p.model(), &whole, &Device::Cpu, 0)
+        .unwrap()
+        .matrix
+        .report_with_names(&d.classes.names)
+        .unwrap();
+    assert_eq!(logged.1, rep.mean_iou.value);
+    assert_eq!(
+        logged.2,
+        rep.classes.iter().map(|c| c.iou).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        logged.3,
+        rep.classes.iter().map(|c| c.recall).collect::<Vec<_>>()
+    );
+    let mut loss =
+        recallseg_trainer::train::build_loss(&cfg, &d.classes, &d.class_pixel_counts).unwrap();
+    let (_, one) =
+        evaluate_with_loss(p.model(), &whole, &Device::Cpu, 0, loss.as_mut(), None).unwrap();
+    let one = one.unwrap();
+    assert!(
+        (logged.0 - one).abs() <= 1e-9 * one.abs(),
+        "validation loss {} vs one process {one}",
+        logged.0
+    );
+}
+
 /// One rank whose communicator says it is bound to the CPU (as NCCL's is bound to a GPU).
 #[derive(Debug)]
 struct BoundToCpu;

@@ -1,7 +1,7 @@
 //! Loader determinism, resume, shapes and augmentation consistency.
 
 use crate::util::tiny_synthia;
-use recallseg_data::{Augment, Batch, Loader, LoaderConfig, Normalize, SegDataset, Split};
+use recallseg_data::{Augment, Batch, Loader, LoaderConfig, Normalize, SegDataset, Shard, Split};
 use recallseg_data::{SynthiaDataset, SynthiaOptions};
 use std::sync::Arc;
 
@@ -185,4 +185,46 @@ fn shards_of_a_batch_put_together_are_the_batch() {
         panic!("shard 2 of 2 is refused")
     };
     assert!(err.to_string().contains("shard"), "{err}");
+}
+
+#[test]
+fn whole_batches_dealt_to_shards_are_the_batches_of_one_loader() {
+    // 10 items in batches of 3: batches 0..4 ([0,1,2], [3,4,5], [6,7,8], [9]); two shards take
+    // batches 0, 2 and 1, 3.
+    let a = Shard { index: 0, count: 2 };
+    let b = Shard { index: 1, count: 2 };
+    assert_eq!(a.whole_batches(10, 3), vec![0, 1, 2, 6, 7, 8]);
+    assert_eq!(b.whole_batches(10, 3), vec![3, 4, 5, 9]);
+    assert!(Shard { index: 2, count: 3 }.whole_batches(4, 3).is_empty());
+    // A loader over each shard's subset yields the whole loader's batches, dealt out.
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dataset(dir.path());
+    let eval = LoaderConfig::eval(3, Some((32, 16)));
+    let whole: Vec<_> = Loader::new(ds.clone(), eval.clone())
+        .unwrap()
+        .epoch(0)
+        .map(|b| b.unwrap())
+        .collect();
+    for (k, shard) in [a, b].iter().enumerate() {
+        let items = shard.whole_batches(ds.len(), 3);
+        let sub = recallseg_data::subset(ds.clone(), items).unwrap();
+        let got: Vec<_> = Loader::new(sub, eval.clone())
+            .unwrap()
+            .epoch(0)
+            .map(|b| b.unwrap())
+            .collect();
+        let want: Vec<_> = whole.iter().skip(k).step_by(2).collect();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(
+                (&g.ids, &g.images, &g.labels),
+                (&w.ids, &w.images, &w.labels)
+            );
+        }
+    }
+    let e = recallseg_data::subset(ds.clone(), vec![0, ds.len()])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains(&ds.len().to_string()), "{e}");
 }

@@ -271,6 +271,10 @@ pub struct RunData {
     pub train: Loader,
     /// The validation loader (`None` when `val_every = 0` and no final validation is wanted).
     pub val: Option<Loader>,
+    /// Whether `val` holds only this rank's share of the validation split (whole batches dealt
+    /// out over the ranks, [`recallseg_data::Shard::whole_batches`]), whose counts and loss the
+    /// ranks then sum; `false`: the whole split.
+    pub val_sharded: bool,
     /// Training pixel counts per class (for WeightedCE / BalancedCE).
     pub class_pixel_counts: Vec<u64>,
 }
@@ -281,7 +285,9 @@ pub fn open_run_data(cfg: &TrainConfig) -> anyhow::Result<RunData> {
 }
 
 /// [`open_run_data`] for one data-parallel rank: its training loader yields `shard` of every
-/// batch (`train.batch_size` is the global batch).
+/// batch (`train.batch_size` is the global batch). Its validation loader holds its share of the
+/// validation batches when there are at least as many batches as ranks (else every rank
+/// validates the whole split).
 pub fn open_run_data_shard(
     cfg: &TrainConfig,
     shard: recallseg_data::Shard,
@@ -293,11 +299,19 @@ pub fn open_run_data_shard(
     let class_pixel_counts = train_ds.class_pixel_counts()?;
     let train = train_loader(d, train_ds, cfg.train.batch_size, cfg.train.seed, shard)?;
     let val_ds = open_split(d, parse_split("data.val_split", &d.val_split)?)?;
-    let val = Some(eval_loader(d, val_ds, cfg.train.batch_size.max(4))?);
+    let mut val_ds = crate::data::limit(val_ds, d.max_eval_images);
+    let val_batch = cfg.train.batch_size.max(4);
+    let val_sharded = shard.count > 1 && val_ds.len().div_ceil(val_batch) >= shard.count;
+    if val_sharded {
+        let items = shard.whole_batches(val_ds.len(), val_batch);
+        val_ds = recallseg_data::subset(val_ds, items)?;
+    }
+    let val = Some(eval_loader(d, val_ds, val_batch)?);
     Ok(RunData {
         classes,
         train,
         val,
+        val_sharded,
         class_pixel_counts,
     })
 }

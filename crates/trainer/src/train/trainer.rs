@@ -10,7 +10,7 @@ use super::{
 use crate::checkpoint::{Checkpoint, CheckpointMeta, RngState, FORMAT_VERSION};
 use crate::config::{DeviceSpec, TrainConfig};
 use crate::data::batch_tensors;
-use crate::eval::{evaluate_with, evaluate_with_loss, EvalOutput};
+use crate::eval::{evaluate_with, evaluate_with_loss_sum, EvalOutput};
 use crate::log::{JsonlLog, LogRecord, Progress};
 use crate::optim::{self, LrSchedule, Optimizer, StepOutcome};
 use crate::run_dir::RunLock;
@@ -1225,6 +1225,30 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// The whole validation split's confusion matrix, ignored pixels, image count and loss sum
+    /// from every rank's share: one `u64` all-reduce of the counts (exact, so the metrics and
+    /// the decisions taken on them are the one-process ones) and one `f64` of the loss sum.
+    fn sum_validation_shards(
+        &self,
+        matrix: recallseg_metrics::ConfusionMatrix,
+        images: usize,
+        loss_sum: f64,
+    ) -> anyhow::Result<(recallseg_metrics::ConfusionMatrix, u64, usize, f64)> {
+        let mut counts = matrix.counts().to_vec();
+        counts.extend([matrix.ignored_pixels(), images as u64]);
+        self.comm.all_reduce_sum_u64(&mut counts)?;
+        let images = counts.pop().unwrap_or(0) as usize;
+        let ignored = counts.pop().unwrap_or(0);
+        let mut sum = [loss_sum];
+        self.comm.all_reduce_sum_f64(&mut sum)?;
+        let summed = recallseg_metrics::ConfusionMatrix::from_counts(
+            matrix.n_classes(),
+            matrix.ignore_index(),
+            counts,
+        )?;
+        Ok((summed, ignored, images, sum[0]))
+    }
+
     /// Evaluates the model on the validation split (when the run has one) and offers its mean
     /// IoU to the [`KeepBest`] strategy: the report, whether it is the new best and the
     /// validation loss. The loss is measured with a copy of the run's loss holding its current
@@ -1235,7 +1259,7 @@ impl<'a> Trainer<'a> {
         };
         let mut val_loss = build_loss(self.cfg, &self.data.classes, &self.data.class_pixel_counts)?;
         let state = self.loss.state();
-        let (EvalOutput { matrix, .. }, loss) = evaluate_with_loss(
+        let (EvalOutput { matrix, images, .. }, loss_sum) = evaluate_with_loss_sum(
             &self.built.model,
             vl,
             &self.device,
@@ -1243,7 +1267,15 @@ impl<'a> Trainer<'a> {
             val_loss.as_mut(),
             state.as_deref(),
         )?;
-        let rep = matrix.report_with_names(&self.data.classes.names)?;
+        let ignored = matrix.ignored_pixels();
+        let (matrix, ignored, images, loss_sum) = if self.data.val_sharded {
+            self.sum_validation_shards(matrix, images, loss_sum)?
+        } else {
+            (matrix, ignored, images, loss_sum)
+        };
+        let loss = (images > 0).then(|| loss_sum / images as f64);
+        let mut rep = matrix.report_with_names(&self.data.classes.names)?;
+        rep.ignored_pixels = ignored;
         let miou = rep.mean_iou.value.unwrap_or(0.0);
         let is_best = self.keep_best.offer(miou, self.step);
         if let (Some(es), Some(cfg)) = (&mut self.early_stop, &self.cfg.train.early_stop) {
