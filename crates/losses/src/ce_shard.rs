@@ -107,30 +107,11 @@ impl CeEngine {
         if n * h * w == 0 {
             return Ok(ShardStatistics(st));
         }
-        if let CeMode::Ohem(_) = self.mode {
-            // The threshold selection keeps a pixel on its own cross entropy: this shard's kept
-            // pixels per class come from a forward pass without graph (the same kernel as the
-            // shares, so the same pixels are kept).
-            let p = prepare(
-                &logits.detach(),
-                target,
-                c,
-                ignore,
-                self.opts.kernel(),
-                self.fused_gap(),
-            )?;
-            if !p.empty {
-                let (_, rep) = self.run(&p, None)?;
-                if let Some((kept, count)) = rep.sums {
-                    st[..c].copy_from_slice(&count);
-                    st[c..2 * c].copy_from_slice(&kept);
-                }
-            }
-            return Ok(ShardStatistics(st));
-        }
         if needs_logits {
-            // The argmax counts: on the CPU one parallel pass of the fused kernel (argmax and
-            // counts only), elsewhere candle's argmax.
+            // On the CPU one parallel pass of the fused kernel without graph: OHEM's threshold
+            // selection keeps a pixel on its own cross entropy (the same kernel as the shares,
+            // so the same pixels are kept); otherwise the argmax counts only. Elsewhere
+            // candle's argmax (below).
             let p = prepare(
                 &logits.detach(),
                 target,
@@ -140,6 +121,14 @@ impl CeEngine {
                 self.fused_gap(),
             )?;
             if p.empty {
+                return Ok(ShardStatistics(st));
+            }
+            if let CeMode::Ohem(_) = self.mode {
+                let (_, rep) = self.run(&p, None)?;
+                if let Some((kept, count)) = rep.sums {
+                    st[..c].copy_from_slice(&count);
+                    st[c..2 * c].copy_from_slice(&kept);
+                }
                 return Ok(ShardStatistics(st));
             }
             if p.fused {

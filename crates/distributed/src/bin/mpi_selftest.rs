@@ -358,25 +358,20 @@ fn main() {
     many_in_a_row(&comm, &mut c);
 
     // Every rank learns how many checks failed anywhere.
-    let mut failures = [c.failed.len() as u64];
-    ok(
-        &comm,
-        comm.all_reduce_sum_u64(&mut failures),
-        "u64 all-reduce",
-    );
+    let failures = c.failed_on_all_ranks(&comm);
     println!(
         "mpi_selftest: rank {} of {}: {} checks passed, {} failed here, {} failed on all ranks ({})",
         comm.rank(),
         comm.size(),
         c.passed,
         c.failed.len(),
-        failures[0],
+        failures,
         MpiCommunicator::library_version()
             .lines()
             .next()
             .unwrap_or("")
     );
-    let code = i32::from(failures[0] != 0);
+    let code = i32::from(failures != 0);
     ok(&comm, comm.finish(), "finish");
     drop(comm); // MPI_Finalize before exiting
     std::process::exit(code);

@@ -22,6 +22,15 @@ impl Checks {
         }
     }
 
+    /// How many checks failed on all ranks together (an all-reduce that every rank joins; an
+    /// error ends the job).
+    pub(crate) fn failed_on_all_ranks(&self, mpi: &MpiCommunicator) -> u64 {
+        let mut failures = [self.failed.len() as u64];
+        let r = mpi.all_reduce_sum_u64(&mut failures);
+        ok_or_abort(self.name, mpi, r, "u64 all-reduce");
+        failures[0]
+    }
+
     /// Counts a check; a failed one is printed with `what` and remembered.
     pub(crate) fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
         if ok {
