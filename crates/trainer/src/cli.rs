@@ -590,7 +590,7 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<i32> {
         skip_test: false,
         communicator: group.communicator.clone(),
     };
-    let o = crate::train::train(&cfg, &opts)?;
+    let o = crate::train::train(&cfg, &opts).map_err(|e| group.fail(e))?;
     group.finish()?;
     let status = if o.finished {
         0

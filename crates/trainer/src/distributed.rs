@@ -59,6 +59,16 @@ impl Group {
         self.communicator.as_ref().map_or(0, |c| c.rank())
     }
 
+    /// Hands `error` back, first printing it with this rank's number when the group is a job of
+    /// several ranks: dropping the group then ends the whole job at once (`MPI_Abort`), before
+    /// the caller could print it.
+    pub fn fail(&self, error: anyhow::Error) -> anyhow::Error {
+        if self.communicator.as_ref().is_some_and(|c| c.size() > 1) {
+            print_rank_error(self.rank(), &error);
+        }
+        error
+    }
+
     /// Marks the normal end of this rank's work (MPI: every rank waits for the others, then
     /// MPI is finalised instead of the job being aborted). Without it, a rank that ends with an
     /// error takes the whole job down at once rather than leaving the others waiting.
@@ -97,10 +107,33 @@ pub fn join(choice: DistributedBackend, device: &str) -> anyhow::Result<Group> {
     }
 }
 
+/// What a rank prints of its error before the job is aborted.
+fn print_rank_error(rank: usize, error: &anyhow::Error) {
+    eprintln!(
+        "error: rank {rank}: {}",
+        crate::error_text::error_chain_text(error)
+    );
+}
+
 #[cfg(feature = "nccl")]
 fn join_nccl(device: &str) -> anyhow::Result<Group> {
     use recallseg_distributed::Communicator;
     let m = Arc::new(recallseg_distributed::MpiCommunicator::init()?);
+    // `m` outlives the error: its drop ends a job of several ranks before anyone could print.
+    nccl_group(&m, device).inspect_err(|e| {
+        if m.size() > 1 {
+            print_rank_error(m.rank(), e);
+        }
+    })
+}
+
+#[cfg(feature = "nccl")]
+fn nccl_group(
+    m: &Arc<recallseg_distributed::MpiCommunicator>,
+    device: &str,
+) -> anyhow::Result<Group> {
+    use recallseg_distributed::Communicator;
+    let m = m.clone();
     let text = rank_device(device, m.size(), m.rank());
     let spec = crate::config::DeviceSpec::parse(&text)
         .map_err(|e| anyhow::anyhow!("train.device: {e}"))?;

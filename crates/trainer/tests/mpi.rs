@@ -206,3 +206,24 @@ fn killing_one_rank_stops_the_job_with_the_last_checkpoint_intact() {
     .unwrap();
     assert_eq!(o.step, ck.meta.step + 1);
 }
+
+#[test]
+fn an_error_on_the_ranks_is_printed_before_the_job_ends() {
+    let Some(mpirun) = mpirun() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    // A batch of 3 does not divide over 2 ranks: every rank fails in `Trainer::open`, and the
+    // job is aborted (MPI_Abort) when its communicator drops; the reason must reach the user.
+    let config = dir.path().join("bad.toml");
+    let mut bad: Vec<&str> = RUN.to_vec();
+    bad.push("train.batch_size=3");
+    write_config(&root, &dir.path().join("run"), &bad, &config);
+    let (status, text) = wait(launch(&mpirun, &config));
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("error: rank ")
+            && text.contains("train.batch_size: 3 does not divide into 2 rank(s)"),
+        "{text}"
+    );
+}
