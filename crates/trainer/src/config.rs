@@ -1661,7 +1661,11 @@ mod tests {
         let m = crate::train::model_config(&c, 5);
         let want =
             crate::train::model_config(&quick(&["model.init=paper_code"]).unwrap(), 5).smp_layout();
-        // The quick preset sets init = "kaiming_fan_out", which the layout keeps.
+        // The quick preset leaves `init` at its default, so smp's own (PyTorch's) applies.
+        assert_eq!(m, want);
+        // An explicit other scheme is kept: how parameters start is not the layout.
+        let kept = quick(&["model.layout=smp", "model.init=kaiming_fan_out"]).unwrap();
+        let m = crate::train::model_config(&kept, 5);
         assert_eq!(m.init, recallseg_models::InitScheme::KaimingFanOut);
         assert_eq!(
             m,

@@ -6,6 +6,7 @@ mod common;
 use candle_core::Device;
 use common::{model_bytes, quiet, tiny_config, tiny_dataset, train_losses};
 use recallseg_trainer::checkpoint::Checkpoint;
+use recallseg_trainer::config::Preset;
 use recallseg_trainer::log::{read_log, LogRecord};
 use recallseg_trainer::train::{train, TrainOptions};
 use std::path::Path;
@@ -131,14 +132,14 @@ fn tiny_run_matches_pinned_results() {
 }
 
 const PINNED_LOSSES: &[(u64, f64)] = &[
-    (1, 2.906193256378174),
-    (2, 2.9620003700256348),
-    (3, 2.865077257156372),
-    (4, 3.090019941329956),
+    (1, 3.250551700592041),
+    (2, 3.0984113216400146),
+    (3, 3.252230167388916),
+    (4, 3.223630666732788),
 ];
 const PINNED_VALS: &[(u64, f64, f64)] = &[
-    (2, 0.049723041880209144, 0.013694881518970041),
-    (4, 0.04257907542579076, 0.012715712988192553),
+    (2, 0.026322967812329512, 0.009486247086247087),
+    (4, 0.04541734860883797, 0.011589684786373788),
 ];
 
 #[test]
@@ -855,3 +856,112 @@ fn stats_measures_the_training_split_and_prints_a_line_to_paste() {
     .unwrap();
     assert!(format!("{e:#}").contains("description file"), "{e:#}");
 }
+
+/// The main job's numerics, pinned: the first [`QUICK_STEPS`] training steps of the
+/// `synthia-quick` preset itself (the README's `cargo xtask reproduce synthia --quick`: its
+/// generated dataset, 256×128 images, batch 8, the quarter-width ResNet-18 DeepLabV3+, Adam,
+/// seed 0), with cross entropy and with Recall loss, compared bit for bit with the losses the
+/// published figures were measured with. Only `train.log_every` (logging, not numerics) and the
+/// folders differ from the preset. Any change that moves a bit here moves the README's figures,
+/// so the failure says which documents to measure again.
+#[test]
+fn quick_preset_first_steps_are_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("synthia-synthetic");
+    let mut got: Vec<(&str, Vec<(u64, f64)>)> = Vec::new();
+    for loss in ["cross_entropy", "recall_ce"] {
+        let out = dir.path().join(loss);
+        let cfg = Preset::SynthiaQuick
+            .config(&[
+                format!("data.root={:?}", root.display().to_string()),
+                format!("train.out_dir={:?}", out.display().to_string()),
+                format!("loss.name={loss}"),
+                "train.log_every=1".into(),
+            ])
+            .unwrap();
+        let o = train(
+            &cfg,
+            &TrainOptions {
+                stop_after: Some(QUICK_STEPS),
+                ..quiet()
+            },
+        )
+        .unwrap();
+        assert_eq!(o.step, QUICK_STEPS);
+        got.push((loss, train_losses(&out)));
+    }
+    let printed: Vec<String> = got
+        .iter()
+        .map(|(loss, l)| {
+            let bits: Vec<String> = l
+                .iter()
+                .map(|(_, v)| format!("{:#018x}", v.to_bits()))
+                .collect();
+            format!("{loss}: [{}]", bits.join(", "))
+        })
+        .collect();
+    eprintln!("{}", printed.join("\n"));
+    for ((loss, losses), want) in got.iter().zip([QUICK_CE_LOSS_BITS, QUICK_RECALL_LOSS_BITS]) {
+        let bits: Vec<u64> = losses.iter().map(|(_, v)| v.to_bits()).collect();
+        let steps: Vec<u64> = losses.iter().map(|(s, _)| *s).collect();
+        assert_eq!(steps, (1..=QUICK_STEPS).collect::<Vec<_>>());
+        assert!(
+            bits == want,
+            "the first {QUICK_STEPS} training steps of the synthia-quick preset with {loss} \
+             changed (got the losses printed above, pinned {want:#018x?}). This changes the \
+             figures of `cargo xtask reproduce synthia --quick`: measure them again (3 seeds) \
+             and update README.md (its table) and docs/reproduction.md (\"The measured quick \
+             run\": per-seed, per-class tables and wall time), then re-pin these constants from \
+             the printed values and say why in the commit."
+        );
+    }
+}
+
+/// Steps pinned by [`quick_preset_first_steps_are_pinned`].
+const QUICK_STEPS: u64 = 20;
+/// The logged loss (f64 bits) of steps 1..=20 of `synthia-quick` with cross entropy.
+const QUICK_CE_LOSS_BITS: &[u64] = &[
+    0x4006e2b640000000,
+    0x40053e2300000000,
+    0x400455a7e0000000,
+    0x40035e2da0000000,
+    0x400217fde0000000,
+    0x4000eae420000000,
+    0x3ffe826160000000,
+    0x3ffc37e0a0000000,
+    0x3ffcf89ac0000000,
+    0x3ff954d1c0000000,
+    0x3ff6d4d7c0000000,
+    0x3ff5d93460000000,
+    0x3ff47c1c20000000,
+    0x3ff63c70c0000000,
+    0x3ff3de2840000000,
+    0x3ff23f1640000000,
+    0x3ff1cf9200000000,
+    0x3fef0daf00000000,
+    0x3ff04a12a0000000,
+    0x3feab2b5a0000000,
+];
+/// The same with Recall loss (`recall_ce`).
+const QUICK_RECALL_LOSS_BITS: &[u64] = &[
+    0x40057aa240000000,
+    0x4002ff9a40000000,
+    0x40012fa620000000,
+    0x3ffeec9000000000,
+    0x3ffa7c0280000000,
+    0x3ff7d78ea0000000,
+    0x3ff233a940000000,
+    0x3ff01d0de0000000,
+    0x3ff0fc2e00000000,
+    0x3fe8b8cce0000000,
+    0x3fe3d90300000000,
+    0x3fe4125d80000000,
+    0x3fe072aca0000000,
+    0x3fe44e6060000000,
+    0x3fe13d9ee0000000,
+    0x3fe0a78fc0000000,
+    0x3fdac8cba0000000,
+    0x3fda55b900000000,
+    0x3fd85e7dc0000000,
+    0x3fd6175aa0000000,
+];
