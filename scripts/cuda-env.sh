@@ -18,7 +18,10 @@
 #    satisfies the linker (as the CUDA toolkit's lib/stubs/libcuda.so does) and the real driver's
 #    libcuda.so.1 is loaded when the program runs on a GPU machine. The stub is never shipped.
 # 4. the variables candle's and cudarc's build scripts read: CUDA_ROOT, CUDA_PATH, PATH,
-#    CUDA_COMPUTE_CAP (90: H100/H200; override before sourcing), LIBRARY_PATH.
+#    CUDA_COMPUTE_CAP (90: H100/H200; override before sourcing), LIBRARY_PATH, and
+#    CUDAFORGE_THREADS (nvcc jobs of candle-kernels' build script: every core, not half);
+# 5. RECALLSEG_CUDA_STUB_LD_PATH: an LD_LIBRARY_PATH that runs a CUDA build here (the stub as
+#    libcuda.so.1, the wheels' libraries), for CI's MPI and NCCL tests of that build.
 #
 # Running the binaries needs a driver and the same runtime libraries: on the GPU machine point
 # LD_LIBRARY_PATH at a folder holding libcublas*, libcurand, libnvrtc*, libcudart (the wheels of
@@ -82,5 +85,16 @@ if [ ! -f "$_links/libcuda.so" ] || ! grep -q "return 100" "$_links/libcuda-stub
     echo "cuda-env: built the link-time driver stub ($(wc -l < "$_links/libcuda-stub.c") entry points)" >&2
 fi
 export LIBRARY_PATH="$_links:$CUDA_ROOT/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
+# Running a CUDA build on this machine (CI's MPI and NCCL tests): the stub under the driver's
+# runtime name, libcuda.so.1, in a folder of its own (never on LD_LIBRARY_PATH where a real
+# driver is installed: it would shadow it), then the wheels' libraries.
+_stub_rt="$_venv/recallseg-stub-runtime"
+mkdir -p "$_stub_rt"
+ln -sf "$_links/libcuda.so" "$_stub_rt/libcuda.so.1"
+RECALLSEG_CUDA_STUB_LD_PATH="$_stub_rt:$CUDA_ROOT/lib:$(ls -d "$_venv"/lib/python3*/site-packages | head -n 1)/nvidia/nccl/lib"
+export RECALLSEG_CUDA_STUB_LD_PATH
+# cudaforge (candle-kernels' build script) runs nvcc on half the cores unless told otherwise:
+# on 2 cores that is one nvcc at a time.
+export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc 2>/dev/null || echo 2)}"
 echo "cuda-env: nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP" >&2
-unset _here _venv _py _links _lib _real _cudarc
+unset _here _venv _py _links _lib _real _cudarc _stub_rt
