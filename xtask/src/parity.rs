@@ -165,6 +165,7 @@ pub(crate) fn run(args: &ParityArgs) -> anyhow::Result<()> {
                 progress_bar: recallseg_trainer::log::Progress::stderr_is_terminal(),
                 interrupt: Some(recallseg_trainer::train::interrupt_flag()),
                 quiet: false,
+                overwrite: false,
             };
             if let CompareOutcome::Interrupted(label) = run_comparison(&plan, &opts)? {
                 anyhow::bail!("interrupted during {label}; run the same command again to resume");

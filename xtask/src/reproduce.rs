@@ -61,6 +61,10 @@ pub(crate) struct ReproduceArgs {
     /// Further config overrides, e.g. `--set train.batch_size=4` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Replace runs of another configuration in the output folder (train them again); without
+    /// it such a folder is an error and nothing is deleted.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Example predictions to draw (Fig. 3).
     #[arg(long, default_value_t = 4)]
     pub examples: usize,
@@ -144,6 +148,7 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
         progress_bar: recallseg_trainer::log::Progress::stderr_is_terminal(),
         interrupt: Some(recallseg_trainer::train::interrupt_flag()),
         quiet: false,
+        overwrite: args.overwrite,
     };
     let mut missing = 0;
     for plan in &plans {

@@ -160,10 +160,48 @@ impl GenerateReport {
 
 /// Writes a synthetic dataset in the SYNTHIA-SEQS layout under `root` (see the module docs).
 ///
-/// Existing files with the same names are overwritten. Returns per-class pixel statistics.
+/// When `<root>/<sequence>` does not exist yet, the dataset is written to a hidden temporary
+/// folder beside it (`<root>/.<sequence>.partial-<pid>-<n>`) and renamed into place when
+/// complete, so that the sequence folder, once there, is whole: a process killed while
+/// generating leaves only the temporary folder, and of two processes generating at once the
+/// first to finish publishes and the second discards its copy. When the sequence folder
+/// already exists, its files with the same names are overwritten in place. Returns per-class
+/// pixel statistics.
 pub fn generate_synthia(root: &Path, cfg: &SyntheticConfig) -> Result<GenerateReport, DataError> {
     cfg.validate()?;
-    let seq_dir = root.join(&cfg.sequence);
+    let target = root.join(&cfg.sequence);
+    if target.exists() {
+        return generate_into(&target, cfg);
+    }
+    std::fs::create_dir_all(root).map_err(|e| DataError::io(root, e))?;
+    static PARTIAL_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let partial = root.join(format!(
+        ".{}.partial-{}-{}",
+        cfg.sequence,
+        std::process::id(),
+        PARTIAL_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let result = generate_into(&partial, cfg).and_then(|mut report| {
+        match std::fs::rename(&partial, &target) {
+            Ok(()) => {}
+            // Another process published the same folder first: keep theirs.
+            Err(_) if target.join("RGB").is_dir() => {
+                let _ = std::fs::remove_dir_all(&partial);
+            }
+            Err(e) => return Err(DataError::io(&target, e)),
+        }
+        report.sequence_dir = target.clone();
+        Ok(report)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    result
+}
+
+/// [`generate_synthia`]'s work: every image and label of `cfg` under `seq_dir`.
+fn generate_into(seq_dir: &Path, cfg: &SyntheticConfig) -> Result<GenerateReport, DataError> {
+    let seq_dir = seq_dir.to_path_buf();
     let mut jobs = Vec::new();
     for (fi, (side, cam)) in SIDES
         .iter()

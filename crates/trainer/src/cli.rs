@@ -71,7 +71,7 @@ pub struct PlotArgs {
 pub fn plot(a: &PlotArgs) -> anyhow::Result<()> {
     let out = a.out.clone().unwrap_or_else(|| a.runs[0].clone());
     for f in crate::report::training_curves::draw_training_curves(&a.runs, &out)? {
-        println!("wrote {}", f.display());
+        out!("wrote {}", f.display())?;
     }
     Ok(())
 }
@@ -352,9 +352,9 @@ pub fn stats(a: &StatsArgs) -> anyhow::Result<()> {
             "class_shares": r.stats.class_shares(),
             "normalize": r.stats.normalize(),
         });
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        out!("{}", serde_json::to_string_pretty(&json)?)?;
     } else {
-        print!("{}", r.text());
+        out!("{}", r.text().trim_end_matches('\n'))?;
     }
     Ok(())
 }
@@ -541,7 +541,7 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<()> {
     let format = recallseg_models::export::ExportFormat::parse(&a.format)
         .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
     let s = crate::export::export_checkpoint(&a.checkpoint, format, &a.out)?;
-    eprintln!(
+    note!(
         "{} -> {} ({})",
         s.checkpoint.display(),
         a.out.display(),
@@ -568,7 +568,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Stats(a) => stats(&a).map(|()| 0),
         Command::Plot(a) => plot(&a).map(|()| 0),
         Command::Preset { name } => {
-            print!("{}", Preset::from_name(&name)?.toml());
+            out!("{}", Preset::from_name(&name)?.toml().trim_end_matches('\n'))?;
             Ok(0)
         }
     }
@@ -604,7 +604,7 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<i32> {
         // Rank 0 reports the run.
         return Ok(status);
     }
-    eprintln!(
+    note!(
         "{} at step {}: {} (best validation mean IoU {})",
         match (o.finished, o.stop_signal) {
             (true, _) if o.early_stopped => "stopped early (train.early_stop)".to_string(),
@@ -630,16 +630,16 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
         if let (Some(p), Some(obj)) = (&per_image, v.as_object_mut()) {
             obj.insert("per_image".into(), serde_json::to_value(p)?);
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        out!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        println!(
+        out!(
             "{} ({} split, {images} images):\n",
             a.checkpoint.display(),
             a.split
-        );
-        print!("{report}");
+        )?;
+        out!("{}", report.to_string().trim_end_matches('\n'))?;
         if let Some(p) = &per_image {
-            println!("\n{}", per_image_line(p));
+            out!("\n{}", per_image_line(p))?;
         }
     }
     Ok(())
@@ -864,7 +864,7 @@ pub fn predict(a: &PredictArgs) -> anyhow::Result<()> {
         if let Some(dst) = &outs.overlay {
             let pic = render_overlay(&img, &labels, p.classes(), &overlay_opts)?;
             if !pic.text_drawn && !warned {
-                eprintln!("warning: no usable font; the overlay legends have no class names");
+                note!("warning: no usable font; the overlay legends have no class names");
                 warned = true;
             }
             pic.save_png(dst)?;
@@ -872,7 +872,7 @@ pub fn predict(a: &PredictArgs) -> anyhow::Result<()> {
         if let Some(dst) = &outs.labels {
             labels.save_png(dst)?;
         }
-        eprintln!("{} -> {}", path.display(), outs.colour.display());
+        note!("{} -> {}", path.display(), outs.colour.display());
     }
     Ok(())
 }

@@ -274,6 +274,9 @@ pub struct CompareOptions {
     pub interrupt: Option<Arc<AtomicBool>>,
     /// Print nothing but errors.
     pub quiet: bool,
+    /// Replace a run folder that holds a run of another configuration (or one that cannot be
+    /// resumed). Without it such a folder is an error and nothing is deleted.
+    pub overwrite: bool,
 }
 
 /// What a finished run leaves in `summary.json`.
@@ -362,7 +365,7 @@ fn one_run(
         match serde_json::from_str::<RunRecord>(&text) {
             Ok(r) if r.config_toml == cfg_toml && wanted(&r) => {
                 if !opts.quiet {
-                    eprintln!(
+                    note!(
                         "[{}] reusing the finished run in {}",
                         run.label,
                         dir.display()
@@ -374,9 +377,11 @@ fn one_run(
                 // Replaced below (atomically) if the training is finished; kept otherwise.
             }
             _ => {
+                // Only the summary (derived from the run, made again below) goes here; the
+                // run's own files are checked next, and replaced only with --overwrite.
                 if !opts.quiet {
-                    eprintln!(
-                        "[{}] {} belongs to another configuration: training again",
+                    note!(
+                        "[{}] {} belongs to another configuration or evaluation: evaluating again",
                         run.label,
                         summary_path.display()
                     );
@@ -413,9 +418,15 @@ fn one_run(
                     last.display()
                 )))
             }
+            (Some(why), RunMode::Train) if !opts.overwrite => anyhow::bail!(
+                "[{}] {} cannot be continued: {why}; nothing was removed: replace the run with \
+                 --overwrite, or choose another output folder",
+                run.label,
+                last.display()
+            ),
             (Some(why), RunMode::Train) => {
                 if !opts.quiet {
-                    eprintln!(
+                    note!(
                         "[{}] starting over: {} is not resumed because {why}",
                         run.label,
                         last.display()
@@ -441,7 +452,7 @@ fn one_run(
         &cfg,
         &TrainOptions {
             resume: true,
-            overwrite: false,
+            overwrite: opts.overwrite,
             interrupt: opts.interrupt.clone(),
             progress_bar: opts.progress_bar && mode == RunMode::Train,
             // Collecting only reads the checkpoint back: no "resumed from" line.

@@ -626,8 +626,10 @@ pub struct TrainSection {
     /// Log the loss every this many steps.
     #[serde(default = "default_log_every")]
     pub log_every: usize,
-    /// Write `last.safetensors` every this many steps (0 = only at the end and on Ctrl-C).
-    #[serde(default)]
+    /// Write `last.safetensors` every this many steps (0 = only at the end and on a stop
+    /// signal). Absent: every [`DEFAULT_CHECKPOINT_EVERY`] steps, so that a run killed without
+    /// warning (`kill -9`, the out-of-memory killer) can still be resumed.
+    #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
     /// Seed of every random choice (model init, data order, augmentation, dropout).
     #[serde(default)]
@@ -659,6 +661,13 @@ pub struct TrainSection {
     /// `0` (the default) checks at every checkpoint only.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub check_replicas_every: usize,
+}
+
+/// `train.checkpoint_every` of a configuration that does not set it.
+pub const DEFAULT_CHECKPOINT_EVERY: usize = 1000;
+
+fn default_checkpoint_every() -> usize {
+    DEFAULT_CHECKPOINT_EVERY
 }
 
 fn is_zero(v: &usize) -> bool {

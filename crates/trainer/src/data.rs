@@ -53,11 +53,41 @@ pub fn ensure_synthetic(cfg: &DataConfig, synth: &SyntheticConfig) -> anyhow::Re
     if !cfg.generate_synthetic || cfg.kind != DatasetKind::Synthia {
         return Ok(false);
     }
-    let marker = cfg.root.join(&synth.sequence).join("RGB");
-    if marker.is_dir() {
+    let seq_dir = cfg.root.join(&synth.sequence);
+    if seq_dir.exists() {
+        // The generator publishes the folder whole (a rename at the end), so a folder that is
+        // there is complete unless an older version was stopped half-way, or files went
+        // missing: count them.
+        let expected = synth.frames_per_folder * synth.cameras.len() * synth.sides.len();
+        let count = |sub: &[&str]| -> usize {
+            let mut n = 0;
+            for side in &synth.sides {
+                for cam in &synth.cameras {
+                    let mut d = seq_dir.clone();
+                    d.extend(sub);
+                    d.push(side);
+                    d.push(cam);
+                    n += std::fs::read_dir(&d).map_or(0, |it| {
+                        it.filter_map(Result::ok)
+                            .filter(|e| e.path().extension().is_some_and(|x| x == "png"))
+                            .count()
+                    });
+                }
+            }
+            n
+        };
+        let (images, labels) = (count(&["RGB"]), count(&["GT", "LABELS"]));
+        if images < expected || labels < expected {
+            anyhow::bail!(
+                "{} holds an incomplete synthetic dataset ({images} images and {labels} label \
+                 files of {expected}; generation was interrupted, or files were removed): \
+                 delete the folder and it is generated again",
+                seq_dir.display()
+            );
+        }
         return Ok(false);
     }
-    eprintln!(
+    note!(
         "generating the synthetic Synthia-format dataset in {} ({} images of {}x{}) ...",
         cfg.root.display(),
         synth.frames_per_folder * synth.cameras.len() * synth.sides.len(),

@@ -109,7 +109,7 @@ pub fn join(choice: DistributedBackend, device: &str) -> anyhow::Result<Group> {
 
 /// What a rank prints of its error before the job is aborted.
 fn print_rank_error(rank: usize, error: &anyhow::Error) {
-    eprintln!(
+    note!(
         "error: rank {rank}: {}",
         crate::error_text::error_chain_text(error)
     );

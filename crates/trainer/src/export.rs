@@ -30,6 +30,7 @@ pub fn export_checkpoint(
     format: ExportFormat,
     out: &Path,
 ) -> anyhow::Result<ExportSummary> {
+    refuse_run_file(out)?;
     let p = Predictor::open(checkpoint, &PredictorOptions::default())?;
     if let (Ok(a), Ok(b)) = (out.canonicalize(), p.checkpoint().canonicalize()) {
         if a == b {
@@ -75,4 +76,39 @@ pub fn export_checkpoint(
         checkpoint: p.checkpoint().to_path_buf(),
         metadata,
     })
+}
+
+/// Refuses an output path that is one of a run folder's own files (`last.safetensors`,
+/// `best.safetensors`, the log, `metrics.csv`, `config.toml`, `test.json`, the lock) in a
+/// folder that holds a run: replacing `last` with exported weights would break `--resume`.
+fn refuse_run_file(out: &Path) -> anyhow::Result<()> {
+    use crate::train::files;
+    let own = [
+        files::LAST,
+        files::BEST,
+        files::LOG,
+        files::METRICS,
+        files::CONFIG,
+        files::TEST,
+        crate::run_dir::LOCK_FILE,
+    ];
+    let Some(name) = out.file_name().and_then(|n| n.to_str()) else {
+        return Ok(());
+    };
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let holds_run = crate::run_dir::existing_run(&dir).is_some()
+        || dir.join(files::CONFIG).is_file()
+        || dir.join(crate::run_dir::LOCK_FILE).is_file();
+    if own.contains(&name) && holds_run {
+        anyhow::bail!(
+            "--out {}: {name} is a file of the run in {}; exporting over it would break that run \
+             (its resume, evaluation or log): choose another file name or folder",
+            out.display(),
+            dir.display()
+        );
+    }
+    Ok(())
 }

@@ -9,15 +9,28 @@
 
 #![warn(missing_docs)]
 
+/// `eprintln!` that never panics: a line to standard error, a failed write ignored
+/// ([`console`]). Defined before the modules, so every module of the crate can use it.
+macro_rules! note {
+    ($($arg:tt)*) => { $crate::console::note_line(::std::format_args!($($arg)*)) };
+}
+
+/// `println!` that returns `anyhow::Result<()>` instead of panicking ([`console`]).
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::console::out_line(::std::format_args!($($arg)*)) };
+}
+
 pub mod checkpoint;
 pub mod cli;
 pub mod compare;
+pub mod console;
 pub mod config;
 pub mod data;
 pub mod distributed;
 pub mod error_text;
 pub mod eval;
 pub mod export;
+mod fault;
 pub mod font;
 pub mod inference;
 pub mod log;

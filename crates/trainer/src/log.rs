@@ -14,7 +14,7 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
@@ -185,9 +185,14 @@ impl JsonlLog {
     /// it belong to steps that will be run again, and `stopped` lines end an invocation),
     /// and continues the elapsed seconds from the last kept line. The caller writes the
     /// [`LogRecord::Resumed`] line when steps remain (a finished run reopened changes nothing).
+    ///
+    /// A last line cut short (no final newline, not valid JSON: a write that a full disk or a
+    /// kill interrupted) lies after the checkpoint and is dropped too; a malformed line anywhere
+    /// else is an error naming it. The kept lines replace the file atomically (a temporary file
+    /// renamed over it), so an interruption here loses nothing.
     pub fn resume(path: &Path, step: u64) -> std::io::Result<Self> {
         let kept: Vec<LogEntry> = if path.exists() {
-            read_log_entries(path)?
+            read_log_entries_for_resume(path)?
                 .into_iter()
                 .filter(|r| {
                     r.record.step() <= step && !matches!(r.record, LogRecord::Stopped { .. })
@@ -196,12 +201,32 @@ impl JsonlLog {
         } else {
             Vec::new()
         };
-        let mut log = Self::create(path)?;
+        let mut text = String::new();
         for r in &kept {
-            log.write_entry(r)?;
+            text.push_str(&serde_json::to_string(r).map_err(std::io::Error::other)?);
+            text.push('\n');
         }
-        log.elapsed_before = kept.iter().filter_map(|e| e.elapsed_s).fold(0.0, f64::max);
-        Ok(log)
+        crate::checkpoint::write_atomic(path, |f| f.write_all(text.as_bytes())).map_err(|e| {
+            let kind = match &e {
+                crate::checkpoint::CheckpointError::Io { source, .. } => source.kind(),
+                _ => std::io::ErrorKind::Other,
+            };
+            let cause = match e {
+                crate::checkpoint::CheckpointError::Io { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
+            std::io::Error::new(kind, format!("rewriting the run log {}: {cause}", path.display()))
+        })?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| with_path(e, "opening the run log", path))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Some(file),
+            start: Instant::now(),
+            elapsed_before: kept.iter().filter_map(|e| e.elapsed_s).fold(0.0, f64::max),
+        })
     }
 
     /// Seconds the run has been running (earlier invocations included).
@@ -224,9 +249,13 @@ impl JsonlLog {
         let Some(file) = &mut self.file else {
             return Ok(());
         };
-        let line = serde_json::to_string(entry).map_err(std::io::Error::other)?;
-        writeln!(file, "{line}")?;
-        file.flush()
+        let mut line = serde_json::to_string(entry).map_err(std::io::Error::other)?;
+        line.push('\n');
+        // One write of the whole line, so that a failure leaves at most one partial last line
+        // (which a resume drops).
+        file.write_all(line.as_bytes())
+            .and_then(|()| file.flush())
+            .map_err(|e| with_path(e, "appending to the run log", &self.path))
     }
 
     /// The file.
@@ -271,22 +300,48 @@ pub fn read_log(path: &Path) -> std::io::Result<Vec<LogRecord>> {
         .collect())
 }
 
-/// Reads every line of a JSON-lines log with its time and elapsed seconds. A malformed line is
-/// an error naming the line.
-pub fn read_log_entries(path: &Path) -> std::io::Result<Vec<LogEntry>> {
-    let f = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| {
+/// An I/O error with what was being done and the file in its text (the kind is kept).
+fn with_path(e: std::io::Error, doing: &str, path: &Path) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{doing} {}: {e}", path.display()))
+}
+
+/// [`read_log_entries`], but a last line without its final newline that does not parse (a
+/// write cut short) is left out instead of being an error.
+fn read_log_entries_for_resume(path: &Path) -> std::io::Result<Vec<LogEntry>> {
+    let bytes = std::fs::read(path).map_err(|e| with_path(e, "cannot read the run log", path))?;
+    let complete = match bytes.last() {
+        Some(b'\n') | None => bytes.len(),
+        Some(_) => {
+            let start = bytes
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1);
+            let parses = std::str::from_utf8(&bytes[start..])
+                .ok()
+                .is_some_and(|l| serde_json::from_str::<LogEntry>(l).is_ok());
+            if parses {
+                bytes.len()
+            } else {
+                start
+            }
+        }
+    };
+    parse_log_lines(&bytes[..complete], path)
+}
+
+fn parse_log_lines(bytes: &[u8], path: &Path) -> std::io::Result<Vec<LogEntry>> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
         std::io::Error::new(
-            e.kind(),
-            format!("cannot open the run log {}: {e}", path.display()),
+            std::io::ErrorKind::InvalidData,
+            format!("{}: not UTF-8: {e}", path.display()),
         )
-    })?);
+    })?;
     let mut out = Vec::new();
-    for (i, line) in f.lines().enumerate() {
-        let line = line?;
+    for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let r: LogEntry = serde_json::from_str(&line).map_err(|e| {
+        let r: LogEntry = serde_json::from_str(line).map_err(|e| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("{}:{}: {e}", path.display(), i + 1),
@@ -295,6 +350,13 @@ pub fn read_log_entries(path: &Path) -> std::io::Result<Vec<LogEntry>> {
         out.push(r);
     }
     Ok(out)
+}
+
+/// Reads every line of a JSON-lines log with its time and elapsed seconds. A malformed line is
+/// an error naming the line.
+pub fn read_log_entries(path: &Path) -> std::io::Result<Vec<LogEntry>> {
+    let bytes = std::fs::read(path).map_err(|e| with_path(e, "cannot read the run log", path))?;
+    parse_log_lines(&bytes, path)
 }
 
 /// The class names of a log: its header's, else `class0`, `class1`, … as many as the longest
@@ -478,7 +540,7 @@ impl Progress {
                 b.set_position(step);
                 b.set_message(format!("loss {loss:.4} {rate:.2} steps/s"));
             }
-            None if line => eprintln!(
+            None if line => note!(
                 "[{}] step {step}/{} loss {loss:.4} {rate:.2} steps/s ETA {}",
                 self.label,
                 self.total,
@@ -492,7 +554,7 @@ impl Progress {
     pub fn println(&self, msg: &str) {
         match &self.bar {
             Some(b) => b.println(msg),
-            None => eprintln!("[{}] {msg}", self.label),
+            None => note!("[{}] {msg}", self.label),
         }
     }
 

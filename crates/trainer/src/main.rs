@@ -8,10 +8,11 @@ fn main() {
     match recallseg_trainer::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!(
+            // Standard error may be closed (`… 2>&1 | head`): the exit status still says it.
+            recallseg_trainer::console::note_line(format_args!(
                 "error: {}",
                 recallseg_trainer::error_text::error_chain_text(&e)
-            );
+            ));
             std::process::exit(1);
         }
     }

@@ -80,12 +80,32 @@ impl RunLock {
 }
 
 /// What `dir` holds of an earlier run (`None` when nothing): the files `train` would replace.
+/// A file counts when its name is there at all, also as a dangling or looping link.
 pub fn existing_run(dir: &Path) -> Option<String> {
     let present: Vec<&str> = [files::LAST, files::BEST, files::LOG]
         .into_iter()
-        .filter(|f| dir.join(f).exists())
+        .filter(|f| std::fs::symlink_metadata(dir.join(f)).is_ok())
         .collect();
     (!present.is_empty()).then(|| present.join(", "))
+}
+
+/// Whether `dir` holds only a log without a single training, validation or checkpoint record
+/// (a run stopped before its first step, e.g. while the data was generated): nothing a new
+/// run could lose. An unreadable log is not "nothing".
+pub fn holds_nothing_to_lose(dir: &Path) -> bool {
+    use crate::log::LogRecord;
+    let only_log = [files::LAST, files::BEST]
+        .into_iter()
+        .all(|f| std::fs::symlink_metadata(dir.join(f)).is_err());
+    only_log
+        && crate::log::read_log(&dir.join(files::LOG)).is_ok_and(|records| {
+            records.iter().all(|r| {
+                matches!(
+                    r,
+                    LogRecord::Header { .. } | LogRecord::Resumed { .. } | LogRecord::Stopped { .. }
+                )
+            })
+        })
 }
 
 /// Removes the files of an earlier run (`last`, `best`, the log and `metrics.csv`) before a run

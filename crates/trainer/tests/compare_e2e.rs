@@ -135,4 +135,24 @@ fn comparison_writes_a_report_and_reuses_finished_runs() {
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("## With the final weights"), "{md}");
     assert!(md.contains("with the best-validation weights"), "{md}");
+    // Another configuration in the same folder: refused, the finished runs kept; replaced
+    // only with `overwrite`.
+    let mut changed = plan.clone();
+    changed.base.optim.lr = 0.01;
+    let last = out.join("runs/cross_entropy/last.safetensors");
+    let last_before = std::fs::read(&last).unwrap();
+    let e = format!("{:#}", run_comparison(&changed, &opts).unwrap_err());
+    assert!(
+        e.contains("another configuration") && e.contains("--overwrite"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&last).unwrap(), last_before, "a finished run was replaced");
+    let overwrite = CompareOptions {
+        overwrite: true,
+        ..opts.clone()
+    };
+    let CompareOutcome::Done(cmp4, _) = run_comparison(&changed, &overwrite).unwrap() else {
+        panic!("interrupted")
+    };
+    assert_ne!(cmp4.runs[0].test, cmp.runs[0].test, "not retrained");
 }

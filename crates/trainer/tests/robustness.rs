@@ -193,23 +193,63 @@ fn stale_temporary_files_are_removed_at_start() {
     );
 }
 
-/// When `best` cannot be written at the end of a run (a full disk), `last` is already written
-/// (it is written first) and the log does not claim a best checkpoint that does not exist.
+/// The records of a run's log that an interruption must not change: everything but the times,
+/// the `resumed` and `stopped` lines of the interrupted invocations and the throughput.
+fn lasting_records(out: &Path) -> Vec<String> {
+    read_log(&out.join("log.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| match r {
+            LogRecord::Resumed { .. } | LogRecord::Stopped { .. } => false,
+            // The checkpoints an interruption itself wrote.
+            LogRecord::Checkpoint { reason, .. } => reason == "periodic" || reason == "final",
+            _ => true,
+        })
+        .map(|r| {
+            let mut v = serde_json::to_value(&r).unwrap();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("steps_per_s");
+                o.remove("path");
+            }
+            v.to_string()
+        })
+        .collect()
+}
+
+/// The files a resumed run must share with one that was never interrupted.
+fn assert_same_run(a: &Path, b: &Path) {
+    for f in ["last.safetensors", "best.safetensors"] {
+        assert_eq!(model_bytes(&a.join(f)), model_bytes(&b.join(f)), "{f}");
+    }
+    assert_eq!(lasting_records(a), lasting_records(b));
+    let rows = |d: &Path| -> Vec<String> {
+        std::fs::read_to_string(d.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut f: Vec<&str> = l.split(',').collect();
+                f.drain(1..3); // time, elapsed_s
+                f.join(",")
+            })
+            .collect()
+    };
+    assert_eq!(rows(a), rows(b));
+}
+
+/// When `best` cannot be written (a full disk), the state after that step is not saved: `last`
+/// stays at the previous checkpoint and the log has no record of the step's validation, so the
+/// resume, once the disk has room, repeats the step and ends with the files and records of a
+/// run that was never interrupted.
 #[test]
-fn last_is_written_before_best_and_the_log_only_reports_what_was_written() {
+fn a_failed_best_write_is_redone_by_the_resume() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
     tiny_dataset(&root);
+    let args = ["train.iters=3", "train.val_every=0", "train.checkpoint_every=0"];
+    let reference = dir.path().join("reference");
+    train(&tiny_config(&root, &reference, &args), &quiet()).unwrap();
     let out = dir.path().join("run");
-    let cfg = tiny_config(
-        &root,
-        &out,
-        &[
-            "train.iters=3",
-            "train.val_every=0",
-            "train.checkpoint_every=0",
-        ],
-    );
+    let cfg = tiny_config(&root, &out, &args);
     let first = train(
         &cfg,
         &TrainOptions {
@@ -221,29 +261,242 @@ fn last_is_written_before_best_and_the_log_only_reports_what_was_written() {
     assert_eq!(first.step, 1);
     // A folder where `best` goes: renaming the new checkpoint over it fails.
     std::fs::create_dir(out.join("best.safetensors")).unwrap();
-    let e = train(
+    let resume = TrainOptions {
+        resume: true,
+        ..quiet()
+    };
+    let msg = format!("{:#}", train(&cfg, &resume).unwrap_err());
+    assert!(msg.contains("best.safetensors"), "{msg}");
+    assert!(msg.contains("training stopped after step 3"), "{msg}");
+    assert!(msg.contains("not saved") && msg.contains("step 1"), "{msg}");
+    let ck = Checkpoint::load(&out.join("last.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(ck.meta.step, 1, "the state after an unrecorded validation was saved");
+    let log = read_log(&out.join("log.jsonl")).unwrap();
+    assert!(!log.iter().any(|r| matches!(r, LogRecord::Val { .. })), "{log:?}");
+    // The disk has room again.
+    std::fs::remove_dir(out.join("best.safetensors")).unwrap();
+    let o = train(&cfg, &resume).unwrap();
+    assert!(o.finished);
+    assert_same_run(&reference, &out);
+}
+
+/// A process killed (as by `kill -9`) between writing `best` and writing `last` at a
+/// validation step: the resume ends with exactly the files and records of a run that was
+/// never interrupted. The kill is placed by the `RECALLSEG_FAULT` fault point.
+#[cfg(unix)]
+#[test]
+fn a_kill_between_best_and_last_resumes_to_the_uninterrupted_run() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    // Validations at steps 2 and 4 (both new bests in this run), checkpoints at 2 and 4.
+    let reference = dir.path().join("reference");
+    train(&tiny_config(&root, &reference, &[]), &quiet()).unwrap();
+    let best_steps: Vec<u64> = read_log(&reference.join("log.jsonl"))
+        .unwrap()
+        .iter()
+        .filter_map(|r| match r {
+            LogRecord::Val {
+                step, best: true, ..
+            } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(best_steps, [2, 4], "the test needs a new best at both validations");
+    let out = dir.path().join("run");
+    let cfg_path = dir.path().join("run.toml");
+    std::fs::write(&cfg_path, tiny_config(&root, &out, &[]).to_toml().unwrap()).unwrap();
+    let bin = env!("CARGO_BIN_EXE_recallseg");
+    // Killed right after the second `best` (step 4) is written, before `last`.
+    let killed = Command::new(bin)
+        .args(["train", "--no-progress", "--config"])
+        .arg(&cfg_path)
+        .env("RECALLSEG_FAULT", "after-best:2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    assert!(
+        String::from_utf8_lossy(&killed.stderr).contains("aborting at after-best"),
+        "{}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
+    assert_eq!(
+        Checkpoint::load(&out.join("last.safetensors"), &Device::Cpu)
+            .unwrap()
+            .meta
+            .step,
+        2
+    );
+    let status = Command::new(bin)
+        .args(["train", "--no-progress", "--resume", "--config"])
+        .arg(&cfg_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_same_run(&reference, &out);
+}
+
+/// `--resume` never deletes: a folder with `best` and a log but no `last` (a run killed before
+/// its first checkpoint), or with a dangling `last` link, is refused, naming what it holds;
+/// `--overwrite` replaces it. A folder whose log has no step at all holds nothing to lose.
+#[test]
+fn resume_refuses_a_run_it_cannot_continue_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let out = dir.path().join("run");
+    let cfg = tiny_config(&root, &out, &["train.iters=2"]);
+    train(&cfg, &quiet()).unwrap();
+    std::fs::remove_file(out.join("last.safetensors")).unwrap();
+    let files = |d: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().unwrap().is_file())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(&out);
+    let resume = TrainOptions {
+        resume: true,
+        ..quiet()
+    };
+    let e = format!("{:#}", train(&cfg, &resume).unwrap_err());
+    assert!(
+        e.contains("cannot be resumed")
+            && e.contains("best.safetensors, log.jsonl")
+            && e.contains("no last.safetensors")
+            && e.contains("--overwrite"),
+        "{e}"
+    );
+    assert!(files(&out) == before, "the refused resume changed the folder");
+    // A dangling link where `last` was.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(dir.path().join("gone"), out.join("last.safetensors"))
+            .unwrap();
+        let e = format!("{:#}", train(&cfg, &resume).unwrap_err());
+        assert!(e.contains("not a readable file"), "{e}");
+        assert!(files(&out) == before);
+        std::fs::remove_file(out.join("last.safetensors")).unwrap();
+    }
+    // --overwrite replaces it.
+    let o = train(
+        &cfg,
+        &TrainOptions {
+            overwrite: true,
+            resume: true,
+            ..quiet()
+        },
+    )
+    .unwrap();
+    assert!(o.finished);
+    // A log without a single step (stopped while starting): a fresh run starts.
+    let fresh = dir.path().join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    let header = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    std::fs::write(fresh.join("log.jsonl"), header.lines().next().unwrap()).unwrap();
+    let o = train(&tiny_config(&root, &fresh, &["train.iters=1"]), &resume).unwrap();
+    assert_eq!((o.step, o.finished), (1, true));
+}
+
+/// A log line cut short by a full disk (no newline, not JSON) after the checkpoint's step does
+/// not block the resume: it is dropped, and the run ends as if never interrupted.
+#[test]
+fn a_truncated_last_log_line_is_dropped_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let reference = dir.path().join("reference");
+    train(&tiny_config(&root, &reference, &[]), &quiet()).unwrap();
+    let out = dir.path().join("run");
+    let cfg = tiny_config(&root, &out, &[]);
+    train(
+        &cfg,
+        &TrainOptions {
+            stop_after: Some(3),
+            ..quiet()
+        },
+    )
+    .unwrap();
+    let log = out.join("log.jsonl");
+    let mut text = std::fs::read(&log).unwrap();
+    text.extend_from_slice(br#"{"time":"2026-12-07T10:00:00.000Z","elapsed_s":1.0,"kind":"tra"#);
+    std::fs::write(&log, &text).unwrap();
+    // Reading the log as a whole still names the damaged line.
+    let e = read_log(&log).unwrap_err().to_string();
+    assert!(e.contains("log.jsonl:"), "{e}");
+    let o = train(
         &cfg,
         &TrainOptions {
             resume: true,
             ..quiet()
         },
     )
-    .unwrap_err();
-    let msg = format!("{e:#}");
-    assert!(msg.contains("best.safetensors"), "{msg}");
-    assert!(msg.contains("training stopped after step 3"), "{msg}");
-    let ck = Checkpoint::load(&out.join("last.safetensors"), &Device::Cpu).unwrap();
-    assert_eq!(ck.meta.step, 3);
-    let log = read_log(&out.join("log.jsonl")).unwrap();
+    .unwrap();
+    assert!(o.finished);
+    assert_same_run(&reference, &out);
+}
+
+/// A synthetic dataset is published whole: an interrupted generation leaves only a hidden
+/// temporary folder, which the next run ignores (it generates again); a sequence folder with
+/// missing images is refused with the counts instead of being trained on.
+#[test]
+fn a_half_generated_synthetic_dataset_is_never_used() {
+    use recallseg_data::{generate_synthia, SyntheticConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("synth");
+    let small = SyntheticConfig {
+        width: 64,
+        height: 32,
+        frames_per_folder: 4,
+        cameras: vec!["Omni_F".into()],
+        sides: vec!["Stereo_Left".into()],
+        ..SyntheticConfig::default()
+    };
+    let report = generate_synthia(&root, &small).unwrap();
+    assert_eq!(report.sequence_dir, root.join(&small.sequence));
+    assert_eq!(report.images, 4);
+    // Nothing but the sequence folder is left: the temporary folder was renamed.
+    let names: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [small.sequence.clone()]);
+    // The quick preset's dataset folder with a third of its images: refused, with the counts.
+    let quick_root = dir.path().join("quick");
+    let quick = recallseg_trainer::data::quick_synthetic_config();
+    let rgb = quick_root
+        .join(&quick.sequence)
+        .join("RGB")
+        .join(&quick.sides[0])
+        .join(&quick.cameras[0]);
+    std::fs::create_dir_all(&rgb).unwrap();
+    std::fs::write(rgb.join("000000.png"), b"x").unwrap();
+    let out = dir.path().join("run");
+    let cfg = recallseg_trainer::config::Preset::SynthiaQuick
+        .config(&[
+            format!("data.root={:?}", quick_root.display().to_string()),
+            format!("train.out_dir={:?}", out.display().to_string()),
+        ])
+        .unwrap();
+    let e = format!("{:#}", train(&cfg, &quiet()).unwrap_err());
     assert!(
-        !log.iter()
-            .any(|r| matches!(r, LogRecord::Val { best: true, .. })),
-        "{log:?}"
+        e.contains("incomplete synthetic dataset") && e.contains("1 images") && e.contains("of 320"),
+        "{e}"
     );
-    assert!(log.iter().any(|r| matches!(
-        r,
-        LogRecord::Checkpoint { step: 3, reason, .. } if reason == "final"
-    )));
 }
 
 /// SIGTERM and SIGHUP (what Slurm, Docker, Kubernetes and systemd send) stop a run like Ctrl-C:
@@ -462,4 +715,85 @@ fn augmentation_keys_reach_the_loader() {
         "data.color_jitter=0.5",
     ]);
     assert_eq!(aug.images, again.images);
+}
+
+/// A closed or full standard output or error never panics: a command whose output cannot be
+/// written fails with an error that says so (not exit 101), and a training run whose standard
+/// error was closed (`recallseg train … 2>&1 | head -3`) trains to the end and writes its
+/// checkpoints.
+#[cfg(unix)]
+#[test]
+fn closed_or_full_output_streams_do_not_panic_or_lose_the_run() {
+    use std::process::{Command, Stdio};
+    let bin = env!("CARGO_BIN_EXE_recallseg");
+    if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+        let o = Command::new(bin)
+            .args(["preset", "synthia-quick"])
+            .stdout(full)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("writing to standard output"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let out = dir.path().join("run");
+    let cfg_path = dir.path().join("run.toml");
+    let cfg = tiny_config(&root, &out, &["train.iters=3"]);
+    std::fs::write(&cfg_path, cfg.to_toml().unwrap()).unwrap();
+    let mut child = Command::new(bin)
+        .args(["train", "--no-progress", "--config"])
+        .arg(&cfg_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away at once, as `head` does after its lines.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let ck = Checkpoint::load(&out.join("last.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(ck.meta.step, 3);
+}
+
+/// `export` refuses to write over a file of a run folder (`last`, `best`, the log, …): exported
+/// weights in place of `last` would break the run's resume.
+#[test]
+fn export_refuses_to_replace_a_run_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let out = dir.path().join("run");
+    let cfg = tiny_config(
+        &root,
+        &out,
+        &["train.iters=1", "model.layout=\"smp\"", "model.backbone_width=64"],
+    );
+    train(&cfg, &quiet()).unwrap();
+    let before = std::fs::read(out.join("last.safetensors")).unwrap();
+    for target in ["last.safetensors", "best.safetensors", "log.jsonl"] {
+        let e = recallseg_trainer::export::export_checkpoint(
+            &out,
+            recallseg_models::export::ExportFormat::Smp,
+            &out.join(target),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("is a file of the run"), "{target}: {e}");
+    }
+    assert_eq!(std::fs::read(out.join("last.safetensors")).unwrap(), before);
+    // Another name in the same folder is fine.
+    recallseg_trainer::export::export_checkpoint(
+        &out,
+        recallseg_models::export::ExportFormat::Smp,
+        &out.join("smp.safetensors"),
+    )
+    .unwrap();
+    let ck = Checkpoint::load(&out.join("last.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(ck.meta.step, 1, "the run's own checkpoint is untouched");
 }

@@ -61,6 +61,10 @@ pub struct CompareArgs {
     /// Plain log lines even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+    /// Replace runs of another configuration in the output folder (train them again); without
+    /// it such a folder is an error and nothing is deleted.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 impl CompareArgs {
@@ -117,11 +121,12 @@ pub fn compare(a: &CompareArgs) -> anyhow::Result<i32> {
         progress_bar: !a.no_progress && crate::log::Progress::stderr_is_terminal(),
         interrupt: Some(interrupt_flag()),
         quiet: false,
+        overwrite: a.overwrite,
     };
     let t0 = std::time::Instant::now();
     match run_comparison(&plan, &opts)? {
         CompareOutcome::Interrupted(label) => {
-            eprintln!(
+            note!(
                 "interrupted during {label}; run the same command again to resume ({})",
                 plan.out_dir.display()
             );
@@ -132,14 +137,14 @@ pub fn compare(a: &CompareArgs) -> anyhow::Result<i32> {
         }
         CompareOutcome::Done(cmp, written) => {
             for w in &written.warnings {
-                eprintln!("warning: {w}");
+                note!("warning: {w}");
             }
-            println!("\n{}", summary_table(&cmp));
-            println!(
+            out!("\n{}", summary_table(&cmp))?;
+            out!(
                 "report: {} ({:.0} s)",
                 plan.out_dir.join("report.md").display(),
                 t0.elapsed().as_secs_f64()
-            );
+            )?;
             Ok(0)
         }
     }

@@ -103,7 +103,7 @@ pub use crate::signals::interrupt_flag;
 /// (see [`crate::signals`]; a second signal exits at once). Installing twice is harmless.
 pub fn install_ctrlc() {
     if let Err(e) = crate::signals::install_signal_handlers() {
-        eprintln!("warning: {e}; a signal will stop the run without a checkpoint");
+        note!("warning: {e}; a signal will stop the run without a checkpoint");
     }
 }
 
@@ -236,7 +236,7 @@ pub fn build_model_with(
     let model = if load_pretrained {
         let (model, report) = DeepLab::from_pretrained_with(&mc, vb, options)?;
         if let Some(r) = report {
-            eprintln!("pretrained weights: {r:?}");
+            note!("pretrained weights: {r:?}");
         }
         model
     } else {

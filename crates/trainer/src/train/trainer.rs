@@ -475,7 +475,7 @@ impl<'a> Trainer<'a> {
             Ok((_, loader)) => loader,
             Err(e) => {
                 if !self.quiet() {
-                    eprintln!("[{}] test split `{split}` not evaluated: {e:#}", self.label);
+                    note!("[{}] test split `{split}` not evaluated: {e:#}", self.label);
                 }
                 return Ok(());
             }
@@ -520,7 +520,7 @@ impl<'a> Trainer<'a> {
             iou: rep.classes.iter().map(|c| c.iou).collect(),
         })?;
         if !self.quiet() {
-            eprintln!(
+            note!(
                 "[{}] test split `{split}` ({} images, weights after step {}): mean acc {:.2}% \
                  mean IoU {:.2}% ({})",
                 self.label,
@@ -571,7 +571,7 @@ impl<'a> Trainer<'a> {
         })?;
         self.progress.finish();
         if !self.quiet() {
-            eprintln!("[{}] step {step}: {reason}", self.label);
+            note!("[{}] step {step}: {reason}", self.label);
         }
         self.test_at_end()?;
         Ok(self.outcome(true, None))
@@ -629,7 +629,7 @@ impl<'a> Trainer<'a> {
         })?;
         self.progress.finish();
         if !self.quiet() {
-            eprintln!(
+            note!(
                 "[{}] {what}: stopped at step {}; resume with --resume ({})",
                 self.label,
                 self.step,
@@ -1095,10 +1095,35 @@ impl<'a> Trainer<'a> {
     }
 
     /// An error after a completed step (validation, logging, checkpoints): the state is good.
-    fn fail_after_step(&mut self, e: impl Into<anyhow::Error>) -> anyhow::Error {
+    /// When the step's validation was not completely recorded (its `best` or its log line), the
+    /// state after the step is *not* saved: a resume then repeats the step and its validation,
+    /// and ends with the files and records of a run that was never interrupted.
+    fn fail_after_step(
+        &mut self,
+        e: impl Into<anyhow::Error>,
+        validation_recorded: bool,
+    ) -> anyhow::Error {
         let e: anyhow::Error = e.into();
         let step = self.step;
         let reason = format!("error: {e:#}");
+        if !validation_recorded {
+            // Saving `last` at this step would skip its validation on resume.
+            let saved = match self.last_saved_step {
+                Some(s) if s > 0 => format!(
+                    "the validation of step {step} was not completely written, so the state \
+                     after it was not saved; the last checkpoint is {} (step {s}), and --resume \
+                     repeats the steps after it",
+                    self.last_path.display()
+                ),
+                _ => format!(
+                    "the validation of step {step} was not completely written, so the state \
+                     after it was not saved; no checkpoint was written"
+                ),
+            };
+            let _ = self.log.write(&LogRecord::Stopped { step, reason });
+            self.progress.finish();
+            return e.context(format!("training stopped after step {step}; {saved}"));
+        }
         self.fail_saving(reason, |saved| {
             e.context(format!("training stopped after step {step}; {saved}"))
         })
@@ -1150,13 +1175,20 @@ impl<'a> Trainer<'a> {
     /// disk fills up, the state that matters for resuming is the one that was written. Each log
     /// record is written after what it reports.
     fn after_step(&mut self, lr: f64) -> anyhow::Result<()> {
-        match self.after_step_inner(lr) {
+        let mut validation_recorded = true;
+        match self.after_step_inner(lr, &mut validation_recorded) {
             Ok(()) => Ok(()),
-            Err(e) => Err(self.fail_after_step(e)),
+            Err(e) => Err(self.fail_after_step(e, validation_recorded)),
         }
     }
 
-    fn after_step_inner(&mut self, lr: f64) -> anyhow::Result<()> {
+    /// Sets `validation_recorded` to false from the start of a validation until its `best`
+    /// checkpoint, log line and `metrics.csv` are written.
+    fn after_step_inner(
+        &mut self,
+        lr: f64,
+        validation_recorded: &mut bool,
+    ) -> anyhow::Result<()> {
         let cfg = self.cfg;
         let iters = cfg.train.iters as u64;
         let step = self.step;
@@ -1196,19 +1228,16 @@ impl<'a> Trainer<'a> {
         {
             self.check_replicas()?;
         }
+        // Order (each file complete before the one that refers to it): a new `best`, the
+        // validation's log line and metrics.csv, then the checkpoint's log line, then `last`,
+        // which records the best. A resume truncates the log after its checkpoint's step, so
+        // whatever an interruption cut off is redone and rewritten exactly.
+        *validation_recorded = !val_now;
         let val_record = if val_now { self.validate()? } else { None };
-        if ck_now {
-            self.checkpoint(&self.last_path)?;
-            self.last_saved_step = Some(step);
-            self.log.write(&LogRecord::Checkpoint {
-                step,
-                path: self.last_path.clone(),
-                reason: if step == iters { "final" } else { "periodic" }.into(),
-            })?;
-        }
         if let Some((rep, is_best, val_loss)) = val_record {
             if is_best {
                 self.checkpoint(&cfg.train.out_dir.join(files::BEST))?;
+                crate::fault::point("after-best");
             }
             self.log.write(&LogRecord::Val {
                 step,
@@ -1221,6 +1250,16 @@ impl<'a> Trainer<'a> {
                 best: is_best,
             })?;
             crate::log::write_metrics_csv(&cfg.train.out_dir)?;
+        }
+        *validation_recorded = true;
+        if ck_now {
+            self.log.write(&LogRecord::Checkpoint {
+                step,
+                path: self.last_path.clone(),
+                reason: if step == iters { "final" } else { "periodic" }.into(),
+            })?;
+            self.checkpoint(&self.last_path)?;
+            self.last_saved_step = Some(step);
         }
         Ok(())
     }
@@ -1308,21 +1347,48 @@ fn prepare_run_dir(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<(Ru
     let stale = crate::checkpoint::remove_stale_temp_files(out)
         .map_err(|e| anyhow::anyhow!("{}: removing stale temporary files: {e}", out.display()))?;
     if !stale.is_empty() && !opts.quiet {
-        eprintln!(
+        note!(
             "removed {} temporary file(s) of interrupted checkpoint writes from {}",
             stale.len(),
             out.display()
         );
     }
-    let resuming = opts.resume && out.join(files::LAST).exists();
+    // `--resume` never deletes: it continues from `last`, starts a run in a folder that holds
+    // none, or refuses, naming what is there. Only `--overwrite` removes a run.
+    let last = out.join(files::LAST);
+    let resuming = opts.resume && last.is_file();
     if !resuming {
         match crate::run_dir::existing_run(out) {
-            Some(what) if !opts.overwrite && !opts.resume => anyhow::bail!(
+            Some(_) if opts.overwrite => crate::run_dir::remove_run_files(out)?,
+            Some(_) if crate::run_dir::holds_nothing_to_lose(out) => {
+                crate::run_dir::remove_run_files(out)?
+            }
+            Some(what) if opts.resume => {
+                let why = if std::fs::symlink_metadata(&last).is_ok() {
+                    format!(
+                        "{} is not a readable file (a dangling or looping link, or a folder)",
+                        last.display()
+                    )
+                } else {
+                    format!(
+                        "it has no {} (a run killed before its first checkpoint, e.g. by kill -9 \
+                         or the out-of-memory killer, leaves none; train.checkpoint_every sets \
+                         how often it is written)",
+                        files::LAST
+                    )
+                };
+                anyhow::bail!(
+                    "{} cannot be resumed: it holds {what}, but {why}. Nothing was removed; \
+                     start the run again with --overwrite (which deletes {what}), or choose \
+                     another train.out_dir",
+                    out.display()
+                )
+            }
+            Some(what) => anyhow::bail!(
                 "{} holds a run ({what}); continue it with --resume, replace it with \
                  --overwrite, or choose another train.out_dir",
                 out.display()
             ),
-            Some(_) => crate::run_dir::remove_run_files(out)?,
             None => {}
         }
     }
