@@ -568,7 +568,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Stats(a) => stats(&a).map(|()| 0),
         Command::Plot(a) => plot(&a).map(|()| 0),
         Command::Preset { name } => {
-            out!("{}", Preset::from_name(&name)?.toml().trim_end_matches('\n'))?;
+            out!(
+                "{}",
+                Preset::from_name(&name)?.toml().trim_end_matches('\n')
+            )?;
             Ok(0)
         }
     }

@@ -23,8 +23,8 @@ macro_rules! out {
 pub mod checkpoint;
 pub mod cli;
 pub mod compare;
-pub mod console;
 pub mod config;
+pub mod console;
 pub mod data;
 pub mod distributed;
 pub mod error_text;

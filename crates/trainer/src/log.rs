@@ -215,7 +215,10 @@ impl JsonlLog {
                 crate::checkpoint::CheckpointError::Io { source, .. } => source.to_string(),
                 other => other.to_string(),
             };
-            std::io::Error::new(kind, format!("rewriting the run log {}: {cause}", path.display()))
+            std::io::Error::new(
+                kind,
+                format!("rewriting the run log {}: {cause}", path.display()),
+            )
         })?;
         let file = std::fs::OpenOptions::new()
             .append(true)
@@ -312,10 +315,7 @@ fn read_log_entries_for_resume(path: &Path) -> std::io::Result<Vec<LogEntry>> {
     let complete = match bytes.last() {
         Some(b'\n') | None => bytes.len(),
         Some(_) => {
-            let start = bytes
-                .iter()
-                .rposition(|b| *b == b'\n')
-                .map_or(0, |i| i + 1);
+            let start = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
             let parses = std::str::from_utf8(&bytes[start..])
                 .ok()
                 .is_some_and(|l| serde_json::from_str::<LogEntry>(l).is_ok());

@@ -102,7 +102,9 @@ pub fn holds_nothing_to_lose(dir: &Path) -> bool {
             records.iter().all(|r| {
                 matches!(
                     r,
-                    LogRecord::Header { .. } | LogRecord::Resumed { .. } | LogRecord::Stopped { .. }
+                    LogRecord::Header { .. }
+                        | LogRecord::Resumed { .. }
+                        | LogRecord::Stopped { .. }
                 )
             })
         })

@@ -146,7 +146,11 @@ fn comparison_writes_a_report_and_reuses_finished_runs() {
         e.contains("another configuration") && e.contains("--overwrite"),
         "{e}"
     );
-    assert_eq!(std::fs::read(&last).unwrap(), last_before, "a finished run was replaced");
+    assert_eq!(
+        std::fs::read(&last).unwrap(),
+        last_before,
+        "a finished run was replaced"
+    );
     let overwrite = CompareOptions {
         overwrite: true,
         ..opts.clone()

@@ -245,7 +245,11 @@ fn a_failed_best_write_is_redone_by_the_resume() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
     tiny_dataset(&root);
-    let args = ["train.iters=3", "train.val_every=0", "train.checkpoint_every=0"];
+    let args = [
+        "train.iters=3",
+        "train.val_every=0",
+        "train.checkpoint_every=0",
+    ];
     let reference = dir.path().join("reference");
     train(&tiny_config(&root, &reference, &args), &quiet()).unwrap();
     let out = dir.path().join("run");
@@ -270,9 +274,15 @@ fn a_failed_best_write_is_redone_by_the_resume() {
     assert!(msg.contains("training stopped after step 3"), "{msg}");
     assert!(msg.contains("not saved") && msg.contains("step 1"), "{msg}");
     let ck = Checkpoint::load(&out.join("last.safetensors"), &Device::Cpu).unwrap();
-    assert_eq!(ck.meta.step, 1, "the state after an unrecorded validation was saved");
+    assert_eq!(
+        ck.meta.step, 1,
+        "the state after an unrecorded validation was saved"
+    );
     let log = read_log(&out.join("log.jsonl")).unwrap();
-    assert!(!log.iter().any(|r| matches!(r, LogRecord::Val { .. })), "{log:?}");
+    assert!(
+        !log.iter().any(|r| matches!(r, LogRecord::Val { .. })),
+        "{log:?}"
+    );
     // The disk has room again.
     std::fs::remove_dir(out.join("best.safetensors")).unwrap();
     let o = train(&cfg, &resume).unwrap();
@@ -303,7 +313,11 @@ fn a_kill_between_best_and_last_resumes_to_the_uninterrupted_run() {
             _ => None,
         })
         .collect();
-    assert_eq!(best_steps, [2, 4], "the test needs a new best at both validations");
+    assert_eq!(
+        best_steps,
+        [2, 4],
+        "the test needs a new best at both validations"
+    );
     let out = dir.path().join("run");
     let cfg_path = dir.path().join("run.toml");
     std::fs::write(&cfg_path, tiny_config(&root, &out, &[]).to_toml().unwrap()).unwrap();
@@ -381,12 +395,14 @@ fn resume_refuses_a_run_it_cannot_continue_and_deletes_nothing() {
             && e.contains("--overwrite"),
         "{e}"
     );
-    assert!(files(&out) == before, "the refused resume changed the folder");
+    assert!(
+        files(&out) == before,
+        "the refused resume changed the folder"
+    );
     // A dangling link where `last` was.
     #[cfg(unix)]
     {
-        std::os::unix::fs::symlink(dir.path().join("gone"), out.join("last.safetensors"))
-            .unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone"), out.join("last.safetensors")).unwrap();
         let e = format!("{:#}", train(&cfg, &resume).unwrap_err());
         assert!(e.contains("not a readable file"), "{e}");
         assert!(files(&out) == before);
@@ -474,7 +490,7 @@ fn a_half_generated_synthetic_dataset_is_never_used() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, [small.sequence.clone()]);
+    assert_eq!(names, std::slice::from_ref(&small.sequence));
     // The quick preset's dataset folder with a third of its images: refused, with the counts.
     let quick_root = dir.path().join("quick");
     let quick = recallseg_trainer::data::quick_synthetic_config();
@@ -494,7 +510,9 @@ fn a_half_generated_synthetic_dataset_is_never_used() {
         .unwrap();
     let e = format!("{:#}", train(&cfg, &quiet()).unwrap_err());
     assert!(
-        e.contains("incomplete synthetic dataset") && e.contains("1 images") && e.contains("of 320"),
+        e.contains("incomplete synthetic dataset")
+            && e.contains("1 images")
+            && e.contains("of 320"),
         "{e}"
     );
 }
@@ -772,7 +790,16 @@ fn export_refuses_to_replace_a_run_file() {
     let cfg = tiny_config(
         &root,
         &out,
-        &["train.iters=1", "model.layout=\"smp\"", "model.backbone_width=64"],
+        &[
+            "train.iters=1",
+            "train.val_every=0",
+            "model.layout=\"smp\"",
+            "model.backbone_width=64",
+            "model.head_channels=16",
+            "model.low_level_channels=48",
+            "model.decoder_dropout=[0.0, 0.0]",
+            "data.width=32",
+        ],
     );
     train(&cfg, &quiet()).unwrap();
     let before = std::fs::read(out.join("last.safetensors")).unwrap();

@@ -701,14 +701,14 @@ fn export_writes_smp_names_and_refuses_models_without_a_counterpart() {
     assert_eq!(meta["classes"], "16");
     let names: Vec<String> = serde_json::from_str(&meta["class_names"]).unwrap();
     assert_eq!(names, p.classes().names);
-    // The checkpoint itself is never the output.
+    // The checkpoint itself is never the output (nor any other file of a run folder).
     let e = export(&args(
         &run.join("last.safetensors"),
         "smp",
         &run.join("last.safetensors"),
     ))
     .unwrap_err();
-    assert!(e.to_string().contains("checkpoint itself"), "{e}");
+    assert!(e.to_string().contains("is a file of the run"), "{e}");
 }
 
 /// `data.test_split` is evaluated when a run ends: the outcome, a `test` log line and

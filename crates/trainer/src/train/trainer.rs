@@ -546,7 +546,7 @@ impl<'a> Trainer<'a> {
         let step = self.step;
         if self.last_saved_step != Some(step) {
             if let Err(e) = self.checkpoint(&self.last_path) {
-                return Err(self.fail_after_step(e));
+                return Err(self.fail_after_step(e, true));
             }
             self.last_saved_step = Some(step);
             self.log.write(&LogRecord::Checkpoint {
@@ -646,7 +646,7 @@ impl<'a> Trainer<'a> {
     fn step(&mut self, batch: &Batch) -> anyhow::Result<f64> {
         let snapshot = match self.snapshot() {
             Ok(s) => s,
-            Err(e) => return Err(self.fail_after_step(e)),
+            Err(e) => return Err(self.fail_after_step(e, true)),
         };
         let t0 = Instant::now();
         let result = if self.comm.size() == 1 && self.cfg.train.accumulate == 1 {
@@ -1184,11 +1184,7 @@ impl<'a> Trainer<'a> {
 
     /// Sets `validation_recorded` to false from the start of a validation until its `best`
     /// checkpoint, log line and `metrics.csv` are written.
-    fn after_step_inner(
-        &mut self,
-        lr: f64,
-        validation_recorded: &mut bool,
-    ) -> anyhow::Result<()> {
+    fn after_step_inner(&mut self, lr: f64, validation_recorded: &mut bool) -> anyhow::Result<()> {
         let cfg = self.cfg;
         let iters = cfg.train.iters as u64;
         let step = self.step;
