@@ -188,8 +188,21 @@ pub fn decode_jpeg_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
 pub fn decode_jpeg_bytes_with(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, String> {
     use image::{ColorType as ImgColor, ImageDecoder};
     // The frame header's size is checked before the codec sees the data.
-    if let Some((w, h)) = jpeg_frame_size(bytes) {
+    let layout = jpeg_layout(bytes);
+    if let Some((w, h)) = layout.frame {
         limits.check_header(w as u64, h as u64)?;
+    }
+    // The decoder fills a truncated scan with grey instead of failing; refuse it as PIL does
+    // ("image file is truncated"). In entropy-coded data a 0xFF byte is always followed by
+    // 0x00 or a restart marker, so an `FF D9` after the first scan's start is the end of the
+    // image.
+    let ends = layout
+        .scan_start
+        .is_some_and(|s| bytes[s..].windows(2).any(|w| w == [0xFF, 0xD9]));
+    if !ends {
+        return Err(
+            "JPEG: the file is truncated (no end-of-image marker after the image data)".into(),
+        );
     }
     let mut dec = image::codecs::jpeg::JpegDecoder::new(Cursor::new(bytes))
         .map_err(|e| format!("JPEG: {e}"))?;
@@ -226,34 +239,54 @@ pub fn decode_jpeg_bytes_with(bytes: &[u8], limits: &DecodeLimits) -> Result<Rgb
     })
 }
 
-/// The `(width, height)` of a JPEG's first frame header (SOF0–SOF15), read by walking the
-/// marker segments; `None` if none comes before the scan data or the bytes end first.
-fn jpeg_frame_size(bytes: &[u8]) -> Option<(u32, u32)> {
+/// Where a JPEG's parts are, read by walking its marker segments before the image data.
+#[derive(Debug, Default)]
+struct JpegLayout {
+    /// The `(width, height)` of the first frame header (SOF0–SOF15).
+    frame: Option<(u32, u32)>,
+    /// The offset just after the first start-of-scan marker (where the image data begins).
+    scan_start: Option<usize>,
+}
+
+/// The [`JpegLayout`] of `bytes`; fields stay `None` when the bytes end or break first.
+fn jpeg_layout(bytes: &[u8]) -> JpegLayout {
+    let mut layout = JpegLayout::default();
     let mut i = 2; // after SOI
     loop {
         // Markers are 0xFF followed by a code; extra 0xFF bytes are fill.
-        if *bytes.get(i)? != 0xFF {
-            return None;
+        if bytes.get(i) != Some(&0xFF) {
+            return layout;
         }
-        while *bytes.get(i)? == 0xFF {
+        while bytes.get(i) == Some(&0xFF) {
             i += 1;
         }
-        let code = *bytes.get(i)?;
+        let Some(&code) = bytes.get(i) else {
+            return layout;
+        };
         i += 1;
         match code {
             0xD0..=0xD7 | 0x01 => continue, // standalone markers
-            0xD9 | 0xDA => return None,     // end of image or start of scan
+            0xD9 => return layout,          // end of image
+            0xDA => {
+                layout.scan_start = Some(i.min(bytes.len()));
+                return layout;
+            }
             _ => {}
         }
-        let len = u16::from_be_bytes([*bytes.get(i)?, *bytes.get(i + 1)?]) as usize;
+        let (Some(&hi), Some(&lo)) = (bytes.get(i), bytes.get(i + 1)) else {
+            return layout;
+        };
+        let len = u16::from_be_bytes([hi, lo]) as usize;
         let is_frame = (0xC0..=0xCF).contains(&code) && !matches!(code, 0xC4 | 0xC8 | 0xCC);
-        if is_frame {
-            let h = u16::from_be_bytes([*bytes.get(i + 3)?, *bytes.get(i + 4)?]);
-            let w = u16::from_be_bytes([*bytes.get(i + 5)?, *bytes.get(i + 6)?]);
-            return Some((w as u32, h as u32));
+        if is_frame && layout.frame.is_none() {
+            if let Some(f) = bytes.get(i + 3..i + 7) {
+                let h = u16::from_be_bytes([f[0], f[1]]);
+                let w = u16::from_be_bytes([f[2], f[3]]);
+                layout.frame = Some((w as u32, h as u32));
+            }
         }
         if len < 2 {
-            return None;
+            return layout;
         }
         i += len;
     }

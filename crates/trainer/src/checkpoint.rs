@@ -375,6 +375,11 @@ impl Checkpoint {
         })?;
         let meta: CheckpointMeta =
             serde_json::from_str(meta_json).map_err(|e| format(format!("metadata: {e}")))?;
+        // What prediction applies is checked as strictly as a configuration: a zero standard
+        // deviation would feed ±inf to the network.
+        if let Some(n) = &meta.normalize {
+            n.validate().map_err(|e| format(format!("metadata: {e}")))?;
+        }
         if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&meta.format_version) {
             return Err(format(format!(
                 "format version {} (this build reads {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})",
@@ -892,6 +897,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("checksums are missing"), "{e}");
+    }
+
+    #[test]
+    fn metadata_is_validated_on_load_as_strictly_as_a_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zero-std.safetensors");
+        let mut ck = sample();
+        ck.meta.normalize = Some(recallseg_data::Normalize {
+            mean: [0.0; 3],
+            std: [0.0; 3],
+        });
+        // Saved with valid checksums: only the value is wrong.
+        ck.save(&path).unwrap();
+        let e = Checkpoint::load(&path, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("zero-std.safetensors") && e.contains("normalize.std[0]"),
+            "{e}"
+        );
     }
 
     #[test]

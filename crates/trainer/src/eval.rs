@@ -106,6 +106,37 @@ pub fn evaluate_with(
     })
 }
 
+/// [`evaluate_with`] that stops between two batches once `interrupt` is set (a signal during a
+/// long evaluation): `Ok(None)` then.
+pub fn evaluate_interruptible(
+    model: &DeepLab,
+    loader: &Loader,
+    device: &Device,
+    keep: usize,
+    inference: &Inference,
+    interrupt: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<Option<EvalOutput>> {
+    #[derive(Debug)]
+    struct Interrupted;
+    impl std::fmt::Display for Interrupted {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("interrupted")
+        }
+    }
+    impl std::error::Error for Interrupted {}
+    let stop = |_: &Tensor, _: &Tensor, _: usize| -> anyhow::Result<()> {
+        if interrupt.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Interrupted.into());
+        }
+        Ok(())
+    };
+    match evaluate_inner(model, loader, device, keep, inference, false, stop) {
+        Ok(out) => Ok(Some(out)),
+        Err(e) if e.is::<Interrupted>() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// [`evaluate_with`] that also collects each image's IoU ([`PerImageIou`], in
 /// [`EvalOutput::per_image`]) alongside the dataset-wide matrix (which is the same as
 /// [`evaluate_with`]'s).

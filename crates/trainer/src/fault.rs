@@ -1,10 +1,13 @@
 //! Fault points for the crash tests: a named place in the trainer where the process can be made
-//! to die as `kill -9` would, deterministically, so that a test can check what a resume makes of
-//! exactly that interruption (e.g. between writing `best` and writing `last`).
+//! to die as `kill -9` would, or to receive a signal, deterministically, so that a test can check
+//! what a resume makes of exactly that interruption (e.g. between writing `best` and writing
+//! `last`, or during the end-of-run test evaluation).
 //!
-//! `RECALLSEG_FAULT=NAME:N` aborts the process (no unwinding, no destructors, no flushing: as a
-//! `SIGKILL`) the `N`-th time the point `NAME` is reached (`N` = 1 when omitted). Unset, a
-//! point costs one relaxed atomic load. Only tests set the variable.
+//! `RECALLSEG_FAULT=NAME[:N][:ACTION]` acts the `N`-th time the point `NAME` is reached (`N` = 1
+//! when omitted). `ACTION` is `abort` (the default: no unwinding, no destructors, no flushing,
+//! as a `SIGKILL`) or, on Unix, `term` (the process sends itself SIGTERM and goes on, as when a
+//! scheduler stops it at that moment). Unset, a point costs one lookup of a value read once.
+//! Only tests set the variable.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -12,27 +15,57 @@ use std::sync::OnceLock;
 /// The variable that arms a fault point.
 pub(crate) const FAULT_VAR: &str = "RECALLSEG_FAULT";
 
-static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Abort,
+    Terminate,
+}
+
+#[derive(Debug)]
+struct Armed {
+    name: String,
+    nth: u64,
+    action: Action,
+}
+
+static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
 static REACHED: AtomicU64 = AtomicU64::new(0);
 
-fn armed() -> &'static Option<(String, u64)> {
+fn armed() -> &'static Option<Armed> {
     ARMED.get_or_init(|| {
         let v = std::env::var(FAULT_VAR).ok()?;
-        let (name, n) = match v.split_once(':') {
-            Some((name, n)) => (name.to_string(), n.parse().ok()?),
-            None => (v, 1),
-        };
-        Some((name, n))
+        let mut parts = v.split(':');
+        let name = parts.next()?.to_string();
+        let mut nth = 1;
+        let mut action = Action::Abort;
+        for p in parts {
+            match p {
+                "abort" => action = Action::Abort,
+                "term" => action = Action::Terminate,
+                n => nth = n.parse().ok()?,
+            }
+        }
+        Some(Armed { name, nth, action })
     })
 }
 
-/// Aborts the process here when `RECALLSEG_FAULT` names this point and it is reached for the
-/// armed time.
+/// Acts here when `RECALLSEG_FAULT` names this point and it is reached for the armed time.
 pub(crate) fn point(name: &str) {
-    if let Some((armed_name, n)) = armed() {
-        if armed_name == name && REACHED.fetch_add(1, Ordering::Relaxed) + 1 == *n {
-            eprintln!("{FAULT_VAR}: aborting at {name} ({n})");
+    let Some(a) = armed() else { return };
+    if a.name != name || REACHED.fetch_add(1, Ordering::Relaxed) + 1 != a.nth {
+        return;
+    }
+    match a.action {
+        Action::Abort => {
+            eprintln!("{FAULT_VAR}: aborting at {name} ({})", a.nth);
             std::process::abort();
+        }
+        Action::Terminate => {
+            eprintln!("{FAULT_VAR}: SIGTERM at {name} ({})", a.nth);
+            #[cfg(unix)]
+            {
+                let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
+            }
         }
     }
 }

@@ -5,8 +5,11 @@
 //! arrived ([`received_signal`]); the training loop sees the flag at the next step boundary,
 //! writes `last.safetensors` and returns an unfinished outcome, and the command line exits with
 //! `128 + signal number` (130, 143, 129), so a finished run (exit 0) and an interrupted one are
-//! told apart by their exit status. A second signal of the same kind while the first is being
-//! handled exits at once, without a checkpoint.
+//! told apart by their exit status. A second Ctrl-C (SIGINT) while the first is being handled
+//! exits at once, without a checkpoint: someone at the terminal asked twice. Repeated SIGTERM
+//! or SIGHUP never do: Slurm signals every process of a job on `scancel`, requeue, preemption
+//! and its time limit, and a batch script's trap forwards another TERM, so a repeated TERM is
+//! the same request, and the checkpoint it asked for is written.
 //!
 //! The handlers only store to atomics (async-signal-safe; `signal-hook` does the registration).
 
@@ -95,12 +98,14 @@ pub fn install_signal_handlers() -> std::io::Result<()> {
                 let n = s.number();
                 let reg = || -> std::io::Result<()> {
                     // Order matters: the conditional exit checks the flag before the second
-                    // registration sets it, so only a repeated signal exits at once.
-                    signal_hook::flag::register_conditional_shutdown(
-                        n,
-                        s.exit_code(),
-                        flag.clone(),
-                    )?;
+                    // registration sets it, so only a repeated Ctrl-C exits at once.
+                    if s == StopSignal::Interrupt {
+                        signal_hook::flag::register_conditional_shutdown(
+                            n,
+                            s.exit_code(),
+                            flag.clone(),
+                        )?;
+                    }
                     signal_hook::flag::register_usize(n, slot.clone(), n as usize)?;
                     signal_hook::flag::register(n, flag.clone())?;
                     Ok(())

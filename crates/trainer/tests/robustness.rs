@@ -518,8 +518,8 @@ fn a_half_generated_synthetic_dataset_is_never_used() {
 }
 
 /// SIGTERM and SIGHUP (what Slurm, Docker, Kubernetes and systemd send) stop a run like Ctrl-C:
-/// a checkpoint is written and the exit status is 128 + the signal, not 0; a finished run exits
-/// with 0.
+/// a checkpoint is written and the exit status is 128 + the signal, not 0, also when the signal
+/// comes twice in a row; a finished run exits with 0.
 #[cfg(unix)]
 #[test]
 fn signals_write_a_checkpoint_and_exit_non_zero() {
@@ -575,11 +575,15 @@ fn signals_write_a_checkpoint_and_exit_non_zero() {
             assert!(child.try_wait().unwrap().is_none(), "exited early");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let st = Command::new("kill")
-            .args([format!("-{signal}"), child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        // Twice, as Slurm does (it signals every process of the job, and the batch script's
+        // trap forwards another TERM): the repeat must not cancel the checkpoint.
+        for _ in 0..2 {
+            let st = Command::new("kill")
+                .args([format!("-{signal}"), child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
         let output = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(code), "SIG{signal}: {stderr}");
@@ -823,4 +827,65 @@ fn export_refuses_to_replace_a_run_file() {
     .unwrap();
     let ck = Checkpoint::load(&out.join("last.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(ck.meta.step, 1, "the run's own checkpoint is untouched");
+}
+
+/// A stop signal during the end-of-run test evaluation is acknowledged: the evaluation stops,
+/// the exit status is 128 + the signal, no `test.json` is written, and `--resume` redoes only
+/// the evaluation (no step is trained again) and exits 0. The signal is placed by the
+/// `RECALLSEG_FAULT` fault point at the evaluation's start.
+#[cfg(unix)]
+#[test]
+fn a_signal_during_the_test_evaluation_stops_it_and_resume_redoes_it() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    tiny_dataset(&root);
+    let out = dir.path().join("run");
+    let cfg_path = dir.path().join("run.toml");
+    let cfg = tiny_config(&root, &out, &["train.iters=2", "train.val_every=0"]);
+    std::fs::write(&cfg_path, cfg.to_toml().unwrap()).unwrap();
+    let bin = env!("CARGO_BIN_EXE_recallseg");
+    let o = Command::new(bin)
+        .args(["train", "--no-progress", "--config"])
+        .arg(&cfg_path)
+        .env("RECALLSEG_FAULT", "test-evaluation:term")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(143), "{err}");
+    assert!(err.contains("test evaluation was stopped"), "{err}");
+    assert!(!out.join("test.json").exists());
+    let log_before = read_log(&out.join("log.jsonl")).unwrap();
+    assert!(matches!(
+        log_before.last(),
+        Some(LogRecord::Stopped { step: 2, .. })
+    ));
+    let o = Command::new(bin)
+        .args(["train", "--no-progress", "--resume", "--config"])
+        .arg(&cfg_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let test: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("test.json")).unwrap()).unwrap();
+    assert_eq!(test["step"], 2);
+    let log = read_log(&out.join("log.jsonl")).unwrap();
+    let trained = log
+        .iter()
+        .filter(|r| matches!(r, LogRecord::Train { .. }))
+        .count();
+    assert_eq!(trained, 2, "a step was trained again");
+    assert!(
+        matches!(log.last(), Some(LogRecord::Test { step: 2, .. })),
+        "{log:?}"
+    );
 }

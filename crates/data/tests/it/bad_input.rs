@@ -356,3 +356,45 @@ fn a_folder_given_for_the_folder_dataset_description_gets_a_hint() {
     assert!(m.contains("did you mean"), "{m}");
     assert!(m.contains("cracks.toml"), "{m}");
 }
+
+/// A JPEG cut short anywhere (before or inside its image data, or just its end-of-image marker)
+/// is refused as truncated, as PIL's "image file is truncated", instead of being decoded with
+/// grey fill; data after the end-of-image marker is harmless. Through a file, the error is
+/// `DataError::Decode` naming it.
+#[test]
+fn truncated_jpegs_are_refused() {
+    use recallseg_data::png_io::{decode_image_bytes_with, decode_rgb8, DecodeLimits};
+    let good = std::fs::read(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/tiny.jpg"),
+    )
+    .unwrap();
+    let limits = DecodeLimits::default();
+    let whole = decode_image_bytes_with(&good, &limits).unwrap();
+    assert_eq!(&good[good.len() - 2..], &[0xFF, 0xD9]);
+    for keep in [
+        good.len() / 10,
+        good.len() / 2,
+        good.len() * 9 / 10,
+        good.len() - 2,
+    ] {
+        let e = decode_image_bytes_with(&good[..keep], &limits)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            e.contains("truncated"),
+            "{keep} of {} bytes: {e}",
+            good.len()
+        );
+    }
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(b"camera maker's trailer");
+    assert_eq!(decode_image_bytes_with(&trailing, &limits).unwrap(), whole);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cut.jpg");
+    std::fs::write(&p, &good[..good.len() / 10]).unwrap();
+    let e = decode_rgb8(&p).unwrap_err();
+    assert!(
+        matches!(e, recallseg_data::DataError::Decode { .. }) && e.to_string().contains("cut.jpg"),
+        "{e}"
+    );
+}

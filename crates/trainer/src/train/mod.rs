@@ -100,7 +100,7 @@ pub mod files {
 pub use crate::signals::interrupt_flag;
 
 /// Installs the handlers of SIGINT (Ctrl-C), SIGTERM and SIGHUP that set [`interrupt_flag`]
-/// (see [`crate::signals`]; a second signal exits at once). Installing twice is harmless.
+/// (see [`crate::signals`]; a second Ctrl-C exits at once). Installing twice is harmless.
 pub fn install_ctrlc() {
     if let Err(e) = crate::signals::install_signal_handlers() {
         note!("warning: {e}; a signal will stop the run without a checkpoint");

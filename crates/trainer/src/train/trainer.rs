@@ -10,7 +10,7 @@ use super::{
 use crate::checkpoint::{Checkpoint, CheckpointMeta, RngState, FORMAT_VERSION};
 use crate::config::{DeviceSpec, TrainConfig};
 use crate::data::batch_tensors;
-use crate::eval::{evaluate_with, evaluate_with_loss_sum, EvalOutput};
+use crate::eval::{evaluate_interruptible, evaluate_with_loss_sum, EvalOutput};
 use crate::log::{JsonlLog, LogRecord, Progress};
 use crate::optim::{self, LrSchedule, Optimizer, StepOutcome};
 use crate::run_dir::RunLock;
@@ -453,10 +453,50 @@ impl<'a> Trainer<'a> {
             self.checkpoint(&self.last_path)?;
         }
         self.progress.finish();
-        if finished && self.step > self.start_step {
-            self.test_at_end()?;
+        // A run that ended here is tested; so is a finished run whose test was interrupted
+        // (no test.json for its final step): resuming it redoes only the evaluation.
+        if finished
+            && (self.step > self.start_step || self.test_pending())
+            && !self.test_at_end()?
+        {
+            return Ok(self.stop_during_test());
         }
         Ok(self.outcome(finished, None))
+    }
+
+    /// Whether this process tests the run and the run folder has no test report of the final
+    /// step yet.
+    fn test_pending(&self) -> bool {
+        if self.opts.skip_test || !self.is_lead() {
+            return false;
+        }
+        let path = self.cfg.train.out_dir.join(files::TEST);
+        let step = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64));
+        step != Some(self.step)
+    }
+
+    /// A signal arrived during the end-of-run test evaluation: the training is complete and
+    /// checkpointed; log the stop and return an unfinished outcome (exit `128 + signal`), so
+    /// that `--resume` redoes only the evaluation.
+    fn stop_during_test(mut self) -> TrainOutcome {
+        let signal = crate::signals::received_signal();
+        let what = signal.map_or("interrupt".to_string(), |s| s.name().to_string());
+        let _ = self.log.write(&LogRecord::Stopped {
+            step: self.step,
+            reason: format!("interrupted ({what}) during the test evaluation"),
+        });
+        if !self.quiet() {
+            note!(
+                "[{}] {what}: the test evaluation was stopped (training is complete, {}); \
+                 --resume evaluates the test split again",
+                self.label,
+                self.last_path.display()
+            );
+        }
+        self.outcome(false, signal)
     }
 
     /// Evaluates `data.test_split` with the final weights (the model in memory, which
@@ -465,9 +505,12 @@ impl<'a> Trainer<'a> {
     /// `test.json` in the run folder, and a summary on stderr. A dataset without that split
     /// (a folder dataset with no `[test]` section, an empty split) is reported and skipped; an
     /// error while evaluating fails the run (its checkpoints are already written).
-    fn test_at_end(&mut self) -> anyhow::Result<()> {
+    ///
+    /// Returns `false` when a stop signal (the run's interrupt flag) ended the evaluation
+    /// before it finished; nothing is written then.
+    fn test_at_end(&mut self) -> anyhow::Result<bool> {
         if self.opts.skip_test || !self.is_lead() {
-            return Ok(());
+            return Ok(true);
         }
         let cfg = self.cfg;
         let split = cfg.data.test_split.clone();
@@ -477,7 +520,7 @@ impl<'a> Trainer<'a> {
                 if !self.quiet() {
                     note!("[{}] test split `{split}` not evaluated: {e:#}", self.label);
                 }
-                return Ok(());
+                return Ok(true);
             }
         };
         let context = || {
@@ -491,8 +534,21 @@ impl<'a> Trainer<'a> {
             .inference
             .plan((cfg.data.height, cfg.data.width), cfg.model.align_corners)
             .map_err(|(field, m)| anyhow::anyhow!("inference.{field}: {m}"))?;
-        let ev = evaluate_with(&self.built.model, &loader, &self.device, 0, &inference)
-            .map_err(|e| e.context(context()))?;
+        crate::fault::point("test-evaluation");
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let flag = self.opts.interrupt.as_deref().unwrap_or(&never);
+        let Some(ev) = evaluate_interruptible(
+            &self.built.model,
+            &loader,
+            &self.device,
+            0,
+            &inference,
+            flag,
+        )
+        .map_err(|e| e.context(context()))?
+        else {
+            return Ok(false);
+        };
         let rep = ev.matrix.report_with_names(&self.data.classes.names)?;
         let json = serde_json::json!({
             "split": split,
@@ -532,7 +588,7 @@ impl<'a> Trainer<'a> {
             );
         }
         self.test_report = Some(rep);
-        Ok(())
+        Ok(true)
     }
 
     /// Whether early stopping (`train.early_stop`) says the run is over.
