@@ -113,6 +113,10 @@ pub(crate) struct SlurmArgs {
     /// `srun --ntasks=N`, one GPU each (data parallel). Default 1 with a CUDA device, else 0.
     #[arg(long, requires = "emit")]
     pub gpus_per_run: Option<usize>,
+    /// Ranks per run on CPU nodes (--emit slurm, with --gpus-per-run 0): N > 1 launches N
+    /// data-parallel ranks by `srun --ntasks=N` without any GPU request.
+    #[arg(long, default_value_t = 1, requires = "emit")]
+    pub ranks_per_run: usize,
     /// Seconds before the time limit at which Slurm sends SIGTERM, on which recallseg writes a
     /// checkpoint and stops (--emit slurm).
     #[arg(long, default_value_t = 120, requires = "emit")]
@@ -402,6 +406,15 @@ fn emit_slurm(args: &ReproduceArgs, plans: &[ComparisonPlan], root: &Path) -> an
     o.time = s.time.clone();
     o.cpus_per_task = s.cpus_per_task;
     o.gpus_per_run = gpus;
+    if s.ranks_per_run > 1 && gpus > 0 {
+        anyhow::bail!(
+            "--ranks-per-run {} with --gpus-per-run {gpus}: with GPUs the ranks are the GPUs \
+             (one each); use --gpus-per-run {} instead, or --gpus-per-run 0 for CPU ranks",
+            s.ranks_per_run,
+            s.ranks_per_run
+        );
+    }
+    o.ranks_per_run = s.ranks_per_run.max(1);
     o.signal_seconds = s.signal_seconds;
     o.after = s.after;
     let dir = s

@@ -138,6 +138,9 @@ pub struct SlurmOptions {
     /// GPUs per run: 0 = none requested (CPU nodes), 1 = one process on one GPU, N > 1 = N
     /// ranks launched by `srun --ntasks=N`, one GPU each (data parallel).
     pub gpus_per_run: usize,
+    /// Ranks per run on CPU nodes (`gpus_per_run = 0`): N > 1 launches N ranks with `srun
+    /// --ntasks=N` and no GPU request. With GPUs, the ranks are the GPUs and this is ignored.
+    pub ranks_per_run: usize,
     /// Seconds before the time limit at which SIGTERM is sent (`--signal=B:TERM@S`): enough to
     /// finish the step in flight and write a checkpoint.
     pub signal_seconds: u32,
@@ -154,6 +157,15 @@ pub struct SlurmOptions {
 }
 
 impl SlurmOptions {
+    /// Processes per run: one per GPU with GPUs, else [`SlurmOptions::ranks_per_run`].
+    pub fn ranks(&self) -> usize {
+        if self.gpus_per_run > 0 {
+            self.gpus_per_run
+        } else {
+            self.ranks_per_run.max(1)
+        }
+    }
+
     /// Options with no partition, account, time limit or CPU count (the cluster's defaults),
     /// one GPU per run, SIGTERM 120 s before the limit, `afterany`.
     pub fn new(
@@ -169,6 +181,7 @@ impl SlurmOptions {
             time: None,
             cpus_per_task: None,
             gpus_per_run: 1,
+            ranks_per_run: 1,
             signal_seconds: 120,
             recallseg,
             workdir,
@@ -247,14 +260,24 @@ pub fn array_script(runs: &[SweepRun], o: &SlurmOptions, dir: &Path) -> anyhow::
         &format!("{}/logs/%x-%A_%a.out", utf8("scripts folder", dir)?),
     )?;
     s += &common_header(o)?;
-    s += &format!("#SBATCH --ntasks={}\n", o.gpus_per_run.max(1));
+    let ranks = o.ranks();
+    s += &format!("#SBATCH --ntasks={ranks}\n");
     if let Some(c) = o.cpus_per_task {
         s += &format!("#SBATCH --cpus-per-task={c}\n");
     }
     if o.gpus_per_run > 0 {
         s += "#SBATCH --gpus-per-task=1\n";
     }
-    s += &format!("#SBATCH --signal=B:TERM@{}\n", o.signal_seconds);
+    // One process: the batch shell gets the signal (B:) and forwards it to recallseg. Several
+    // ranks: Slurm signals the job step's tasks, every rank, itself; a TERM forwarded to
+    // `srun` would make it kill the ranks before they save ("forcing job termination").
+    if ranks > 1 {
+        s += &format!("#SBATCH --signal=TERM@{}\n", o.signal_seconds);
+    } else {
+        s += &format!("#SBATCH --signal=B:TERM@{}\n", o.signal_seconds);
+    }
+    // A requeued or resubmitted task appends to its log instead of truncating it.
+    s += "#SBATCH --open-mode=append\n";
     let _ = write!(
         s,
         "#\n\
@@ -289,11 +312,15 @@ pub fn array_script(runs: &[SweepRun], o: &SlurmOptions, dir: &Path) -> anyhow::
         s,
         "  *) echo \"array task $task: no such run (0-{last})\" >&2; exit 2 ;;\nesac"
     );
-    let launch = if o.gpus_per_run > 1 {
+    let launch = if ranks > 1 {
         // `SRUN_ARGS` adds what the site needs (e.g. `--mpi=pmix`) without editing the script.
         let mut l = format!(
-            "srun ${{SRUN_ARGS:-}} --ntasks={} --gpus-per-task=1 --kill-on-bad-exit=1",
-            o.gpus_per_run
+            "srun ${{SRUN_ARGS:-}} --ntasks={ranks}{} --kill-on-bad-exit=1",
+            if o.gpus_per_run > 0 {
+                " --gpus-per-task=1"
+            } else {
+                ""
+            }
         );
         if let Some(c) = o.cpus_per_task {
             let _ = write!(l, " --cpus-per-task={c}");
@@ -302,13 +329,19 @@ pub fn array_script(runs: &[SweepRun], o: &SlurmOptions, dir: &Path) -> anyhow::
     } else {
         String::new()
     };
+    let trap = if ranks > 1 {
+        "# Slurm signals the ranks themselves; this shell only waits for their checkpoint.\n\
+         trap ':' TERM INT HUP\n"
+    } else {
+        "trap 'kill -TERM \"$child\" 2>/dev/null || true' TERM INT HUP\n"
+    };
     let _ = write!(
         s,
         "echo \"[$label] array task $task: $run\"\n\
-         # In the background so that this shell, which Slurm signals (B:), forwards SIGTERM.\n\
+         # In the background so that this shell, which Slurm may signal, waits for the checkpoint.\n\
          {launch}\"$RECALLSEG\" train --config \"$config\" --resume --no-progress &\n\
          child=$!\n\
-         trap 'kill -TERM \"$child\" 2>/dev/null || true' TERM INT HUP\n\
+         {trap}\
          status=0\n\
          wait \"$child\" || status=$?\n\
          # A trapped signal ends `wait` early: wait for recallseg's checkpoint and exit status.\n\
@@ -518,6 +551,29 @@ mod tests {
              --cpus-per-task=8 \"$RECALLSEG\" train --config"
             ),
             "{dp}"
+        );
+        // Several ranks: Slurm signals the ranks (no `B:`), the shell does not forward TERM to
+        // srun (which would kill the ranks before they save).
+        assert!(dp.contains("#SBATCH --signal=TERM@120\n"), "{dp}");
+        assert!(
+            dp.contains("trap ':' TERM INT HUP") && !dp.contains("kill -TERM"),
+            "{dp}"
+        );
+        assert!(cpu.contains("#SBATCH --signal=B:TERM@120\n"), "{cpu}");
+        assert!(cpu.contains("kill -TERM \"$child\""), "{cpu}");
+        // A requeued task appends to its log.
+        assert!(cpu.contains("#SBATCH --open-mode=append\n"), "{cpu}");
+        // Ranks on CPU nodes: srun without any GPU request (sbatch rejects --gpus-per-task on
+        // a cluster without GPUs).
+        o.gpus_per_run = 0;
+        o.ranks_per_run = 2;
+        o.cpus_per_task = None;
+        let cpu_dp = array_script(&runs, &o, dir).unwrap();
+        assert!(!cpu_dp.contains("gpu"), "{cpu_dp}");
+        assert!(cpu_dp.contains("#SBATCH --ntasks=2\n"), "{cpu_dp}");
+        assert!(
+            cpu_dp.contains("\nsrun ${SRUN_ARGS:-} --ntasks=2 --kill-on-bad-exit=1 \"$RECALLSEG\""),
+            "{cpu_dp}"
         );
     }
 }
