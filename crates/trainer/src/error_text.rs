@@ -18,24 +18,37 @@
 /// );
 /// ```
 pub fn error_chain_text(error: &anyhow::Error) -> String {
-    let mut text = String::new();
+    let mut parts: Vec<String> = Vec::new();
     for cause in error.chain() {
         let part = cause.to_string();
         let part = part.trim();
-        if part.is_empty() || text.contains(part) {
+        if part.is_empty() || parts.iter().any(|p| p.contains(part)) {
             continue;
         }
-        if !text.is_empty() {
-            text.push_str(": ");
+        match parts.last_mut() {
+            // A context that the cause repeats at its start ("checkpoint X" then "checkpoint
+            // X: No such file"): the cause says it all.
+            Some(last) if part.starts_with(last.as_str()) => *last = part.to_string(),
+            _ => parts.push(part.to_string()),
         }
-        text.push_str(part);
     }
-    text
+    parts.join(": ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_context_that_its_cause_repeats_is_said_once() {
+        let e = anyhow::anyhow!("checkpoint /x.safetensors: No such file or directory")
+            .context("checkpoint /x.safetensors")
+            .context("evaluating");
+        assert_eq!(
+            error_chain_text(&e),
+            "evaluating: checkpoint /x.safetensors: No such file or directory"
+        );
+    }
 
     #[test]
     fn a_cause_already_in_the_message_is_said_once() {
