@@ -7,6 +7,7 @@ mod crash_test;
 mod fuzz;
 mod parity;
 mod reproduce;
+mod workspace;
 
 use clap::{Parser, Subcommand};
 

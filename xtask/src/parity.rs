@@ -73,10 +73,7 @@ fn synthetic_config() -> SyntheticConfig {
 
 /// Entry point of `cargo xtask parity`.
 pub(crate) fn run(args: &ParityArgs) -> anyhow::Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let root = crate::workspace::root();
     std::env::set_current_dir(&root)?;
     let (ours, peer) = match args.side.as_str() {
         "ours" => (true, false),

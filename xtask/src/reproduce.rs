@@ -138,10 +138,7 @@ pub(crate) struct SlurmArgs {
 /// Entry point of `cargo xtask reproduce`.
 pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
     // Paths in presets (`data/…`, `results/…`) are relative to the workspace root.
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let root = crate::workspace::root();
     std::env::set_current_dir(&root)?;
     let plans = plans(args, &root)?;
     if args.emit == Some(Emit::Slurm) {
