@@ -38,6 +38,10 @@ mod tests {
     fn the_root_holds_the_workspace_manifest_and_xtask() {
         let root = super::root();
         assert!(root.join("Cargo.toml").is_file(), "{}", root.display());
-        assert!(root.join("xtask/Cargo.toml").is_file(), "{}", root.display());
+        assert!(
+            root.join("xtask/Cargo.toml").is_file(),
+            "{}",
+            root.display()
+        );
     }
 }

@@ -582,6 +582,15 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<i32> {
     let cfg = a.config()?;
     install_ctrlc();
     let group = crate::distributed::join(a.distributed, &cfg.train.device)?;
+    let ranks = group.communicator.as_ref().map_or(1, |c| c.size());
+    if ranks > 1 && group.rank() == 0 {
+        note!(
+            "data-parallel training on {ranks} ranks (batch {} split into {} shards of {})",
+            cfg.train.batch_size,
+            ranks * cfg.train.accumulate,
+            cfg.train.batch_size / (ranks * cfg.train.accumulate).max(1)
+        );
+    }
     let opts = TrainOptions {
         resume: a.resume,
         overwrite: a.overwrite,

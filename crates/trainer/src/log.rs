@@ -47,11 +47,18 @@ pub enum LogRecord {
         loss: String,
         /// Steps the run is configured for (`train.iters` when it started).
         iters: u64,
+        /// Processes (data-parallel ranks) the run started with; absent in older logs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ranks: Option<u64>,
     },
     /// The run was resumed from a checkpoint at `step` (the lines after it were dropped).
     Resumed {
         /// The checkpoint's step.
         step: u64,
+        /// Processes (data-parallel ranks) of this invocation (the count may change on
+        /// resume); absent in older logs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ranks: Option<u64>,
     },
     /// Training figures at a logged step.
     Train {
@@ -137,7 +144,7 @@ impl LogRecord {
     pub fn step(&self) -> u64 {
         match self {
             LogRecord::Header { .. } => 0,
-            LogRecord::Resumed { step }
+            LogRecord::Resumed { step, .. }
             | LogRecord::Train { step, .. }
             | LogRecord::Val { step, .. }
             | LogRecord::Checkpoint { step, .. }
@@ -621,7 +628,11 @@ mod tests {
         assert!(text.lines().next().unwrap().contains("\"kind\":\"train\""));
         // Resuming from step 20 drops the records of steps 30 and says it resumed.
         let mut log = JsonlLog::resume(&path, 20).unwrap();
-        log.write(&LogRecord::Resumed { step: 20 }).unwrap();
+        log.write(&LogRecord::Resumed {
+            step: 20,
+            ranks: None,
+        })
+        .unwrap();
         log.write(&train(30)).unwrap();
         let all = read_log(&path).unwrap();
         assert_eq!(
@@ -629,7 +640,10 @@ mod tests {
             vec![
                 train(10),
                 train(20),
-                LogRecord::Resumed { step: 20 },
+                LogRecord::Resumed {
+                    step: 20,
+                    ranks: None,
+                },
                 train(30)
             ]
         );
@@ -673,6 +687,7 @@ mod tests {
             class_names: vec!["a".into(), "b".into()],
             loss: "recall_ce".into(),
             iters: 30,
+            ranks: Some(1),
         })
         .unwrap();
         log.write(&train(10)).unwrap();
@@ -696,11 +711,21 @@ mod tests {
         assert!(lines[0].contains("\"kind\":\"header\",\"class_names\":[\"a\",\"b\"]"));
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
         let mut log = JsonlLog::resume(&path, 20).unwrap();
-        log.write(&LogRecord::Resumed { step: 20 }).unwrap();
+        log.write(&LogRecord::Resumed {
+            step: 20,
+            ranks: None,
+        })
+        .unwrap();
         log.write(&train(30)).unwrap();
         let all = read_log_entries(&path).unwrap();
         assert_eq!(all.len(), 5);
-        assert_eq!(all[3].record, LogRecord::Resumed { step: 20 });
+        assert_eq!(
+            all[3].record,
+            LogRecord::Resumed {
+                step: 20,
+                ranks: None,
+            }
+        );
         let (e3, e4) = (all[3].elapsed_s.unwrap(), all[4].elapsed_s.unwrap());
         assert!((100.0..101.0).contains(&e3) && e4 >= e3, "{e3} {e4}");
         // Older logs without times still read.
@@ -736,6 +761,7 @@ mod tests {
                     class_names: vec!["traffic sign".into(), "a,b".into()],
                     loss: "ce".into(),
                     iters: 20,
+                    ranks: None,
                 },
                 0.0,
             ),

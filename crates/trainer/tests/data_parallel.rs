@@ -95,13 +95,16 @@ fn two_ranks_equal_one_process_accumulating_two_micro_batches() {
         assert!(wa.is_some());
         assert_eq!(wa, wb, "step {sa}: recall weights");
     }
-    // Only rank 0 wrote: one log, whose header is there once.
-    let headers = read_log(&dp.join("log.jsonl"))
+    // Only rank 0 wrote: one log, whose header is there once and says how many ranks trained.
+    let headers: Vec<Option<u64>> = read_log(&dp.join("log.jsonl"))
         .unwrap()
         .iter()
-        .filter(|r| matches!(r, LogRecord::Header { .. }))
-        .count();
-    assert_eq!(headers, 1);
+        .filter_map(|r| match r {
+            LogRecord::Header { ranks, .. } => Some(*ranks),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(headers, [Some(2)]);
 }
 
 #[test]

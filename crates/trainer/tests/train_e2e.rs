@@ -65,12 +65,16 @@ fn tiny_run_matches_pinned_results() {
     // The header names the classes once; every validation has its loss; metrics.csv has a row
     // per validation with the same figures.
     let Some(LogRecord::Header {
-        class_names, loss, ..
+        class_names,
+        loss,
+        ranks,
+        ..
     }) = log.first()
     else {
         panic!("no header line: {:?}", log.first())
     };
     assert_eq!((class_names.len(), loss.as_str()), (16, "recall_ce"));
+    assert_eq!(*ranks, Some(1), "the log says how many processes trained");
     let val_losses: Vec<f64> = log
         .iter()
         .filter_map(|r| match r {
@@ -266,7 +270,7 @@ fn resume_with_recall_moving_average_is_bit_for_bit() {
     let entries = recallseg_trainer::log::read_log_entries(&b.join("log.jsonl")).unwrap();
     assert!(entries
         .iter()
-        .any(|e| e.record == LogRecord::Resumed { step: 2 }));
+        .any(|e| matches!(e.record, LogRecord::Resumed { step: 2, .. })));
     let elapsed: Vec<f64> = entries.iter().map(|e| e.elapsed_s.unwrap()).collect();
     assert!(
         elapsed.windows(2).all(|w| w[0] <= w[1]),

@@ -280,7 +280,10 @@ impl<'a> Trainer<'a> {
         } else if resuming {
             let mut log = JsonlLog::resume(&log_path, step)?;
             if step < cfg.train.iters as u64 {
-                log.write(&LogRecord::Resumed { step })?;
+                log.write(&LogRecord::Resumed {
+                    step,
+                    ranks: Some(world as u64),
+                })?;
             }
             log
         } else {
@@ -289,6 +292,7 @@ impl<'a> Trainer<'a> {
                 class_names: data.classes.names.clone(),
                 loss: cfg.loss.name().to_string(),
                 iters: cfg.train.iters as u64,
+                ranks: Some(world as u64),
             })?;
             log
         };
