@@ -371,8 +371,34 @@ impl ModelSection {
                 ),
             ));
         }
+        for (field, value, default, smp_value) in self.layout_fields() {
+            if value != default && value != smp_value {
+                return Err(layout_error(field, &value, &smp_value));
+            }
+        }
+        Ok(())
+    }
+
+    /// With `layout = "smp"`: a field of the layout that the configuration writes (its file or
+    /// a `--set`: `written` is the `[model]` table as read) with a value other than smp's is an
+    /// error, also when that value is the field's default — presence counts, not the value.
+    fn layout_conflict_written(&self, written: &toml::Table) -> Result<(), ConfigError> {
+        if self.layout != ModelLayout::Smp {
+            return Ok(());
+        }
+        for (field, value, _, smp_value) in self.layout_fields() {
+            if written.contains_key(field) && value != smp_value {
+                return Err(layout_error(field, &value, &smp_value));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each field `layout = "smp"` sets: its name, its value as written, its default and smp's
+    /// value.
+    fn layout_fields(&self) -> [(&'static str, String, String, String); 7] {
         let smp = self.resolved();
-        let checks: [(&str, String, String, String); 7] = [
+        [
             (
                 "separable",
                 self.separable.to_string(),
@@ -415,21 +441,19 @@ impl ModelSection {
                 false.to_string(),
                 smp.smp_dilation.to_string(),
             ),
-        ];
-        for (field, value, default, smp_value) in checks {
-            if value != default && value != smp_value {
-                return Err(invalid(
-                    &format!("model.{field}"),
-                    format!(
-                        "{value} conflicts with model.layout = \"smp\", which sets it to \
-                         {smp_value}; leave it out, or use layout = \"paper\" and set the \
-                         fields one by one"
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        ]
     }
+}
+
+/// The error of a field that contradicts `layout = "smp"`.
+fn layout_error(field: &str, value: &str, smp_value: &str) -> ConfigError {
+    invalid(
+        &format!("model.{field}"),
+        format!(
+            "{value} conflicts with model.layout = \"smp\", which sets it to {smp_value}; leave \
+             it out, or use layout = \"paper\" and set the fields one by one"
+        ),
+    )
 }
 
 /// `[model] pretrained` in a config file: `"none"`, `"imagenet"`, a bare path string, or the
@@ -936,7 +960,13 @@ impl TrainConfig {
         let schema = |table: toml::Table| -> Result<TrainConfig, toml::de::Error> {
             toml::Value::Table(table).try_into()
         };
-        let cfg = match schema(with_overrides(None)?) {
+        let merged = with_overrides(None)?;
+        let written_model = merged
+            .get("model")
+            .and_then(toml::Value::as_table)
+            .cloned()
+            .unwrap_or_default();
+        let cfg = match schema(merged) {
             Ok(cfg) => cfg,
             Err(e) => {
                 return Err(Self::schema_error(
@@ -948,7 +978,11 @@ impl TrainConfig {
                 ))
             }
         };
-        if let Err(e) = cfg.validate() {
+        if let Err(e) = cfg
+            .model
+            .layout_conflict_written(&written_model)
+            .and_then(|()| cfg.validate())
+        {
             // Point at the line of the offending key when the file (not an override) set it.
             if let ConfigError::Invalid { field, .. } = &e {
                 // A value set by `--set` is named by its field, as typed.
@@ -1661,6 +1695,42 @@ mod tests {
             err_text(&["model.aux_head={ channels = 0 }"]).starts_with("model.aux_head.channels:")
         );
         assert!(err_text(&["model.aux_head={ weight = 0.4 }"]).contains("weight"));
+    }
+
+    /// A field of smp's layout that the configuration writes is checked against the layout by
+    /// its presence, not its value: a default value written explicitly (`separable = false`,
+    /// `decoder_convs = 2`, `align_corners = false`) contradicts `layout = "smp"` and is an
+    /// error naming it, instead of being replaced silently.
+    #[test]
+    fn an_explicit_field_that_contradicts_the_smp_layout_is_an_error() {
+        for (set, field) in [
+            ("model.separable=false", "model.separable"),
+            ("model.decoder_convs=2", "model.decoder_convs"),
+            ("model.align_corners=false", "model.align_corners"),
+            ("model.decoder_dropout=[0.5, 0.1]", "model.decoder_dropout"),
+        ] {
+            let e = err_text(&["model.layout=smp", set]);
+            assert!(
+                e.starts_with(field) && e.contains("conflicts with model.layout"),
+                "{set}: {e}"
+            );
+        }
+        // Written in a file: the same, pointing at the line.
+        let text = Preset::SynthiaQuick.toml().replace(
+            "[model]\n",
+            "[model]\nlayout = \"smp\"\nseparable = false\n",
+        );
+        let e = TrainConfig::from_toml_str(&text, "my.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.separable") && e.contains("my.toml"),
+            "{e}"
+        );
+        // The presets write none of the layout's fields, so the layout alone sets them all.
+        let m = crate::train::model_config(&quick(&["model.layout=smp"]).unwrap(), 5);
+        assert_eq!(m.decoder_dropout, [0.0, 0.0]);
+        assert!(m.separable && m.align_corners && m.decoder_convs == 1);
     }
 
     #[test]
