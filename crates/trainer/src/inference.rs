@@ -267,7 +267,8 @@ impl Inference {
                     continue;
                 }
                 let input = if flip { xs.flip(&[3])? } else { xs.clone() };
-                let mut y = self.one_pass(forward, &input)?;
+                // Evaluation keeps no autograd graph: each pass is detached before it is summed.
+                let mut y = self.one_pass(forward, &input)?.detach();
                 if flip {
                     y = y.flip(&[3])?;
                 }
@@ -315,49 +316,73 @@ pub fn window_starts(len: usize, window: usize, stride: usize) -> Vec<(usize, us
         .collect()
 }
 
-/// Sliding-window logits: sum of the windows' logits (zero-padded into place) divided by the
-/// number of windows covering each pixel.
+/// Sliding-window logits: sum of the windows' logits divided by the number of windows covering
+/// each pixel.
+///
+/// Memory is bounded whatever the number of windows: each window's logits are detached from
+/// the autograd graph (evaluation keeps no graph) and added in place into one `f32` sum of the
+/// output's size on the host, so one window's logits and that sum are alive at a time (no
+/// full-size padded copy per window). The sum goes back to the input's device at the end.
 fn slide(
     forward: &dyn Fn(&Tensor) -> Result<Tensor>,
     x: &Tensor,
     window: (usize, usize),
     stride: (usize, usize),
 ) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
+    let (n, _, h, w) = x.dims4()?;
     let rows = window_starts(h, window.0, stride.0);
     let cols = window_starts(w, window.1, stride.1);
-    let mut count = vec![0f32; h * w];
-    let mut sum: Option<Tensor> = None;
+    let mut count = vec![0u32; h * w];
+    let mut sum: Vec<f32> = Vec::new();
+    let (mut classes, mut dtype) = (0, candle_core::DType::F32);
     for &(y0, wh) in &rows {
         for &(x0, ww) in &cols {
             let crop = x.narrow(2, y0, wh)?.narrow(3, x0, ww)?;
-            let y = forward(&crop)?;
-            let (_, _, yh, yw) = y.dims4()?;
-            if (yh, yw) != (wh, ww) {
+            let y = forward(&crop)?.detach();
+            let (yn, yc, yh, yw) = y.dims4()?;
+            if (yn, yh, yw) != (n, wh, ww) {
                 candle_core::bail!(
                     "sliding window: the model maps a {wh}x{ww} window to {yh}x{yw} logits"
                 )
             }
-            let placed =
-                y.pad_with_zeros(2, y0, h - y0 - wh)?
-                    .pad_with_zeros(3, x0, w - x0 - ww)?;
-            sum = Some(match sum {
-                None => placed,
-                Some(acc) => (acc + placed)?,
-            });
+            if sum.is_empty() {
+                (classes, dtype) = (yc, y.dtype());
+                sum = vec![0f32; n * classes * h * w];
+            } else if yc != classes {
+                candle_core::bail!("sliding window: {yc} logit channels after {classes}")
+            }
+            let win: Vec<f32> = y
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?;
+            for plane in 0..n * classes {
+                let src = &win[plane * wh * ww..(plane + 1) * wh * ww];
+                let dst = &mut sum[plane * h * w..(plane + 1) * h * w];
+                for (r, src_row) in src.chunks_exact(ww).enumerate() {
+                    let at = (y0 + r) * w + x0;
+                    for (d, v) in dst[at..at + ww].iter_mut().zip(src_row) {
+                        *d += v;
+                    }
+                }
+            }
             for r in y0..y0 + wh {
                 for c in &mut count[r * w + x0..r * w + x0 + ww] {
-                    *c += 1.0;
+                    *c += 1;
                 }
             }
         }
     }
-    let sum = sum.ok_or_else(|| candle_core::Error::Msg("no window".into()))?;
-    if count.iter().all(|&c| c == 1.0) {
-        return Ok(sum);
+    if sum.is_empty() {
+        candle_core::bail!("sliding window: no window");
     }
-    let count = Tensor::from_vec(count, (1, 1, h, w), x.device())?.to_dtype(sum.dtype())?;
-    sum.broadcast_div(&count)
+    if count.iter().any(|&c| c != 1) {
+        for plane in sum.chunks_exact_mut(h * w) {
+            for (v, &c) in plane.iter_mut().zip(&count) {
+                *v /= c as f32;
+            }
+        }
+    }
+    Tensor::from_vec(sum, (n, classes, h, w), x.device())?.to_dtype(dtype)
 }
 
 #[cfg(test)]
