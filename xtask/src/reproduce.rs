@@ -225,8 +225,9 @@ fn plans(args: &ReproduceArgs, root: &Path) -> anyhow::Result<Vec<ComparisonPlan
             .to_str()
             .ok_or_else(|| anyhow::anyhow!("--data: {d:?} is not valid UTF-8"))?;
         overrides.push(format!("data.root={}", toml::Value::String(d.into())));
-        if args.quick {
-            // A given folder is used as is (it may be a real dataset).
+        if args.quick && Path::new(d).exists() {
+            // A folder that is there is used as is (it may be a real dataset); one that is not
+            // gets the synthetic dataset generated into it, as without --data.
             overrides.push("data.generate_synthetic=false".into());
         }
     }
@@ -447,6 +448,34 @@ mod tests {
         Cli::try_parse_from(std::iter::once("reproduce").chain(args.iter().copied()))
             .unwrap()
             .args
+    }
+
+    /// `--quick --data DIR` generates the synthetic dataset into a folder that does not exist,
+    /// and uses one that exists as it is (it may be a real dataset).
+    #[test]
+    fn quick_with_data_generates_only_into_a_missing_folder() {
+        let root = Path::new(".");
+        let dir = tempfile_dir();
+        let missing = dir.join("absent");
+        let missing = missing.to_str().unwrap();
+        let p = plans(&parse(&["synthia", "--quick", "--data", missing]), root).unwrap();
+        assert!(p[0].base.data.generate_synthetic);
+        assert_eq!(p[0].base.data.root, Path::new(missing));
+        let present = dir.to_str().unwrap();
+        let p = plans(&parse(&["synthia", "--quick", "--data", present]), root).unwrap();
+        assert!(!p[0].base.data.generate_synthetic);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A fresh folder under the system's temporary folder.
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "recallseg-xtask-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 
     /// The report job's `reproduce … --report-only` names the sweep that was emitted: the same
