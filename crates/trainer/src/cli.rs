@@ -621,8 +621,8 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<i32> {
         match (o.finished, o.stop_signal) {
             (true, _) if o.early_stopped => "stopped early (train.early_stop)".to_string(),
             (true, _) => "finished".to_string(),
-            (false, Some(s)) => format!("stopped by {}", s.name()),
-            (false, None) => "stopped".to_string(),
+            (false, Some(s)) => format!("stopped by {} (continue with --resume)", s.name()),
+            (false, None) => "stopped (continue with --resume)".to_string(),
         },
         o.step,
         o.last_checkpoint.display(),

@@ -168,7 +168,8 @@ pub struct JsonlLog {
 impl JsonlLog {
     /// Creates (truncates) the log; elapsed seconds count from now.
     pub fn create(path: &Path) -> std::io::Result<Self> {
-        let file = std::fs::File::create(path)?;
+        let file =
+            std::fs::File::create(path).map_err(|e| with_path(e, "creating the run log", path))?;
         Ok(Self {
             path: path.to_path_buf(),
             file: Some(file),

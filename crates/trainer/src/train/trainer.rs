@@ -689,8 +689,10 @@ impl<'a> Trainer<'a> {
         })?;
         self.progress.finish();
         if !self.quiet() {
+            // How to continue is the caller's to say (`recallseg train --resume`, or the same
+            // `compare` command again).
             note!(
-                "[{}] {what}: stopped at step {}; resume with --resume ({})",
+                "[{}] {what}: stopped at step {}; its state is in {}",
                 self.label,
                 self.step,
                 self.last_path.display()
