@@ -1168,26 +1168,19 @@ impl<'a> Trainer<'a> {
         let e: anyhow::Error = e.into();
         let step = self.step;
         let reason = format!("error: {e:#}");
-        if !validation_recorded {
-            // Saving `last` at this step would skip its validation on resume.
-            let saved = match self.last_saved_step {
-                Some(s) if s > 0 => format!(
-                    "the validation of step {step} was not completely written, so the state \
-                     after it was not saved; the last checkpoint is {} (step {s}), and --resume \
-                     repeats the steps after it",
-                    self.last_path.display()
-                ),
-                _ => format!(
-                    "the validation of step {step} was not completely written, so the state \
-                     after it was not saved; no checkpoint was written"
-                ),
-            };
-            let _ = self.log.write(&LogRecord::Stopped { step, reason });
-            self.progress.finish();
-            return e.context(format!("training stopped after step {step}; {saved}"));
-        }
-        self.fail_saving(reason, |saved| {
-            e.context(format!("training stopped after step {step}; {saved}"))
+        // Saving `last` at this step would skip its validation on resume.
+        let unsaved = if validation_recorded {
+            String::new()
+        } else {
+            format!(
+                "the validation of step {step} was not completely written, so the state after it \
+                 was not saved; "
+            )
+        };
+        self.fail_with(reason, validation_recorded, |saved| {
+            e.context(format!(
+                "training stopped after step {step}; {unsaved}{saved}"
+            ))
         })
     }
 
@@ -1199,8 +1192,19 @@ impl<'a> Trainer<'a> {
         reason: String,
         make: impl FnOnce(String) -> anyhow::Error,
     ) -> anyhow::Error {
+        self.fail_with(reason, true, make)
+    }
+
+    /// [`Self::fail_saving`], saving only when `may_save` (otherwise `make` hears of the last
+    /// checkpoint written).
+    fn fail_with(
+        &mut self,
+        reason: String,
+        may_save: bool,
+        make: impl FnOnce(String) -> anyhow::Error,
+    ) -> anyhow::Error {
         let step = self.step;
-        let saved = if self.last_saved_step.is_none_or(|s| step > s) && step > 0 {
+        let saved = if may_save && self.last_saved_step.is_none_or(|s| step > s) && step > 0 {
             match self.checkpoint(&self.last_path) {
                 Ok(()) => {
                     let _ = self.log.write(&LogRecord::Checkpoint {
