@@ -110,7 +110,7 @@ fn state_bytes(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
 fn temp_files(dir: &Path) -> anyhow::Result<usize> {
     Ok(std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
-        .filter(|e| recallseg_trainer::checkpoint::is_temp_file_name(&e.file_name()))
+        .filter(|e| recallseg_files::is_temp_file_name(&e.file_name()))
         .count())
 }
 

@@ -166,11 +166,7 @@ impl CityscapesDataset {
                     .join(city)
                     .join(format!("{base}{}", options.labels.suffix()));
                 if !label.is_file() {
-                    return Err(DataError::Unpaired {
-                        path: image,
-                        what: "label".into(),
-                        expected: label,
-                    });
+                    return Err(DataError::unpaired(image, "label", label));
                 }
                 items.push(Item {
                     image,

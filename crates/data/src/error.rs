@@ -86,7 +86,7 @@ pub enum DataError {
         allowed: String,
     },
     /// An image has a file but its label does not (or the other way round).
-    #[error("{path}: no matching {what} (expected {expected})")]
+    #[error("{path}: no matching {what} (expected {expected}{})", found_suffix(.found))]
     Unpaired {
         /// The file without a partner.
         path: PathBuf,
@@ -94,6 +94,9 @@ pub enum DataError {
         what: String,
         /// Where the partner was expected.
         expected: PathBuf,
+        /// What is at `expected` when something is there but is no readable file (a folder, a
+        /// broken or looping symbolic link); `None` when nothing is.
+        found: Option<String>,
     },
     /// A class definition is invalid (too many classes, duplicated names, bad palette …).
     #[error("invalid class definition{}: {reason}", source_suffix(.source_file))]
@@ -149,6 +152,13 @@ pub enum DataError {
     },
 }
 
+fn found_suffix(found: &Option<String>) -> String {
+    match found {
+        Some(f) => format!(", which is {f}"),
+        None => String::new(),
+    }
+}
+
 fn source_suffix(p: &Option<PathBuf>) -> String {
     match p {
         Some(p) => format!(" in {}", p.display()),
@@ -157,6 +167,29 @@ fn source_suffix(p: &Option<PathBuf>) -> String {
 }
 
 impl DataError {
+    /// [`DataError::Unpaired`] for `path`, whose partner (`what`) was expected at `expected`;
+    /// says what is there when something is but it is no readable file.
+    pub(crate) fn unpaired(path: PathBuf, what: &str, expected: PathBuf) -> Self {
+        let found = match std::fs::symlink_metadata(&expected) {
+            Err(_) => None,
+            Ok(l) => match std::fs::metadata(&expected) {
+                Ok(m) if m.is_dir() => Some("a folder".to_string()),
+                Ok(m) if m.is_file() => Some("a file that could not be listed".to_string()),
+                Ok(_) => Some("not a regular file".to_string()),
+                Err(e) if l.file_type().is_symlink() => {
+                    Some(format!("a broken or looping symbolic link ({e})"))
+                }
+                Err(e) => Some(format!("unreadable ({e})")),
+            },
+        };
+        DataError::Unpaired {
+            path,
+            what: what.to_string(),
+            expected,
+            found,
+        }
+    }
+
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         DataError::Io {

@@ -272,11 +272,11 @@ fn pair_items(
         let Some(label) = msks.get(s) else {
             let mut expected = s.clone();
             expected.push(".png");
-            return Err(DataError::Unpaired {
-                path: image.clone(),
-                what: "mask".into(),
-                expected: masks.join(expected),
-            });
+            return Err(DataError::unpaired(
+                image.clone(),
+                "mask",
+                masks.join(expected),
+            ));
         };
         items.push(Item {
             image: image.clone(),
@@ -324,8 +324,8 @@ pub fn skipped_summary(skipped: &[SkippedFile]) -> Option<String> {
 }
 
 impl FolderDataset {
-    /// The files of the dataset's folders that were left out, and why (also printed once, as
-    /// one warning line, when the dataset is opened).
+    /// The files of the dataset's folders that were left out, and why ([`skipped_summary`]
+    /// makes them one line for a warning; the library prints nothing).
     pub fn skipped(&self) -> &[SkippedFile] {
         &self.skipped
     }
@@ -415,9 +415,6 @@ impl FolderDataset {
             None => format!("folder-{split}"),
         };
         let options_text = serde_json::to_string(spec).unwrap_or_default();
-        if let Some(line) = skipped_summary(&skipped) {
-            eprintln!("warning: {line}");
-        }
         Ok(FolderDataset {
             skipped,
             name,

@@ -35,7 +35,7 @@ pub use dataset::{
     ClassInfo, LabelMap, Normalize, Sample, SegDataset, Split, DEFAULT_IGNORE_INDEX,
 };
 pub use error::DataError;
-pub use folder::{FolderDataset, FolderSpec};
+pub use folder::{skipped_summary, FolderDataset, FolderSpec, SkippedFile};
 pub use loader::{mix_seed, Batch, EpochIter, Loader, LoaderConfig, Shard};
 pub use prefix::{prefix, Prefix};
 pub use subset::{subset, Subset};

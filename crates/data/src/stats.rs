@@ -347,7 +347,7 @@ pub fn class_pixel_counts<D: SegDataset + ?Sized>(ds: &D) -> Result<Vec<u64>, Da
             items: ds.len(),
             per_item,
         };
-        if let Err(e) = write_atomic(path, &cache_text(&cache)) {
+        if let Err(e) = recallseg_files::write_bytes_atomic(path, cache_text(&cache).as_bytes()) {
             eprintln!("warning: pixel counts not cached: {e}");
         }
     }
@@ -377,29 +377,6 @@ fn cache_text(c: &PixelCountCache) -> String {
         "\n  ]\n}\n"
     };
     s
-}
-
-/// Writes the cache through a temporary file in the same folder (`tempfile`, removed if anything
-/// fails) that is synced and then renamed over `path`, so readers see the old file or the new
-/// one, never a part.
-fn write_atomic(path: &std::path::Path, text: &str) -> Result<(), DataError> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".pixel-counts.")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| DataError::io(dir, e))?;
-    tmp.write_all(text.as_bytes())
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| DataError::io(tmp.path(), e))?;
-    tmp.persist(path)
-        .map_err(|e| DataError::io(path, e.error))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -197,11 +197,7 @@ impl SynthiaDataset {
                         let label = lbl_dir.join(&name);
                         let image = img_dir.join(&name);
                         if !label.is_file() {
-                            return Err(DataError::Unpaired {
-                                path: image,
-                                what: "label".into(),
-                                expected: label,
-                            });
+                            return Err(DataError::unpaired(image, "label", label));
                         }
                         let id = format!("{seq}/{side}/{cam}/{}", crate::common::stem(&name));
                         items.push(Item { image, label, id });

@@ -30,6 +30,14 @@ pub enum ModelError {
         /// The underlying error.
         message: String,
     },
+    /// A weight file could not be written.
+    #[error("cannot write weights to {path}: {message}")]
+    WriteFile {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        message: String,
+    },
     /// A weight file has none of the expected tensor names.
     #[error("{path} holds neither ResNet (`conv1.weight`) nor DeepLab (`backbone.conv1.weight`) tensors")]
     UnknownLayout {

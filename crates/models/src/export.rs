@@ -305,7 +305,7 @@ pub fn save_exported(
     let mut meta = check_compatible(model.config(), format)?;
     meta.extend(extra.clone());
     let tensors = export_tensors(model, format, batches_tracked)?;
-    let file_err = |message: String| ModelError::WeightFile {
+    let file_err = |message: String| ModelError::WriteFile {
         path: path.to_path_buf(),
         message,
     };
@@ -343,8 +343,9 @@ pub fn save_exported(
         })
         .collect::<Result<_, _>>()?;
     let meta: HashMap<String, String> = meta.into_iter().collect();
-    safetensors::tensor::serialize_to_file(views, Some(meta), path)
-        .map_err(|e| file_err(e.to_string()))
+    let bytes =
+        safetensors::tensor::serialize(views, Some(meta)).map_err(|e| file_err(e.to_string()))?;
+    recallseg_files::write_bytes_atomic(path, &bytes).map_err(|e| file_err(e.source.to_string()))
 }
 
 /// Reads a file written by [`save_exported`] (or any state dict of `format` saved as

@@ -252,3 +252,32 @@ fn torchvision_loads_the_export_strictly_and_gives_our_logits() {
         &[1, 3, 32, 32],
     );
 }
+
+#[test]
+fn a_failed_write_says_write_and_names_the_file_and_leaves_no_part() {
+    let model = golden_model(&smp_config());
+    let dir = tempfile::tempdir().unwrap();
+    let extra = BTreeMap::new();
+    // A "folder" that is a file: the write fails, and says it was a write.
+    std::fs::write(dir.path().join("no-such-folder"), b"a file").unwrap();
+    let missing = dir.path().join("no-such-folder").join("m.safetensors");
+    let err = save_exported(&model, ExportFormat::Smp, 0, &extra, &missing)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("cannot write weights to ") && err.contains("no-such-folder"),
+        "{err}"
+    );
+    // An existing export is replaced whole: no temporary file is left beside it.
+    let path = dir.path().join("m.safetensors");
+    save_exported(&model, ExportFormat::Smp, 0, &extra, &path).unwrap();
+    save_exported(&model, ExportFormat::Smp, 1, &extra, &path).unwrap();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["m.safetensors", "no-such-folder"]);
+    assert!(load_exported(&path, ExportFormat::Smp).is_ok());
+}

@@ -4,7 +4,7 @@
 //! Tensor names carry a prefix: `model.<VarMap name>`, `optim.<state name>`, `extra.<name>`.
 //! The safetensors metadata holds one key, `recallseg`, whose value is [`CheckpointMeta`] as JSON.
 //!
-//! Files are written atomically ([`write_atomic`]): the bytes go to a temporary file in the same
+//! Files are written atomically ([`recallseg_files::write_atomic`]): the bytes go to a temporary file in the same
 //! folder, which is flushed to disk and then renamed over the target, so a reader (or a crash)
 //! sees either the old checkpoint or the new one, never a partial file.
 //!
@@ -15,11 +15,11 @@
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
+use recallseg_files::write_atomic;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Version of the checkpoint layout, checked on load. Version 2 added the integrity key
 /// (checksums); version 1 files still load, without verification.
@@ -108,14 +108,17 @@ impl safetensors::View for &RawTensor {
 /// Errors of checkpoint reading and writing.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    /// A file-system error (reading or writing the checkpoint file).
-    #[error("checkpoint {path}: {source}")]
+    /// The checkpoint file could not be read.
+    #[error("cannot read checkpoint {path}: {source}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
     },
+    /// The checkpoint file could not be written (nothing was changed at its path).
+    #[error(transparent)]
+    Write(#[from] recallseg_files::WriteError),
     /// The file is not a recallseg checkpoint or is damaged.
     #[error("{path}: not a valid recallseg checkpoint: {message}")]
     Format {
@@ -350,7 +353,7 @@ impl Checkpoint {
     /// refused).
     pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
         let bytes = self.to_bytes().map_err(|e| e.at(path))?;
-        write_atomic(path, |f| f.write_all(&bytes))
+        Ok(write_atomic(path, |f| f.write_all(&bytes))?)
     }
 
     /// Reads a checkpoint, putting its tensors on `device`. Verifies the checksums (format
@@ -482,92 +485,6 @@ impl Checkpoint {
     }
 }
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes a file atomically: `write` fills a temporary file in the target's folder, which is
-/// flushed (`fsync`) and renamed over `path`; the folder is then synced (Unix). If `write` or any
-/// step fails, the temporary file is removed and `path` is left as it was.
-pub fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
-) -> Result<(), CheckpointError> {
-    let io = |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(io)?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io(std::io::Error::other("the path has no file name")))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dir.join(format!(
-        ".{file_name}.tmp-{}-{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        write(&mut f)?;
-        f.flush()?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        #[cfg(unix)]
-        if let Ok(d) = std::fs::File::open(&dir) {
-            // Persist the rename itself; failure to sync a folder is not fatal.
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
-}
-
-/// Whether `name` is a temporary file of [`write_atomic`] (`.<target>.tmp-<pid>-<n>`).
-pub fn is_temp_file_name(name: &std::ffi::OsStr) -> bool {
-    let Some(name) = name.to_str() else {
-        return false;
-    };
-    let Some(rest) = name.strip_prefix('.') else {
-        return false;
-    };
-    let Some((_, tail)) = rest.rsplit_once(".tmp-") else {
-        return false;
-    };
-    let mut parts = tail.split('-');
-    let digits =
-        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
-}
-
-/// Removes the temporary files of interrupted [`write_atomic`] calls (a process killed while it
-/// wrote) from `dir`, and returns their names. Call it only while no other process writes into
-/// `dir` (the trainer holds the run folder's lock).
-pub fn remove_stale_temp_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut removed = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        if is_temp_file_name(&entry.file_name()) && entry.file_type()?.is_file() {
-            std::fs::remove_file(entry.path())?;
-            removed.push(entry.path());
-        }
-    }
-    removed.sort();
-    Ok(removed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -697,35 +614,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`bn.running_mean` has shape [2]"), "{e}");
-    }
-
-    #[test]
-    fn atomic_write_leaves_no_partial_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ck.safetensors");
-        std::fs::write(&path, b"old and complete").unwrap();
-        // A writer that fails half way: the old file stays, the temporary file is gone.
-        let err = write_atomic(&path, |f| {
-            f.write_all(b"new but parti")?;
-            Err(std::io::Error::other("disk full"))
-        })
-        .unwrap_err();
-        assert!(err.to_string().contains("disk full"));
-        assert_eq!(std::fs::read(&path).unwrap(), b"old and complete");
-        let names: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(names, vec!["ck.safetensors".to_string()]);
-        // While the writer runs, the target still holds the old bytes (the new ones go elsewhere).
-        write_atomic(&path, |f| {
-            f.write_all(b"new")?;
-            assert_eq!(std::fs::read(&path).unwrap(), b"old and complete");
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"new");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
@@ -929,23 +817,5 @@ mod tests {
         assert!(e.contains("not 64 hex digits"), "{e}");
         state.seed_hex = "zz".repeat(32);
         assert!(state.restore().is_err());
-    }
-
-    #[test]
-    fn temporary_file_names_are_recognised() {
-        use std::ffi::OsStr;
-        for ok in [".last.safetensors.tmp-12-0", ".config.toml.tmp-1-99"] {
-            assert!(is_temp_file_name(OsStr::new(ok)), "{ok}");
-        }
-        for no in [
-            "last.safetensors",
-            "x.tmp-1-2",
-            ".x.tmp-1",
-            ".x.tmp-a-2",
-            ".x.tmp-1-2-3",
-            ".x.tmp--2",
-        ] {
-            assert!(!is_temp_file_name(OsStr::new(no)), "{no}");
-        }
     }
 }

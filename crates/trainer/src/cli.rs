@@ -298,6 +298,9 @@ pub fn stats_report(a: &StatsArgs) -> anyhow::Result<StatsReport> {
         }
         let split = crate::data::parse_split("--split", a.split.as_deref().unwrap_or("train"))?;
         let ds = recallseg_data::FolderDataset::open(spec, split)?;
+        if let Some(line) = recallseg_data::skipped_summary(ds.skipped()) {
+            crate::console::warn_once(&line);
+        }
         (std::sync::Arc::new(ds), true)
     } else {
         let t = TrainArgs {

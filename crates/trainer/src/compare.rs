@@ -545,10 +545,7 @@ fn one_run(
         examples,
     };
     let json = serde_json::to_string_pretty(&record)?;
-    crate::checkpoint::write_atomic(&summary_path, |f| {
-        use std::io::Write;
-        f.write_all(json.as_bytes())
-    })?;
+    recallseg_files::write_bytes_atomic(&summary_path, json.as_bytes())?;
     Ok(RunState::Done(Box::new(record)))
 }
 
@@ -566,7 +563,7 @@ pub fn run_comparison(
     plan: &ComparisonPlan,
     opts: &CompareOptions,
 ) -> anyhow::Result<CompareOutcome> {
-    let t0 = Instant::now();
+    let clock = ComparisonClock::start(&plan.out_dir);
     if plan.base.data.generate_synthetic {
         crate::data::ensure_synthetic(&plan.base.data, &crate::data::quick_synthetic_config())?;
     }
@@ -579,8 +576,52 @@ pub fn run_comparison(
             }
         }
     }
-    let (cmp, written) = write_comparison(plan, &records, t0, Vec::new())?;
+    let (cmp, written) = write_comparison(plan, &records, &clock, Vec::new())?;
     Ok(CompareOutcome::Done(cmp, written))
+}
+
+/// The wall time spent on a comparison's folder over every invocation: the seconds of earlier
+/// ones are kept in `<out>/comparison-time.json`, which this one's time is added to when it
+/// ends (finished, interrupted or failed), so a resumed comparison's `wall_seconds` counts
+/// every part of it.
+struct ComparisonClock {
+    path: PathBuf,
+    prior: f64,
+    t0: Instant,
+}
+
+impl ComparisonClock {
+    const FILE: &'static str = "comparison-time.json";
+
+    fn start(out_dir: &Path) -> Self {
+        let path = out_dir.join(Self::FILE);
+        let prior = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("seconds")?.as_f64())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .unwrap_or(0.0);
+        Self {
+            path,
+            prior,
+            t0: Instant::now(),
+        }
+    }
+
+    /// Seconds of the earlier invocations plus this one's so far.
+    fn seconds(&self) -> f64 {
+        self.prior + self.t0.elapsed().as_secs_f64()
+    }
+}
+
+impl Drop for ComparisonClock {
+    fn drop(&mut self) {
+        if self.path.parent().is_some_and(Path::is_dir) {
+            let text = serde_json::json!({ "seconds": self.seconds() }).to_string() + "\n";
+            // Losing this figure must not fail a comparison whose results are written.
+            let _ = recallseg_files::write_bytes_atomic(&self.path, text.as_bytes());
+        }
+    }
 }
 
 /// A run of the plan that [`collect_comparison`] found unfinished.
@@ -619,7 +660,7 @@ pub fn collect_comparison(
     plan: &ComparisonPlan,
     opts: &CompareOptions,
 ) -> anyhow::Result<Collected> {
-    let t0 = Instant::now();
+    let clock = ComparisonClock::start(&plan.out_dir);
     let mut records = Vec::new();
     let mut missing = Vec::new();
     for run in &plan.losses {
@@ -657,7 +698,7 @@ pub fn collect_comparison(
             m.reason
         ));
     }
-    let (comparison, written) = write_comparison(plan, &records, t0, notes)?;
+    let (comparison, written) = write_comparison(plan, &records, &clock, notes)?;
     Ok(Collected {
         comparison,
         written,
@@ -670,7 +711,7 @@ pub fn collect_comparison(
 fn write_comparison(
     plan: &ComparisonPlan,
     records: &[RunRecord],
-    t0: Instant,
+    clock: &ComparisonClock,
     extra_notes: Vec<String>,
 ) -> anyhow::Result<(Box<Comparison>, WrittenReport)> {
     // Dataset facts for the report.
@@ -730,7 +771,7 @@ fn write_comparison(
             .iter()
             .map(|r| with_metrics(&plan.base.metrics, r.summary.clone()))
             .collect::<anyhow::Result<_>>()?,
-        wall_seconds: t0.elapsed().as_secs_f64(),
+        wall_seconds: clock.seconds(),
         notes: plan.notes.iter().cloned().chain(extra_notes).collect(),
         metrics: plan.base.metrics,
     };

@@ -16,6 +16,19 @@ pub fn note_line(args: std::fmt::Arguments<'_>) {
     let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
 }
 
+/// Writes `warning: <line>` to standard error unless this process already wrote the same
+/// warning (a dataset folder opened for its train and its validation split has the same
+/// skipped files: said once).
+pub fn warn_once(line: &str) {
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if said.iter().any(|s| s == line) {
+        return;
+    }
+    said.push(line.to_string());
+    note_line(format_args!("warning: {line}"));
+}
+
 /// Writes one line to standard output; a failure is an error that says so.
 pub fn out_line(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();

@@ -145,7 +145,13 @@ pub fn open_split(cfg: &DataConfig, split: Split) -> anyhow::Result<Arc<dyn SegD
         DatasetKind::Cityscapes => Arc::new(
             CityscapesDataset::open(root, split, CityscapesOptions::default()).map_err(explain)?,
         ),
-        DatasetKind::Folder => Arc::new(FolderDataset::open(root, split)?),
+        DatasetKind::Folder => {
+            let ds = FolderDataset::open(root, split)?;
+            if let Some(line) = recallseg_data::skipped_summary(ds.skipped()) {
+                crate::console::warn_once(&line);
+            }
+            Arc::new(ds)
+        }
     };
     Ok(ds)
 }

@@ -20,7 +20,10 @@
 pub fn error_chain_text(error: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in error.chain() {
-        let part = cause.to_string();
+        let part = match cause.downcast_ref::<candle_core::Error>() {
+            Some(e) => candle_text(e),
+            None => cause.to_string(),
+        };
         let part = part.trim();
         if part.is_empty() || parts.iter().any(|p| p.contains(part)) {
             continue;
@@ -33,6 +36,22 @@ pub fn error_chain_text(error: &anyhow::Error) -> String {
         }
     }
     parts.join(": ")
+}
+
+/// A candle error's message without the backtrace candle appends when `RUST_BACKTRACE` or
+/// `RUST_LIB_BACKTRACE` is set (a user asked for a panic's backtrace, not for 18 frames after
+/// every error message), its context and path kept on one line.
+fn candle_text(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_text(inner),
+        candle_core::Error::Context { inner, context } => {
+            format!("{context}: {}", candle_text(inner))
+        }
+        candle_core::Error::WithPath { inner, path } => {
+            format!("{}: {}", path.display(), candle_text(inner))
+        }
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -60,6 +79,21 @@ mod tests {
         let text = error_chain_text(&anyhow::Error::new(err));
         assert!(text.starts_with("cannot read config file surely/absent/nope.toml: "));
         assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn candles_backtrace_is_left_out() {
+        let inner = candle_core::Error::Msg("shape mismatch in matmul".into());
+        let e = candle_core::Error::WithBacktrace {
+            inner: Box::new(inner),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        }
+        .with_path("model.safetensors");
+        let text = error_chain_text(&anyhow::Error::new(e).context("evaluating"));
+        assert_eq!(
+            text,
+            "evaluating: model.safetensors: shape mismatch in matmul"
+        );
     }
 
     #[test]

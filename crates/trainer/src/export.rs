@@ -58,10 +58,7 @@ pub fn export_checkpoint(
         serde_json::to_string(&p.normalize().std)?,
     );
     extra.insert("step".to_string(), p.step().to_string());
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
-    }
+    // The folder is created when missing; the file replaced atomically (`save_exported`).
     let step = i64::try_from(p.step()).unwrap_or(i64::MAX);
     save_exported(p.model(), format, step, &extra, out).map_err(|e| {
         anyhow::anyhow!(

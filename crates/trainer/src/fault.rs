@@ -5,9 +5,11 @@
 //!
 //! `RECALLSEG_FAULT=NAME[:N][:ACTION]` acts the `N`-th time the point `NAME` is reached (`N` = 1
 //! when omitted). `ACTION` is `abort` (the default: no unwinding, no destructors, no flushing,
-//! as a `SIGKILL`) or, on Unix, `term` (the process sends itself SIGTERM and goes on, as when a
-//! scheduler stops it at that moment). Unset, a point costs one lookup of a value read once.
-//! Only tests set the variable.
+//! as a `SIGKILL`), on Unix `term` (the process sends itself SIGTERM and goes on, as when a
+//! scheduler stops it at that moment), or `wait` (the process says so on stderr and waits, up
+//! to ten minutes, until a stop signal arrives, then goes on: a test that drives a real
+//! scheduler sends its signal at exactly that moment). Unset, a point costs one lookup of a
+//! value read once. Only tests set the variable.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -19,6 +21,7 @@ pub(crate) const FAULT_VAR: &str = "RECALLSEG_FAULT";
 enum Action {
     Abort,
     Terminate,
+    WaitForSignal,
 }
 
 #[derive(Debug)]
@@ -42,6 +45,7 @@ fn armed() -> &'static Option<Armed> {
             match p {
                 "abort" => action = Action::Abort,
                 "term" => action = Action::Terminate,
+                "wait" => action = Action::WaitForSignal,
                 n => nth = n.parse().ok()?,
             }
         }
@@ -65,6 +69,18 @@ pub(crate) fn point(name: &str) {
             #[cfg(unix)]
             {
                 let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
+            }
+        }
+        Action::WaitForSignal => {
+            eprintln!(
+                "{FAULT_VAR}: waiting for a stop signal at {name} ({})",
+                a.nth
+            );
+            let t0 = std::time::Instant::now();
+            while crate::signals::received_signal().is_none()
+                && t0.elapsed() < std::time::Duration::from_secs(600)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
         }
     }

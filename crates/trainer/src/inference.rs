@@ -243,11 +243,70 @@ impl Inference {
         }
     }
 
-    /// [`Inference::logits`] of `model` in evaluation mode.
+    /// [`Inference::logits`] of `model` in evaluation mode. Refused up front, with the
+    /// figures, when the logits' buffers alone ([`Inference::logit_bytes`]) would not fit in
+    /// the memory the system says is available.
     pub fn model_logits(&self, model: &DeepLab, x: &Tensor) -> Result<Tensor> {
+        let (n, _, h, w) = x.dims4()?;
+        let classes = model.config().n_classes;
+        if let Some(available) = available_memory_bytes() {
+            self.check_fits(n, classes, h, w, available)
+                .map_err(candle_core::Error::Msg)?;
+        }
         self.logits(&|t: &Tensor| model.forward_t(t, false), x)
     }
 
+    /// Bytes of the `f32` logit buffers alive at once while a batch of `n` images of `h × w`
+    /// with `classes` classes is segmented: the running sum and one pass resized to `h × w`,
+    /// plus, at the largest scale, the pass's logits and (sliding windows) its host sum. The
+    /// network's own activations come on top.
+    pub fn logit_bytes(&self, n: usize, classes: usize, h: usize, w: usize) -> u64 {
+        let plane = |hh: usize, ww: usize| (n * classes) as u64 * hh as u64 * ww as u64 * 4;
+        let largest = self
+            .scales
+            .iter()
+            .filter_map(|&s| scaled(h, s).zip(scaled(w, s)))
+            .map(|(hs, ws)| plane(hs, ws))
+            .max()
+            .unwrap_or(0);
+        2 * plane(h, w) + 2 * largest
+    }
+
+    /// `Err` with the figures when [`Inference::logit_bytes`] exceeds `available` bytes.
+    pub fn check_fits(
+        &self,
+        n: usize,
+        classes: usize,
+        h: usize,
+        w: usize,
+        available: u64,
+    ) -> std::result::Result<(), String> {
+        let need = self.logit_bytes(n, classes, h, w);
+        if need <= available {
+            return Ok(());
+        }
+        let gb = |b: u64| b as f64 / 1e9;
+        let largest = self.scales.iter().cloned().fold(0.0f64, f64::max);
+        Err(format!(
+            "inference: a batch of {n} image(s) of {h}x{w} with {classes} classes at scale \
+             {largest} needs {:.1} GB for its logits alone, and {:.1} GB of memory are \
+             available; lower inference.scales, evaluate smaller images or fewer at a time",
+            gb(need),
+            gb(available)
+        ))
+    }
+}
+
+/// The memory the system says is available to a new allocation (`MemAvailable` of
+/// `/proc/meminfo`); `None` where that is not known.
+fn available_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+impl Inference {
     /// Logits `(N, C, H, W)` of a batch of normalised images `x` `(N, 3, H, W)` (any channel
     /// count), from `forward`, which maps `(N, 3, h, w)` to `(N, C, h, w)` for any `h × w`.
     pub fn logits(
@@ -396,6 +455,32 @@ mod tests {
             .map(|i| ((i * 7919) % 101) as f32 / 10.0 - 5.0)
             .collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn settings_whose_logits_cannot_fit_are_refused_with_the_figures() {
+        let cfg = InferenceConfig {
+            scales: vec![0.5, 1.0, 8.0],
+            ..InferenceConfig::default()
+        };
+        let inf = cfg.plan((64, 64), false).unwrap();
+        // 19 classes, one 1024x2048 image: 2 planes at full size + 2 at 8x.
+        let plane = 19u64 * 1024 * 2048 * 4;
+        assert_eq!(
+            inf.logit_bytes(1, 19, 1024, 2048),
+            2 * plane + 2 * 64 * plane
+        );
+        let err = inf
+            .check_fits(1, 19, 1024, 2048, 8_000_000_000)
+            .unwrap_err();
+        assert!(
+            err.contains("1024x2048 with 19 classes at scale 8")
+                && err.contains("needs 20.7 GB")
+                && err.contains("8.0 GB of memory are available"),
+            "{err}"
+        );
+        assert!(inf.check_fits(1, 19, 1024, 2048, 21_000_000_000).is_ok());
+        assert!(available_memory_bytes().is_some_and(|b| b > 0) || !cfg!(target_os = "linux"));
     }
 
     fn slide_cfg(window: [usize; 2], stride: [usize; 2]) -> InferenceConfig {

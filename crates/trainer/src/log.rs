@@ -214,18 +214,10 @@ impl JsonlLog {
             text.push_str(&serde_json::to_string(r).map_err(std::io::Error::other)?);
             text.push('\n');
         }
-        crate::checkpoint::write_atomic(path, |f| f.write_all(text.as_bytes())).map_err(|e| {
-            let kind = match &e {
-                crate::checkpoint::CheckpointError::Io { source, .. } => source.kind(),
-                _ => std::io::ErrorKind::Other,
-            };
-            let cause = match e {
-                crate::checkpoint::CheckpointError::Io { source, .. } => source.to_string(),
-                other => other.to_string(),
-            };
+        recallseg_files::write_atomic(path, |f| f.write_all(text.as_bytes())).map_err(|e| {
             std::io::Error::new(
-                kind,
-                format!("rewriting the run log {}: {cause}", path.display()),
+                e.source.kind(),
+                format!("rewriting the run log {}: {}", path.display(), e.source),
             )
         })?;
         let file = std::fs::OpenOptions::new()
@@ -478,7 +470,7 @@ pub fn write_metrics_csv(dir: &Path) -> anyhow::Result<PathBuf> {
     let entries = read_log_entries(&dir.join(crate::train::files::LOG))?;
     let path = dir.join(crate::train::files::METRICS);
     let text = metrics_csv(&entries);
-    crate::checkpoint::write_atomic(&path, |f| f.write_all(text.as_bytes()))?;
+    recallseg_files::write_bytes_atomic(&path, text.as_bytes())?;
     Ok(path)
 }
 

@@ -3,6 +3,12 @@
 
 fn main() {
     use clap::Parser;
+    // `RUST_BACKTRACE=1` is for panics; without this, candle would also capture a backtrace
+    // into every error and the message would be followed by its frames. Set before any thread
+    // starts; `RUST_LIB_BACKTRACE=1` still asks for them.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     recallseg_trainer::runtime::tune_cpu_runtime();
     let cli = recallseg_trainer::cli::Cli::parse();
     match recallseg_trainer::cli::run(cli) {

@@ -408,10 +408,7 @@ pub fn submit_script(runs: usize, o: &SlurmOptions, dir: &Path) -> anyhow::Resul
 }
 
 fn write_file(path: &Path, text: &str, executable: bool) -> anyhow::Result<()> {
-    crate::checkpoint::write_atomic(path, |f| {
-        use std::io::Write;
-        f.write_all(text.as_bytes())
-    })?;
+    recallseg_files::write_bytes_atomic(path, text.as_bytes())?;
     #[cfg(unix)]
     if executable {
         use std::os::unix::fs::PermissionsExt;

@@ -113,6 +113,18 @@ fn comparison_writes_a_report_and_reuses_finished_runs() {
         before
     );
     assert_eq!(cmp2.runs, cmp.runs);
+    // The second invocation's wall time adds to the first's (comparison-time.json): a
+    // comparison interrupted and resumed counts every part.
+    assert!(
+        cmp2.wall_seconds >= cmp.wall_seconds,
+        "{} after {}",
+        cmp2.wall_seconds,
+        cmp.wall_seconds
+    );
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("comparison-time.json")).unwrap())
+            .unwrap();
+    assert!(kept["seconds"].as_f64().unwrap() >= cmp2.wall_seconds);
     assert!(cmp.runs.iter().all(|r| r.evaluated == "final"));
     // Asking for both weights re-evaluates the finished runs (no retraining: the final
     // checkpoint is at the last step) and reports the final weights beside the best ones.

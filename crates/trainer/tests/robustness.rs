@@ -828,6 +828,27 @@ fn export_refuses_to_replace_a_run_file() {
     .unwrap();
     let ck = Checkpoint::load(&out.join("last.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(ck.meta.step, 1, "the run's own checkpoint is untouched");
+    // A write that fails says it was a write, names the file, once, on one line, also with
+    // RUST_BACKTRACE=1 (no library backtrace after the message).
+    std::fs::write(dir.path().join("a-file"), b"").unwrap();
+    let target = dir.path().join("a-file").join("m.safetensors");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_recallseg"))
+        .args(["export", "--format", "smp", "--checkpoint"])
+        .arg(&out)
+        .arg("--out")
+        .arg(&target)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: exporting ")
+            && err.contains(&format!(": cannot write weights to {}: ", target.display())),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(err.matches(&*target.to_string_lossy()).count(), 1, "{err}");
 }
 
 /// A stop signal during the end-of-run test evaluation is acknowledged: the evaluation stops,

@@ -5,12 +5,11 @@
 
 mod common;
 
-use common::{quiet, tiny_config, tiny_dataset};
+use common::{quiet, table_rows, tiny_config, tiny_dataset, without_times};
 use recallseg_trainer::compare::{
     collect_comparison, loss_run, run_comparison, CompareOptions, CompareOutcome, ComparisonPlan,
     Evaluate,
 };
-use recallseg_trainer::report::RunSummary;
 use recallseg_trainer::sweep::{write_slurm, ReportStep, SlurmOptions};
 use recallseg_trainer::train::{train, TrainOptions};
 use std::path::{Path, PathBuf};
@@ -69,38 +68,6 @@ fn run_task(script: &Path, k: usize) -> std::process::Output {
         .env("SLURM_ARRAY_TASK_ID", k.to_string())
         .output()
         .unwrap()
-}
-
-/// The report's table rows with times (`0s`, `1m05s`, …) replaced: the only cells that
-/// differ between two trainings of the same runs.
-fn table_rows(md: &str) -> Vec<String> {
-    let is_time = |c: &str| {
-        let c = c.trim();
-        c.ends_with('s')
-            && c.len() > 1
-            && c[..c.len() - 1]
-                .chars()
-                .all(|ch| ch.is_ascii_digit() || ch == 'h' || ch == 'm')
-    };
-    md.lines()
-        .filter(|l| l.starts_with('|'))
-        .map(|l| {
-            l.split('|')
-                .map(|c| if is_time(c) { "T" } else { c })
-                .collect::<Vec<_>>()
-                .join("|")
-        })
-        .collect()
-}
-
-fn without_times(runs: &[RunSummary]) -> Vec<RunSummary> {
-    runs.iter()
-        .cloned()
-        .map(|mut r| {
-            r.train_seconds = 0.0;
-            r
-        })
-        .collect()
 }
 
 #[test]

@@ -864,10 +864,17 @@ fn stats_measures_the_training_split_and_prints_a_line_to_paste() {
 /// The main job's numerics, pinned: the first [`QUICK_STEPS`] training steps of the
 /// `synthia-quick` preset itself (the README's `cargo xtask reproduce synthia --quick`: its
 /// generated dataset, 256×128 images, batch 8, the quarter-width ResNet-18 DeepLabV3+, Adam,
-/// seed 0), with cross entropy and with Recall loss, compared bit for bit with the losses the
-/// published figures were measured with. Only `train.log_every` (logging, not numerics) and the
-/// folders differ from the preset. Any change that moves a bit here moves the README's figures,
-/// so the failure says which documents to measure again.
+/// seed 0), with cross entropy and with Recall loss, compared with the losses the published
+/// figures were measured with. Only `train.log_every` (logging, not numerics) and the folders
+/// differ from the preset. Any change that moves these numbers moves the README's figures, so
+/// the failure says which documents to measure again.
+///
+/// The first [`QUICK_EXACT_STEPS`] steps must match bit for bit on every machine (checked on
+/// two CPU models, with different cache sizes). Later steps are compared within a relative
+/// tolerance that grows with the step: some last-bit rounding still differs between CPU
+/// models (from step 4 on: 5e-6 at step 4, 1e-4 at step 6, then growing as training
+/// amplifies it, about 3% by step 20), so on another CPU the quick figures come out within
+/// seed noise of the published ones, not equal to them. See docs/reproduction.md.
 #[test]
 fn quick_preset_first_steps_are_pinned() {
     let dir = tempfile::tempdir().unwrap();
@@ -909,10 +916,27 @@ fn quick_preset_first_steps_are_pinned() {
         let bits: Vec<u64> = losses.iter().map(|(_, v)| v.to_bits()).collect();
         let steps: Vec<u64> = losses.iter().map(|(s, _)| *s).collect();
         assert_eq!(steps, (1..=QUICK_STEPS).collect::<Vec<_>>());
+        let within = bits
+            .iter()
+            .zip(want.iter())
+            .enumerate()
+            .all(|(i, (&g, &w))| {
+                let step = i as u64 + 1;
+                let (g, w) = (f64::from_bits(g), f64::from_bits(w));
+                g == w
+                    || (step > QUICK_EXACT_STEPS
+                        && (g - w).abs() <= quick_tolerance(step) * w.abs())
+            });
+        if bits != want {
+            eprintln!(
+                "{loss}: the first {QUICK_EXACT_STEPS} steps match bit for bit; later ones \
+                 differ in the last bits (another CPU model), within tolerance: {within}"
+            );
+        }
         assert!(
-            bits == want,
+            within,
             "the first {QUICK_STEPS} training steps of the synthia-quick preset with {loss} \
-             changed (got the losses printed above, pinned {want:#018x?}). This changes the \
+             changed beyond what another CPU model explains (got the losses printed above, pinned {want:#018x?}). This changes the \
              figures of `cargo xtask reproduce synthia --quick`: measure them again (3 seeds) \
              and update README.md (its table) and docs/reproduction.md (\"The measured quick \
              run\": per-seed, per-class tables and wall time), then re-pin these constants from \
@@ -923,6 +947,18 @@ fn quick_preset_first_steps_are_pinned() {
 
 /// Steps pinned by [`quick_preset_first_steps_are_pinned`].
 const QUICK_STEPS: u64 = 20;
+/// The steps that must match bit for bit on every machine.
+const QUICK_EXACT_STEPS: u64 = 3;
+/// The relative tolerance of step `step` (> [`QUICK_EXACT_STEPS`]): about twice the largest
+/// difference seen between two CPU models (1.0e-4 up to step 6, 2.3e-3 at steps 7–8, 2.8e-2
+/// after).
+fn quick_tolerance(step: u64) -> f64 {
+    match step {
+        0..=6 => 2e-4,
+        7..=8 => 5e-3,
+        _ => 5e-2,
+    }
+}
 /// The logged loss (f64 bits) of steps 1..=20 of `synthia-quick` with cross entropy.
 const QUICK_CE_LOSS_BITS: &[u64] = &[
     0x4006e2b640000000,

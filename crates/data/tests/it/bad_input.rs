@@ -74,7 +74,28 @@ fn missing_label_file_is_named() {
     }
     let e = open_train(dir.path()).unwrap_err();
     assert!(matches!(e, DataError::Unpaired { .. }), "{e}");
-    assert!(msg(e).contains("GT/LABELS/Stereo_Left/Omni_F/0000"));
+    let m = msg(e);
+    assert!(m.contains("GT/LABELS/Stereo_Left/Omni_F/0000"), "{m}");
+    assert!(!m.contains("which is"), "nothing is there: {m}");
+    // Something is there but it is no file: the message says what it is.
+    for i in 0..10 {
+        std::fs::create_dir(lbl.join(format!("{i:06}.png"))).unwrap();
+    }
+    let m = msg(open_train(dir.path()).unwrap_err());
+    assert!(m.contains(".png, which is a folder)"), "{m}");
+    #[cfg(unix)]
+    {
+        for i in 0..10 {
+            let p = lbl.join(format!("{i:06}.png"));
+            std::fs::remove_dir(&p).unwrap();
+            std::os::unix::fs::symlink(&p, &p).unwrap(); // a link to itself
+        }
+        let m = msg(open_train(dir.path()).unwrap_err());
+        assert!(
+            m.contains(".png, which is a broken or looping symbolic link ("),
+            "{m}"
+        );
+    }
 }
 
 /// Each way a Synthia root can fail to open has its own message, and only the one where the

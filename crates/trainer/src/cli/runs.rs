@@ -3,8 +3,8 @@
 
 use super::TrainArgs;
 use crate::compare::{
-    parse_losses, quick_losses, run_comparison, summary_table, CompareOptions, CompareOutcome,
-    ComparisonPlan, Evaluate,
+    collect_comparison, parse_losses, quick_losses, run_comparison, summary_table, CompareOptions,
+    CompareOutcome, ComparisonPlan, Evaluate,
 };
 use crate::train::{install_ctrlc, interrupt_flag};
 use clap::Args;
@@ -65,6 +65,11 @@ pub struct CompareArgs {
     /// it such a folder is an error and nothing is deleted.
     #[arg(long)]
     pub overwrite: bool,
+    /// Train nothing: collect the runs finished in the output folder (trained by a Slurm job
+    /// array, or by an earlier `compare`) into the report; runs that have not finished are
+    /// named and make the exit status 1.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub report_only: bool,
 }
 
 impl CompareArgs {
@@ -124,6 +129,23 @@ pub fn compare(a: &CompareArgs) -> anyhow::Result<i32> {
         overwrite: a.overwrite,
     };
     let t0 = std::time::Instant::now();
+    if a.report_only {
+        let c = collect_comparison(&plan, &opts)?;
+        for w in &c.written.warnings {
+            note!("warning: {w}");
+        }
+        for m in &c.missing {
+            note!(
+                "not finished: {} ({}): {}",
+                m.label,
+                m.dir.display(),
+                m.reason
+            );
+        }
+        out!("\n{}", summary_table(&c.comparison))?;
+        out!("report: {}", plan.out_dir.join("report.md").display())?;
+        return Ok(if c.missing.is_empty() { 0 } else { 1 });
+    }
     match run_comparison(&plan, &opts)? {
         CompareOutcome::Interrupted(label) => {
             note!(

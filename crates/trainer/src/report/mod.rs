@@ -195,7 +195,10 @@ pub struct Comparison {
     pub class_frequency: Option<Vec<f64>>,
     /// One entry per loss, in the order run.
     pub runs: Vec<RunSummary>,
-    /// Wall time of the whole comparison in seconds.
+    /// Wall time of the whole comparison in seconds: every invocation that worked on its
+    /// output folder (an interrupted `compare` and the one that resumed it), summed through
+    /// `comparison-time.json` in that folder. Runs trained elsewhere (a Slurm job array) count
+    /// only with the time it took to collect them.
     pub wall_seconds: f64,
     /// Free-form notes printed under the setting.
     pub notes: Vec<String>,

@@ -421,6 +421,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainOutc
 
 /// Whether two configurations describe the same run up to what may change on resume.
 pub fn same_run(a: &TrainConfig, b: &TrainConfig) -> bool {
+    run_differences(a, b).is_empty()
+}
+
+/// What makes `now` another run than `saved` (empty when it is the same run up to what may
+/// change on resume): one line per differing field, `key: saved → now`, or the reason the
+/// schedule's `train.iters` may not change.
+pub fn run_differences(saved: &TrainConfig, now: &TrainConfig) -> Vec<String> {
     let norm = |c: &TrainConfig| {
         let mut c = c.clone();
         c.train.iters = 0;
@@ -435,7 +442,6 @@ pub fn same_run(a: &TrainConfig, b: &TrainConfig) -> bool {
         c.train.accumulate = 1;
         c.train.sync_batch_norm = false;
         c.train.check_replicas_every = 0;
-        c.schedule.kind = crate::config::ScheduleKind::Constant;
         // How a fresh model starts does not matter to a run that continues from its
         // checkpoint (every parameter comes from there); a config stored before `init` existed
         // reads as today's default.
@@ -447,13 +453,67 @@ pub fn same_run(a: &TrainConfig, b: &TrainConfig) -> bool {
         c.metrics = crate::config::MetricsSection::default();
         c
     };
+    let mut diffs = Vec::new();
+    let (a, b) = (norm(saved), norm(now));
+    if a != b {
+        let (fa, fb) = (flat_fields(&a), flat_fields(&b));
+        for (key, va) in &fa {
+            match fb.get(key) {
+                Some(vb) if vb == va => {}
+                Some(vb) => diffs.push(format!("{key}: {va} → {vb}")),
+                None => diffs.push(format!("{key}: {va} → (unset)")),
+            }
+        }
+        for (key, vb) in &fb {
+            if !fa.contains_key(key) {
+                diffs.push(format!("{key}: (unset) → {vb}"));
+            }
+        }
+        if diffs.is_empty() {
+            diffs.push("the configurations differ".into());
+        }
+    }
     // Poly and cosine schedules depend on iters, so changing iters with them is not the same
     // run (multi-step milestones are absolute steps).
-    let iters_ok = !matches!(
-        a.schedule.kind,
+    let by_iters = matches!(
+        saved.schedule.kind,
         crate::config::ScheduleKind::Poly | crate::config::ScheduleKind::Cosine
-    ) || a.train.iters == b.train.iters;
-    norm(a) == norm(b) && a.schedule.kind == b.schedule.kind && iters_ok
+    );
+    if by_iters && saved.train.iters != now.train.iters && saved.schedule.kind == now.schedule.kind
+    {
+        diffs.push(format!(
+            "train.iters: {} → {} (the {:?} schedule's learning rate at each step depends on \
+             train.iters, so a longer or shorter {:?} run is another run)",
+            saved.train.iters, now.train.iters, saved.schedule.kind, saved.schedule.kind
+        ));
+    }
+    diffs
+}
+
+/// Every leaf of a configuration as `section.key` → its TOML value.
+fn flat_fields(c: &TrainConfig) -> std::collections::BTreeMap<String, String> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    if let Ok(v) = toml::Value::try_from(c) {
+        walk("", &v, &mut out);
+    }
+    out
 }
 
 /// Opens the split `split` of the configured dataset for evaluation.
@@ -482,5 +542,34 @@ mod tests {
         assert!(same_run(&stored, &a));
         b.model.head_channels += 4;
         assert!(!same_run(&a, &b));
+        assert_eq!(
+            run_differences(&a, &b),
+            [format!(
+                "model.head_channels: {} → {}",
+                a.model.head_channels,
+                a.model.head_channels + 4
+            )]
+        );
+    }
+
+    #[test]
+    fn a_longer_poly_run_is_another_run_and_the_reason_says_why() {
+        let mut a = Preset::SynthiaQuick.config(&[]).unwrap();
+        a.schedule.kind = crate::config::ScheduleKind::Poly;
+        let mut b = a.clone();
+        b.train.iters += 100;
+        let d = run_differences(&a, &b);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].starts_with(&format!(
+                "train.iters: {} → {}",
+                a.train.iters, b.train.iters
+            )) && d[0].contains("Poly schedule's learning rate"),
+            "{d:?}"
+        );
+        // With a constant schedule more iterations continue the same run.
+        a.schedule.kind = crate::config::ScheduleKind::Constant;
+        b.schedule.kind = crate::config::ScheduleKind::Constant;
+        assert!(same_run(&a, &b));
     }
 }

@@ -5,7 +5,8 @@
 use super::strategy::{EarlyStop, KeepBest, StopRule, Stopping};
 use super::{
     build_loss, build_model_with, files, loss_state_tensors, open_run_data_shard,
-    restore_loss_state, same_run, BuiltModel, RunData, TrainError, TrainOptions, TrainOutcome,
+    restore_loss_state, run_differences, BuiltModel, RunData, TrainError, TrainOptions,
+    TrainOutcome,
 };
 use crate::checkpoint::{Checkpoint, CheckpointMeta, RngState, FORMAT_VERSION};
 use crate::config::{DeviceSpec, TrainConfig};
@@ -236,12 +237,16 @@ impl<'a> Trainer<'a> {
             let saved: TrainConfig = toml::from_str(&ck.meta.config_toml).map_err(|e| {
                 anyhow::anyhow!("{}: stored config unreadable: {e}", last_path.display())
             })?;
-            if !same_run(&saved, cfg) {
+            let differences = run_differences(&saved, cfg);
+            if !differences.is_empty() {
                 anyhow::bail!(
-                    "{} was written by a different configuration; remove it or use another \
-                     train.out_dir (only train.iters, the logging and checkpoint intervals, \
-                     data.workers and train.device may change on resume)",
-                    last_path.display()
+                    "{} was written by a different configuration:\n  {}\nuse another \
+                     train.out_dir, or --overwrite to start this one there (what may change on \
+                     resume: train.iters unless the schedule is poly or cosine, the logging, \
+                     validation and checkpoint intervals, data.workers, train.device and the \
+                     number of ranks)",
+                    last_path.display(),
+                    differences.join("\n  ")
                 );
             }
             if ck.meta.step > cfg.train.iters as u64 {
@@ -299,10 +304,7 @@ impl<'a> Trainer<'a> {
         if lead {
             // The header row at the start, the rows up to the resumed step after a resume.
             crate::log::write_metrics_csv(out)?;
-            crate::checkpoint::write_atomic(&out.join(files::CONFIG), |f| {
-                use std::io::Write;
-                f.write_all(config_toml.as_bytes())
-            })?;
+            recallseg_files::write_bytes_atomic(&out.join(files::CONFIG), config_toml.as_bytes())?;
         }
 
         let iters = cfg.train.iters as u64;
@@ -446,6 +448,7 @@ impl<'a> Trainer<'a> {
             };
             let lr = self.step(&batch)?;
             self.after_step(lr)?;
+            crate::fault::point("step-end");
             if self.step == iters {
                 finished = true;
             } else if self.early_stopping() {
@@ -563,12 +566,8 @@ impl<'a> Trainer<'a> {
             "report": &rep,
         });
         let path = cfg.train.out_dir.join(files::TEST);
-        crate::checkpoint::write_atomic(&path, |f| {
-            use std::io::Write;
-            f.write_all(serde_json::to_string_pretty(&json)?.as_bytes())?;
-            f.write_all(b"\n")
-        })
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        let text = serde_json::to_string_pretty(&json)? + "\n";
+        recallseg_files::write_bytes_atomic(&path, text.as_bytes())?;
         self.log.write(&LogRecord::Test {
             step: self.step,
             split: split.clone(),
@@ -1406,7 +1405,7 @@ fn prepare_run_dir(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<(Ru
     let lock = RunLock::acquire(out)?;
     // Holding the lock, no other process writes here: temporary files are leftovers of
     // killed writes.
-    let stale = crate::checkpoint::remove_stale_temp_files(out)
+    let stale = recallseg_files::remove_stale_temp_files(out)
         .map_err(|e| anyhow::anyhow!("{}: removing stale temporary files: {e}", out.display()))?;
     if !stale.is_empty() && !opts.quiet {
         note!(

@@ -157,7 +157,27 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, single-threaded, strides in elements.
+/// The depth blocks `(start, len)` every product over `k` is cut into before it reaches `gemm`:
+/// `ceil(k / 512)` blocks of equal size (the last one shorter), summed one after another.
+///
+/// `gemm` sums its depth `k` in blocks whose size it derives from the CPU's L1 cache (at least
+/// 512, balanced the same way), so the rounding of a long sum (a weight gradient sums over
+/// every pixel of the batch) would depend on the machine: the same run gave other losses from
+/// its second step on a CPU with a larger L1. Calls of depth at most 512 are never blocked
+/// inside `gemm`, so with the blocks fixed here every machine sums in the same order and gets
+/// the same bits (the order `gemm` itself uses where its block size is 512).
+pub(crate) fn depth_blocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
+    const MAX_DEPTH: usize = 512;
+    let blocks = k.div_ceil(MAX_DEPTH).max(1);
+    let size = k.div_ceil(blocks).max(1);
+    (0..blocks).map(move |b| {
+        let start = (b * size).min(k);
+        (start, size.min(k - start))
+    })
+}
+
+/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, single-threaded, strides in elements; the depth
+/// summed in the machine-independent blocks of [`depth_blocks`].
 ///
 /// # Safety
 /// Every pointer must be valid for the given extents and strides, and `dst` must not alias the
@@ -178,29 +198,32 @@ unsafe fn sgemm(
     rhs_rs: usize,
     rhs_cs: usize,
 ) {
-    // SAFETY: the caller upholds this function's `# Safety` contract.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs as isize,
-            dst_rs as isize,
-            accumulate,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
+    for (i, (k0, kb)) in depth_blocks(k).enumerate() {
+        // SAFETY: the caller upholds this function's `# Safety` contract; block `k0..k0 + kb`
+        // lies inside the `k` columns of `lhs` and rows of `rhs`.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                kb,
+                dst,
+                dst_cs as isize,
+                dst_rs as isize,
+                accumulate || i > 0,
+                lhs.add(k0 * lhs_cs),
+                lhs_cs as isize,
+                lhs_rs as isize,
+                rhs.add(k0 * rhs_rs),
+                rhs_cs as isize,
+                rhs_rs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
     }
 }
 

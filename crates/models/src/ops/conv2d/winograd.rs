@@ -447,29 +447,34 @@ impl Products {
     unsafe fn run(&self, dst: SyncPtr, lhs: *const f32, rhs: *const f32) {
         let (lhs, rhs) = (SyncPtr::new(lhs as *mut f32), SyncPtr::new(rhs as *mut f32));
         (0..16).into_par_iter().for_each(|xi| {
-            // SAFETY: the ξ tasks write disjoint parts of `dst`; bounds per the caller.
-            unsafe {
-                gemm::gemm(
-                    self.rows,
-                    self.cols,
-                    self.k,
-                    dst.add(xi * self.dst.0),
-                    self.dst.2 as isize,
-                    self.dst.1 as isize,
-                    self.accumulate,
-                    lhs.add(xi * self.lhs.0),
-                    self.lhs.2 as isize,
-                    self.lhs.1 as isize,
-                    rhs.add(xi * self.rhs.0),
-                    self.rhs.2 as isize,
-                    self.rhs.1 as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+            // Depth in the machine-independent blocks of `depth_blocks` (same bits on every
+            // CPU).
+            for (i, (k0, kb)) in super::kernels::depth_blocks(self.k).enumerate() {
+                // SAFETY: the ξ tasks write disjoint parts of `dst`; bounds per the caller, and
+                // block `k0..k0 + kb` lies inside the depth `k` of both operands.
+                unsafe {
+                    gemm::gemm(
+                        self.rows,
+                        self.cols,
+                        kb,
+                        dst.add(xi * self.dst.0),
+                        self.dst.2 as isize,
+                        self.dst.1 as isize,
+                        self.accumulate || i > 0,
+                        lhs.add(xi * self.lhs.0 + k0 * self.lhs.2),
+                        self.lhs.2 as isize,
+                        self.lhs.1 as isize,
+                        rhs.add(xi * self.rhs.0 + k0 * self.rhs.1),
+                        self.rhs.2 as isize,
+                        self.rhs.1 as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
             }
         });
     }
