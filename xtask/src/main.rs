@@ -36,7 +36,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     // Before any thread or candle op: see recallseg_trainer::runtime.
-    recallseg_trainer::runtime::tune_cpu_runtime();
+    recallseg_cli::runtime::tune_cpu_runtime();
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(args) => bench::run(&args),

@@ -6,17 +6,17 @@
 //! `recallseg compare --config my.toml` calls for any dataset.
 //!
 //! `--emit slurm` writes the same sweep as a Slurm job array instead of running it
-//! (`recallseg_trainer::sweep::write_slurm`), and `--report-only` collects runs trained
+//! (`recallseg_compare::sweep::write_slurm`), and `--report-only` collects runs trained
 //! elsewhere into the report (`compare::collect_comparison`).
 
 use clap::Args;
-use recallseg_trainer::compare::{
+use recallseg_compare::{
     collect_comparison, paper_losses, parse_losses, quick_losses, run_comparison, summary_table,
     CompareOptions, CompareOutcome, ComparisonPlan, Evaluate, LossRun,
 };
 use recallseg_trainer::config::Preset;
 use recallseg_trainer::data::missing_dataset_help;
-use recallseg_trainer::sweep::{write_slurm, After, ReportStep, SlurmOptions};
+use recallseg_compare::sweep::{write_slurm, After, ReportStep, SlurmOptions};
 use std::path::{Path, PathBuf};
 
 /// Arguments of `cargo xtask reproduce`.
@@ -72,7 +72,7 @@ pub(crate) struct ReproduceArgs {
     /// what the paper's test.py evaluates) or both (best as the main result, final beside it).
     /// Default: both for the paper's protocols, final with --quick.
     #[arg(long)]
-    pub evaluate: Option<recallseg_trainer::compare::Evaluate>,
+    pub evaluate: Option<recallseg_compare::Evaluate>,
     /// Train nothing: collect the finished runs of the output folder(s) (trained by the Slurm
     /// array of --emit slurm, or by an earlier reproduce) into the report; runs that have not
     /// finished are named in it and make the exit status 1.
@@ -533,8 +533,8 @@ mod tests {
                 assert_eq!(a.losses, b.losses);
                 for l in &a.losses {
                     let (ca, cb) = (
-                        recallseg_trainer::compare::run_config(a, l),
-                        recallseg_trainer::compare::run_config(b, l),
+                        recallseg_compare::run_config(a, l),
+                        recallseg_compare::run_config(b, l),
                     );
                     assert_eq!(ca.to_toml().unwrap(), cb.to_toml().unwrap());
                 }

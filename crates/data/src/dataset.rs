@@ -114,7 +114,8 @@ pub struct Sample {
     pub id: String,
 }
 
-/// A label map alone (what per-class pixel counting needs).
+/// A label map alone: a dataset's ground truth (what per-class pixel counting needs) or a
+/// model's prediction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelMap {
     /// H×W train ids (or the ignore index), row-major.
@@ -123,6 +124,52 @@ pub struct LabelMap {
     pub width: usize,
     /// Height in pixels.
     pub height: usize,
+}
+
+impl LabelMap {
+    /// The train id at `(x, y)`; `None` outside the map.
+    pub fn get(&self, x: usize, y: usize) -> Option<u8> {
+        (x < self.width && y < self.height)
+            .then(|| self.label.get(y * self.width + x).copied())
+            .flatten()
+    }
+
+    /// RGB bytes (`height × width × 3`) in the colours of `palette` ([`colorize`]).
+    pub fn colorize(&self, palette: &[[u8; 3]]) -> Vec<u8> {
+        colorize(&self.label, palette)
+    }
+
+    /// Number of pixels of each of the `n_classes` train ids (ids outside are not counted).
+    pub fn class_pixels(&self, n_classes: usize) -> Vec<u64> {
+        let mut n = vec![0u64; n_classes];
+        for &l in &self.label {
+            if let Some(c) = n.get_mut(l as usize) {
+                *c += 1;
+            }
+        }
+        n
+    }
+
+    /// Writes the train ids as an 8-bit greyscale PNG (what programs read back), atomically.
+    pub fn save_png(&self, path: &std::path::Path) -> Result<(), DataError> {
+        crate::png_io::write_gray8(
+            path,
+            self.width,
+            self.height,
+            &self.label,
+            crate::png_io::PngSpeed::Balanced,
+        )
+    }
+}
+
+/// RGB bytes (3 per label) in the colours of `palette`; labels without a colour (the ignore
+/// index, ids outside the palette) are black.
+pub fn colorize(labels: &[u8], palette: &[[u8; 3]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(labels.len() * 3);
+    for &l in labels {
+        out.extend_from_slice(palette.get(l as usize).unwrap_or(&[0, 0, 0]));
+    }
+    out
 }
 
 /// A dataset split.

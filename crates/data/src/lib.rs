@@ -32,7 +32,7 @@ pub mod transform;
 
 pub use cityscapes::{CityscapesDataset, CityscapesOptions};
 pub use dataset::{
-    ClassInfo, LabelMap, Normalize, Sample, SegDataset, Split, DEFAULT_IGNORE_INDEX,
+    colorize, ClassInfo, LabelMap, Normalize, Sample, SegDataset, Split, DEFAULT_IGNORE_INDEX,
 };
 pub use error::DataError;
 pub use folder::{skipped_summary, FolderDataset, FolderSpec, SkippedFile};

@@ -481,12 +481,8 @@ fn write_png(
         writer.write_image_data(data).map_err(enc_err)?;
         writer.finish().map_err(enc_err)?;
     }
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-        }
-    }
-    std::fs::write(path, &out).map_err(|e| DataError::io(path, e))
+    // Atomically: a prediction or a generated image is never left half-written.
+    recallseg_files::write_bytes_atomic(path, &out).map_err(|e| DataError::io(path, e.source))
 }
 
 /// Checks that a `w × h` image of `channels` values a pixel can be a PNG (1 to 2³¹−1 pixels

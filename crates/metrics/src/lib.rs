@@ -21,6 +21,8 @@
 //!   (`all`), as sklearn's and torchmetrics' `normalize` ([`Normalize`], [`NormalizedMatrix`]).
 //! * [`PerImageIou`]: IoU per image (torchmetrics' `MeanIoU` / `mean_iou` per sample): the mean
 //!   of the per-image mean IoUs, torchmetrics' pooled mean and per-class means over images.
+//! * [`ReportSettings`]: how a report reduces and shows the scores (averaging, β, confusion
+//!   normalisation), as a serde table.
 //!
 //! ```
 //! use recallseg_metrics::ConfusionMatrix;
@@ -53,6 +55,7 @@ mod label;
 mod normalize;
 mod per_image;
 mod report;
+mod settings;
 
 pub use average::{Average, Averaged, AveragedScores, Averaging, Score, ZeroDivision};
 pub use confusion::{ConfusionMatrix, DEFAULT_IGNORE_INDEX, MAX_CLASSES};
@@ -61,3 +64,4 @@ pub use label::Label;
 pub use normalize::{Normalize, NormalizedMatrix};
 pub use per_image::{PerImageIou, PerImageScores};
 pub use report::{ClassScores, Mean, Report, SubsetMeans};
+pub use settings::ReportSettings;

@@ -786,96 +786,11 @@ pub struct TrainConfig {
     pub inference: crate::inference::InferenceConfig,
     /// `[metrics]`: how evaluation reports average their scores (optional; its defaults are
     /// the paper's `nanmean`, and a default section is not written out).
-    #[serde(default, skip_serializing_if = "MetricsSection::is_default")]
-    pub metrics: MetricsSection,
-}
-
-/// `[metrics]`: the scores evaluation reports (`recallseg eval`, the comparison report) show
-/// beside the per-class tables. They change only what is reported, never training, so runs
-/// that differ only here are the same run.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsSection {
-    /// How the report's headline means reduce the per-class scores: `macro` (default), `micro`
-    /// or `weighted` (torchmetrics' names; `recallseg_metrics::Average`).
-    #[serde(default)]
-    pub average: recallseg_metrics::Average,
-    /// What an undefined per-class score (`0/0`) becomes in those means: `"skip"` (default:
-    /// left out, the paper's `numpy.nanmean`) or a number in `[0, 1]` (torchmetrics'
-    /// `zero_division`; `macro` with 0 is torchmetrics' default).
-    #[serde(default)]
-    pub zero_division: recallseg_metrics::ZeroDivision,
-    /// β of the F-beta scores (default 1: F1 = Dice; mmseg's `mFscore` and torchmetrics'
-    /// `FBetaScore`).
-    #[serde(default = "default_beta")]
-    pub beta: f64,
-    /// How the comparison report's confusion matrices are normalised: `"true"` (default: over
-    /// the ground truth, rows sum to 1, the diagonal is recall), `"pred"`, `"all"` or `"none"`
-    /// (counts), as sklearn and torchmetrics name them.
-    #[serde(default)]
-    pub confusion_normalize: recallseg_metrics::Normalize,
-}
-
-fn default_beta() -> f64 {
-    1.0
-}
-
-impl Default for MetricsSection {
-    fn default() -> Self {
-        MetricsSection {
-            average: Default::default(),
-            zero_division: Default::default(),
-            beta: default_beta(),
-            confusion_normalize: Default::default(),
-        }
-    }
-}
-
-impl MetricsSection {
-    /// Whether every field holds its default.
-    pub fn is_default(&self) -> bool {
-        *self == MetricsSection::default()
-    }
-
-    /// The averaging of the headline means.
-    pub fn averaging(&self) -> recallseg_metrics::Averaging {
-        recallseg_metrics::Averaging::new(self.average, self.zero_division)
-    }
-
-    /// Checks the values; the error names the field.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.average == recallseg_metrics::Average::None {
-            return Err(invalid(
-                "metrics.average",
-                "`none` gives no single number for the headline means (the per-class tables \
-                 show the unreduced scores); use macro, micro or weighted",
-            ));
-        }
-        if let Err(e) = self.zero_division.validate() {
-            return Err(invalid("metrics.zero_division", e.to_string()));
-        }
-        if !(self.beta.is_finite() && self.beta > 0.0) {
-            return Err(invalid(
-                "metrics.beta",
-                format!("{} is not a finite number above 0", self.beta),
-            ));
-        }
-        Ok(())
-    }
-
-    /// `report` with this section's β and, unless it is the report's own (`macro`, `skip`),
-    /// its averaging stored in `averages` (printed and serialised with the report).
-    pub fn apply(
-        &self,
-        report: recallseg_metrics::Report,
-    ) -> Result<recallseg_metrics::Report, recallseg_metrics::MetricsError> {
-        let report = report.with_beta(self.beta)?;
-        if self.averaging() == recallseg_metrics::Averaging::NANMEAN {
-            Ok(report)
-        } else {
-            report.with_averaging(self.averaging())
-        }
-    }
+    #[serde(
+        default,
+        skip_serializing_if = "recallseg_metrics::ReportSettings::is_default"
+    )]
+    pub metrics: recallseg_metrics::ReportSettings,
 }
 
 /// Built-in presets.
@@ -1085,7 +1000,9 @@ impl TrainConfig {
     /// Checks every value; the error names the first bad field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_paths()?;
-        self.metrics.validate()?;
+        self.metrics
+            .validate()
+            .map_err(|(field, message)| invalid(&format!("metrics.{field}"), message))?;
         let d = &self.data;
         if let Some([lo, hi]) = d.scale {
             if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi && hi <= 16.0) {

@@ -7,7 +7,7 @@ use recallseg_distributed::SharedCommunicator;
 use std::sync::Arc;
 
 /// The `--distributed` choice of `recallseg train`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DistributedBackend {
     /// MPI when the process was started by an MPI launcher (`mpirun`, `mpiexec`, `srun`),
     /// otherwise one process.
@@ -21,6 +21,36 @@ pub enum DistributedBackend {
     /// the small host collectives (needs the `nccl` feature and `train.device = "cuda"`, one
     /// process per GPU). `auto` picks it in a build with `nccl` when `train.device` is CUDA.
     Nccl,
+}
+
+impl DistributedBackend {
+    /// Every choice, in the order `--help` lists them.
+    pub const ALL: [DistributedBackend; 4] = [
+        DistributedBackend::Auto,
+        DistributedBackend::Off,
+        DistributedBackend::Mpi,
+        DistributedBackend::Nccl,
+    ];
+
+    /// The name the command line uses: `auto`, `off`, `mpi`, `nccl`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DistributedBackend::Auto => "auto",
+            DistributedBackend::Off => "off",
+            DistributedBackend::Mpi => "mpi",
+            DistributedBackend::Nccl => "nccl",
+        }
+    }
+}
+
+impl std::str::FromStr for DistributedBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        DistributedBackend::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| format!("`{s}` is not one of auto, off, mpi, nccl"))
+    }
 }
 
 /// The device a rank trains on: under data parallelism (`world > 1`) `cuda` means the rank's

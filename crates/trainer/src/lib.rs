@@ -15,14 +15,7 @@ macro_rules! note {
     ($($arg:tt)*) => { $crate::console::note_line(::std::format_args!($($arg)*)) };
 }
 
-/// `println!` that returns `anyhow::Result<()>` instead of panicking ([`console`]).
-macro_rules! out {
-    ($($arg:tt)*) => { $crate::console::out_line(::std::format_args!($($arg)*)) };
-}
-
 pub mod checkpoint;
-pub mod cli;
-pub mod compare;
 pub mod config;
 pub mod console;
 pub mod data;
@@ -31,14 +24,10 @@ pub mod error_text;
 pub mod eval;
 pub mod export;
 mod fault;
-pub mod font;
 pub mod inference;
 pub mod log;
 pub mod optim;
 pub mod predict;
-pub mod report;
 pub mod run_dir;
-pub mod runtime;
 pub mod signals;
-pub mod sweep;
 pub mod train;

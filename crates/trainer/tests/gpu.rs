@@ -305,14 +305,14 @@ fn evaluation_and_prediction_on_cuda_match_the_cpu() {
     let hw = w * h;
     let mut flips = 0;
     for p in 0..hw {
-        if mc.labels[p] != mg.labels[p] {
+        if mc.label[p] != mg.label[p] {
             let mut v: Vec<f64> = (0..classes).map(|k| xc[k * hw + p]).collect();
             v.sort_by(|a, b| b.total_cmp(a));
             assert!(
                 v[0] - v[1] <= 2.0 * rtol * scale,
                 "pixel {p}: labels {} vs {} without a near tie",
-                mc.labels[p],
-                mg.labels[p]
+                mc.label[p],
+                mg.label[p]
             );
             flips += 1;
         }

@@ -450,7 +450,7 @@ pub fn run_differences(saved: &TrainConfig, now: &TrainConfig) -> Vec<String> {
         // How the model is run at test time does not change training.
         c.inference = crate::inference::InferenceConfig::default();
         // What evaluation reports show is not part of the run.
-        c.metrics = crate::config::MetricsSection::default();
+        c.metrics = recallseg_metrics::ReportSettings::default();
         c
     };
     let mut diffs = Vec::new();

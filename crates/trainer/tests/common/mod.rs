@@ -6,7 +6,6 @@ use recallseg_data::{generate_synthia, SyntheticConfig};
 use recallseg_trainer::checkpoint::Checkpoint;
 use recallseg_trainer::config::{Preset, TrainConfig};
 use recallseg_trainer::log::{read_log, LogRecord};
-use recallseg_trainer::report::RunSummary;
 use recallseg_trainer::train::TrainOptions;
 use std::path::Path;
 
@@ -166,38 +165,6 @@ pub(crate) fn train_records(out: &Path) -> Vec<TrainRecord> {
                 ..
             } => Some((step, loss, class_weights)),
             _ => None,
-        })
-        .collect()
-}
-
-/// The report's table rows with times (`0s`, `1m05s`, …) replaced: the only cells that
-/// differ between two trainings of the same runs.
-pub(crate) fn table_rows(md: &str) -> Vec<String> {
-    let is_time = |c: &str| {
-        let c = c.trim();
-        c.ends_with('s')
-            && c.len() > 1
-            && c[..c.len() - 1]
-                .chars()
-                .all(|ch| ch.is_ascii_digit() || ch == 'h' || ch == 'm')
-    };
-    md.lines()
-        .filter(|l| l.starts_with('|'))
-        .map(|l| {
-            l.split('|')
-                .map(|c| if is_time(c) { "T" } else { c })
-                .collect::<Vec<_>>()
-                .join("|")
-        })
-        .collect()
-}
-
-pub(crate) fn without_times(runs: &[RunSummary]) -> Vec<RunSummary> {
-    runs.iter()
-        .cloned()
-        .map(|mut r| {
-            r.train_seconds = 0.0;
-            r
         })
         .collect()
 }

@@ -6,11 +6,11 @@
 mod common;
 
 use common::{quiet, table_rows, tiny_config, tiny_dataset, without_times};
-use recallseg_trainer::compare::{
+use recallseg_compare::sweep::{write_slurm, ReportStep, SlurmOptions};
+use recallseg_compare::{
     collect_comparison, loss_run, run_comparison, CompareOptions, CompareOutcome, ComparisonPlan,
     Evaluate,
 };
-use recallseg_trainer::sweep::{write_slurm, ReportStep, SlurmOptions};
 use recallseg_trainer::train::{train, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;

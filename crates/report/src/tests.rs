@@ -349,7 +349,7 @@ fn normalised_weights_sum_to_one() {
 
 #[test]
 fn headline_means_follow_the_metrics_section() {
-    use crate::config::MetricsSection;
+    use recallseg_metrics::ReportSettings;
     use recallseg_metrics::{Average, ZeroDivision};
     let headline = |md: &str, label: &str| -> Vec<String> {
         md.lines()
@@ -378,7 +378,7 @@ fn headline_means_follow_the_metrics_section() {
 
     // Micro averaging: mean accuracy becomes pixel accuracy; β = 2 renames the F column and
     // adds a per-class F2 table.
-    cmp.metrics = MetricsSection {
+    cmp.metrics = ReportSettings {
         average: Average::Micro,
         zero_division: ZeroDivision::Fill(0.0),
         beta: 2.0,

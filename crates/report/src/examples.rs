@@ -1,6 +1,5 @@
 //! Example predictions side by side (the paper's Fig. 3) and palette colouring.
 
-use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -30,14 +29,7 @@ pub struct ExampleSet {
     pub rows: Vec<ExampleRow>,
 }
 
-/// Colours a label map with a palette; ids outside the palette (the ignore index) are black.
-pub fn colorize(labels: &[u8], palette: &[[u8; 3]]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(labels.len() * 3);
-    for &l in labels {
-        out.extend_from_slice(palette.get(l as usize).unwrap_or(&[0, 0, 0]));
-    }
-    out
-}
+use recallseg_data::colorize;
 
 const TITLE_H: usize = 28;
 const GAP: usize = 4;
@@ -183,15 +175,8 @@ pub fn render_examples(
     for (ci, t) in titles.into_iter().enumerate() {
         texts.push((t, ((GAP + ci * (cw + GAP) + 4) as i32, 6)));
     }
-    let _ = draw_texts(&mut buf, (width, height), &texts);
-    image::save_buffer(
-        path,
-        &buf,
-        width as u32,
-        height as u32,
-        image::ExtendedColorType::Rgb8,
-    )
-    .map_err(|e| e.to_string())
+    let _ = crate::save::draw_texts(&mut buf, (width, height), &texts, 15.0);
+    crate::save::save_rgb_png(path, &buf, width, height)
 }
 
 /// Copies the window `src_win` of an RGB tile of width `sw` into the rectangle `dst` of the
@@ -232,22 +217,4 @@ fn outline_colour(buf: &mut [u8], width: usize, (x0, y0, w, h): Window, colour: 
         put(x0, y);
         put(x0 + w - 1, y);
     }
-}
-
-fn draw_texts(
-    buf: &mut [u8],
-    (width, height): (usize, usize),
-    texts: &[(String, (i32, i32))],
-) -> Result<(), String> {
-    crate::font::register_fonts()?;
-    let root = BitMapBackend::with_buffer(buf, (width as u32, height as u32)).into_drawing_area();
-    for (t, pos) in texts {
-        root.draw(&Text::new(
-            t.clone(),
-            *pos,
-            ("sans-serif", 15).into_font().color(&BLACK),
-        ))
-        .map_err(|e| e.to_string())?;
-    }
-    root.present().map_err(|e| e.to_string())
 }

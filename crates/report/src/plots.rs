@@ -1,12 +1,11 @@
 //! Fig. 1-like and Fig. 4-like plots (plotters, SVG or PNG by file extension).
 
 use super::Comparison;
+pub(crate) use crate::save::{with_backend, PlotResult};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use recallseg_metrics::Score;
 use std::path::Path;
-
-pub(super) type PlotResult = Result<(), String>;
 
 fn e<T: std::fmt::Display>(err: T) -> String {
     err.to_string()
@@ -27,27 +26,6 @@ fn series_colour(i: usize) -> RGBColor {
         RGBColor(23, 190, 207),
     ];
     C[i % C.len()]
-}
-
-pub(super) fn with_backend(
-    path: &Path,
-    size: (u32, u32),
-    draw: impl Fn(DrawingArea<SVGBackend, Shift>) -> PlotResult,
-    draw_png: impl Fn(DrawingArea<BitMapBackend, Shift>) -> PlotResult,
-) -> PlotResult {
-    crate::font::register_fonts()?;
-    match path.extension().and_then(|x| x.to_str()) {
-        Some("svg") => draw(SVGBackend::new(path, size).into_drawing_area()),
-        Some("png") => {
-            // Drawn into memory and encoded by `image` 0.25, so plotters' own encoder (and the
-            // second `image`/`png` versions it pulls in) is not needed.
-            let mut rgb = vec![255u8; size.0 as usize * size.1 as usize * 3];
-            draw_png(BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area())?;
-            image::save_buffer(path, &rgb, size.0, size.1, image::ExtendedColorType::Rgb8)
-                .map_err(|err| format!("{}: {err}", path.display()))
-        }
-        other => Err(format!("unsupported plot format {other:?} (svg or png)")),
-    }
 }
 
 /// Draws mean accuracy (y) against mean IoU (x) for every run, with dashed quadrant lines at

@@ -1,4 +1,4 @@
-//! A sweep on a real Slurm cluster: the scripts of `recallseg_trainer::sweep::write_slurm`
+//! A sweep on a real Slurm cluster: the scripts of `recallseg_compare::sweep::write_slurm`
 //! submitted with `sbatch` to the one-node cluster `scripts/slurm-local.sh` starts (Debian's
 //! slurm-wlm and munge), one array task cancelled with `scancel --signal=TERM --full` in the
 //! middle of its run (Slurm signals the batch shell and the run, and the shell's trap forwards
@@ -12,11 +12,11 @@
 mod common;
 
 use common::{table_rows, tiny_config, tiny_dataset, train_losses};
-use recallseg_trainer::checkpoint::Checkpoint;
-use recallseg_trainer::compare::{
+use recallseg_compare::sweep::{write_slurm, ReportStep, SlurmOptions};
+use recallseg_compare::{
     loss_run, run_comparison, run_dir, CompareOptions, CompareOutcome, ComparisonPlan, Evaluate,
 };
-use recallseg_trainer::sweep::{write_slurm, ReportStep, SlurmOptions};
+use recallseg_trainer::checkpoint::Checkpoint;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};

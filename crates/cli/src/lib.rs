@@ -1,14 +1,31 @@
 //! The `recallseg` command line (clap): `train`, `eval`, `predict`, `compare`, `export`,
-//! `stats`, `preset`.
+//! `stats`, `plot`, `preset`. A binary crate: this library target exists for the binary and its
+//! tests, not as an API (the libraries are `recallseg-trainer`, `recallseg-compare` and
+//! `recallseg-report`).
 
-use crate::config::{DeviceSpec, Preset, TrainConfig};
-use crate::eval::{evaluate_per_image, evaluate_with};
-use crate::inference::{InferenceConfig, InferenceMode};
-use crate::predict::{render_overlay, OverlayOptions, Predictor, PredictorOptions};
-use crate::train::{install_ctrlc, interrupt_flag, open_eval, TrainOptions};
+#![warn(missing_docs)]
+
+/// `eprintln!` that never panics (`recallseg_trainer::console::note_line`).
+macro_rules! note {
+    ($($arg:tt)*) => { ::recallseg_trainer::console::note_line(::std::format_args!($($arg)*)) };
+}
+
+/// `println!` that returns `anyhow::Result<()>` instead of panicking
+/// (`recallseg_trainer::console::out_line`).
+macro_rules! out {
+    ($($arg:tt)*) => { ::recallseg_trainer::console::out_line(::std::format_args!($($arg)*)) };
+}
+
 use clap::{Args, Parser, Subcommand};
+use recallseg_report::{render_overlay, OverlayOptions};
+use recallseg_trainer::config::{DeviceSpec, Preset, TrainConfig};
+use recallseg_trainer::eval::{evaluate_per_image, evaluate_with};
+use recallseg_trainer::inference::{InferenceConfig, InferenceMode};
+use recallseg_trainer::predict::{Predictor, PredictorOptions};
+use recallseg_trainer::train::{install_ctrlc, interrupt_flag, open_eval, TrainOptions};
 
 mod runs;
+pub mod runtime;
 pub use runs::{compare, CompareArgs};
 use std::path::PathBuf;
 
@@ -70,7 +87,7 @@ pub struct PlotArgs {
 /// `recallseg plot`: draws the runs' training curves and prints the files written.
 pub fn plot(a: &PlotArgs) -> anyhow::Result<()> {
     let out = a.out.clone().unwrap_or_else(|| a.runs[0].clone());
-    for f in crate::report::training_curves::draw_training_curves(&a.runs, &out)? {
+    for f in recallseg_compare::draw_run_curves(&a.runs, &out)? {
         out!("wrote {}", f.display())?;
     }
     Ok(())
@@ -121,8 +138,20 @@ pub struct TrainArgs {
     /// Data-parallel training: `auto` joins the MPI job that launched this process (`mpirun
     /// -np N recallseg train …`, `srun`; needs the `mpi` feature) and otherwise trains alone;
     /// `off` always trains alone; `mpi` always initialises MPI.
-    #[arg(long, value_enum, default_value_t = crate::distributed::DistributedBackend::Auto)]
-    pub distributed: crate::distributed::DistributedBackend,
+    #[arg(long, default_value = "auto", value_parser = distributed_parser())]
+    pub distributed: recallseg_trainer::distributed::DistributedBackend,
+}
+
+/// `--distributed`: one of [`DistributedBackend::ALL`](recallseg_trainer::distributed::DistributedBackend::ALL)
+/// by name, listed by `--help`.
+fn distributed_parser(
+) -> impl clap::builder::TypedValueParser<Value = recallseg_trainer::distributed::DistributedBackend>
+{
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(
+        recallseg_trainer::distributed::DistributedBackend::ALL.map(|b| b.name()),
+    )
+    .try_map(|s| s.parse::<recallseg_trainer::distributed::DistributedBackend>())
 }
 
 impl TrainArgs {
@@ -296,10 +325,11 @@ pub fn stats_report(a: &StatsArgs) -> anyhow::Result<StatsReport> {
                 spec.display()
             );
         }
-        let split = crate::data::parse_split("--split", a.split.as_deref().unwrap_or("train"))?;
+        let split =
+            recallseg_trainer::data::parse_split("--split", a.split.as_deref().unwrap_or("train"))?;
         let ds = recallseg_data::FolderDataset::open(spec, split)?;
         if let Some(line) = recallseg_data::skipped_summary(ds.skipped()) {
-            crate::console::warn_once(&line);
+            recallseg_trainer::console::warn_once(&line);
         }
         (std::sync::Arc::new(ds), true)
     } else {
@@ -315,15 +345,21 @@ pub fn stats_report(a: &StatsArgs) -> anyhow::Result<StatsReport> {
             resume: false,
             overwrite: false,
             no_progress: true,
-            distributed: crate::distributed::DistributedBackend::Off,
+            distributed: recallseg_trainer::distributed::DistributedBackend::Off,
         };
         let cfg = t.config()?;
         recallseg_data::png_io::set_max_pixels(cfg.data.max_image_pixels)?;
         if cfg.data.generate_synthetic {
-            crate::data::ensure_synthetic(&cfg.data, &crate::data::quick_synthetic_config())?;
+            recallseg_trainer::data::ensure_synthetic(
+                &cfg.data,
+                &recallseg_trainer::data::quick_synthetic_config(),
+            )?;
         }
         let name = a.split.as_deref().unwrap_or(&cfg.data.train_split);
-        let ds = crate::data::open_split(&cfg.data, crate::data::parse_split("--split", name)?)?;
+        let ds = recallseg_trainer::data::open_split(
+            &cfg.data,
+            recallseg_trainer::data::parse_split("--split", name)?,
+        )?;
         let is_train = name == cfg.data.train_split;
         let max = if is_train {
             cfg.data.max_train_images
@@ -331,8 +367,8 @@ pub fn stats_report(a: &StatsArgs) -> anyhow::Result<StatsReport> {
             cfg.data.max_eval_images
         };
         (
-            crate::data::limit(ds, max),
-            cfg.data.kind == crate::config::DatasetKind::Folder,
+            recallseg_trainer::data::limit(ds, max),
+            cfg.data.kind == recallseg_trainer::config::DatasetKind::Folder,
         )
     };
     let stats = recallseg_data::stats::dataset_stats(ds.as_ref())?;
@@ -543,7 +579,7 @@ pub struct ExportArgs {
 pub fn export(a: &ExportArgs) -> anyhow::Result<()> {
     let format = recallseg_models::export::ExportFormat::parse(&a.format)
         .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
-    let s = crate::export::export_checkpoint(&a.checkpoint, format, &a.out)?;
+    let s = recallseg_trainer::export::export_checkpoint(&a.checkpoint, format, &a.out)?;
     note!(
         "{} -> {} ({})",
         s.checkpoint.display(),
@@ -584,7 +620,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 pub fn train(a: &TrainArgs) -> anyhow::Result<i32> {
     let cfg = a.config()?;
     install_ctrlc();
-    let group = crate::distributed::join(a.distributed, &cfg.train.device)?;
+    let group = recallseg_trainer::distributed::join(a.distributed, &cfg.train.device)?;
     let ranks = group.communicator.as_ref().map_or(1, |c| c.size());
     if ranks > 1 && group.rank() == 0 {
         note!(
@@ -598,22 +634,22 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<i32> {
         resume: a.resume,
         overwrite: a.overwrite,
         interrupt: Some(interrupt_flag()),
-        progress_bar: !a.no_progress && crate::log::Progress::stderr_is_terminal(),
+        progress_bar: !a.no_progress && recallseg_trainer::log::Progress::stderr_is_terminal(),
         quiet: false,
         label: None,
         stop_after: None,
         skip_test: false,
         communicator: group.communicator.clone(),
     };
-    let o = crate::train::train(&cfg, &opts).map_err(|e| group.fail(e))?;
+    let o = recallseg_trainer::train::train(&cfg, &opts).map_err(|e| group.fail(e))?;
     group.finish()?;
     let status = if o.finished {
         0
     } else {
-        o.stop_signal
-            .map_or(crate::signals::StopSignal::Interrupt.exit_code(), |s| {
-                s.exit_code()
-            })
+        o.stop_signal.map_or(
+            recallseg_trainer::signals::StopSignal::Interrupt.exit_code(),
+            |s| s.exit_code(),
+        )
     };
     if group.rank() != 0 {
         // Rank 0 reports the run.
@@ -716,7 +752,7 @@ pub fn eval_checkpoint_per_image(
     metrics.zero_division = a.zero_division.unwrap_or(metrics.zero_division);
     metrics
         .validate()
-        .map_err(|e| anyhow::anyhow!("--beta / --zero-division: {e}"))?;
+        .map_err(|(field, m)| anyhow::anyhow!("--beta / --zero-division: metrics.{field}: {m}"))?;
     let (beta, zero_division) = (metrics.beta, metrics.zero_division);
     // `none` is fine here (unlike in `[metrics]`, where it would be a headline mean): the
     // per-class values are printed.
@@ -868,14 +904,8 @@ pub fn predict(a: &PredictArgs) -> anyhow::Result<()> {
         // By content (PNG or JPEG), whatever the extension; with the data crate's size limits.
         let (img, labels) = p.predict_file(path)?;
         let colour = labels.colorize(&p.classes().palette);
-        image::save_buffer(
-            &outs.colour,
-            &colour,
-            img.width as u32,
-            img.height as u32,
-            image::ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| anyhow::anyhow!("{}: {e}", outs.colour.display()))?;
+        recallseg_report::save_rgb_png(&outs.colour, &colour, img.width, img.height)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         if let Some(dst) = &outs.overlay {
             let pic = render_overlay(&img, &labels, p.classes(), &overlay_opts)?;
             if !pic.text_drawn && !warned {

@@ -1,17 +1,18 @@
 //! `recallseg plot`: training curves of one or several runs, like TensorBoard's scalar view.
 //!
-//! [`draw_training_curves`] reads each run folder's `log.jsonl` and draws, in one figure, the
-//! training loss, the learning rate, the validation mean accuracy and mean IoU, and one small
-//! panel per class with its validation recall; each run is one colour, named by its folder in
-//! the legend. It writes `training.svg` and `training.png`.
+//! [`draw_training_curves`] draws the series of each run ([`RunCurves`], read from a run's
+//! `log.jsonl` by `recallseg_compare::read_run_curves`), in one figure: the training loss, the
+//! learning rate, the validation mean accuracy and mean IoU, and one small panel per class with
+//! its validation recall; each run is one colour, named in the legend. It writes
+//! `training.svg` and `training.png`.
 
 use super::plots::{line_colour, with_backend, PlotResult};
-use crate::log::{log_class_names, read_log_entries, LogRecord};
+use crate::ReportError;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
-/// The series of one run, read from its `log.jsonl`.
+/// The series of one run (as its `log.jsonl` records them).
 #[derive(Debug, Clone, Default)]
 pub struct RunCurves {
     /// The run's name (its folder's name).
@@ -28,66 +29,6 @@ pub struct RunCurves {
     pub mean_iou: Vec<(f64, f64)>,
     /// Per class, `(step, recall)` of the val lines (classes absent from a val line are skipped).
     pub recall: Vec<Vec<(f64, f64)>>,
-}
-
-/// Reads the curves of the run in `dir` (its `log.jsonl`); the error names the folder when the
-/// log is missing or unreadable.
-pub fn read_run_curves(dir: &Path) -> anyhow::Result<RunCurves> {
-    let log = dir.join("log.jsonl");
-    if !log.is_file() {
-        anyhow::bail!(
-            "{}: no log.jsonl there (is it a training run's folder?)",
-            dir.display()
-        );
-    }
-    let entries =
-        read_log_entries(&log).map_err(|err| anyhow::anyhow!("{}: {err}", log.display()))?;
-    let name = dir
-        .canonicalize()
-        .unwrap_or_else(|_| dir.to_path_buf())
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| dir.display().to_string());
-    let class_names = log_class_names(&entries);
-    let mut c = RunCurves {
-        name,
-        recall: vec![Vec::new(); class_names.len()],
-        class_names,
-        ..RunCurves::default()
-    };
-    for e in &entries {
-        match &e.record {
-            LogRecord::Train { step, loss, lr, .. } => {
-                let s = *step as f64;
-                if loss.is_finite() {
-                    c.loss.push((s, *loss));
-                }
-                c.lr.push((s, *lr));
-            }
-            LogRecord::Val {
-                step,
-                mean_accuracy,
-                mean_iou,
-                recall,
-                ..
-            } => {
-                let s = *step as f64;
-                if let Some(v) = mean_accuracy {
-                    c.mean_accuracy.push((s, *v));
-                }
-                if let Some(v) = mean_iou {
-                    c.mean_iou.push((s, *v));
-                }
-                for (k, r) in recall.iter().enumerate() {
-                    if let (Some(r), Some(series)) = (r, c.recall.get_mut(k)) {
-                        series.push((s, *r));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(c)
 }
 
 /// A run's lines in one panel: points and whether the line is dashed.
@@ -269,25 +210,22 @@ pub fn figure_size(runs: &[RunCurves]) -> (u32, u32) {
     )
 }
 
-/// Draws the training curves of the runs in `run_dirs` into `out_dir/training.svg` and
-/// `out_dir/training.png` (creating `out_dir`); returns the two paths. A folder without
-/// `log.jsonl` is an error naming it.
-pub fn draw_training_curves(run_dirs: &[PathBuf], out_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    if run_dirs.is_empty() {
-        anyhow::bail!("no run folder given");
+/// Draws the training curves of `runs` into `out_dir/training.svg` and
+/// `out_dir/training.png` (creating `out_dir`), each written atomically; returns the two
+/// paths. No run is an error.
+pub fn draw_training_curves(
+    runs: &[RunCurves],
+    out_dir: &Path,
+) -> Result<Vec<PathBuf>, ReportError> {
+    if runs.is_empty() {
+        return Err(ReportError::Invalid("no run to draw".into()));
     }
-    let runs = run_dirs
-        .iter()
-        .map(|d| read_run_curves(d))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    std::fs::create_dir_all(out_dir)
-        .map_err(|err| anyhow::anyhow!("{}: {err}", out_dir.display()))?;
-    let size = figure_size(&runs);
+    let size = figure_size(runs);
     let mut out = Vec::new();
     for name in ["training.svg", "training.png"] {
         let path = out_dir.join(name);
-        with_backend(&path, size, |a| draw(&runs, a), |a| draw(&runs, a))
-            .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+        with_backend(&path, size, |a| draw(runs, a), |a| draw(runs, a))
+            .map_err(|err| ReportError::Invalid(format!("{}: {err}", path.display())))?;
         out.push(path);
     }
     Ok(out)

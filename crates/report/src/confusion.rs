@@ -112,17 +112,7 @@ pub fn draw_confusion(
         .max(spec.subtitle().chars().count() as f64 * 12.0 * 0.62)
         .ceil() as i32;
     let size = spec.layout.size(text_w);
-    match path.extension().and_then(|x| x.to_str()) {
-        Some("svg") => spec.draw(SVGBackend::new(path, size).into_drawing_area()),
-        Some("png") => {
-            // Drawn into memory and encoded by `image`, as the other report figures are.
-            let mut rgb = vec![255u8; size.0 as usize * size.1 as usize * 3];
-            spec.draw(BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area())?;
-            image::save_buffer(path, &rgb, size.0, size.1, image::ExtendedColorType::Rgb8)
-                .map_err(|err| format!("{}: {err}", path.display()))
-        }
-        other => Err(format!("unsupported plot format {other:?} (svg or png)")),
-    }
+    crate::save::with_backend(path, size, |a| spec.draw(a), |a| spec.draw(a))
 }
 
 /// Pixel geometry of the figure.

@@ -615,7 +615,7 @@ fn signals_write_a_checkpoint_and_exit_non_zero() {
 /// image; output over an input or two inputs with one stem are refused before any work.
 #[test]
 fn predict_decodes_by_content_and_never_overwrites_an_input() {
-    use recallseg_trainer::cli::{predict, PredictArgs};
+    use recallseg_cli::{predict, PredictArgs};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
     tiny_dataset(&root);

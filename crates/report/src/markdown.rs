@@ -2,7 +2,6 @@
 
 use super::paper::{same_class, PaperTable};
 use super::{Comparison, ExampleSet, RunSummary};
-use crate::log::fmt_secs;
 use recallseg_metrics::{Average, Score, ZeroDivision};
 use std::fmt::Write;
 
@@ -580,5 +579,19 @@ fn side_by_side(md: &mut String, cmp: &Comparison, t: &PaperTable) {
             }
         }
         md.push('\n');
+    }
+}
+
+/// `1h02m03s`, `3m05s`, `42s`: a duration in seconds as the report prints it (the training
+/// log's progress lines print it the same way).
+pub(crate) fn fmt_secs(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    let (h, m, s) = (s / 3600, (s / 60) % 60, s % 60);
+    if h > 0 {
+        format!("{h}h{m:02}m{s:02}s")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
     }
 }

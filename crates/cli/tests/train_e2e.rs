@@ -336,7 +336,7 @@ fn interrupt_writes_a_checkpoint_and_returns() {
 
 #[test]
 fn eval_and_predict_from_a_checkpoint() {
-    use recallseg_trainer::cli::{eval_checkpoint, predict, EvalArgs, PredictArgs};
+    use recallseg_cli::{eval_checkpoint, predict, EvalArgs, PredictArgs};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
     tiny_dataset(&root);
@@ -368,10 +368,9 @@ fn eval_and_predict_from_a_checkpoint() {
     // --per-image: the same dataset-wide report (default output unchanged), plus per-image
     // figures equal to PerImageIou fed the same predictions image by image.
     {
-        use recallseg_trainer::cli::{eval_checkpoint_per_image, open_predictor};
+        use recallseg_cli::{eval_checkpoint_per_image, open_predictor};
         use recallseg_trainer::eval::argmax_labels;
-        let (plain_report, _, none) =
-            recallseg_trainer::cli::eval_checkpoint_per_image(&args).unwrap();
+        let (plain_report, _, none) = recallseg_cli::eval_checkpoint_per_image(&args).unwrap();
         assert!(none.is_none());
         let (r2, n2, scores) = eval_checkpoint_per_image(&EvalArgs {
             per_image: true,
@@ -414,7 +413,7 @@ fn eval_and_predict_from_a_checkpoint() {
         }
         assert_eq!(scores, direct.scores());
         assert!(scores.mean_of_images.value.is_some());
-        let line = recallseg_trainer::cli::per_image_line(&scores);
+        let line = recallseg_cli::per_image_line(&scores);
         assert!(line.starts_with("mean per-image IoU: "), "{line}");
     }
     // torchmetrics' averaging and an F2 column on request.
@@ -509,7 +508,7 @@ fn eval_and_predict_from_a_checkpoint() {
     // A run folder opens its best checkpoint (the final validation wrote one).
     assert_eq!(p.checkpoint(), out.join("best.safetensors"));
     let (_, map) = p.predict_file(&big).unwrap();
-    assert_eq!(map.labels, labels.into_raw());
+    assert_eq!(map.label, labels.into_raw());
     // A folder without a checkpoint names both files.
     let e = Predictor::open(dir.path(), &PredictorOptions::default()).unwrap_err();
     assert!(format!("{e:#}").contains("best.safetensors"), "{e:#}");
@@ -643,8 +642,8 @@ fn aux_head_adds_its_weighted_loss_and_resumes() {
 /// model smp has no counterpart of.
 #[test]
 fn export_writes_smp_names_and_refuses_models_without_a_counterpart() {
+    use recallseg_cli::{export, ExportArgs};
     use recallseg_models::export::{load_exported, ExportFormat};
-    use recallseg_trainer::cli::{export, ExportArgs};
     use recallseg_trainer::predict::{Predictor, PredictorOptions};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
@@ -801,7 +800,7 @@ fn the_test_split_is_evaluated_when_the_run_ends() {
 /// `normalize` line that a folder dataset's description file reads back.
 #[test]
 fn stats_measures_the_training_split_and_prints_a_line_to_paste() {
-    use recallseg_trainer::cli::{stats_report, StatsArgs};
+    use recallseg_cli::{stats_report, StatsArgs};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
     tiny_dataset(&root);

@@ -1,10 +1,10 @@
 //! The comparison runner end to end on a tiny generated dataset: report files, reuse of
 //! finished runs.
 
-use recallseg_data::{generate_synthia, SyntheticConfig};
-use recallseg_trainer::compare::{
+use recallseg_compare::{
     loss_run, run_comparison, CompareOptions, CompareOutcome, ComparisonPlan, Evaluate,
 };
+use recallseg_data::{generate_synthia, SyntheticConfig};
 use recallseg_trainer::config::Preset;
 
 #[test]

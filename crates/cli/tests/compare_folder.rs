@@ -4,9 +4,9 @@
 mod common;
 
 use clap::Parser;
-use recallseg_trainer::cli::{run, Cli};
+use recallseg_cli::{run, Cli};
+use recallseg_report::Comparison;
 use recallseg_trainer::config::Preset;
-use recallseg_trainer::report::Comparison;
 
 #[test]
 fn compare_runs_on_a_folder_dataset() {

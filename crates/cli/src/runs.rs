@@ -2,12 +2,12 @@
 //! curves of one or several runs).
 
 use super::TrainArgs;
-use crate::compare::{
+use clap::Args;
+use recallseg_compare::{
     collect_comparison, parse_losses, quick_losses, run_comparison, summary_table, CompareOptions,
     CompareOutcome, ComparisonPlan, Evaluate,
 };
-use crate::train::{install_ctrlc, interrupt_flag};
-use clap::Args;
+use recallseg_trainer::train::{install_ctrlc, interrupt_flag};
 use std::path::PathBuf;
 
 /// `recallseg compare`.
@@ -87,7 +87,7 @@ impl CompareArgs {
             resume: false,
             overwrite: false,
             no_progress: self.no_progress,
-            distributed: crate::distributed::DistributedBackend::Off,
+            distributed: recallseg_trainer::distributed::DistributedBackend::Off,
         };
         let base = as_train.config()?;
         let losses = if self.losses.is_empty() {
@@ -123,7 +123,7 @@ pub fn compare(a: &CompareArgs) -> anyhow::Result<i32> {
     let plan = a.plan()?;
     install_ctrlc();
     let opts = CompareOptions {
-        progress_bar: !a.no_progress && crate::log::Progress::stderr_is_terminal(),
+        progress_bar: !a.no_progress && recallseg_trainer::log::Progress::stderr_is_terminal(),
         interrupt: Some(interrupt_flag()),
         quiet: false,
         overwrite: a.overwrite,
@@ -152,10 +152,10 @@ pub fn compare(a: &CompareArgs) -> anyhow::Result<i32> {
                 "interrupted during {label}; run the same command again to resume ({})",
                 plan.out_dir.display()
             );
-            Ok(crate::signals::received_signal()
-                .map_or(crate::signals::StopSignal::Interrupt.exit_code(), |s| {
-                    s.exit_code()
-                }))
+            Ok(recallseg_trainer::signals::received_signal().map_or(
+                recallseg_trainer::signals::StopSignal::Interrupt.exit_code(),
+                |s| s.exit_code(),
+            ))
         }
         CompareOutcome::Done(cmp, written) => {
             for w in &written.warnings {

@@ -4,7 +4,7 @@
 //! [`write_slurm`] writes into a folder:
 //!
 //! * `configs/<k>-<backbone>-<loss>.toml`: the configuration of run `k`, exactly the one
-//!   [`run_comparison`](crate::compare::run_comparison) trains ([`run_config`]);
+//!   [`run_comparison`](crate::comparison::run_comparison) trains ([`run_config`]);
 //! * `array.sbatch`: the job array. Task `k` runs `recallseg train --config configs/<k>-….toml
 //!   --resume` in the run folder the comparison uses, so a finished run is reused (it trains no
 //!   further), an interrupted one resumes from its checkpoint, and a run the comparison started
@@ -15,7 +15,7 @@
 //!   adds site options such as `--mpi=pmix`);
 //! * `report.sbatch`: the report step, the command given in [`SlurmOptions::report`] (for
 //!   `cargo xtask reproduce` its `--report-only` form, which calls
-//!   [`collect_comparison`](crate::compare::collect_comparison));
+//!   [`collect_comparison`](crate::comparison::collect_comparison));
 //! * `submit.sh`: submits the array, then the report with `--dependency=afterany:<array>`
 //!   (or `afterok`, [`SlurmOptions::after`]);
 //! * `logs/`: the jobs' output (Slurm needs the folder to exist at submission).
@@ -23,8 +23,8 @@
 //! Every script runs as well by hand, without Slurm: `SLURM_ARRAY_TASK_ID=3 bash array.sbatch`
 //! trains run 3 on this machine; `bash report.sbatch` writes the report.
 
-use crate::compare::{run_config, run_dir, ComparisonPlan};
-use crate::config::TrainConfig;
+use crate::comparison::{run_config, run_dir, ComparisonPlan};
+use recallseg_trainer::config::TrainConfig;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -433,7 +433,10 @@ pub fn write_slurm(
     let dir = std::path::absolute(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     for plan in plans {
         if plan.base.data.generate_synthetic {
-            crate::data::ensure_synthetic(&plan.base.data, &crate::data::quick_synthetic_config())?;
+            recallseg_trainer::data::ensure_synthetic(
+                &plan.base.data,
+                &recallseg_trainer::data::quick_synthetic_config(),
+            )?;
         }
     }
     let configs = dir.join("configs");
@@ -512,10 +515,12 @@ mod tests {
 
     #[test]
     fn gpus_per_run_choose_the_launch() {
-        let base = crate::config::Preset::SynthiaQuick.config(&[]).unwrap();
+        let base = recallseg_trainer::config::Preset::SynthiaQuick
+            .config(&[])
+            .unwrap();
         let plan = ComparisonPlan::new(
             base,
-            crate::compare::quick_losses(),
+            crate::comparison::quick_losses(),
             PathBuf::from("results/q"),
         );
         let runs = sweep_runs(&[plan]).unwrap();

@@ -1,5 +1,5 @@
 //! `recallseg`: train, evaluate and run semantic segmentation models with Recall loss.
-//! The commands are defined in `recallseg_trainer::cli`.
+//! The commands are defined in the `recallseg_cli` library target.
 
 fn main() {
     use clap::Parser;
@@ -9,9 +9,9 @@ fn main() {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
-    recallseg_trainer::runtime::tune_cpu_runtime();
-    let cli = recallseg_trainer::cli::Cli::parse();
-    match recallseg_trainer::cli::run(cli) {
+    recallseg_cli::runtime::tune_cpu_runtime();
+    let cli = recallseg_cli::Cli::parse();
+    match recallseg_cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             // Standard error may be closed (`… 2>&1 | head`): the exit status still says it.

@@ -1,5 +1,5 @@
 //! The paper's loss comparison on any dataset: one training per loss with a common
-//! configuration, each evaluated on the test split, then the report ([`crate::report`]).
+//! configuration, each evaluated on the test split, then the report (`recallseg_report`).
 //!
 //! [`ComparisonPlan::new`] makes a plan from any training configuration (Synthia, Cityscapes or
 //! a folder dataset of one's own) and a list of losses ([`parse_losses`]); [`run_comparison`]
@@ -15,14 +15,14 @@
 //! [`collect_comparison`] then evaluates the finished ones and writes the same report, training
 //! nothing.
 
-use crate::config::TrainConfig;
-use crate::eval::evaluate_with;
-use crate::log::{read_log, LogRecord};
-use crate::predict::{Predictor, PredictorOptions};
-use crate::report::{self, Comparison, ExampleRow, ExampleSet, RunSummary, Setting, WrittenReport};
-use crate::train::{self, open_eval, TrainOptions};
 use recallseg_data::transform::resize_bilinear_rgb;
 use recallseg_losses::LossConfig;
+use recallseg_report::{Comparison, ExampleRow, ExampleSet, RunSummary, Setting, WrittenReport};
+use recallseg_trainer::config::TrainConfig;
+use recallseg_trainer::eval::evaluate_with;
+use recallseg_trainer::log::{read_log, LogRecord};
+use recallseg_trainer::predict::{Predictor, PredictorOptions};
+use recallseg_trainer::train::{self, open_eval, TrainOptions};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -175,12 +175,12 @@ impl ComparisonPlan {
 pub fn default_title(base: &TrainConfig) -> String {
     let d = &base.data;
     let what = match d.kind {
-        crate::config::DatasetKind::Synthia if d.generate_synthetic => {
+        recallseg_trainer::config::DatasetKind::Synthia if d.generate_synthetic => {
             "synthetic Synthia-format data".to_string()
         }
-        crate::config::DatasetKind::Synthia => "Synthia".to_string(),
-        crate::config::DatasetKind::Cityscapes => "Cityscapes".to_string(),
-        crate::config::DatasetKind::Folder => format!("`{}`", d.root.display()),
+        recallseg_trainer::config::DatasetKind::Synthia => "Synthia".to_string(),
+        recallseg_trainer::config::DatasetKind::Cityscapes => "Cityscapes".to_string(),
+        recallseg_trainer::config::DatasetKind::Folder => format!("`{}`", d.root.display()),
     };
     format!("Loss comparison on {what} ({})", base.model.backbone.name())
 }
@@ -306,8 +306,8 @@ pub fn run_dir(plan: &ComparisonPlan, run: &LossRun) -> PathBuf {
 }
 
 fn write_gray(path: &Path, data: &[u8], w: usize, h: usize) -> anyhow::Result<()> {
-    image::save_buffer(path, data, w as u32, h as u32, image::ExtendedColorType::L8)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    recallseg_data::png_io::write_gray8(path, w, h, data, recallseg_data::png_io::PngSpeed::Fast)?;
+    Ok(())
 }
 
 fn read_gray(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -400,7 +400,7 @@ fn one_run(
         )));
     }
     if last.is_file() {
-        let ck = crate::checkpoint::Checkpoint::load(&last, &candle_core::Device::Cpu);
+        let ck = recallseg_trainer::checkpoint::Checkpoint::load(&last, &candle_core::Device::Cpu);
         let why_not = match &ck {
             Err(e) => Some(format!("it cannot be used ({e})")),
             Ok(ck) if ck.meta.step > cfg.train.iters as u64 => {
@@ -475,7 +475,7 @@ fn one_run(
         });
     }
     // Evaluate the chosen weights on the test split (the examples come from the main ones).
-    let device = crate::config::DeviceSpec::parse(&cfg.train.device)
+    let device = recallseg_trainer::config::DeviceSpec::parse(&cfg.train.device)
         .map_err(|m| anyhow::anyhow!("train.device: {m}"))?
         .open()?;
     let weights = |which: &str| match which {
@@ -565,7 +565,10 @@ pub fn run_comparison(
 ) -> anyhow::Result<CompareOutcome> {
     let clock = ComparisonClock::start(&plan.out_dir);
     if plan.base.data.generate_synthetic {
-        crate::data::ensure_synthetic(&plan.base.data, &crate::data::quick_synthetic_config())?;
+        recallseg_trainer::data::ensure_synthetic(
+            &plan.base.data,
+            &recallseg_trainer::data::quick_synthetic_config(),
+        )?;
     }
     let mut records = Vec::new();
     for run in &plan.losses {
@@ -716,12 +719,12 @@ fn write_comparison(
 ) -> anyhow::Result<(Box<Comparison>, WrittenReport)> {
     // Dataset facts for the report.
     let d = &plan.base.data;
-    let train_ds = crate::data::open_split(
+    let train_ds = recallseg_trainer::data::open_split(
         d,
-        crate::data::parse_split("data.train_split", &d.train_split)?,
+        recallseg_trainer::data::parse_split("data.train_split", &d.train_split)?,
     )?;
     let classes = train_ds.class_info().clone();
-    let train_ds = crate::data::limit(train_ds, d.max_train_images);
+    let train_ds = recallseg_trainer::data::limit(train_ds, d.max_train_images);
     let counts = train_ds.class_pixel_counts()?;
     let total: u64 = counts.iter().sum();
     let class_frequency =
@@ -734,9 +737,9 @@ fn write_comparison(
         title: plan.title.clone(),
         setting: Setting {
             dataset: match d.kind {
-                crate::config::DatasetKind::Synthia => "synthia",
-                crate::config::DatasetKind::Cityscapes => "cityscapes",
-                crate::config::DatasetKind::Folder => "folder",
+                recallseg_trainer::config::DatasetKind::Synthia => "synthia",
+                recallseg_trainer::config::DatasetKind::Cityscapes => "cityscapes",
+                recallseg_trainer::config::DatasetKind::Folder => "folder",
             }
             .into(),
             data_root: d.root.clone(),
@@ -775,14 +778,14 @@ fn write_comparison(
         notes: plan.notes.iter().cloned().chain(extra_notes).collect(),
         metrics: plan.base.metrics,
     };
-    let written = report::write_report(&plan.out_dir, &cmp, examples.as_ref())?;
+    let written = recallseg_report::write_report(&plan.out_dir, &cmp, examples.as_ref())?;
     Ok((Box::new(cmp), written))
 }
 
 /// `run`'s test reports with the F-beta β and, when not the default, the averaging of
 /// `[metrics]` (so that `results.json` holds the numbers the report shows).
 fn with_metrics(
-    metrics: &crate::config::MetricsSection,
+    metrics: &recallseg_metrics::ReportSettings,
     mut run: RunSummary,
 ) -> anyhow::Result<RunSummary> {
     run.test = metrics.apply(run.test)?;
@@ -808,7 +811,8 @@ fn build_examples(
     let mut rows = Vec::new();
     let first = &cols[0];
     // Ground truth at evaluation size, from the first batch of the test loader.
-    let gt_loader = crate::data::eval_loader(&plan.base.data, ds.clone(), plan.examples.max(1))?;
+    let gt_loader =
+        recallseg_trainer::data::eval_loader(&plan.base.data, ds.clone(), plan.examples.max(1))?;
     let gt_batch = gt_loader.load_batch(0, 0)?;
     let hw = eh * ew;
     for (k, (idx, id)) in first.examples.iter().enumerate() {

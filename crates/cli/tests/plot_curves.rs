@@ -4,7 +4,7 @@ mod common;
 
 use clap::Parser;
 use common::{quiet, tiny_config, tiny_dataset};
-use recallseg_trainer::cli::{self, Cli};
+use recallseg_cli::Cli;
 use recallseg_trainer::train::train;
 
 #[test]
@@ -32,7 +32,7 @@ fn plot_draws_two_runs_as_svg_and_png() {
         out.as_os_str(),
     ])
     .unwrap();
-    assert_eq!(cli::run(cli).unwrap(), 0);
+    assert_eq!(recallseg_cli::run(cli).unwrap(), 0);
     let svg = std::fs::read_to_string(out.join("training.svg")).unwrap();
     for text in [
         "run_ce",
@@ -47,17 +47,17 @@ fn plot_draws_two_runs_as_svg_and_png() {
     let png = image::open(out.join("training.png")).unwrap();
     let curves = [a.clone(), b.clone()]
         .iter()
-        .map(|d| recallseg_trainer::report::training_curves::read_run_curves(d).unwrap())
+        .map(|d| recallseg_compare::read_run_curves(d).unwrap())
         .collect::<Vec<_>>();
     assert!(curves
         .iter()
         .all(|c| c.loss.len() == 4 && c.mean_iou.len() == 2));
-    let size = recallseg_trainer::report::training_curves::figure_size(&curves);
+    let size = recallseg_report::training_curves::figure_size(&curves);
     assert_eq!((png.width(), png.height()), size);
 
     // Default --out: the first run folder.
     let cli = Cli::try_parse_from(["recallseg".as_ref(), "plot".as_ref(), a.as_os_str()]).unwrap();
-    cli::run(cli).unwrap();
+    recallseg_cli::run(cli).unwrap();
     assert!(a.join("training.png").is_file() && a.join("training.svg").is_file());
 
     // A folder without log.jsonl: an error naming it.
@@ -65,7 +65,7 @@ fn plot_draws_two_runs_as_svg_and_png() {
     std::fs::create_dir_all(&empty).unwrap();
     let cli =
         Cli::try_parse_from(["recallseg".as_ref(), "plot".as_ref(), empty.as_os_str()]).unwrap();
-    let err = format!("{:#}", cli::run(cli).unwrap_err());
+    let err = format!("{:#}", recallseg_cli::run(cli).unwrap_err());
     assert!(
         err.contains("not_a_run") && err.contains("log.jsonl"),
         "{err}"

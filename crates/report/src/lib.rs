@@ -16,16 +16,21 @@
 
 pub mod confusion;
 mod examples;
+pub mod font;
 mod markdown;
+mod overlay;
 pub mod paper;
 mod plots;
+mod save;
 pub mod training_curves;
 
-pub use examples::{colorize, render_examples, zoom_window, ExampleRow, ExampleSet};
+pub use examples::{render_examples, zoom_window, ExampleRow, ExampleSet};
 pub use markdown::render_markdown;
+pub use overlay::{legend_entries, overlay, render_overlay, OverlayOptions, Picture};
 pub use plots::{draw_fig1, draw_fig4};
+pub use save::save_rgb_png;
 
-use crate::config::MetricsSection;
+use recallseg_metrics::ReportSettings;
 use recallseg_metrics::{Report, Score};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -34,7 +39,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// A file could not be written.
-    #[error("{path}: {source}")]
+    #[error("cannot write {path}: {source}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -205,7 +210,7 @@ pub struct Comparison {
     /// How the report averages scores (`[metrics]` of the configuration; absent in results
     /// written before it existed, which read as the defaults).
     #[serde(default)]
-    pub metrics: MetricsSection,
+    pub metrics: ReportSettings,
 }
 
 impl Comparison {
@@ -218,7 +223,7 @@ impl Comparison {
     }
 
     /// Like [`mean_pct`](Self::mean_pct), for any report of the comparison.
-    pub fn mean_pct_of(metrics: &MetricsSection, report: &Report, score: Score) -> f64 {
+    pub fn mean_pct_of(metrics: &ReportSettings, report: &Report, score: Score) -> f64 {
         let report = match report.clone().with_beta(metrics.beta) {
             Ok(r) => r,
             Err(_) => return f64::NAN,
@@ -320,9 +325,9 @@ pub fn write_report(
     let mut out = WrittenReport::default();
     let write = |name: &str, bytes: &[u8], out: &mut WrittenReport| -> Result<(), ReportError> {
         let path = dir.join(name);
-        std::fs::write(&path, bytes).map_err(|source| ReportError::Io {
+        recallseg_files::write_bytes_atomic(&path, bytes).map_err(|e| ReportError::Io {
             path: path.clone(),
-            source,
+            source: e.source,
         })?;
         out.files.push(path);
         Ok(())
