@@ -2,7 +2,7 @@
 # The CUDA build environment of recallseg on a machine without a GPU or a CUDA toolkit.
 #
 #   source scripts/cuda-env.sh            # once per shell; installs what is missing
-#   cargo build --release -p recallseg-trainer --features cuda
+#   cargo build --release -p recallseg-cli --features cuda
 #
 # What it does (docs/training.md, "GPU"):
 # 1. a Python virtual environment (RECALLSEG_CUDA_VENV, default .cuda-venv/) with NVIDIA's CUDA

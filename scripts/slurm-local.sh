@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A one-node Slurm cluster on this machine, for the tests that submit a real sweep
-# (crates/trainer/tests/slurm_cluster.rs) and for trying `--emit slurm` by hand.
+# (crates/cli/tests/slurm_cluster.rs) and for trying `--emit slurm` by hand.
 #
 #   source scripts/slurm-local.sh          # installs (Debian), starts, exports SLURM_CONF
 #   sinfo; sbatch …; squeue …

@@ -35,7 +35,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Before any thread or candle op: see recallseg_trainer::runtime.
+    // Before any thread or candle op: see recallseg_cli::runtime.
     recallseg_cli::runtime::tune_cpu_runtime();
     let cli = Cli::parse();
     match cli.command {

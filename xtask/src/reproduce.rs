@@ -130,7 +130,7 @@ pub(crate) struct SlurmArgs {
     #[arg(long, requires = "emit")]
     pub scripts: Option<PathBuf>,
     /// The recallseg binary the array tasks run (--emit slurm; default: the one next to this
-    /// xtask binary, `cargo build --release -p recallseg-trainer` builds it).
+    /// xtask binary, `cargo build --release -p recallseg-cli` builds it).
     #[arg(long, requires = "emit")]
     pub recallseg: Option<PathBuf>,
 }
@@ -373,7 +373,7 @@ fn emit_slurm(args: &ReproduceArgs, plans: &[ComparisonPlan], root: &Path) -> an
     if !recallseg.is_file() {
         eprintln!(
             "warning: {} does not exist yet: build it before submitting (`cargo build --release \
-             -p recallseg-trainer`, with `--features cuda` for GPUs), or give --recallseg",
+             -p recallseg-cli`, with `--features cuda` for GPUs), or give --recallseg",
             recallseg.display()
         );
     }

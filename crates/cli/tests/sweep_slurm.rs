@@ -1,4 +1,4 @@
-//! Sweeps on a cluster (`recallseg_trainer::sweep`): the Slurm scripts of a loss × backbone
+//! Sweeps on a cluster (`recallseg_compare::sweep`): the Slurm scripts of a loss × backbone
 //! sweep, their array tasks run one after another by hand (`SLURM_ARRAY_TASK_ID=k bash
 //! array.sbatch`, no Slurm needed) with the real `recallseg` binary, then the report step's
 //! collection: the same report as the comparison run in one process.

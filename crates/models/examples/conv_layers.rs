@@ -50,7 +50,7 @@ extern "C" {
 }
 
 /// The allocator settings the `recallseg` and `xtask` binaries apply at start-up
-/// (`recallseg_trainer::runtime`): glibc keeps freed blocks of up to 32 MiB for reuse instead of
+/// (`recallseg_cli::runtime`): glibc keeps freed blocks of up to 32 MiB for reuse instead of
 /// returning them to the kernel, so that the kernels' buffers do not page-fault on every call.
 fn tune_allocator() {
     const M_TRIM_THRESHOLD: i32 = -1;

@@ -200,7 +200,7 @@ fn nccl_group(
 fn join_nccl(_device: &str) -> anyhow::Result<Group> {
     anyhow::bail!(
         "this recallseg was built without NCCL (--distributed nccl): rebuild it with `cargo \
-         build --release -p recallseg-trainer --features nccl` (needs CUDA, an MPI library and \
+         build --release -p recallseg-cli --features nccl` (needs CUDA, an MPI library and \
          libnccl; scripts/cuda-env.sh brings CUDA and NCCL), or use --distributed mpi"
     )
 }
@@ -230,7 +230,7 @@ fn join_mpi() -> anyhow::Result<Group> {
 fn join_mpi() -> anyhow::Result<Group> {
     anyhow::bail!(
         "this recallseg was built without MPI, but it was started by an MPI launcher (or with \
-         --distributed mpi): rebuild it with `cargo build --release -p recallseg-trainer \
+         --distributed mpi): rebuild it with `cargo build --release -p recallseg-cli \
          --features mpi` (needs an MPI library, e.g. Debian's libopenmpi-dev), or run one \
          process with --distributed off"
     )
