@@ -16,12 +16,12 @@
 
 use anyhow::Context;
 use clap::Args;
+use recallseg_compare::{loss_run, run_comparison, CompareOptions, ComparisonPlan};
+use recallseg_compare::{CompareOutcome, Evaluate};
 use recallseg_data::png_io::{write_gray8, PngSpeed};
 use recallseg_data::synthetic::{generate_synthia, SyntheticConfig};
 use recallseg_data::Split;
 use recallseg_metrics::ConfusionMatrix;
-use recallseg_compare::{loss_run, run_comparison, CompareOptions, ComparisonPlan};
-use recallseg_compare::{CompareOutcome, Evaluate};
 use recallseg_trainer::config::TrainConfig;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -160,7 +160,7 @@ pub(crate) fn run(args: &ParityArgs) -> anyhow::Result<()> {
             };
             let opts = CompareOptions {
                 progress_bar: recallseg_trainer::log::Progress::stderr_is_terminal(),
-                interrupt: Some(recallseg_trainer::train::interrupt_flag()),
+                interrupt: Some(recallseg_trainer::signals::interrupt_flag()),
                 quiet: false,
                 overwrite: false,
             };
@@ -260,9 +260,8 @@ fn our_scores(out: &Path, loss: &str, seed: u64) -> anyhow::Result<Option<Scores
     if !path.is_file() {
         return Ok(None);
     }
-    let rec: recallseg_compare::RunRecord =
-        serde_json::from_str(&std::fs::read_to_string(&path)?)
-            .with_context(|| path.display().to_string())?;
+    let rec: recallseg_compare::RunRecord = serde_json::from_str(&std::fs::read_to_string(&path)?)
+        .with_context(|| path.display().to_string())?;
     let first = recallseg_trainer::log::read_log(&dir.join("log.jsonl"))
         .ok()
         .and_then(|records| {

@@ -10,13 +10,13 @@
 //! elsewhere into the report (`compare::collect_comparison`).
 
 use clap::Args;
+use recallseg_compare::sweep::{write_slurm, After, ReportStep, SlurmOptions};
 use recallseg_compare::{
     collect_comparison, paper_losses, parse_losses, quick_losses, run_comparison, summary_table,
     CompareOptions, CompareOutcome, ComparisonPlan, Evaluate, LossRun,
 };
 use recallseg_trainer::config::Preset;
 use recallseg_trainer::data::missing_dataset_help;
-use recallseg_compare::sweep::{write_slurm, After, ReportStep, SlurmOptions};
 use std::path::{Path, PathBuf};
 
 /// Arguments of `cargo xtask reproduce`.
@@ -147,7 +147,7 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
     recallseg_trainer::train::install_ctrlc();
     let opts = CompareOptions {
         progress_bar: recallseg_trainer::log::Progress::stderr_is_terminal(),
-        interrupt: Some(recallseg_trainer::train::interrupt_flag()),
+        interrupt: Some(recallseg_trainer::signals::interrupt_flag()),
         quiet: false,
         overwrite: args.overwrite,
     };

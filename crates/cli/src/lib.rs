@@ -22,7 +22,8 @@ use recallseg_trainer::config::{DeviceSpec, Preset, TrainConfig};
 use recallseg_trainer::eval::{evaluate_per_image, evaluate_with};
 use recallseg_trainer::inference::{InferenceConfig, InferenceMode};
 use recallseg_trainer::predict::{Predictor, PredictorOptions};
-use recallseg_trainer::train::{install_ctrlc, interrupt_flag, open_eval, TrainOptions};
+use recallseg_trainer::signals::interrupt_flag;
+use recallseg_trainer::train::{install_ctrlc, open_eval, TrainOptions};
 
 mod runs;
 pub mod runtime;

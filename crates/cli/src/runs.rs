@@ -7,7 +7,8 @@ use recallseg_compare::{
     collect_comparison, parse_losses, quick_losses, run_comparison, summary_table, CompareOptions,
     CompareOutcome, ComparisonPlan, Evaluate,
 };
-use recallseg_trainer::train::{install_ctrlc, interrupt_flag};
+use recallseg_trainer::signals::interrupt_flag;
+use recallseg_trainer::train::install_ctrlc;
 use std::path::PathBuf;
 
 /// `recallseg compare`.

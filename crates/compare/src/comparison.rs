@@ -392,7 +392,7 @@ fn one_run(
     }
     // A checkpoint of another configuration (or beyond the schedule) would refuse to resume:
     // start over then. One of the same run with fewer steps is continued (`--iters` raised).
-    let last = dir.join(train::files::LAST);
+    let last = dir.join(recallseg_trainer::run_files::LAST);
     if mode == RunMode::Collect && !last.is_file() {
         return Ok(RunState::Missing(format!(
             "not started ({} does not exist)",
@@ -479,7 +479,7 @@ fn one_run(
         .map_err(|m| anyhow::anyhow!("train.device: {m}"))?
         .open()?;
     let weights = |which: &str| match which {
-        "best" => dir.join(train::files::BEST),
+        "best" => dir.join(recallseg_trainer::run_files::BEST),
         _ => outcome.last_checkpoint.clone(),
     };
     let (_, loader) = open_eval(&cfg, &cfg.data.test_split)?;
@@ -514,7 +514,7 @@ fn one_run(
         write_gray(&ex_dir.join(format!("{k}.png")), pred, ew, eh)?;
         examples.push((*idx, id.clone()));
     }
-    let class_weights = read_log(&dir.join(train::files::LOG))?
+    let class_weights = read_log(&dir.join(recallseg_trainer::run_files::LOG))?
         .into_iter()
         .filter_map(|r| match r {
             LogRecord::Train {
@@ -725,7 +725,7 @@ fn write_comparison(
     )?;
     let classes = train_ds.class_info().clone();
     let train_ds = recallseg_trainer::data::limit(train_ds, d.max_train_images);
-    let counts = train_ds.class_pixel_counts()?;
+    let counts = recallseg_data::class_pixel_counts(&*train_ds)?;
     let total: u64 = counts.iter().sum();
     let class_frequency =
         (total > 0).then(|| counts.iter().map(|&c| c as f64 / total as f64).collect());

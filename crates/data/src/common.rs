@@ -1,7 +1,8 @@
 //! Pieces the dataset readers share: item lists, label value mapping, pair decoding.
 
-use crate::dataset::{Fnv64, LabelMap, Sample};
+use crate::dataset::{LabelMap, Sample};
 use crate::error::DataError;
+use crate::fingerprint::Fnv64;
 use crate::png_io::{decode_label, decode_label_bytes, decode_rgb8, RawLabel};
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,8 @@
 //! [`prefix`]: the first items of a dataset, as a dataset (quick runs and smoke tests use a few
 //! images of a large split).
 
-use crate::dataset::{Fnv64, SegDataset};
+use crate::dataset::SegDataset;
+use crate::fingerprint::Fnv64;
 use std::sync::Arc;
 
 /// The dataset restricted to its first `max` items (`0`, or `max` at least its length: the

@@ -58,7 +58,7 @@ pub struct ItemCounts {
 /// The hash that keys an item's cached counts: 64-bit FNV-1a of the bytes (stable across Rust
 /// versions and platforms, unlike `std`'s `DefaultHasher`), as 16 hex digits.
 pub fn hash_bytes(bytes: &[u8]) -> String {
-    let mut h = crate::dataset::Fnv64::default();
+    let mut h = crate::fingerprint::Fnv64::default();
     h.write(bytes);
     format!("{:016x}", h.finish())
 }
@@ -150,7 +150,7 @@ pub fn label_content_hash<D: SegDataset + ?Sized>(ds: &D) -> Result<Option<u64>,
             Ok(hash_bytes(&bytes))
         })
         .collect::<Result<_, DataError>>()?;
-    let mut all = crate::dataset::Fnv64::default();
+    let mut all = crate::fingerprint::Fnv64::default();
     for h in hashes {
         all.write_str(&h);
     }

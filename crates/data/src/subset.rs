@@ -1,7 +1,8 @@
 //! [`subset`]: chosen items of a dataset, in a chosen order, as a dataset (a data-parallel
 //! rank's share of an evaluation split).
 
-use crate::dataset::{Fnv64, SegDataset};
+use crate::dataset::SegDataset;
+use crate::fingerprint::Fnv64;
 use crate::DataError;
 use std::sync::Arc;
 

@@ -15,8 +15,11 @@
 //! pixels' `Σ s_{y_n}` instead). Class-level dynamic weights carry no gradient. When `Z = 0`
 //! (no valid pixel, or all weights zero) the loss is 0 with a zero gradient.
 
+/// The sharded step of the engine (data parallelism, accumulation).
+mod shard;
+
+use crate::ce_mode::inv;
 use crate::ce_mode::{CeMode, ClassStats, StepReport};
-use crate::ce_shard::CeStep;
 use crate::fused_ce::FusedCe;
 use crate::input::{
     checked_labels_u32, class_column, class_vector, one_hot, per_class_host, prepare,
@@ -27,6 +30,7 @@ use crate::{Kernel, LossError, ShardStatistics};
 use candle_core::{DType, Result, Tensor};
 use recallseg_kernels::fused::FusedOp;
 use recallseg_kernels::SavedState;
+use shard::CeStep;
 use std::sync::Arc;
 
 /// Shared state and behaviour of the cross-entropy family.
@@ -392,15 +396,6 @@ impl CeEngine {
                 ))
             }
         }
-    }
-}
-
-/// `1/z`, or 0 when `z = 0` (no valid pixel, or every weight 0: the loss is 0).
-pub(crate) fn inv(z: f64) -> f64 {
-    if z > 0.0 {
-        1.0 / z
-    } else {
-        0.0
     }
 }
 

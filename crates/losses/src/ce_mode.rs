@@ -170,3 +170,12 @@ pub(crate) struct StepReport {
     /// The argmax statistics of the valid pixels (the fused kernel's `stats_only` pass).
     pub stats: Option<ClassStats>,
 }
+
+/// `1/z`, or 0 when `z = 0` (no valid pixel, or every weight 0: the loss is 0).
+pub(crate) fn inv(z: f64) -> f64 {
+    if z > 0.0 {
+        1.0 / z
+    } else {
+        0.0
+    }
+}

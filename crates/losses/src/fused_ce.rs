@@ -491,7 +491,7 @@ impl FusedCe {
                     ),
                     None => {
                         let z = self.mode.normaliser(s, s, &count, pixels);
-                        let inv_z = crate::ce_family::inv(z);
+                        let inv_z = crate::ce_mode::inv(z);
                         (
                             sa.iter().map(|v| v * inv_z).collect(),
                             sa.iter().zip(&acc.focal_l).map(|(a, b)| a * b).sum::<f64>() * inv_z,

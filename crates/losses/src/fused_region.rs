@@ -39,7 +39,7 @@ pub(crate) struct FusedRegion {
     pub probs: SavedState<Vec<f32>>,
     /// A shard of a sharded step (batch kinds): the step's `(α, β, constant)`; the value is then
     /// the linearisation `Σ_c α_c P_c + β_c I_c + constant` of the batch's loss at the batch's
-    /// sums, whose gradient is the batch's (see `crate::region_shard`).
+    /// sums, whose gradient is the batch's (see `crate::region`'s `shard` module).
     pub fixed: Option<(Vec<f64>, Vec<f64>, f64)>,
     /// Where to leave the sums `(I, P, G)` of the pass (a shard's statistics), if asked.
     pub sums_out: Option<Arc<SavedState<[Vec<f64>; 3]>>>,

@@ -12,15 +12,18 @@
 //! Every loss is a function of these sums, so its gradient with respect to `p_{n,c}` has the form
 //! `α_{g,c} + β_{g,c} t_{n,c}`; the fused kernel exploits that (see `docs/losses.md`).
 
+/// The sharded step of the engine (data parallelism, accumulation).
+mod shard;
+
 use crate::fused_region::FusedRegion;
 use crate::input::{checked_labels_u32, class_vector, one_hot, prepare};
 use crate::options::{Engine, LossOptions};
 use crate::region_loss::{RegionKind, RegionOpts, DICE_EPS, IOU_EPS};
-use crate::region_shard::{Linear, RegionStep};
 use crate::ShardStatistics;
 use crate::{Kernel, LossError};
 use candle_core::{Result, Tensor};
 use recallseg_kernels::fused::FusedOp;
+use shard::{Linear, RegionStep};
 use std::sync::Arc;
 
 /// The builder methods of segmentation_models_pytorch's overlap-loss options (`smooth`,

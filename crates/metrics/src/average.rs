@@ -7,7 +7,7 @@
 //! rounding of another. `docs/metrics.md` gives the formulas and which mode equals which anchor.
 
 use crate::error::MetricsError;
-use crate::report::{ClassScores, Mean};
+use crate::scores::{ClassScores, Mean};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -380,6 +380,19 @@ impl AveragedScores {
             Score::Iou => &self.iou,
             Score::Dice => &self.dice,
             Score::FBeta => &self.fbeta,
+        }
+    }
+}
+
+impl ClassScores {
+    /// The value of `score` for this class (F-beta with the β the report was made with).
+    pub fn get(&self, score: Score) -> Option<f64> {
+        match score {
+            Score::Recall => self.recall,
+            Score::Precision => self.precision,
+            Score::Iou => self.iou,
+            Score::Dice => self.dice,
+            Score::FBeta => self.fbeta,
         }
     }
 }

@@ -3,7 +3,6 @@
 use crate::error::MetricsError;
 use crate::kernel::{Partial, Spec};
 use crate::label::Label;
-use crate::report::Report;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -306,27 +305,6 @@ impl ConfusionMatrix {
         self.counts.fill(0);
         self.ignored = 0;
         self.invalid = 0;
-    }
-
-    /// The scores, with classes named by their index (`"0"`, `"1"`, …).
-    pub fn report(&self) -> Report {
-        Report::from_matrix(self, (0..self.n).map(|c| c.to_string()).collect())
-    }
-
-    /// The scores, with one name per class.
-    ///
-    /// Fails with [`MetricsError::ClassNames`] if `names.len() != n_classes`.
-    pub fn report_with_names<S: AsRef<str>>(&self, names: &[S]) -> Result<Report, MetricsError> {
-        if names.len() != self.n {
-            return Err(MetricsError::ClassNames {
-                names: names.len(),
-                n_classes: self.n,
-            });
-        }
-        Ok(Report::from_matrix(
-            self,
-            names.iter().map(|s| s.as_ref().to_string()).collect(),
-        ))
     }
 }
 

@@ -55,6 +55,7 @@ mod label;
 mod normalize;
 mod per_image;
 mod report;
+mod scores;
 mod settings;
 
 pub use average::{Average, Averaged, AveragedScores, Averaging, Score, ZeroDivision};
@@ -63,5 +64,6 @@ pub use error::{LabelSource, MetricsError};
 pub use label::Label;
 pub use normalize::{Normalize, NormalizedMatrix};
 pub use per_image::{PerImageIou, PerImageScores};
-pub use report::{ClassScores, Mean, Report, SubsetMeans};
+pub use report::{Report, SubsetMeans};
+pub use scores::{ClassScores, Mean};
 pub use settings::ReportSettings;

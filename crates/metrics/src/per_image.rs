@@ -5,7 +5,7 @@
 use crate::confusion::ConfusionMatrix;
 use crate::error::MetricsError;
 use crate::label::Label;
-use crate::report::Mean;
+use crate::scores::Mean;
 use serde::{Deserialize, Serialize};
 
 /// Collects the per-class IoU of each image. Classes are compared per image: a class absent

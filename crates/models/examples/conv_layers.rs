@@ -27,12 +27,15 @@ mod ops {
     pub(crate) use super::buffers;
 }
 #[allow(dead_code)]
+#[path = "../src/ops/conv2d/geometry.rs"]
+mod geometry;
+#[allow(dead_code)]
 #[path = "../src/ops/conv2d/winograd.rs"]
 mod winograd;
 
+use geometry::ConvShape;
 use kernels::{
     conv_forward, conv_forward_im2col, conv_input_grad, conv_weight_grad, conv_weight_grad_im2col,
-    ConvShape,
 };
 use std::time::{Duration, Instant};
 use winograd::{conv_forward_winograd, conv_weight_grad_winograd};

@@ -11,42 +11,13 @@
 //! `in·channels·9 + 2·channels + channels·classes + classes`.
 
 use crate::batch_norm::BatchNorm2d;
+use crate::config::AuxHeadConfig;
 use crate::config::{InitScheme, ModelConfig};
 use crate::conv::Conv2d;
 use crate::dropout::Dropout;
 use crate::init::ParamBuilder;
 use crate::ModelError;
 use candle_core::{Result, Tensor};
-use serde::{Deserialize, Serialize};
-
-/// Shape of the auxiliary head ([`crate::ModelConfig::aux_head`]); the defaults are mmseg's.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuxHeadConfig {
-    /// Channels of its 3×3 convolution (mmseg: 256).
-    pub channels: usize,
-    /// Channel-dropout probability before the classifier (mmseg: 0.1, `nn.Dropout2d`).
-    pub dropout: f64,
-}
-
-impl Default for AuxHeadConfig {
-    fn default() -> Self {
-        Self {
-            channels: 256,
-            dropout: 0.1,
-        }
-    }
-}
-
-impl AuxHeadConfig {
-    /// Trainable parameters of the head on `in_channels` layer3 channels for `n_classes`
-    /// classes: mmseg's `FCNHead` (`num_convs = 1`, `concat_input = False`, BN), i.e.
-    /// `in·c·9` (conv, no bias) `+ 2c` (BN scale, shift) `+ c·n + n` (classifier).
-    pub fn parameter_count(&self, in_channels: usize, n_classes: usize) -> usize {
-        let c = self.channels;
-        in_channels * c * 9 + 2 * c + c * n_classes + n_classes
-    }
-}
 
 /// The auxiliary FCN head.
 #[derive(Debug, Clone)]

@@ -246,7 +246,7 @@ pub struct ModelConfig {
     /// [`crate::aux_head`]); `None` (default) builds none. Its logits come from
     /// `DeepLab::forward_t_with_aux`; inference ignores it.
     #[serde(default)]
-    pub aux_head: Option<crate::aux_head::AuxHeadConfig>,
+    pub aux_head: Option<AuxHeadConfig>,
     /// segmentation_models_pytorch's dilation rule for the backbone: every 3×3 convolution of a
     /// dilated stage takes the stage's dilation, the first block's first one included (smp's
     /// `replace_strides_with_dilation` on its encoders). `false` (default) is torchvision's and
@@ -425,6 +425,35 @@ impl ModelConfig {
             32 => [3, 6, 9],
             _ => [6, 12, 18],
         }
+    }
+}
+
+/// Shape of the auxiliary head ([`ModelConfig::aux_head`]); the defaults are mmseg's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuxHeadConfig {
+    /// Channels of its 3×3 convolution (mmseg: 256).
+    pub channels: usize,
+    /// Channel-dropout probability before the classifier (mmseg: 0.1, `nn.Dropout2d`).
+    pub dropout: f64,
+}
+
+impl Default for AuxHeadConfig {
+    fn default() -> Self {
+        Self {
+            channels: 256,
+            dropout: 0.1,
+        }
+    }
+}
+
+impl AuxHeadConfig {
+    /// Trainable parameters of the head on `in_channels` layer3 channels for `n_classes`
+    /// classes: mmseg's `FCNHead` (`num_convs = 1`, `concat_input = False`, BN), i.e.
+    /// `in·c·9` (conv, no bias) `+ 2c` (BN scale, shift) `+ c·n + n` (classifier).
+    pub fn parameter_count(&self, in_channels: usize, n_classes: usize) -> usize {
+        let c = self.channels;
+        in_channels * c * 9 + 2 * c + c * n_classes + n_classes
     }
 }
 

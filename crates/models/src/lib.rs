@@ -43,8 +43,10 @@ pub mod pretrained;
 pub mod resnet;
 pub mod separable_conv;
 
-pub use aux_head::{AuxHead, AuxHeadConfig};
-pub use config::{Backbone, Head, HubFile, InitScheme, ModelConfig, PretrainedSource};
+pub use aux_head::AuxHead;
+pub use config::{
+    AuxHeadConfig, Backbone, Head, HubFile, InitScheme, ModelConfig, PretrainedSource,
+};
 pub use deeplab::{BuildOptions, DeepLab};
 pub use error::ModelError;
 pub use pretrained::{CheckpointLayout, LoadReport};

@@ -224,6 +224,17 @@ impl RngState {
     }
 }
 
+/// What early stopping (`train::EarlyStop`) carries across a resume (stored in the checkpoint).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EarlyStopState {
+    /// The best value of the watched figure so far.
+    pub best: f64,
+    /// The step it was reached at.
+    pub best_step: u64,
+    /// Validations since then that did not improve on it.
+    pub since_best: usize,
+}
+
 /// Everything in a checkpoint besides the tensors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointMeta {
@@ -258,7 +269,7 @@ pub struct CheckpointMeta {
     /// Early stopping's state (`train.early_stop`): the best watched figure, its step and the
     /// validations since it, so a resumed run counts on (and one that stopped stays stopped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub early_stop: Option<crate::train::EarlyStopState>,
+    pub early_stop: Option<EarlyStopState>,
 }
 
 /// A checkpoint in memory.

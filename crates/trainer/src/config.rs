@@ -1099,7 +1099,7 @@ impl TrainConfig {
             }
         }
         // Everything else is the model's own validation, with its messages.
-        match crate::train::model_config(self, 1).validate() {
+        match crate::config::model_config(self, 1).validate() {
             Ok(()) => {}
             Err(recallseg_models::ModelError::Config { field, message }) => {
                 return Err(invalid(&format!("model.{field}"), message))
@@ -1391,6 +1391,40 @@ impl DeviceSpec {
     }
 }
 
+/// The model configuration of a training configuration for a dataset of `n_classes` classes.
+pub fn model_config(cfg: &TrainConfig, n_classes: usize) -> recallseg_models::ModelConfig {
+    let m = &cfg.model.resolved();
+    recallseg_models::ModelConfig {
+        backbone: m.backbone,
+        head: m.head,
+        output_stride: m.output_stride,
+        n_classes,
+        pretrained: m.pretrained.clone(),
+        freeze_bn: m.freeze_bn,
+        multi_grid: None,
+        dropout: m.dropout,
+        decoder_dropout: m.decoder_dropout,
+        backbone_width: m.backbone_width,
+        head_channels: m.head_channels,
+        low_level_channels: m.low_level_channels,
+        separable: m.separable,
+        decoder_convs: m.decoder_convs,
+        aspp_rates: m.aspp_rates,
+        aspp_conv: m.aspp_conv,
+        init: m.init,
+        init_seed: cfg.train.seed,
+        align_corners: m.align_corners,
+        aux_head: m
+            .aux_head
+            .as_ref()
+            .map(|a| recallseg_models::AuxHeadConfig {
+                channels: a.channels,
+                dropout: a.dropout,
+            }),
+        smp_dilation: m.smp_dilation,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1598,7 +1632,7 @@ mod tests {
     fn aux_head_keys_are_checked() {
         let c = quick(&["model.aux_head={}"]).unwrap();
         assert_eq!(c.model.aux_head, Some(AuxHeadSection::default()));
-        let m = crate::train::model_config(&c, 5).aux_head.unwrap();
+        let m = crate::config::model_config(&c, 5).aux_head.unwrap();
         assert_eq!((m.channels, m.dropout), (256, 0.1));
         let back = TrainConfig::from_toml_str(&c.to_toml().unwrap(), "round trip", &[]).unwrap();
         assert_eq!(back, c);
@@ -1645,7 +1679,7 @@ mod tests {
             "{e}"
         );
         // The presets write none of the layout's fields, so the layout alone sets them all.
-        let m = crate::train::model_config(&quick(&["model.layout=smp"]).unwrap(), 5);
+        let m = crate::config::model_config(&quick(&["model.layout=smp"]).unwrap(), 5);
         assert_eq!(m.decoder_dropout, [0.0, 0.0]);
         assert!(m.separable && m.align_corners && m.decoder_convs == 1);
     }
@@ -1654,14 +1688,14 @@ mod tests {
     fn smp_layout_is_one_key() {
         let c = quick(&["model.layout=smp"]).unwrap();
         assert_eq!(c.model.layout, ModelLayout::Smp);
-        let m = crate::train::model_config(&c, 5);
-        let want =
-            crate::train::model_config(&quick(&["model.init=paper_code"]).unwrap(), 5).smp_layout();
+        let m = crate::config::model_config(&c, 5);
+        let want = crate::config::model_config(&quick(&["model.init=paper_code"]).unwrap(), 5)
+            .smp_layout();
         // The quick preset leaves `init` at its default, so smp's own (PyTorch's) applies.
         assert_eq!(m, want);
         // An explicit other scheme is kept: how parameters start is not the layout.
         let kept = quick(&["model.layout=smp", "model.init=kaiming_fan_out"]).unwrap();
-        let m = crate::train::model_config(&kept, 5);
+        let m = crate::config::model_config(&kept, 5);
         assert_eq!(m.init, recallseg_models::InitScheme::KaimingFanOut);
         assert_eq!(
             m,
@@ -1671,7 +1705,7 @@ mod tests {
             }
         );
         let c2 = quick(&["model.layout=smp", "model.init=paper_code"]).unwrap();
-        assert_eq!(crate::train::model_config(&c2, 5), want);
+        assert_eq!(crate::config::model_config(&c2, 5), want);
         // The stored configuration spells the fields out and reads back the same.
         let text = c.to_toml().unwrap();
         assert!(text.contains("separable = true") && text.contains("layout = \"smp\""));
@@ -1806,7 +1840,7 @@ mod tests {
             "model.aspp_rates=[12, 24, 36]",
         ])
         .unwrap();
-        let m = crate::train::model_config(&c, 5);
+        let m = crate::config::model_config(&c, 5);
         assert!(m.separable);
         assert_eq!(m.decoder_convs, 1);
         assert_eq!(m.atrous_rates(), [12, 24, 36]);

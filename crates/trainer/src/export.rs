@@ -79,7 +79,7 @@ pub fn export_checkpoint(
 /// `best.safetensors`, the log, `metrics.csv`, `config.toml`, `test.json`, the lock) in a
 /// folder that holds a run: replacing `last` with exported weights would break `--resume`.
 fn refuse_run_file(out: &Path) -> anyhow::Result<()> {
-    use crate::train::files;
+    use crate::run_files as files;
     let own = [
         files::LAST,
         files::BEST,

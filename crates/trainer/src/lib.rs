@@ -29,5 +29,6 @@ pub mod log;
 pub mod optim;
 pub mod predict;
 pub mod run_dir;
+pub mod run_files;
 pub mod signals;
 pub mod train;

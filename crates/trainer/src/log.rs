@@ -467,8 +467,8 @@ fn csv_row(fields: impl Iterator<Item = String>) -> String {
 /// Rewrites `metrics.csv` of the run folder `dir` from its `log.jsonl` (atomically), so the two
 /// always agree, also after a resume. Returns the file written.
 pub fn write_metrics_csv(dir: &Path) -> anyhow::Result<PathBuf> {
-    let entries = read_log_entries(&dir.join(crate::train::files::LOG))?;
-    let path = dir.join(crate::train::files::METRICS);
+    let entries = read_log_entries(&dir.join(crate::run_files::LOG))?;
+    let path = dir.join(crate::run_files::METRICS);
     let text = metrics_csv(&entries);
     recallseg_files::write_bytes_atomic(&path, text.as_bytes())?;
     Ok(path)

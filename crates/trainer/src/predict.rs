@@ -27,7 +27,8 @@
 use crate::checkpoint::Checkpoint;
 use crate::config::TrainConfig;
 use crate::inference::{Inference, InferenceConfig};
-use crate::train::{build_model, files, BuiltModel};
+use crate::run_files as files;
+use crate::train::{build_model, BuiltModel};
 use anyhow::Context;
 use candle_core::{Device, Tensor};
 use recallseg_data::png_io::RgbImage;

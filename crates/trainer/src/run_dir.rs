@@ -10,7 +10,7 @@
 //! * [`existing_run`]: what a folder holds of an earlier run, so that `train` without `--resume`
 //!   or `--overwrite` refuses to replace it.
 
-use crate::train::files;
+use crate::run_files as files;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};

@@ -55,7 +55,7 @@ fn cityscapes_maps_label_ids_to_the_19_train_ids() {
         assert_eq!(CITYSCAPES_ID_TO_TRAIN_ID[id], train);
     }
     // Train ids 0..18 each appear once per image (ids 34, 35 wrap to 0, 1: ignored).
-    let counts = ds.class_pixel_counts().unwrap();
+    let counts = recallseg_data::class_pixel_counts(&ds).unwrap();
     assert_eq!(counts, vec![4u64; 19]);
     // A label id outside 0..=33 is an error naming the file.
     let lbl = dir
@@ -133,7 +133,10 @@ normalize = { mean = [100.0, 100.0, 100.0], std = [50.0, 50.0, 50.0] }
     assert_eq!(s.label, [0, 1, 2, 255, 1, 1, 0, 0]);
     let stem: usize = s.id.trim_start_matches('f').parse().unwrap();
     assert_eq!(s.image[0], stem as u8 * 20);
-    assert_eq!(tr.class_pixel_counts().unwrap(), vec![21, 21, 7]);
+    assert_eq!(
+        recallseg_data::class_pixel_counts(&tr).unwrap(),
+        vec![21, 21, 7]
+    );
 }
 
 #[test]
@@ -207,7 +210,7 @@ fn pixel_counts_are_cached_and_invalidated() {
     };
     write_spec(0);
     let ds = FolderDataset::open(&spec, Split::Train).unwrap();
-    let truth = ds.class_pixel_counts().unwrap();
+    let truth = recallseg_data::class_pixel_counts(&ds).unwrap();
     assert_eq!(truth, vec![21, 21, 7]);
     let path = cache_path(&ds).unwrap();
     assert!(path.starts_with(dir.path().join(".recallseg-cache")));
@@ -223,11 +226,17 @@ fn pixel_counts_are_cached_and_invalidated() {
     }
     cache.per_item[0].counts = vec![1, 2, 3];
     std::fs::write(&path, serde_json::to_string(&cache).unwrap()).unwrap();
-    assert_eq!(ds.class_pixel_counts().unwrap(), vec![1, 2, 3]);
+    assert_eq!(
+        recallseg_data::class_pixel_counts(&ds).unwrap(),
+        vec![1, 2, 3]
+    );
     // Changed options (another split seed) invalidate it ...
     write_spec(1);
     let ds1 = FolderDataset::open(&spec, Split::Train).unwrap();
-    assert_eq!(ds1.class_pixel_counts().unwrap(), vec![21, 21, 7]);
+    assert_eq!(
+        recallseg_data::class_pixel_counts(&ds1).unwrap(),
+        vec![21, 21, 7]
+    );
     // ... and so does a changed file list.
     std::fs::write(
         &path,
@@ -257,7 +266,10 @@ fn pixel_counts_are_cached_and_invalidated() {
     .unwrap();
     let ds2 = FolderDataset::open(&spec, Split::Train).unwrap();
     assert_ne!(ds2.fingerprint(), ds.fingerprint());
-    assert_ne!(ds2.class_pixel_counts().unwrap(), vec![1, 2, 3]);
+    assert_ne!(
+        recallseg_data::class_pixel_counts(&ds2).unwrap(),
+        vec![1, 2, 3]
+    );
 }
 
 /// A mask without an image and an image that is a looping symbolic link used to be skipped
@@ -402,7 +414,10 @@ fn a_relabelled_mask_with_the_same_size_and_mtime_is_recounted() {
     )
     .unwrap();
     let ds = FolderDataset::open(&spec, Split::Train).unwrap();
-    assert_eq!(ds.class_pixel_counts().unwrap(), vec![30, 30, 10]);
+    assert_eq!(
+        recallseg_data::class_pixel_counts(&ds).unwrap(),
+        vec![30, 30, 10]
+    );
     // Relabel f0: every pixel class 2 (same dimensions, same encoder: same file size).
     let mask = dir.path().join("mask/f0.png");
     let before = std::fs::metadata(&mask).unwrap();
@@ -421,7 +436,10 @@ fn a_relabelled_mask_with_the_same_size_and_mtime_is_recounted() {
     );
     let ds = FolderDataset::open(&spec, Split::Train).unwrap();
     // f0 had 3 × class 0, 3 × class 1, 1 × class 2; now 7 × class 2.
-    assert_eq!(ds.class_pixel_counts().unwrap(), vec![27, 27, 16]);
+    assert_eq!(
+        recallseg_data::class_pixel_counts(&ds).unwrap(),
+        vec![27, 27, 16]
+    );
 
     // Only the relabelled file is decoded again: doctor the cached counts of every other item
     // (their files still hash to the stored values, so they are trusted) and relabel f1.
@@ -446,8 +464,14 @@ fn a_relabelled_mask_with_the_same_size_and_mtime_is_recounted() {
     drop(f);
     assert_eq!(std::fs::metadata(&mask).unwrap().len(), before.len());
     // Nine doctored items (1 pixel of class 0 each) and f1 counted from its new content.
-    assert_eq!(ds.class_pixel_counts().unwrap(), vec![9, 7, 0]);
+    assert_eq!(
+        recallseg_data::class_pixel_counts(&ds).unwrap(),
+        vec![9, 7, 0]
+    );
     // A cache hit needs no decoding at all: with every entry trusted, the doctored values are
     // what comes back, twice.
-    assert_eq!(ds.class_pixel_counts().unwrap(), vec![9, 7, 0]);
+    assert_eq!(
+        recallseg_data::class_pixel_counts(&ds).unwrap(),
+        vec![9, 7, 0]
+    );
 }

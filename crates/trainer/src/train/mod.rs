@@ -14,14 +14,14 @@
 //! [`interrupt_flag`]) writes `last.safetensors` and returns. The loop itself is
 //! [`Trainer`] (`trainer.rs`); this module holds what it is built from.
 
-use crate::config::TrainConfig;
+use crate::config::{model_config, TrainConfig};
 use crate::data::{eval_loader, open_split, parse_split, train_loader};
 use crate::optim::NamedVar;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use recallseg_data::{ClassInfo, Loader, SegDataset};
 use recallseg_losses::{LossContext, SegLoss};
-use recallseg_models::{BuildOptions, DeepLab, ModelConfig};
+use recallseg_models::{BuildOptions, DeepLab};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -30,7 +30,7 @@ use std::sync::Arc;
 mod strategy;
 mod trainer;
 
-pub use strategy::{EarlyStop, EarlyStopState, KeepBest, StopRule, Stopping};
+pub use strategy::{EarlyStop, KeepBest, StopRule, Stopping};
 pub use trainer::Trainer;
 
 /// Why a run ended without finishing.
@@ -80,24 +80,6 @@ pub enum TrainError {
         checkpoint: String,
     },
 }
-
-/// File names inside a run folder.
-pub mod files {
-    /// The latest state, written periodically, at the end and on interrupt.
-    pub const LAST: &str = "last.safetensors";
-    /// The state with the best validation mean IoU.
-    pub const BEST: &str = "best.safetensors";
-    /// The JSON-lines log.
-    pub const LOG: &str = "log.jsonl";
-    /// One row per validation, rewritten from the log after each (`crate::log::metrics_csv`).
-    pub const METRICS: &str = "metrics.csv";
-    /// The configuration the run used.
-    pub const CONFIG: &str = "config.toml";
-    /// The test split's report, written when the run ends (`data.test_split`).
-    pub const TEST: &str = "test.json";
-}
-
-pub use crate::signals::interrupt_flag;
 
 /// Installs the handlers of SIGINT (Ctrl-C), SIGTERM and SIGHUP that set [`interrupt_flag`]
 /// (see [`crate::signals`]; a second Ctrl-C exits at once). Installing twice is harmless.
@@ -160,40 +142,6 @@ pub struct TrainOutcome {
     /// The test split evaluated with the final weights when the run ended in this invocation
     /// (`None`: skipped, not ended, or the dataset has no such split).
     pub test: Option<recallseg_metrics::Report>,
-}
-
-/// The model configuration of a training configuration for a dataset of `n_classes` classes.
-pub fn model_config(cfg: &TrainConfig, n_classes: usize) -> ModelConfig {
-    let m = &cfg.model.resolved();
-    ModelConfig {
-        backbone: m.backbone,
-        head: m.head,
-        output_stride: m.output_stride,
-        n_classes,
-        pretrained: m.pretrained.clone(),
-        freeze_bn: m.freeze_bn,
-        multi_grid: None,
-        dropout: m.dropout,
-        decoder_dropout: m.decoder_dropout,
-        backbone_width: m.backbone_width,
-        head_channels: m.head_channels,
-        low_level_channels: m.low_level_channels,
-        separable: m.separable,
-        decoder_convs: m.decoder_convs,
-        aspp_rates: m.aspp_rates,
-        aspp_conv: m.aspp_conv,
-        init: m.init,
-        init_seed: cfg.train.seed,
-        align_corners: m.align_corners,
-        aux_head: m
-            .aux_head
-            .as_ref()
-            .map(|a| recallseg_models::AuxHeadConfig {
-                channels: a.channels,
-                dropout: a.dropout,
-            }),
-        smp_dilation: m.smp_dilation,
-    }
 }
 
 /// A model on a fresh `VarMap`, with the parameters the optimiser updates and their names.
@@ -296,7 +244,7 @@ pub fn open_run_data_shard(
     let train_ds = open_split(d, parse_split("data.train_split", &d.train_split)?)?;
     let classes = train_ds.class_info().clone();
     let train_ds = crate::data::limit(train_ds, d.max_train_images);
-    let class_pixel_counts = train_ds.class_pixel_counts()?;
+    let class_pixel_counts = recallseg_data::class_pixel_counts(&*train_ds)?;
     let train = train_loader(d, train_ds, cfg.train.batch_size, cfg.train.seed, shard)?;
     let val_ds = open_split(d, parse_split("data.val_split", &d.val_split)?)?;
     let mut val_ds = crate::data::limit(val_ds, d.max_eval_images);

@@ -2,6 +2,7 @@
 //! kept as `best.safetensors` ([`KeepBest`]), when a run stops before `train.iters`
 //! ([`StopRule`]) and when validation has stopped improving ([`EarlyStop`]).
 
+use crate::checkpoint::EarlyStopState;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -32,17 +33,6 @@ impl KeepBest {
         }
         is_best
     }
-}
-
-/// What [`EarlyStop`] carries across a resume (stored in the checkpoint).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct EarlyStopState {
-    /// The best value of the watched figure so far.
-    pub best: f64,
-    /// The step it was reached at.
-    pub best_step: u64,
-    /// Validations since then that did not improve on it.
-    pub since_best: usize,
 }
 
 /// Early stopping (Keras' `EarlyStopping`, Lightning's rule): a validation improves when its

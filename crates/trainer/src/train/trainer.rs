@@ -4,9 +4,8 @@
 
 use super::strategy::{EarlyStop, KeepBest, StopRule, Stopping};
 use super::{
-    build_loss, build_model_with, files, loss_state_tensors, open_run_data_shard,
-    restore_loss_state, run_differences, BuiltModel, RunData, TrainError, TrainOptions,
-    TrainOutcome,
+    build_loss, build_model_with, loss_state_tensors, open_run_data_shard, restore_loss_state,
+    run_differences, BuiltModel, RunData, TrainError, TrainOptions, TrainOutcome,
 };
 use crate::checkpoint::{Checkpoint, CheckpointMeta, RngState, FORMAT_VERSION};
 use crate::config::{DeviceSpec, TrainConfig};
@@ -15,6 +14,7 @@ use crate::eval::{evaluate_interruptible, evaluate_with_loss_sum, EvalOutput};
 use crate::log::{JsonlLog, LogRecord, Progress};
 use crate::optim::{self, LrSchedule, Optimizer, StepOutcome};
 use crate::run_dir::RunLock;
+use crate::run_files as files;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -11,7 +11,8 @@
 //! Shapes are checked once, by `super::validate`; the op is built for the validated geometry
 //! ([`CpuConv::new`]) and its passes only check that their operands have the planned dimensions.
 
-use super::kernels::{self, ConvShape};
+use super::geometry::ConvShape;
+use super::kernels;
 use super::Conv2dGeometry;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,

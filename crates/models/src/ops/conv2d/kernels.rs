@@ -24,6 +24,7 @@
 //! (tiles, weight-gradient chunks) depends on the shape only (`MIN_TASKS`, `WEIGHT_GRAD_CHUNKS`).
 //! `gemm` is always called single-threaded inside a task.
 
+use super::geometry::{depth_blocks, ConvShape};
 use crate::ops::buffers::zeroed;
 use rayon::prelude::*;
 use recallseg_kernels::SyncPtr;
@@ -49,49 +50,7 @@ const MIN_TASKS: usize = 8;
 /// chunks per thread gave on two cores.
 const WEIGHT_GRAD_CHUNKS: usize = 4;
 
-/// Geometry of one dense convolution on contiguous NCHW buffers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ConvShape {
-    /// Batch size.
-    pub n: usize,
-    /// Input channels.
-    pub c_in: usize,
-    /// Input height.
-    pub h: usize,
-    /// Input width.
-    pub w: usize,
-    /// Output channels.
-    pub c_out: usize,
-    /// Kernel height.
-    pub kh: usize,
-    /// Kernel width.
-    pub kw: usize,
-    /// Stride (both directions).
-    pub stride: usize,
-    /// Zero padding above and below.
-    pub pad_h: usize,
-    /// Zero padding left and right.
-    pub pad_w: usize,
-    /// Dilation (both directions).
-    pub dil: usize,
-}
-
 impl ConvShape {
-    /// Output height. The caller has checked that the dilated kernel fits the padded input.
-    pub(super) fn oh(&self) -> usize {
-        (self.h + 2 * self.pad_h - self.dil * (self.kh - 1) - 1) / self.stride + 1
-    }
-
-    /// Output width.
-    pub(super) fn ow(&self) -> usize {
-        (self.w + 2 * self.pad_w - self.dil * (self.kw - 1) - 1) / self.stride + 1
-    }
-
-    /// Rows of the im2col matrix: `C_in · K_h · K_w`.
-    pub(super) fn k(&self) -> usize {
-        self.c_in * self.kh * self.kw
-    }
-
     /// A 1×1 convolution with stride 1 and no padding: its im2col matrix is the input itself.
     fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad_h == 0 && self.pad_w == 0
@@ -154,25 +113,6 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
         }
         // Re-entered from a nested task on the same thread: use a private buffer.
         Err(_) => f(&mut vec![0.0; len]),
-    })
-}
-
-/// The depth blocks `(start, len)` every product over `k` is cut into before it reaches `gemm`:
-/// `ceil(k / 512)` blocks of equal size (the last one shorter), summed one after another.
-///
-/// `gemm` sums its depth `k` in blocks whose size it derives from the CPU's L1 cache (at least
-/// 512, balanced the same way), so the rounding of a long sum (a weight gradient sums over
-/// every pixel of the batch) would depend on the machine: the same run gave other losses from
-/// its second step on a CPU with a larger L1. Calls of depth at most 512 are never blocked
-/// inside `gemm`, so with the blocks fixed here every machine sums in the same order and gets
-/// the same bits (the order `gemm` itself uses where its block size is 512).
-pub(crate) fn depth_blocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
-    const MAX_DEPTH: usize = 512;
-    let blocks = k.div_ceil(MAX_DEPTH).max(1);
-    let size = k.div_ceil(blocks).max(1);
-    (0..blocks).map(move |b| {
-        let start = (b * size).min(k);
-        (start, size.min(k - start))
     })
 }
 

@@ -19,6 +19,7 @@
 
 pub(crate) mod cpu;
 mod depthwise;
+mod geometry;
 mod kernels;
 mod winograd;
 

@@ -30,7 +30,7 @@
 //! threads. Only the element-wise transforms are split by the thread count ([`ranges`]): each of
 //! their outputs is computed by one task with the same arithmetic, whatever the split.
 
-use super::kernels::ConvShape;
+use super::geometry::{depth_blocks, ConvShape};
 use crate::ops::buffers::zeroed;
 use rayon::prelude::*;
 use recallseg_kernels::SyncPtr;
@@ -449,7 +449,7 @@ impl Products {
         (0..16).into_par_iter().for_each(|xi| {
             // Depth in the machine-independent blocks of `depth_blocks` (same bits on every
             // CPU).
-            for (i, (k0, kb)) in super::kernels::depth_blocks(self.k).enumerate() {
+            for (i, (k0, kb)) in depth_blocks(self.k).enumerate() {
                 // SAFETY: the ξ tasks write disjoint parts of `dst`; bounds per the caller, and
                 // block `k0..k0 + kb` lies inside the depth `k` of both operands.
                 unsafe {

@@ -17,8 +17,8 @@
 //!   (`∂f/∂p_{n,c} = α_c + β_c t_{n,c}`, the same coefficients the whole batch's backward pass
 //!   uses). A share's own value is not a loss of its shard: only the sum means something.
 
+use super::RegionEngine;
 use crate::input::{check_inputs, checked_labels_u32, one_hot, prepare};
-use crate::region::RegionEngine;
 use crate::region_loss::region_loss;
 use crate::sharding::{check_statistics, ImageMeanStep};
 use crate::{ShardStatistics, Sharding};

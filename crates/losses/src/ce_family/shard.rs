@@ -21,7 +21,8 @@
 //! numerator over the batch's `Z`, computed by the same fused kernel (or portable path) as a
 //! whole batch with `W` and `1/Z` handed in.
 
-use crate::ce_family::{inv, CeEngine};
+use super::CeEngine;
+use crate::ce_mode::inv;
 use crate::ce_mode::{CeMode, ClassStats};
 use crate::fused_ce::{FusedCe, FusedOut};
 use crate::input::{check_inputs, checked_labels_u32, prepare, zero_loss};
