@@ -356,97 +356,11 @@ fn one_run(
         ..cfg.clone()
     }
     .to_toml()?;
-    if summary_path.is_file() {
-        let text = std::fs::read_to_string(&summary_path)?;
-        let wanted = |r: &RunRecord| {
-            r.summary.evaluated == plan.evaluate.primary()
-                && r.summary.test_other.is_some() == (plan.evaluate == Evaluate::Both)
-        };
-        match serde_json::from_str::<RunRecord>(&text) {
-            Ok(r) if r.config_toml == cfg_toml && wanted(&r) => {
-                if !opts.quiet {
-                    note!(
-                        "[{}] reusing the finished run in {}",
-                        run.label,
-                        dir.display()
-                    );
-                }
-                return Ok(RunState::Done(Box::new(r)));
-            }
-            _ if mode == RunMode::Collect => {
-                // Replaced below (atomically) if the training is finished; kept otherwise.
-            }
-            _ => {
-                // Only the summary (derived from the run, made again below) goes here; the
-                // run's own files are checked next, and replaced only with --overwrite.
-                if !opts.quiet {
-                    note!(
-                        "[{}] {} belongs to another configuration or evaluation: evaluating again",
-                        run.label,
-                        summary_path.display()
-                    );
-                }
-                std::fs::remove_file(&summary_path)?;
-            }
-        }
+    if let Some(r) = reused_summary(plan, run, opts, mode, &summary_path, &cfg_toml)? {
+        return Ok(RunState::Done(Box::new(r)));
     }
-    // A checkpoint of another configuration (or beyond the schedule) would refuse to resume:
-    // start over then. One of the same run with fewer steps is continued (`--iters` raised).
-    let last = dir.join(recallseg_trainer::run_files::LAST);
-    if mode == RunMode::Collect && !last.is_file() {
-        return Ok(RunState::Missing(format!(
-            "not started ({} does not exist)",
-            last.display()
-        )));
-    }
-    if last.is_file() {
-        let ck = recallseg_trainer::checkpoint::Checkpoint::load(&last, &candle_core::Device::Cpu);
-        let why_not = match &ck {
-            Err(e) => Some(format!("it cannot be used ({e})")),
-            Ok(ck) if ck.meta.step > cfg.train.iters as u64 => {
-                Some(format!("it is beyond {} steps", cfg.train.iters))
-            }
-            Ok(ck) => match toml::from_str::<TrainConfig>(&ck.meta.config_toml) {
-                Ok(c) if train::same_run(&c, &cfg) => None,
-                _ => Some("it belongs to another configuration".to_string()),
-            },
-        };
-        match (why_not, mode) {
-            (Some(why), RunMode::Collect) => {
-                return Ok(RunState::Missing(format!(
-                    "{} is not this run's: {why}",
-                    last.display()
-                )))
-            }
-            (Some(why), RunMode::Train) if !opts.overwrite => anyhow::bail!(
-                "[{}] {} cannot be continued: {why}; nothing was removed: replace the run with \
-                 --overwrite, or choose another output folder",
-                run.label,
-                last.display()
-            ),
-            (Some(why), RunMode::Train) => {
-                if !opts.quiet {
-                    note!(
-                        "[{}] starting over: {} is not resumed because {why}",
-                        run.label,
-                        last.display()
-                    );
-                }
-                std::fs::remove_file(&last)?;
-            }
-            (None, RunMode::Collect) => {
-                let step = ck.as_ref().map_or(0, |c| c.meta.step);
-                // A run stopped early by `train.early_stop` is finished below its step count:
-                // the trainer tells (without a step) when early stopping is configured.
-                if step < cfg.train.iters as u64 && cfg.train.early_stop.is_none() {
-                    return Ok(RunState::Missing(format!(
-                        "stopped at step {step} of {} (its checkpoint resumes it)",
-                        cfg.train.iters
-                    )));
-                }
-            }
-            (None, RunMode::Train) => {}
-        }
+    if let Some(missing) = check_checkpoint(&cfg, run, opts, mode)? {
+        return Ok(missing);
     }
     let outcome = train::train(
         &cfg,
@@ -474,6 +388,144 @@ fn one_run(
             )),
         });
     }
+    let record = evaluate_run(plan, run, &cfg, &outcome, cfg_toml)?;
+    let json = serde_json::to_string_pretty(&record)?;
+    recallseg_files::write_bytes_atomic(&summary_path, json.as_bytes())?;
+    Ok(RunState::Done(Box::new(record)))
+}
+
+/// The run's `summary.json` when it is this configuration's and evaluation's (a finished run
+/// reused as is); otherwise removes it (training mode: it is made again) and returns `None`.
+fn reused_summary(
+    plan: &ComparisonPlan,
+    run: &LossRun,
+    opts: &CompareOptions,
+    mode: RunMode,
+    summary_path: &Path,
+    cfg_toml: &str,
+) -> anyhow::Result<Option<RunRecord>> {
+    let dir = summary_path.parent().unwrap_or(Path::new("."));
+    if !summary_path.is_file() {
+        return Ok(None);
+    }
+    {
+        let text = std::fs::read_to_string(summary_path)?;
+        let wanted = |r: &RunRecord| {
+            r.summary.evaluated == plan.evaluate.primary()
+                && r.summary.test_other.is_some() == (plan.evaluate == Evaluate::Both)
+        };
+        match serde_json::from_str::<RunRecord>(&text) {
+            Ok(r) if r.config_toml == cfg_toml && wanted(&r) => {
+                if !opts.quiet {
+                    note!(
+                        "[{}] reusing the finished run in {}",
+                        run.label,
+                        dir.display()
+                    );
+                }
+                return Ok(Some(r));
+            }
+            _ if mode == RunMode::Collect => {
+                // Replaced below (atomically) if the training is finished; kept otherwise.
+            }
+            _ => {
+                // Only the summary (derived from the run, made again below) goes here; the
+                // run's own files are checked next, and replaced only with --overwrite.
+                if !opts.quiet {
+                    note!(
+                        "[{}] {} belongs to another configuration or evaluation: evaluating again",
+                        run.label,
+                        summary_path.display()
+                    );
+                }
+                std::fs::remove_file(summary_path)?;
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Checks the run's `last.safetensors` before training: missing or not this run's when
+/// collecting (returned as the reason the run is missing), refused or removed (with
+/// `overwrite`) when training; a checkpoint of the same run is left to resume.
+fn check_checkpoint(
+    cfg: &TrainConfig,
+    run: &LossRun,
+    opts: &CompareOptions,
+    mode: RunMode,
+) -> anyhow::Result<Option<RunState>> {
+    let dir = &cfg.train.out_dir;
+    // A checkpoint of another configuration (or beyond the schedule) would refuse to resume:
+    // start over then. One of the same run with fewer steps is continued (`--iters` raised).
+    let last = dir.join(recallseg_trainer::run_files::LAST);
+    if mode == RunMode::Collect && !last.is_file() {
+        return Ok(Some(RunState::Missing(format!(
+            "not started ({} does not exist)",
+            last.display()
+        ))));
+    }
+    if last.is_file() {
+        let ck = recallseg_trainer::checkpoint::Checkpoint::load(&last, &candle_core::Device::Cpu);
+        let why_not = match &ck {
+            Err(e) => Some(format!("it cannot be used ({e})")),
+            Ok(ck) if ck.meta.step > cfg.train.iters as u64 => {
+                Some(format!("it is beyond {} steps", cfg.train.iters))
+            }
+            Ok(ck) => match toml::from_str::<TrainConfig>(&ck.meta.config_toml) {
+                Ok(c) if train::same_run(&c, cfg) => None,
+                _ => Some("it belongs to another configuration".to_string()),
+            },
+        };
+        match (why_not, mode) {
+            (Some(why), RunMode::Collect) => {
+                return Ok(Some(RunState::Missing(format!(
+                    "{} is not this run's: {why}",
+                    last.display()
+                ))))
+            }
+            (Some(why), RunMode::Train) if !opts.overwrite => anyhow::bail!(
+                "[{}] {} cannot be continued: {why}; nothing was removed: replace the run with \
+                 --overwrite, or choose another output folder",
+                run.label,
+                last.display()
+            ),
+            (Some(why), RunMode::Train) => {
+                if !opts.quiet {
+                    note!(
+                        "[{}] starting over: {} is not resumed because {why}",
+                        run.label,
+                        last.display()
+                    );
+                }
+                std::fs::remove_file(&last)?;
+            }
+            (None, RunMode::Collect) => {
+                let step = ck.as_ref().map_or(0, |c| c.meta.step);
+                // A run stopped early by `train.early_stop` is finished below its step count:
+                // the trainer tells (without a step) when early stopping is configured.
+                if step < cfg.train.iters as u64 && cfg.train.early_stop.is_none() {
+                    return Ok(Some(RunState::Missing(format!(
+                        "stopped at step {step} of {} (its checkpoint resumes it)",
+                        cfg.train.iters
+                    ))));
+                }
+            }
+            (None, RunMode::Train) => {}
+        }
+    }
+    Ok(None)
+}
+
+/// Evaluates a finished run's chosen weights on the test split and makes its record (the
+/// examples' predictions written into `<run>/examples/`).
+fn evaluate_run(
+    plan: &ComparisonPlan,
+    run: &LossRun,
+    cfg: &TrainConfig,
+    outcome: &train::TrainOutcome,
+    cfg_toml: String,
+) -> anyhow::Result<RunRecord> {
+    let dir = &cfg.train.out_dir;
     // Evaluate the chosen weights on the test split (the examples come from the main ones).
     let device = recallseg_trainer::config::DeviceSpec::parse(&cfg.train.device)
         .map_err(|m| anyhow::anyhow!("train.device: {m}"))?
@@ -482,7 +534,7 @@ fn one_run(
         "best" => dir.join(recallseg_trainer::run_files::BEST),
         _ => outcome.last_checkpoint.clone(),
     };
-    let (_, loader) = open_eval(&cfg, &cfg.data.test_split)?;
+    let (_, loader) = open_eval(cfg, &cfg.data.test_split)?;
     let primary = weights(plan.evaluate.primary());
     if !primary.is_file() {
         anyhow::bail!(
@@ -544,9 +596,7 @@ fn one_run(
         test_images: ev.images,
         examples,
     };
-    let json = serde_json::to_string_pretty(&record)?;
-    recallseg_files::write_bytes_atomic(&summary_path, json.as_bytes())?;
-    Ok(RunState::Done(Box::new(record)))
+    Ok(record)
 }
 
 /// The outcome of [`run_comparison`].

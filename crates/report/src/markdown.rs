@@ -101,6 +101,29 @@ pub fn render_markdown(
     examples: Option<&ExampleSet>,
 ) -> String {
     let mut md = String::new();
+    setting_section(&mut md, cmp);
+    means_section(&mut md, cmp);
+    other_weights_section(&mut md, cmp);
+    minority_section(&mut md, cmp);
+    paper_section(&mut md, cmp);
+    figures_section(&mut md, figures, examples);
+    confusion_section(&mut md, cmp, figures);
+    per_class_section(&mut md, cmp);
+    md
+}
+
+/// Mean accuracy (mean recall) of a run, in percent, averaged as the report says.
+fn mean_acc(cmp: &Comparison, r: &RunSummary) -> f64 {
+    cmp.mean_pct(r, Score::Recall)
+}
+
+/// Mean IoU of a run, in percent, averaged as the report says.
+fn mean_iou(cmp: &Comparison, r: &RunSummary) -> f64 {
+    cmp.mean_pct(r, Score::Iou)
+}
+
+/// The title, the synthetic-data warning, the setting table and the notes.
+fn setting_section(md: &mut String, cmp: &Comparison) {
     let s = &cmp.setting;
     let _ = writeln!(md, "# {}\n", cmp.title);
     if s.synthetic {
@@ -171,7 +194,10 @@ pub fn render_markdown(
     if !cmp.notes.is_empty() {
         md.push('\n');
     }
+}
 
+/// Mean accuracy, mean IoU and mean F-beta of every run, with Δ to cross entropy.
+fn means_section(md: &mut String, cmp: &Comparison) {
     // Means.
     let base = cmp.baseline();
     let _ = writeln!(
@@ -193,8 +219,8 @@ pub fn render_markdown(
         "| loss | mean acc. (%) | mean IoU (%) | mean {fb} (%) | Δ acc. | Δ IoU | quadrant vs CE | pixel acc. (%) | best val. mIoU (%) @ step | training time |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|");
-    let acc = |r: &RunSummary| cmp.mean_pct(r, Score::Recall);
-    let iou = |r: &RunSummary| cmp.mean_pct(r, Score::Iou);
+    let acc = |r: &RunSummary| mean_acc(cmp, r);
+    let iou = |r: &RunSummary| mean_iou(cmp, r);
     for r in &cmp.runs {
         let (da, di) = match base {
             Some(b) => (acc(r) - acc(b), iou(r) - iou(b)),
@@ -231,7 +257,12 @@ pub fn render_markdown(
         );
     }
     md.push('\n');
+}
 
+/// The other weights (best-validation vs final), when both were evaluated.
+fn other_weights_section(md: &mut String, cmp: &Comparison) {
+    let acc = |r: &RunSummary| mean_acc(cmp, r);
+    let iou = |r: &RunSummary| mean_iou(cmp, r);
     // The other weights (best-validation vs final), when both were evaluated.
     if let Some(first) = cmp.runs.iter().find(|r| r.test_other.is_some()) {
         let other = first.other_weights();
@@ -271,7 +302,11 @@ pub fn render_markdown(
         }
         md.push('\n');
     }
+}
 
+/// The minority classes' tables, Table II style (or why there are none).
+fn minority_section(md: &mut String, cmp: &Comparison) {
+    let base = cmp.baseline();
     // Minority classes, Table II style.
     let minority = cmp.minority_classes();
     if minority.is_empty() && !cmp.runs.is_empty() {
@@ -315,17 +350,21 @@ pub fn render_markdown(
                 minority.len()
             );
         }
-        minority_table(&mut md, cmp, &minority, "accuracy", |r, c| {
+        minority_table(md, cmp, &minority, "accuracy", |r, c| {
             r.test.classes[c].recall
         });
-        minority_table(&mut md, cmp, &minority, "IoU", |r, c| r.test.classes[c].iou);
+        minority_table(md, cmp, &minority, "IoU", |r, c| r.test.classes[c].iou);
         // The paper's argument is false negatives against false positives: accuracy (recall)
         // counts the first, precision the second.
-        minority_table(&mut md, cmp, &minority, "precision", |r, c| {
+        minority_table(md, cmp, &minority, "precision", |r, c| {
             r.test.classes[c].precision
         });
     }
+}
 
+/// The paper's numbers: side by side when the setting matches, for orientation otherwise.
+fn paper_section(md: &mut String, cmp: &Comparison) {
+    let s = &cmp.setting;
     // The paper's numbers.
     if let Some(table) = s.matching_paper_table() {
         let _ = writeln!(md, "## Side by side with the paper\n");
@@ -335,7 +374,7 @@ pub fn render_markdown(
              ({}).\n",
             table.caption
         );
-        side_by_side(&mut md, cmp, table);
+        side_by_side(md, cmp, table);
     } else if let Some(table) = s.dataset_paper_table() {
         let why = mismatches(cmp);
         let _ = writeln!(md, "## The paper's numbers (not comparable here)\n");
@@ -350,9 +389,12 @@ pub fn render_markdown(
             },
             table.caption
         );
-        paper_table(&mut md, table);
+        paper_table(md, table);
     }
+}
 
+/// The figures: Fig. 1, Fig. 4 and the example predictions.
+fn figures_section(md: &mut String, figures: &[String], examples: Option<&ExampleSet>) {
     // Figures.
     if !figures.is_empty() || examples.is_some() {
         let _ = writeln!(md, "## Figures\n");
@@ -382,7 +424,10 @@ pub fn render_markdown(
             ex.columns.join(", ")
         );
     }
+}
 
+/// One confusion matrix per run: the figure and the numbers.
+fn confusion_section(md: &mut String, cmp: &Comparison, figures: &[String]) {
     // Confusion matrices.
     let with_matrix: Vec<&RunSummary> = cmp.runs.iter().filter(|r| r.confusion.is_some()).collect();
     if !with_matrix.is_empty() {
@@ -417,7 +462,11 @@ pub fn render_markdown(
             }
         }
     }
+}
 
+/// Per-class accuracy, IoU and F-beta of every run.
+fn per_class_section(md: &mut String, cmp: &Comparison) {
+    let fb = fbeta_name(cmp.metrics.beta);
     // All classes.
     if !cmp.runs.is_empty() {
         let _ = writeln!(md, "## Per-class results (test split, all classes)\n");
@@ -463,7 +512,6 @@ pub fn render_markdown(
             md.push('\n');
         }
     }
-    md
 }
 
 /// Above this many minority classes the minority tables are transposed (a row per class), so

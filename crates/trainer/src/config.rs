@@ -1003,6 +1003,22 @@ impl TrainConfig {
         self.metrics
             .validate()
             .map_err(|(field, message)| invalid(&format!("metrics.{field}"), message))?;
+        self.validate_data()?;
+        self.validate_model()?;
+        self.validate_loss()?;
+        self.validate_optim()?;
+        self.validate_schedule_and_train()?;
+        self.inference
+            .plan(
+                (self.data.height, self.data.width),
+                self.model.align_corners,
+            )
+            .map_err(|(field, m)| invalid(&format!("inference.{field}"), m))?;
+        Ok(())
+    }
+
+    /// `[data]`.
+    fn validate_data(&self) -> Result<(), ConfigError> {
         let d = &self.data;
         if let Some([lo, hi]) = d.scale {
             if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi && hi <= 16.0) {
@@ -1065,6 +1081,12 @@ impl TrainConfig {
             ));
         }
 
+        Ok(())
+    }
+
+    /// `[model]`: what the model's own validation does not say in the config's terms first,
+    /// then the model's validation.
+    fn validate_model(&self) -> Result<(), ConfigError> {
         let m = &self.model;
         m.layout_conflict()?;
         if m.backbone_width == 0 || !m.backbone_width.is_multiple_of(4) || m.backbone_width > 64 {
@@ -1107,6 +1129,11 @@ impl TrainConfig {
             Err(other) => return Err(invalid("model", other.to_string())),
         }
 
+        Ok(())
+    }
+
+    /// `[loss]`, by the loss library's own checks.
+    fn validate_loss(&self) -> Result<(), ConfigError> {
         self.loss.validate().map_err(|e| match e {
             recallseg_losses::LossError::InvalidParameter {
                 field,
@@ -1117,6 +1144,11 @@ impl TrainConfig {
             other => invalid("loss", other.to_string()),
         })?;
 
+        Ok(())
+    }
+
+    /// `[optim]`.
+    fn validate_optim(&self) -> Result<(), ConfigError> {
         let o = &self.optim;
         if !(o.lr.is_finite() && o.lr > 0.0) {
             return Err(invalid(
@@ -1154,6 +1186,12 @@ impl TrainConfig {
             ));
         }
 
+        Ok(())
+    }
+
+    /// `[schedule]` and `[train]` (the schedule is checked against `train.iters`).
+    fn validate_schedule_and_train(&self) -> Result<(), ConfigError> {
+        let o = &self.optim;
         let s = &self.schedule;
         if !(s.power.is_finite() && s.power > 0.0) {
             return Err(invalid(
@@ -1240,9 +1278,6 @@ impl TrainConfig {
         if t.out_dir.as_os_str().is_empty() {
             return Err(invalid("train.out_dir", "must not be empty"));
         }
-        self.inference
-            .plan((d.height, d.width), self.model.align_corners)
-            .map_err(|(field, m)| invalid(&format!("inference.{field}"), m))?;
         Ok(())
     }
 }

@@ -135,67 +135,10 @@ impl<'a> Trainer<'a> {
             .clone()
             .unwrap_or_else(recallseg_distributed::single_process);
         let (world, lead) = (comm.size(), comm.rank() == 0);
-        // Under data parallelism `cuda` means each rank's own GPU: `cuda:<local rank>`. A
-        // communicator bound to a device (NCCL) brings the very handle to train on.
-        let device_text = crate::distributed::rank_device(&cfg.train.device, world, comm.rank());
-        let spec =
-            DeviceSpec::parse(&device_text).map_err(|m| anyhow::anyhow!("train.device: {m}"))?;
-        let device = match comm.device() {
-            Some(bound) => {
-                let same = match (spec, bound.location()) {
-                    (DeviceSpec::Cuda(n), candle_core::DeviceLocation::Cuda { gpu_id }) => {
-                        n == gpu_id
-                    }
-                    (DeviceSpec::Cpu, candle_core::DeviceLocation::Cpu) => true,
-                    (DeviceSpec::Metal, candle_core::DeviceLocation::Metal { .. }) => true,
-                    _ => false,
-                };
-                if !same {
-                    anyhow::bail!(
-                        "train.device: `{device_text}` on rank {}, but its {} communicator is \
-                         bound to {:?}",
-                        comm.rank(),
-                        comm.backend(),
-                        bound.location()
-                    );
-                }
-                bound
-            }
-            None => spec.open()?,
-        };
-        let shards = world * cfg.train.accumulate;
-        if !cfg.train.batch_size.is_multiple_of(shards) {
-            anyhow::bail!(
-                "train.batch_size: {} does not divide into {world} rank(s) × train.accumulate = \
-                 {} equal micro-batches",
-                cfg.train.batch_size,
-                cfg.train.accumulate
-            );
-        }
+        let device = open_rank_device(cfg, &comm)?;
+        check_micro_batches(cfg, world)?;
         let last_path = out.join(files::LAST);
-        // Rank 0 prepares the folder (lock, leftovers, an earlier run, generated data) and
-        // tells the others whether the run resumes; their error is rank 0's.
-        let (lock, resuming) = if world == 1 {
-            let (lock, resuming) = prepare_run_dir(cfg, opts)?;
-            (Some(lock), resuming)
-        } else {
-            let prepared = lead.then(|| prepare_run_dir(cfg, opts));
-            let mut status = match &prepared {
-                Some(Ok((_, resuming))) => vec![1, *resuming as u8],
-                Some(Err(e)) => [&[0u8][..], format!("{e:#}").as_bytes()].concat(),
-                None => Vec::new(),
-            };
-            comm.broadcast_bytes(&mut status, 0)?;
-            match prepared {
-                Some(Ok((lock, resuming))) => (Some(lock), resuming),
-                Some(Err(e)) => return Err(e),
-                None if status.first() == Some(&1) => (None, status.get(1) == Some(&1)),
-                None => anyhow::bail!(
-                    "rank 0 could not open the run: {}",
-                    String::from_utf8_lossy(status.get(1..).unwrap_or(&[]))
-                ),
-            }
-        };
+        let (lock, resuming) = prepare_run_dir_on_ranks(cfg, opts, &comm)?;
         if !opts.skip_test {
             // A misspelt split name is an error now, not after training.
             crate::data::parse_split("data.test_split", &cfg.data.test_split)?;
@@ -215,119 +158,46 @@ impl<'a> Trainer<'a> {
             &recallseg_models::BuildOptions::default().with_sync_batch_norm(sync),
         )?;
         let mut loss = build_loss(cfg, &data.classes, &data.class_pixel_counts)?;
-        let mut aux_loss = match &cfg.model.aux_head {
-            Some(a) => Some((
-                build_loss(cfg, &data.classes, &data.class_pixel_counts)?,
-                a.loss_weight,
-            )),
-            None => None,
-        };
+        let mut aux_loss = cfg
+            .model
+            .aux_head
+            .as_ref()
+            .map(|a| {
+                anyhow::Ok((
+                    build_loss(cfg, &data.classes, &data.class_pixel_counts)?,
+                    a.loss_weight,
+                ))
+            })
+            .transpose()?;
         let mut optimizer = optim::build(&cfg.optim, built.trainable.clone())?;
         let schedule = LrSchedule::new(cfg.optim.lr, cfg.train.iters, &cfg.schedule);
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed ^ 0x7261_6e64_5f74_726e);
-        let mut step: u64 = 0;
-        let mut best: Option<(f64, u64)> = None;
-        let mut loss_acc = (0.0f64, 0u64);
-        let mut prior_seconds = 0.0f64;
-        let mut early_stop_state = None;
         let config_toml = cfg.to_toml()?;
-
-        if resuming {
-            let ck = Checkpoint::load(&last_path, &device)?;
-            let saved: TrainConfig = toml::from_str(&ck.meta.config_toml).map_err(|e| {
-                anyhow::anyhow!("{}: stored config unreadable: {e}", last_path.display())
-            })?;
-            let differences = run_differences(&saved, cfg);
-            if !differences.is_empty() {
-                anyhow::bail!(
-                    "{} was written by a different configuration:\n  {}\nuse another \
-                     train.out_dir, or --overwrite to start this one there (what may change on \
-                     resume: train.iters unless the schedule is poly or cosine, the logging, \
-                     validation and checkpoint intervals, data.workers, train.device and the \
-                     number of ranks)",
-                    last_path.display(),
-                    differences.join("\n  ")
-                );
-            }
-            if ck.meta.step > cfg.train.iters as u64 {
-                anyhow::bail!(
-                    "{} is at step {}, beyond train.iters = {}; raise train.iters or start a new \
-                     run",
-                    last_path.display(),
-                    ck.meta.step,
-                    cfg.train.iters
-                );
-            }
-            ck.restore_varmap(&built.varmap, &last_path)?;
-            optimizer.load_state(&ck.optim, ck.meta.optim_steps)?;
-            restore_loss_state(
+        let r = if resuming {
+            restore_checkpoint(
+                cfg,
+                &last_path,
+                &device,
+                &built,
+                optimizer.as_mut(),
                 loss.as_mut(),
                 aux_loss
                     .as_mut()
                     .map(|(l, _)| l.as_mut() as &mut dyn SegLoss),
-                &ck.extra,
-                &last_path,
-            )?;
-            rng = ck
-                .meta
-                .rng
-                .restore()
-                .map_err(|m| anyhow::anyhow!("{}: {m}", last_path.display()))?;
-            step = ck.meta.step;
-            best = ck.meta.best;
-            loss_acc = ck.meta.loss_acc;
-            prior_seconds = ck.meta.train_seconds;
-            early_stop_state = ck.meta.early_stop;
-        }
-        let log_path = out.join(files::LOG);
-        let log = if !lead {
-            JsonlLog::discard(&log_path)
-        } else if resuming {
-            let mut log = JsonlLog::resume(&log_path, step)?;
-            if step < cfg.train.iters as u64 {
-                log.write(&LogRecord::Resumed {
-                    step,
-                    ranks: Some(world as u64),
-                })?;
-            }
-            log
+            )?
         } else {
-            let mut log = JsonlLog::create(&log_path)?;
-            log.write(&LogRecord::Header {
-                class_names: data.classes.names.clone(),
-                loss: cfg.loss.name().to_string(),
-                iters: cfg.train.iters as u64,
-                ranks: Some(world as u64),
-            })?;
-            log
+            Restored::fresh(cfg)
         };
+        let step = r.step;
+        let log = open_run_log(cfg, lead, resuming, step, world, &data.classes.names)?;
         if lead {
             // The header row at the start, the rows up to the resumed step after a resume.
             crate::log::write_metrics_csv(out)?;
             recallseg_files::write_bytes_atomic(&out.join(files::CONFIG), config_toml.as_bytes())?;
         }
 
-        let iters = cfg.train.iters as u64;
-        let label = opts
-            .label
-            .clone()
-            .unwrap_or_else(|| cfg.loss.name().to_string());
-        let quiet = opts.quiet || !lead;
-        let progress = Progress::new(&label, step, iters, opts.progress_bar && !quiet);
-        if resuming && !quiet {
-            progress.println(&format!(
-                "resumed from {} at step {step}",
-                last_path.display()
-            ));
-        }
+        let (label, progress) = run_progress(cfg, opts, lead, resuming, step, &last_path);
         let buffers = non_trainable_vars(&built)?;
-        let mut stop_rules = Vec::new();
-        if let Some(n) = opts.stop_after {
-            stop_rules.push(StopRule::AfterSteps(n));
-        }
-        if let Some(flag) = &opts.interrupt {
-            stop_rules.push(StopRule::Interrupt(flag.clone()));
-        }
+        let stop_rules = stop_rules(opts);
         Ok(Self {
             cfg,
             opts,
@@ -340,24 +210,24 @@ impl<'a> Trainer<'a> {
             loss_name: cfg.loss.name().to_string(),
             optimizer,
             schedule,
-            rng,
+            rng: r.rng,
             config_toml,
             log,
             progress,
             label,
             buffers,
-            keep_best: KeepBest::new(best),
+            keep_best: KeepBest::new(r.best),
             early_stop: cfg
                 .train
                 .early_stop
                 .as_ref()
-                .map(|e| EarlyStop::new(e.patience, e.min_delta, early_stop_state)),
+                .map(|e| EarlyStop::new(e.patience, e.min_delta, r.early_stop)),
             test_report: None,
             stop_rules,
             step,
             start_step: step,
-            loss_acc,
-            prior_seconds,
+            loss_acc: r.loss_acc,
+            prior_seconds: r.prior_seconds,
             train_seconds: 0.0,
             last_saved_step: resuming.then_some(step),
             last_loss: None,
@@ -862,65 +732,8 @@ impl<'a> Trainer<'a> {
         match self.loss.sharding() {
             Sharding::Exact { needs_logits } => {
                 let aux_weight = self.aux_loss.as_ref().map(|(_, w)| *w);
-                let mut kept: Vec<Option<(Tensor, Option<Tensor>)>> = vec![None; k];
-                let mut stats = ShardStatistics::default();
-                let mut aux_stats = ShardStatistics::default();
-                let add_stats = |acc: &mut ShardStatistics, s: ShardStatistics| {
-                    if acc.0.is_empty() {
-                        *acc = s;
-                        Ok(())
-                    } else {
-                        acc.add(&s)
-                    }
-                };
-                if needs_logits {
-                    // With several micro-batches, a first pass predicts them all (BatchNorm's
-                    // running statistics are put back: the second pass moves them).
-                    let saved = if k > 1 {
-                        self.buffers
-                            .iter()
-                            .map(|(_, v)| v.as_tensor().copy())
-                            .collect::<candle_core::Result<Vec<_>>>()?
-                    } else {
-                        Vec::new()
-                    };
-                    for (i, slot) in kept.iter_mut().enumerate() {
-                        let (xi, yi) = micro(i)?;
-                        let (lg, al) =
-                            self.built.model.forward_t_with_aux(&xi, true, seed_of(i))?;
-                        add_stats(&mut stats, self.loss.shard_statistics(&lg, &yi)?)?;
-                        if let (Some((aux, _)), Some(a)) = (&self.aux_loss, &al) {
-                            add_stats(&mut aux_stats, aux.shard_statistics(a, &yi)?)?;
-                        }
-                        if k == 1 {
-                            *slot = Some((lg, al));
-                        }
-                    }
-                    for ((_, v), t) in self.buffers.iter().zip(&saved) {
-                        v.set(t)?;
-                    }
-                } else {
-                    // The statistics read the labels and only the logits' shape: a broadcast
-                    // zero stands in for the logits, without allocating them.
-                    let c = self.data.classes.n_classes();
-                    let zero = Tensor::zeros((1, 1, 1, 1), DType::F32, &self.device)?;
-                    for i in 0..k {
-                        let (_, yi) = micro(i)?;
-                        let (_, h, w) = yi.dims3()?;
-                        let shape = zero.broadcast_as((m, c, h, w))?;
-                        add_stats(&mut stats, self.loss.shard_statistics(&shape, &yi)?)?;
-                        if let Some((aux, _)) = &self.aux_loss {
-                            add_stats(&mut aux_stats, aux.shard_statistics(&shape, &yi)?)?;
-                        }
-                    }
-                }
-                if world > 1 {
-                    let split = stats.0.len();
-                    let mut both = [stats.0.as_slice(), aux_stats.0.as_slice()].concat();
-                    self.comm.all_reduce_sum_f64(&mut both)?;
-                    aux_stats.0 = both.split_off(split);
-                    stats.0 = both;
-                }
+                let (stats, aux_stats, mut kept) =
+                    self.shard_statistics_pass(k, m, &micro, &seed_of, needs_logits)?;
                 self.loss.prepare_step(&stats)?;
                 if let Some((aux, _)) = &mut self.aux_loss {
                     aux.prepare_step(&aux_stats)?;
@@ -979,6 +792,87 @@ impl<'a> Trainer<'a> {
         self.group_interrupted = interrupted > 0.0;
         self.check_forward(lv, logit_sum)?;
         self.apply_update(&grads, lv, class_weights, terms)
+    }
+
+    /// The first pass of an exact sharded step: every micro-batch's statistics for the loss
+    /// (and the auxiliary loss), summed over micro-batches and ranks. With one micro-batch whose
+    /// statistics need the logits, the logits are kept for the second pass (`kept`).
+    #[allow(clippy::type_complexity)]
+    fn shard_statistics_pass(
+        &mut self,
+        k: usize,
+        m: usize,
+        micro: &dyn Fn(usize) -> candle_core::Result<(Tensor, Tensor)>,
+        seed_of: &dyn Fn(usize) -> u64,
+        needs_logits: bool,
+    ) -> Result<
+        (
+            ShardStatistics,
+            ShardStatistics,
+            Vec<Option<(Tensor, Option<Tensor>)>>,
+        ),
+        StepFailure,
+    > {
+        let world = self.comm.size();
+        let mut kept: Vec<Option<(Tensor, Option<Tensor>)>> = vec![None; k];
+        let mut stats = ShardStatistics::default();
+        let mut aux_stats = ShardStatistics::default();
+        let add_stats = |acc: &mut ShardStatistics, s: ShardStatistics| {
+            if acc.0.is_empty() {
+                *acc = s;
+                Ok(())
+            } else {
+                acc.add(&s)
+            }
+        };
+        if needs_logits {
+            // With several micro-batches, a first pass predicts them all (BatchNorm's
+            // running statistics are put back: the second pass moves them).
+            let saved = if k > 1 {
+                self.buffers
+                    .iter()
+                    .map(|(_, v)| v.as_tensor().copy())
+                    .collect::<candle_core::Result<Vec<_>>>()?
+            } else {
+                Vec::new()
+            };
+            for (i, slot) in kept.iter_mut().enumerate() {
+                let (xi, yi) = micro(i)?;
+                let (lg, al) = self.built.model.forward_t_with_aux(&xi, true, seed_of(i))?;
+                add_stats(&mut stats, self.loss.shard_statistics(&lg, &yi)?)?;
+                if let (Some((aux, _)), Some(a)) = (&self.aux_loss, &al) {
+                    add_stats(&mut aux_stats, aux.shard_statistics(a, &yi)?)?;
+                }
+                if k == 1 {
+                    *slot = Some((lg, al));
+                }
+            }
+            for ((_, v), t) in self.buffers.iter().zip(&saved) {
+                v.set(t)?;
+            }
+        } else {
+            // The statistics read the labels and only the logits' shape: a broadcast
+            // zero stands in for the logits, without allocating them.
+            let c = self.data.classes.n_classes();
+            let zero = Tensor::zeros((1, 1, 1, 1), DType::F32, &self.device)?;
+            for i in 0..k {
+                let (_, yi) = micro(i)?;
+                let (_, h, w) = yi.dims3()?;
+                let shape = zero.broadcast_as((m, c, h, w))?;
+                add_stats(&mut stats, self.loss.shard_statistics(&shape, &yi)?)?;
+                if let Some((aux, _)) = &self.aux_loss {
+                    add_stats(&mut aux_stats, aux.shard_statistics(&shape, &yi)?)?;
+                }
+            }
+        }
+        if world > 1 {
+            let split = stats.0.len();
+            let mut both = [stats.0.as_slice(), aux_stats.0.as_slice()].concat();
+            self.comm.all_reduce_sum_f64(&mut both)?;
+            aux_stats.0 = both.split_off(split);
+            stats.0 = both;
+        }
+        Ok((stats, aux_stats, kept))
     }
 
     /// Checks that every rank holds the same model and optimiser state (bit for bit), as data
@@ -1394,6 +1288,238 @@ impl<'a> Trainer<'a> {
         self.interval_start = Instant::now();
         Ok(Some((rep, is_best, loss)))
     }
+}
+
+/// Refuses a batch that does not divide into equal micro-batches over the ranks.
+fn check_micro_batches(cfg: &TrainConfig, world: usize) -> anyhow::Result<()> {
+    let shards = world * cfg.train.accumulate;
+    if !cfg.train.batch_size.is_multiple_of(shards) {
+        anyhow::bail!(
+            "train.batch_size: {} does not divide into {world} rank(s) × train.accumulate = {} \
+             equal micro-batches",
+            cfg.train.batch_size,
+            cfg.train.accumulate
+        );
+    }
+    Ok(())
+}
+
+/// The stop rules `opts` asks for: a step budget, an interrupt flag.
+fn stop_rules(opts: &TrainOptions) -> Vec<StopRule> {
+    let mut rules = Vec::new();
+    if let Some(n) = opts.stop_after {
+        rules.push(StopRule::AfterSteps(n));
+    }
+    if let Some(flag) = &opts.interrupt {
+        rules.push(StopRule::Interrupt(flag.clone()));
+    }
+    rules
+}
+
+/// The device this rank trains on. Under data parallelism `cuda` means each rank's own GPU:
+/// `cuda:<local rank>`. A communicator bound to a device (NCCL) brings the very handle to train
+/// on, which must be the configured one.
+fn open_rank_device(
+    cfg: &TrainConfig,
+    comm: &SharedCommunicator,
+) -> anyhow::Result<candle_core::Device> {
+    let world = comm.size();
+    let device_text = crate::distributed::rank_device(&cfg.train.device, world, comm.rank());
+    let spec = DeviceSpec::parse(&device_text).map_err(|m| anyhow::anyhow!("train.device: {m}"))?;
+    Ok(match comm.device() {
+        Some(bound) => {
+            let same = match (spec, bound.location()) {
+                (DeviceSpec::Cuda(n), candle_core::DeviceLocation::Cuda { gpu_id }) => n == gpu_id,
+                (DeviceSpec::Cpu, candle_core::DeviceLocation::Cpu) => true,
+                (DeviceSpec::Metal, candle_core::DeviceLocation::Metal { .. }) => true,
+                _ => false,
+            };
+            if !same {
+                anyhow::bail!(
+                    "train.device: `{device_text}` on rank {}, but its {} communicator is \
+                     bound to {:?}",
+                    comm.rank(),
+                    comm.backend(),
+                    bound.location()
+                );
+            }
+            bound
+        }
+        None => spec.open()?,
+    })
+}
+
+/// Rank 0 prepares the run folder (lock, leftovers, an earlier run, generated data) and tells
+/// the other ranks whether the run resumes; their error is rank 0's. Returns rank 0's lock
+/// (`None` on the others) and whether the run resumes.
+fn prepare_run_dir_on_ranks(
+    cfg: &TrainConfig,
+    opts: &TrainOptions,
+    comm: &SharedCommunicator,
+) -> anyhow::Result<(Option<RunLock>, bool)> {
+    Ok(if comm.size() == 1 {
+        let (lock, resuming) = prepare_run_dir(cfg, opts)?;
+        (Some(lock), resuming)
+    } else {
+        let prepared = (comm.rank() == 0).then(|| prepare_run_dir(cfg, opts));
+        let mut status = match &prepared {
+            Some(Ok((_, resuming))) => vec![1, *resuming as u8],
+            Some(Err(e)) => [&[0u8][..], format!("{e:#}").as_bytes()].concat(),
+            None => Vec::new(),
+        };
+        comm.broadcast_bytes(&mut status, 0)?;
+        match prepared {
+            Some(Ok((lock, resuming))) => (Some(lock), resuming),
+            Some(Err(e)) => return Err(e),
+            None if status.first() == Some(&1) => (None, status.get(1) == Some(&1)),
+            None => anyhow::bail!(
+                "rank 0 could not open the run: {}",
+                String::from_utf8_lossy(status.get(1..).unwrap_or(&[]))
+            ),
+        }
+    })
+}
+
+/// What a resumed run takes from its checkpoint besides the tensors.
+struct Restored {
+    rng: ChaCha8Rng,
+    step: u64,
+    best: Option<(f64, u64)>,
+    loss_acc: (f64, u64),
+    prior_seconds: f64,
+    early_stop: Option<crate::checkpoint::EarlyStopState>,
+}
+
+impl Restored {
+    /// The state of a run that starts at step 0.
+    fn fresh(cfg: &TrainConfig) -> Self {
+        Restored {
+            rng: ChaCha8Rng::seed_from_u64(cfg.train.seed ^ 0x7261_6e64_5f74_726e),
+            step: 0,
+            best: None,
+            loss_acc: (0.0, 0),
+            prior_seconds: 0.0,
+            early_stop: None,
+        }
+    }
+}
+
+/// The label of the run's progress lines and its progress display (nothing on ranks other than
+/// 0 or when quiet), which says where a resumed run resumed from.
+fn run_progress(
+    cfg: &TrainConfig,
+    opts: &TrainOptions,
+    lead: bool,
+    resuming: bool,
+    step: u64,
+    last_path: &Path,
+) -> (String, Progress) {
+    let label = opts
+        .label
+        .clone()
+        .unwrap_or_else(|| cfg.loss.name().to_string());
+    let quiet = opts.quiet || !lead;
+    let progress = Progress::new(
+        &label,
+        step,
+        cfg.train.iters as u64,
+        opts.progress_bar && !quiet,
+    );
+    if resuming && !quiet {
+        progress.println(&format!(
+            "resumed from {} at step {step}",
+            last_path.display()
+        ));
+    }
+    (label, progress)
+}
+
+/// Restores `last_path` (written by the same run, up to what may change on resume) into the
+/// model, the optimiser and the losses' state.
+#[allow(clippy::too_many_arguments)]
+fn restore_checkpoint(
+    cfg: &TrainConfig,
+    last_path: &Path,
+    device: &candle_core::Device,
+    built: &BuiltModel,
+    optimizer: &mut dyn Optimizer,
+    loss: &mut dyn SegLoss,
+    aux_loss: Option<&mut dyn SegLoss>,
+) -> anyhow::Result<Restored> {
+    let ck = Checkpoint::load(last_path, device)?;
+    let saved: TrainConfig = toml::from_str(&ck.meta.config_toml)
+        .map_err(|e| anyhow::anyhow!("{}: stored config unreadable: {e}", last_path.display()))?;
+    let differences = run_differences(&saved, cfg);
+    if !differences.is_empty() {
+        anyhow::bail!(
+            "{} was written by a different configuration:\n  {}\nuse another \
+             train.out_dir, or --overwrite to start this one there (what may change on \
+             resume: train.iters unless the schedule is poly or cosine, the logging, \
+             validation and checkpoint intervals, data.workers, train.device and the \
+             number of ranks)",
+            last_path.display(),
+            differences.join("\n  ")
+        );
+    }
+    if ck.meta.step > cfg.train.iters as u64 {
+        anyhow::bail!(
+            "{} is at step {}, beyond train.iters = {}; raise train.iters or start a new \
+             run",
+            last_path.display(),
+            ck.meta.step,
+            cfg.train.iters
+        );
+    }
+    ck.restore_varmap(&built.varmap, last_path)?;
+    optimizer.load_state(&ck.optim, ck.meta.optim_steps)?;
+    restore_loss_state(loss, aux_loss, &ck.extra, last_path)?;
+    let rng = ck
+        .meta
+        .rng
+        .restore()
+        .map_err(|m| anyhow::anyhow!("{}: {m}", last_path.display()))?;
+    Ok(Restored {
+        rng,
+        step: ck.meta.step,
+        best: ck.meta.best,
+        loss_acc: ck.meta.loss_acc,
+        prior_seconds: ck.meta.train_seconds,
+        early_stop: ck.meta.early_stop,
+    })
+}
+
+/// The run's log: a fresh one with its header, the existing one cut after `step` with a
+/// `resumed` line, or (ranks other than 0) one that writes nothing.
+fn open_run_log(
+    cfg: &TrainConfig,
+    lead: bool,
+    resuming: bool,
+    step: u64,
+    world: usize,
+    class_names: &[String],
+) -> anyhow::Result<JsonlLog> {
+    let log_path = cfg.train.out_dir.join(files::LOG);
+    Ok(if !lead {
+        JsonlLog::discard(&log_path)
+    } else if resuming {
+        let mut log = JsonlLog::resume(&log_path, step)?;
+        if step < cfg.train.iters as u64 {
+            log.write(&LogRecord::Resumed {
+                step,
+                ranks: Some(world as u64),
+            })?;
+        }
+        log
+    } else {
+        let mut log = JsonlLog::create(&log_path)?;
+        log.write(&LogRecord::Header {
+            class_names: class_names.to_vec(),
+            loss: cfg.loss.name().to_string(),
+            iters: cfg.train.iters as u64,
+            ranks: Some(world as u64),
+        })?;
+        log
+    })
 }
 
 /// Rank 0's preparation of the run folder: creates and locks it, removes leftovers of killed
