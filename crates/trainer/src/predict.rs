@@ -6,7 +6,24 @@
 //! # fn main() -> anyhow::Result<()> {
 //! use recallseg_trainer::predict::{Predictor, PredictorOptions};
 //! # let dir = tempfile::tempdir()?;
-//! # let run = recallseg_trainer::predict::doc_example_run(dir.path())?;
+//! # let root = dir.path().join("data");
+//! # let synthetic = recallseg_data::SyntheticConfig {
+//! #     seed: 1, width: 64, height: 32, frames_per_folder: 10,
+//! #     cameras: vec!["Omni_F".into()], sides: vec!["Stereo_Left".into()],
+//! #     ..Default::default()
+//! # };
+//! # recallseg_data::generate_synthia(&root, &synthetic)?;
+//! # let run = dir.path().join("run");
+//! # let set = [
+//! #     format!("data.root={:?}", root.display().to_string()), "data.generate_synthetic=false".into(),
+//! #     "data.height=32".into(), "data.width=64".into(), "data.workers=0".into(),
+//! #     "model.backbone_width=4".into(), "model.head_channels=8".into(),
+//! #     "model.low_level_channels=4".into(), "train.batch_size=2".into(), "train.iters=2".into(),
+//! #     "train.val_every=0".into(), format!("train.out_dir={:?}", run.display().to_string()),
+//! # ];
+//! # let cfg = recallseg_trainer::config::Preset::SynthiaQuick.config(&set)?;
+//! # let quiet = recallseg_trainer::train::TrainOptions { quiet: true, ..Default::default() };
+//! # recallseg_trainer::train::train(&cfg, &quiet)?;
 //! // `run` is a run folder written by `recallseg train` (best.safetensors, else last.safetensors).
 //! let predictor = Predictor::open(&run, &PredictorOptions::default())?;
 //! let image = recallseg_data::png_io::RgbImage {
@@ -275,47 +292,4 @@ impl Predictor {
             .with_context(|| format!("predicting {}", path.display()))?;
         Ok((image, labels))
     }
-}
-
-/// Trains a two-step run on a tiny generated dataset in `dir` and returns its folder: the
-/// fixture of this module's documentation example (not for other uses).
-#[doc(hidden)]
-pub fn doc_example_run(dir: &Path) -> anyhow::Result<PathBuf> {
-    let root = dir.join("data");
-    recallseg_data::generate_synthia(
-        &root,
-        &recallseg_data::SyntheticConfig {
-            seed: 1,
-            width: 64,
-            height: 32,
-            cameras: vec!["Omni_F".into()],
-            sides: vec!["Stereo_Left".into()],
-            frames_per_folder: 10,
-            ..recallseg_data::SyntheticConfig::default()
-        },
-    )?;
-    let out = dir.join("run");
-    let o: Vec<String> = vec![
-        format!("data.root={:?}", root.display().to_string()),
-        "data.generate_synthetic=false".into(),
-        "data.height=32".into(),
-        "data.width=64".into(),
-        "data.workers=0".into(),
-        "model.backbone_width=4".into(),
-        "model.head_channels=8".into(),
-        "model.low_level_channels=4".into(),
-        "train.batch_size=2".into(),
-        "train.iters=2".into(),
-        "train.val_every=0".into(),
-        format!("train.out_dir={:?}", out.display().to_string()),
-    ];
-    let cfg = crate::config::Preset::SynthiaQuick.config(&o)?;
-    crate::train::train(
-        &cfg,
-        &crate::train::TrainOptions {
-            quiet: true,
-            ..Default::default()
-        },
-    )?;
-    Ok(out)
 }
