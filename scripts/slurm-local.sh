@@ -33,7 +33,7 @@ _slurm_local() {
     fi
     mkdir -p "$dir/state" "$dir/spool"
     # munge: the package made a key; the daemon needs its run folder.
-    mkdir -p /run/munge && chown munge:munge /run/munge 2>/dev/null
+    mkdir -p /run/munge && { chown munge:munge /run/munge 2>/dev/null || true; }
     if ! munge -n </dev/null >/dev/null 2>&1; then
         if [ ! -s /etc/munge/munge.key ]; then
             mungekey --create >/dev/null 2>&1 || create-munge-key -f >/dev/null 2>&1

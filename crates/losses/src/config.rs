@@ -515,38 +515,7 @@ impl LossConfig {
                     });
                 }
             }
-            LossConfig::Combined { terms } => {
-                if terms.is_empty() {
-                    return Err(LossError::InvalidParameter {
-                        loss: "combined",
-                        field: "terms",
-                        value: "[]".into(),
-                        reason: "give at least one [[terms]] table".into(),
-                    });
-                }
-                for t in terms {
-                    if let LossConfig::Combined { .. } = t.loss {
-                        return Err(LossError::InvalidParameter {
-                            loss: "combined",
-                            field: "terms",
-                            value: "combined".into(),
-                            reason: "a term cannot itself be a combined loss".into(),
-                        });
-                    }
-                    if !(t.weight.is_finite() && t.weight > 0.0) {
-                        return Err(LossError::InvalidParameter {
-                            loss: "combined",
-                            field: "weight",
-                            value: t.weight.to_string(),
-                            reason: format!(
-                                "the weight of term `{}` must be finite and > 0",
-                                t.loss.name()
-                            ),
-                        });
-                    }
-                    t.loss.validate()?;
-                }
-            }
+            LossConfig::Combined { terms } => validate_terms(terms)?,
             _ => {}
         }
         match *self {
@@ -723,6 +692,42 @@ fn finish<L: LossBuilder + SegLoss + 'static>(
         l = l.with_class_weights(w.clone())?;
     }
     Ok(Box::new(l))
+}
+
+/// The terms of a combined loss: at least one, none itself combined, each weight finite and
+/// positive, each term valid.
+fn validate_terms(terms: &[CombinedTerm]) -> Result<(), LossError> {
+    if terms.is_empty() {
+        return Err(LossError::InvalidParameter {
+            loss: "combined",
+            field: "terms",
+            value: "[]".into(),
+            reason: "give at least one [[terms]] table".into(),
+        });
+    }
+    for t in terms {
+        if let LossConfig::Combined { .. } = t.loss {
+            return Err(LossError::InvalidParameter {
+                loss: "combined",
+                field: "terms",
+                value: "combined".into(),
+                reason: "a term cannot itself be a combined loss".into(),
+            });
+        }
+        if !(t.weight.is_finite() && t.weight > 0.0) {
+            return Err(LossError::InvalidParameter {
+                loss: "combined",
+                field: "weight",
+                value: t.weight.to_string(),
+                reason: format!(
+                    "the weight of term `{}` must be finite and > 0",
+                    t.loss.name()
+                ),
+            });
+        }
+        t.loss.validate()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

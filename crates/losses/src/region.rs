@@ -31,8 +31,10 @@ use std::sync::Arc;
 macro_rules! region_options {
     ($ty:ty) => {
         impl $ty {
-            /// Adds `smooth` to the score's numerator and denominator (smp's `smooth`, default 0;
-            /// Dice: `(2I + smooth) / (P + G + smooth)`). Classes absent from the batch still
+            /// Adds `smooth` to the score's numerator and denominator as smp 0.6 does (its
+            /// `smooth`, default 0): `(I + smooth) / (I + α·FP + β·FN + smooth)`, so Dice (smp's
+            /// Tversky with α = β = 0.5) is `(2I + 2·smooth) / (P + G + 2·smooth)` and Jaccard
+            /// `(I + smooth) / (P + G − I + smooth)`. Classes absent from the batch still
             /// contribute 0 (smp's mask). Covered by the fused kernel.
             pub fn with_smooth(mut self, smooth: f64) -> Result<Self, crate::LossError> {
                 self.engine.set_smooth(smooth)?;

@@ -79,17 +79,8 @@ pub fn check_compatible(
     format: ExportFormat,
 ) -> Result<BTreeMap<String, String>, ModelError> {
     config.validate()?;
-    let need = |ok: bool, field: &'static str, what: &str| -> Result<(), ModelError> {
-        if ok {
-            Ok(())
-        } else {
-            Err(incompatible(
-                field,
-                format!("{} export needs {what}", format.name()),
-            ))
-        }
-    };
     need(
+        format,
         config.backbone_width == 64,
         "backbone_width",
         &format!(
@@ -98,6 +89,7 @@ pub fn check_compatible(
         ),
     )?;
     need(
+        format,
         config.multi_grid.is_none(),
         "multi_grid",
         "no multi-grid rates (neither library has them)",
@@ -105,105 +97,148 @@ pub fn check_compatible(
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), format.name().to_string());
     match format {
-        ExportFormat::Smp => {
-            need(
-                config.head == Head::DeepLabV3Plus,
-                "head",
-                "the deeplabv3plus head (smp's DeepLabV3Plus; for a DeepLabV3 use torchvision)",
-            )?;
-            need(
-                [8, 16].contains(&config.output_stride),
-                "output_stride",
-                &format!("output stride 8 or 16, got {}", config.output_stride),
-            )?;
-            let smp = config.clone().smp_layout();
-            need(
-                config.separable == smp.separable
-                    && config.aspp_conv == smp.aspp_conv
-                    && config.decoder_convs == smp.decoder_convs
-                    && config.align_corners == smp.align_corners,
-                "separable",
-                "the smp layout (model.layout = \"smp\": separable = true, aspp_conv = true, \
-                 decoder_convs = 1, align_corners = true)",
-            )?;
-            need(
-                config.smp_dilation,
-                "smp_dilation",
-                "smp's backbone dilation rule (smp_dilation = true, part of model.layout = \
-                 \"smp\"); with torchvision's rule smp would load the weights but compute \
-                 different features",
-            )?;
-            need(
-                config.low_level_channels == 48,
-                "low_level_channels",
-                &format!(
-                    "48 low-level channels (fixed in smp), got {}",
-                    config.low_level_channels
-                ),
-            )?;
-            let [a, b, c] = config.atrous_rates();
-            meta.insert("encoder_name".into(), config.backbone.name().to_string());
-            meta.insert(
-                "encoder_output_stride".into(),
-                config.output_stride.to_string(),
-            );
-            meta.insert("decoder_channels".into(), config.head_channels.to_string());
-            meta.insert("decoder_atrous_rates".into(), format!("[{a}, {b}, {c}]"));
-            meta.insert("classes".into(), config.n_classes.to_string());
-        }
-        ExportFormat::Torchvision => {
-            need(
-                config.head == Head::DeepLabV3,
-                "head",
-                "the deeplabv3 head (torchvision's deeplabv3_resnet*; for DeepLabV3+ use smp)",
-            )?;
-            need(
-                matches!(config.backbone, Backbone::Resnet50 | Backbone::Resnet101),
-                "backbone",
-                &format!(
-                    "resnet50 or resnet101 (torchvision has no deeplabv3_{}), got {}",
-                    config.backbone.name(),
-                    config.backbone.name()
-                ),
-            )?;
-            need(
-                config.output_stride == 8,
-                "output_stride",
-                &format!("output stride 8, got {}", config.output_stride),
-            )?;
-            need(
-                !config.separable,
-                "separable",
-                "dense convolutions (separable = false)",
-            )?;
-            need(
-                config.head_channels == 256,
-                "head_channels",
-                &format!("256 head channels, got {}", config.head_channels),
-            )?;
-            need(
-                config.atrous_rates() == [12, 24, 36],
-                "aspp_rates",
-                &format!("atrous rates [12, 24, 36], got {:?}", config.atrous_rates()),
-            )?;
-            need(
-                !config.align_corners,
-                "align_corners",
-                "align_corners = false (torchvision's upsampling)",
-            )?;
-            need(
-                !config.smp_dilation,
-                "smp_dilation",
-                "torchvision's dilation rule (smp_dilation = false)",
-            )?;
-            meta.insert(
-                "constructor".into(),
-                format!("deeplabv3_{}", config.backbone.name()),
-            );
-            meta.insert("num_classes".into(), config.n_classes.to_string());
-        }
+        ExportFormat::Smp => smp_arguments(config, &mut meta)?,
+        ExportFormat::Torchvision => torchvision_arguments(config, &mut meta)?,
     }
     Ok(meta)
+}
+
+/// `Ok` when `ok`, else the error that `format`'s export needs `what` (naming `field`).
+fn need(format: ExportFormat, ok: bool, field: &'static str, what: &str) -> Result<(), ModelError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(incompatible(
+            field,
+            format!("{} export needs {what}", format.name()),
+        ))
+    }
+}
+
+/// The constructor arguments of smp's `DeepLabV3Plus` for `config`, after checking that it
+/// has them.
+fn smp_arguments(
+    config: &ModelConfig,
+    meta: &mut BTreeMap<String, String>,
+) -> Result<(), ModelError> {
+    let format = ExportFormat::Smp;
+    need(
+        format,
+        config.head == Head::DeepLabV3Plus,
+        "head",
+        "the deeplabv3plus head (smp's DeepLabV3Plus; for a DeepLabV3 use torchvision)",
+    )?;
+    need(
+        format,
+        [8, 16].contains(&config.output_stride),
+        "output_stride",
+        &format!("output stride 8 or 16, got {}", config.output_stride),
+    )?;
+    let smp = config.clone().smp_layout();
+    need(
+        format,
+        config.separable == smp.separable
+            && config.aspp_conv == smp.aspp_conv
+            && config.decoder_convs == smp.decoder_convs
+            && config.align_corners == smp.align_corners,
+        "separable",
+        "the smp layout (model.layout = \"smp\": separable = true, aspp_conv = true, \
+         decoder_convs = 1, align_corners = true)",
+    )?;
+    need(
+        format,
+        config.smp_dilation,
+        "smp_dilation",
+        "smp's backbone dilation rule (smp_dilation = true, part of model.layout = \
+         \"smp\"); with torchvision's rule smp would load the weights but compute \
+         different features",
+    )?;
+    need(
+        format,
+        config.low_level_channels == 48,
+        "low_level_channels",
+        &format!(
+            "48 low-level channels (fixed in smp), got {}",
+            config.low_level_channels
+        ),
+    )?;
+    let [a, b, c] = config.atrous_rates();
+    meta.insert("encoder_name".into(), config.backbone.name().to_string());
+    meta.insert(
+        "encoder_output_stride".into(),
+        config.output_stride.to_string(),
+    );
+    meta.insert("decoder_channels".into(), config.head_channels.to_string());
+    meta.insert("decoder_atrous_rates".into(), format!("[{a}, {b}, {c}]"));
+    meta.insert("classes".into(), config.n_classes.to_string());
+    Ok(())
+}
+
+/// The constructor of torchvision's `deeplabv3_resnet*` for `config`, after checking that it
+/// has one.
+fn torchvision_arguments(
+    config: &ModelConfig,
+    meta: &mut BTreeMap<String, String>,
+) -> Result<(), ModelError> {
+    let format = ExportFormat::Torchvision;
+    need(
+        format,
+        config.head == Head::DeepLabV3,
+        "head",
+        "the deeplabv3 head (torchvision's deeplabv3_resnet*; for DeepLabV3+ use smp)",
+    )?;
+    need(
+        format,
+        matches!(config.backbone, Backbone::Resnet50 | Backbone::Resnet101),
+        "backbone",
+        &format!(
+            "resnet50 or resnet101 (torchvision has no deeplabv3_{}), got {}",
+            config.backbone.name(),
+            config.backbone.name()
+        ),
+    )?;
+    need(
+        format,
+        config.output_stride == 8,
+        "output_stride",
+        &format!("output stride 8, got {}", config.output_stride),
+    )?;
+    need(
+        format,
+        !config.separable,
+        "separable",
+        "dense convolutions (separable = false)",
+    )?;
+    need(
+        format,
+        config.head_channels == 256,
+        "head_channels",
+        &format!("256 head channels, got {}", config.head_channels),
+    )?;
+    need(
+        format,
+        config.atrous_rates() == [12, 24, 36],
+        "aspp_rates",
+        &format!("atrous rates [12, 24, 36], got {:?}", config.atrous_rates()),
+    )?;
+    need(
+        format,
+        !config.align_corners,
+        "align_corners",
+        "align_corners = false (torchvision's upsampling)",
+    )?;
+    need(
+        format,
+        !config.smp_dilation,
+        "smp_dilation",
+        "torchvision's dilation rule (smp_dilation = false)",
+    )?;
+    meta.insert(
+        "constructor".into(),
+        format!("deeplabv3_{}", config.backbone.name()),
+    );
+    meta.insert("num_classes".into(), config.n_classes.to_string());
+    Ok(())
 }
 
 /// The PyTorch name of our parameter `name` in `format`, or `None` when it has none.

@@ -106,10 +106,11 @@ fn decode_rate(root: &std::path::Path, reps: usize) -> anyhow::Result<f64> {
     Ok(rates[rates.len() / 2])
 }
 
-/// Runs the data benchmark.
-pub(super) fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("recallseg-bench-data-{}", std::process::id())));
+/// Generates the benchmark's Synthia-format frames into `dir` and opens them as one training
+/// split; returns the dataset, the generation rate (frames/s) and the generator's settings.
+fn bench_dataset(
+    dir: &std::path::Path,
+) -> anyhow::Result<(Arc<dyn SegDataset>, f64, SyntheticConfig)> {
     let gen = SyntheticConfig {
         width: 1280,
         height: 760,
@@ -120,13 +121,13 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     };
     eprintln!(
         "generating {FRAMES} Synthia-format 1280x760 frames in {}",
-        dir.0.display()
+        dir.display()
     );
     let t = Instant::now();
-    generate_synthia(&dir.0, &gen)?;
+    generate_synthia(dir, &gen)?;
     let gen_rate = FRAMES as f64 / t.elapsed().as_secs_f64();
     let ds: Arc<dyn SegDataset> = Arc::new(SynthiaDataset::open(
-        &dir.0,
+        dir,
         Split::Train,
         SynthiaOptions {
             fractions: SplitFractions {
@@ -141,6 +142,14 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
         "expected {FRAMES} frames, found {}",
         ds.len()
     );
+    Ok((ds, gen_rate, gen))
+}
+
+/// Runs the data benchmark.
+pub(super) fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("recallseg-bench-data-{}", std::process::id())));
+    let (ds, gen_rate, gen) = bench_dataset(&dir.0)?;
 
     let cfg = |threads: usize| LoaderConfig {
         batch_size: 4,

@@ -59,10 +59,16 @@ fn counts() -> Vec<u64> {
 /// One benchmarked loss: JSON key stem, table label, the loss, and the PyTorch peer time (ms).
 type Case = (&'static str, &'static str, Box<dyn SegLoss>, Option<f64>);
 
-/// Runs the losses benchmark.
-pub(super) fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
-    let (x, t) = inputs()?;
-    let mut cases: Vec<Case> = vec![
+/// The losses timed, with their figure key, label and the peer's time (ms) where measured.
+fn cases() -> anyhow::Result<Vec<Case>> {
+    let mut cases = cross_entropy_cases()?;
+    cases.extend(other_cases()?);
+    Ok(cases)
+}
+
+/// The cross-entropy family: CE and its weightings, Recall and Precision CE, focal, OHEM.
+fn cross_entropy_cases() -> anyhow::Result<Vec<Case>> {
+    Ok(vec![
         (
             "ce",
             "cross entropy",
@@ -114,6 +120,12 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
             Box::new(Ohem::new(C, OhemSelection::KeepRatio(0.7))?),
             None,
         ),
+    ])
+}
+
+/// The region losses, Lovász, and the variants (per-class α, label smoothing, combined).
+fn other_cases() -> anyhow::Result<Vec<Case>> {
+    Ok(vec![
         ("soft_iou", "SoftIoU", Box::new(SoftIou::new(C)), None),
         ("dice", "Dice", Box::new(Dice::new(C)), Some(263.0)),
         (
@@ -201,7 +213,13 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
             ),
             None,
         ),
-    ];
+    ])
+}
+
+/// Runs the losses benchmark.
+pub(super) fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    let (x, t) = inputs()?;
+    let mut cases = cases()?;
     let mut figures = Vec::new();
     for (key, label, loss, peer) in cases.iter_mut() {
         if !args.wants(key) {
