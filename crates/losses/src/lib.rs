@@ -22,7 +22,9 @@
 //! class weights, [`Kernel`]) through the [`LossBuilder`] methods (`with_ignore_index`,
 //! `with_class_weights`, `with_kernel`). The losses without state across steps are also plain
 //! functions in [`functional`] (`functional::recall_ce(&logits, &target, &opts)`). The formulas,
-//! their normalisation and gradients are in `docs/losses.md`.
+//! their normalisation and gradients are in `docs/losses.md`. `use recallseg_losses::prelude::*`
+//! brings the traits whose methods every loss has ([`SegLoss`], [`LossBuilder`]) into scope.
+//! `examples/gradient.rs` takes a loss's gradient with respect to the logits.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -53,6 +55,7 @@ mod fused_region;
 mod input;
 mod jaccard;
 mod options;
+pub mod prelude;
 
 mod balanced_ce;
 mod ce_family;

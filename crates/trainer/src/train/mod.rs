@@ -184,7 +184,25 @@ pub fn build_model_with(
     let model = if load_pretrained {
         let (model, report) = DeepLab::from_pretrained_with(&mc, vb, options)?;
         if let Some(r) = report {
-            note!("pretrained weights: {r:?}");
+            // One line on the terminal; every tensor name in the run folder.
+            note!("pretrained weights: {r}");
+            let out = &cfg.train.out_dir;
+            if out.is_dir() {
+                let list = |title: &str, names: &[String]| {
+                    format!("{title} ({}):\n{}\n", names.len(), names.join("\n"))
+                };
+                let text = format!(
+                    "{r}\n\n{}\n{}\n{}\n{}",
+                    list("loaded", &r.loaded),
+                    list("re-initialised (class count differs)", &r.reinitialised),
+                    list("kept their initialisation", &r.kept_initialisation),
+                    list("ignored tensors of the file", &r.ignored)
+                );
+                let path = out.join("pretrained_load.txt");
+                if let Err(e) = recallseg_files::write_bytes_atomic(&path, text.as_bytes()) {
+                    note!("warning: {e}");
+                }
+            }
         }
         model
     } else {
@@ -497,6 +515,38 @@ mod tests {
                 a.model.head_channels,
                 a.model.head_channels + 4
             )]
+        );
+    }
+
+    #[test]
+    fn pretrained_weights_are_reported_in_one_line_and_listed_in_the_run_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        std::fs::create_dir_all(&out).unwrap();
+        let mut cfg = Preset::SynthiaQuick
+            .config(&[
+                "model.backbone_width=64".into(),
+                format!("train.out_dir={:?}", out.display().to_string()),
+            ])
+            .unwrap();
+        // A DeepLab checkpoint of the same architecture, saved under the model's own names.
+        let built = build_model(&cfg, 5, &Device::Cpu, false).unwrap();
+        let file = dir.path().join("deeplab.safetensors");
+        built.varmap.save(&file).unwrap();
+        cfg.model.pretrained = Some(recallseg_models::PretrainedSource::Path(file.clone()));
+        build_model(&cfg, 5, &Device::Cpu, true).unwrap();
+        let listed = std::fs::read_to_string(out.join("pretrained_load.txt")).unwrap();
+        let first = listed.lines().next().unwrap();
+        assert!(
+            first.starts_with("loaded ")
+                && first.contains("DeepLab model")
+                && first.contains("deeplab.safetensors"),
+            "{first}"
+        );
+        assert!(listed.contains("\nloaded ("), "{listed}");
+        assert!(
+            listed.contains("backbone.conv1.weight"),
+            "the names are listed: {listed}"
         );
     }
 
