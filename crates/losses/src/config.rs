@@ -687,7 +687,9 @@ fn finish<L: LossBuilder + SegLoss + 'static>(
     loss: L,
     ctx: &LossContext,
 ) -> Result<Box<dyn SegLoss>, LossError> {
-    let mut l = loss.with_ignore_index(ctx.ignore_index);
+    let mut l = loss
+        .with_ignore_index(ctx.ignore_index)
+        .with_kernel(ctx.kernel);
     if let Some(w) = &ctx.class_weights {
         l = l.with_class_weights(w.clone())?;
     }

@@ -17,7 +17,8 @@
 //! forces the portable path. Tests check that both agree in value and gradient.
 //!
 //! Losses are built by name with [`LossConfig`] (serde, tagged by `name`) and a
-//! [`LossContext`] (number of classes, ignore index, dataset statistics), or directly
+//! [`LossContext`] (number of classes, ignore index, dataset statistics, and the [`Kernel`]
+//! every built loss uses: [`LossContext::with_kernel`]), or directly
 //! (`RecallCe::new(19)`); every loss has the options of [`LossOptions`] (ignore index, static
 //! class weights, [`Kernel`]) through the [`LossBuilder`] methods (`with_ignore_index`,
 //! `with_class_weights`, `with_kernel`). The losses without state across steps are also plain
@@ -293,6 +294,9 @@ pub struct LossContext {
     pub class_pixel_counts: Option<Vec<u64>>,
     /// Optional static per-class weights, applied by every loss on top of its own weighting.
     pub class_weights: Option<Vec<f32>>,
+    /// Which implementation every built loss uses ([`Kernel::Auto`] by default), as
+    /// [`LossBuilder::with_kernel`] sets it on a loss built directly.
+    pub kernel: Kernel,
 }
 
 impl LossContext {
@@ -303,7 +307,15 @@ impl LossContext {
             ignore_index: DEFAULT_IGNORE_INDEX,
             class_pixel_counts: None,
             class_weights: None,
+            kernel: Kernel::Auto,
         }
+    }
+
+    /// Sets the implementation every loss built with this context uses (the terms of a
+    /// combined loss included).
+    pub fn with_kernel(mut self, kernel: Kernel) -> Self {
+        self.kernel = kernel;
+        self
     }
 
     /// Sets the ignore index.

@@ -362,3 +362,43 @@ fn forward_output_carries_this_steps_weights() {
         .unwrap();
     assert_eq!(none.class_weights, None);
 }
+
+/// The kernel of a loss built from its configuration is the context's: `Fused` refuses logits
+/// the fused kernel cannot take (non-contiguous), which `Auto` and `Portable` accept, for every
+/// loss name and for the terms of a combined loss.
+#[test]
+fn the_context_chooses_the_kernel_of_a_built_loss() {
+    use candle_core::{DType, Device, Tensor};
+    use recallseg_losses::{Kernel, LossConfig, LossContext};
+    let dev = Device::Cpu;
+    // (N, H, W, C) transposed to (N, C, H, W): not contiguous.
+    let logits = Tensor::arange(0f32, 2.0 * 3.0 * 4.0 * 5.0, &dev)
+        .unwrap()
+        .reshape((2, 4, 5, 3))
+        .unwrap()
+        .affine(0.01, 0.0)
+        .unwrap()
+        .permute((0, 3, 1, 2))
+        .unwrap();
+    assert!(!logits.is_contiguous());
+    let target = Tensor::zeros((2, 4, 5), DType::U8, &dev).unwrap();
+    for name in ["cross_entropy", "recall_ce", "focal", "dice", "lovasz"] {
+        let cfg = LossConfig::from_name(name).unwrap();
+        for (kernel, ok) in [
+            (Kernel::Auto, true),
+            (Kernel::Portable, true),
+            (Kernel::Fused, false),
+        ] {
+            let mut loss = cfg.build(&LossContext::new(3).with_kernel(kernel)).unwrap();
+            let r = loss.forward(&logits, &target);
+            assert_eq!(r.is_ok(), ok, "{name} with {kernel:?}: {r:?}");
+        }
+    }
+    let combined: LossConfig =
+        toml::from_str("name = \"combined\"\n[[terms]]\nweight = 1.0\nname = \"recall_ce\"\n")
+            .unwrap();
+    let mut loss = combined
+        .build(&LossContext::new(3).with_kernel(Kernel::Fused))
+        .unwrap();
+    assert!(loss.forward(&logits, &target).is_err());
+}
