@@ -116,10 +116,9 @@ fn code_without_tests(text: &str) -> String {
 
 /// Module paths a file's code refers to: `crate::a::b::…` and `super::…` paths, resolved to
 /// module paths (the caller keeps those that exist).
-fn references(module: &[String], is_mod_file: bool, code: &str) -> Vec<Vec<String>> {
+fn references(module: &[String], code: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
-    let chars: Vec<char> = code.chars().collect();
-    let text: String = chars.iter().collect();
+    let text = code;
     for (start, _) in text
         .match_indices("crate::")
         .chain(text.match_indices("super::"))
@@ -141,7 +140,6 @@ fn references(module: &[String], is_mod_file: bool, code: &str) -> Vec<Vec<Strin
         } else {
             // `super` of `a/b.rs` (module a::b) is `a`; of `a/b/mod.rs` also `a`.
             base = module.to_vec();
-            let _ = is_mod_file;
             while r.starts_with("super::") {
                 base.pop();
                 r = &r["super::".len()..];
@@ -209,8 +207,7 @@ fn module_cycles(src: &Path) -> Vec<String> {
         }
         let from = module_path(src, f);
         let code = code_without_tests(&std::fs::read_to_string(f).unwrap());
-        let is_mod = matches!(name.as_str(), "mod.rs" | "lib.rs" | "main.rs");
-        for target in references(&from, is_mod, &code) {
+        for target in references(&from, &code) {
             // The longest existing module prefix of the path.
             let mut to = target.clone();
             while !modules.contains(&to) {
@@ -267,8 +264,7 @@ fn strongly_connected(graph: &BTreeMap<&str, BTreeSet<&str>>) -> Vec<BTreeSet<St
     let nodes: Vec<&str> = nodes.into_iter().collect();
     let index_of: BTreeMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     let n = nodes.len();
-    let (mut index, mut low, mut on) = (vec![usize::MAX; n], vec![0; n], vec![false; n]);
-    let (mut stack, mut next, mut out) = (Vec::new(), 0, Vec::new());
+    let mut out = Vec::new();
     fn visit(
         v: usize,
         nodes: &[&str],
@@ -303,12 +299,13 @@ fn strongly_connected(graph: &BTreeMap<&str, BTreeSet<&str>>) -> Vec<BTreeSet<St
             out.push(scc);
         }
     }
+    // (index, lowlink, on the stack, the stack, the next index)
     let mut st = (
-        std::mem::take(&mut index),
-        std::mem::take(&mut low),
-        std::mem::take(&mut on),
-        std::mem::take(&mut stack),
-        std::mem::take(&mut next),
+        vec![usize::MAX; n],
+        vec![0; n],
+        vec![false; n],
+        Vec::new(),
+        0,
     );
     for v in 0..n {
         if st.0[v] == usize::MAX {
