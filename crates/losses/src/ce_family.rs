@@ -55,6 +55,15 @@ pub(crate) struct CeEngine {
 }
 
 impl CeEngine {
+    /// Focal's `α` at the precision of `dtype` (see [`crate::LossOptions::static_weights`]).
+    pub(crate) fn focal_alpha_at(&self, dtype: DType) -> Option<Vec<f64>> {
+        self.focal_alpha.as_ref().map(|a| {
+            a.iter()
+                .map(|&v| crate::options::at_precision(v, dtype))
+                .collect()
+        })
+    }
+
     pub(crate) fn new(name: &'static str, opts: LossOptions, mode: CeMode) -> Self {
         Self {
             name,
@@ -143,8 +152,8 @@ impl CeEngine {
             let op = FusedCe {
                 n_classes: self.opts.n_classes(),
                 ignore_index: self.opts.ignore_index(),
-                static_w: self.opts.static_f64(),
-                focal_alpha: self.focal_alpha.clone(),
+                static_w: self.opts.static_weights(DType::F32),
+                focal_alpha: self.focal_alpha_at(DType::F32),
                 smoothing: self.smoothing,
                 mode: self.mode,
                 ema_prev: self.ema.clone(),
@@ -179,9 +188,9 @@ impl CeEngine {
         let oh = one_hot(&labels, c, ignore_index, dtype)?;
         let logp = candle_nn::ops::log_softmax(logits, 1)?;
         let count = per_class_host(&oh)?;
-        let s = self.opts.static_f64();
+        let s = self.opts.static_weights(dtype);
         let pixels = logits.elem_count() / c.max(1);
-        let static_report = self.opts.class_weights().map(<[f32]>::to_vec);
+        let static_report = self.opts.class_weights_f32();
         let n_img = logits.dim(0)?;
         // Each pixel's cross entropy against its (smoothed) target, summed per class (and per
         // image with `per_image`): `(1 − ε)(−log p_y) + (ε/C) Σ_k (−log p_k)`.
@@ -293,14 +302,14 @@ impl CeEngine {
                 Ok((loss, rep))
             }
             CeMode::Focal { gamma } => {
-                let gamma = *gamma;
+                let gamma = crate::options::at_precision(*gamma, dtype);
                 let logpt = (&oh * &logp)?.sum(1)?;
                 let inv_z = match fixed {
                     Some(f) => f.inv_z,
                     None => inv(self.mode.normaliser(&s, &s, &count, pixels)),
                 };
                 // Focal's α multiplies the numerator only (Lin et al.'s α_t, mmseg's list).
-                let sa: Vec<f64> = match &self.focal_alpha {
+                let sa: Vec<f64> = match &self.focal_alpha_at(dtype) {
                     Some(a) => s.iter().zip(a).map(|(x, y)| x * y).collect(),
                     None => s.clone(),
                 };
@@ -312,7 +321,7 @@ impl CeEngine {
                 } else if gamma == 1.0 {
                     one_minus
                 } else {
-                    one_minus.maximum(1e-12)?.powf(gamma as f64)?
+                    one_minus.maximum(1e-12)?.powf(gamma)?
                 };
                 // `· (1/Z)` as a multiplication by a scalar tensor, not `affine`: candle drops
                 // an `affine(0, ·)` from the graph, which left no gradient at all when `Z = 0`
@@ -463,7 +472,7 @@ impl Engine for CeEngine {
     /// The static weights for plain CE, the last step's dynamic weights otherwise.
     fn last_class_weights(&self) -> Option<Vec<f32>> {
         match self.mode {
-            CeMode::Plain => self.opts.class_weights().map(<[f32]>::to_vec),
+            CeMode::Plain => self.opts.class_weights_f32(),
             _ => self.last.clone(),
         }
     }

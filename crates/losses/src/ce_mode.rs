@@ -14,8 +14,8 @@ pub(crate) enum CeMode {
     Plain,
     /// Per-class weights from the batch's argmax statistics (RecallCE, PrecisionCE).
     ClassWeighted(ClassWeighting),
-    /// Per-pixel modulation `(1 - p)^γ`.
-    Focal { gamma: f32 },
+    /// Per-pixel modulation `(1 - p)^γ` (γ as given; the f32 kernels round it).
+    Focal { gamma: f64 },
     /// Online hard example mining.
     Ohem(OhemSelection),
 }

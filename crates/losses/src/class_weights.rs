@@ -3,7 +3,8 @@
 //! Every function takes one count per class and returns one weight per class. The counts come
 //! from the data crate; these helpers only do the arithmetic. Weights of classes that never occur
 //! are 0 for the frequency weightings (they can never be a target) and follow the paper's code
-//! for the class-balanced weighting.
+//! for the class-balanced weighting. Weights are `f64`, computed without rounding to `f32`: an `f64`
+//! loss applies them exactly, an `f32` loss rounded to `f32`.
 
 use crate::LossError;
 
@@ -25,25 +26,19 @@ fn check_counts(counts: &[u64], loss: &'static str) -> Result<f64, LossError> {
 
 /// Inverse frequency `w_c = N / (C · N_c)` (so a class of average size weighs 1); 0 where
 /// `N_c = 0`.
-pub fn inverse_frequency(counts: &[u64]) -> Result<Vec<f32>, LossError> {
+pub fn inverse_frequency(counts: &[u64]) -> Result<Vec<f64>, LossError> {
     let total = check_counts(counts, "weighted_ce")?;
     let c = counts.len() as f64;
     Ok(counts
         .iter()
-        .map(|&n| {
-            if n == 0 {
-                0.0
-            } else {
-                (total / (c * n as f64)) as f32
-            }
-        })
+        .map(|&n| if n == 0 { 0.0 } else { total / (c * n as f64) })
         .collect())
 }
 
 /// Median-frequency balancing `w_c = median_k(N_k) / N_c` (Eigen & Fergus 2015, the paper's
 /// code); 0 where `N_c = 0`. The median runs over all classes, zeros included, and averages the
 /// two middle values for an even class count (numpy's `np.median`).
-pub fn median_frequency(counts: &[u64]) -> Result<Vec<f32>, LossError> {
+pub fn median_frequency(counts: &[u64]) -> Result<Vec<f64>, LossError> {
     check_counts(counts, "weighted_ce")?;
     let mut sorted: Vec<f64> = counts.iter().map(|&n| n as f64).collect();
     sorted.sort_by(f64::total_cmp);
@@ -55,20 +50,14 @@ pub fn median_frequency(counts: &[u64]) -> Result<Vec<f32>, LossError> {
     };
     Ok(counts
         .iter()
-        .map(|&n| {
-            if n == 0 {
-                0.0
-            } else {
-                (median / n as f64) as f32
-            }
-        })
+        .map(|&n| if n == 0 { 0.0 } else { median / n as f64 })
         .collect())
 }
 
 /// Class-balanced weights of Cui et al. (2019): `w_c = (1 - β) / (1 - β^{N_c})`, normalised to
 /// sum to `C`. `β` defaults to `(N - 1) / N` with `N = Σ_c N_c` (the paper's code); a class with
 /// `N_c = 0` gets effective number 1 (as in the paper's code), i.e. the raw weight `1 - β`.
-pub fn class_balanced(counts: &[u64], beta: Option<f64>) -> Result<Vec<f32>, LossError> {
+pub fn class_balanced(counts: &[u64], beta: Option<f64>) -> Result<Vec<f64>, LossError> {
     let total = check_counts(counts, "balanced_ce")?;
     let beta = match beta {
         Some(b) => {
@@ -119,7 +108,7 @@ pub fn class_balanced(counts: &[u64], beta: Option<f64>) -> Result<Vec<f32>, Los
         .collect();
     let sum: f64 = raw.iter().sum();
     let c = counts.len() as f64;
-    Ok(raw.iter().map(|&w| (w / sum * c) as f32).collect())
+    Ok(raw.iter().map(|&w| w / sum * c).collect())
 }
 
 #[cfg(test)]
@@ -150,10 +139,10 @@ mod tests {
         let raw = [1.0, 2.0 / 3.0, 0.5];
         let s: f64 = raw.iter().sum();
         for (got, r) in w.iter().zip(raw) {
-            assert!((*got as f64 - r / s * 3.0).abs() < 1e-6);
+            assert!((got - r / s * 3.0).abs() < 1e-15);
         }
-        let sum: f32 = w.iter().sum();
-        assert!((sum - 3.0).abs() < 1e-5);
+        let sum: f64 = w.iter().sum();
+        assert!((sum - 3.0).abs() < 1e-14);
     }
 
     #[test]

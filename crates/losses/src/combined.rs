@@ -1,7 +1,7 @@
 //! A weighted sum of losses: [`CombinedLoss`].
 
-use crate::{Kernel, LossError, LossOutput, LossTerm, SegLoss, ShardStatistics, Sharding};
-use candle_core::{Result, Tensor};
+use crate::{Kernel, LossError, LossOutput, LossTerm, Result, SegLoss, ShardStatistics, Sharding};
+use candle_core::Tensor;
 
 /// A weighted sum of losses, `L = Σ_i w_i L_i` (mmsegmentation's list of `loss_decode`, e.g.
 /// `0.5 × recall_ce + 0.5 × lovasz`, or CE + Dice).
@@ -20,7 +20,7 @@ use candle_core::{Result, Tensor};
 ///
 /// let mut loss = CombinedLoss::new()
 ///     .with_term(0.5, Box::new(RecallCe::new(3)))?
-///     .with_term(0.5, Box::new(Lovasz::new(3, true)))?;
+///     .with_term(0.5, Box::new(Lovasz::new(3)))?;
 /// let logits = Tensor::zeros((1, 3, 2, 2), candle_core::DType::F32, &Device::Cpu)?;
 /// let target = Tensor::new(&[[[0u8, 1], [2, 255]]], &Device::Cpu)?;
 /// let out = loss.forward_output(&logits, &target)?;
@@ -112,16 +112,20 @@ impl CombinedLoss {
     }
 }
 
+/// The error of a combined loss without terms.
+fn no_terms() -> LossError {
+    LossError::InvalidParameter {
+        loss: "combined",
+        field: "terms",
+        value: "[]".into(),
+        reason: "a combined loss needs at least one term".into(),
+    }
+}
+
 impl SegLoss for CombinedLoss {
     fn forward(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
         if self.terms.is_empty() {
-            return Err(LossError::InvalidParameter {
-                loss: "combined",
-                field: "terms",
-                value: "[]".into(),
-                reason: "a combined loss needs at least one term".into(),
-            }
-            .into_candle());
+            return Err(no_terms());
         }
         self.last = None;
         let mut total: Option<Tensor> = None;
@@ -142,7 +146,7 @@ impl SegLoss for CombinedLoss {
         }
         self.last = Some(report);
         // Non-empty: checked above.
-        total.ok_or_else(|| candle_core::Error::Msg("no terms".into()))
+        total.ok_or_else(no_terms)
     }
 
     fn name(&self) -> &str {
@@ -189,14 +193,11 @@ impl SegLoss for CombinedLoss {
             return Err(crate::options::per_shard_error("combined"));
         }
         let b = &batch.0;
-        let bad = |reason: String| {
-            LossError::InvalidParameter {
-                loss: "combined",
-                field: "shard statistics",
-                value: format!("{} values", b.len()),
-                reason,
-            }
-            .into_candle()
+        let bad = |reason: String| LossError::InvalidParameter {
+            loss: "combined",
+            field: "shard statistics",
+            value: format!("{} values", b.len()),
+            reason,
         };
         let shards = *b
             .first()
@@ -254,7 +255,7 @@ impl SegLoss for CombinedLoss {
             });
         }
         self.last = Some(report);
-        let loss = total.ok_or_else(|| candle_core::Error::Msg("no terms".into()))?;
+        let loss = total.ok_or_else(no_terms)?;
         Ok(LossOutput {
             loss,
             class_weights: self.last_class_weights(),
@@ -295,7 +296,7 @@ impl SegLoss for CombinedLoss {
         Some(out)
     }
 
-    fn load_state(&mut self, state: &[f32]) -> std::result::Result<(), LossError> {
+    fn load_state(&mut self, state: &[f32]) -> Result<()> {
         if state.is_empty() {
             for (_, _, l) in self.terms.iter_mut() {
                 l.load_state(&[])?;

@@ -2,8 +2,8 @@
 
 use crate::{
     BalancedCe, CombinedLoss, CrossEntropy, Dice, Focal, Jaccard, LossBuilder, LossContext,
-    LossError, Lovasz, Ohem, OhemSelection, PrecisionCe, RecallCe, SegLoss, SoftIou, Tversky,
-    WeightedCe,
+    LossError, Lovasz, LovaszClasses, Ohem, OhemSelection, PrecisionCe, RecallCe, SegLoss, SoftIou,
+    Tversky, WeightedCe,
 };
 use serde::{Deserialize, Serialize};
 
@@ -80,15 +80,19 @@ pub enum LossConfig {
         gamma: f64,
         /// Per-class α (one per class, `>= 0`), multiplying each class's term; `None` = ones.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        alpha: Option<Vec<f32>>,
+        alpha: Option<Vec<f64>>,
     },
-    /// [`Ohem`]: give `keep_ratio` or `threshold`, not both (default `keep_ratio = 0.7`);
-    /// `min_kept` (with or without `threshold`) selects mmsegmentation's `OHEMPixelSampler`
-    /// and its normalisation ([`OhemSelection::Mmseg`]).
+    /// [`Ohem`]: give one of `keep_ratio`, `keep_count` or `threshold` (default
+    /// `keep_ratio = 0.7`); `min_kept` (with or without `threshold`) selects mmsegmentation's
+    /// `OHEMPixelSampler` and its normalisation ([`OhemSelection::Mmseg`]).
     Ohem {
         /// Fraction of valid pixels kept, in `(0, 1]`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         keep_ratio: Option<f64>,
+        /// Exactly this many valid pixels kept (all when fewer), `>= 1`
+        /// ([`OhemSelection::KeepCount`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep_count: Option<usize>,
         /// Keep pixels whose ground-truth probability is below this, in `(0, 1]`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         threshold: Option<f64>,
@@ -336,6 +340,7 @@ impl LossConfig {
             },
             "ohem" => LossConfig::Ohem {
                 keep_ratio: None,
+                keep_count: None,
                 threshold: None,
                 min_kept: None,
                 avg_non_ignore: None,
@@ -414,11 +419,31 @@ impl LossConfig {
     fn ohem_selection(&self) -> Result<Option<OhemSelection>, LossError> {
         if let LossConfig::Ohem {
             keep_ratio,
+            keep_count,
             threshold,
             min_kept,
             avg_non_ignore,
         } = *self
         {
+            if let Some(k) = keep_count {
+                if keep_ratio.is_some()
+                    || threshold.is_some()
+                    || min_kept.is_some()
+                    || avg_non_ignore.is_some()
+                {
+                    return Err(LossError::InvalidParameter {
+                        loss: "ohem",
+                        field: "keep_count",
+                        value: k.to_string(),
+                        reason: "give one of keep_ratio, keep_count, threshold (or mmseg's \
+                                 min_kept), not several"
+                            .into(),
+                    });
+                }
+                let sel = OhemSelection::KeepCount(k);
+                sel.validate()?;
+                return Ok(Some(sel));
+            }
             let sel = match (keep_ratio, threshold, min_kept) {
                 (Some(_), Some(t), _) => {
                     return Err(LossError::InvalidParameter {
@@ -597,7 +622,7 @@ impl LossConfig {
                 ctx,
             ),
             LossConfig::Focal { gamma, alpha } => {
-                let mut f = Focal::new(c, *gamma)?;
+                let mut f = Focal::new(c).with_gamma(*gamma)?;
                 if let Some(a) = alpha {
                     f = f.with_alpha(a.clone())?;
                 }
@@ -607,14 +632,20 @@ impl LossConfig {
                 let sel = self
                     .ohem_selection()?
                     .unwrap_or(OhemSelection::KeepRatio(0.7));
-                finish(Ohem::new(c, sel)?, ctx)
+                finish(Ohem::new(c).with_selection(sel)?, ctx)
             }
             LossConfig::SoftIou {} => finish(SoftIou::new(c), ctx),
             LossConfig::Lovasz {
                 present_only,
                 per_image,
             } => finish(
-                Lovasz::new(c, *present_only).with_per_image(*per_image),
+                Lovasz::new(c)
+                    .with_classes(if *present_only {
+                        LovaszClasses::Present
+                    } else {
+                        LovaszClasses::All
+                    })
+                    .with_per_image(*per_image),
                 ctx,
             ),
             LossConfig::Dice {
@@ -635,7 +666,8 @@ impl LossConfig {
                 log_loss,
                 classes,
             } => {
-                let mut l = Tversky::new(c, *alpha, *beta)?
+                let mut l = Tversky::new(c)
+                    .with_alpha_beta(*alpha, *beta)?
                     .with_smooth(*smooth)?
                     .with_log_loss(*log_loss);
                 if let Some(cl) = classes {

@@ -12,7 +12,7 @@ use crate::LossError;
 /// Z = Σ_{n valid} s_{y_n}
 /// ```
 ///
-/// γ = 1 by default, as in the paper's analysis (Sec. IV-D). The modulating factor is
+/// γ = 1 by default ([`Focal::DEFAULT_GAMMA`]), as in the paper's analysis (Sec. IV-D). The modulating factor is
 /// differentiated: `∂L/∂z_{n,j} = s_{y_n} F_n (p_{n,j} - [j = y_n]) / Z` with
 /// `F = (1-p)^γ - γ (1-p)^{γ-1} p log p`. `last_class_weights` reports the mean focal weight
 /// `(1/N_c) Σ_{n: y_n = c} (1 - p_n)^γ` per class (the paper's Fig. 4), `NaN` for classes absent
@@ -28,8 +28,26 @@ pub struct Focal {
 }
 
 impl Focal {
-    /// Focal loss over `n_classes` classes with focusing parameter `gamma >= 0`.
-    pub fn new(n_classes: usize, gamma: f64) -> Result<Self, LossError> {
+    /// The default focusing parameter, the paper's (Sec. IV-D) and [`crate::LossConfig`]'s.
+    pub const DEFAULT_GAMMA: f64 = 1.0;
+
+    /// Focal loss over `n_classes` classes with `γ = 1` ([`Focal::with_gamma`] changes it).
+    pub fn new(n_classes: usize) -> Self {
+        Self {
+            engine: CeEngine::new(
+                "focal",
+                LossOptions::new(n_classes),
+                CeMode::Focal {
+                    gamma: Self::DEFAULT_GAMMA,
+                },
+            ),
+            gamma: Self::DEFAULT_GAMMA,
+        }
+    }
+
+    /// Sets the focusing parameter `γ` (finite, `>= 0`; 0 is cross entropy, Lin et al. use 2).
+    /// Kept in `f64`: an `f64` loss applies it exactly, an `f32` one rounded to `f32`.
+    pub fn with_gamma(mut self, gamma: f64) -> Result<Self, LossError> {
         if !(gamma.is_finite() && gamma >= 0.0) {
             return Err(LossError::InvalidParameter {
                 loss: "focal",
@@ -38,16 +56,9 @@ impl Focal {
                 reason: "must be finite and >= 0".into(),
             });
         }
-        Ok(Self {
-            engine: CeEngine::new(
-                "focal",
-                LossOptions::new(n_classes),
-                CeMode::Focal {
-                    gamma: gamma as f32,
-                },
-            ),
-            gamma,
-        })
+        self.engine.mode = CeMode::Focal { gamma };
+        self.gamma = gamma;
+        Ok(self)
     }
 
     /// Per-class balancing weights `α_c` (one per class, finite, `>= 0`): the loss becomes
@@ -55,8 +66,8 @@ impl Focal {
     /// not in the normaliser, unlike static class weights). This is Lin et al.'s `α_t` per class,
     /// as mmsegmentation's list-valued `alpha` weighs each class's foreground term (mmseg and
     /// smp only have the sigmoid focal loss; this is its softmax form). Covered by the fused
-    /// kernel.
-    pub fn with_alpha(mut self, alpha: Vec<f32>) -> Result<Self, LossError> {
+    /// kernel. Kept in `f64` as the class weights are.
+    pub fn with_alpha(mut self, alpha: Vec<f64>) -> Result<Self, LossError> {
         crate::check_weights(&alpha, self.engine.opts.n_classes()).map_err(|e| match e {
             LossError::InvalidClassWeight { index, value } => LossError::InvalidParameter {
                 loss: "focal",
@@ -71,7 +82,7 @@ impl Focal {
             },
             e => e,
         })?;
-        self.engine.focal_alpha = Some(alpha.iter().map(|&v| v as f64).collect());
+        self.engine.focal_alpha = Some(alpha);
         Ok(self)
     }
 

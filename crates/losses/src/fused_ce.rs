@@ -324,7 +324,8 @@ impl FusedCe {
         let nblk = hw.div_ceil(BLOCK);
         let ignore = self.ignore_index as i64;
         let gamma = match self.mode {
-            CeMode::Focal { gamma } => Some(gamma),
+            // The kernel computes in f32: γ rounded to it.
+            CeMode::Focal { gamma } => Some(gamma as f32),
             _ => None,
         };
         let ohem = matches!(self.mode, CeMode::Ohem(_));
@@ -513,7 +514,7 @@ impl FusedCe {
                     },
                     class_factor: factor.iter().map(|&v| v as f32).collect(),
                     pixel_factor: None,
-                    gamma: Some(*gamma),
+                    gamma: Some(*gamma as f32),
                     smoothing: 0.0,
                     probs: None,
                     focal_f: None,

@@ -27,6 +27,20 @@
 //! brings the traits whose methods every loss has ([`SegLoss`], [`LossBuilder`]) into scope.
 //! `examples/gradient.rs` takes a loss's gradient with respect to the logits.
 //!
+//! Start from [`LossConfig`] + [`LossContext`] (losses by name, as in a training config) or from
+//! a loss type (`RecallCe`, `CrossEntropy`, …) with the [`prelude`]; [`functional`] for one-off
+//! values.
+//!
+//! Conventions (details in `docs/losses.md`, "The API's rules"):
+//!
+//! * `new(n_classes)` never fails and gives the documented defaults; a `with_*` method returns
+//!   `Result<Self, LossError>` exactly when its argument can be invalid (numbers, per-class
+//!   vectors), `Self` otherwise (an index, a kernel, a `bool` or an enum).
+//! * One error type, [`LossError`], from building to [`SegLoss::forward`]; `?` converts candle's
+//!   error into it and it into candle's, and its `Display` never carries a backtrace.
+//! * Parameters (class weights, focal's `α` and `γ`) keep the `f64` precision given: exact for
+//!   `f64` logits, rounded to `f32` for the others.
+//!
 //! ```
 //! use candle_core::{Device, Tensor};
 //! use recallseg_losses::{LossConfig, LossContext};
@@ -81,10 +95,10 @@ pub use combined::CombinedLoss;
 pub use config::{CombinedTerm, LossConfig, LossName, WeightMode, LOSS_NAMES};
 pub use cross_entropy::CrossEntropy;
 pub use dice::Dice;
-pub use error::LossError;
+pub use error::{CandleError, LossError, Result};
 pub use focal::Focal;
 pub use jaccard::Jaccard;
-pub use lovasz::Lovasz;
+pub use lovasz::{Lovasz, LovaszClasses};
 pub use ohem::Ohem;
 pub use ohem_selection::OhemSelection;
 pub use options::{LossBuilder, LossOptions};
@@ -120,16 +134,12 @@ pub trait SegLoss: Send {
     /// propagates to the loss. Valid pixels whose static class weights are all 0 give the
     /// loss's value without them (0 for all but SoftIoU, which counts every class and gives
     /// 1), again with a zero gradient that exists.
-    fn forward(&mut self, logits: &Tensor, target: &Tensor) -> candle_core::Result<Tensor>;
+    fn forward(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor>;
 
     /// [`SegLoss::forward`] with the per-class weights the step applied
     /// ([`SegLoss::last_class_weights`] right after it), so a caller never reads weights left
     /// by an earlier call.
-    fn forward_output(
-        &mut self,
-        logits: &Tensor,
-        target: &Tensor,
-    ) -> candle_core::Result<LossOutput> {
+    fn forward_output(&mut self, logits: &Tensor, target: &Tensor) -> Result<LossOutput> {
         let loss = self.forward(logits, target)?;
         Ok(LossOutput {
             loss,
@@ -182,41 +192,24 @@ pub trait SegLoss: Send {
     /// batch-level quantities are computed from once they are summed over every shard. Reads
     /// the logits only when `needs_logits` of [`Sharding::Exact`] says so (otherwise they may be any
     /// tensor of the right shape). An error for a [`Sharding::PerShard`] loss.
-    fn shard_statistics(
-        &self,
-        logits: &Tensor,
-        target: &Tensor,
-    ) -> candle_core::Result<ShardStatistics> {
+    fn shard_statistics(&self, logits: &Tensor, target: &Tensor) -> Result<ShardStatistics> {
         let _ = (logits, target);
-        candle_core::bail!(
-            "loss {} has no shard statistics (it is per shard)",
-            self.name()
-        )
+        Err(options::per_shard_error(self.name()))
     }
 
     /// Fixes the step's batch-level quantities (class weights, normaliser, the moving average,
     /// which moves once per step) from the statistics summed over every shard of the batch.
-    fn prepare_step(&mut self, batch: &ShardStatistics) -> candle_core::Result<()> {
+    fn prepare_step(&mut self, batch: &ShardStatistics) -> Result<()> {
         let _ = batch;
-        candle_core::bail!(
-            "loss {} has no shard statistics (it is per shard)",
-            self.name()
-        )
+        Err(options::per_shard_error(self.name()))
     }
 
     /// This shard's share of the loss of the whole batch, with the quantities of the last
     /// [`SegLoss::prepare_step`]: summed over the shards, the values and the gradients are those
     /// of [`SegLoss::forward_output`] on the concatenated batch.
-    fn forward_shard(
-        &mut self,
-        logits: &Tensor,
-        target: &Tensor,
-    ) -> candle_core::Result<LossOutput> {
+    fn forward_shard(&mut self, logits: &Tensor, target: &Tensor) -> Result<LossOutput> {
         let _ = (logits, target);
-        candle_core::bail!(
-            "loss {} has no shard statistics (it is per shard)",
-            self.name()
-        )
+        Err(options::per_shard_error(self.name()))
     }
 
     /// The state the loss carries across steps, for checkpoints: [`RecallCe`] with a moving
@@ -292,8 +285,9 @@ pub struct LossContext {
     /// Pixel count of each class over the training split (needed by [`WeightedCe`] and
     /// [`BalancedCe`]).
     pub class_pixel_counts: Option<Vec<u64>>,
-    /// Optional static per-class weights, applied by every loss on top of its own weighting.
-    pub class_weights: Option<Vec<f32>>,
+    /// Optional static per-class weights, applied by every loss on top of its own weighting
+    /// (kept in `f64`: exact for `f64` logits, rounded to `f32` for the others).
+    pub class_weights: Option<Vec<f64>>,
     /// Which implementation every built loss uses ([`Kernel::Auto`] by default), as
     /// [`LossBuilder::with_kernel`] sets it on a loss built directly.
     pub kernel: Kernel,
@@ -331,7 +325,7 @@ impl LossContext {
     }
 
     /// Sets static per-class weights.
-    pub fn with_class_weights(mut self, weights: Vec<f32>) -> Self {
+    pub fn with_class_weights(mut self, weights: Vec<f64>) -> Self {
         self.class_weights = Some(weights);
         self
     }
@@ -359,7 +353,7 @@ impl LossContext {
 }
 
 /// Checks a static weight vector: length `n_classes`, finite, non-negative.
-pub(crate) fn check_weights(w: &[f32], n_classes: usize) -> Result<(), LossError> {
+pub(crate) fn check_weights(w: &[f64], n_classes: usize) -> Result<(), LossError> {
     if w.len() != n_classes {
         return Err(LossError::ClassCountMismatch {
             what: "class_weights",

@@ -29,10 +29,22 @@ pub(crate) fn lovasz_grad(fg_sorted: impl Iterator<Item = bool>, gts: f64, out: 
     }
 }
 
+/// Which classes the Lovász-Softmax loss averages over (smp's `classes = "present"` or
+/// `"all"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LovaszClasses {
+    /// The classes present in the valid target (of the batch, or of the image with
+    /// [`Lovasz::with_per_image`]); the authors' and smp's default.
+    #[default]
+    Present,
+    /// Every class, an absent one contributing its (false-positive) term too.
+    All,
+}
+
 /// Lovász-Softmax: a convex surrogate of `1 - IoU` per class, over the batch.
 ///
 /// For each class `c` (classes present in the batch's valid target by default, all classes
-/// with `present_only = false`), the errors `e_i = |t_{i,c} - p_{i,c}|` of the valid pixels are
+/// with [`LovaszClasses::All`]), the errors `e_i = |t_{i,c} - p_{i,c}|` of the valid pixels are
 /// sorted in decreasing order and
 ///
 /// ```text
@@ -65,11 +77,12 @@ pub struct Lovasz {
 }
 
 impl Lovasz {
-    /// Lovász-Softmax over `n_classes` classes, averaging over present classes only or all.
-    pub fn new(n_classes: usize, present_only: bool) -> Self {
+    /// Lovász-Softmax over `n_classes` classes, averaged over the classes present in the batch
+    /// ([`Lovasz::with_classes`] changes that), per batch.
+    pub fn new(n_classes: usize) -> Self {
         Self {
             opts: LossOptions::new(n_classes),
-            present_only,
+            present_only: true,
             per_image: false,
             last_kernel: None,
             step: None,
@@ -81,6 +94,21 @@ impl Lovasz {
     pub fn with_per_image(mut self, per_image: bool) -> Self {
         self.per_image = per_image;
         self
+    }
+
+    /// Which classes the loss averages over (default [`LovaszClasses::Present`]).
+    pub fn with_classes(mut self, classes: LovaszClasses) -> Self {
+        self.present_only = classes == LovaszClasses::Present;
+        self
+    }
+
+    /// Which classes the loss averages over.
+    pub fn classes(&self) -> LovaszClasses {
+        if self.present_only {
+            LovaszClasses::Present
+        } else {
+            LovaszClasses::All
+        }
     }
 
     /// Whether the loss is computed per image.
@@ -115,7 +143,7 @@ impl Lovasz {
             .to_dtype(DType::F64)?
             .flatten_all()?
             .to_vec1::<f64>()?;
-        let s = self.opts.static_f64();
+        let s = self.opts.static_weights(dtype);
         let mut wmap = vec![0.0f64; n * c * hw];
         let mut g = Vec::new();
         // One group of pixels per image (per_image) or the whole batch; groups are averaged.
@@ -199,7 +227,7 @@ impl Engine for Lovasz {
             let op = FusedLovasz {
                 n_classes: self.opts.n_classes(),
                 ignore_index: self.opts.ignore_index(),
-                static_w: self.opts.static_f64(),
+                static_w: self.opts.static_weights(DType::F32),
                 present_only: self.present_only,
                 per_image: self.per_image,
                 dldp: Default::default(),
@@ -215,7 +243,7 @@ impl Engine for Lovasz {
 
     /// The static class weights if any were given; Lovász has no dynamic per-class weights.
     fn last_class_weights(&self) -> Option<Vec<f32>> {
-        self.opts.class_weights().map(<[f32]>::to_vec)
+        self.opts.class_weights_f32()
     }
 
     fn last_kernel(&self) -> Option<Kernel> {
@@ -238,7 +266,7 @@ impl Engine for Lovasz {
 
     fn shard_statistics(&self, logits: &Tensor, target: &Tensor) -> Result<ShardStatistics> {
         if !self.per_image {
-            return Err(per_shard_error("lovasz"));
+            return Err(per_shard_error("lovasz").into_candle());
         }
         ImageMeanStep::statistics(
             logits,
@@ -250,7 +278,7 @@ impl Engine for Lovasz {
 
     fn prepare_step(&mut self, batch: &ShardStatistics) -> Result<()> {
         if !self.per_image {
-            return Err(per_shard_error("lovasz"));
+            return Err(per_shard_error("lovasz").into_candle());
         }
         self.step = Some(ImageMeanStep::from_statistics("lovasz", batch)?);
         Ok(())
@@ -258,13 +286,13 @@ impl Engine for Lovasz {
 
     fn forward_shard(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
         if !self.per_image {
-            return Err(per_shard_error("lovasz"));
+            return Err(per_shard_error("lovasz").into_candle());
         }
         let Some(step) = self.step else {
-            return Err(candle_core::Error::Msg(
-                "loss lovasz: forward_shard needs the step's statistics first (prepare_step)"
-                    .into(),
-            ));
+            return Err(crate::LossError::StepNotPrepared {
+                loss: "lovasz".into(),
+            }
+            .into_candle());
         };
         let (n_s, _, _, _) = crate::input::check_inputs(logits, target, self.opts.n_classes())?;
         // An image without valid pixels counts 0, as in `forward`.

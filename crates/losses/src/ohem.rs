@@ -24,12 +24,35 @@ pub struct Ohem {
 }
 
 impl Ohem {
-    /// OHEM over `n_classes` classes with the given selection.
-    pub fn new(n_classes: usize, selection: OhemSelection) -> Result<Self, LossError> {
+    /// The paper's selection: the hardest 70 % of the valid pixels.
+    pub const DEFAULT_SELECTION: OhemSelection = OhemSelection::KeepRatio(0.7);
+
+    /// OHEM over `n_classes` classes keeping the hardest 70 % of the valid pixels
+    /// ([`Ohem::with_selection`] changes the rule).
+    pub fn new(n_classes: usize) -> Self {
+        Self {
+            engine: CeEngine::new(
+                "ohem",
+                LossOptions::new(n_classes),
+                CeMode::Ohem(Self::DEFAULT_SELECTION),
+            ),
+        }
+    }
+
+    /// Sets which pixels are kept ([`OhemSelection`]: a ratio, exactly `k` pixels, a
+    /// probability threshold, or mmsegmentation's sampler); its parameter is checked.
+    pub fn with_selection(mut self, selection: OhemSelection) -> Result<Self, LossError> {
         selection.validate()?;
-        Ok(Self {
-            engine: CeEngine::new("ohem", LossOptions::new(n_classes), CeMode::Ohem(selection)),
-        })
+        self.engine.mode = CeMode::Ohem(selection);
+        Ok(self)
+    }
+
+    /// The selection rule.
+    pub fn selection(&self) -> OhemSelection {
+        match self.engine.mode {
+            CeMode::Ohem(s) => s,
+            _ => Self::DEFAULT_SELECTION,
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! Which pixels OHEM keeps: [`OhemSelection`] (a ratio of the hardest valid pixels or a
-//! probability threshold) and the selection itself, shared by both implementations of
+//! Which pixels OHEM keeps: [`OhemSelection`] (a ratio or a number of the hardest valid pixels,
+//! or a probability threshold) and the selection itself, shared by both implementations of
 //! [`crate::Ohem`].
 
 use crate::LossError;
@@ -11,6 +11,10 @@ pub enum OhemSelection {
     /// Ties at the cut are broken by pixel order (first pixels kept), so exactly that many are
     /// kept.
     KeepRatio(f64),
+    /// Keep exactly `k` valid pixels, those with the largest cross entropy (all of them when the
+    /// batch has fewer than `k`), ties at the cut broken by pixel order; the loss is their
+    /// (static-weighted) mean. `k >= 1`.
+    KeepCount(usize),
     /// Keep the valid pixels whose ground-truth probability is below `τ`, i.e. whose cross
     /// entropy exceeds `-ln τ` (mmseg's selection with `min_kept = 0`, normalised over the kept
     /// pixels).
@@ -33,9 +37,18 @@ pub enum OhemSelection {
 }
 
 impl OhemSelection {
-    /// Checks the parameter: ratio in `(0, 1]`, threshold in `(0, 1]`.
+    /// Checks the parameter: ratio in `(0, 1]`, threshold in `(0, 1]`, counts `>= 1`.
     pub fn validate(&self) -> Result<(), LossError> {
         let (field, v) = match *self {
+            OhemSelection::KeepCount(0) => {
+                return Err(LossError::InvalidParameter {
+                    loss: "ohem",
+                    field: "keep_count",
+                    value: "0".into(),
+                    reason: "at least one pixel must be kept".into(),
+                })
+            }
+            OhemSelection::KeepCount(_) => return Ok(()),
             OhemSelection::KeepRatio(r) => ("keep_ratio", r),
             OhemSelection::Threshold(t) => ("threshold", t),
             OhemSelection::Mmseg {
@@ -132,6 +145,10 @@ pub(crate) fn ohem_keep(ce: &[f32], sel: OhemSelection, n_images: usize) -> Vec<
         OhemSelection::KeepRatio(r) => {
             let n_valid = ce.iter().filter(|v| **v != f32::NEG_INFINITY).count();
             keep_top(ce, ((r * n_valid as f64).ceil() as usize).min(n_valid))
+        }
+        OhemSelection::KeepCount(k) => {
+            let n_valid = ce.iter().filter(|v| **v != f32::NEG_INFINITY).count();
+            keep_top(ce, k.min(n_valid))
         }
     }
 }

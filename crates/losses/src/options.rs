@@ -10,7 +10,7 @@ use candle_core::{Result, Tensor};
 pub struct LossOptions {
     n_classes: usize,
     ignore_index: u32,
-    class_weights: Option<Vec<f32>>,
+    class_weights: Option<Vec<f64>>,
     kernel: Kernel,
 }
 
@@ -32,8 +32,10 @@ impl LossOptions {
     }
 
     /// Multiplies static per-class weights `s_c` (one per class, finite, `>= 0`) onto the ones
-    /// already set (WeightedCE's and BalancedCE's frequency weights, or none).
-    pub fn with_class_weights(mut self, weights: Vec<f32>) -> std::result::Result<Self, LossError> {
+    /// already set (WeightedCE's and BalancedCE's frequency weights, or none). Kept in `f64`:
+    /// an `f64` loss uses them as given, an `f32` one rounded to `f32` (see
+    /// [`LossOptions::static_weights`]).
+    pub fn with_class_weights(mut self, weights: Vec<f64>) -> std::result::Result<Self, LossError> {
         self.multiply_class_weights(weights)?;
         Ok(self)
     }
@@ -54,8 +56,8 @@ impl LossOptions {
         self.ignore_index
     }
 
-    /// The static per-class weights, if any.
-    pub fn class_weights(&self) -> Option<&[f32]> {
+    /// The static per-class weights, if any, as given.
+    pub fn class_weights(&self) -> Option<&[f64]> {
         self.class_weights.as_deref()
     }
 
@@ -66,7 +68,7 @@ impl LossOptions {
 
     /// Checks `weights` (one per class, finite, `>= 0`) and multiplies them onto the class
     /// weights.
-    fn multiply_class_weights(&mut self, weights: Vec<f32>) -> std::result::Result<(), LossError> {
+    fn multiply_class_weights(&mut self, weights: Vec<f64>) -> std::result::Result<(), LossError> {
         crate::check_weights(&weights, self.n_classes)?;
         self.class_weights = Some(match self.class_weights.take() {
             Some(e) => e.iter().zip(&weights).map(|(a, b)| a * b).collect(),
@@ -75,12 +77,31 @@ impl LossOptions {
         Ok(())
     }
 
-    /// Static weights as `f64`, ones when none were given.
-    pub(crate) fn static_f64(&self) -> Vec<f64> {
+    /// The static weights a loss computing in `dtype` applies, ones when none were given: as
+    /// given for `f64` logits, rounded to `f32` for the others (which compute in `f32`), so a
+    /// parameter has the precision of the arithmetic it enters.
+    pub fn static_weights(&self, dtype: candle_core::DType) -> Vec<f64> {
         match &self.class_weights {
-            Some(w) => w.iter().map(|&v| v as f64).collect(),
+            Some(w) => w.iter().map(|&v| at_precision(v, dtype)).collect(),
             None => vec![1.0; self.n_classes],
         }
+    }
+
+    /// The static weights as `f32` (what [`crate::SegLoss::last_class_weights`] reports).
+    pub(crate) fn class_weights_f32(&self) -> Option<Vec<f32>> {
+        self.class_weights
+            .as_ref()
+            .map(|w| w.iter().map(|&v| v as f32).collect())
+    }
+}
+
+/// A parameter `v` at the precision of arithmetic in `dtype`: unchanged for `f64`, rounded to
+/// `f32` otherwise (`f16`/`bf16` logits are computed in `f32`).
+pub(crate) fn at_precision(v: f64, dtype: candle_core::DType) -> f64 {
+    if dtype == candle_core::DType::F64 {
+        v
+    } else {
+        v as f32 as f64
     }
 }
 
@@ -102,7 +123,10 @@ pub trait LossBuilder: Sized {
     /// any the loss already has (WeightedCE's, BalancedCE's). The cross-entropy family becomes a
     /// weighted mean normalised by `Σ_{valid n} s_{y_n}`; the region losses and Lovász weight
     /// their per-class terms, `Σ_c s_c L_c / Σ_c s_c`.
-    fn with_class_weights(mut self, weights: Vec<f32>) -> std::result::Result<Self, LossError> {
+    ///
+    /// The weights keep the precision given: an `f64` loss applies them exactly, an `f32` one
+    /// rounded to `f32`.
+    fn with_class_weights(mut self, weights: Vec<f64>) -> std::result::Result<Self, LossError> {
         self.options_mut().multiply_class_weights(weights)?;
         Ok(self)
     }
@@ -137,8 +161,8 @@ pub trait LossBuilder: Sized {
         self.options().n_classes
     }
 
-    /// The static per-class weights, if any.
-    fn class_weights(&self) -> Option<&[f32]> {
+    /// The static per-class weights, if any, as given.
+    fn class_weights(&self) -> Option<&[f64]> {
         self.options().class_weights()
     }
 }
@@ -174,25 +198,25 @@ pub(crate) trait Engine: Send {
     /// See [`SegLoss::shard_statistics`].
     fn shard_statistics(&self, logits: &Tensor, target: &Tensor) -> Result<ShardStatistics> {
         let _ = (logits, target);
-        Err(per_shard_error(self.name()))
+        Err(per_shard_error(self.name()).into_candle())
     }
     /// See [`SegLoss::prepare_step`].
     fn prepare_step(&mut self, batch: &ShardStatistics) -> Result<()> {
         let _ = batch;
-        Err(per_shard_error(self.name()))
+        Err(per_shard_error(self.name()).into_candle())
     }
     /// See [`SegLoss::forward_shard`]: the share's scalar.
     fn forward_shard(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
         let _ = (logits, target);
-        Err(per_shard_error(self.name()))
+        Err(per_shard_error(self.name()).into_candle())
     }
 }
 
 /// The error of the sharding calls on a [`Sharding::PerShard`] loss.
-pub(crate) fn per_shard_error(name: &str) -> candle_core::Error {
-    candle_core::Error::Msg(format!(
-        "loss {name} has no shard statistics (it is per shard)"
-    ))
+pub(crate) fn per_shard_error(name: &str) -> LossError {
+    LossError::NoShardStatistics {
+        loss: name.to_string(),
+    }
 }
 
 /// A loss type that is its engine plus its own constructors: it gets [`SegLoss`] and
@@ -204,8 +228,8 @@ pub(crate) trait EngineLoss: Send {
 }
 
 impl<T: EngineLoss> SegLoss for T {
-    fn forward(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-        self.engine_mut().forward(logits, target)
+    fn forward(&mut self, logits: &Tensor, target: &Tensor) -> crate::Result<Tensor> {
+        Ok(self.engine_mut().forward(logits, target)?)
     }
 
     fn name(&self) -> &str {
@@ -232,15 +256,19 @@ impl<T: EngineLoss> SegLoss for T {
         self.engine().sharding()
     }
 
-    fn shard_statistics(&self, logits: &Tensor, target: &Tensor) -> Result<ShardStatistics> {
-        self.engine().shard_statistics(logits, target)
+    fn shard_statistics(&self, logits: &Tensor, target: &Tensor) -> crate::Result<ShardStatistics> {
+        Ok(self.engine().shard_statistics(logits, target)?)
     }
 
-    fn prepare_step(&mut self, batch: &ShardStatistics) -> Result<()> {
-        self.engine_mut().prepare_step(batch)
+    fn prepare_step(&mut self, batch: &ShardStatistics) -> crate::Result<()> {
+        Ok(self.engine_mut().prepare_step(batch)?)
     }
 
-    fn forward_shard(&mut self, logits: &Tensor, target: &Tensor) -> Result<crate::LossOutput> {
+    fn forward_shard(
+        &mut self,
+        logits: &Tensor,
+        target: &Tensor,
+    ) -> crate::Result<crate::LossOutput> {
         let loss = self.engine_mut().forward_shard(logits, target)?;
         Ok(crate::LossOutput {
             loss,

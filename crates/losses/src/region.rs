@@ -131,9 +131,9 @@ impl RegionEngine {
         Ok(())
     }
 
-    /// The static weights times the `classes` mask.
-    pub(crate) fn effective_static(&self) -> Vec<f64> {
-        let mut s = self.opts.static_f64();
+    /// The static weights (at the precision of `dtype`) times the `classes` mask.
+    pub(crate) fn effective_static(&self, dtype: candle_core::DType) -> Vec<f64> {
+        let mut s = self.opts.static_weights(dtype);
         if let Some(cl) = &self.classes {
             let mut mask = vec![0.0; s.len()];
             cl.iter().for_each(|&k| mask[k] = 1.0);
@@ -176,7 +176,7 @@ impl RegionEngine {
             let op = FusedRegion {
                 n_classes: self.opts.n_classes(),
                 ignore_index: self.opts.ignore_index(),
-                static_w: self.effective_static(),
+                static_w: self.effective_static(candle_core::DType::F32),
                 kind: self.kind,
                 ro: self.ro,
                 coef: Default::default(),
@@ -228,7 +228,7 @@ impl RegionEngine {
             )
         };
         let groups = i.dim(0)?;
-        let s = self.effective_static();
+        let s = self.effective_static(dtype);
         let ssum: f64 = s.iter().sum();
         match self.kind {
             RegionKind::SoftIou => {
@@ -297,7 +297,7 @@ impl Engine for RegionEngine {
     /// The static class weights if any were given; region losses have no per-class dynamic
     /// weights.
     fn last_class_weights(&self) -> Option<Vec<f32>> {
-        self.opts.class_weights().map(<[f32]>::to_vec)
+        self.opts.class_weights_f32()
     }
 
     fn last_kernel(&self) -> Option<Kernel> {

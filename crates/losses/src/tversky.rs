@@ -28,9 +28,29 @@ impl Tversky {
     /// overflow into NaN (and the fused and portable paths disagree); useful values are around 1.
     pub const MAX_WEIGHT: f64 = 1e6;
 
-    /// Tversky loss over `n_classes` classes with false-positive weight `alpha` and
-    /// false-negative weight `beta` (both in `[0, MAX_WEIGHT]`, not both 0).
-    pub fn new(n_classes: usize, alpha: f64, beta: f64) -> Result<Self, LossError> {
+    /// The default false-positive weight (Salehi et al. 2017, [`crate::LossConfig`]'s default).
+    pub const DEFAULT_ALPHA: f64 = 0.3;
+    /// The default false-negative weight.
+    pub const DEFAULT_BETA: f64 = 0.7;
+
+    /// Tversky loss over `n_classes` classes with `α = 0.3, β = 0.7`
+    /// ([`Tversky::with_alpha_beta`] changes them).
+    pub fn new(n_classes: usize) -> Self {
+        Self {
+            engine: RegionEngine::new(
+                "tversky",
+                n_classes,
+                RegionKind::Tversky {
+                    alpha: Self::DEFAULT_ALPHA,
+                    beta: Self::DEFAULT_BETA,
+                },
+            ),
+        }
+    }
+
+    /// Sets the false-positive weight `alpha` and the false-negative weight `beta` (both in
+    /// `[0, MAX_WEIGHT]`, not both 0; `α = β = 0.5` is Dice).
+    pub fn with_alpha_beta(mut self, alpha: f64, beta: f64) -> Result<Self, LossError> {
         for (field, v) in [("alpha", alpha), ("beta", beta)] {
             if !(v.is_finite() && (0.0..=Self::MAX_WEIGHT).contains(&v)) {
                 return Err(LossError::InvalidParameter {
@@ -49,9 +69,8 @@ impl Tversky {
                 reason: "alpha + beta must be > 0".into(),
             });
         }
-        Ok(Self {
-            engine: RegionEngine::new("tversky", n_classes, RegionKind::Tversky { alpha, beta }),
-        })
+        self.engine.kind = RegionKind::Tversky { alpha, beta };
+        Ok(self)
     }
 }
 

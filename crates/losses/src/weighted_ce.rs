@@ -39,10 +39,15 @@ impl WeightedCe {
             WeightMode::InverseFrequency => inverse_frequency(counts)?,
             WeightMode::MedianFrequency => median_frequency(counts)?,
         };
-        Self::from_weights(w, "weighted_ce")
+        Self::from_weights(w)
     }
 
-    fn from_weights(w: Vec<f32>, name: &'static str) -> Result<Self, LossError> {
+    /// Weighted CE with explicit per-class weights `w_c` (one per class, finite, `>= 0`; e.g.
+    /// from [`crate::class_weights`] or a paper's table), kept in `f64`. Same loss as
+    /// [`crate::CrossEntropy`] with [`crate::LossBuilder::with_class_weights`], under this name,
+    /// reporting `w` as its class weights.
+    pub fn from_weights(w: Vec<f64>) -> Result<Self, LossError> {
+        let name = "weighted_ce";
         Ok(Self {
             engine: CeEngine::new(
                 name,

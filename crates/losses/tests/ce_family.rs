@@ -23,7 +23,7 @@ fn inputs(seed: u64) -> (Tensor, Tensor) {
 type Make = Box<dyn Fn(Kernel) -> Box<dyn SegLoss>>;
 
 fn all_losses() -> Vec<(&'static str, Make)> {
-    let w = vec![0.5f32, 2.0, 1.0, 3.0];
+    let w = vec![0.5f64, 2.0, 1.0, 3.0];
     vec![
         (
             "ce",
@@ -70,21 +70,22 @@ fn all_losses() -> Vec<(&'static str, Make)> {
         ),
         (
             "focal_g1",
-            Box::new(|k| Box::new(Focal::new(4, 1.0).unwrap().with_kernel(k))),
+            Box::new(|k| Box::new(Focal::new(4).with_gamma(1.0).unwrap().with_kernel(k))),
         ),
         (
             "focal_g2",
-            Box::new(|k| Box::new(Focal::new(4, 2.0).unwrap().with_kernel(k))),
+            Box::new(|k| Box::new(Focal::new(4).with_gamma(2.0).unwrap().with_kernel(k))),
         ),
         (
             "focal_g0.5",
-            Box::new(|k| Box::new(Focal::new(4, 0.5).unwrap().with_kernel(k))),
+            Box::new(|k| Box::new(Focal::new(4).with_gamma(0.5).unwrap().with_kernel(k))),
         ),
         (
             "ohem_ratio",
             Box::new(|k| {
                 Box::new(
-                    Ohem::new(4, OhemSelection::KeepRatio(0.7))
+                    Ohem::new(4)
+                        .with_selection(OhemSelection::KeepRatio(0.7))
                         .unwrap()
                         .with_kernel(k),
                 )
@@ -94,7 +95,8 @@ fn all_losses() -> Vec<(&'static str, Make)> {
             "ohem_threshold",
             Box::new(|k| {
                 Box::new(
-                    Ohem::new(4, OhemSelection::Threshold(0.5))
+                    Ohem::new(4)
+                        .with_selection(OhemSelection::Threshold(0.5))
                         .unwrap()
                         .with_kernel(k),
                 )
@@ -158,7 +160,8 @@ fn fused_kernel_matches_portable_path() {
         check_fused_matches_portable(
             &|k| {
                 Box::new(
-                    Ohem::new(5, OhemSelection::KeepRatio(0.3))
+                    Ohem::new(5)
+                        .with_selection(OhemSelection::KeepRatio(0.3))
                         .unwrap()
                         .with_kernel(k),
                 )
@@ -303,16 +306,10 @@ fn recall_is_cross_entropy_weighted_by_false_negative_rate() {
     }
     assert!(weights[3].is_nan(), "absent class reported as NaN");
     // And it equals CE with static weights 1 - r_c in PyTorch's normalisation times Σw/N.
-    let wts: Vec<f32> = (0..4)
-        .map(|k| {
-            if k < 3 {
-                (1.0 - tp[k] / cnt[k]) as f32
-            } else {
-                0.0
-            }
-        })
+    let wts: Vec<f64> = (0..4)
+        .map(|k| if k < 3 { 1.0 - tp[k] / cnt[k] } else { 0.0 })
         .collect();
-    let sw: f64 = (0..3).map(|k| wts[k] as f64 * cnt[k]).sum();
+    let sw: f64 = (0..3).map(|k| wts[k] * cnt[k]).sum();
     let wce = scalar(
         &CrossEntropy::new(4)
             .with_class_weights(wts)
@@ -398,7 +395,7 @@ fn focal_by_hand() {
     let p1 = 0.5f64;
     let p2 = 2f64.exp() / (1.0 + 2f64.exp());
     for k in [Kernel::Portable, Kernel::Fused] {
-        let mut f = Focal::new(2, 2.0).unwrap().with_kernel(k);
+        let mut f = Focal::new(2).with_gamma(2.0).unwrap().with_kernel(k);
         let v = scalar(&f.forward(&x, &t).unwrap());
         let want = ((1.0 - p1).powi(2) * -p1.ln() + (1.0 - p2).powi(2) * -p2.ln()) / 2.0;
         assert!((v - want).abs() < 1e-6, "{v} vs {want}");
@@ -408,7 +405,13 @@ fn focal_by_hand() {
     }
     // γ = 0 is cross entropy.
     let (x, t) = inputs(12);
-    let a = scalar(&Focal::new(4, 0.0).unwrap().forward(&x, &t).unwrap());
+    let a = scalar(
+        &Focal::new(4)
+            .with_gamma(0.0)
+            .unwrap()
+            .forward(&x, &t)
+            .unwrap(),
+    );
     let b = scalar(&CrossEntropy::new(4).forward(&x, &t).unwrap());
     assert!((a - b).abs() < 1e-12);
 }
@@ -426,21 +429,27 @@ fn ohem_by_hand() {
     let t = Tensor::new(&[[[0u8, 0, 0, 0, 255]]], &dev).unwrap();
     let ce = |z: f64| (1.0 + (-z).exp()).ln();
     for k in [Kernel::Portable, Kernel::Fused] {
-        let mut o = Ohem::new(2, OhemSelection::KeepRatio(0.5))
+        let mut o = Ohem::new(2)
+            .with_selection(OhemSelection::KeepRatio(0.5))
             .unwrap()
             .with_kernel(k);
         let v = scalar(&o.forward(&x, &t).unwrap());
         assert!((v - (ce(0.0) + ce(-1.0)) / 2.0).abs() < 1e-6);
         assert_eq!(o.last_class_weights().unwrap()[0], 0.5);
         // Threshold 0.6: keep p < 0.6, i.e. the pixels with z = 0 (p = 0.5) and -1.
-        let mut o = Ohem::new(2, OhemSelection::Threshold(0.6))
+        let mut o = Ohem::new(2)
+            .with_selection(OhemSelection::Threshold(0.6))
             .unwrap()
             .with_kernel(k);
         let v = scalar(&o.forward(&x, &t).unwrap());
         assert!((v - (ce(0.0) + ce(-1.0)) / 2.0).abs() < 1e-6);
     }
-    assert!(Ohem::new(2, OhemSelection::KeepRatio(0.0)).is_err());
-    assert!(Ohem::new(2, OhemSelection::Threshold(1.5)).is_err());
+    assert!(Ohem::new(2)
+        .with_selection(OhemSelection::KeepRatio(0.0))
+        .is_err());
+    assert!(Ohem::new(2)
+        .with_selection(OhemSelection::Threshold(1.5))
+        .is_err());
 }
 
 /// Ignored pixels contribute nothing: changing their logits changes neither loss nor gradient,
@@ -557,7 +566,7 @@ fn bad_inputs_are_clear_errors() {
     assert!(CrossEntropy::new(4)
         .with_class_weights(vec![1.0, -1.0, 1.0, 1.0])
         .is_err());
-    assert!(Focal::new(4, -1.0).is_err());
+    assert!(Focal::new(4).with_gamma(-1.0).is_err());
 }
 
 /// An ignore index inside the class range masks that class.

@@ -64,6 +64,7 @@ fn defaults_follow_the_paper() {
         c,
         LossConfig::Ohem {
             keep_ratio: None,
+            keep_count: None,
             threshold: None,
             min_kept: None,
             avg_non_ignore: None
@@ -120,6 +121,7 @@ fn serde_round_trip_and_errors() {
         },
         LossConfig::Ohem {
             keep_ratio: None,
+            keep_count: None,
             threshold: Some(0.7),
             min_kept: None,
             avg_non_ignore: None,
@@ -163,18 +165,21 @@ fn validation() {
         },
         LossConfig::Ohem {
             keep_ratio: Some(0.0),
+            keep_count: None,
             threshold: None,
             min_kept: None,
             avg_non_ignore: None,
         },
         LossConfig::Ohem {
             keep_ratio: Some(0.5),
+            keep_count: None,
             threshold: Some(0.5),
             min_kept: None,
             avg_non_ignore: None,
         },
         LossConfig::Ohem {
             keep_ratio: None,
+            keep_count: None,
             threshold: Some(2.0),
             min_kept: None,
             avg_non_ignore: None,
@@ -263,7 +268,7 @@ fn building_needs_the_right_context() {
     assert_eq!(e, LossError::NoClasses);
     let e = LossConfig::from_name("ce")
         .unwrap()
-        .build(&ctx.clone().with_class_weights(vec![1.0, f32::NAN, 1.0]))
+        .build(&ctx.clone().with_class_weights(vec![1.0, f64::NAN, 1.0]))
         .err()
         .unwrap();
     assert!(matches!(e, LossError::InvalidClassWeight { index: 1, .. }));
@@ -304,7 +309,7 @@ fn every_loss_builds_and_runs() {
     wce.forward(&x, &t).unwrap();
     let w = wce.last_class_weights().unwrap();
     let inv = recallseg_losses::class_weights::inverse_frequency(&[100, 10, 1]).unwrap();
-    assert_eq!(w, vec![2.0 * inv[0], inv[1], 0.0]);
+    assert_eq!(w, vec![(2.0 * inv[0]) as f32, inv[1] as f32, 0.0]);
     // Unweighted CE reports nothing.
     let mut ce = LossConfig::from_name("ce").unwrap().build(&ctx).unwrap();
     ce.forward(&x, &t).unwrap();
@@ -331,7 +336,7 @@ fn the_functions_equal_the_loss_objects() {
         f.to_scalar::<f32>().unwrap().to_bits(),
         o.to_scalar::<f32>().unwrap().to_bits()
     );
-    assert_eq!(l.class_weights(), Some(&[1.0f32, 2.0, 0.5][..]));
+    assert_eq!(l.class_weights(), Some(&[1.0f64, 2.0, 0.5][..]));
     // A class count that does not match is an error, not a silent mix.
     assert!(RecallCe::new(4).with_options(&opts).is_err());
     assert!(functional::focal(&logits, &target, -1.0, &opts).is_err());

@@ -19,6 +19,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use recallseg_losses::LossBuilder;
+use recallseg_losses::LovaszClasses;
 use recallseg_losses::{
     BalancedCe, CrossEntropy, Dice, Focal, Kernel, Lovasz, Ohem, OhemSelection, PrecisionCe,
     RecallCe, SegLoss, SoftIou, Tversky, WeightMode, WeightedCe,
@@ -46,7 +47,7 @@ const LOSSES: [&str; 16] = [
 ];
 
 /// Loss `name` over `c` classes with `kernel`, and static class weights `w` if given.
-fn build(name: &str, c: usize, kernel: Kernel, w: Option<Vec<f32>>) -> Box<dyn SegLoss> {
+fn build(name: &str, c: usize, kernel: Kernel, w: Option<Vec<f64>>) -> Box<dyn SegLoss> {
     macro_rules! fin {
         ($l:expr) => {{
             let l = $l.with_kernel(kernel);
@@ -60,7 +61,7 @@ fn build(name: &str, c: usize, kernel: Kernel, w: Option<Vec<f32>>) -> Box<dyn S
     match name {
         "cross_entropy" => fin!(CrossEntropy::new(c)),
         "cross_entropy_weighted" => {
-            let s = (0..c).map(|k| 0.5 + k as f32).collect();
+            let s = (0..c).map(|k| 0.5 + k as f64).collect();
             fin!(CrossEntropy::new(c).with_class_weights(s).unwrap())
         }
         "weighted_ce" => {
@@ -70,15 +71,19 @@ fn build(name: &str, c: usize, kernel: Kernel, w: Option<Vec<f32>>) -> Box<dyn S
         "recall_ce" => fin!(RecallCe::new(c)),
         "recall_ce_ema" => fin!(RecallCe::new(c).with_ema(0.5).unwrap()),
         "precision_ce" => fin!(PrecisionCe::new(c)),
-        "focal" => fin!(Focal::new(c, 1.0).unwrap()),
-        "focal_g2" => fin!(Focal::new(c, 2.0).unwrap()),
-        "ohem" => fin!(Ohem::new(c, OhemSelection::KeepRatio(0.7)).unwrap()),
-        "ohem_threshold" => fin!(Ohem::new(c, OhemSelection::Threshold(0.9)).unwrap()),
+        "focal" => fin!(Focal::new(c).with_gamma(1.0).unwrap()),
+        "focal_g2" => fin!(Focal::new(c).with_gamma(2.0).unwrap()),
+        "ohem" => fin!(Ohem::new(c)
+            .with_selection(OhemSelection::KeepRatio(0.7))
+            .unwrap()),
+        "ohem_threshold" => fin!(Ohem::new(c)
+            .with_selection(OhemSelection::Threshold(0.9))
+            .unwrap()),
         "soft_iou" => fin!(SoftIou::new(c)),
         "dice" => fin!(Dice::new(c)),
-        "tversky" => fin!(Tversky::new(c, 0.3, 0.7).unwrap()),
-        "lovasz" => fin!(Lovasz::new(c, true)),
-        "lovasz_all" => fin!(Lovasz::new(c, false)),
+        "tversky" => fin!(Tversky::new(c).with_alpha_beta(0.3, 0.7).unwrap()),
+        "lovasz" => fin!(Lovasz::new(c)),
+        "lovasz_all" => fin!(Lovasz::new(c).with_classes(LovaszClasses::All)),
         _ => unreachable!("{name}"),
     }
 }
@@ -193,7 +198,7 @@ fn logits_from(
 }
 
 /// The table: (case name, batch, static weights, expectation).
-fn cases() -> Vec<(String, Batch, Option<Vec<f32>>, Expect)> {
+fn cases() -> Vec<(String, Batch, Option<Vec<f64>>, Expect)> {
     let mut out = Vec::new();
     // No pixel at all.
     for dims in [(0, 3, 2, 2), (2, 3, 0, 2), (1, 3, 2, 0)] {
@@ -625,10 +630,13 @@ fn bad_inputs_are_errors_naming_the_value() {
 #[test]
 fn absurd_tversky_weights_are_refused() {
     use recallseg_losses::{LossConfig, LossContext, Tversky};
-    let e = Tversky::new(4, 1e200, 0.5).unwrap_err().to_string();
+    let e = Tversky::new(4)
+        .with_alpha_beta(1e200, 0.5)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("alpha") && e.contains("1000000"), "{e}");
-    assert!(Tversky::new(4, 0.5, 2e6).is_err());
-    assert!(Tversky::new(4, 0.3, 0.7).is_ok());
+    assert!(Tversky::new(4).with_alpha_beta(0.5, 2e6).is_err());
+    assert!(Tversky::new(4).with_alpha_beta(0.3, 0.7).is_ok());
     let cfg: LossConfig = toml::from_str("name = \"tversky\"\nalpha = 1e300\nbeta = 0.5").unwrap();
     let e = match cfg.build(&LossContext::new(4)) {
         Err(e) => e.to_string(),

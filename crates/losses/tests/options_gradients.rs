@@ -5,6 +5,7 @@
 mod common;
 
 use common::{check_fused_matches_portable, check_gradient, labels, logits};
+use recallseg_losses::LovaszClasses;
 use recallseg_losses::{
     CrossEntropy, Dice, Focal, Jaccard, Kernel, LossBuilder, LossConfig, LossContext, Lovasz, Ohem,
     OhemSelection, RecallCe, RecallVariant, SegLoss, Tversky,
@@ -62,27 +63,33 @@ fn fused_kernels_cover_the_new_options() {
     let makers: Vec<Make> = vec![
         Box::new(|k| {
             Box::new(
-                Focal::new(4, 2.0)
+                Focal::new(4)
+                    .with_gamma(2.0)
                     .unwrap()
                     .with_alpha(vec![0.1, 0.5, 1.0, 2.0])
                     .unwrap()
                     .with_kernel(k),
             )
         }),
-        Box::new(|k| Box::new(Lovasz::new(4, true).with_per_image(true).with_kernel(k))),
-        Box::new(|k| Box::new(Lovasz::new(4, false).with_per_image(true).with_kernel(k))),
+        Box::new(|k| Box::new(Lovasz::new(4).with_per_image(true).with_kernel(k))),
         Box::new(|k| {
             Box::new(
-                Ohem::new(
-                    4,
-                    OhemSelection::Mmseg {
+                Lovasz::new(4)
+                    .with_classes(LovaszClasses::All)
+                    .with_per_image(true)
+                    .with_kernel(k),
+            )
+        }),
+        Box::new(|k| {
+            Box::new(
+                Ohem::new(4)
+                    .with_selection(OhemSelection::Mmseg {
                         threshold: Some(0.7),
                         min_kept: 5,
                         avg_non_ignore: false,
-                    },
-                )
-                .unwrap()
-                .with_kernel(k),
+                    })
+                    .unwrap()
+                    .with_kernel(k),
             )
         }),
         Box::new(|k| {
@@ -98,7 +105,8 @@ fn fused_kernels_cover_the_new_options() {
         }),
         Box::new(|k| {
             Box::new(
-                Tversky::new(4, 0.3, 0.7)
+                Tversky::new(4)
+                    .with_alpha_beta(0.3, 0.7)
                     .unwrap()
                     .with_smooth(0.5)
                     .unwrap()
@@ -199,7 +207,7 @@ fn bad_option_values_are_errors_naming_the_field() {
         assert!(toml::from_str::<LossConfig>(text).is_err(), "{text}");
     }
     // Label smoothing on members it does not apply to is an error of the builder.
-    assert!(Focal::new(3, 1.0).is_ok());
+    assert!(Focal::new(3).with_gamma(1.0).is_ok());
     // Combined terms round-trip through serde.
     let text = "name = \"combined\"\n[[terms]]\nweight = 0.5\nname = \"recall_ce\"\n\
                 [[terms]]\nweight = 0.5\nname = \"lovasz\"\nper_image = true";

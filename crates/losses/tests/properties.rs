@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use common::{max_abs_diff, value_and_grad};
 use proptest::prelude::*;
 use recallseg_losses::LossBuilder;
+use recallseg_losses::LovaszClasses;
 use recallseg_losses::{
     Dice, Focal, Kernel, Lovasz, Ohem, OhemSelection, RecallCe, SegLoss, SoftIou, Tversky,
 };
@@ -15,16 +16,30 @@ use recallseg_losses::{
 fn build(which: u8, c: usize, k: Kernel) -> Box<dyn SegLoss> {
     match which % 7 {
         0 => Box::new(RecallCe::new(c).with_kernel(k)),
-        1 => Box::new(Focal::new(c, 1.5).unwrap().with_kernel(k)),
+        1 => Box::new(Focal::new(c).with_gamma(1.5).unwrap().with_kernel(k)),
         2 => Box::new(
-            Ohem::new(c, OhemSelection::KeepRatio(0.5))
+            Ohem::new(c)
+                .with_selection(OhemSelection::KeepRatio(0.5))
                 .unwrap()
                 .with_kernel(k),
         ),
         3 => Box::new(SoftIou::new(c).with_kernel(k)),
         4 => Box::new(Dice::new(c).with_kernel(k)),
-        5 => Box::new(Tversky::new(c, 0.3, 0.7).unwrap().with_kernel(k)),
-        _ => Box::new(Lovasz::new(c, which % 2 == 0).with_kernel(k)),
+        5 => Box::new(
+            Tversky::new(c)
+                .with_alpha_beta(0.3, 0.7)
+                .unwrap()
+                .with_kernel(k),
+        ),
+        _ => Box::new(
+            Lovasz::new(c)
+                .with_classes(if which % 2 == 0 {
+                    LovaszClasses::Present
+                } else {
+                    LovaszClasses::All
+                })
+                .with_kernel(k),
+        ),
     }
 }
 

@@ -6,6 +6,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use recallseg_losses::LossBuilder;
+use recallseg_losses::LovaszClasses;
 use recallseg_losses::{Dice, Kernel, Lovasz, SegLoss, SoftIou, Tversky};
 
 const DIMS: (usize, usize, usize, usize) = (2, 4, 3, 5);
@@ -48,25 +49,45 @@ fn all_losses() -> Vec<(&'static str, Make)> {
         ),
         (
             "tversky",
-            Box::new(|k| Box::new(Tversky::new(4, 0.3, 0.7).unwrap().with_kernel(k))),
+            Box::new(|k| {
+                Box::new(
+                    Tversky::new(4)
+                        .with_alpha_beta(0.3, 0.7)
+                        .unwrap()
+                        .with_kernel(k),
+                )
+            }),
         ),
         (
             "tversky_fp",
-            Box::new(|k| Box::new(Tversky::new(4, 0.9, 0.1).unwrap().with_kernel(k))),
+            Box::new(|k| {
+                Box::new(
+                    Tversky::new(4)
+                        .with_alpha_beta(0.9, 0.1)
+                        .unwrap()
+                        .with_kernel(k),
+                )
+            }),
         ),
         (
             "lovasz",
-            Box::new(|k| Box::new(Lovasz::new(4, true).with_kernel(k))),
+            Box::new(|k| Box::new(Lovasz::new(4).with_kernel(k))),
         ),
         (
             "lovasz_all",
-            Box::new(|k| Box::new(Lovasz::new(4, false).with_kernel(k))),
+            Box::new(|k| {
+                Box::new(
+                    Lovasz::new(4)
+                        .with_classes(LovaszClasses::All)
+                        .with_kernel(k),
+                )
+            }),
         ),
         (
             "lovasz_weighted",
             Box::new(|k| {
                 Box::new(
-                    Lovasz::new(4, true)
+                    Lovasz::new(4)
                         .with_kernel(k)
                         .with_class_weights(vec![1.0, 2.0, 0.5, 1.0])
                         .unwrap(),
@@ -104,12 +125,7 @@ fn fused_kernel_matches_portable_path() {
         t8.to_dtype(DType::U32).unwrap(),
         t8.to_dtype(DType::I64).unwrap(),
     ] {
-        check_fused_matches_portable(
-            &|k| Box::new(Lovasz::new(5, true).with_kernel(k)),
-            &x,
-            &t,
-            2e-6,
-        );
+        check_fused_matches_portable(&|k| Box::new(Lovasz::new(5).with_kernel(k)), &x, &t, 2e-6);
         check_fused_matches_portable(&|k| Box::new(SoftIou::new(5).with_kernel(k)), &x, &t, 2e-6);
         check_fused_matches_portable(&|k| Box::new(Dice::new(5).with_kernel(k)), &x, &t, 2e-6);
     }
@@ -130,17 +146,13 @@ fn region_losses_by_hand() {
         let v = scalar(&SoftIou::new(2).with_kernel(k).forward(&x, &t01).unwrap());
         assert!((v - 2.0 / 3.0).abs() < 1e-6, "{v}");
         // Lovász: 0.5 per class.
-        let v = scalar(
-            &Lovasz::new(2, true)
-                .with_kernel(k)
-                .forward(&x, &t01)
-                .unwrap(),
-        );
+        let v = scalar(&Lovasz::new(2).with_kernel(k).forward(&x, &t01).unwrap());
         assert!((v - 0.5).abs() < 1e-6, "{v}");
         // Tversky(0.3, 0.7), labels (0, 0): class 0 I = 1, FP = 0, FN = 1 -> T = 1/1.7;
         // class 1 is absent and contributes 0 to the mean over 2 classes.
         let v = scalar(
-            &Tversky::new(2, 0.3, 0.7)
+            &Tversky::new(2)
+                .with_alpha_beta(0.3, 0.7)
                 .unwrap()
                 .with_kernel(k)
                 .forward(&x, &t00)
@@ -149,15 +161,11 @@ fn region_losses_by_hand() {
         assert!((v - (1.0 - 1.0 / 1.7) / 2.0).abs() < 1e-6, "{v}");
         // Lovász over present classes: class 0 only, errors 0.5, 0.5 -> 0.5.
         // Over all classes: class 1 absent adds max p_1 = 0.5 -> mean 0.5.
-        let v = scalar(
-            &Lovasz::new(2, true)
-                .with_kernel(k)
-                .forward(&x, &t00)
-                .unwrap(),
-        );
+        let v = scalar(&Lovasz::new(2).with_kernel(k).forward(&x, &t00).unwrap());
         assert!((v - 0.5).abs() < 1e-6, "{v}");
         let v = scalar(
-            &Lovasz::new(2, false)
+            &Lovasz::new(2)
+                .with_classes(LovaszClasses::All)
                 .with_kernel(k)
                 .forward(&x, &t00)
                 .unwrap(),
@@ -169,8 +177,13 @@ fn region_losses_by_hand() {
     for k in [Kernel::Portable, Kernel::Fused] {
         for mut l in [
             Box::new(Dice::new(2).with_kernel(k)) as Box<dyn SegLoss>,
-            Box::new(Tversky::new(2, 0.3, 0.7).unwrap().with_kernel(k)),
-            Box::new(Lovasz::new(2, true).with_kernel(k)),
+            Box::new(
+                Tversky::new(2)
+                    .with_alpha_beta(0.3, 0.7)
+                    .unwrap()
+                    .with_kernel(k),
+            ),
+            Box::new(Lovasz::new(2).with_kernel(k)),
         ] {
             let v = scalar(&l.forward(&x, &t01).unwrap());
             assert!(v.abs() < 1e-6, "{} {v}", l.name());
@@ -237,6 +250,6 @@ fn bad_labels_are_errors() {
             assert!(e.contains("label 9"), "{name} {k:?}: {e}");
         }
     }
-    assert!(Tversky::new(4, -1.0, 0.5).is_err());
-    assert!(Tversky::new(4, 0.0, 0.0).is_err());
+    assert!(Tversky::new(4).with_alpha_beta(-1.0, 0.5).is_err());
+    assert!(Tversky::new(4).with_alpha_beta(0.0, 0.0).is_err());
 }

@@ -10,6 +10,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::{labels, logits};
+use recallseg_losses::LovaszClasses;
 use recallseg_losses::{
     BalancedCe, CombinedLoss, CrossEntropy, Dice, Focal, Jaccard, Kernel, LossBuilder, Lovasz,
     Ohem, OhemSelection, PrecisionCe, RecallCe, RecallVariant, SegLoss, ShardStatistics, Sharding,
@@ -157,7 +158,7 @@ fn assert_same(name: &str, want: &Step, got: &Step) {
 
 type Make = Box<dyn Fn(Kernel) -> Box<dyn SegLoss>>;
 
-fn sw() -> Vec<f32> {
+fn sw() -> Vec<f64> {
     vec![1.0, 0.5, 2.0, 1.5, 0.0]
 }
 
@@ -253,14 +254,15 @@ fn exact_losses() -> Vec<(&'static str, bool, Make)> {
         (
             "focal",
             false,
-            Box::new(|k| Box::new(Focal::new(C, 2.0).unwrap().with_kernel(k))),
+            Box::new(|k| Box::new(Focal::new(C).with_gamma(2.0).unwrap().with_kernel(k))),
         ),
         (
             "focal alpha weights",
             false,
             Box::new(|k| {
                 Box::new(
-                    Focal::new(C, 1.0)
+                    Focal::new(C)
+                        .with_gamma(1.0)
                         .unwrap()
                         .with_alpha(vec![0.25, 1.0, 0.5, 2.0, 1.0])
                         .unwrap()
@@ -275,7 +277,8 @@ fn exact_losses() -> Vec<(&'static str, bool, Make)> {
             true,
             Box::new(|k| {
                 Box::new(
-                    Ohem::new(C, OhemSelection::Threshold(0.3))
+                    Ohem::new(C)
+                        .with_selection(OhemSelection::Threshold(0.3))
                         .unwrap()
                         .with_class_weights(sw())
                         .unwrap()
@@ -305,7 +308,7 @@ fn exact_losses() -> Vec<(&'static str, bool, Make)> {
             false,
             Box::new(|k| {
                 Box::new(
-                    Lovasz::new(C, true)
+                    Lovasz::new(C)
                         .with_per_image(true)
                         .with_class_weights(sw())
                         .unwrap()
@@ -316,7 +319,14 @@ fn exact_losses() -> Vec<(&'static str, bool, Make)> {
         (
             "lovasz per_image all classes",
             false,
-            Box::new(|k| Box::new(Lovasz::new(C, false).with_per_image(true).with_kernel(k))),
+            Box::new(|k| {
+                Box::new(
+                    Lovasz::new(C)
+                        .with_classes(LovaszClasses::All)
+                        .with_per_image(true)
+                        .with_kernel(k),
+                )
+            }),
         ),
         (
             "dice",
@@ -343,7 +353,8 @@ fn exact_losses() -> Vec<(&'static str, bool, Make)> {
             true,
             Box::new(|k| {
                 Box::new(
-                    Tversky::new(C, 0.3, 0.7)
+                    Tversky::new(C)
+                        .with_alpha_beta(0.3, 0.7)
                         .unwrap()
                         .with_class_weights(sw())
                         .unwrap()
@@ -366,7 +377,7 @@ fn exact_losses() -> Vec<(&'static str, bool, Make)> {
                         .unwrap()
                         .with_term(
                             0.5,
-                            Box::new(Lovasz::new(C, true).with_per_image(true).with_kernel(k)),
+                            Box::new(Lovasz::new(C).with_per_image(true).with_kernel(k)),
                         )
                         .unwrap(),
                 )
@@ -406,7 +417,10 @@ fn exact_losses() -> Vec<(&'static str, bool, Make)> {
                     CombinedLoss::new()
                         .with_term(1.0, Box::new(CrossEntropy::new(C).with_kernel(k)))
                         .unwrap()
-                        .with_term(0.5, Box::new(Focal::new(C, 2.0).unwrap().with_kernel(k)))
+                        .with_term(
+                            0.5,
+                            Box::new(Focal::new(C).with_gamma(2.0).unwrap().with_kernel(k)),
+                        )
                         .unwrap(),
                 )
             }),
@@ -497,24 +511,26 @@ fn a_batch_without_valid_pixels_gives_zero_shares() {
 fn per_shard_losses_say_so_and_refuse_statistics() {
     let (x, t) = batch(9);
     let per_shard: Vec<Box<dyn SegLoss>> = vec![
-        Box::new(Ohem::new(C, OhemSelection::KeepRatio(0.7)).unwrap()),
         Box::new(
-            Ohem::new(
-                C,
-                OhemSelection::Mmseg {
+            Ohem::new(C)
+                .with_selection(OhemSelection::KeepRatio(0.7))
+                .unwrap(),
+        ),
+        Box::new(
+            Ohem::new(C)
+                .with_selection(OhemSelection::Mmseg {
                     threshold: Some(0.7),
                     min_kept: 10,
                     avg_non_ignore: false,
-                },
-            )
-            .unwrap(),
+                })
+                .unwrap(),
         ),
-        Box::new(Lovasz::new(C, true)),
+        Box::new(Lovasz::new(C)),
         Box::new(
             CombinedLoss::new()
                 .with_term(1.0, Box::new(RecallCe::new(C)))
                 .unwrap()
-                .with_term(1.0, Box::new(Lovasz::new(C, true)))
+                .with_term(1.0, Box::new(Lovasz::new(C)))
                 .unwrap(),
         ),
     ];
@@ -557,7 +573,10 @@ fn shares_take_the_fused_kernel_on_the_cpu() {
     let (x, t) = batch(13);
     let cases: Vec<(Box<dyn SegLoss>, Kernel)> = vec![
         (Box::new(RecallCe::new(C)), Kernel::Fused),
-        (Box::new(Focal::new(C, 2.0).unwrap()), Kernel::Fused),
+        (
+            Box::new(Focal::new(C).with_gamma(2.0).unwrap()),
+            Kernel::Fused,
+        ),
         (
             Box::new(RecallCe::new(C).with_variant(RecallVariant::PerImage)),
             Kernel::Portable,

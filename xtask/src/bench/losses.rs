@@ -111,13 +111,13 @@ fn cross_entropy_cases() -> anyhow::Result<Vec<Case>> {
         (
             "focal",
             "focal (γ=1)",
-            Box::new(Focal::new(C, 1.0)?),
+            Box::new(Focal::new(C).with_gamma(1.0)?),
             Some(787.0),
         ),
         (
             "ohem",
             "OHEM (70%)",
-            Box::new(Ohem::new(C, OhemSelection::KeepRatio(0.7))?),
+            Box::new(Ohem::new(C).with_selection(OhemSelection::KeepRatio(0.7))?),
             None,
         ),
     ])
@@ -131,20 +131,22 @@ fn other_cases() -> anyhow::Result<Vec<Case>> {
         (
             "tversky",
             "Tversky (α=β=0.5)",
-            Box::new(Tversky::new(C, 0.5, 0.5)?),
+            Box::new(Tversky::new(C).with_alpha_beta(0.5, 0.5)?),
             Some(262.0),
         ),
         (
             "lovasz",
             "Lovász-Softmax",
-            Box::new(Lovasz::new(C, true)),
+            Box::new(Lovasz::new(C)),
             Some(1366.0),
         ),
         (
             "focal_alpha",
             "focal (γ=1, per-class α)",
             Box::new(
-                Focal::new(C, 1.0)?.with_alpha((0..C).map(|c| 0.25 + c as f32 * 0.03).collect())?,
+                Focal::new(C)
+                    .with_gamma(1.0)?
+                    .with_alpha((0..C).map(|c| 0.25 + c as f64 * 0.03).collect())?,
             ),
             None,
         ),
@@ -175,14 +177,11 @@ fn other_cases() -> anyhow::Result<Vec<Case>> {
         (
             "ohem_mmseg",
             "OHEM mmseg (τ=0.7, min_kept=100000)",
-            Box::new(Ohem::new(
-                C,
-                OhemSelection::Mmseg {
-                    threshold: Some(0.7),
-                    min_kept: 100_000,
-                    avg_non_ignore: false,
-                },
-            )?),
+            Box::new(Ohem::new(C).with_selection(OhemSelection::Mmseg {
+                threshold: Some(0.7),
+                min_kept: 100_000,
+                avg_non_ignore: false,
+            })?),
             None,
         ),
         (
@@ -200,7 +199,7 @@ fn other_cases() -> anyhow::Result<Vec<Case>> {
         (
             "lovasz_per_image",
             "Lovász-Softmax per image",
-            Box::new(Lovasz::new(C, true).with_per_image(true)),
+            Box::new(Lovasz::new(C).with_per_image(true)),
             None,
         ),
         (
@@ -209,7 +208,7 @@ fn other_cases() -> anyhow::Result<Vec<Case>> {
             Box::new(
                 CombinedLoss::new()
                     .with_term(0.5, Box::new(RecallCe::new(C)))?
-                    .with_term(0.5, Box::new(Lovasz::new(C, true)))?,
+                    .with_term(0.5, Box::new(Lovasz::new(C)))?,
             ),
             None,
         ),

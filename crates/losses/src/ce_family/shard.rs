@@ -29,7 +29,7 @@ use crate::input::{check_inputs, checked_labels_u32, prepare, zero_loss};
 use crate::sharding::check_statistics;
 use crate::OhemSelection;
 use crate::{ShardStatistics, Sharding};
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use recallseg_kernels::fused::FusedOp;
 use recallseg_kernels::SavedState;
 use std::sync::Arc;
@@ -74,10 +74,7 @@ impl CeEngine {
     }
 
     fn per_shard_error(&self) -> candle_core::Error {
-        candle_core::Error::Msg(format!(
-            "loss {} has no shard statistics (it is per shard)",
-            self.name
-        ))
+        crate::options::per_shard_error(self.name).into_candle()
     }
 
     /// The length of the statistics vector.
@@ -137,7 +134,7 @@ impl CeEngine {
                 let op = FusedCe {
                     n_classes: c,
                     ignore_index: ignore,
-                    static_w: self.opts.static_f64(),
+                    static_w: self.opts.static_weights(DType::F32),
                     focal_alpha: None,
                     smoothing: 0.0,
                     mode: self.mode,
@@ -196,7 +193,9 @@ impl CeEngine {
         let b = &batch.0;
         let count = b[..c].to_vec();
         let pixels = b[len - 1] as usize;
-        let s = self.opts.static_f64();
+        // The step's quantities are fixed before the shards' logits are seen: the parameters
+        // enter at f32 precision (the trainer's), as the f32 forward pass applies them.
+        let s = self.opts.static_weights(DType::F32);
         if count.iter().all(|&v| v == 0.0) {
             // As a whole batch without valid pixels: loss 0, no weights, the average unmoved.
             self.last = None;
@@ -237,7 +236,7 @@ impl CeEngine {
             }
             CeMode::Focal { .. } => {
                 self.last = None;
-                let sa: Vec<f64> = match &self.focal_alpha {
+                let sa: Vec<f64> = match &self.focal_alpha_at(DType::F32) {
                     Some(a) => s.iter().zip(a).map(|(x, y)| x * y).collect(),
                     None => s.clone(),
                 };
@@ -271,10 +270,10 @@ impl CeEngine {
             return Err(self.per_shard_error());
         }
         let Some(step) = self.step.take() else {
-            return Err(candle_core::Error::Msg(format!(
-                "loss {}: forward_shard needs the step's statistics first (prepare_step)",
-                self.name
-            )));
+            return Err(crate::LossError::StepNotPrepared {
+                loss: self.name.into(),
+            }
+            .into_candle());
         };
         let out = self.shard_share(logits, target, &step);
         let step = match out {

@@ -85,7 +85,7 @@ impl RegionEngine {
             let op = crate::fused_region::FusedRegion {
                 n_classes: c,
                 ignore_index: ignore,
-                static_w: self.effective_static(),
+                static_w: self.effective_static(candle_core::DType::F32),
                 kind: self.kind,
                 ro: self.ro,
                 coef: Default::default(),
@@ -128,8 +128,15 @@ impl RegionEngine {
         let (i, p, g) = (&b[..c], &b[c..2 * c], &b[2 * c..3 * c]);
         let images = b[3 * c];
         let empty = g.iter().all(|&v| v == 0.0);
-        let (f, alpha, beta) =
-            region_loss(self.kind, self.ro, i, p, g, &self.effective_static(), 1);
+        let (f, alpha, beta) = region_loss(
+            self.kind,
+            self.ro,
+            i,
+            p,
+            g,
+            &self.effective_static(candle_core::DType::F32),
+            1,
+        );
         let lin: f64 = (0..c).map(|k| alpha[k] * p[k] + beta[k] * i[k]).sum();
         self.step = Some(RegionStep::Batch {
             alpha,
@@ -144,10 +151,10 @@ impl RegionEngine {
     /// This shard's share (see the module documentation).
     pub(crate) fn forward_shard(&mut self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
         let Some(step) = self.step.clone() else {
-            return Err(candle_core::Error::Msg(format!(
-                "loss {}: forward_shard needs the step's statistics first (prepare_step)",
-                self.name
-            )));
+            return Err(crate::LossError::StepNotPrepared {
+                loss: self.name.into(),
+            }
+            .into_candle());
         };
         let (n_s, _, _, _) = check_inputs(logits, target, self.opts.n_classes())?;
         match step {

@@ -53,10 +53,23 @@ def ce_pixels(x, y):
 
 
 def median_frequency(counts):
-    """w_c = median_k(N_k) / N_c (numpy's median over all classes, as make_goldens.py), rounded
-    to f32 as the crate stores class weights."""
+    """w_c = median_k(N_k) / N_c (numpy's median over all classes, as make_goldens.py), in
+    float64: the crate keeps class weights in f64 (an f32 loss rounds them itself)."""
     c = np.array(counts, dtype=np.float64)
-    return (np.median(c) / c).astype(np.float32).astype(np.float64).tolist()
+    return (np.median(c) / c).tolist()
+
+
+def inverse_frequency(counts):
+    """w_c = N / (C N_c) in float64."""
+    c = np.array(counts, dtype=np.float64)
+    return (c.sum() / (len(counts) * c)).tolist()
+
+
+def class_balanced(counts, beta):
+    """Cui et al.'s (1 - beta) / (1 - beta^N_c), normalised to sum to C, in float64."""
+    c = np.array(counts, dtype=np.float64)
+    raw = (1 - beta) / (1 - np.power(beta, c))
+    return (raw / raw.sum() * len(counts)).tolist()
 
 
 # ---- focal with per-class alpha ------------------------------------------------------------
@@ -234,9 +247,11 @@ def recall_ce(x, y):
 cases = []
 
 
-def add(name, config, fn, seed, kernel, ctx=None, terms=None, f32=False, **inp):
+def add(name, config, fn, seed, kernel, ctx=None, terms=None, f32=False, exact=False, **inp):
     """`f32`: the reference runs in float32 (smp's Lovasz gradient helper works in float32
-    only); the test's tolerance widens accordingly."""
+    only); the test's tolerance widens accordingly. `exact`: parameters that float32 cannot
+    represent (gamma 0.3, alpha and class weights like 0.1 or 1/3); the f64 loss must match to
+    float64 rounding."""
     x, y = make_inputs(seed, **inp)
     xv = (x.float() if f32 else x.clone()).requires_grad_(True)
     loss = fn(xv, y)
@@ -247,6 +262,7 @@ def add(name, config, fn, seed, kernel, ctx=None, terms=None, f32=False, **inp):
         "ctx": ctx or {},
         "kernel": kernel,
         "f32_reference": f32,  # the implementation Kernel::Auto picks for f32 CPU logits
+        "exact_f64": exact,
         "dims": [N, C, H, W],
         "logits": x.flatten().tolist(),
         "target": y.flatten().tolist(),
@@ -316,6 +332,22 @@ add("combined_wce_dice",
     25, None, ctx={"counts": COUNTS},
     terms=[("weighted_ce", 1.0, wce), ("dice", 2.0, dice),
            ("dice_2", 0.25, smp_region("dice", log_loss=True))])
+
+# Parameters kept in f64 (issue 26): an f64 loss with them is exact in f64.
+ALPHA_X = [0.1, 1 / 3, 0.7, 0.45]
+SW_X = [0.1, 0.2, 1 / 3, 0.7]
+add("focal_exact_params",
+    f'name = "focal"\ngamma = 0.3\nalpha = [{", ".join(repr(a) for a in ALPHA_X)}]',
+    focal_alpha(0.3, ALPHA_X, SW_X), 26, "fused", ctx={"class_weights": SW_X}, exact=True)
+add("ce_exact_weights", 'name = "cross_entropy"', weighted_ls(0.0, SW_X), 27, "fused",
+    ctx={"class_weights": SW_X}, exact=True)
+add("wce_exact_inverse", 'name = "weighted_ce"\nmode = "inverse_frequency"',
+    weighted_ls(0.0, inverse_frequency(COUNTS)), 28, "fused", ctx={"counts": COUNTS}, exact=True)
+add("wce_exact_median", 'name = "weighted_ce"', weighted_ls(0.0, median_frequency(COUNTS)), 29,
+    "fused", ctx={"counts": COUNTS}, exact=True)
+add("balanced_exact", 'name = "balanced_ce"\nbeta = 0.99',
+    weighted_ls(0.0, class_balanced(COUNTS, 0.99)), 30, "fused", ctx={"counts": COUNTS},
+    exact=True)
 
 path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "options.json")
 with open(path, "w") as f:
