@@ -101,22 +101,13 @@ pub fn plot(a: &PlotArgs) -> anyhow::Result<()> {
     recallseg train --config my.toml --set train.iters=2000 --set loss.name=focal\n  \
     recallseg train --config my.toml --resume        # continue after Ctrl-C\n")]
 pub struct TrainArgs {
-    /// The TOML configuration (see `recallseg preset synthia`).
-    #[arg(long, conflicts_with = "preset")]
-    pub config: Option<PathBuf>,
-    /// A built-in configuration instead of a file: synthia, synthia-quick, cityscapes.
-    #[arg(long)]
-    pub preset: Option<String>,
-    /// Override a config field, e.g. `--set optim.lr=1e-4` (repeatable; TOML values).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
+    /// The configuration: `--config`/`--preset`, `--set`, `--data`.
+    #[command(flatten)]
+    pub source: ConfigSource,
     /// Loss to train with (shorthand for `--set loss.name=…`): cross_entropy, weighted_ce,
     /// balanced_ce, focal, ohem, soft_iou, lovasz, dice, tversky, recall_ce, precision_ce.
     #[arg(long)]
     pub loss: Option<String>,
-    /// Dataset root (shorthand for `--set data.root=…`).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
     /// Output folder (shorthand for `--set train.out_dir=…`).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -155,47 +146,42 @@ fn distributed_parser(
     .try_map(|s| s.parse::<recallseg_trainer::distributed::DistributedBackend>())
 }
 
-impl TrainArgs {
-    /// The overrides these arguments stand for, in order (`--set` first, shorthands after).
-    /// Fails for a path that is not valid UTF-8 (the configuration is TOML text; a lossy
-    /// conversion would name another folder).
+/// Where a command's configuration comes from: a TOML file or a built-in preset, changed field
+/// by field (`recallseg train`, `stats` and `compare` flatten it into their arguments).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// The TOML configuration (see `recallseg preset synthia`).
+    #[arg(long, conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
+    /// A built-in configuration instead of a file: synthia, synthia-quick, cityscapes.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Override a config field, e.g. `--set optim.lr=1e-4` (repeatable; TOML values).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Dataset root (shorthand for `--set data.root=…`); for `recallseg stats` without
+    /// --config or --preset, a folder dataset's description file (`.toml` / `.json`).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+impl ConfigSource {
+    /// The overrides these arguments stand for: `--set` in order, then `--data`. Fails for a
+    /// path that is not valid UTF-8 (the configuration is TOML text; a lossy conversion would
+    /// name another folder).
     pub fn overrides(&self) -> anyhow::Result<Vec<String>> {
         let mut o = self.set.clone();
-        let q = |flag: &str, p: &std::path::Path| -> anyhow::Result<String> {
-            let s = p.to_str().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "{flag}: {p:?} is not valid UTF-8; the configuration is stored as TOML text, \
-                     so use a path whose name is UTF-8 (e.g. a symbolic link to it)"
-                )
-            })?;
-            // A TOML basic string: quotes, backslashes and control characters escaped.
-            Ok(toml::Value::String(s.to_string()).to_string())
-        };
-        if let Some(l) = &self.loss {
-            // The same names and aliases as the library (`recall`, `ce`, …); switching the loss
-            // drops the old loss's parameters.
-            let name = recallseg_losses::LossConfig::from_name(l)
-                .map_err(|e| anyhow::anyhow!("--loss: {e}"))?;
-            o.push(format!("loss={{ name = {:?} }}", name.name()));
-        }
         if let Some(d) = &self.data {
-            o.push(format!("data.root={}", q("--data", d)?));
-        }
-        if let Some(d) = &self.out {
-            o.push(format!("train.out_dir={}", q("--out", d)?));
-        }
-        if let Some(n) = self.iters {
-            o.push(format!("train.iters={n}"));
-        }
-        if let Some(d) = &self.device {
-            o.push(format!("train.device={d:?}"));
+            o.push(format!("data.root={}", toml_path("--data", d)?));
         }
         Ok(o)
     }
 
-    /// The configuration these arguments describe, validated.
-    pub fn config(&self) -> anyhow::Result<TrainConfig> {
-        let o = self.overrides()?;
+    /// The configuration, validated: the file or the preset with [`ConfigSource::overrides`],
+    /// then `extra` (a command's own shorthands).
+    pub fn load(&self, extra: &[String]) -> anyhow::Result<TrainConfig> {
+        let mut o = self.overrides()?;
+        o.extend_from_slice(extra);
         Ok(match (&self.config, &self.preset) {
             (Some(path), _) => TrainConfig::from_file(path, &o)?,
             (None, Some(p)) => Preset::from_name(p)?.config(&o)?,
@@ -203,6 +189,71 @@ impl TrainArgs {
                 "give --config FILE or --preset NAME (synthia, synthia-quick, cityscapes)"
             ),
         })
+    }
+
+    /// A short name for the configuration: the file's stem or the preset's name.
+    pub fn stem(&self) -> Option<String> {
+        match (&self.config, &self.preset) {
+            (Some(c), _) => c.file_stem().map(|s| s.to_string_lossy().into_owned()),
+            (None, Some(p)) => Some(p.clone()),
+            (None, None) => None,
+        }
+    }
+}
+
+/// `p` as a TOML basic string for an override of `flag` (quotes, backslashes and control
+/// characters escaped); an error for a path that is not valid UTF-8.
+fn toml_path(flag: &str, p: &std::path::Path) -> anyhow::Result<String> {
+    let s = p.to_str().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{flag}: {p:?} is not valid UTF-8; the configuration is stored as TOML text, \
+             so use a path whose name is UTF-8 (e.g. a symbolic link to it)"
+        )
+    })?;
+    Ok(toml::Value::String(s.to_string()).to_string())
+}
+
+/// The overrides of the shorthands `--iters` and `--device` that `train` and `compare` share.
+fn run_shorthands(iters: Option<usize>, device: Option<&str>) -> Vec<String> {
+    let mut o = Vec::new();
+    if let Some(n) = iters {
+        o.push(format!("train.iters={n}"));
+    }
+    if let Some(d) = device {
+        o.push(format!("train.device={d:?}"));
+    }
+    o
+}
+
+impl TrainArgs {
+    /// The overrides these arguments stand for, in order (`--set`, `--data`, then the other
+    /// shorthands). Fails for a path that is not valid UTF-8.
+    pub fn overrides(&self) -> anyhow::Result<Vec<String>> {
+        let mut o = self.source.overrides()?;
+        o.extend(self.shorthands()?);
+        Ok(o)
+    }
+
+    /// `--loss`, `--out`, `--iters`, `--device` as overrides.
+    fn shorthands(&self) -> anyhow::Result<Vec<String>> {
+        let mut o = Vec::new();
+        if let Some(l) = &self.loss {
+            // The same names and aliases as the library (`recall`, `ce`, …); switching the loss
+            // drops the old loss's parameters.
+            let name = recallseg_losses::LossConfig::from_name(l)
+                .map_err(|e| anyhow::anyhow!("--loss: {e}"))?;
+            o.push(format!("loss={{ name = {:?} }}", name.name()));
+        }
+        if let Some(d) = &self.out {
+            o.push(format!("train.out_dir={}", toml_path("--out", d)?));
+        }
+        o.extend(run_shorthands(self.iters, self.device.as_deref()));
+        Ok(o)
+    }
+
+    /// The configuration these arguments describe, validated.
+    pub fn config(&self) -> anyhow::Result<TrainConfig> {
+        self.source.load(&self.shorthands()?)
     }
 }
 
@@ -213,19 +264,9 @@ impl TrainArgs {
     recallseg stats --data data/cracks/cracks.toml          # a folder dataset, no config\n  \
     recallseg stats --preset synthia-quick --split val --json\n")]
 pub struct StatsArgs {
-    /// The TOML configuration whose dataset to measure.
-    #[arg(long, conflicts_with = "preset")]
-    pub config: Option<PathBuf>,
-    /// A built-in configuration instead of a file: synthia, synthia-quick, cityscapes.
-    #[arg(long)]
-    pub preset: Option<String>,
-    /// Override a config field, e.g. `--set data.max_train_images=100` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// Dataset root (shorthand for `--set data.root=…`); alone, without --config or --preset, a
-    /// folder dataset's description file (`.toml` / `.json`).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
+    /// The configuration whose dataset to measure, or `--data` alone: a folder dataset.
+    #[command(flatten)]
+    pub source: ConfigSource,
     /// Split to measure (default: the configuration's `data.train_split`, else `train`).
     #[arg(long)]
     pub split: Option<String>,
@@ -306,16 +347,17 @@ impl StatsReport {
 /// Measures the dataset `recallseg stats` is pointed at (see [`StatsArgs`]).
 pub fn stats_report(a: &StatsArgs) -> anyhow::Result<StatsReport> {
     use recallseg_data::SegDataset;
-    let (ds, folder): (std::sync::Arc<dyn SegDataset>, bool) = if a.config.is_none()
-        && a.preset.is_none()
+    let src = &a.source;
+    let (ds, folder): (std::sync::Arc<dyn SegDataset>, bool) = if src.config.is_none()
+        && src.preset.is_none()
     {
-        let Some(spec) = &a.data else {
+        let Some(spec) = &src.data else {
             anyhow::bail!(
                 "give --config FILE, --preset NAME, or --data FILE (a folder dataset's \
                  description)"
             );
         };
-        if !a.set.is_empty() {
+        if !src.set.is_empty() {
             anyhow::bail!("--set needs --config or --preset");
         }
         if spec.is_dir() {
@@ -334,21 +376,7 @@ pub fn stats_report(a: &StatsArgs) -> anyhow::Result<StatsReport> {
         }
         (std::sync::Arc::new(ds), true)
     } else {
-        let t = TrainArgs {
-            config: a.config.clone(),
-            preset: a.preset.clone(),
-            set: a.set.clone(),
-            loss: None,
-            data: a.data.clone(),
-            out: None,
-            iters: None,
-            device: None,
-            resume: false,
-            overwrite: false,
-            no_progress: true,
-            distributed: recallseg_trainer::distributed::DistributedBackend::Off,
-        };
-        let cfg = t.config()?;
+        let cfg = src.load(&[])?;
         recallseg_data::png_io::set_max_pixels(cfg.data.max_image_pixels)?;
         if cfg.data.generate_synthetic {
             recallseg_trainer::data::ensure_synthetic(

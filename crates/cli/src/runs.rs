@@ -1,7 +1,6 @@
 //! `recallseg compare` (the loss comparison on any dataset) and `recallseg plot` (training
 //! curves of one or several runs).
 
-use super::TrainArgs;
 use clap::Args;
 use recallseg_compare::{
     collect_comparison, parse_losses, quick_losses, run_comparison, summary_table, CompareOptions,
@@ -22,15 +21,9 @@ use std::path::PathBuf;
     and examples.png into --out. Run the same command again to reuse finished runs and resume an \
     interrupted one.")]
 pub struct CompareArgs {
-    /// The TOML configuration every run shares (its `[loss]` and `train.out_dir` are replaced).
-    #[arg(long, conflicts_with = "preset")]
-    pub config: Option<PathBuf>,
-    /// A built-in configuration instead of a file: synthia, synthia-quick, cityscapes.
-    #[arg(long)]
-    pub preset: Option<String>,
-    /// Override a config field, e.g. `--set optim.lr=1e-4` (repeatable; TOML values).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
+    /// The configuration every run shares (its `[loss]` and `train.out_dir` are replaced).
+    #[command(flatten)]
+    pub source: crate::ConfigSource,
     /// Comma-separated losses, run in this order (default: ce, weighted_ce, focal, recall_ce).
     /// Names: cross_entropy (ce), weighted_ce, balanced_ce, focal, ohem, soft_iou, lovasz,
     /// dice, tversky, recall_ce (recall), precision_ce; each with its default parameters.
@@ -40,9 +33,6 @@ pub struct CompareArgs {
     /// `results/<config file stem or preset name>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Dataset root (shorthand for `--set data.root=…`; the class file for a folder dataset).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
     /// Training steps per loss (shorthand for `--set train.iters=…`).
     #[arg(long)]
     pub iters: Option<usize>,
@@ -76,21 +66,9 @@ pub struct CompareArgs {
 impl CompareArgs {
     /// The comparison these arguments describe (configuration validated, losses parsed).
     pub fn plan(&self) -> anyhow::Result<ComparisonPlan> {
-        let as_train = TrainArgs {
-            config: self.config.clone(),
-            preset: self.preset.clone(),
-            set: self.set.clone(),
-            loss: None,
-            data: self.data.clone(),
-            out: None,
-            iters: self.iters,
-            device: self.device.clone(),
-            resume: false,
-            overwrite: false,
-            no_progress: self.no_progress,
-            distributed: recallseg_trainer::distributed::DistributedBackend::Off,
-        };
-        let base = as_train.config()?;
+        let base = self
+            .source
+            .load(&crate::run_shorthands(self.iters, self.device.as_deref()))?;
         let losses = if self.losses.is_empty() {
             quick_losses()
         } else {
@@ -99,13 +77,7 @@ impl CompareArgs {
         let out = match &self.out {
             Some(o) => o.clone(),
             None => {
-                let stem = match (&self.config, &self.preset) {
-                    (Some(c), _) => c
-                        .file_stem()
-                        .map_or("compare".into(), |s| s.to_string_lossy().into_owned()),
-                    (None, Some(p)) => p.clone(),
-                    (None, None) => "compare".into(),
-                };
+                let stem = self.source.stem().unwrap_or_else(|| "compare".into());
                 PathBuf::from("results").join(stem)
             }
         };

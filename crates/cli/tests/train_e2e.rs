@@ -800,15 +800,17 @@ fn the_test_split_is_evaluated_when_the_run_ends() {
 /// `normalize` line that a folder dataset's description file reads back.
 #[test]
 fn stats_measures_the_training_split_and_prints_a_line_to_paste() {
-    use recallseg_cli::{stats_report, StatsArgs};
+    use recallseg_cli::{stats_report, ConfigSource, StatsArgs};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
     tiny_dataset(&root);
     let args = StatsArgs {
-        config: None,
-        preset: Some("synthia-quick".into()),
-        set: vec!["data.generate_synthetic=false".into()],
-        data: Some(root.clone()),
+        source: ConfigSource {
+            config: None,
+            preset: Some("synthia-quick".into()),
+            set: vec!["data.generate_synthetic=false".into()],
+            data: Some(root.clone()),
+        },
         split: None,
         json: false,
     };
@@ -851,10 +853,10 @@ fn stats_measures_the_training_split_and_prints_a_line_to_paste() {
     .unwrap();
     assert_eq!(val.stats.images, 1);
     let e = stats_report(&StatsArgs {
-        config: None,
-        preset: None,
-        set: vec![],
-        data: Some(root.clone()),
+        source: ConfigSource {
+            data: Some(root.clone()),
+            ..ConfigSource::default()
+        },
         split: None,
         json: false,
     })

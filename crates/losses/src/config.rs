@@ -640,11 +640,7 @@ impl LossConfig {
                 per_image,
             } => finish(
                 Lovasz::new(c)
-                    .with_classes(if *present_only {
-                        LovaszClasses::Present
-                    } else {
-                        LovaszClasses::All
-                    })
+                    .with_classes(lovasz_classes(*present_only))
                     .with_per_image(*per_image),
                 ctx,
             ),
@@ -711,6 +707,15 @@ impl LossConfig {
                 Ok(Box::new(l))
             }
         }
+    }
+}
+
+/// The classes Lovász averages over, from the configuration's `present_only`.
+fn lovasz_classes(present_only: bool) -> LovaszClasses {
+    if present_only {
+        LovaszClasses::Present
+    } else {
+        LovaszClasses::All
     }
 }
 

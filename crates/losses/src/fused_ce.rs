@@ -324,8 +324,7 @@ impl FusedCe {
         let nblk = hw.div_ceil(BLOCK);
         let ignore = self.ignore_index as i64;
         let gamma = match self.mode {
-            // The kernel computes in f32: γ rounded to it.
-            CeMode::Focal { gamma } => Some(gamma as f32),
+            CeMode::Focal { gamma } => Some(gamma as f32), // the kernel computes in f32
             _ => None,
         };
         let ohem = matches!(self.mode, CeMode::Ohem(_));

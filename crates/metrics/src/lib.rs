@@ -49,6 +49,7 @@
 
 mod average;
 mod confusion;
+mod duration;
 mod error;
 mod kernel;
 mod label;
@@ -60,6 +61,7 @@ mod settings;
 
 pub use average::{Average, Averaged, AveragedScores, Averaging, Score, ZeroDivision};
 pub use confusion::{ConfusionMatrix, DEFAULT_IGNORE_INDEX, MAX_CLASSES};
+pub use duration::format_seconds;
 pub use error::{LabelSource, MetricsError};
 pub use label::Label;
 pub use normalize::{Normalize, NormalizedMatrix};

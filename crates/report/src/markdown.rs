@@ -182,7 +182,10 @@ fn setting_section(md: &mut String, cmp: &Comparison) {
                 }
             ),
         ),
-        ("wall time of the comparison", fmt_secs(cmp.wall_seconds)),
+        (
+            "wall time of the comparison",
+            recallseg_metrics::format_seconds(cmp.wall_seconds),
+        ),
     ];
     for (k, v) in rows {
         let _ = writeln!(md, "| {k} | {v} |");
@@ -253,7 +256,7 @@ fn means_section(md: &mut String, cmp: &Comparison) {
             quadrant,
             pct(r.test.pixel_accuracy),
             best,
-            fmt_secs(r.train_seconds)
+            recallseg_metrics::format_seconds(r.train_seconds)
         );
     }
     md.push('\n');
@@ -627,19 +630,5 @@ fn side_by_side(md: &mut String, cmp: &Comparison, t: &PaperTable) {
             }
         }
         md.push('\n');
-    }
-}
-
-/// `1h02m03s`, `3m05s`, `42s`: a duration in seconds as the report prints it (the training
-/// log's progress lines print it the same way).
-pub(crate) fn fmt_secs(s: f64) -> String {
-    let s = s.max(0.0).round() as u64;
-    let (h, m, s) = (s / 3600, (s / 60) % 60, s % 60);
-    if h > 0 {
-        format!("{h}h{m:02}m{s:02}s")
-    } else if m > 0 {
-        format!("{m}m{s:02}s")
-    } else {
-        format!("{s}s")
     }
 }

@@ -176,10 +176,12 @@ fn evaluate_inner(
     };
     let mut kept = Vec::new();
     let mut images = 0;
+    // Read once per evaluation, not per batch.
+    let available = crate::inference::available_memory_bytes();
     for batch in loader.epoch(0) {
         let batch = batch?;
         let (x, target) = batch_tensors(&batch, device)?;
-        let logits = inference.model_logits(model, &x)?;
+        let logits = inference.model_logits_within(model, &x, available)?;
         on_batch(&logits, &target, batch.n)?;
         let pred = argmax_labels(&logits)?;
         let hw = batch.height * batch.width;

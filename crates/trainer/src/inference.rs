@@ -245,11 +245,23 @@ impl Inference {
 
     /// [`Inference::logits`] of `model` in evaluation mode. Refused up front, with the
     /// figures, when the logits' buffers alone ([`Inference::logit_bytes`]) would not fit in
-    /// the memory the system says is available.
+    /// the memory the system says is available now (read on every call: a loop over batches
+    /// reads it once and calls [`Inference::model_logits_within`]).
     pub fn model_logits(&self, model: &DeepLab, x: &Tensor) -> Result<Tensor> {
+        self.model_logits_within(model, x, available_memory_bytes())
+    }
+
+    /// [`Inference::model_logits`] against `available` bytes of memory (`None`: not checked),
+    /// e.g. [`available_memory_bytes`] read once per evaluation.
+    pub fn model_logits_within(
+        &self,
+        model: &DeepLab,
+        x: &Tensor,
+        available: Option<u64>,
+    ) -> Result<Tensor> {
         let (n, _, h, w) = x.dims4()?;
         let classes = model.config().n_classes;
-        if let Some(available) = available_memory_bytes() {
+        if let Some(available) = available {
             self.check_fits(n, classes, h, w, available)
                 .map_err(candle_core::Error::Msg)?;
         }
@@ -299,7 +311,7 @@ impl Inference {
 
 /// The memory the system says is available to a new allocation (`MemAvailable` of
 /// `/proc/meminfo`); `None` where that is not known.
-fn available_memory_bytes() -> Option<u64> {
+pub fn available_memory_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -544,7 +544,7 @@ impl Progress {
                 "[{}] step {step}/{} loss {loss:.4} {rate:.2} steps/s ETA {}",
                 self.label,
                 self.total,
-                fmt_secs(eta)
+                recallseg_metrics::format_seconds(eta)
             ),
             None => {}
         }
@@ -563,19 +563,6 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
-    }
-}
-
-/// `1h02m03s` / `2m03s` / `3s`.
-pub fn fmt_secs(s: f64) -> String {
-    let s = s.max(0.0).round() as u64;
-    let (h, m, s) = (s / 3600, (s / 60) % 60, s % 60);
-    if h > 0 {
-        format!("{h}h{m:02}m{s:02}s")
-    } else if m > 0 {
-        format!("{m}m{s:02}s")
-    } else {
-        format!("{s}s")
     }
 }
 
@@ -781,8 +768,8 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(fmt_secs(3.2), "3s");
-        assert_eq!(fmt_secs(123.0), "2m03s");
-        assert_eq!(fmt_secs(3723.0), "1h02m03s");
+        assert_eq!(recallseg_metrics::format_seconds(3.2), "3s");
+        assert_eq!(recallseg_metrics::format_seconds(123.0), "2m03s");
+        assert_eq!(recallseg_metrics::format_seconds(3723.0), "1h02m03s");
     }
 }
