@@ -308,7 +308,8 @@ fn impl_lines(i: &syn::ItemImpl, path: &str, out: &mut Listing) {
             .last()
             .is_some_and(|s| out.private_traits.contains(&s.ident.to_string()))
     });
-    if trait_private || (!out.public_types.contains(&self_name) && !(blanket && trait_public)) {
+    let listed = out.public_types.contains(&self_name) || (blanket && trait_public);
+    if trait_private || !listed {
         return;
     }
     let generics = text(&i.generics);

@@ -1,6 +1,9 @@
 //! The pixel-block toolkit the fused loss kernels share: the block size, the fixed grouping of
 //! blocks into parallel tasks, the per-pixel maximum (and argmax) over classes of a block, and
-//! the label check.
+//! the label check, the softmax of a block into a kept buffer.
+
+use crate::fast_math::fast_exp;
+use recallseg_kernels::SyncPtr;
 
 /// Pixels per work item.
 pub(crate) const BLOCK: usize = 256;
@@ -60,5 +63,47 @@ pub(crate) fn class_of(
         Err(label)
     } else {
         Ok(Some(label as usize))
+    }
+}
+
+/// The softmax of one block's `l = mx.len()` pixels written to the kept buffer at
+/// `pp + base + k·hw + a` for every class `k`; `sm` receives the sums of exponentials.
+///
+/// # Safety
+/// The caller owns `pp[base + k·hw + a .. + l]` for every `k < c` (no other thread writes them).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn softmax_into(
+    pp: SyncPtr,
+    base: usize,
+    img: &[f32],
+    hw: usize,
+    c: usize,
+    a: usize,
+    mx: &[f32],
+    sm: &mut [f32],
+) {
+    let l = mx.len();
+    sm.iter_mut().for_each(|v| *v = 0.0);
+    for k in 0..c {
+        let row = &img[k * hw + a..k * hw + a + l];
+        // SAFETY: owned by the caller (see above).
+        let pr = unsafe { std::slice::from_raw_parts_mut(pp.get().add(base + k * hw + a), l) };
+        for p in 0..l {
+            let e = fast_exp(row[p] - mx[p]);
+            pr[p] = e;
+            sm[p] += e;
+        }
+    }
+    let mut inv = [0f32; BLOCK];
+    for p in 0..l {
+        inv[p] = 1.0 / sm[p];
+    }
+    for k in 0..c {
+        // SAFETY: as above.
+        let pr = unsafe { std::slice::from_raw_parts_mut(pp.get().add(base + k * hw + a), l) };
+        for p in 0..l {
+            pr[p] *= inv[p];
+        }
     }
 }

@@ -19,10 +19,10 @@
 // Kernel loops index several equally long slices at once; that is the clearer form here.
 #![allow(clippy::needless_range_loop)]
 
-use crate::blocks::{block_max, block_max_only, class_of, BLOCK, TASKS_PER_GROUP};
+use crate::blocks::{block_max, block_max_only, class_of, softmax_into, BLOCK, TASKS_PER_GROUP};
 use crate::ce_mode::{CeMode, ClassStats, StepReport};
 use crate::fast_math::{fast_exp, fast_ln, kernel_buffer};
-use crate::ohem_selection::ohem_keep;
+use crate::ohem_selection::{ohem_keep, OhemSelection};
 use crate::LossError;
 use candle_core::Result;
 use rayon::prelude::*;
@@ -183,6 +183,26 @@ struct FwdCtx<'a, L> {
 dispatch!(fwd_block_dispatch, fwd_block, fast = fwd_block_avx2, [L: Label],
     (ctx: &FwdCtx<'_, L>, acc: &mut Acc, t: usize));
 
+/// A shard's statistics over one block: counts, predictions and true positives of its valid
+/// pixels (`am`: their argmax).
+#[inline(always)]
+fn count_block<L: Label>(acc: &mut Acc, lab: &[L], am: &[u32], ignore: i64, c: usize) {
+    for (p, &pk) in am.iter().enumerate() {
+        match class_of(lab[p].into(), ignore, c) {
+            Ok(Some(y)) => {
+                let pk = pk as usize;
+                acc.count[y] += 1;
+                acc.pred[pk] += 1;
+                if pk == y {
+                    acc.tp[y] += 1;
+                }
+            }
+            Ok(None) => {}
+            Err(bad) => acc.bad = acc.bad.or(Some(bad)),
+        }
+    }
+}
+
 /// The forward pass over one pixel block (work item `t`), accumulated into `acc`.
 #[inline(always)]
 fn fwd_block<L: Label>(ctx: &FwdCtx<'_, L>, acc: &mut Acc, t: usize) {
@@ -217,46 +237,12 @@ fn fwd_block<L: Label>(ctx: &FwdCtx<'_, L>, acc: &mut Acc, t: usize) {
         block_max_only(img, hw, c, a, &mut mx[..l]);
     }
     if stats_only {
-        for p in 0..l {
-            match class_of(lab[p].into(), ignore, c) {
-                Ok(Some(y)) => {
-                    let pk = am[p] as usize;
-                    acc.count[y] += 1;
-                    acc.pred[pk] += 1;
-                    if pk == y {
-                        acc.tp[y] += 1;
-                    }
-                }
-                Ok(None) => {}
-                Err(bad) => acc.bad = acc.bad.or(Some(bad)),
-            }
-        }
+        count_block(acc, lab, &am[..l], ignore, c);
         return;
     }
     if keep {
-        let base = img_i * c * hw;
-        sm[..l].iter_mut().for_each(|v| *v = 0.0);
-        for k in 0..c {
-            let row = &img[k * hw + a..k * hw + a + l];
-            // SAFETY: this block owns probs[base + k*hw + a .. + l] for every k.
-            let pr = unsafe { std::slice::from_raw_parts_mut(pp.get().add(base + k * hw + a), l) };
-            for p in 0..l {
-                let e = fast_exp(row[p] - mx[p]);
-                pr[p] = e;
-                sm[p] += e;
-            }
-        }
-        let mut inv = [0f32; BLOCK];
-        for p in 0..l {
-            inv[p] = 1.0 / sm[p];
-        }
-        for k in 0..c {
-            // SAFETY: as above.
-            let pr = unsafe { std::slice::from_raw_parts_mut(pp.get().add(base + k * hw + a), l) };
-            for p in 0..l {
-                pr[p] *= inv[p];
-            }
-        }
+        // SAFETY: work item `t` owns probs[img_i·c·hw + k·hw + a .. + l] for every k.
+        unsafe { softmax_into(pp, img_i * c * hw, img, hw, c, a, &mx[..l], &mut sm[..l]) };
     } else {
         block_sumexp(img, hw, c, a, &mx[..l], &mut sm[..l]);
     }
@@ -317,50 +303,149 @@ fn fwd_block<L: Label>(ctx: &FwdCtx<'_, L>, acc: &mut Acc, t: usize) {
     }
 }
 
+impl FusedOut {
+    /// The output of a step with the given report and per-class factors (no per-pixel factor,
+    /// no focal γ, no smoothing, nothing kept yet).
+    fn new(step: StepReport, class_factor: Vec<f32>) -> Self {
+        Self {
+            step,
+            class_factor,
+            pixel_factor: None,
+            gamma: None,
+            smoothing: 0.0,
+            probs: None,
+            focal_f: None,
+        }
+    }
+}
+
+/// `Σ_c a_c · CE_c`, or with label smoothing `Σ_c a_c ((1 − ε) CE_c + (ε/C) Σ_k (−log p_k))`,
+/// from the per-class sums of the forward pass.
+fn weighted_ce_sum(a: &[f64], acc: &Acc, eps: f64, c: usize) -> f64 {
+    if eps > 0.0 {
+        let ec = eps / c as f64;
+        a.iter()
+            .zip(acc.ce.iter().zip(&acc.smooth))
+            .map(|(a, (ce, sm))| a * ((1.0 - eps) * ce + ec * sm))
+            .sum::<f64>()
+    } else {
+        a.iter().zip(&acc.ce).map(|(a, b)| a * b).sum::<f64>()
+    }
+}
+
+/// Per-class means `sum / count` as reported weights (`NaN` for absent classes).
+fn per_class_mean(sums: &[f64], count: &[f64]) -> Vec<f32> {
+    sums.iter()
+        .zip(count)
+        .map(|(f, n)| if *n > 0.0 { (f / n) as f32 } else { f32::NAN })
+        .collect()
+}
+
+/// The buffers the forward pass fills besides its sums.
+struct FwdBuffers {
+    /// OHEM: every pixel's cross entropy (`-inf` at ignored pixels).
+    ce_pix: Vec<f32>,
+    /// The softmax, kept for the backward pass.
+    probs: Vec<f32>,
+    /// Focal's per-pixel factor, kept for the backward pass.
+    focal_f: Vec<f32>,
+}
+
 impl FusedCe {
     fn forward_impl<L: Label>(&self, x: &[f32], dims: [usize; 4], labels: &[L]) -> Result<f64> {
         let [n, c, h, w] = dims;
-        let hw = h * w;
-        let nblk = hw.div_ceil(BLOCK);
-        let ignore = self.ignore_index as i64;
         let gamma = match self.mode {
             CeMode::Focal { gamma } => Some(gamma as f32), // the kernel computes in f32
             _ => None,
         };
+        let (acc, buf) = self.accumulate(x, dims, labels, gamma);
+        if let Some(label) = acc.bad {
+            return Err(LossError::LabelOutOfRange {
+                label,
+                n_classes: c,
+                ignore_index: self.ignore_index,
+            }
+            .into_candle());
+        }
+        let count: Vec<f64> = acc.count.iter().map(|&v| v as f64).collect();
+        if self.stats_only {
+            let stats = ClassStats {
+                count,
+                tp: acc.tp.iter().map(|&v| v as f64).collect(),
+                pred: acc.pred.iter().map(|&v| v as f64).collect(),
+            };
+            self.out.put(FusedOut::new(
+                StepReport {
+                    stats: Some(stats),
+                    ..Default::default()
+                },
+                Vec::new(),
+            ))?;
+            return Ok(0.0);
+        }
+        let pixels = n * h * w;
+        let (loss, mut out) = match &self.mode {
+            CeMode::Plain | CeMode::ClassWeighted(_) if self.fixed.is_some() => {
+                self.finish_fixed(&acc, c)
+            }
+            CeMode::Plain | CeMode::ClassWeighted(_) => self.finish_weighted(&acc, &count, pixels),
+            CeMode::Focal { gamma } => self.finish_focal(&acc, count, pixels, *gamma),
+            CeMode::Ohem(sel) => self.finish_ohem(*sel, &buf.ce_pix, labels, count, n),
+        };
+        if self.keep {
+            out.probs = Some(buf.probs);
+            if gamma.is_some() {
+                out.focal_f = Some(buf.focal_f);
+            }
+        }
+        self.out.put(out)?;
+        Ok(loss)
+    }
+
+    /// The parallel pass over every pixel block: the per-class sums and the buffers.
+    fn accumulate<L: Label>(
+        &self,
+        x: &[f32],
+        dims: [usize; 4],
+        labels: &[L],
+        gamma: Option<f32>,
+    ) -> (Acc, FwdBuffers) {
+        let [n, c, h, w] = dims;
+        let hw = h * w;
+        let nblk = hw.div_ceil(BLOCK);
         let ohem = matches!(self.mode, CeMode::Ohem(_));
         let need_argmax = self.stats_only
             || (matches!(self.mode, CeMode::ClassWeighted(_)) && self.fixed.is_none());
-        let mut ce_pix = if ohem { vec![0f32; n * hw] } else { Vec::new() };
-        let ce_ptr = SyncPtr(ce_pix.as_mut_ptr());
         let keep = self.keep;
-        let mut probs = if keep {
-            kernel_buffer(n * c * hw)
-        } else {
-            Vec::new()
+        let mut buf = FwdBuffers {
+            ce_pix: if ohem { vec![0f32; n * hw] } else { Vec::new() },
+            probs: if keep {
+                kernel_buffer(n * c * hw)
+            } else {
+                Vec::new()
+            },
+            focal_f: if keep && gamma.is_some() {
+                vec![0f32; n * hw]
+            } else {
+                Vec::new()
+            },
         };
-        let pp = SyncPtr(probs.as_mut_ptr());
-        let mut focal_f = if keep && gamma.is_some() {
-            vec![0f32; n * hw]
-        } else {
-            Vec::new()
-        };
-        let fp = SyncPtr(focal_f.as_mut_ptr());
         let ctx = FwdCtx {
             x,
             labels,
             c,
             hw,
             nblk,
-            ignore,
+            ignore: self.ignore_index as i64,
             gamma,
             ohem,
             need_argmax,
             stats_only: self.stats_only,
             keep,
             smooth: self.smoothing > 0.0,
-            pp,
-            fp,
-            ce_ptr,
+            pp: SyncPtr(buf.probs.as_mut_ptr()),
+            fp: SyncPtr(buf.focal_f.as_mut_ptr()),
+            ce_ptr: SyncPtr(buf.ce_pix.as_mut_ptr()),
         };
         let avx2 = use_avx2();
         // Fixed groups of blocks, each accumulated in order, merged in group order: the f64 sums
@@ -378,215 +463,142 @@ impl FusedCe {
             .collect::<Vec<Acc>>()
             .into_iter()
             .fold(Acc::new(c), Acc::merge);
-        if let Some(label) = acc.bad {
-            return Err(LossError::LabelOutOfRange {
-                label,
-                n_classes: c,
-                ignore_index: self.ignore_index,
-            }
-            .into_candle());
-        }
+        (acc, buf)
+    }
+
+    /// A shard of a sharded step (Plain and class-weighted members): the step's factors
+    /// `W_c / Z`, this shard's numerator.
+    fn finish_fixed(&self, acc: &Acc, c: usize) -> (f64, FusedOut) {
+        let f = self.fixed.as_deref().unwrap_or_default();
+        let eps = self.smoothing;
+        let loss = weighted_ce_sum(f, acc, eps, c);
+        let mut out = FusedOut::new(StepReport::default(), f.iter().map(|&v| v as f32).collect());
+        out.smoothing = eps as f32;
+        (loss, out)
+    }
+
+    /// Plain (static weights) and class-weighted members (weights from the batch's argmax
+    /// statistics and the moving average).
+    fn finish_weighted(&self, acc: &Acc, count: &[f64], pixels: usize) -> (f64, FusedOut) {
         let s = &self.static_w;
-        let count: Vec<f64> = acc.count.iter().map(|&v| v as f64).collect();
-        if self.stats_only {
-            self.out.put(FusedOut {
-                step: StepReport {
-                    stats: Some(ClassStats {
-                        count,
-                        tp: acc.tp.iter().map(|&v| v as f64).collect(),
-                        pred: acc.pred.iter().map(|&v| v as f64).collect(),
-                    }),
-                    ..Default::default()
+        let c = self.n_classes;
+        let (wts, step) = if matches!(self.mode, CeMode::Plain) {
+            (s.clone(), StepReport::default())
+        } else {
+            let st = ClassStats {
+                count: count.to_vec(),
+                tp: acc.tp.iter().map(|&v| v as f64).collect(),
+                pred: acc.pred.iter().map(|&v| v as f64).collect(),
+            };
+            let d = self.mode.class_weights(&st, self.ema_prev.as_deref());
+            let w = self.mode.final_weights(s, &d.w);
+            (
+                w,
+                StepReport {
+                    report: Some(d.report),
+                    ema: d.ema,
+                    sums: None,
+                    stats: None,
                 },
-                class_factor: Vec::new(),
-                pixel_factor: None,
-                gamma: None,
-                smoothing: 0.0,
-                probs: None,
-                focal_f: None,
-            })?;
-            return Ok(0.0);
-        }
-        let pixels = n * hw;
-        let (loss, out) = match &self.mode {
-            CeMode::Plain | CeMode::ClassWeighted(_) if self.fixed.is_some() => {
-                let f = self.fixed.as_deref().unwrap_or_default();
-                let eps = self.smoothing;
-                let loss: f64 = if eps > 0.0 {
-                    let ec = eps / c as f64;
-                    f.iter()
-                        .zip(acc.ce.iter().zip(&acc.smooth))
-                        .map(|(a, (ce, sm))| a * ((1.0 - eps) * ce + ec * sm))
-                        .sum::<f64>()
-                } else {
-                    f.iter().zip(&acc.ce).map(|(a, b)| a * b).sum::<f64>()
-                };
-                let out = FusedOut {
-                    step: StepReport::default(),
-                    class_factor: f.iter().map(|&v| v as f32).collect(),
-                    pixel_factor: None,
-                    gamma: None,
-                    smoothing: eps as f32,
-                    probs: None,
-                    focal_f: None,
-                };
-                (loss, out)
-            }
-            CeMode::Plain | CeMode::ClassWeighted(_) => {
-                let (wts, step) = if matches!(self.mode, CeMode::Plain) {
-                    (s.clone(), StepReport::default())
-                } else {
-                    let st = ClassStats {
-                        count: count.clone(),
-                        tp: acc.tp.iter().map(|&v| v as f64).collect(),
-                        pred: acc.pred.iter().map(|&v| v as f64).collect(),
-                    };
-                    let d = self.mode.class_weights(&st, self.ema_prev.as_deref());
-                    let w = self.mode.final_weights(s, &d.w);
-                    (
-                        w,
-                        StepReport {
-                            report: Some(d.report),
-                            ema: d.ema,
-                            sums: None,
-                            stats: None,
-                        },
-                    )
-                };
-                let z = self.mode.normaliser(s, &wts, &count, pixels);
-                let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
-                let eps = self.smoothing;
-                let loss: f64 = if eps > 0.0 {
-                    // (1 − ε) CE + (ε/C) Σ_k (−log p_k), per class.
-                    let ec = eps / c as f64;
-                    wts.iter()
-                        .zip(acc.ce.iter().zip(&acc.smooth))
-                        .map(|(a, (ce, sm))| a * ((1.0 - eps) * ce + ec * sm))
-                        .sum::<f64>()
-                        * inv_z
-                } else {
-                    wts.iter().zip(&acc.ce).map(|(a, b)| a * b).sum::<f64>() * inv_z
-                };
-                let out = FusedOut {
-                    step,
-                    class_factor: wts.iter().map(|v| (v * inv_z) as f32).collect(),
-                    pixel_factor: None,
-                    gamma: None,
-                    smoothing: eps as f32,
-                    probs: None,
-                    focal_f: None,
-                };
-                (loss, out)
-            }
-            CeMode::Focal { gamma } => {
-                // α multiplies the numerator only.
-                let sa: Vec<f64> = match &self.focal_alpha {
-                    Some(a) => s.iter().zip(a).map(|(x, y)| x * y).collect(),
-                    None => s.clone(),
-                };
-                let (factor, loss): (Vec<f64>, f64) = match &self.fixed {
-                    Some(f) => (
-                        f.clone(),
-                        f.iter().zip(&acc.focal_l).map(|(a, b)| a * b).sum(),
-                    ),
-                    None => {
-                        let z = self.mode.normaliser(s, s, &count, pixels);
-                        let inv_z = crate::ce_mode::inv(z);
-                        (
-                            sa.iter().map(|v| v * inv_z).collect(),
-                            sa.iter().zip(&acc.focal_l).map(|(a, b)| a * b).sum::<f64>() * inv_z,
-                        )
-                    }
-                };
-                let report = acc
-                    .focal_w
-                    .iter()
-                    .zip(&count)
-                    .map(|(f, n)| if *n > 0.0 { (f / n) as f32 } else { f32::NAN })
-                    .collect();
-                let out = FusedOut {
-                    step: StepReport {
-                        report: Some(report),
-                        ema: None,
-                        sums: Some((acc.focal_w.clone(), count.clone())),
-                        stats: None,
-                    },
-                    class_factor: factor.iter().map(|&v| v as f32).collect(),
-                    pixel_factor: None,
-                    gamma: Some(*gamma as f32),
-                    smoothing: 0.0,
-                    probs: None,
-                    focal_f: None,
-                };
-                (loss, out)
-            }
-            CeMode::Ohem(sel) => {
-                let keep = ohem_keep(&ce_pix, *sel, n);
-                let mut kept = vec![0.0f64; c];
-                let mut zk = 0.0f64;
-                let mut lsum = 0.0f64;
-                let mut factor = vec![0f32; n * hw];
-                // A shard of a sharded step (threshold selection): the kept pixels' factors are
-                // the step's `s_y / Z`.
-                let fixed = self.fixed.as_deref();
-                for (i, &k) in keep.iter().enumerate() {
-                    if k {
-                        let y = labels[i].into() as usize;
-                        kept[y] += 1.0;
-                        zk += s[y];
-                        match fixed {
-                            Some(f) => {
-                                lsum += f[y] * ce_pix[i] as f64;
-                                factor[i] = f[y] as f32;
-                            }
-                            None => {
-                                lsum += s[y] * ce_pix[i] as f64;
-                                factor[i] = s[y] as f32;
-                            }
-                        }
-                    }
-                }
-                let loss = if fixed.is_some() {
-                    lsum
-                } else {
-                    let zk = sel.normaliser(zk, count.iter().sum(), pixels);
-                    let inv = if zk > 0.0 { 1.0 / zk } else { 0.0 };
-                    factor
-                        .iter_mut()
-                        .for_each(|f| *f = (*f as f64 * inv) as f32);
-                    lsum * inv
-                };
-                let report = kept
-                    .iter()
-                    .zip(&count)
-                    .map(|(k, n)| if *n > 0.0 { (k / n) as f32 } else { f32::NAN })
-                    .collect();
-                let out = FusedOut {
-                    step: StepReport {
-                        report: Some(report),
-                        ema: None,
-                        sums: Some((kept, count.clone())),
-                        stats: None,
-                    },
-                    class_factor: vec![0.0; c],
-                    pixel_factor: Some(factor),
-                    gamma: None,
-                    smoothing: 0.0,
-                    probs: None,
-                    focal_f: None,
-                };
-                (loss, out)
+            )
+        };
+        let z = self.mode.normaliser(s, &wts, count, pixels);
+        let inv_z = if z > 0.0 { 1.0 / z } else { 0.0 };
+        let eps = self.smoothing;
+        let loss = weighted_ce_sum(&wts, acc, eps, c) * inv_z;
+        let mut out = FusedOut::new(step, wts.iter().map(|v| (v * inv_z) as f32).collect());
+        out.smoothing = eps as f32;
+        (loss, out)
+    }
+
+    /// Focal: `Σ_c s_c α_c Σ (1 − p)^γ CE / Z` from the per-class focal sums.
+    fn finish_focal(
+        &self,
+        acc: &Acc,
+        count: Vec<f64>,
+        pixels: usize,
+        gamma: f64,
+    ) -> (f64, FusedOut) {
+        let s = &self.static_w;
+        // α multiplies the numerator only.
+        let sa: Vec<f64> = match &self.focal_alpha {
+            Some(a) => s.iter().zip(a).map(|(x, y)| x * y).collect(),
+            None => s.clone(),
+        };
+        let (factor, loss): (Vec<f64>, f64) = match &self.fixed {
+            Some(f) => (
+                f.clone(),
+                f.iter().zip(&acc.focal_l).map(|(a, b)| a * b).sum(),
+            ),
+            None => {
+                let z = self.mode.normaliser(s, s, &count, pixels);
+                let inv_z = crate::ce_mode::inv(z);
+                (
+                    sa.iter().map(|v| v * inv_z).collect(),
+                    sa.iter().zip(&acc.focal_l).map(|(a, b)| a * b).sum::<f64>() * inv_z,
+                )
             }
         };
-        let mut out = out;
-        if keep {
-            out.probs = Some(probs);
-            if gamma.is_some() {
-                out.focal_f = Some(focal_f);
+        let step = StepReport {
+            report: Some(per_class_mean(&acc.focal_w, &count)),
+            ema: None,
+            sums: Some((acc.focal_w.clone(), count)),
+            stats: None,
+        };
+        let mut out = FusedOut::new(step, factor.iter().map(|&v| v as f32).collect());
+        out.gamma = Some(gamma as f32);
+        (loss, out)
+    }
+
+    /// OHEM: the selection over the pixels' cross entropies, then the kept pixels' weighted
+    /// mean.
+    fn finish_ohem<L: Label>(
+        &self,
+        sel: OhemSelection,
+        ce_pix: &[f32],
+        labels: &[L],
+        count: Vec<f64>,
+        n: usize,
+    ) -> (f64, FusedOut) {
+        let (s, c) = (&self.static_w, self.n_classes);
+        let keep = ohem_keep(ce_pix, sel, n);
+        let mut kept = vec![0.0f64; c];
+        let mut zk = 0.0f64;
+        let mut lsum = 0.0f64;
+        let mut factor = vec![0f32; ce_pix.len()];
+        // A shard of a sharded step (threshold selection): the kept pixels' factors are the
+        // step's `s_y / Z`.
+        let fixed = self.fixed.as_deref();
+        for (i, &k) in keep.iter().enumerate() {
+            if k {
+                let y = labels[i].into() as usize;
+                kept[y] += 1.0;
+                zk += s[y];
+                let a = fixed.map_or(s[y], |f| f[y]);
+                lsum += a * ce_pix[i] as f64;
+                factor[i] = a as f32;
             }
         }
-        self.out.put(out)?;
-        Ok(loss)
+        let loss = if fixed.is_some() {
+            lsum
+        } else {
+            // `ce_pix` has one entry per pixel of the batch.
+            let zk = sel.normaliser(zk, count.iter().sum(), ce_pix.len());
+            let inv = if zk > 0.0 { 1.0 / zk } else { 0.0 };
+            factor
+                .iter_mut()
+                .for_each(|f| *f = (*f as f64 * inv) as f32);
+            lsum * inv
+        };
+        let step = StepReport {
+            report: Some(per_class_mean(&kept, &count)),
+            ema: None,
+            sums: Some((kept, count)),
+            stats: None,
+        };
+        let mut out = FusedOut::new(step, vec![0.0; c]);
+        out.pixel_factor = Some(factor);
+        (loss, out)
     }
 
     /// The backward pass over the softmax kept by the forward pass, in place:
