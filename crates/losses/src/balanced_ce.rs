@@ -3,7 +3,7 @@
 use crate::ce_family::CeEngine;
 use crate::ce_mode::CeMode;
 use crate::class_weights::class_balanced;
-use crate::options::{EngineLoss, LossOptions};
+use crate::options::LossOptions;
 use crate::LossError;
 
 /// Cross entropy weighted by the inverse effective number of samples (Cui et al., CVPR 2019).
@@ -44,14 +44,4 @@ impl BalancedCe {
     }
 }
 
-impl EngineLoss for BalancedCe {
-    type Engine = CeEngine;
-
-    fn engine(&self) -> &CeEngine {
-        &self.engine
-    }
-
-    fn engine_mut(&mut self) -> &mut CeEngine {
-        &mut self.engine
-    }
-}
+crate::options::engine_loss!(BalancedCe, CeEngine);

@@ -2,7 +2,7 @@
 
 use crate::ce_family::CeEngine;
 use crate::ce_mode::CeMode;
-use crate::options::{EngineLoss, LossOptions};
+use crate::options::LossOptions;
 use crate::LossError;
 
 /// Softmax cross entropy, averaged over valid pixels.
@@ -39,14 +39,4 @@ impl CrossEntropy {
     }
 }
 
-impl EngineLoss for CrossEntropy {
-    type Engine = CeEngine;
-
-    fn engine(&self) -> &CeEngine {
-        &self.engine
-    }
-
-    fn engine_mut(&mut self) -> &mut CeEngine {
-        &mut self.engine
-    }
-}
+crate::options::engine_loss!(CrossEntropy, CeEngine);

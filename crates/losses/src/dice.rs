@@ -1,6 +1,5 @@
 //! Soft Dice loss (Milletari et al. 2016; multi-class form of segmentation_models_pytorch).
 
-use crate::options::EngineLoss;
 use crate::region::RegionEngine;
 use crate::region_loss::RegionKind;
 
@@ -32,14 +31,4 @@ impl Dice {
     }
 }
 
-impl EngineLoss for Dice {
-    type Engine = RegionEngine;
-
-    fn engine(&self) -> &RegionEngine {
-        &self.engine
-    }
-
-    fn engine_mut(&mut self) -> &mut RegionEngine {
-        &mut self.engine
-    }
-}
+crate::options::engine_loss!(Dice, RegionEngine);

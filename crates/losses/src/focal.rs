@@ -2,7 +2,7 @@
 
 use crate::ce_family::CeEngine;
 use crate::ce_mode::CeMode;
-use crate::options::{EngineLoss, LossOptions};
+use crate::options::LossOptions;
 use crate::LossError;
 
 /// Softmax focal loss.
@@ -97,14 +97,4 @@ impl Focal {
     }
 }
 
-impl EngineLoss for Focal {
-    type Engine = CeEngine;
-
-    fn engine(&self) -> &CeEngine {
-        &self.engine
-    }
-
-    fn engine_mut(&mut self) -> &mut CeEngine {
-        &mut self.engine
-    }
-}
+crate::options::engine_loss!(Focal, CeEngine);

@@ -1,6 +1,5 @@
 //! Soft Jaccard loss over the batch (segmentation_models_pytorch's `JaccardLoss` convention).
 
-use crate::options::EngineLoss;
 use crate::region::RegionEngine;
 use crate::region_loss::RegionKind;
 
@@ -39,14 +38,4 @@ impl Jaccard {
     }
 }
 
-impl EngineLoss for Jaccard {
-    type Engine = RegionEngine;
-
-    fn engine(&self) -> &RegionEngine {
-        &self.engine
-    }
-
-    fn engine_mut(&mut self) -> &mut RegionEngine {
-        &mut self.engine
-    }
-}
+crate::options::engine_loss!(Jaccard, RegionEngine);

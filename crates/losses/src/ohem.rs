@@ -3,7 +3,7 @@
 use crate::ce_family::CeEngine;
 use crate::ce_mode::CeMode;
 use crate::ohem_selection::OhemSelection;
-use crate::options::{EngineLoss, LossOptions};
+use crate::options::LossOptions;
 use crate::LossError;
 
 /// OHEM cross entropy: the mean cross entropy over the hardest valid pixels only.
@@ -56,14 +56,4 @@ impl Ohem {
     }
 }
 
-impl EngineLoss for Ohem {
-    type Engine = CeEngine;
-
-    fn engine(&self) -> &CeEngine {
-        &self.engine
-    }
-
-    fn engine_mut(&mut self) -> &mut CeEngine {
-        &mut self.engine
-    }
-}
+crate::options::engine_loss!(Ohem, CeEngine);

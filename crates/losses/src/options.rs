@@ -219,6 +219,24 @@ pub(crate) fn per_shard_error(name: &str) -> LossError {
     }
 }
 
+/// `impl EngineLoss for $loss` through its `engine` field, of type `$engine`.
+macro_rules! engine_loss {
+    ($loss:ty, $engine:ty) => {
+        impl $crate::options::EngineLoss for $loss {
+            type Engine = $engine;
+
+            fn engine(&self) -> &$engine {
+                &self.engine
+            }
+
+            fn engine_mut(&mut self) -> &mut $engine {
+                &mut self.engine
+            }
+        }
+    };
+}
+pub(crate) use engine_loss;
+
 /// A loss type that is its engine plus its own constructors: it gets [`SegLoss`] and
 /// [`LossBuilder`] from the engine.
 pub(crate) trait EngineLoss: Send {

@@ -2,7 +2,7 @@
 
 use crate::ce_family::CeEngine;
 use crate::ce_mode::{CeMode, ClassStats, ClassWeighting, DynWeights};
-use crate::options::{EngineLoss, LossOptions};
+use crate::options::LossOptions;
 use crate::LossError;
 
 /// Cross entropy weighted by each class's false discovery rate in the batch (paper Eq. 9).
@@ -73,14 +73,4 @@ pub(crate) fn precision_weights(
     }
 }
 
-impl EngineLoss for PrecisionCe {
-    type Engine = CeEngine;
-
-    fn engine(&self) -> &CeEngine {
-        &self.engine
-    }
-
-    fn engine_mut(&mut self) -> &mut CeEngine {
-        &mut self.engine
-    }
-}
+crate::options::engine_loss!(PrecisionCe, CeEngine);

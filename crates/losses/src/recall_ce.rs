@@ -2,7 +2,7 @@
 
 use crate::ce_family::CeEngine;
 use crate::ce_mode::{CeMode, CeNorm, ClassStats, ClassWeighting, DynWeights};
-use crate::options::{EngineLoss, LossOptions};
+use crate::options::LossOptions;
 use crate::LossError;
 
 /// Recall loss: cross entropy weighted by each class's false negative rate in the batch.
@@ -230,14 +230,4 @@ pub(crate) fn recall_weights(
     }
 }
 
-impl EngineLoss for RecallCe {
-    type Engine = CeEngine;
-
-    fn engine(&self) -> &CeEngine {
-        &self.engine
-    }
-
-    fn engine_mut(&mut self) -> &mut CeEngine {
-        &mut self.engine
-    }
-}
+crate::options::engine_loss!(RecallCe, CeEngine);

@@ -1,6 +1,5 @@
 //! SoftIoU loss (Rahman & Wang 2016).
 
-use crate::options::EngineLoss;
 use crate::region::RegionEngine;
 use crate::region_loss::RegionKind;
 
@@ -32,14 +31,4 @@ impl SoftIou {
     }
 }
 
-impl EngineLoss for SoftIou {
-    type Engine = RegionEngine;
-
-    fn engine(&self) -> &RegionEngine {
-        &self.engine
-    }
-
-    fn engine_mut(&mut self) -> &mut RegionEngine {
-        &mut self.engine
-    }
-}
+crate::options::engine_loss!(SoftIou, RegionEngine);

@@ -1,6 +1,5 @@
 //! Tversky loss (Salehi et al. 2017).
 
-use crate::options::EngineLoss;
 use crate::region::RegionEngine;
 use crate::region_loss::RegionKind;
 
@@ -74,14 +73,4 @@ impl Tversky {
     }
 }
 
-impl EngineLoss for Tversky {
-    type Engine = RegionEngine;
-
-    fn engine(&self) -> &RegionEngine {
-        &self.engine
-    }
-
-    fn engine_mut(&mut self) -> &mut RegionEngine {
-        &mut self.engine
-    }
-}
+crate::options::engine_loss!(Tversky, RegionEngine);

@@ -3,7 +3,7 @@
 use crate::ce_family::CeEngine;
 use crate::ce_mode::CeMode;
 use crate::class_weights::{inverse_frequency, median_frequency};
-use crate::options::{EngineLoss, LossOptions};
+use crate::options::LossOptions;
 use crate::{LossError, WeightMode};
 
 /// Cross entropy weighted by class frequency over the training set (paper Eq. 2).
@@ -58,14 +58,4 @@ impl WeightedCe {
     }
 }
 
-impl EngineLoss for WeightedCe {
-    type Engine = CeEngine;
-
-    fn engine(&self) -> &CeEngine {
-        &self.engine
-    }
-
-    fn engine_mut(&mut self) -> &mut CeEngine {
-        &mut self.engine
-    }
-}
+crate::options::engine_loss!(WeightedCe, CeEngine);
