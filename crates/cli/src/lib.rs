@@ -606,7 +606,7 @@ pub struct ExportArgs {
 
 /// `recallseg export`.
 pub fn export(a: &ExportArgs) -> anyhow::Result<()> {
-    let format = recallseg_models::export::ExportFormat::parse(&a.format)
+    let format = recallseg_models::ExportFormat::parse(&a.format)
         .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
     let s = recallseg_trainer::export::export_checkpoint(&a.checkpoint, format, &a.out)?;
     note!(

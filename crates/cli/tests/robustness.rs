@@ -811,7 +811,7 @@ fn export_refuses_to_replace_a_run_file() {
     for target in ["last.safetensors", "best.safetensors", "log.jsonl"] {
         let e = recallseg_trainer::export::export_checkpoint(
             &out,
-            recallseg_models::export::ExportFormat::Smp,
+            recallseg_models::ExportFormat::Smp,
             &out.join(target),
         )
         .unwrap_err()
@@ -822,7 +822,7 @@ fn export_refuses_to_replace_a_run_file() {
     // Another name in the same folder is fine.
     recallseg_trainer::export::export_checkpoint(
         &out,
-        recallseg_models::export::ExportFormat::Smp,
+        recallseg_models::ExportFormat::Smp,
         &out.join("smp.safetensors"),
     )
     .unwrap();

@@ -473,7 +473,7 @@ fn eval_and_predict_from_a_checkpoint() {
     let labels = image::open(pred_dir.join("street_labels.png"))
         .unwrap()
         .to_luma8();
-    let palette = recallseg_data::synthia::SYNTHIA_PALETTE;
+    let palette = recallseg_data::SYNTHIA_PALETTE;
     for (p, l) in colour.pixels().zip(labels.pixels()) {
         assert!(l.0[0] < 16);
         assert_eq!(p.0, palette[l.0[0] as usize]);
@@ -643,7 +643,7 @@ fn aux_head_adds_its_weighted_loss_and_resumes() {
 #[test]
 fn export_writes_smp_names_and_refuses_models_without_a_counterpart() {
     use recallseg_cli::{export, ExportArgs};
-    use recallseg_models::export::{load_exported, ExportFormat};
+    use recallseg_models::{load_exported, ExportFormat};
     use recallseg_trainer::predict::{Predictor, PredictorOptions};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
@@ -827,7 +827,7 @@ fn stats_measures_the_training_split_and_prints_a_line_to_paste() {
     );
     assert_eq!(
         r.stats.class_pixels,
-        recallseg_data::class_pixel_counts(&*train).unwrap()
+        recallseg_data::stats::class_pixel_counts(&*train).unwrap()
     );
     let text = r.text();
     assert!(

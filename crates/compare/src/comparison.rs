@@ -775,7 +775,7 @@ fn write_comparison(
     )?;
     let classes = train_ds.class_info().clone();
     let train_ds = recallseg_trainer::data::limit(train_ds, d.max_train_images);
-    let counts = recallseg_data::class_pixel_counts(&*train_ds)?;
+    let counts = recallseg_data::stats::class_pixel_counts(&*train_ds)?;
     let total: u64 = counts.iter().sum();
     let class_frequency =
         (total > 0).then(|| counts.iter().map(|&c| c as f64 / total as f64).collect());

@@ -3,7 +3,8 @@
 //! `cargo run -p recallseg-data --example folder_loader`.
 
 use recallseg_data::png_io::{write_gray8, write_rgb8, PngSpeed};
-use recallseg_data::{Augment, FolderDataset, Loader, LoaderConfig, SegDataset, Split};
+use recallseg_data::transform::Augment;
+use recallseg_data::{FolderDataset, Loader, LoaderConfig, SegDataset, Split};
 use std::sync::Arc;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -46,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         train.len(),
         train.class_info().names
     );
-    let counts = recallseg_data::class_pixel_counts(&train)?;
+    let counts = recallseg_data::stats::class_pixel_counts(&train)?;
     println!("pixels per class: {counts:?}");
 
     // Batches of 4 at 32×16, flipped at random, shuffled per epoch (seeded: the same batches

@@ -2,7 +2,7 @@
 //!
 //! `cargo run --release -p recallseg-data --example generate_synthetic -- OUT_DIR [SEED] [WIDTH HEIGHT FRAMES_PER_FOLDER]`
 
-use recallseg_data::synthia::SYNTHIA_CLASS_NAMES;
+use recallseg_data::SYNTHIA_CLASS_NAMES;
 use recallseg_data::{generate_synthia, SyntheticConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

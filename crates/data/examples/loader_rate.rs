@@ -1,8 +1,9 @@
 //! Loader throughput on Synthia-format frames already on disk (a development aid):
 //! `cargo run --release -p recallseg-data --example loader_rate -- ROOT THREADS [EPOCHS]`.
 
-use recallseg_data::split::SplitFractions;
-use recallseg_data::{Augment, Loader, LoaderConfig, Split, SynthiaDataset, SynthiaOptions};
+use recallseg_data::transform::Augment;
+use recallseg_data::SplitFractions;
+use recallseg_data::{Loader, LoaderConfig, Split, SynthiaDataset, SynthiaOptions};
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -4,8 +4,9 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use recallseg_data::png_io::{decode_label, decode_rgb8};
+use recallseg_data::transform::Augment;
 use recallseg_data::transform::{normalize_chw, resize_bilinear_rgb, resize_nearest};
-use recallseg_data::{generate_synthia, Augment, Normalize, SyntheticConfig};
+use recallseg_data::{generate_synthia, Normalize, SyntheticConfig};
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

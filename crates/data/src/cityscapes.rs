@@ -107,7 +107,7 @@ pub struct CityscapesOptions {
 }
 
 /// The Cityscapes class table (19 classes, ignore index 255).
-pub fn cityscapes_class_info() -> ClassInfo {
+pub(crate) fn cityscapes_class_info() -> ClassInfo {
     ClassInfo {
         names: CITYSCAPES_CLASS_NAMES
             .iter()

@@ -104,7 +104,7 @@ fn default_ignore() -> u8 {
 }
 
 /// The PASCAL VOC colour map (bit-interleaved), used for classes without a colour.
-pub fn default_color(index: usize) -> [u8; 3] {
+pub(crate) fn default_color(index: usize) -> [u8; 3] {
     let (mut r, mut g, mut b) = (0u8, 0u8, 0u8);
     let mut c = index;
     for j in 0..8 {

@@ -16,7 +16,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// A uniform integer in `0..n` (`n > 0`) from 64-bit draws, without modulo bias.
-pub fn uniform_below<R: RngCore + ?Sized>(rng: &mut R, n: u64) -> u64 {
+pub(crate) fn uniform_below<R: RngCore + ?Sized>(rng: &mut R, n: u64) -> u64 {
     assert!(n > 0, "uniform_below needs n > 0");
     let threshold = n.wrapping_neg() % n;
     loop {
@@ -28,7 +28,7 @@ pub fn uniform_below<R: RngCore + ?Sized>(rng: &mut R, n: u64) -> u64 {
 }
 
 /// Shuffles `items` in place with the Fisher–Yates scheme described in the module docs.
-pub fn shuffle<T, R: RngCore + ?Sized>(items: &mut [T], rng: &mut R) {
+pub(crate) fn shuffle<T, R: RngCore + ?Sized>(items: &mut [T], rng: &mut R) {
     for i in (1..items.len()).rev() {
         let j = uniform_below(rng, i as u64 + 1) as usize;
         items.swap(i, j);
@@ -36,7 +36,7 @@ pub fn shuffle<T, R: RngCore + ?Sized>(items: &mut [T], rng: &mut R) {
 }
 
 /// The permutation of `0..n` given by [`shuffle`] with `ChaCha8Rng::seed_from_u64(seed)`.
-pub fn shuffled_indices(n: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn shuffled_indices(n: usize, seed: u64) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     shuffle(&mut idx, &mut rng);
@@ -95,7 +95,7 @@ impl SplitFractions {
 }
 
 /// The items of `split` out of the sorted list `sorted`: shuffled with `seed`, then cut.
-pub fn select_split<T: Clone>(
+pub(crate) fn select_split<T: Clone>(
     sorted: &[T],
     split: Split,
     seed: u64,
@@ -106,4 +106,38 @@ pub fn select_split<T: Clone>(
         .iter()
         .map(|&i| sorted[i].clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffle_is_a_permutation_and_uniform_below_is_in_range() {
+        for n in [0usize, 1, 2, 10, 97] {
+            let mut p = shuffled_indices(n, 3);
+            p.sort();
+            assert_eq!(p, (0..n).collect::<Vec<_>>());
+        }
+        assert_ne!(shuffled_indices(50, 0), shuffled_indices(50, 1));
+        assert_eq!(shuffled_indices(50, 7), shuffled_indices(50, 7));
+        // Each position of a 4-element shuffle holds each value about 1/4 of the time.
+        let mut counts = [[0u32; 4]; 4];
+        for seed in 0..4000 {
+            for (pos, v) in shuffled_indices(4, seed).into_iter().enumerate() {
+                counts[pos][v] += 1;
+            }
+        }
+        for row in counts {
+            for c in row {
+                assert!((850..1150).contains(&c), "{c} of 4000 (expected ~1000)");
+            }
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for n in [1u64, 2, 3, 1000, u64::MAX] {
+            for _ in 0..100 {
+                assert!(uniform_below(&mut rng, n) < n);
+            }
+        }
+    }
 }

@@ -87,9 +87,9 @@ pub mod class {
 }
 
 /// Camera folders, in the paper's loop order.
-pub const CAMERAS: [&str; 4] = ["Omni_B", "Omni_F", "Omni_L", "Omni_R"];
+pub(crate) const CAMERAS: [&str; 4] = ["Omni_B", "Omni_F", "Omni_L", "Omni_R"];
 /// Stereo sides, in the paper's loop order.
-pub const SIDES: [&str; 2] = ["Stereo_Left", "Stereo_Right"];
+pub(crate) const SIDES: [&str; 2] = ["Stereo_Left", "Stereo_Right"];
 
 /// The paper's Synthia-SEQS colour statistics, converted from its BGR order to RGB.
 pub const SYNTHIA_NORMALIZE: Normalize = Normalize {
@@ -113,7 +113,7 @@ pub struct SynthiaOptions {
 }
 
 /// The Synthia class table (16 classes, ignore index 255).
-pub fn synthia_class_info() -> ClassInfo {
+pub(crate) fn synthia_class_info() -> ClassInfo {
     ClassInfo {
         names: SYNTHIA_CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
         palette: SYNTHIA_PALETTE.to_vec(),

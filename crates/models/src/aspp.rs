@@ -32,7 +32,7 @@ impl ConvBn {
 
 /// The ASPP module.
 #[derive(Debug, Clone)]
-pub struct Aspp {
+pub(crate) struct Aspp {
     branches: Vec<ConvBn>,
     pooling: ConvBn,
     project: ConvBn,
@@ -80,7 +80,7 @@ impl Aspp {
     }
 
     /// Applies ASPP to `(N, C_in, H, W)`, giving `(N, channels, H, W)`.
-    pub fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
+    pub(crate) fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
         let (n, _, h, w) = x.dims4()?;
         let mut outs = Vec::with_capacity(5);
         for b in &self.branches {

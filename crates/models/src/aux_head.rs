@@ -21,7 +21,7 @@ use candle_core::{Result, Tensor};
 
 /// The auxiliary FCN head.
 #[derive(Debug, Clone)]
-pub struct AuxHead {
+pub(crate) struct AuxHead {
     conv: Conv2d,
     bn: BatchNorm2d,
     dropout: Dropout,
@@ -31,7 +31,7 @@ pub struct AuxHead {
 impl AuxHead {
     /// Names (relative to the model root) of the parameters whose shape depends on the class
     /// count.
-    pub const CLASSIFIER_PARAMS: [&'static str; 2] =
+    pub(crate) const CLASSIFIER_PARAMS: [&'static str; 2] =
         ["aux_classifier.4.weight", "aux_classifier.4.bias"];
 
     /// Builds the head on `in_channels` layer3 channels; `pb` is the model root (with the head's
@@ -54,11 +54,30 @@ impl AuxHead {
     }
 
     /// Logits at layer3's resolution from layer3's features.
-    pub fn forward_t(&self, layer3: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
+    pub(crate) fn forward_t(
+        &self,
+        layer3: &Tensor,
+        train: bool,
+        dropout_seed: u64,
+    ) -> Result<Tensor> {
         let y = self
             .bn
             .forward_after_conv_t(&self.conv, layer3, train, true)?;
         let y = self.dropout.forward_channels_t(&y, train, dropout_seed)?;
         self.classifier.forward(&y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AuxHead;
+
+    #[test]
+    fn the_classifier_is_the_last_1x1_convolution() {
+        // The names re-initialised when a checkpoint's class count differs.
+        assert_eq!(
+            AuxHead::CLASSIFIER_PARAMS,
+            ["aux_classifier.4.weight", "aux_classifier.4.bias"]
+        );
     }
 }

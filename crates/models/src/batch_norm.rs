@@ -22,9 +22,9 @@ use candle_nn::VarBuilder;
 use recallseg_distributed::{all_reduce_sum_autograd, SharedCommunicator};
 
 /// PyTorch's default BatchNorm epsilon.
-pub const BN_EPS: f64 = 1e-5;
+pub(crate) const BN_EPS: f64 = 1e-5;
 /// PyTorch's default BatchNorm momentum.
-pub const BN_MOMENTUM: f64 = 0.1;
+pub(crate) const BN_MOMENTUM: f64 = 0.1;
 
 /// 2-D batch normalisation over `(N, C, H, W)`.
 #[derive(Debug, Clone)]
@@ -80,8 +80,7 @@ impl BatchNorm2d {
     /// must then run the layer, forward and backward, in the same order (as data-parallel
     /// training does). The running statistics move towards the global moments, unbiased with
     /// the global count, and stay identical on every rank. On the CPU in f32 the fused kernels
-    /// ([`crate::ops::batch_norm_cpu::batch_norm_train_synced`],
-    /// [`crate::ops::conv_bn::conv_bn_train_synced`]) do the same with f64 sums and one f64
+    /// (BatchNorm, and convolution + BatchNorm, chosen by [`crate::ops::CpuKernels`]) do the same with f64 sums and one f64
     /// all-reduce each way; elsewhere (or with those kernels switched off) candle ops do it. All
     /// ranks must take the same path (same device, dtype and [`crate::ops::cpu_kernels`]), as
     /// ranks of one data-parallel run do. Evaluation, frozen layers and a single rank are
@@ -128,7 +127,7 @@ impl BatchNorm2d {
     /// `self.forward_t(conv.forward(x))` (then ReLU when `relu`): in training mode on the CPU with
     /// a dense convolution without bias, one fused op ([`crate::ops::conv_bn`]) whose backward
     /// skips candle's materialised gradient of the convolution's output; the same numbers.
-    pub fn forward_after_conv_t(
+    pub(crate) fn forward_after_conv_t(
         &self,
         conv: &Conv2d,
         x: &Tensor,
@@ -174,7 +173,7 @@ impl BatchNorm2d {
 
     /// The portable (candle ops) path, whatever the device (synchronised too): used off the CPU
     /// and by the tests that check the fused CPU ops against it.
-    pub fn forward_portable_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+    pub(crate) fn forward_portable_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let y = match self.synced(train) {
             Some(comm) => self.forward_sync(comm, x)?,
             None => self.forward_candle(x, train)?,

@@ -243,8 +243,8 @@ pub struct ModelConfig {
     #[serde(default)]
     pub align_corners: bool,
     /// An auxiliary FCN head on layer3 for training (mmsegmentation's standard for DeepLabV3;
-    /// [`crate::aux_head`]); `None` (default) builds none. Its logits come from
-    /// `DeepLab::forward_t_with_aux`; inference ignores it.
+    /// see [`AuxHeadConfig`]); `None` (default) builds none. Its logits come from
+    /// [`crate::DeepLab::forward_t_with_aux`]; inference ignores it.
     #[serde(default)]
     pub aux_head: Option<AuxHeadConfig>,
     /// segmentation_models_pytorch's dilation rule for the backbone: every 3×3 convolution of a
@@ -299,7 +299,7 @@ impl ModelConfig {
     /// upsampling, smp's backbone dilation rule (`smp_dilation`) and PyTorch's default head
     /// initialisation (what smp's model starts from). The same parameters, by count and shape,
     /// and the same function as `smp.DeepLabV3Plus` (checked through
-    /// [`crate::export`]'s golden).
+    /// [`crate::save_exported`]'s golden).
     pub fn smp_layout(self) -> Self {
         Self {
             head: Head::DeepLabV3Plus,

@@ -10,7 +10,7 @@ use candle_core::{Result, Tensor, Var};
 /// the weight starts as the builder's convolution init says (Kaiming-normal fan-out unless the
 /// model's [`InitScheme`](crate::InitScheme) sets another for the head), the bias (if any) zero.
 #[derive(Debug, Clone)]
-pub struct Conv2d {
+pub(crate) struct Conv2d {
     weight: Var,
     bias: Option<Var>,
     geometry: Conv2dGeometry,
@@ -103,22 +103,22 @@ impl Conv2d {
     }
 
     /// The weight variable.
-    pub fn weight(&self) -> &Var {
+    pub(crate) fn weight(&self) -> &Var {
         &self.weight
     }
 
     /// Whether the convolution adds a bias.
-    pub fn has_bias(&self) -> bool {
+    pub(crate) fn has_bias(&self) -> bool {
         self.bias.is_some()
     }
 
     /// The geometry (padding, stride, dilation, groups).
-    pub fn geometry(&self) -> Conv2dGeometry {
+    pub(crate) fn geometry(&self) -> Conv2dGeometry {
         self.geometry
     }
 
     /// Applies the convolution to `(N, C_in, H, W)`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         conv2d(
             x,
             self.weight.as_tensor(),

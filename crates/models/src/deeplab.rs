@@ -131,7 +131,11 @@ impl DeepLab {
         Ok((model, report))
     }
 
-    /// Resolves `source` (local path or hub) and loads it (see [`crate::pretrained`]).
+    /// Resolves `source` (local path or hub, [`PretrainedSource::resolve`]) and loads it
+    /// ([`DeepLab::load_safetensors`]).
+    ///
+    /// # Errors
+    /// Those of [`PretrainedSource::resolve`] and of [`DeepLab::load_safetensors`].
     pub fn load_pretrained(
         &self,
         source: &PretrainedSource,
@@ -140,7 +144,23 @@ impl DeepLab {
         self.load_safetensors(&path)
     }
 
-    /// Loads an ImageNet ResNet or a full DeepLab safetensors file (see [`crate::pretrained`]).
+    /// Loads an ImageNet ResNet or a full DeepLab safetensors file, told apart by their tensor
+    /// names ([`crate::CheckpointLayout`]):
+    ///
+    /// * an ImageNet ResNet (torchvision / timm `*.tv_in1k` names: `conv1.weight`, `bn1.*`,
+    ///   `layer{1..4}.{i}.…`, `fc.*`) loads into `backbone.*`; `fc.*` and `num_batches_tracked`
+    ///   are ignored and the head keeps its initialisation;
+    /// * a full DeepLab model (the model's own names, e.g. a recallseg checkpoint or torchvision's
+    ///   DeepLabV3) loads everything; when only the classifier's shape differs (another class
+    ///   count) the classifier is re-initialised instead.
+    ///
+    /// Tensors (any float dtype) are converted to the model's dtype and device. The report's
+    /// `Display` is one line.
+    ///
+    /// # Errors
+    /// [`ModelError::WeightFile`] when the file cannot be read or parsed,
+    /// [`ModelError::UnknownLayout`] when it is neither layout, [`ModelError::MissingTensor`] /
+    /// [`ModelError::ShapeMismatch`] naming a tensor the model needs; nothing is changed then.
     pub fn load_safetensors(&self, path: &Path) -> std::result::Result<LoadReport, ModelError> {
         let mut classifier = self.classifier_param_names().to_vec();
         if self.aux.is_some() {

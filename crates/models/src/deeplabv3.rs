@@ -13,7 +13,7 @@ use candle_core::{Result, Tensor};
 
 /// The DeepLabV3 head.
 #[derive(Debug, Clone)]
-pub struct DeepLabV3Head {
+pub(crate) struct DeepLabV3Head {
     aspp: Aspp,
     conv: Conv2d,
     bn: BatchNorm2d,
@@ -22,7 +22,8 @@ pub struct DeepLabV3Head {
 
 impl DeepLabV3Head {
     /// Names (relative to the model root) of the parameters whose shape depends on the class count.
-    pub const CLASSIFIER_PARAMS: [&'static str; 2] = ["classifier.4.weight", "classifier.4.bias"];
+    pub(crate) const CLASSIFIER_PARAMS: [&'static str; 2] =
+        ["classifier.4.weight", "classifier.4.bias"];
 
     /// Builds the head on `in_channels` backbone channels; `pb` is the model root.
     pub(crate) fn new(
@@ -49,7 +50,12 @@ impl DeepLabV3Head {
     }
 
     /// Logits at the backbone's resolution.
-    pub fn forward_t(&self, features: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
+    pub(crate) fn forward_t(
+        &self,
+        features: &Tensor,
+        train: bool,
+        dropout_seed: u64,
+    ) -> Result<Tensor> {
         let y = self.aspp.forward_t(features, train, dropout_seed)?;
         let y = self.bn.forward_after_conv_t(&self.conv, &y, train, true)?;
         self.classifier.forward(&y)

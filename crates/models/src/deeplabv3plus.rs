@@ -26,7 +26,7 @@ use candle_core::{Result, Tensor};
 
 /// The DeepLabV3+ head (ASPP + decoder + classifier).
 #[derive(Debug, Clone)]
-pub struct DeepLabV3PlusHead {
+pub(crate) struct DeepLabV3PlusHead {
     aspp: Aspp,
     aspp_conv: Option<AsppConv>,
     low_conv: Conv2d,
@@ -53,7 +53,8 @@ struct FuseConv {
 
 impl DeepLabV3PlusHead {
     /// Names of the parameters whose shape depends on the class count.
-    pub const CLASSIFIER_PARAMS: [&'static str; 2] = ["classifier.weight", "classifier.bias"];
+    pub(crate) const CLASSIFIER_PARAMS: [&'static str; 2] =
+        ["classifier.weight", "classifier.bias"];
 
     /// Builds the head for `low_channels` layer1 channels and `high_channels` layer4 channels;
     /// `pb` is the model root.
@@ -110,7 +111,7 @@ impl DeepLabV3PlusHead {
     }
 
     /// Logits at the low-level (stride 4) resolution.
-    pub fn forward_t(
+    pub(crate) fn forward_t(
         &self,
         low_level: &Tensor,
         features: &Tensor,

@@ -13,7 +13,7 @@ const MASK_CHUNK: usize = 1 << 16;
 
 /// Inverted dropout with probability `p` at a named site.
 #[derive(Debug, Clone)]
-pub struct Dropout {
+pub(crate) struct Dropout {
     p: f64,
     site: u64,
 }
@@ -21,21 +21,16 @@ pub struct Dropout {
 impl Dropout {
     /// Dropout with probability `p` (in `[0, 1)`); `site` names the layer so that two layers
     /// given the same step seed draw different masks.
-    pub fn new(p: f64, site: &str) -> Self {
+    pub(crate) fn new(p: f64, site: &str) -> Self {
         Self {
             p,
             site: fnv1a64(site),
         }
     }
 
-    /// The drop probability.
-    pub fn p(&self) -> f64 {
-        self.p
-    }
-
     /// In training, zeroes each element with probability `p` and scales the rest by `1/(1 − p)`;
     /// the mask is a pure function of `(seed, site, shape)`. Identity in evaluation.
-    pub fn forward_t(&self, x: &Tensor, train: bool, seed: u64) -> Result<Tensor> {
+    pub(crate) fn forward_t(&self, x: &Tensor, train: bool, seed: u64) -> Result<Tensor> {
         if !train || self.p == 0.0 {
             return Ok(x.clone());
         }
@@ -66,7 +61,7 @@ impl Dropout {
     /// training, zeroes whole `(n, c)` feature maps of `(N, C, H, W)` with probability `p` and
     /// scales the rest by `1/(1 − p)`; the `N × C` mask is a pure function of
     /// `(seed, site, N, C)`. Identity in evaluation.
-    pub fn forward_channels_t(&self, x: &Tensor, train: bool, seed: u64) -> Result<Tensor> {
+    pub(crate) fn forward_channels_t(&self, x: &Tensor, train: bool, seed: u64) -> Result<Tensor> {
         if !train || self.p == 0.0 {
             return Ok(x.clone());
         }

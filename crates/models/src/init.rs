@@ -46,7 +46,7 @@ pub enum ParamInit {
 
 /// `(fan_in, fan_out)` of a weight of shape `(C_out, C_in / groups, k_h, k_w)` (PyTorch's
 /// `_calculate_fan_in_and_fan_out`); a 1-D shape counts as `(len, len)`.
-pub fn fans(shape: &[usize]) -> (usize, usize) {
+pub(crate) fn fans(shape: &[usize]) -> (usize, usize) {
     let receptive: usize = shape.iter().skip(2).product();
     match shape {
         [] => (1, 1),
@@ -69,7 +69,7 @@ pub struct NamedVar {
 }
 
 /// 64-bit FNV-1a hash of a string (stable across platforms and releases).
-pub fn fnv1a64(s: &str) -> u64 {
+pub(crate) fn fnv1a64(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.bytes() {
         h ^= u64::from(b);
@@ -79,7 +79,7 @@ pub fn fnv1a64(s: &str) -> u64 {
 }
 
 /// SplitMix64 finaliser: a bijective mixer used to combine seeds.
-pub fn splitmix64(mut z: u64) -> u64 {
+pub(crate) fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -92,7 +92,7 @@ pub(crate) fn unit_f64(bits: u64) -> f64 {
 }
 
 /// The initial values of one parameter, as f32, in row-major order.
-pub fn init_values(name: &str, shape: &[usize], init: ParamInit, seed: u64) -> Vec<f32> {
+pub(crate) fn init_values(name: &str, shape: &[usize], init: ParamInit, seed: u64) -> Vec<f32> {
     let n: usize = shape.iter().product();
     let (fan_in, fan_out) = fans(shape);
     let (fan_in, fan_out) = (fan_in.max(1) as f64, fan_out.max(1) as f64);
@@ -130,7 +130,7 @@ fn normal_values(n: usize, std: f64, rng: &mut ChaCha8Rng) -> Vec<f32> {
 }
 
 /// Builds a tensor of the initial values on `device` in `dtype`.
-pub fn init_tensor(
+pub(crate) fn init_tensor(
     name: &str,
     shape: &[usize],
     init: ParamInit,

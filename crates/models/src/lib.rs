@@ -10,6 +10,14 @@
 //! * [`ops`] holds the differentiable bilinear resize and max-pool candle lacks, and the single
 //!   convolution entry point.
 //!
+//! Start from [`ModelConfig`] (with [`Backbone`], [`Head`], [`PretrainedSource`],
+//! [`InitScheme`], [`AuxHeadConfig`]) and [`DeepLab`]; weights load into it with a
+//! [`LoadReport`] ([`CheckpointLayout`]), and [`ExportFormat`] / [`save_exported`] write them
+//! under PyTorch's names. Every fallible call returns [`ModelError`]. Tensors are candle's:
+//! images `(N, 3, H, W)` and logits `(N, C, H, W)` in the `VarBuilder`'s float dtype (f32 or
+//! f64; f32 on the CPU takes the custom kernels). Each public item has one path: the crate root,
+//! or [`ops`] for the tensor operations.
+//!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::{VarBuilder, VarMap};
@@ -26,27 +34,35 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod aspp;
-pub mod aux_head;
-pub mod batch_norm;
-pub mod config;
-pub mod conv;
-pub mod deeplab;
-pub mod deeplabv3;
-pub mod deeplabv3plus;
-pub mod dropout;
-mod error;
-pub mod export;
-pub mod init;
-pub mod ops;
-pub mod pretrained;
-pub mod resnet;
-pub mod separable_conv;
+#![warn(missing_docs)]
 
-pub use aux_head::AuxHead;
+mod aspp;
+mod aux_head;
+mod batch_norm;
+mod config;
+mod conv;
+mod deeplab;
+mod deeplabv3;
+mod deeplabv3plus;
+mod dropout;
+mod error;
+mod export;
+mod init;
+pub mod ops;
+mod pretrained;
+mod resnet;
+mod separable_conv;
+
+pub use batch_norm::BatchNorm2d;
 pub use config::{
     AuxHeadConfig, Backbone, Head, HubFile, InitScheme, ModelConfig, PretrainedSource,
 };
 pub use deeplab::{BuildOptions, DeepLab};
 pub use error::ModelError;
+pub use export::{
+    check_compatible, export_tensors, from_pytorch_name, load_exported, save_exported,
+    to_pytorch_name, ExportFormat,
+};
+pub use init::{NamedVar, ParamInit, ParamKind};
 pub use pretrained::{CheckpointLayout, LoadReport};
+pub use resnet::ResNetFeatures;

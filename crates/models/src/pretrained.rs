@@ -82,8 +82,26 @@ impl fmt::Display for LoadReport {
     }
 }
 
+impl PretrainedSource {
+    /// The local safetensors file this source names for `backbone`, without loading it: a
+    /// [`PretrainedSource::Path`] as given, the hub sources from the Hugging Face cache
+    /// (`HF_HOME`), downloaded first unless `HF_HUB_OFFLINE` is set. Useful to fetch weights
+    /// before an offline run; [`crate::DeepLab::from_pretrained`] calls it.
+    ///
+    /// # Errors
+    /// [`ModelError::WeightFile`] when a local path is not a file; [`ModelError::Hub`] when the
+    /// hub file is neither cached nor downloadable (offline, network or HTTP error, or the crate
+    /// built without its `hub` feature).
+    pub fn resolve(&self, backbone: Backbone) -> Result<PathBuf, ModelError> {
+        resolve(self, backbone)
+    }
+}
+
 /// Resolves `source` to a local safetensors path (downloading through the hub cache if needed).
-pub fn resolve(source: &PretrainedSource, backbone: Backbone) -> Result<PathBuf, ModelError> {
+pub(crate) fn resolve(
+    source: &PretrainedSource,
+    backbone: Backbone,
+) -> Result<PathBuf, ModelError> {
     match source {
         PretrainedSource::Path(p) => {
             if p.is_file() {
@@ -103,7 +121,7 @@ pub fn resolve(source: &PretrainedSource, backbone: Backbone) -> Result<PathBuf,
 }
 
 /// Whether `HF_HUB_OFFLINE` asks for cache-only resolution.
-pub fn hub_offline() -> bool {
+pub(crate) fn hub_offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
         .map(|v| {
             matches!(
@@ -117,7 +135,11 @@ pub fn hub_offline() -> bool {
 /// Returns the local path of `file` in hub repository `repo`: from the cache (`HF_HOME`), else
 /// downloaded, unless `HF_HUB_OFFLINE` is set.
 #[cfg(feature = "hub")]
-pub fn hub_file(repo: &str, file: &str, revision: Option<&str>) -> Result<PathBuf, ModelError> {
+pub(crate) fn hub_file(
+    repo: &str,
+    file: &str,
+    revision: Option<&str>,
+) -> Result<PathBuf, ModelError> {
     use hf_hub::{Cache, Repo, RepoType};
     let err = |message: String| ModelError::Hub {
         repo: repo.to_string(),
@@ -147,7 +169,11 @@ pub fn hub_file(repo: &str, file: &str, revision: Option<&str>) -> Result<PathBu
 
 /// Without the `hub` feature only local files load.
 #[cfg(not(feature = "hub"))]
-pub fn hub_file(repo: &str, file: &str, _revision: Option<&str>) -> Result<PathBuf, ModelError> {
+pub(crate) fn hub_file(
+    repo: &str,
+    file: &str,
+    _revision: Option<&str>,
+) -> Result<PathBuf, ModelError> {
     Err(ModelError::Hub {
         repo: repo.to_string(),
         file: file.to_string(),
@@ -157,7 +183,7 @@ pub fn hub_file(repo: &str, file: &str, _revision: Option<&str>) -> Result<PathB
 }
 
 /// Reads every tensor of a safetensors file onto the CPU.
-pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>, ModelError> {
+pub(crate) fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>, ModelError> {
     candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| ModelError::WeightFile {
         path: path.to_path_buf(),
         message: e.to_string(),

@@ -10,7 +10,7 @@
 //! of a dilated stage takes the stage's dilation too.
 
 use crate::batch_norm::BatchNorm2d;
-use crate::config::{Backbone, ModelConfig};
+use crate::config::ModelConfig;
 use crate::conv::Conv2d;
 use crate::init::ParamBuilder;
 use crate::ops::add_relu::add_relu;
@@ -98,7 +98,7 @@ pub struct ResNetFeatures {
 
 /// A ResNet without its classifier (`fc`), as a dilated feature extractor.
 #[derive(Debug, Clone)]
-pub struct ResNet {
+pub(crate) struct ResNet {
     conv1: Conv2d,
     bn1: BatchNorm2d,
     layers: [Vec<Block>; 4],
@@ -223,12 +223,12 @@ impl ResNet {
     }
 
     /// Output channels of layer1..layer4.
-    pub fn channels(&self) -> [usize; 4] {
+    pub(crate) fn channels(&self) -> [usize; 4] {
         self.channels
     }
 
     /// Runs the stem and the four stages on `(N, 3, H, W)`.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<ResNetFeatures> {
+    pub(crate) fn forward_t(&self, x: &Tensor, train: bool) -> Result<ResNetFeatures> {
         let x = self.bn1.forward_after_conv_t(&self.conv1, x, train, true)?;
         let mut x = max_pool2d(&x, 3, 2, 1)?;
         let mut low_level = None;
@@ -249,12 +249,4 @@ impl ResNet {
             out: x,
         })
     }
-}
-
-/// Output channels of layer1 and layer4 for a backbone and width, without building it.
-pub fn feature_channels(backbone: Backbone, width: usize) -> (usize, usize) {
-    (
-        backbone.stage_channels(0, width),
-        backbone.stage_channels(3, width),
-    )
 }

@@ -20,7 +20,7 @@ use candle_core::{Result, Tensor};
 
 /// A depthwise `k×k` convolution followed by a pointwise `1×1` convolution, both without bias.
 #[derive(Debug, Clone)]
-pub struct SeparableConv2d {
+pub(crate) struct SeparableConv2d {
     depthwise: Conv2d,
     pointwise: Conv2d,
 }
@@ -54,17 +54,12 @@ impl SeparableConv2d {
             pointwise,
         })
     }
-
-    /// Applies both convolutions to `(N, C_in, H, W)`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.pointwise.forward(&self.depthwise.forward(x)?)
-    }
 }
 
 /// A head's `k×k`, stride-1, "same"-padded convolution without bias: dense, or depthwise-separable
 /// when the model's `separable` option is on.
 #[derive(Debug, Clone)]
-pub enum HeadConv {
+pub(crate) enum HeadConv {
     /// A dense convolution, parameter `{prefix}.weight`.
     Dense(Conv2d),
     /// A depthwise-separable convolution, parameters `{prefix}.0.weight` and `{prefix}.1.weight`.
@@ -102,17 +97,9 @@ impl HeadConv {
         })
     }
 
-    /// Applies the convolution to `(N, C_in, H, W)`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Dense(c) => c.forward(x),
-            Self::Separable(c) => c.forward(x),
-        }
-    }
-
-    /// `bn(self.forward(x))` (then ReLU when `relu`), with the (last) dense convolution fused into
-    /// the BatchNorm where [`BatchNorm2d::forward_after_conv_t`] can.
-    pub fn forward_bn_t(
+    /// `bn(conv(x))` (then ReLU when `relu`) for `x` `(N, C_in, H, W)`, with the (last) dense
+    /// convolution fused into the BatchNorm where [`BatchNorm2d::forward_after_conv_t`] can.
+    pub(crate) fn forward_bn_t(
         &self,
         bn: &BatchNorm2d,
         x: &Tensor,

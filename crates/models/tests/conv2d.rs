@@ -8,7 +8,7 @@ mod conv_common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use conv_common::{assert_close, dot, golden, max_abs_diff, run, tensor};
-use recallseg_models::ops::conv2d::{conv2d, conv2d_affine, conv2d_candle, Conv2dGeometry};
+use recallseg_models::ops::{conv2d, conv2d_affine, conv2d_candle, Conv2dGeometry};
 
 fn geom(padding: usize, stride: usize, dilation: usize) -> Conv2dGeometry {
     Conv2dGeometry {

@@ -9,7 +9,7 @@ mod conv_common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use conv_common::{assert_close, dot, golden, max_abs_diff, run, tensor, to_vec, tol};
-use recallseg_models::ops::conv2d::{
+use recallseg_models::ops::{
     conv2d, conv2d_affine, conv2d_candle, conv2d_path, Conv2dGeometry, Conv2dPath,
 };
 

@@ -1,4 +1,4 @@
-//! Export to PyTorch names (`recallseg_models::export`): the name mapping round trip, the file
+//! Export to PyTorch names (`recallseg_models::save_exported` and its siblings): the name mapping round trip, the file
 //! round trip, clear errors for configurations without a counterpart, and the golden of
 //! `tests/golden/make_export_golden.py`: segmentation_models_pytorch's `DeepLabV3Plus` and
 //! torchvision's `deeplabv3_resnet50` load the exported files with `strict=True` (same names and
@@ -12,7 +12,7 @@ mod common;
 
 use candle_core::Tensor;
 use common::{assert_matches, build, fill, fill_model, golden};
-use recallseg_models::export::{
+use recallseg_models::{
     check_compatible, export_tensors, from_pytorch_name, load_exported, save_exported,
     to_pytorch_name, ExportFormat,
 };

@@ -37,8 +37,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use recallseg_models::init::ParamKind;
 use recallseg_models::ops::{with_cpu_kernels, CpuKernels};
+use recallseg_models::ParamKind;
 use recallseg_models::{Backbone, DeepLab, Head, ModelConfig};
 
 /// The CUDA device, or `None` after printing why `test` is skipped (a panic instead when

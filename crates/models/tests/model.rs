@@ -6,8 +6,8 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use common::{build, fill, var_named};
-use recallseg_models::init::ParamKind;
 use recallseg_models::ops::{with_cpu_kernels, CpuKernels};
+use recallseg_models::ParamKind;
 use recallseg_models::{Backbone, DeepLab, Head, InitScheme, ModelConfig, ModelError};
 
 fn thin(backbone: Backbone, head: Head, output_stride: usize) -> ModelConfig {
@@ -50,7 +50,7 @@ fn every_backbone_head_and_stride_maps_images_to_logits_at_input_size() {
                 let cfg = thin(backbone, head, os);
                 let (model, _vm) = build(&cfg);
                 let f = model.backbone_features(&x, false).unwrap();
-                let (low, high) = recallseg_models::resnet::feature_channels(backbone, 4);
+                let (low, high) = (backbone.stage_channels(0, 4), backbone.stage_channels(3, 4));
                 assert_eq!(f.low_level.dims(), &[2, low, 9, 13], "{cfg:?}");
                 assert_eq!(
                     f.out.dims(),

@@ -6,8 +6,8 @@ mod common;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use common::{assert_matches, fill64, golden};
-use recallseg_models::ops::max_pool::{max_pool2d, max_pool2d_portable};
-use recallseg_models::ops::resize::{resize_bilinear, resize_bilinear_portable};
+use recallseg_models::ops::{max_pool2d, max_pool2d_portable};
+use recallseg_models::ops::{resize_bilinear, resize_bilinear_portable};
 
 fn maxpool_input() -> Tensor {
     // Quantised to quarters so that windows contain ties.
@@ -226,111 +226,6 @@ fn max_pool_cpu_op_agrees_with_portable_path() -> Result<()> {
             .max_all()?
             .to_scalar::<f32>()?;
         assert!(d <= 1e-6, "backward k{k} s{s} p{p}: {d}");
-    }
-    Ok(())
-}
-
-#[test]
-fn fused_cpu_batch_norm_agrees_with_portable_path() -> Result<()> {
-    // The fused op (f32 CPU training) against the same maths written with candle ops.
-    let x = Var::from_tensor(
-        &fill64("input.bn", &[3, 5, 4, 6])
-            .affine(2.0, 0.3)?
-            .to_dtype(DType::F32)?,
-    )?;
-    let gamma = Var::from_tensor(
-        &fill64("input.gamma", &[5])
-            .affine(0.5, 1.0)?
-            .to_dtype(DType::F32)?,
-    )?;
-    let beta = Var::from_tensor(&fill64("input.beta", &[5]).to_dtype(DType::F32)?)?;
-    let g = fill64("grad.bn", &[3, 5, 4, 6]).to_dtype(DType::F32)?;
-    for relu in [false, true] {
-        let (fast, stats) =
-            recallseg_models::ops::batch_norm_cpu::batch_norm_train(&x, &gamma, &beta, 1e-5, relu)?;
-        // Portable reference written out with candle ops.
-        let mean = x.mean_keepdim((0, 2, 3))?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
-        let y = xc
-            .broadcast_div(&var.affine(1.0, 1e-5)?.sqrt()?)?
-            .broadcast_mul(&gamma.reshape((1, 5, 1, 1))?)?
-            .broadcast_add(&beta.reshape((1, 5, 1, 1))?)?;
-        let slow = if relu { y.relu()? } else { y };
-        let close = |a: &Tensor, b: &Tensor, what: &str| -> Result<()> {
-            let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(d <= 1e-5, "{what} (relu={relu}): max difference {d}");
-            Ok(())
-        };
-        close(&fast, &slow, "output")?;
-        let m: Vec<f32> = mean.flatten_all()?.to_vec1()?;
-        let v: Vec<f32> = var.flatten_all()?.to_vec1()?;
-        for c in 0..5 {
-            assert!((stats.mean[c] - m[c] as f64).abs() < 1e-5);
-            assert!((stats.var[c] - v[c] as f64).abs() < 1e-5);
-        }
-        let gf = (&fast * &g)?.sum_all()?.backward()?;
-        let gs = (&slow * &g)?.sum_all()?.backward()?;
-        for (t, name) in [(&x, "dx"), (&gamma, "dgamma"), (&beta, "dbeta")] {
-            close(gf.get(t).unwrap(), gs.get(t).unwrap(), name)?;
-        }
-    }
-    Ok(())
-}
-
-#[test]
-fn fused_cpu_eval_batch_norm_agrees_with_the_formula() -> Result<()> {
-    use recallseg_models::ops::batch_norm_cpu::{batch_norm_eval, BatchStats};
-    let x = Var::from_tensor(
-        &fill64("input.bne", &[2, 4, 3, 5])
-            .affine(2.0, 0.5)?
-            .to_dtype(DType::F32)?,
-    )?;
-    let gamma = Var::from_tensor(
-        &fill64("input.gamma", &[4])
-            .affine(0.5, 1.0)?
-            .to_dtype(DType::F32)?,
-    )?;
-    let beta = Var::from_tensor(&fill64("input.beta", &[4]).to_dtype(DType::F32)?)?;
-    let mean = vec![0.1, -0.2, 0.3, 0.0];
-    let var = vec![0.5, 1.0, 1.5, 2.0];
-    let g = fill64("grad.bne", &[2, 4, 3, 5]).to_dtype(DType::F32)?;
-    for relu in [false, true] {
-        let stats = BatchStats {
-            mean: mean.clone(),
-            var: var.clone(),
-        };
-        let fast = batch_norm_eval(&x, &gamma, &beta, stats, 1e-5, relu)?;
-        let m = Tensor::new(
-            mean.iter()
-                .map(|&v| v as f32)
-                .collect::<Vec<_>>()
-                .as_slice(),
-            &Device::Cpu,
-        )?
-        .reshape((1, 4, 1, 1))?;
-        let v = Tensor::new(
-            var.iter().map(|&v| v as f32).collect::<Vec<_>>().as_slice(),
-            &Device::Cpu,
-        )?
-        .reshape((1, 4, 1, 1))?;
-        let y = x
-            .broadcast_sub(&m)?
-            .broadcast_div(&v.affine(1.0, 1e-5)?.sqrt()?)?
-            .broadcast_mul(&gamma.reshape((1, 4, 1, 1))?)?
-            .broadcast_add(&beta.reshape((1, 4, 1, 1))?)?;
-        let slow = if relu { y.relu()? } else { y };
-        let d = (&fast - &slow)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(d <= 1e-5, "output (relu={relu}): {d}");
-        let gf = (&fast * &g)?.sum_all()?.backward()?;
-        let gs = (&slow * &g)?.sum_all()?.backward()?;
-        for (t, name) in [(&x, "dx"), (&gamma, "dgamma"), (&beta, "dbeta")] {
-            let d = (gf.get(t).unwrap() - gs.get(t).unwrap())?
-                .abs()?
-                .max_all()?
-                .to_scalar::<f32>()?;
-            assert!(d <= 1e-5, "{name} (relu={relu}): {d}");
-        }
     }
     Ok(())
 }

@@ -6,7 +6,6 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::build;
-use recallseg_models::pretrained::resolve;
 use recallseg_models::{
     Backbone, CheckpointLayout, Head, HubFile, ModelConfig, ModelError, PretrainedSource,
 };
@@ -221,11 +220,9 @@ fn missing_and_mismatched_tensors_are_errors_naming_them_and_change_nothing() {
         "{e}"
     );
 
-    let e = resolve(
-        &PretrainedSource::Path(dir.path().join("absent.safetensors")),
-        Backbone::Resnet18,
-    )
-    .unwrap_err();
+    let e = PretrainedSource::Path(dir.path().join("absent.safetensors"))
+        .resolve(Backbone::Resnet18)
+        .unwrap_err();
     assert!(e.to_string().contains("absent.safetensors"), "{e}");
 }
 
@@ -263,7 +260,7 @@ fn hub_resolution_uses_the_cache_and_respects_offline_mode() {
         file: "model.safetensors".into(),
         revision: None,
     });
-    let e = resolve(&src, Backbone::Resnet18).unwrap_err().to_string();
+    let e = src.resolve(Backbone::Resnet18).unwrap_err().to_string();
     assert!(
         e.contains("timm/resnet18.tv_in1k") && e.contains("HF_HUB_OFFLINE"),
         "{e}"
@@ -278,6 +275,8 @@ fn hub_resolution_uses_the_cache_and_respects_offline_mode() {
     let snap = repo_dir.join("snapshots").join("abc123");
     std::fs::create_dir_all(&snap).unwrap();
     std::fs::write(snap.join("model.safetensors"), b"x").unwrap();
-    let p = resolve(&PretrainedSource::Imagenet, Backbone::Resnet18).unwrap();
+    let p = PretrainedSource::Imagenet
+        .resolve(Backbone::Resnet18)
+        .unwrap();
     assert_eq!(p, snap.join("model.safetensors"));
 }

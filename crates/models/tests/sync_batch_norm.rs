@@ -6,11 +6,29 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use recallseg_distributed::{single_process, LocalGroup, SharedCommunicator};
-use recallseg_models::batch_norm::BatchNorm2d;
-use recallseg_models::init::{fnv1a64, splitmix64, ParamKind};
 use recallseg_models::ops::{with_cpu_kernels, CpuKernels};
+use recallseg_models::BatchNorm2d;
+use recallseg_models::ParamKind;
 use recallseg_models::{Backbone, BuildOptions, DeepLab, Head, ModelConfig};
 use std::sync::Arc;
+
+/// 64-bit FNV-1a hash of a string.
+fn fnv1a64(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// SplitMix64 finaliser.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
 /// Deterministic values in `[-1, 1)` (+ `shift` on the first half of the batch, so the two
 /// ranks' means differ).

@@ -273,7 +273,7 @@ pub struct ModelSection {
     pub aux_head: Option<AuxHeadSection>,
 }
 
-/// `[model.aux_head]`: the auxiliary FCN head (`recallseg_models::aux_head`) and its loss
+/// `[model.aux_head]`: the auxiliary FCN head (`recallseg_models::AuxHeadConfig`) and its loss
 /// weight. The defaults are mmseg's `deeplabv3_r50-d8.py`: `channels = 256`, `dropout = 0.1`,
 /// `loss_weight = 0.4`. Training minimises `loss(main) + loss_weight · loss(aux)` with the same
 /// `[loss]` for both; evaluation and prediction ignore the head.

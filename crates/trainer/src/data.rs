@@ -2,8 +2,9 @@
 
 use crate::config::{DataConfig, DatasetKind};
 use candle_core::{Device, Tensor};
+use recallseg_data::transform::Augment;
 use recallseg_data::{
-    generate_synthia, Augment, Batch, CityscapesDataset, CityscapesOptions, FolderDataset, Loader,
+    generate_synthia, Batch, CityscapesDataset, CityscapesOptions, FolderDataset, Loader,
     LoaderConfig, SegDataset, Split, SyntheticConfig, SynthiaDataset, SynthiaOptions,
 };
 use std::path::Path;

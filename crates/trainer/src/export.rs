@@ -1,7 +1,7 @@
 //! `recallseg export`: a trained model's parameters under PyTorch's names, so that
 //! segmentation_models_pytorch's `DeepLabV3Plus` or torchvision's `deeplabv3_resnet50/101` loads
 //! it with `load_state_dict(..., strict=True)` (and from there ONNX). The name mapping and the
-//! compatibility rules are `recallseg_models::export`'s.
+//! compatibility rules are `recallseg_models::check_compatible`'s.
 //!
 //! The file's metadata holds the PyTorch constructor's arguments and what prediction needs
 //! besides the weights: `class_names` (JSON list), `ignore_index`, `mean` and `std` (JSON,
@@ -9,7 +9,7 @@
 //! `step`.
 
 use crate::predict::{Predictor, PredictorOptions};
-use recallseg_models::export::{save_exported, ExportFormat};
+use recallseg_models::{save_exported, ExportFormat};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -24,7 +24,7 @@ pub struct ExportSummary {
 
 /// Exports the model of a checkpoint (or run folder: its best checkpoint, else its last) as
 /// `format` to `out`. Fails, naming the field, for a model without a counterpart in `format`
-/// (`recallseg_models::export::check_compatible`), and refuses to write over the checkpoint.
+/// (`recallseg_models::check_compatible`), and refuses to write over the checkpoint.
 pub fn export_checkpoint(
     checkpoint: &Path,
     format: ExportFormat,
@@ -67,7 +67,7 @@ pub fn export_checkpoint(
             format.name()
         )
     })?;
-    let mut metadata = recallseg_models::export::check_compatible(p.model().config(), format)?;
+    let mut metadata = recallseg_models::check_compatible(p.model().config(), format)?;
     metadata.extend(extra);
     Ok(ExportSummary {
         checkpoint: p.checkpoint().to_path_buf(),

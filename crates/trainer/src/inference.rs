@@ -42,7 +42,7 @@
 //! ```
 
 use candle_core::{Result, Tensor};
-use recallseg_models::ops::resize::resize_bilinear;
+use recallseg_models::ops::resize_bilinear;
 use recallseg_models::DeepLab;
 use serde::{Deserialize, Serialize};
 

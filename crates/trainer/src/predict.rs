@@ -51,7 +51,7 @@ use candle_core::{Device, Tensor};
 use recallseg_data::png_io::RgbImage;
 use recallseg_data::transform::normalize_chw;
 use recallseg_data::{ClassInfo, LabelMap, Normalize};
-use recallseg_models::ops::resize::resize_bilinear;
+use recallseg_models::ops::resize_bilinear;
 use recallseg_models::DeepLab;
 use std::path::{Path, PathBuf};
 

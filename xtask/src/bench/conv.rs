@@ -4,7 +4,7 @@
 //! 1 and 2. "Forward" times `y = conv(x, k); s = (y*y).sum(); s.item()`, "backward" times
 //! `s.backward()` (which includes the gradient of `y*y`), exactly as the PyTorch script does. Each
 //! shape is timed for candle 0.11's own convolution (`Tensor::conv2d`) and for
-//! `recallseg_models::ops::conv2d::conv2d` (the CPU custom op on CPU f32).
+//! `recallseg_models::ops::conv2d` (the CPU custom op on CPU f32).
 //!
 //! Besides the wall-clock medians, the CPU time of all threads per pass is reported (Linux): on a
 //! machine shared with other work it shows the work done independently of how much of the machine
@@ -21,7 +21,7 @@
 
 use super::{ms, BenchArgs, Figure};
 use candle_core::{Device, Tensor, Var};
-use recallseg_models::ops::conv2d::{conv2d, Conv2dGeometry};
+use recallseg_models::ops::{conv2d, Conv2dGeometry};
 use std::time::Instant;
 
 /// PyTorch 2.15 CPU figures on the 2-core machine (`../shared/peer/README.md`), in ms:
@@ -63,7 +63,7 @@ const DEPTHWISE: [DepthwiseCase; 2] = [
 enum Impl {
     /// candle's `Tensor::conv2d`.
     Candle,
-    /// `recallseg_models::ops::conv2d::conv2d`.
+    /// `recallseg_models::ops::conv2d`.
     Ours,
 }
 

@@ -13,10 +13,11 @@
 
 use super::{BenchArgs, Figure};
 use recallseg_data::png_io::{decode_label, decode_rgb8, PngSpeed};
-use recallseg_data::split::SplitFractions;
+use recallseg_data::transform::Augment;
+use recallseg_data::SplitFractions;
 use recallseg_data::{
-    generate_synthia, Augment, Loader, LoaderConfig, SegDataset, Split, SyntheticConfig,
-    SynthiaDataset, SynthiaOptions,
+    generate_synthia, Loader, LoaderConfig, SegDataset, Split, SyntheticConfig, SynthiaDataset,
+    SynthiaOptions,
 };
 use std::sync::Arc;
 use std::time::Instant;

@@ -1,8 +1,8 @@
 //! PNG colour types and bit depths the readers accept, and the split helpers.
 
 use recallseg_data::png_io::{decode_label, decode_rgb8};
-use recallseg_data::split::{shuffled_indices, uniform_below, SplitFractions};
 use recallseg_data::Split;
+use recallseg_data::SplitFractions;
 use std::path::Path;
 
 fn write(
@@ -103,35 +103,6 @@ fn labels_keep_raw_values_of_every_layout() {
     // 1-bit grey.
     write(&p, 9, 1, Grayscale, One, &[0b1010_0000, 0b1000_0000], None);
     assert_eq!(decode_label(&p).unwrap().data, [1, 0, 1, 0, 0, 0, 0, 0, 1]);
-}
-
-#[test]
-fn shuffle_is_a_permutation_and_uniform_below_is_in_range() {
-    for n in [0usize, 1, 2, 10, 97] {
-        let mut p = shuffled_indices(n, 3);
-        p.sort();
-        assert_eq!(p, (0..n).collect::<Vec<_>>());
-    }
-    assert_ne!(shuffled_indices(50, 0), shuffled_indices(50, 1));
-    assert_eq!(shuffled_indices(50, 7), shuffled_indices(50, 7));
-    // Each position of a 4-element shuffle holds each value about 1/4 of the time.
-    let mut counts = [[0u32; 4]; 4];
-    for seed in 0..4000 {
-        for (pos, v) in shuffled_indices(4, seed).into_iter().enumerate() {
-            counts[pos][v] += 1;
-        }
-    }
-    for row in counts {
-        for c in row {
-            assert!((850..1150).contains(&c), "{c} of 4000 (expected ~1000)");
-        }
-    }
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
-    for n in [1u64, 2, 3, 1000, u64::MAX] {
-        for _ in 0..100 {
-            assert!(uniform_below(&mut rng, n) < n);
-        }
-    }
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Loader determinism, resume, shapes and augmentation consistency.
 
 use crate::util::tiny_synthia;
-use recallseg_data::{Augment, Batch, Loader, LoaderConfig, Normalize, SegDataset, Shard, Split};
+use recallseg_data::transform::Augment;
+use recallseg_data::{Batch, Loader, LoaderConfig, Normalize, SegDataset, Shard, Split};
 use recallseg_data::{SynthiaDataset, SynthiaOptions};
 use std::sync::Arc;
 

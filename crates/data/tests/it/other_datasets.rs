@@ -1,11 +1,11 @@
 //! Cityscapes and folder datasets on small trees built in the test, and the pixel-count cache.
 
-use recallseg_data::cityscapes::{CityscapesLabels, CITYSCAPES_ID_TO_TRAIN_ID};
 use recallseg_data::png_io::{write_gray8, write_rgb8, PngSpeed};
 use recallseg_data::stats::{cache_path, PixelCountCache};
 use recallseg_data::{
     CityscapesDataset, CityscapesOptions, DataError, FolderDataset, SegDataset, Split,
 };
+use recallseg_data::{CityscapesLabels, CITYSCAPES_ID_TO_TRAIN_ID};
 use std::path::Path;
 
 fn city_tree(root: &Path, split: &str, cities: &[&str], per_city: usize) {
@@ -55,7 +55,7 @@ fn cityscapes_maps_label_ids_to_the_19_train_ids() {
         assert_eq!(CITYSCAPES_ID_TO_TRAIN_ID[id], train);
     }
     // Train ids 0..18 each appear once per image (ids 34, 35 wrap to 0, 1: ignored).
-    let counts = recallseg_data::class_pixel_counts(&ds).unwrap();
+    let counts = recallseg_data::stats::class_pixel_counts(&ds).unwrap();
     assert_eq!(counts, vec![4u64; 19]);
     // A label id outside 0..=33 is an error naming the file.
     let lbl = dir
@@ -134,7 +134,7 @@ normalize = { mean = [100.0, 100.0, 100.0], std = [50.0, 50.0, 50.0] }
     let stem: usize = s.id.trim_start_matches('f').parse().unwrap();
     assert_eq!(s.image[0], stem as u8 * 20);
     assert_eq!(
-        recallseg_data::class_pixel_counts(&tr).unwrap(),
+        recallseg_data::stats::class_pixel_counts(&tr).unwrap(),
         vec![21, 21, 7]
     );
 }
@@ -210,7 +210,7 @@ fn pixel_counts_are_cached_and_invalidated() {
     };
     write_spec(0);
     let ds = FolderDataset::open(&spec, Split::Train).unwrap();
-    let truth = recallseg_data::class_pixel_counts(&ds).unwrap();
+    let truth = recallseg_data::stats::class_pixel_counts(&ds).unwrap();
     assert_eq!(truth, vec![21, 21, 7]);
     let path = cache_path(&ds).unwrap();
     assert!(path.starts_with(dir.path().join(".recallseg-cache")));
@@ -227,14 +227,14 @@ fn pixel_counts_are_cached_and_invalidated() {
     cache.per_item[0].counts = vec![1, 2, 3];
     std::fs::write(&path, serde_json::to_string(&cache).unwrap()).unwrap();
     assert_eq!(
-        recallseg_data::class_pixel_counts(&ds).unwrap(),
+        recallseg_data::stats::class_pixel_counts(&ds).unwrap(),
         vec![1, 2, 3]
     );
     // Changed options (another split seed) invalidate it ...
     write_spec(1);
     let ds1 = FolderDataset::open(&spec, Split::Train).unwrap();
     assert_eq!(
-        recallseg_data::class_pixel_counts(&ds1).unwrap(),
+        recallseg_data::stats::class_pixel_counts(&ds1).unwrap(),
         vec![21, 21, 7]
     );
     // ... and so does a changed file list.
@@ -267,7 +267,7 @@ fn pixel_counts_are_cached_and_invalidated() {
     let ds2 = FolderDataset::open(&spec, Split::Train).unwrap();
     assert_ne!(ds2.fingerprint(), ds.fingerprint());
     assert_ne!(
-        recallseg_data::class_pixel_counts(&ds2).unwrap(),
+        recallseg_data::stats::class_pixel_counts(&ds2).unwrap(),
         vec![1, 2, 3]
     );
 }
@@ -319,7 +319,7 @@ fn skipped_files_are_reported() {
         "{reasons:?}"
     );
     assert_eq!(reasons[2], ("orphan.png".into(), "a mask without an image"));
-    let line = recallseg_data::folder::skipped_summary(ds.skipped()).unwrap();
+    let line = recallseg_data::skipped_summary(ds.skipped()).unwrap();
     assert!(
         line.contains("skipped 3 file(s)")
             && line.contains("orphan.png")
@@ -415,7 +415,7 @@ fn a_relabelled_mask_with_the_same_size_and_mtime_is_recounted() {
     .unwrap();
     let ds = FolderDataset::open(&spec, Split::Train).unwrap();
     assert_eq!(
-        recallseg_data::class_pixel_counts(&ds).unwrap(),
+        recallseg_data::stats::class_pixel_counts(&ds).unwrap(),
         vec![30, 30, 10]
     );
     // Relabel f0: every pixel class 2 (same dimensions, same encoder: same file size).
@@ -437,7 +437,7 @@ fn a_relabelled_mask_with_the_same_size_and_mtime_is_recounted() {
     let ds = FolderDataset::open(&spec, Split::Train).unwrap();
     // f0 had 3 × class 0, 3 × class 1, 1 × class 2; now 7 × class 2.
     assert_eq!(
-        recallseg_data::class_pixel_counts(&ds).unwrap(),
+        recallseg_data::stats::class_pixel_counts(&ds).unwrap(),
         vec![27, 27, 16]
     );
 
@@ -465,13 +465,13 @@ fn a_relabelled_mask_with_the_same_size_and_mtime_is_recounted() {
     assert_eq!(std::fs::metadata(&mask).unwrap().len(), before.len());
     // Nine doctored items (1 pixel of class 0 each) and f1 counted from its new content.
     assert_eq!(
-        recallseg_data::class_pixel_counts(&ds).unwrap(),
+        recallseg_data::stats::class_pixel_counts(&ds).unwrap(),
         vec![9, 7, 0]
     );
     // A cache hit needs no decoding at all: with every entry trusted, the doctored values are
     // what comes back, twice.
     assert_eq!(
-        recallseg_data::class_pixel_counts(&ds).unwrap(),
+        recallseg_data::stats::class_pixel_counts(&ds).unwrap(),
         vec![9, 7, 0]
     );
 }

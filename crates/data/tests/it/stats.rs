@@ -91,7 +91,7 @@ fn mean_std_and_class_pixels_match_numpy() {
     // The counts are those of the pixel-count pass, and the shares numpy's.
     assert_eq!(
         s.class_pixels,
-        recallseg_data::class_pixel_counts(&ds).unwrap()
+        recallseg_data::stats::class_pixel_counts(&ds).unwrap()
     );
     for (a, b) in s.class_shares().iter().zip(g["shares"].as_array().unwrap()) {
         assert!((a - b.as_f64().unwrap()).abs() < 1e-15);

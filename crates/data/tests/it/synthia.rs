@@ -1,9 +1,9 @@
 //! The Synthia reader on generated data: layout, split protocol, round trip, class mapping.
 
 use crate::util::tiny_synthia;
-use recallseg_data::loader::mix_seed;
-use recallseg_data::synthetic::render_scene;
-use recallseg_data::synthia::{class, SYNTHIA_NORMALIZE};
+use recallseg_data::mix_seed;
+use recallseg_data::render_scene;
+use recallseg_data::{synthia_class as class, SYNTHIA_NORMALIZE};
 use recallseg_data::{SegDataset, Split, SynthiaDataset, SynthiaOptions};
 use std::collections::BTreeSet;
 
@@ -74,7 +74,7 @@ fn reads_back_exactly_what_the_generator_rendered() {
         let d = SynthiaDataset::open(dir.path(), split, SynthiaOptions::default()).unwrap();
         for (t, c) in total
             .iter_mut()
-            .zip(recallseg_data::class_pixel_counts(&d).unwrap())
+            .zip(recallseg_data::stats::class_pixel_counts(&d).unwrap())
         {
             *t += c;
         }

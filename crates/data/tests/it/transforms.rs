@@ -4,11 +4,12 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use recallseg_data::png_io::decode_rgb8;
+use recallseg_data::transform::Augment;
 use recallseg_data::transform::{
     color_jitter, crop_pad, hflip, normalize_chw, resize_bilinear_rgb, resize_bilinear_rgb_f32,
     resize_bilinear_rgb_window, resize_nearest, resize_nearest_window,
 };
-use recallseg_data::{Augment, Normalize};
+use recallseg_data::Normalize;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -235,7 +236,7 @@ fn bad_sizes_are_errors_not_panics() {
     assert!(resize_bilinear_rgb_f32(&[0u8; 12], 2, 2, 0, 0).is_err());
     assert!(resize_nearest_window(&[1u8; 4], 2, 2, 2, 2, 1, 0, 0, 2, 2, &[0, 0]).is_err());
     assert!(resize_bilinear_rgb_window(&[0u8; 12], 2, 2, 3, 3, 0, 0, 3, 3, [0; 3]).is_ok());
-    let aug = recallseg_data::Augment::default();
+    let aug = recallseg_data::transform::Augment::default();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     assert!(aug
         .apply(&[0u8; 5], &[0u8; 4], 2, 2, [0; 3], 255, &mut rng)

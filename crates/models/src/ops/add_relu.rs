@@ -19,7 +19,7 @@ const CHUNK: usize = 1 << 15;
 ///
 /// # Errors
 /// Shapes, dtypes or devices that differ.
-pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub(crate) fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.dims() != b.dims() {
         candle_core::bail!("add_relu: shapes differ, {:?} and {:?}", a.dims(), b.dims())
     }

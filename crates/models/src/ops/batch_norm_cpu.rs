@@ -28,14 +28,14 @@ use recallseg_kernels::SavedState;
 use recallseg_kernels::{dispatch, simd::use_avx2};
 use std::sync::Arc;
 
-/// Whether [`batch_norm_train`] can run on `x`.
-pub fn supported(x: &Tensor) -> bool {
+/// Whether `batch_norm_train` can run on `x`.
+pub(crate) fn supported(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
 /// Batch statistics of one forward pass.
 #[derive(Debug, Clone, Default)]
-pub struct BatchStats {
+pub(crate) struct BatchStats {
     /// Per-channel mean.
     pub mean: Vec<f64>,
     /// Per-channel biased variance.
@@ -335,7 +335,8 @@ impl CustomOp3 for BnBackward {
 
 /// Training-mode batch norm (then ReLU when `relu`) of `x` `(N, C, H, W)` with scale `gamma` and
 /// shift `beta` `(C)`, all CPU f32. Returns the output and the batch statistics.
-pub fn batch_norm_train(
+#[cfg(test)]
+pub(crate) fn batch_norm_train(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
@@ -346,12 +347,12 @@ pub fn batch_norm_train(
     Ok((y, stats))
 }
 
-/// [`batch_norm_train`] with the statistics of the global batch over the ranks of `sync`
+/// `batch_norm_train` with the statistics of the global batch over the ranks of `sync`
 /// (SyncBatchNorm; see the module documentation). Every rank must call it, and reach its
 /// backward pass, in the same order. Returns the output, the global statistics and the number
 /// of values per channel they were taken over (all ranks together). `None`: `batch_norm_train`,
 /// with this rank's count.
-pub fn batch_norm_train_synced(
+pub(crate) fn batch_norm_train_synced(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
@@ -383,7 +384,7 @@ pub fn batch_norm_train_synced(
 /// Evaluation-mode batch norm (then ReLU when `relu`) of CPU f32 `x` `(N, C, H, W)` with the given
 /// (running) statistics, in one pass; differentiable in `x`, `gamma` and `beta`
 /// (`∂x = g·γ/√(σ²+ε)`, `∂γ = Σ g·x̂`, `∂β = Σ g`).
-pub fn batch_norm_eval(
+pub(crate) fn batch_norm_eval(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
@@ -602,6 +603,7 @@ dispatch!(input_grad_plane, input_grad_plane_impl,
 mod tests {
     use super::*;
     use crate::ops::test_values::values;
+    use candle_core::Var;
 
     #[test]
     fn avx2_and_baseline_plane_kernels_agree_bitwise() {
@@ -639,5 +641,125 @@ mod tests {
         // The lane sums equal the plain sums up to f64 rounding.
         let plain: f64 = x.iter().map(|&v| v as f64).sum();
         assert!((sum_plane(false, &x) - plain).abs() <= 1e-9 * plain.abs().max(1.0));
+    }
+
+    /// The fill formula of the integration tests (`tests/common`, `make_goldens.py`) for
+    /// `input.*` / `grad.*` names: uniform in `[-1, 1)` from `(name, index)`, rounded to f32,
+    /// as an f64 tensor.
+    fn fill64(name: &str, shape: &[usize]) -> Tensor {
+        use crate::init::{fnv1a64, splitmix64};
+        let n: usize = shape.iter().product();
+        let h = fnv1a64(name);
+        let v: Vec<f64> = (0..n as u64)
+            .map(|i| (splitmix64(h ^ i) >> 11) as f64 * (1.0 / (1u64 << 53) as f64))
+            .map(|u| (2.0 * u - 1.0) as f32 as f64)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    // The fused ops against the same maths written with candle ops (moved here from
+    // `tests/ops.rs`: the fused BatchNorm is internal to the crate).
+
+    #[test]
+    fn fused_cpu_batch_norm_agrees_with_portable_path() -> Result<()> {
+        // The fused op (f32 CPU training) against the same maths written with candle ops.
+        let x = Var::from_tensor(
+            &fill64("input.bn", &[3, 5, 4, 6])
+                .affine(2.0, 0.3)?
+                .to_dtype(DType::F32)?,
+        )?;
+        let gamma = Var::from_tensor(
+            &fill64("input.gamma", &[5])
+                .affine(0.5, 1.0)?
+                .to_dtype(DType::F32)?,
+        )?;
+        let beta = Var::from_tensor(&fill64("input.beta", &[5]).to_dtype(DType::F32)?)?;
+        let g = fill64("grad.bn", &[3, 5, 4, 6]).to_dtype(DType::F32)?;
+        for relu in [false, true] {
+            let (fast, stats) = batch_norm_train(&x, &gamma, &beta, 1e-5, relu)?;
+            // Portable reference written out with candle ops.
+            let mean = x.mean_keepdim((0, 2, 3))?;
+            let xc = x.broadcast_sub(&mean)?;
+            let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
+            let y = xc
+                .broadcast_div(&var.affine(1.0, 1e-5)?.sqrt()?)?
+                .broadcast_mul(&gamma.reshape((1, 5, 1, 1))?)?
+                .broadcast_add(&beta.reshape((1, 5, 1, 1))?)?;
+            let slow = if relu { y.relu()? } else { y };
+            let close = |a: &Tensor, b: &Tensor, what: &str| -> Result<()> {
+                let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(d <= 1e-5, "{what} (relu={relu}): max difference {d}");
+                Ok(())
+            };
+            close(&fast, &slow, "output")?;
+            let m: Vec<f32> = mean.flatten_all()?.to_vec1()?;
+            let v: Vec<f32> = var.flatten_all()?.to_vec1()?;
+            for c in 0..5 {
+                assert!((stats.mean[c] - m[c] as f64).abs() < 1e-5);
+                assert!((stats.var[c] - v[c] as f64).abs() < 1e-5);
+            }
+            let gf = (&fast * &g)?.sum_all()?.backward()?;
+            let gs = (&slow * &g)?.sum_all()?.backward()?;
+            for (t, name) in [(&x, "dx"), (&gamma, "dgamma"), (&beta, "dbeta")] {
+                close(gf.get(t).unwrap(), gs.get(t).unwrap(), name)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_cpu_eval_batch_norm_agrees_with_the_formula() -> Result<()> {
+        let x = Var::from_tensor(
+            &fill64("input.bne", &[2, 4, 3, 5])
+                .affine(2.0, 0.5)?
+                .to_dtype(DType::F32)?,
+        )?;
+        let gamma = Var::from_tensor(
+            &fill64("input.gamma", &[4])
+                .affine(0.5, 1.0)?
+                .to_dtype(DType::F32)?,
+        )?;
+        let beta = Var::from_tensor(&fill64("input.beta", &[4]).to_dtype(DType::F32)?)?;
+        let mean = vec![0.1, -0.2, 0.3, 0.0];
+        let var = vec![0.5, 1.0, 1.5, 2.0];
+        let g = fill64("grad.bne", &[2, 4, 3, 5]).to_dtype(DType::F32)?;
+        for relu in [false, true] {
+            let stats = BatchStats {
+                mean: mean.clone(),
+                var: var.clone(),
+            };
+            let fast = batch_norm_eval(&x, &gamma, &beta, stats, 1e-5, relu)?;
+            let m = Tensor::new(
+                mean.iter()
+                    .map(|&v| v as f32)
+                    .collect::<Vec<_>>()
+                    .as_slice(),
+                &Device::Cpu,
+            )?
+            .reshape((1, 4, 1, 1))?;
+            let v = Tensor::new(
+                var.iter().map(|&v| v as f32).collect::<Vec<_>>().as_slice(),
+                &Device::Cpu,
+            )?
+            .reshape((1, 4, 1, 1))?;
+            let y = x
+                .broadcast_sub(&m)?
+                .broadcast_div(&v.affine(1.0, 1e-5)?.sqrt()?)?
+                .broadcast_mul(&gamma.reshape((1, 4, 1, 1))?)?
+                .broadcast_add(&beta.reshape((1, 4, 1, 1))?)?;
+            let slow = if relu { y.relu()? } else { y };
+            let d = (&fast - &slow)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d <= 1e-5, "output (relu={relu}): {d}");
+            let gf = (&fast * &g)?.sum_all()?.backward()?;
+            let gs = (&slow * &g)?.sum_all()?.backward()?;
+            for (t, name) in [(&x, "dx"), (&gamma, "dgamma"), (&beta, "dbeta")] {
+                let d = (gf.get(t).unwrap() - gs.get(t).unwrap())?
+                    .abs()?
+                    .max_all()?
+                    .to_scalar::<f32>()?;
+                assert!(d <= 1e-5, "{name} (relu={relu}): {d}");
+            }
+        }
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! `γ` and `β` travel as one `(2, C)` operand (`Tensor::stack`, whose backward splits the
 //! gradient again). Only for `f32` CPU tensors and dense convolutions without bias; everything
-//! else keeps the separate ops ([`conv_bn_train`] returns `None`).
+//! else keeps the separate ops (`conv_bn_train_synced` returns `None`).
 
 use crate::ops::batch_norm_cpu::{BatchStats, BnTrain};
 use crate::ops::conv2d::cpu::Conv2dCpu;
@@ -29,7 +29,8 @@ use std::sync::Arc;
 /// # Errors
 /// Shapes that do not describe a convolution, or a `gamma`/`beta` that does not match its
 /// output channels.
-pub fn conv_bn_train(
+#[cfg(test)]
+pub(crate) fn conv_bn_train(
     x: &Tensor,
     weight: &Tensor,
     gamma: &Tensor,
@@ -44,14 +45,14 @@ pub fn conv_bn_train(
     )
 }
 
-/// [`conv_bn_train`] with the BatchNorm statistics of the global batch over the ranks of `sync`
+/// `conv_bn_train` with the BatchNorm statistics of the global batch over the ranks of `sync`
 /// (SyncBatchNorm, see [`crate::ops::batch_norm_cpu`]); also returns the number of values per
 /// channel the statistics were taken over (all ranks together). Every rank must call it, and
 /// reach its backward pass, in the same order, and all must take the fused path or none (the
 /// choice depends only on the device, dtypes, geometry and the thread's
 /// [`crate::ops::cpu_kernels`], the same on every rank of a data-parallel run).
 #[allow(clippy::too_many_arguments)]
-pub fn conv_bn_train_synced(
+pub(crate) fn conv_bn_train_synced(
     x: &Tensor,
     weight: &Tensor,
     gamma: &Tensor,

@@ -16,13 +16,13 @@ use std::cell::Cell;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuKernels {
     /// The convolution ops (dense im2col/Winograd and depthwise) behind
-    /// [`crate::ops::conv2d::conv2d`] and [`crate::ops::conv2d::conv2d_affine`]; `false` makes
-    /// them behave like [`crate::ops::conv2d::conv2d_candle`].
+    /// [`crate::ops::conv2d`] and [`crate::ops::conv2d_affine`]; `false` makes
+    /// them behave like [`crate::ops::conv2d_candle`].
     pub conv: bool,
-    /// The fused BatchNorm (+ ReLU) op ([`crate::ops::batch_norm_cpu`]) in `BatchNorm2d`, in
+    /// The fused BatchNorm (+ ReLU) op in [`crate::BatchNorm2d`], in
     /// training and evaluation mode.
     pub batch_norm: bool,
-    /// The fused convolution + training-mode BatchNorm (+ ReLU) op ([`crate::ops::conv_bn`]);
+    /// The fused convolution + training-mode BatchNorm (+ ReLU) op (in the ResNet and heads);
     /// it also needs `conv` and `batch_norm`.
     pub conv_bn: bool,
 }

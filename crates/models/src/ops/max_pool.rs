@@ -25,7 +25,12 @@ use recallseg_kernels::SavedState;
 use std::sync::Arc;
 
 /// Output length of a pooling axis (floor mode, like PyTorch's default `ceil_mode=False`).
-pub fn pooled_len(len: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
+pub(crate) fn pooled_len(
+    len: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Option<usize> {
     let padded = len + 2 * padding;
     if kernel == 0 || stride == 0 || padded < kernel {
         return None;

@@ -32,7 +32,7 @@ use recallseg_kernels::storage::contiguous_f32;
 /// `w0 · in[i0] + w1 · in[i1]`. When both taps fall on the same input (`i0 == i1`, at the clamped
 /// border) their weights are summed into `w0` and `w1` is 0.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AxisTap {
+pub(crate) struct AxisTap {
     /// First source index (`⌊s⌋`).
     pub i0: usize,
     /// Second source index (`min(i0 + 1, in − 1)`).
@@ -46,7 +46,7 @@ pub struct AxisTap {
 /// The taps of every output position of an axis resized from `in_len` to `out_len`, in f64
 /// (PyTorch's source-coordinate rule for `align_corners`; see the module documentation).
 /// Empty when either length is 0.
-pub fn axis_taps(in_len: usize, out_len: usize, align_corners: bool) -> Vec<AxisTap> {
+pub(crate) fn axis_taps(in_len: usize, out_len: usize, align_corners: bool) -> Vec<AxisTap> {
     if in_len == 0 || out_len == 0 {
         return Vec::new();
     }
@@ -85,7 +85,11 @@ pub fn axis_taps(in_len: usize, out_len: usize, align_corners: bool) -> Vec<Axis
 
 /// The `(out_len × in_len)` interpolation weights for one axis, row-major, in f64: row `d` holds
 /// the [`axis_taps`] of output position `d`, every other entry is 0.
-pub fn interpolation_weights(in_len: usize, out_len: usize, align_corners: bool) -> Vec<f64> {
+pub(crate) fn interpolation_weights(
+    in_len: usize,
+    out_len: usize,
+    align_corners: bool,
+) -> Vec<f64> {
     let mut m = vec![0.0f64; out_len * in_len];
     for (d, t) in axis_taps(in_len, out_len, align_corners)
         .into_iter()

@@ -4,9 +4,27 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use recallseg_models::init::{fnv1a64, splitmix64};
 use recallseg_models::{DeepLab, ModelConfig};
 use serde_json::Value;
+
+/// 64-bit FNV-1a hash of a string (the crate's parameter-seeding hash, copied: the fill formula of
+/// `make_goldens.py` must not change with the crate's internals).
+pub(crate) fn fnv1a64(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// SplitMix64 finaliser (as in `make_goldens.py`).
+pub(crate) fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
 /// Uniform `[0, 1)` values of the fill formula.
 pub(crate) fn uniform(name: &str, n: usize) -> Vec<f64> {

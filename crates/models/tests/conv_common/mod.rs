@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use candle_core::{Device, Tensor, Var};
-use recallseg_models::ops::conv2d::Conv2dGeometry;
+use recallseg_models::ops::Conv2dGeometry;
 
 /// The crate's test-value generator (xorshift values in [-1, 1)), the same file the unit tests
 /// of the CPU kernels use.

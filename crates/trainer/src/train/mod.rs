@@ -262,7 +262,7 @@ pub fn open_run_data_shard(
     let train_ds = open_split(d, parse_split("data.train_split", &d.train_split)?)?;
     let classes = train_ds.class_info().clone();
     let train_ds = crate::data::limit(train_ds, d.max_train_images);
-    let class_pixel_counts = recallseg_data::class_pixel_counts(&*train_ds)?;
+    let class_pixel_counts = recallseg_data::stats::class_pixel_counts(&*train_ds)?;
     let train = train_loader(d, train_ds, cfg.train.batch_size, cfg.train.seed, shard)?;
     let val_ds = open_split(d, parse_split("data.val_split", &d.val_split)?)?;
     let mut val_ds = crate::data::limit(val_ds, d.max_eval_images);
