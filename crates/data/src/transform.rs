@@ -115,6 +115,34 @@ fn check_window(x0: isize, y0: isize, cw: usize, ch: usize) -> Result<(), DataEr
     Ok(())
 }
 
+/// The checks every whole-image resize makes: the source holds `sw·sh·channels` values, the
+/// target size is not empty and not too large.
+fn check_resize(
+    len: usize,
+    [sw, sh]: [usize; 2],
+    [dw, dh]: [usize; 2],
+    channels: usize,
+) -> Result<(), DataError> {
+    check_buffer("resize source", len, sw, sh, channels)?;
+    check_target(dw, dh)?;
+    check_output("resize target size", dw, dh)
+}
+
+/// The checks every windowed resize makes: the source as [`check_resize`], the target size not
+/// empty, the window inside the limits.
+fn check_resize_window(
+    len: usize,
+    [sw, sh]: [usize; 2],
+    [dw, dh]: [usize; 2],
+    channels: usize,
+    [x0, y0]: [isize; 2],
+    [cw, ch]: [usize; 2],
+) -> Result<(), DataError> {
+    check_buffer("resize source", len, sw, sh, channels)?;
+    check_target(dw, dh)?;
+    check_window(x0, y0, cw, ch)
+}
+
 fn check_pad(len: usize, channels: usize) -> Result<(), DataError> {
     if len != channels {
         return Err(DataError::config(
@@ -198,9 +226,7 @@ pub fn resize_bilinear_rgb(
     dw: usize,
     dh: usize,
 ) -> Result<Vec<u8>, DataError> {
-    check_buffer("resize source", src.len(), sw, sh, 3)?;
-    check_target(dw, dh)?;
-    check_output("resize target size", dw, dh)?;
+    check_resize(src.len(), [sw, sh], [dw, dh], 3)?;
     if sw == dw && sh == dh {
         return Ok(src.to_vec());
     }
@@ -223,9 +249,7 @@ pub fn resize_bilinear_rgb_window(
     ch: usize,
     pad: [u8; 3],
 ) -> Result<Vec<u8>, DataError> {
-    check_buffer("resize source", src.len(), sw, sh, 3)?;
-    check_target(dw, dh)?;
-    check_window(x0, y0, cw, ch)?;
+    check_resize_window(src.len(), [sw, sh], [dw, dh], 3, [x0, y0], [cw, ch])?;
     let mut dst = vec![0u8; cw * ch * 3];
     let padf = pad.map(|v| v as f32);
     bilinear_window_rows(src, sw, sh, dw, dh, x0, y0, cw, ch, padf, |y, row| {
@@ -244,9 +268,7 @@ pub fn resize_bilinear_rgb_f32(
     dw: usize,
     dh: usize,
 ) -> Result<Vec<f32>, DataError> {
-    check_buffer("resize source", src.len(), sw, sh, 3)?;
-    check_target(dw, dh)?;
-    check_output("resize target size", dw, dh)?;
+    check_resize(src.len(), [sw, sh], [dw, dh], 3)?;
     let mut dst = vec![0f32; dw * dh * 3];
     bilinear_window_rows(src, sw, sh, dw, dh, 0, 0, dw, dh, [0.0; 3], |y, row| {
         dst[y * dw * 3..(y + 1) * dw * 3].copy_from_slice(row);
@@ -291,9 +313,7 @@ fn nearest_resize<T: Copy>(
     channels: usize,
     axis: fn(usize, usize) -> Vec<usize>,
 ) -> Result<Vec<T>, DataError> {
-    check_buffer("resize source", src.len(), sw, sh, channels)?;
-    check_target(dw, dh)?;
-    check_output("resize target size", dw, dh)?;
+    check_resize(src.len(), [sw, sh], [dw, dh], channels)?;
     if sw == dw && sh == dh {
         return Ok(src.to_vec());
     }
@@ -324,9 +344,7 @@ pub fn resize_nearest_window<T: Copy>(
     ch: usize,
     pad: &[T],
 ) -> Result<Vec<T>, DataError> {
-    check_buffer("resize source", src.len(), sw, sh, channels)?;
-    check_target(dw, dh)?;
-    check_window(x0, y0, cw, ch)?;
+    check_resize_window(src.len(), [sw, sh], [dw, dh], channels, [x0, y0], [cw, ch])?;
     check_pad(pad.len(), channels)?;
     let xs = nearest_axis(sw, dw, x0, cw);
     let ys = nearest_axis(sh, dh, y0, ch);
@@ -507,9 +525,7 @@ pub fn resize_antialias_rgb(
     dw: usize,
     dh: usize,
 ) -> Result<Vec<u8>, DataError> {
-    check_buffer("resize source", src.len(), sw, sh, 3)?;
-    check_target(dw, dh)?;
-    check_output("resize target size", dw, dh)?;
+    check_resize(src.len(), [sw, sh], [dw, dh], 3)?;
     if sw == dw && sh == dh {
         return Ok(src.to_vec());
     }
