@@ -24,7 +24,6 @@ use crate::LossError;
 #[derive(Debug, Clone)]
 pub struct Focal {
     pub(crate) engine: CeEngine,
-    gamma: f64,
 }
 
 impl Focal {
@@ -41,7 +40,6 @@ impl Focal {
                     gamma: Self::DEFAULT_GAMMA,
                 },
             ),
-            gamma: Self::DEFAULT_GAMMA,
         }
     }
 
@@ -57,7 +55,6 @@ impl Focal {
             });
         }
         self.engine.mode = CeMode::Focal { gamma };
-        self.gamma = gamma;
         Ok(self)
     }
 
@@ -93,7 +90,10 @@ impl Focal {
 
     /// The focusing parameter γ.
     pub fn gamma(&self) -> f64 {
-        self.gamma
+        match self.engine.mode {
+            CeMode::Focal { gamma } => gamma,
+            _ => Self::DEFAULT_GAMMA,
+        }
     }
 }
 
